@@ -1,0 +1,44 @@
+"""The MNIST encoder and decoder of BACKGROUND §5B.
+
+Padding is "same" where the source's shapes need it, so the bottleneck is 2×2×8 and the
+reconstruction 28×28.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def _same_pad_2x2() -> nn.ZeroPad2d:
+    """Keras' "same" padding for a 2×2 kernel: one extra row and column at the bottom/right."""
+    return nn.ZeroPad2d((0, 1, 0, 1))
+
+
+class MnistEncoder(nn.Sequential):
+    """conv16 3×3, conv16 3×3, pool, conv16 2×2, conv8 2×2, pool, conv8 2×2/2, pool → 8×2×2."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),  # 28×28
+            nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),  # 14×14
+            _same_pad_2x2(), nn.Conv2d(16, 16, 2), nn.ReLU(),
+            _same_pad_2x2(), nn.Conv2d(16, 8, 2), nn.ReLU(),
+            nn.MaxPool2d(2),  # 7×7
+            _same_pad_2x2(), nn.Conv2d(8, 8, 2, stride=2), nn.ReLU(),  # 4×4
+            nn.MaxPool2d(2),  # 2×2
+        )  # fmt: skip
+
+
+class MnistDecoder(nn.Sequential):
+    """convT8 3×3/3, convT4 3×3/2, convT2 3×3, convT1 2×2/2, tanh: 8×2×2 → 1×28×28."""
+
+    def __init__(self, out_features: int = 28 * 28) -> None:
+        if out_features != 28 * 28:
+            raise ValueError(f"MnistDecoder reconstructs 28×28 images, not {out_features} values")
+        super().__init__(
+            nn.ConvTranspose2d(8, 8, 3, stride=3), nn.ReLU(),  # 6×6
+            nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),  # 12
+            nn.ConvTranspose2d(4, 2, 3), nn.ReLU(),  # 14×14
+            nn.ConvTranspose2d(2, 1, 2, stride=2), nn.Tanh(),  # 28×28
+        )  # fmt: skip

@@ -1,0 +1,52 @@
+"""What a run leaves behind: `results.json` and the summary printed at its end."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+RESULTS_FILE = "results.json"
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_results(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / RESULTS_FILE).read_text())
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def summary_table(results: Mapping[str, Any], main_metrics: Mapping[str, str]) -> str:
+    """Per loss term: learned σ, true noise σ, and its task's main metric on train and test.
+
+    `main_metrics` maps each term to "<task>/<metric>".
+    """
+    sigma = results["weighting"].get("sigma", {})
+    metrics = results["metrics"]
+    header = ("term", "learned σ", "true σ", "metric", "train", "test")
+    body = [
+        (
+            term,
+            _fmt(sigma.get(term)),
+            _fmt(results["true_sigma"].get(term)),
+            metric,
+            _fmt(metrics.get(f"train/{metric}")),
+            _fmt(metrics.get(f"test/{metric}")),
+        )
+        for term, metric in main_metrics.items()
+    ]
+    widths = [max(len(r[i]) for r in (header, *body)) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+        for r in (header, *body)
+    )

@@ -1,0 +1,77 @@
+"""Homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018).
+
+term_k = a_k·exp(−s_k)·L_k + b·s_k with s_k = log σ_k² learned. The forms:
+
+- `likelihood` (default): a_k = c_k (1/2 for regression, 1 for classification), b = 1/2; the
+  negative log-likelihood of BACKGROUND §1.
+- `unit`: a_k = 1, b = 1 for every task, as one source snippet writes it (twice the regression
+  NLL; same optimum exp(s) = L for regression, classification treated like regression).
+- `half`: a_k = 1/2, b = 1/2 for every task, as the other source snippet (and the §5B MNIST run)
+  writes it, ignoring the classification factor.
+
+At a fixed L_k the optimum is exp(s_k) = (a_k/b)·L_k; for a regression MSE term in the
+likelihood form that is σ_k² = MSE. The total may go negative once some σ_k < 1: expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mtltrain.errors import ConfigError
+from mtltrain.losses import LossTerm
+from mtltrain.weighting.base import Weighting
+
+KIND_FACTOR = {"regression": 0.5, "classification": 1.0}
+FORMS = ("likelihood", "unit", "half")
+
+
+def initial_log_var(n: int, init: float | Sequence[float]) -> Tensor:
+    """s_k at the start: a constant, or U(low, high) for a [low, high] pair."""
+    if isinstance(init, (int, float)):
+        return torch.full((n,), float(init))
+    if len(init) != 2 or not init[0] <= init[1]:
+        raise ConfigError(
+            f"weighting.init_log_var={list(init)}: give a number or a [low, high] range"
+        )
+    low, high = map(float, init)
+    return low + (high - low) * torch.rand(n)
+
+
+class UncertaintyWeighting(Weighting):
+    """Σ_k a_k·exp(−s_k)·L_k + b·s_k, s_k = log σ_k² (Kendall et al. 2018)."""
+
+    def __init__(
+        self,
+        terms: Sequence[LossTerm],
+        form: str = "likelihood",
+        init_log_var: float | Sequence[float] = 0.0,
+    ) -> None:
+        super().__init__(terms)
+        if form not in FORMS:
+            raise ConfigError(f"weighting.form={form!r} is not allowed: choose one of {FORMS}")
+        factors = {
+            "likelihood": [KIND_FACTOR[t.kind] for t in terms],
+            "unit": [1.0] * len(terms),
+            "half": [0.5] * len(terms),
+        }[form]
+        self.register_buffer("factor", torch.tensor(factors))
+        self.regulariser = 1.0 if form == "unit" else 0.5
+        self.log_var = nn.Parameter(initial_log_var(len(terms), init_log_var))
+
+    def contributions(self, losses: Mapping[str, Tensor]) -> Tensor:
+        return self.factor * torch.exp(-self.log_var) * self.stack(losses) + (
+            self.regulariser * self.log_var
+        )
+
+    def weights(self) -> Tensor:
+        return (self.factor * torch.exp(-self.log_var)).detach()
+
+    def sigma(self) -> Tensor:
+        """σ_k = exp(s_k / 2)."""
+        return torch.exp(0.5 * self.log_var).detach()
+
+    def report(self) -> dict[str, Tensor]:
+        return {"weight": self.weights(), "sigma": self.sigma(), "log_var": self.log_var.detach()}

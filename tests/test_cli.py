@@ -1,0 +1,93 @@
+"""The installed `mtltrain` command end to end, in subprocesses."""
+
+import json
+
+from conftest import run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+TINY = ["trainer.epochs=3", "trainer.log_every=1", "dataset.n_train=64", "dataset.n_test=32"]
+
+
+def tags(tb_dir):
+    files = list(tb_dir.rglob("events.out.tfevents.*"))
+    assert len(files) == 1, files  # one run per job: no stray hparams sub-run
+    acc = EventAccumulator(str(tb_dir), size_guidance={"tensors": 0, "scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def test_default_run(tmp_path):
+    proc = run_cli([*TINY, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "run"
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "completed" and results["choices"]["weighting"] == "uncertainty"
+    assert results["overrides"] == TINY
+    assert set(results["weighting"]["sigma"]) == {"y1", "y2"}
+    assert results["steps"] == 3 * 4
+    # the closing summary: per task, learned σ, true σ and the test metric
+    table = proc.stdout.strip().splitlines()[-3:]
+    assert table[0].split()[:4] == ["term", "learned", "σ", "true"]
+    assert table[1].split()[0] == "y1" and table[1].split()[2] == "3"
+    acc = tags(run / "tb")
+    scalars = set(acc.Tags()["scalars"])
+    for term in ("y1", "y2"):
+        assert {f"sigma/{term}", f"loss_raw/{term}", f"loss_weighted/{term}", f"weight/{term}",
+                f"test/{term}/rmse", f"train/{term}/rmse"} <= scalars  # fmt: skip
+    assert {"loss/total", "lr", "train/loss"} <= scalars
+    assert len(acc.Scalars("sigma/y1")) == 12  # every step, as log_every=1
+    plugins = set(acc.PluginTagToContent("custom_scalars")) | set(acc.PluginTagToContent("hparams"))
+    assert "custom_scalars__config__" in plugins and "_hparams_/experiment" in plugins
+
+
+def test_multirun_one_tensorboard_run_per_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        ["-m", "weighting=fixed,uncertainty", "seed=0,1", *TINY, f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [j.name.split("_")[0] for j in jobs] == ["0", "1", "2", "3"]
+    assert "weighting=uncertainty" in jobs[3].name and "seed=1" in jobs[3].name
+    runs = {tuple(json.loads((j / "results.json").read_text())["overrides"]) for j in jobs}
+    assert len(runs) == 4
+    for job in jobs:
+        tags(job / "tb")
+
+
+def test_unknown_choice_lists_options(tmp_path):
+    proc = run_cli(["weighting=nope"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "nope" in proc.stderr and "uncertainty" in proc.stderr and "fixed" in proc.stderr
+
+
+def test_mnist_run_from_idx_files(tmp_path, mnist_root):
+    args = [
+        "dataset=mnist_mtl", f"dataset.root={mnist_root}", "dataset.download=false",
+        "trainer.epochs=1", "trainer.batch_size=32", f"hydra.run.dir={tmp_path}/run",
+    ]  # fmt: skip
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "run/results.json").read_text())
+    assert {"test/cls3/accuracy", "test/cls10/accuracy", "test/recon/rmse"} <= set(
+        results["metrics"]
+    )
+    proc = run_cli(
+        [*args[:-1], "dataset.tasks=[cls3,cls10]", f"hydra.run.dir={tmp_path}/r2"], tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "r2/results.json").read_text())
+    assert set(results["weighting"]["sigma"]) == {"cls3", "cls10"}
+
+
+def test_mnist_without_data_or_download_says_where_it_looked(tmp_path):
+    empty = tmp_path / "nothing-here"
+    proc = run_cli(
+        ["dataset=mnist_mtl", f"dataset.root={empty}", "dataset.download=false"], tmp_path
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert str(empty / "MNIST" / "raw") in lines[0] and "dataset.root" in lines[0]
+    assert not list(tmp_path.rglob("results.json"))

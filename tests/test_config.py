@@ -1,0 +1,56 @@
+import itertools
+
+import pytest
+from conftest import make_config
+from hydra.errors import MissingConfigException
+
+from mtltrain.config import config_dir
+
+GROUPS = ("dataset", "model", "trainer", "weighting")
+
+
+def options(group: str) -> list[str]:
+    folder = config_dir() / group
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def test_defaults():
+    cfg = make_config()
+    assert cfg.dataset._target_.endswith("two_slope.build")
+    assert cfg.weighting._target_.endswith("UncertaintyWeighting")
+    assert cfg.trainer.epochs == 1500 and cfg.trainer.batch_size == 16
+    assert cfg.trainer.optimizer.lr == 3e-4 and cfg.trainer.device == "auto"
+    assert cfg.dataset.seed == cfg.seed == 0
+
+
+def test_model_and_trainer_follow_the_dataset():
+    cfg = make_config(["dataset=mnist_mtl", "seed=3"])
+    assert cfg.model.encoder._target_.endswith("MnistEncoder")
+    assert (cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.optimizer.lr) == (10, 256, 1e-4)
+    assert make_config(["seed=3"]).dataset.seed == 3
+
+
+@pytest.mark.parametrize(
+    "choice", list(itertools.product(*(options(g) for g in GROUPS))), ids=lambda c: "-".join(c)
+)
+def test_every_combination_composes(choice):
+    cfg = make_config([f"{g}={c}" for g, c in zip(GROUPS, choice, strict=True)])
+    for group in GROUPS:
+        assert "_target_" in cfg[group] or group == "trainer"
+    assert cfg.trainer.optimizer._target_ == "torch.optim.Adam"
+
+
+def test_there_is_something_to_combine():
+    assert set(options("dataset")) >= {"two_slope", "mnist_mtl", "sin_hetero"}
+    assert set(options("weighting")) >= {"fixed", "uncertainty"}
+    assert set(options("model")) >= set(options("dataset"))
+    assert set(options("trainer")) >= set(options("dataset"))
+
+
+def test_unknown_choice_lists_the_options():
+    with pytest.raises(MissingConfigException) as err:
+        make_config(["weighting=nope"])
+    message = str(err.value)
+    assert "nope" in message and "fixed" in message and "uncertainty" in message

@@ -1,0 +1,39 @@
+"""A non-editable install carries the Hydra configs inside the package."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", target, ROOT],
+        check=True,
+        capture_output=True,
+    )
+    return target
+
+
+def test_installed_package_finds_its_configs(installed, tmp_path):
+    code = "import mtltrain, mtltrain.config as c; print(mtltrain.__file__); print(c.config_dir())"
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(installed), "PATH": ""},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    module, configs = map(Path, proc.stdout.split())
+    assert module.is_relative_to(installed)
+    assert configs == installed / "mtltrain" / "conf"
+    for group in ("dataset", "model", "trainer", "weighting"):
+        assert sorted(p.name for p in (configs / group).glob("*.yaml")) == sorted(
+            p.name for p in (ROOT / "conf" / group).glob("*.yaml")
+        )
