@@ -1,0 +1,5 @@
+"""Data sets: one module each; every one returns a `MultiTaskData` (tensors and task specs)."""
+
+from mtltrain.data.base import MultiTaskData, Split, TaskSpec
+
+__all__ = ["MultiTaskData", "Split", "TaskSpec"]

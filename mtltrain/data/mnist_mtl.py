@@ -1,0 +1,115 @@
+"""MNIST as three tasks from one image (BACKGROUND §5B): `cls3`, `cls10` and `recon`.
+
+cls3: digit 2 → 0, digit 6 → 1, any other digit → 2; cls10: the digit; recon: the input image.
+Inputs are scaled to [−1, 1]. The train split trains, the test split evaluates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mtltrain.data.base import MultiTaskData, Split, TaskSpec
+from mtltrain.errors import ConfigError, DataError
+
+TASKS = {
+    "cls3": TaskSpec("cls3", "classification", 3, ("cross_entropy",)),
+    "cls10": TaskSpec("cls10", "classification", 10, ("cross_entropy",)),
+    "recon": TaskSpec("recon", "regression", 28 * 28, ("mse",)),
+}
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_IDX_DTYPES = {0x08: np.uint8}
+_FIX = "point dataset.root at the folder that holds MNIST/raw, or set dataset.download=true"
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Read an uncompressed IDX file of unsigned bytes, checking magic number and length."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"MNIST file missing: {path}; {_FIX}") from None
+    if len(raw) < 4 + 4 * ndim or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES or raw[3] != ndim:
+        magic = raw[:4].hex() if len(raw) >= 4 else "none"
+        raise DataError(
+            f"{path} is not an IDX file of {ndim} dimension(s) (magic number {magic}, expected "
+            f"0000080{ndim}); delete it and download again, or {_FIX}"
+        )
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = 4 + 4 * ndim + int(np.prod(shape))
+    if len(raw) != expected:
+        raise DataError(
+            f"{path} has {len(raw)} bytes, its header {shape} promises {expected} "
+            f"(truncated or corrupt); delete it and download again, or {_FIX}"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _download(root: Path) -> None:
+    from torchvision.datasets import MNIST
+
+    try:
+        for train in (True, False):
+            MNIST(str(root), train=train, download=True)
+    except Exception as e:  # torchvision raises bare RuntimeError/URLError for network trouble
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        reason = lines[-1].strip() if lines else type(e).__name__  # the innermost cause
+        raise DataError(
+            f"MNIST is not in {root / 'MNIST' / 'raw'} and downloading it failed ({reason}); "
+            "point dataset.root at a folder that holds MNIST/raw, or retry with internet access"
+        ) from None
+
+
+def _split(raw_dir: Path, which: str, tasks: Sequence[str]) -> Split:
+    images_file, labels_file = FILES[which]
+    images = read_idx(raw_dir / images_file, 3)
+    labels = read_idx(raw_dir / labels_file, 1)
+    if len(images) != len(labels):
+        raise DataError(
+            f"{raw_dir / images_file} holds {len(images)} images but {raw_dir / labels_file} "
+            f"holds {len(labels)} labels; {_FIX}"
+        )
+    x = torch.from_numpy(images.copy()).float().div_(127.5).sub_(1.0).unsqueeze(1)
+    digit = torch.from_numpy(labels.astype(np.int64))
+    all_targets: dict[str, Tensor] = {
+        "cls3": cls3_labels(digit),
+        "cls10": digit,
+        "recon": x,
+    }
+    return Split(x, {t: all_targets[t] for t in tasks})
+
+
+def cls3_labels(digit: Tensor) -> Tensor:
+    """Digit 2 → 0, digit 6 → 1, every other digit → 2."""
+    return torch.where(digit == 2, 0, torch.where(digit == 6, 1, 2))
+
+
+def build(
+    root: str = "data", download: bool = True, tasks: Sequence[str] = ("cls3", "cls10", "recon")
+) -> MultiTaskData:
+    """Load MNIST from `root`/MNIST/raw (torchvision's layout), downloading it when allowed."""
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks or len(set(tasks)) != len(tasks):
+        raise ConfigError(
+            f"dataset.tasks={list(tasks)} is not allowed: choose distinct tasks among {list(TASKS)}"
+        )
+    root_path = Path(root).expanduser()
+    raw_dir = root_path / "MNIST" / "raw"
+    needed = [raw_dir / f for pair in FILES.values() for f in pair]
+    if not all(p.exists() for p in needed):
+        if not download:
+            missing = next(p for p in needed if not p.exists())
+            raise DataError(
+                f"MNIST not found: {missing} does not exist and dataset.download=false; "
+                f"point dataset.root at the folder that holds MNIST/raw, or allow the download"
+            )
+        _download(root_path)
+    return MultiTaskData(
+        tuple(TASKS[t] for t in tasks), _split(raw_dir, "train", tasks), _split(raw_dir, "test", tasks)
+    )
