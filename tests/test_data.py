@@ -65,6 +65,12 @@ def test_sin_hetero_noise_and_normalised_inputs():
     assert sigma.min().item() >= 0.1 and sigma.max().item() <= 0.6
 
 
+@pytest.mark.parametrize("bad", [{"noise_min": -0.1}, {"noise_max": -1.0}, {"x_min": 200.0}])
+def test_sin_hetero_rejects_bad_settings(bad):
+    with pytest.raises(ConfigError, match=str(next(iter(bad.values())))):
+        sin_hetero.build(n_train=10, n_test=10, **bad)
+
+
 def test_sin_curve_is_the_source_formula():
     # f(60) = sin(60/15 − 4) + 2 + sin(60/10 − 5) = 0 + 2 + sin(1)
     assert sin_hetero.curve(torch.tensor(60.0)).item() == pytest.approx(2.0 + np.sin(1.0))

@@ -111,5 +111,7 @@ def build(
             )
         _download(root_path)
     return MultiTaskData(
-        tuple(TASKS[t] for t in tasks), _split(raw_dir, "train", tasks), _split(raw_dir, "test", tasks)
+        tuple(TASKS[t] for t in tasks),
+        _split(raw_dir, "train", tasks),
+        _split(raw_dir, "test", tasks),
     )

@@ -35,7 +35,7 @@ def build(
     """One regression task `y`; inputs are standardised with the train split's mean and std."""
     if not x_min < x_max:
         raise ConfigError(f"dataset.x_min={x_min} must be below dataset.x_max={x_max}")
-    if not 0 <= noise_min and 0 <= noise_max:
+    if noise_min < 0 or noise_max < 0:
         raise ConfigError(f"dataset noise_min={noise_min}, noise_max={noise_max} must be >= 0")
     g = torch.Generator().manual_seed(seed)
 
