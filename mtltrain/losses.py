@@ -1,41 +1,164 @@
 """Task losses, and the named loss terms that a weighting strategy weighs.
 
 A task has one or more losses; each (task, loss) pair is a loss term. A task with one loss
-gives a term named after the task; a task with several gives `<task>_<loss>` terms.
+gives a term named after the task; a task with several gives `<task>_<loss>` terms, so "one
+task, two terms" and "two tasks" reach the weighting strategy in the same form.
+
+Heads of heteroscedastic tasks emit `MeanLogVar(mean, log_var)`, log_var = log σ²(x).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtltrain.data.base import TaskKind, TaskSpec
+from mtltrain.errors import ConfigError
+from mtltrain.tasks import TaskKind, TaskSpec
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
 
-LOSSES: dict[str, LossFn] = {
-    "cross_entropy": F.cross_entropy,
-    "mse": F.mse_loss,
+class MeanLogVar(NamedTuple):
+    """A heteroscedastic prediction: the mean and s = log σ² per sample and output."""
+
+    mean: Tensor
+    log_var: Tensor
+
+
+def point(output: Tensor | MeanLogVar) -> Tensor:
+    """The point prediction of a head: its mean where it also predicts a variance."""
+    return output.mean if isinstance(output, MeanLogVar) else output
+
+
+def detach(output: Tensor | MeanLogVar) -> Tensor | MeanLogVar:
+    """A head's output cut from the graph."""
+    if isinstance(output, MeanLogVar):
+        return MeanLogVar(output.mean.detach(), output.log_var.detach())
+    return output.detach()
+
+
+def mse(output: Tensor | MeanLogVar, target: Tensor) -> Tensor:
+    """mean (y − ŷ)²."""
+    return F.mse_loss(point(output), target)
+
+
+def cross_entropy(output: Tensor, target: Tensor) -> Tensor:
+    """mean −log softmax(f)_y, over samples (and pixels)."""
+    return F.cross_entropy(output, target)
+
+
+def focal(output: Tensor, target: Tensor, focal_gamma: float) -> Tensor:
+    """Example-level focal loss, mean −(1 − p_y)^γ0·log p_y (Lin et al. 2017; used by DTP)."""
+    log_p = F.log_softmax(output, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
+    return (-((1 - log_p.exp()) ** focal_gamma) * log_p).mean()
+
+
+def dice(output: Tensor, target: Tensor, dice_smooth: float) -> Tensor:
+    """Soft Dice loss of the foreground (class 1): 1 − (2·Σp·t + smooth)/(Σp + Σt + smooth)."""
+    p = F.softmax(output, dim=1)[:, 1]
+    t = (target == 1).to(p.dtype)
+    return 1 - (2 * (p * t).sum() + dice_smooth) / (p.sum() + t.sum() + dice_smooth)
+
+
+def gaussian_nll(output: MeanLogVar, target: Tensor) -> Tensor:
+    """Full Gaussian NLL, mean ½·(log σ² + (y − μ)²/σ² + log 2π) (Kendall & Gal 2017)."""
+    return F.gaussian_nll_loss(output.mean, target, output.log_var.exp(), full=True)
+
+
+def laplace_nll(output: MeanLogVar, target: Tensor) -> Tensor:
+    """Laplace NLL, mean |y − μ|/b + log 2b, with scale b = σ/√2 (variance σ² = 2b²)."""
+    log_b = 0.5 * output.log_var - 0.5 * math.log(2)
+    return ((target - output.mean).abs() * torch.exp(-log_b) + log_b + math.log(2)).mean()
+
+
+def beta_nll(output: MeanLogVar, target: Tensor, beta: float) -> Tensor:
+    """β-NLL (Seitzer et al., ICLR 2022): mean stop-grad(σ²)^β · Gaussian NLL per sample."""
+    var = output.log_var.exp()
+    nll = F.gaussian_nll_loss(output.mean, target, var, full=True, reduction="none")
+    return (var.detach() ** beta * nll).mean()
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A loss function, the task kinds it fits, and the `loss.*` settings it takes."""
+
+    fn: Callable[..., Tensor]
+    kinds: tuple[TaskKind, ...]
+    heteroscedastic: bool = False
+    settings: tuple[str, ...] = ()
+
+
+LOSSES: dict[str, Loss] = {
+    "mse": Loss(mse, ("regression",)),
+    "cross_entropy": Loss(cross_entropy, ("classification", "segmentation")),
+    "focal": Loss(focal, ("classification", "segmentation"), settings=("focal_gamma",)),
+    "dice": Loss(dice, ("segmentation",), settings=("dice_smooth",)),
+    "gaussian_nll": Loss(gaussian_nll, ("regression",), heteroscedastic=True),
+    "laplace_nll": Loss(laplace_nll, ("regression",), heteroscedastic=True),
+    "beta_nll": Loss(beta_nll, ("regression",), heteroscedastic=True, settings=("beta",)),
 }
+
+
+def check_losses(task: str, kind: TaskKind, losses: Sequence[str]) -> None:
+    """Raise a ConfigError unless `losses` is a non-empty list of losses that fit `kind`."""
+    fitting = [name for name, loss in LOSSES.items() if kind in loss.kinds]
+    bad = [name for name in losses if name not in fitting]
+    if bad or not losses or len(set(losses)) != len(losses):
+        raise ConfigError(
+            f"dataset.losses.{task}={list(losses)} is not allowed: a {kind} task takes "
+            f"distinct losses among {fitting}"
+        )
 
 
 @dataclass(frozen=True)
 class LossTerm:
-    """One loss of one task; `kind` is the task's (it sets likelihood factors)."""
+    """One loss of one task, with its settings bound; `kind` is the task's."""
 
     name: str
     task: str
     loss: str
     kind: TaskKind
+    heteroscedastic: bool
+    fn: Callable[[Tensor | MeanLogVar, Tensor], Tensor]
 
 
-def loss_terms(tasks: Sequence[TaskSpec]) -> tuple[LossTerm, ...]:
-    """The loss terms of `tasks`, in task order."""
+def check_settings(settings: Mapping[str, float]) -> None:
+    """β in [0, 1], γ0 ≥ 0, Dice smoothing > 0."""
+    rules = {
+        "beta": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+        "focal_gamma": (lambda v: v >= 0, ">= 0"),
+        "dice_smooth": (lambda v: v > 0, "> 0"),
+    }
+    for key, value in settings.items():
+        if key not in rules:
+            raise ConfigError(f"loss.{key} is not a loss setting: choose among {list(rules)}")
+        ok, allowed = rules[key]
+        if not ok(value):
+            raise ConfigError(f"loss.{key}={value} is not allowed: it must be {allowed}")
+
+
+def loss_terms(tasks: Sequence[TaskSpec], settings: Mapping[str, float]) -> tuple[LossTerm, ...]:
+    """The loss terms of `tasks`, in task order, with each loss's `loss.*` settings bound."""
+    check_settings(settings)
+
+    def bind(name: str) -> Callable[[Tensor | MeanLogVar, Tensor], Tensor]:
+        loss = LOSSES[name]
+        return functools.partial(loss.fn, **{k: settings[k] for k in loss.settings})
+
     return tuple(
-        LossTerm(t.name if len(t.losses) == 1 else f"{t.name}_{loss}", t.name, loss, t.kind)
+        LossTerm(
+            t.name if len(t.losses) == 1 else f"{t.name}_{loss}",
+            t.name,
+            loss,
+            t.kind,
+            LOSSES[loss].heteroscedastic,
+            bind(loss),
+        )
         for t in tasks
         for loss in t.losses
     )
@@ -45,4 +168,4 @@ def compute_losses(
     terms: Sequence[LossTerm], outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]
 ) -> dict[str, Tensor]:
     """Each term's scalar loss on a batch."""
-    return {t.name: LOSSES[t.loss](outputs[t.task], targets[t.task]) for t in terms}
+    return {t.name: t.fn(outputs[t.task], targets[t.task]) for t in terms}

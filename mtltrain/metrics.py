@@ -1,35 +1,49 @@
 """Task metrics, accumulated on the device over batches and read once per evaluation.
 
-Each task kind has a scorer; the first metric a scorer reports is the task's main metric.
+Each task gets a scorer for its kind; the first metric a scorer reports is the task's main
+metric. Scorers keep running sums as one tensor and turn sums into metrics with tensor
+operations, so the training loop never waits on the device to score a batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from mtltrain.data.base import Split, TaskSpec
+from mtltrain.data.base import Split
+from mtltrain.losses import MeanLogVar, point
+from mtltrain.tasks import TaskSpec
+
+
+def calibration_levels(like: Tensor) -> Tensor:
+    """The central-interval levels p = 0.05, 0.10, …, 0.95 the calibration error looks at."""
+    return torch.arange(1, 20, device=like.device, dtype=like.dtype) / 20
 
 
 class Scorer:
-    """Accumulates sums over batches without host-device synchronisation."""
+    """Turns (output, target) batches into running sums, and sums into metrics."""
 
     names: tuple[str, ...] = ()
 
-    def __init__(self) -> None:
-        self.sums: Tensor | None = None
-
-    def batch_sums(self, output: Tensor, target: Tensor) -> Tensor:
+    def batch_sums(
+        self, output: Tensor | MeanLogVar, target: Tensor, noise_std: Tensor | None
+    ) -> Tensor:
         raise NotImplementedError
 
-    def update(self, output: Tensor, target: Tensor) -> None:
-        sums = self.batch_sums(output.detach(), target)
-        self.sums = sums if self.sums is None else self.sums + sums
-
-    def finish(self, sums: list[float]) -> dict[str, float]:
+    def finish(self, sums: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def score(self, output: Tensor | MeanLogVar, target: Tensor) -> dict[str, Tensor]:
+        """Metrics of one batch, as tensors on the device."""
+        return self.finish(self.batch_sums(output, target, None))
+
+
+def _count(t: Tensor) -> Tensor:
+    """The number of values in `t`, as a 1-element tensor on its device (no host copy)."""
+    return torch.full((1,), float(t.numel()), device=t.device)
 
 
 class ClassificationScorer(Scorer):
@@ -37,13 +51,33 @@ class ClassificationScorer(Scorer):
 
     names = ("accuracy",)
 
-    def batch_sums(self, output: Tensor, target: Tensor) -> Tensor:
+    def batch_sums(self, output: Tensor, target: Tensor, noise_std: Tensor | None) -> Tensor:
         correct = (output.argmax(dim=1) == target).sum()
-        return torch.stack([correct.to(output.dtype), output.new_tensor(target.shape[0])])
+        return torch.cat([correct.float().reshape(1), _count(target)])
 
-    def finish(self, sums: list[float]) -> dict[str, float]:
-        correct, n = sums
-        return {"accuracy": correct / n}
+    def finish(self, sums: Tensor) -> dict[str, Tensor]:
+        return {"accuracy": sums[0] / sums[1]}
+
+
+class SegmentationScorer(Scorer):
+    """Foreground (class 1) over all pixels of the split: iou = |P∩T|/|P∪T|,
+    dice = 2|P∩T|/(|P| + |T|), accuracy = correct pixels / pixels."""
+
+    names = ("iou", "dice", "accuracy")
+
+    def batch_sums(self, output: Tensor, target: Tensor, noise_std: Tensor | None) -> Tensor:
+        pred = output.argmax(dim=1)
+        p, t = pred == 1, target == 1
+        sums = torch.stack([(p & t).sum(), p.sum(), t.sum(), (pred == target).sum()])
+        return torch.cat([sums.float(), _count(target)])
+
+    def finish(self, sums: Tensor) -> dict[str, Tensor]:
+        inter, pred, true, correct, n = sums.unbind()
+        return {
+            "iou": inter / (pred + true - inter).clamp_min(1),
+            "dice": 2 * inter / (pred + true).clamp_min(1),
+            "accuracy": correct / n,
+        }
 
 
 class RegressionScorer(Scorer):
@@ -51,44 +85,98 @@ class RegressionScorer(Scorer):
 
     names = ("rmse", "mse")
 
-    def batch_sums(self, output: Tensor, target: Tensor) -> Tensor:
-        sq = (output.float() - target).square().sum()
-        return torch.stack([sq, sq.new_tensor(target.numel())])
+    def batch_sums(
+        self, output: Tensor | MeanLogVar, target: Tensor, noise_std: Tensor | None
+    ) -> Tensor:
+        sq = (point(output).float() - target).square().sum()
+        return torch.cat([sq.reshape(1), _count(target)])
 
-    def finish(self, sums: list[float]) -> dict[str, float]:
-        sq, n = sums
-        return {"rmse": (sq / n) ** 0.5, "mse": sq / n}
+    def finish(self, sums: Tensor) -> dict[str, Tensor]:
+        mse = sums[0] / sums[1]
+        return {"rmse": mse.sqrt(), "mse": mse}
 
 
-SCORERS: dict[str, type[Scorer]] = {
-    "classification": ClassificationScorer,
-    "regression": RegressionScorer,
-}
+class HeteroscedasticScorer(Scorer):
+    """For a head predicting μ and σ: nll = mean ½(log 2πσ² + (y − μ)²/σ²); rmse;
+    coverage_1sigma / coverage_2sigma = fraction with |y − μ| ≤ 1σ / 2σ (0.683 / 0.954 when
+    calibrated); calibration_error = mean over p = 0.05, 0.10, …, 0.95 of |p − fraction inside
+    the central interval μ ± Φ⁻¹((1 + p)/2)·σ|; sigma_rel_error = mean |σ̂(x) − σ(x)|/σ(x),
+    where the data set knows the true σ(x)."""
+
+    def __init__(self, knows_sigma: bool) -> None:
+        base = ("nll", "rmse", "coverage_1sigma", "coverage_2sigma", "calibration_error")
+        self.names = (*base, "sigma_rel_error") if knows_sigma else base
+        self.knows_sigma = knows_sigma
+
+    def batch_sums(self, output: MeanLogVar, target: Tensor, noise_std: Tensor | None) -> Tensor:
+        mean, log_var = output.mean.float(), output.log_var.float()
+        sq = (target - mean).square()
+        z = (sq * torch.exp(-log_var)).sqrt().flatten()
+        nll = 0.5 * (log_var + sq * torch.exp(-log_var) + math.log(2 * math.pi))
+        z_levels = torch.special.ndtri((1 + calibration_levels(z)) / 2)
+        inside = (z[:, None] <= z_levels[None, :]).sum(0).float()
+        sigma_err = (
+            ((0.5 * log_var).exp() - noise_std).abs().div(noise_std).sum()
+            if self.knows_sigma and noise_std is not None
+            else z.new_zeros(())
+        )
+        head = torch.stack([nll.sum(), sq.sum(), (z <= 1).sum(), (z <= 2).sum(), sigma_err])
+        return torch.cat([head.float(), inside, _count(target)])
+
+    def finish(self, sums: Tensor) -> dict[str, Tensor]:
+        n = sums[-1]
+        nll, sq, within1, within2, sigma_err = (sums[:5] / n).unbind()
+        coverage = sums[5:-1] / n
+        levels = calibration_levels(sums)
+        out = {
+            "nll": nll,
+            "rmse": sq.sqrt(),
+            "coverage_1sigma": within1,
+            "coverage_2sigma": within2,
+            "calibration_error": (coverage - levels).abs().mean(),
+        }
+        if self.knows_sigma:
+            out["sigma_rel_error"] = sigma_err
+        return out
+
+
+def scorer_for(task: TaskSpec, knows_sigma: bool = False) -> Scorer:
+    """The scorer of `task`'s kind; heteroscedastic regression gets the calibration metrics."""
+    if task.kind == "regression":
+        return HeteroscedasticScorer(knows_sigma) if task.heteroscedastic else RegressionScorer()
+    return {"classification": ClassificationScorer, "segmentation": SegmentationScorer}[task.kind]()
 
 
 class TaskMetrics:
     """One scorer per task; `compute()` syncs once and returns {"<task>/<metric>": value}."""
 
-    def __init__(self, tasks: Sequence[TaskSpec]) -> None:
-        self.scorers = {t.name: SCORERS[t.kind]() for t in tasks}
+    def __init__(self, tasks: Sequence[TaskSpec], knows_sigma: Collection[str] = ()) -> None:
+        self.scorers = {t.name: scorer_for(t, t.name in knows_sigma) for t in tasks}
+        self.sums: dict[str, Tensor] = {}
 
-    def update(self, outputs: Mapping[str, Tensor], batch: Split) -> None:
+    def update(self, outputs: Mapping[str, Tensor | MeanLogVar], batch: Split) -> None:
+        """Add a batch; `outputs` must be detached from the graph."""
         for name, scorer in self.scorers.items():
-            scorer.update(outputs[name], batch.targets[name])
+            sums = scorer.batch_sums(outputs[name], batch.targets[name], batch.noise_std.get(name))
+            self.sums[name] = self.sums[name] + sums if name in self.sums else sums
 
     def compute(self) -> dict[str, float]:
-        parts = [s.sums for s in self.scorers.values()]
-        if any(p is None for p in parts):
+        if len(self.sums) != len(self.scorers):
             return {}
-        flat = torch.cat([p.double() for p in parts]).tolist()  # the one sync
-        out, start = {}, 0
-        for name, part, scorer in zip(self.scorers, parts, self.scorers.values(), strict=True):
-            end = start + part.numel()
-            out.update({f"{name}/{k}": v for k, v in scorer.finish(flat[start:end]).items()})
-            start = end
-        return out
+        metrics = {
+            f"{name}/{k}": v
+            for name, scorer in self.scorers.items()
+            for k, v in scorer.finish(self.sums[name].double()).items()
+        }
+        values = torch.stack(list(metrics.values())).tolist()  # the one sync
+        return dict(zip(metrics, values, strict=True))
+
+
+def metric_names(tasks: Sequence[TaskSpec], knows_sigma: Collection[str] = ()) -> list[str]:
+    """Every "<task>/<metric>" an evaluation of `tasks` reports."""
+    return [f"{t.name}/{m}" for t in tasks for m in scorer_for(t, t.name in knows_sigma).names]
 
 
 def main_metric(task: TaskSpec) -> str:
-    """The metric that stands for `task` (accuracy or RMSE)."""
-    return f"{task.name}/{SCORERS[task.kind].names[0]}"
+    """The metric that stands for `task`: the first its scorer reports."""
+    return f"{task.name}/{scorer_for(task).names[0]}"

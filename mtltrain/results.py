@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,15 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
-def summary_table(results: Mapping[str, Any], main_metrics: Mapping[str, str]) -> str:
+def summary_table(
+    results: Mapping[str, Any], main_metrics: Mapping[str, str], learned: Collection[str]
+) -> str:
     """Per loss term: learned σ, true noise σ, and its task's main metric on train and test.
 
-    `main_metrics` maps each term to "<task>/<metric>".
+    `main_metrics` maps each term to "<task>/<metric>"; `learned` names the terms whose σ the
+    strategy learns (others show "-").
     """
-    sigma = results["weighting"].get("sigma", {})
+    sigma = {k: v for k, v in results["weighting"].get("sigma", {}).items() if k in learned}
     metrics = results["metrics"]
     header = ("term", "learned σ", "true σ", "metric", "train", "test")
     body = [

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
@@ -33,6 +34,10 @@ class TensorBoardLog:
             values = {**values, **dict(zip(tags, host, strict=True))}
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """Log an H×W×3 uint8 image."""
+        self.writer.add_image(tag, image, step, dataformats="HWC")
 
     def layout(self, charts: Mapping[str, Sequence[str]]) -> None:
         """Custom-scalars dashboard: one multi-line chart per {title: [tag regex, ...]}."""

@@ -1,14 +1,20 @@
+import pytest
 import torch
 from conftest import make_config
 
 from mtltrain.config import build
-from mtltrain.data.base import TaskSpec
+from mtltrain.errors import ConfigError
+from mtltrain.losses import MeanLogVar
+from mtltrain.models.mlp import MLP
 from mtltrain.models.mnist import MnistDecoder, MnistEncoder
+from mtltrain.models.multitask import MultiTaskModel
+from mtltrain.tasks import TaskSpec
 
 MNIST_TASKS = (
     TaskSpec("cls3", "classification", 3, ("cross_entropy",)),
     TaskSpec("cls10", "classification", 10, ("cross_entropy",)),
     TaskSpec("recon", "regression", 784, ("mse",)),
+    TaskSpec("seg", "segmentation", 2 * 784, ("cross_entropy", "dice")),
 )
 
 
@@ -23,8 +29,9 @@ def test_mnist_model_from_config():
     model = build(make_config(["dataset=mnist_mtl"]).model, tasks=MNIST_TASKS)
     out = model(torch.randn(4, 1, 28, 28))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "cls3": (4, 3), "cls10": (4, 10), "recon": (4, 1, 28, 28)
+        "cls3": (4, 3), "cls10": (4, 10), "recon": (4, 1, 28, 28), "seg": (4, 2, 28, 28)
     }  # fmt: skip
+    assert out["recon"].abs().max() <= 1 and out["seg"].abs().max() > 0
     head = model.heads["cls3"]  # flatten → dense32 → ReLU → dense3
     assert [type(m).__name__ for m in head] == ["Flatten", "Linear", "ReLU", "Linear"]
     assert head[1].in_features == 32 and head[1].out_features == 32
@@ -39,3 +46,17 @@ def test_two_slope_model_shares_nothing():
     model(torch.randn(8, 1))["y1"].sum().backward()
     assert all(p.grad is None for p in model.heads["y2"].parameters())
     assert all(p.grad is not None for p in model.heads["y1"].parameters())
+
+
+def test_heteroscedastic_head_emits_mean_and_log_variance():
+    task = TaskSpec("y", "regression", 1, ("gaussian_nll",), heteroscedastic=True)
+    model = MultiTaskModel((task,), head=lambda out_features: MLP(1, out_features, hidden=[4]))
+    out = model(torch.randn(6, 1))["y"]
+    assert isinstance(out, MeanLogVar) and out.mean.shape == out.log_var.shape == (6, 1)
+    assert model.heads["y"].head[-1].out_features == 2
+
+
+def test_a_bounded_head_cannot_predict_a_variance():
+    task = TaskSpec("recon", "regression", 784, ("gaussian_nll",), heteroscedastic=True)
+    with pytest.raises(ConfigError, match=r"task recon: losses \['gaussian_nll'\] need a head"):
+        MultiTaskModel((task,), head=lambda out_features: MnistDecoder(out_features))

@@ -1,9 +1,11 @@
 """Training in-process: σ recovery, determinism, the task function's return value."""
 
 import json
+import math
 
 import pytest
 from conftest import make_config
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtltrain import train
 from mtltrain.errors import ConfigError
@@ -55,13 +57,95 @@ def test_fixed_weighting_runs_and_reports_weights(tmp_path):
     assert results["weighting"] == {"weight": {"y1": 2.0, "y2": 0.5}}
 
 
-def test_sin_hetero_trains(tmp_path):
-    cfg = make_config(["dataset=sin_hetero", "dataset.n_train=200", "dataset.n_test=50",
-                       "trainer.epochs=1", "trainer.batch_size=20"])  # fmt: skip
+def results_of(run_dir):
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def check_sigma_recovery(results):
+    assert results["metrics"]["test/y/sigma_rel_error"] < 0.15
+    assert 0.90 <= results["metrics"]["test/y/coverage_2sigma"] <= 0.99
+
+
+def test_sin_hetero_gaussian_nll_recovers_sigma_of_x(tmp_path):
+    """Shortened §5C (batch 100, lr 3e-3, 15 epochs): σ̂(x) within 15% of σ(x), calibrated."""
+    cfg = make_config(["dataset=sin_hetero", "trainer.batch_size=100", "trainer.epochs=15",
+                       "trainer.optimizer.lr=3e-3", "trainer.figure_every=0"])  # fmt: skip
     train.run(cfg, tmp_path)
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["metrics"]) >= {"test/y/rmse", "train/y/rmse"}
-    assert 0.1 < results["true_sigma"]["y"] < 0.6
+    check_sigma_recovery(results_of(tmp_path))
+    assert (tmp_path / "figures" / "fit_y.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_sin_hetero_source_run_recovers_sigma_of_x(tmp_path):
+    """§5C as published: 20,000 samples, batch 10, Adam 1e-3, 50 epochs."""
+    train.run(make_config(["dataset=sin_hetero"]), tmp_path)
+    check_sigma_recovery(results_of(tmp_path))
+
+
+def scalar_and_image_tags(run_dir):
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return set(acc.Tags()["scalars"]), set(acc.Tags()["images"])
+
+
+STRATEGIES = {
+    "fixed": ("weight",),
+    "uncertainty": ("weight", "sigma", "log_var"),
+    "revised_uncertainty": ("weight", "c"),
+    "dtp": ("weight", "kpi"),
+}
+TINY = ["dataset.n_train=64", "dataset.n_test=32"]
+MNIST = ["dataset=mnist_mtl", "dataset.download=false", "trainer.batch_size=32"]
+TINY_SETS = {
+    "two_slope": ["dataset=two_slope", *TINY],
+    "two_slope_hetero": ["dataset=two_slope", *TINY, "dataset.losses.y1=[gaussian_nll]"],
+    "sin_gaussian": ["dataset=sin_hetero", *TINY],
+    "sin_laplace": ["dataset=sin_hetero", *TINY, "dataset.losses.y=[laplace_nll]"],
+    "sin_beta": ["dataset=sin_hetero", *TINY, "dataset.losses.y=[beta_nll]", "loss.beta=0.7"],
+    "mnist": [*MNIST, "dataset.tasks=[cls3,recon,seg]"],
+    "mnist_focal": [*MNIST, "dataset.tasks=[cls3,cls10]", "dataset.losses.cls3=[focal]"],
+}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("data", TINY_SETS)
+def test_every_strategy_on_every_data_set(tmp_path, mnist_root, strategy, data):
+    overrides = [
+        *TINY_SETS[data],
+        f"weighting={strategy}",
+        "trainer.epochs=2",
+        "trainer.log_every=1",
+    ]
+    if data.startswith("mnist"):
+        overrides.append(f"dataset.root={mnist_root}")
+    train.run(make_config(overrides), tmp_path)
+    results = results_of(tmp_path)
+    terms = list(results["weighting"]["weight"])
+    assert set(results["weighting"]) == set(STRATEGIES[strategy])
+    assert all(math.isfinite(v) for v in results["metrics"].values())
+    scalars, images = scalar_and_image_tags(tmp_path)
+    for quantity in STRATEGIES[strategy]:
+        assert {f"{quantity}/{t}" for t in terms} <= scalars
+    pictures = {f"figures/{p.stem}" for p in (tmp_path / "figures").glob("*.png")}
+    assert images == pictures
+    assert bool(pictures) == (data != "mnist_focal")  # classification alone has no picture
+
+
+def test_one_task_two_loss_terms_fixed_against_learned(tmp_path, mnist_root):
+    """§5D on MNIST: segmentation with cross-entropy + Dice, 0.8:0.2 against learned c."""
+    base = ["dataset=mnist_mtl", f"dataset.root={mnist_root}", "dataset.download=false",
+            "dataset.tasks=[seg]", "trainer.epochs=2", "trainer.batch_size=16"]  # fmt: skip
+    fixed = "weighting.weights={seg_cross_entropy:0.8,seg_dice:0.2}"
+    train.run(make_config([*base, "weighting=fixed", fixed]), tmp_path / "fixed")
+    train.run(make_config([*base, "weighting=revised_uncertainty"]), tmp_path / "learned")
+    f, learned = results_of(tmp_path / "fixed"), results_of(tmp_path / "learned")
+    assert f["weighting"]["weight"] == pytest.approx({"seg_cross_entropy": 0.8, "seg_dice": 0.2})
+    assert set(learned["weighting"]["c"]) == {"seg_cross_entropy", "seg_dice"}
+    assert learned["weighting"]["c"]["seg_dice"] != 1.0  # it learned
+    for r in (f, learned):
+        assert {"test/seg/iou", "test/seg/dice", "test/seg/accuracy"} <= set(r["metrics"])
+        assert 0 <= r["metrics"]["test/seg/iou"] <= r["metrics"]["test/seg/dice"] <= 1
+    assert (tmp_path / "learned" / "figures" / "images_seg.png").exists()
 
 
 @pytest.mark.slow

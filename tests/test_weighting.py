@@ -1,15 +1,19 @@
+import itertools
 import math
 
 import pytest
 import torch
 
 from mtltrain.errors import ConfigError
-from mtltrain.losses import LossTerm
+from mtltrain.losses import LossTerm, cross_entropy, gaussian_nll, mse
+from mtltrain.weighting.dtp import DynamicTaskPrioritization
 from mtltrain.weighting.fixed import FixedWeighting
+from mtltrain.weighting.revised_uncertainty import RevisedUncertaintyWeighting
 from mtltrain.weighting.uncertainty import UncertaintyWeighting
 
-REG = LossTerm("depth", "depth", "mse", "regression")
-CLS = LossTerm("label", "label", "cross_entropy", "classification")
+REG = LossTerm("depth", "depth", "mse", "regression", False, mse)
+CLS = LossTerm("label", "label", "cross_entropy", "classification", False, cross_entropy)
+NLL = LossTerm("noisy", "noisy", "gaussian_nll", "regression", True, gaussian_nll)
 TERMS = (REG, CLS)
 
 
@@ -49,9 +53,9 @@ def test_fixed_gradient_is_the_weight():
 @pytest.mark.parametrize(
     ("weights", "message"),
     [
-        ({"depth": 1.0}, r"names \['depth'\] do not match the loss terms \['depth', 'label'\]"),
-        ({"depth": 1.0, "label": 1.0, "x": 2.0}, "do not match the loss terms"),
-        ([1.0], r"has 1 values but there are 2 loss terms"),
+        ({"depth": 1.0}, r"weighting.weights names \['depth'\] do not match \['depth', 'label'\]"),
+        ({"depth": 1.0, "label": 1.0, "x": 2.0}, "do not match"),
+        ([1.0], r"weighting.weights=\[1.0\] has 1 values but there are 2"),
     ],
 )
 def test_fixed_rejects_weights_that_do_not_match(weights, message):
@@ -144,9 +148,162 @@ def test_uncertainty_parameters_are_optimised_without_weight_decay():
     from mtltrain.models.multitask import MultiTaskModel
     from mtltrain.train import param_groups
 
-    data = build({"a": {"slope": 1.0, "intercept": 0.0, "noise_std": 1.0}}, n_train=8, n_test=4)
+    tasks = {"a": {"slope": 1.0, "intercept": 0.0, "noise_std": 1.0}}
+    data = build(tasks, {"a": ["mse"]}, n_train=8, n_test=4)
     model = MultiTaskModel(data.tasks, head=lambda out_features: MLP(1, out_features))
     w = UncertaintyWeighting((REG,))
     groups = param_groups(model, w)
     assert groups[1]["params"] == [w.log_var] and groups[1]["weight_decay"] == 0.0
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters())) + 1
+
+
+def test_uncertainty_leaves_terms_that_learn_their_own_noise_at_weight_one():
+    w = UncertaintyWeighting((REG, NLL), init_log_var=[0.2, 1.0])
+    assert w.log_var[1].item() == 0.0
+    ls = {"depth": torch.tensor(2.0), "noisy": torch.tensor(-0.7)}
+    parts = w.contributions(ls)
+    assert parts[1].item() == pytest.approx(-0.7)
+    assert w.weights()[1].item() == 1.0
+    parts.sum().backward()
+    assert w.log_var.grad[1].item() == 0.0 and w.log_var.grad[0].item() != 0.0
+
+
+def test_uncertainty_segmentation_counts_as_classification():
+    seg = LossTerm("seg_dice", "seg", "dice", "segmentation", False, mse)
+    assert UncertaintyWeighting((seg, REG)).weights().tolist() == [1.0, 0.5]
+
+
+# ---- revised uncertainty (Liebel & Körner) --------------------------------------------------
+
+
+def test_revised_by_hand():
+    w = RevisedUncertaintyWeighting(TERMS)
+    assert w.c.tolist() == [1.0, 1.0]
+    with torch.no_grad():
+        w.c.copy_(torch.tensor([1.0, 0.5]))
+    ls = losses(2.0, 0.5, grad=True)
+    parts = w.backward(ls, [])
+    # 2/(2·1) + ln 2 = 1.693147;  0.5/(2·0.25) + ln 1.25 = 1.223144
+    torch.testing.assert_close(parts, torch.tensor([1.6931472, 1.2231436]))
+    # ∂/∂c = −L/c³ + 2c/(1 + c²): −2 + 1 = −1;  −0.5/0.125 + 1/1.25 = −3.2
+    torch.testing.assert_close(w.c.grad, torch.tensor([-1.0, -3.2]))
+    # ∂/∂L = 1/(2c²)
+    assert (ls["depth"].grad.item(), ls["label"].grad.item()) == (0.5, 2.0)
+    torch.testing.assert_close(w.report()["weight"], torch.tensor([0.5, 2.0]))
+    torch.testing.assert_close(w.report()["c"], torch.tensor([1.0, 0.5]))
+
+
+def test_revised_gradcheck():
+    w = RevisedUncertaintyWeighting(TERMS).double()
+    with torch.no_grad():
+        w.c.copy_(torch.tensor([0.7, 1.8]))
+    ls = torch.tensor([1.3, 0.4], dtype=torch.float64, requires_grad=True)
+
+    def total(v: torch.Tensor) -> torch.Tensor:
+        return w.contributions({"depth": v[0], "label": v[1]}).sum()
+
+    assert torch.autograd.gradcheck(total, (ls,))
+
+
+def test_revised_optimum():
+    """At fixed L the learned c reaches c² = (L + sqrt(L² + 8L))/4."""
+    w = RevisedUncertaintyWeighting(TERMS)
+    opt = torch.optim.Adam(w.parameters(), lr=0.02)
+    for _ in range(3000):
+        opt.zero_grad()
+        w.backward(losses(2.0, 0.3), [])
+        opt.step()
+    expected = [(L + math.sqrt(L * L + 8 * L)) / 4 for L in (2.0, 0.3)]
+    torch.testing.assert_close(w.c.square(), torch.tensor(expected), rtol=1e-3, atol=0)
+
+
+def test_revised_total_is_never_negative():
+    torch.manual_seed(0)
+    w = RevisedUncertaintyWeighting(TERMS)
+    for _ in range(200):
+        with torch.no_grad():
+            w.c.copy_(torch.randn(2) * 3)
+        ls = torch.rand(2) * 5
+        assert w.contributions({"depth": ls[0], "label": ls[1]}).sum() >= 0
+
+
+# ---- dynamic task prioritization ------------------------------------------------------------
+
+
+def dtp_outputs(correct_label: int, n: int = 4) -> tuple[dict, dict]:
+    """`correct_label` of 4 label predictions right; depth residual RMSE 1."""
+    logits = torch.zeros(n, 3)
+    logits[:, 0] = 1.0
+    target = torch.tensor([0] * correct_label + [1] * (n - correct_label))
+    depth = torch.zeros(n, 1)
+    return {"depth": depth, "label": logits}, {"depth": torch.ones(n, 1), "label": target}
+
+
+def test_dtp_by_hand():
+    w = DynamicTaskPrioritization(
+        TERMS, alpha=0.1, gamma={"depth": 1.0, "label": 2.0}, kpi_scale=2.0
+    )
+    w.observe(*dtp_outputs(3))  # accuracy 0.75; depth KPI exp(−1/2) = 0.606531
+    torch.testing.assert_close(w.report()["kpi"], torch.tensor([0.6065307, 0.75]))
+    # −(1 − κ)^γ·log κ:  0.393469·0.5 = 0.196735;  0.0625·0.287682 = 0.017980
+    torch.testing.assert_close(w.weights(), torch.tensor([0.1967347, 0.0179801]))
+    parts = w.contributions(losses(2.0, 4.0))
+    torch.testing.assert_close(parts, torch.tensor([0.3934693, 0.0719205]))
+    w.observe(*dtp_outputs(1))  # accuracy 0.25: κ̄ = 0.1·0.25 + 0.9·0.75 = 0.7
+    assert w.report()["kpi"][1].item() == pytest.approx(0.7)
+
+
+def test_dtp_weight_carries_no_gradient():
+    w = DynamicTaskPrioritization(TERMS)
+    outputs, targets = dtp_outputs(2)
+    outputs = {k: v.requires_grad_() for k, v in outputs.items()}
+    w.observe(outputs, targets)
+    assert not w.kpi_avg.requires_grad and list(w.parameters()) == []
+    ls = losses(2.0, 0.5, grad=True)
+    w.backward(ls, [])
+    weights = w.weights()
+    assert ls["depth"].grad.item() == pytest.approx(weights[0].item())
+    assert ls["label"].grad.item() == pytest.approx(weights[1].item())
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 5.0])
+def test_dtp_weight_decreases_with_the_kpi(gamma):
+    w = DynamicTaskPrioritization((CLS,), gamma=gamma, kpi_eps=1e-4)
+    weights = []
+    for kappa in torch.linspace(0.01, 0.99, 50):
+        w.kpi_avg.fill_(kappa)
+        weights.append(w.weights().item())
+    assert all(a > b for a, b in itertools.pairwise(weights))
+
+
+def test_dtp_clamps_the_kpi():
+    w = DynamicTaskPrioritization(TERMS, kpi_eps=0.01)
+    w.kpi_avg.copy_(torch.tensor([0.0, 1.0]))
+    weights = w.weights()
+    assert torch.isfinite(weights).all()
+    assert weights[0].item() == pytest.approx(-0.99 * math.log(0.01), rel=1e-5)
+    assert weights[1].item() == pytest.approx(-0.01 * math.log(0.99), rel=1e-5)
+
+
+def test_dtp_gives_each_term_its_task_weight():
+    seg_ce = LossTerm("seg_ce", "seg", "cross_entropy", "segmentation", False, cross_entropy)
+    seg_dice = LossTerm("seg_dice", "seg", "dice", "segmentation", False, mse)
+    w = DynamicTaskPrioritization((seg_ce, seg_dice, CLS))
+    pred = torch.zeros(2, 2, 4, 4)
+    pred[:, 1, :2] = 1.0  # foreground predicted in the top half
+    mask = torch.zeros(2, 4, 4, dtype=torch.long)
+    mask[:, :1] = 1  # true foreground: the top quarter → IoU = 1/2
+    w.observe(
+        {"seg": pred, "label": torch.eye(3)[:2]}, {"seg": mask, "label": torch.tensor([0, 2])}
+    )
+    assert w.report()["kpi"].tolist() == pytest.approx([0.5, 0.5, 0.5])
+    assert w.weights()[0] == w.weights()[1]
+
+
+def test_dtp_rejects_bad_settings():
+    with pytest.raises(ConfigError, match=r"weighting.alpha=0"):
+        DynamicTaskPrioritization(TERMS, alpha=0)
+    with pytest.raises(ConfigError, match=r"weighting.gamma names \['x'\]"):
+        DynamicTaskPrioritization(TERMS, gamma={"x": 1.0})
+    with pytest.raises(ConfigError, match=r"weighting.kpi_scale"):
+        DynamicTaskPrioritization(TERMS, kpi_scale=-1.0)

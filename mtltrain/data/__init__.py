@@ -1,5 +1,5 @@
 """Data sets: one module each; every one returns a `MultiTaskData` (tensors and task specs)."""
 
-from mtltrain.data.base import MultiTaskData, Split, TaskSpec
+from mtltrain.data.base import MultiTaskData, Split
 
-__all__ = ["MultiTaskData", "Split", "TaskSpec"]
+__all__ = ["MultiTaskData", "Split"]

@@ -1,25 +1,27 @@
-"""MNIST as three tasks from one image (BACKGROUND §5B): `cls3`, `cls10` and `recon`.
+"""MNIST as several tasks from one image (BACKGROUND §5B, §5D).
 
-cls3: digit 2 → 0, digit 6 → 1, any other digit → 2; cls10: the digit; recon: the input image.
-Inputs are scaled to [−1, 1]. The train split trains, the test split evaluates.
+cls3: digit 2 → 0, digit 6 → 1, any other digit → 2; cls10: the digit; recon: the input image;
+seg: foreground segmentation, pixel on (value > 127) or off. Inputs are scaled to [−1, 1].
+The train split trains, the test split evaluates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from mtltrain.data.base import MultiTaskData, Split, TaskSpec
+from mtltrain.data.base import MultiTaskData, Split, task_specs
 from mtltrain.errors import ConfigError, DataError
 
-TASKS = {
-    "cls3": TaskSpec("cls3", "classification", 3, ("cross_entropy",)),
-    "cls10": TaskSpec("cls10", "classification", 10, ("cross_entropy",)),
-    "recon": TaskSpec("recon", "regression", 28 * 28, ("mse",)),
+AVAILABLE = {  # task → (kind, values its head emits per sample)
+    "cls3": ("classification", 3),
+    "cls10": ("classification", 10),
+    "recon": ("regression", 28 * 28),
+    "seg": ("segmentation", 2 * 28 * 28),
 }
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -77,12 +79,13 @@ def _split(raw_dir: Path, which: str, tasks: Sequence[str]) -> Split:
         )
     x = torch.from_numpy(images.copy()).float().div_(127.5).sub_(1.0).unsqueeze(1)
     digit = torch.from_numpy(labels.astype(np.int64))
-    all_targets: dict[str, Tensor] = {
-        "cls3": cls3_labels(digit),
-        "cls10": digit,
-        "recon": x,
+    make = {
+        "cls3": lambda: cls3_labels(digit),
+        "cls10": lambda: digit,
+        "recon": lambda: x,
+        "seg": lambda: (x[:, 0] > 0).long(),
     }
-    return Split(x, {t: all_targets[t] for t in tasks})
+    return Split(x, {t: make[t]() for t in tasks})
 
 
 def cls3_labels(digit: Tensor) -> Tensor:
@@ -91,14 +94,19 @@ def cls3_labels(digit: Tensor) -> Tensor:
 
 
 def build(
-    root: str = "data", download: bool = True, tasks: Sequence[str] = ("cls3", "cls10", "recon")
+    losses: Mapping[str, Sequence[str]],
+    root: str = "data",
+    download: bool = True,
+    tasks: Sequence[str] = ("cls3", "cls10", "recon"),
 ) -> MultiTaskData:
     """Load MNIST from `root`/MNIST/raw (torchvision's layout), downloading it when allowed."""
-    unknown = [t for t in tasks if t not in TASKS]
+    unknown = [t for t in tasks if t not in AVAILABLE]
     if unknown or not tasks or len(set(tasks)) != len(tasks):
         raise ConfigError(
-            f"dataset.tasks={list(tasks)} is not allowed: choose distinct tasks among {list(TASKS)}"
+            f"dataset.tasks={list(tasks)} is not allowed: choose distinct tasks among "
+            f"{list(AVAILABLE)}"
         )
+    specs = task_specs(tasks, AVAILABLE, losses)
     root_path = Path(root).expanduser()
     raw_dir = root_path / "MNIST" / "raw"
     needed = [raw_dir / f for pair in FILES.values() for f in pair]
@@ -110,8 +118,4 @@ def build(
                 f"point dataset.root at the folder that holds MNIST/raw, or allow the download"
             )
         _download(root_path)
-    return MultiTaskData(
-        tuple(TASKS[t] for t in tasks),
-        _split(raw_dir, "train", tasks),
-        _split(raw_dir, "test", tasks),
-    )
+    return MultiTaskData(specs, _split(raw_dir, "train", tasks), _split(raw_dir, "test", tasks))

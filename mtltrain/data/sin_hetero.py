@@ -6,10 +6,12 @@ y = f(x) + σ(x)·ε with σ(x) rising linearly from noise_min at x_min to noise
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 from torch import Tensor
 
-from mtltrain.data.base import MultiTaskData, Split, TaskSpec
+from mtltrain.data.base import MultiTaskData, Split, task_specs
 from mtltrain.errors import ConfigError
 
 
@@ -24,6 +26,7 @@ def noise_std(x: Tensor, x_min: float, x_max: float, noise_min: float, noise_max
 
 
 def build(
+    losses: Mapping[str, Sequence[str]],
     n_train: int = 20_000,
     n_test: int = 2_000,
     x_min: float = 50.0,
@@ -37,18 +40,17 @@ def build(
         raise ConfigError(f"dataset.x_min={x_min} must be below dataset.x_max={x_max}")
     if noise_min < 0 or noise_max < 0:
         raise ConfigError(f"dataset noise_min={noise_min}, noise_max={noise_max} must be >= 0")
+    specs = task_specs(["y"], {"y": ("regression", 1)}, losses)
     g = torch.Generator().manual_seed(seed)
 
-    def draw(n: int) -> tuple[Tensor, Tensor, Tensor]:
+    def draw(n: int) -> Split:
         x = x_min + (x_max - x_min) * torch.rand(n, 1, generator=g)
         sigma = noise_std(x, x_min, x_max, noise_min, noise_max)
-        return x, curve(x) + sigma * torch.randn(n, 1, generator=g), sigma
+        y = curve(x) + sigma * torch.randn(n, 1, generator=g)
+        return Split(x, {"y": y}, {"y": sigma}, {"y": curve(x)}, raw_inputs=x)
 
-    (x_tr, y_tr, s_tr), (x_te, y_te, s_te) = draw(n_train), draw(n_test)
-    mean, std = x_tr.mean(), x_tr.std()
-
-    def split(x: Tensor, y: Tensor, sigma: Tensor) -> Split:
-        return Split((x - mean) / std, {"y": y}, {"y": sigma}, raw_inputs=x)
-
-    task = TaskSpec("y", "regression", 1, ("mse",))
-    return MultiTaskData((task,), split(x_tr, y_tr, s_tr), split(x_te, y_te, s_te))
+    train, test = draw(n_train), draw(n_test)
+    mean, std = train.inputs.mean(), train.inputs.std()
+    for split in (train, test):
+        split.inputs = (split.raw_inputs - mean) / std
+    return MultiTaskData(specs, train, test)

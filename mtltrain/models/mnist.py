@@ -31,14 +31,20 @@ class MnistEncoder(nn.Sequential):
 
 
 class MnistDecoder(nn.Sequential):
-    """convT8 3×3/3, convT4 3×3/2, convT2 3×3, convT1 2×2/2, tanh: 8×2×2 → 1×28×28."""
+    """convT8 3×3/3, convT4 3×3/2, convT2 3×3, convT·2×2/2: 8×2×2 → channels×28×28.
 
-    def __init__(self, out_features: int = 28 * 28) -> None:
-        if out_features != 28 * 28:
-            raise ValueError(f"MnistDecoder reconstructs 28×28 images, not {out_features} values")
+    `out_features` = channels·784: 784 for a reconstruction (with `tanh`, as in §5B), 2·784
+    for the logits of a two-class segmentation (`tanh=False`).
+    """
+
+    def __init__(self, out_features: int = 28 * 28, tanh: bool = True) -> None:
+        channels, rest = divmod(out_features, 28 * 28)
+        if rest or not channels:
+            raise ValueError(f"MnistDecoder emits channels×28×28 values, not {out_features}")
         super().__init__(
             nn.ConvTranspose2d(8, 8, 3, stride=3), nn.ReLU(),  # 6×6
             nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),  # 12
             nn.ConvTranspose2d(4, 2, 3), nn.ReLU(),  # 14×14
-            nn.ConvTranspose2d(2, 1, 2, stride=2), nn.Tanh(),  # 28×28
+            nn.ConvTranspose2d(2, channels, 2, stride=2),  # 28×28
+            *([nn.Tanh()] if tanh else []),
         )  # fmt: skip

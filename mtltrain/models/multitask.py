@@ -6,16 +6,46 @@ from collections.abc import Callable, Mapping, Sequence
 
 from torch import Tensor, nn
 
-from mtltrain.data.base import TaskSpec
+from mtltrain.errors import ConfigError
+from mtltrain.losses import MeanLogVar
+from mtltrain.tasks import TaskSpec
 
 HeadFactory = Callable[..., nn.Module]
+BOUNDED = (nn.Tanh, nn.Sigmoid, nn.Softmax)
+
+
+class VarianceHead(nn.Module):
+    """Wraps a head that emits twice the values: the first half is μ, the second log σ²."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, z: Tensor) -> MeanLogVar:
+        mean, log_var = self.head(z).chunk(2, dim=1)
+        return MeanLogVar(mean, log_var)
+
+
+def _head(task: TaskSpec, factory: HeadFactory) -> nn.Module:
+    if not task.heteroscedastic:
+        return factory(out_features=task.out_features)
+    head = factory(out_features=2 * task.out_features)
+    last = list(head.modules())[-1]
+    if isinstance(last, BOUNDED):
+        raise ConfigError(
+            f"task {task.name}: losses {list(task.losses)} need a head that predicts a "
+            f"log-variance, but its head {type(head).__name__} ends in {type(last).__name__}, "
+            "which bounds its output: use a loss without variance (e.g. mse) or another head"
+        )
+    return VarianceHead(head)
 
 
 class MultiTaskModel(nn.Module):
     """`encoder` (None: no shared layers) feeds every task's head.
 
     Heads are built from `heads[task]` when given, else from `head`; each factory is called
-    with `out_features` from the task's spec.
+    with `out_features` from the task's spec (twice that for a heteroscedastic task, whose
+    head then emits `MeanLogVar`).
     """
 
     def __init__(
@@ -28,11 +58,9 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         heads = heads or {}
         self.encoder = encoder if encoder is not None else nn.Identity()
-        self.heads = nn.ModuleDict(
-            {t.name: heads.get(t.name, head)(out_features=t.out_features) for t in tasks}
-        )
+        self.heads = nn.ModuleDict({t.name: _head(t, heads.get(t.name, head)) for t in tasks})
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor) -> dict[str, Tensor | MeanLogVar]:
         z = self.encoder(x)
         return {name: head(z) for name, head in self.heads.items()}
 

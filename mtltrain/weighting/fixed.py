@@ -7,42 +7,17 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from mtltrain.errors import ConfigError
 from mtltrain.losses import LossTerm
-from mtltrain.weighting.base import Weighting
-
-
-def weight_vector(
-    names: Sequence[str], weights: Mapping[str, float] | Sequence[float] | None
-) -> list[float]:
-    """One weight per term from a {term: w} mapping, a list in term order, or None (all 1)."""
-    if weights is None:
-        return [1.0] * len(names)
-    if isinstance(weights, Mapping):
-        if set(weights) != set(names):
-            raise ConfigError(
-                f"weighting.weights names {sorted(weights)} do not match the loss terms "
-                f"{list(names)}: give one weight per term"
-            )
-        return [float(weights[n]) for n in names]
-    if len(weights) != len(names):
-        raise ConfigError(
-            f"weighting.weights={list(weights)} has {len(weights)} values but there are "
-            f"{len(names)} loss terms {list(names)}: give one weight per term"
-        )
-    return [float(w) for w in weights]
+from mtltrain.weighting.base import Values, Weighting, named_values
 
 
 class FixedWeighting(Weighting):
     """Σ_k w_k·L_k; the usual hand-tuned baseline (default: all w_k = 1)."""
 
-    def __init__(
-        self,
-        terms: Sequence[LossTerm],
-        weights: Mapping[str, float] | Sequence[float] | None = None,
-    ) -> None:
+    def __init__(self, terms: Sequence[LossTerm], weights: Values = None) -> None:
         super().__init__(terms)
-        self.register_buffer("weight", torch.tensor(weight_vector(self.names, weights)))
+        values = named_values(self.names, weights, "weighting.weights", default=1.0)
+        self.register_buffer("weight", torch.tensor(values))
 
     def contributions(self, losses: Mapping[str, Tensor]) -> Tensor:
         return self.weight * self.stack(losses)

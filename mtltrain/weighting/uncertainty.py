@@ -11,6 +11,7 @@ term_k = a_k·exp(−s_k)·L_k + b·s_k with s_k = log σ_k² learned. The forms
 
 At a fixed L_k the optimum is exp(s_k) = (a_k/b)·L_k; for a regression MSE term in the
 likelihood form that is σ_k² = MSE. The total may go negative once some σ_k < 1: expected.
+Terms whose loss learns its own per-sample σ(x) keep weight 1 (see `Weighting`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from mtltrain.errors import ConfigError
 from mtltrain.losses import LossTerm
 from mtltrain.weighting.base import Weighting
 
-KIND_FACTOR = {"regression": 0.5, "classification": 1.0}
+KIND_FACTOR = {"regression": 0.5, "classification": 1.0, "segmentation": 1.0}
 FORMS = ("likelihood", "unit", "half")
 
 
@@ -59,15 +60,16 @@ class UncertaintyWeighting(Weighting):
         }[form]
         self.register_buffer("factor", torch.tensor(factors))
         self.regulariser = 1.0 if form == "unit" else 0.5
-        self.log_var = nn.Parameter(initial_log_var(len(terms), init_log_var))
+        init = initial_log_var(len(terms), init_log_var)
+        self.log_var = nn.Parameter(torch.where(self.learns, init, 0.0))
 
     def contributions(self, losses: Mapping[str, Tensor]) -> Tensor:
-        return self.factor * torch.exp(-self.log_var) * self.stack(losses) + (
-            self.regulariser * self.log_var
-        )
+        loss = self.stack(losses)
+        learned = self.factor * torch.exp(-self.log_var) * loss + self.regulariser * self.log_var
+        return torch.where(self.learns, learned, loss)
 
     def weights(self) -> Tensor:
-        return (self.factor * torch.exp(-self.log_var)).detach()
+        return torch.where(self.learns, self.factor * torch.exp(-self.log_var), 1.0).detach()
 
     def sigma(self) -> Tensor:
         """σ_k = exp(s_k / 2)."""

@@ -1,0 +1,26 @@
+"""What a task is: its kind, what its head emits, and its list of losses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+TaskKind = Literal["classification", "segmentation", "regression"]
+KINDS: tuple[TaskKind, ...] = ("classification", "segmentation", "regression")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: what its head predicts and how it is trained and scored.
+
+    `out_features` is the number of values the head emits per sample for its point prediction
+    (classes for classification, classes × pixels for segmentation). `losses` names the task's
+    loss terms in `mtltrain.losses.LOSSES`. `heteroscedastic`: the head also predicts a
+    per-sample log-variance (set when one of its losses needs it).
+    """
+
+    name: str
+    kind: TaskKind
+    out_features: int
+    losses: tuple[str, ...]
+    heteroscedastic: bool = False

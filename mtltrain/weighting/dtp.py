@@ -1,0 +1,87 @@
+"""Dynamic Task Prioritization (Guo, Haque, Huang, Yeung & Fei-Fei, ECCV 2018).
+
+total = Σ_t FL(κ̄_t; γ_t)·L_t with the focal weight FL(κ̄; γ) = −(1 − κ̄)^γ·log κ̄: the worse a
+task performs, the more it weighs. κ_t ∈ [0, 1] is the task's key performance indicator on
+each training batch, measured before the step's update: accuracy (classification), foreground
+IoU (segmentation), exp(−RMSE/scale_t) (regression). κ̄_t ← α·κ_t + (1 − α)·κ̄_t starts at
+the first κ_t and is clamped to [ε, 1 − ε] before the weight is taken. The weight is a function
+of a measurement, never of the graph: no gradient flows through it. Every loss term of a task
+gets the task's weight. The paper's example-level focal loss is the loss `focal`
+(dataset.losses.<task>=[focal], γ0 = loss.focal_gamma).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from mtltrain.errors import ConfigError
+from mtltrain.losses import LossTerm, MeanLogVar
+from mtltrain.metrics import ClassificationScorer, RegressionScorer, SegmentationScorer
+from mtltrain.weighting.base import Values, Weighting, named_values
+
+
+def kpi(kind: str, output: Tensor | MeanLogVar, target: Tensor, scale: float) -> Tensor:
+    """κ of one batch, a 0-d tensor in [0, 1] on the output's device."""
+    if kind == "classification":
+        return ClassificationScorer().score(output, target)["accuracy"]
+    if kind == "segmentation":
+        return SegmentationScorer().score(output, target)["iou"]
+    return torch.exp(-RegressionScorer().score(output, target)["rmse"] / scale)
+
+
+class DynamicTaskPrioritization(Weighting):
+    """Σ_t −(1 − κ̄_t)^γ_t·log κ̄_t · L_t, κ̄ a moving average of each task's KPI (Guo et al.)."""
+
+    def __init__(
+        self,
+        terms: Sequence[LossTerm],
+        alpha: float = 0.1,
+        gamma: Values = 1.0,
+        kpi_scale: Values = 1.0,
+        kpi_eps: float = 1e-3,
+    ) -> None:
+        super().__init__(terms)
+        if not 0 < alpha <= 1:
+            raise ConfigError(f"weighting.alpha={alpha} is not allowed: it must be in (0, 1]")
+        if not 0 < kpi_eps < 0.5:
+            raise ConfigError(f"weighting.kpi_eps={kpi_eps} is not allowed: it must be in (0, 0.5)")
+        self.tasks = list(dict.fromkeys(t.task for t in terms))
+        self.kinds = {t.task: t.kind for t in terms}
+        self.alpha, self.kpi_eps = alpha, kpi_eps
+        gammas = named_values(self.tasks, gamma, "weighting.gamma", default=1.0)
+        if min(gammas) < 0:
+            raise ConfigError(f"weighting.gamma={gamma} is not allowed: γ must be >= 0")
+        scales = named_values(self.tasks, kpi_scale, "weighting.kpi_scale", default=1.0)
+        if min(scales) <= 0:
+            raise ConfigError(f"weighting.kpi_scale={kpi_scale} is not allowed: it must be > 0")
+        self.scales = dict(zip(self.tasks, scales, strict=True))
+        self.register_buffer("gamma", torch.tensor(gammas))
+        self.register_buffer("kpi_avg", torch.full((len(self.tasks),), float("nan")))
+        self.register_buffer("term_task", torch.tensor([self.tasks.index(t.task) for t in terms]))
+
+    @torch.no_grad()
+    def observe(
+        self, outputs: Mapping[str, Tensor | MeanLogVar], targets: Mapping[str, Tensor]
+    ) -> None:
+        kappa = torch.stack(
+            [kpi(self.kinds[t], outputs[t], targets[t], self.scales[t]) for t in self.tasks]
+        ).to(self.kpi_avg.dtype)
+        moved = self.alpha * kappa + (1 - self.alpha) * self.kpi_avg
+        self.kpi_avg.copy_(torch.where(self.kpi_avg.isnan(), kappa, moved))
+
+    def task_weights(self) -> Tensor:
+        """FL(κ̄_t; γ_t) = −(1 − κ̄_t)^γ_t·log κ̄_t per task, with κ̄ clamped to [ε, 1 − ε]."""
+        k = self.kpi_avg.clamp(self.kpi_eps, 1 - self.kpi_eps)
+        return -((1 - k) ** self.gamma) * torch.log(k)
+
+    def weights(self) -> Tensor:
+        return self.task_weights()[self.term_task]
+
+    def contributions(self, losses: Mapping[str, Tensor]) -> Tensor:
+        return self.weights() * self.stack(losses)
+
+    def report(self) -> dict[str, Tensor]:
+        return {"weight": self.weights(), "kpi": self.kpi_avg[self.term_task].clone()}

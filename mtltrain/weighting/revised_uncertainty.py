@@ -1,0 +1,36 @@
+"""Revised uncertainty weighting (Liebel & Körner 2018, "Auxiliary Tasks in Multi-task Learning").
+
+term_k = L_k/(2·c_k²) + ln(1 + c_k²), c_k learned, initialised to 1. The regulariser is always
+positive, so the total stays ≥ 0 for non-negative losses and c → 0 is not rewarded. At a fixed
+L_k the optimum is c_k² = (L_k + sqrt(L_k² + 8·L_k))/4. Terms whose loss learns its own
+per-sample σ(x) keep weight 1 (see `Weighting`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mtltrain.losses import LossTerm
+from mtltrain.weighting.base import Weighting
+
+
+class RevisedUncertaintyWeighting(Weighting):
+    """Σ_k L_k/(2·c_k²) + ln(1 + c_k²) (Liebel & Körner 2018)."""
+
+    def __init__(self, terms: Sequence[LossTerm], init_c: float = 1.0) -> None:
+        super().__init__(terms)
+        self.c = nn.Parameter(torch.full((len(terms),), float(init_c)))
+
+    def contributions(self, losses: Mapping[str, Tensor]) -> Tensor:
+        loss = self.stack(losses)
+        c2 = self.c.square()
+        return torch.where(self.learns, loss / (2 * c2) + torch.log1p(c2), loss)
+
+    def weights(self) -> Tensor:
+        return torch.where(self.learns, 1 / (2 * self.c.square()), 1.0).detach()
+
+    def report(self) -> dict[str, Tensor]:
+        return {"weight": self.weights(), "c": self.c.detach().clone()}
