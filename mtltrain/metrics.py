@@ -17,6 +17,13 @@ from mtltrain.data.base import Split
 from mtltrain.losses import MeanLogVar, point
 from mtltrain.tasks import TaskSpec
 
+# Which way each metric improves, for comparisons such as Δm%: +1 higher is better, −1 lower is
+# better. Coverages have a target value (0.683, 0.954), not a direction, and are left out.
+DIRECTION = {
+    "accuracy": 1, "iou": 1, "dice": 1,
+    "rmse": -1, "mse": -1, "nll": -1, "calibration_error": -1, "sigma_rel_error": -1,
+}  # fmt: skip
+
 
 def calibration_levels(like: Tensor) -> Tensor:
     """The central-interval levels p = 0.05, 0.10, …, 0.95 the calibration error looks at."""
