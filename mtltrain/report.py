@@ -1,0 +1,565 @@
+"""mtltrain-report: compare the runs under a run or multirun folder.
+
+Reads what the runs wrote (results.json and the TensorBoard event files under tb/) and writes,
+into the folder or into --out DIR: report.md (its table is also printed to stdout), report.csv,
+learned_<quantity>.png and main_metrics.png. It writes no other file.
+
+Runs
+  Every folder under FOLDER (FOLDER itself included) that holds results.json or .hydra/ is a
+  run; hidden folders and the folders inside a run are not searched. A run without
+  results.json, or whose status is not "completed", is listed under "Runs that did not finish"
+  in report.md and on stderr, and is left out of the statistics.
+
+Settings (rows)
+  A run's setting is its overrides, spelled as given, minus seed=... and minus those that are
+  the same in every finished run: "key=value, key=value", or "(all runs)" when that leaves
+  nothing (with several rows, "(defaults)" names the row without any of the differing
+  overrides). Rows are in run order (job number).
+
+Table
+  setting; seeds (the number of runs); every test metric; every learned quantity
+  <quantity>/<term> but log_var (the same as sigma); all as mean ± sample standard deviation
+  (n − 1) over seeds, "–" for one seed, 4 significant digits; Δm%. report.csv has every metric
+  (test and train) and every quantity as <name>_mean and <name>_std (empty for one seed) at full
+  precision, with n and delta_m_pct.
+
+Δm%
+  Δm% = (100/K)·Σ_k d_k·(M_k − M_b,k)/|M_b,k| over the K tasks' main test metrics (a task's
+  first test metric), means over seeds, d_k = +1 where higher is better and −1 where lower is
+  better: positive Δm% is better than the baseline. |M_b,k| is M_b,k for every positive metric
+  and keeps that sign convention for a negative NLL. A row's baseline is the setting that has
+  the --baseline overrides and agrees with the row on every other override, so each setting is
+  compared with the baseline on the same other settings; the baseline row itself gets 0.00.
+  Blank: no such setting, different tasks, a main metric without a direction or a baseline of 0.
+
+Plots
+  learned_<quantity>.png for each of sigma, c, weight, kpi in the event files: one panel per loss
+  term, the mean over seeds against step (at the steps all seeds logged), one line per setting,
+  the min–max over seeds shaded. main_metrics.png: one panel per task main metric, the mean per
+  setting with ±std error bars.
+
+Errors
+  A FOLDER that does not exist or holds no runs, an --out that is not a folder, or a --baseline
+  that is not key=value[,key=value]: one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import statistics
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mtltrain.metrics import DIRECTION
+from mtltrain.results import RESULTS_FILE
+
+PROG = "mtltrain-report"
+COMPLETED = "completed"
+PLOTTED = ("sigma", "c", "weight", "kpi")  # learned quantities with a plot, in this order
+CSV_ONLY = ("log_var",)  # learned quantities left out of the Markdown table
+REPORT_MD, REPORT_CSV, MAIN_PNG = "report.md", "report.csv", "main_metrics.png"
+SYMBOL = {"sigma": "σ", "c": "c", "weight": "weight", "kpi": "κ̄"}
+PANEL_COLUMNS = 3
+
+Scalars = dict[str, dict[int, float]]  # {tag: {step: value}}
+
+
+class ReportError(Exception):
+    """A problem the user can fix: one line on stderr, exit code 2."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run folder: its name below the report's folder and what its results.json says."""
+
+    path: Path
+    name: str
+    status: str
+    results: dict[str, Any]
+
+    @property
+    def finished(self) -> bool:
+        return self.status == COMPLETED
+
+    def pairs(self) -> dict[str, str | None]:
+        """{key: value} of the run's overrides, seed left out; keys without Hydra's + prefix."""
+        return {k: v for k, v in map(parse_override, self.overrides()) if k != "seed"}
+
+    def overrides(self) -> list[str]:
+        return list(self.results.get("overrides", []))
+
+    def values(self) -> dict[str, float]:
+        """Final metrics and learned quantities, as {"test/y1/rmse": …, "sigma/y1": …}."""
+        learned = {
+            f"{quantity}/{term}": value
+            for quantity, per_term in self.results.get("weighting", {}).items()
+            for term, value in per_term.items()
+        }
+        merged = {**self.results.get("metrics", {}), **learned}
+        return {k: float(v) for k, v in merged.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (n − 1; None for one value) over seeds."""
+
+    mean: float
+    std: float | None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row: the runs that share a setting, and their statistics."""
+
+    label: str
+    pairs: dict[str, str | None]
+    runs: tuple[Run, ...]
+    stats: dict[str, Stat]
+    main: dict[str, str]  # {task: its main test metric}
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A learned quantity against step: mean, min and max over seeds."""
+
+    steps: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
+# --- finding and reading runs ---------------------------------------------------------------
+
+
+def natural_key(name: str) -> tuple[tuple[str, int], ...]:
+    """Sort key that puts job 10 after job 9: digit runs compare as numbers."""
+    return tuple(
+        (part, 0) if i % 2 == 0 else ("", int(part))
+        for i, part in enumerate(re.split(r"(\d+)", name))
+    )
+
+
+def is_run(folder: Path) -> bool:
+    return (folder / RESULTS_FILE).is_file() or (folder / ".hydra").is_dir()
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Run folders under `root` (itself included) in natural order; runs are not searched."""
+    found = []
+    for folder, subdirs, _ in os.walk(root):
+        if is_run(Path(folder)):
+            found.append(Path(folder))
+            subdirs.clear()
+        else:
+            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+    return sorted(found, key=lambda p: [natural_key(part) for part in p.relative_to(root).parts])
+
+
+def load_run(path: Path, root: Path) -> Run:
+    """A run and its status: results.json's, or why there is none to read."""
+    name = path.relative_to(root).as_posix() if path != root else root.name
+    try:
+        results = json.loads((path / RESULTS_FILE).read_text())
+    except FileNotFoundError:
+        return Run(path, name, f"no {RESULTS_FILE}", {})
+    except (OSError, ValueError) as e:
+        return Run(path, name, f"unreadable {RESULTS_FILE} ({type(e).__name__})", {})
+    if not isinstance(results, dict):
+        return Run(path, name, f"unreadable {RESULTS_FILE} (not an object)", {})
+    return Run(path, name, str(results.get("status", "no status")), results)
+
+
+def read_learned(run: Run) -> Scalars:
+    """The learned quantities a run logged to TensorBoard: {"sigma/y1": {step: value}}."""
+    tb = run.path / "tb"
+    if not tb.is_dir():
+        return {}
+    acc = EventAccumulator(str(tb), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {
+        tag: {event.step: event.value for event in acc.Scalars(tag)}
+        for tag in acc.Tags()["scalars"]
+        if tag.split("/", 1)[0] in PLOTTED
+    }
+
+
+# --- settings and statistics ----------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[str, str | None]:
+    """`key=value` → (key, value), without Hydra's + / ++ prefix; `~key` → ("~key", None)."""
+    key, sep, value = text.partition("=")
+    return key.strip().lstrip("+"), value if sep else None
+
+
+def split_top_level(text: str) -> list[str]:
+    """Split at the commas outside brackets, braces and quotes: `a=[1,2],b=3` → 2 parts."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, char in enumerate(text):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
+
+
+def parse_baseline(text: str) -> dict[str, str | None]:
+    """--baseline `key=value[,key=value]` → {key: value}."""
+    pairs = dict(parse_override(part) for part in split_top_level(text))
+    if any(not key or value is None for key, value in pairs.items()):
+        raise ReportError(f"--baseline {text!r} is not key=value[,key=value]")
+    return pairs
+
+
+def summarize(values: Sequence[float]) -> Stat:
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Stat(statistics.fmean(values), std)
+
+
+def ordered_union(groups: Iterable[Iterable[str]]) -> list[str]:
+    """Every name of `groups`, once, in order of first appearance."""
+    return list(dict.fromkeys(name for group in groups for name in group))
+
+
+def main_metrics(names: Iterable[str]) -> dict[str, str]:
+    """{task: "test/<task>/<metric>"}: the first test metric of each task is its main one."""
+    main: dict[str, str] = {}
+    for name in names:
+        split, _, rest = name.partition("/")
+        task = rest.rpartition("/")[0]
+        if split == "test" and task:
+            main.setdefault(task, name)
+    return main
+
+
+def differing_keys(runs: Sequence[Run]) -> set[str]:
+    """Override keys (seed aside) whose value, or presence, is not the same in every run."""
+    all_pairs = [run.pairs() for run in runs]
+    keys = {key for pairs in all_pairs for key in pairs}
+    return {key for key in keys if len({(key in p, p.get(key)) for p in all_pairs}) > 1}
+
+
+def make_setting(label: str, runs: Sequence[Run]) -> Setting:
+    values = [run.values() for run in runs]
+    stats = {
+        name: summarize([v[name] for v in values if name in v]) for name in ordered_union(values)
+    }
+    return Setting(label, runs[0].pairs(), tuple(runs), stats, main_metrics(values[0]))
+
+
+def group_settings(runs: Sequence[Run]) -> list[Setting]:
+    """Finished runs grouped by their overrides but seed, labelled by those that differ."""
+    groups: dict[frozenset[tuple[str, str | None]], list[Run]] = {}
+    for run in runs:
+        groups.setdefault(frozenset(run.pairs().items()), []).append(run)
+    differing = differing_keys(runs)
+    empty = "(all runs)" if len(groups) == 1 else "(defaults)"
+    settings = []
+    for members in groups.values():
+        shown = [o for o in members[0].overrides() if parse_override(o)[0] in differing]
+        settings.append(make_setting(", ".join(shown) or empty, members))
+    return settings
+
+
+# --- Δm% ------------------------------------------------------------------------------------
+
+
+def find_baseline(
+    row: Setting, settings: Sequence[Setting], baseline: Mapping[str, str | None]
+) -> Setting | None:
+    """The setting with the baseline's overrides that agrees with `row` on every other one."""
+    for candidate in settings:
+        keys = (candidate.pairs.keys() | row.pairs.keys()) - baseline.keys()
+        if all(candidate.pairs.get(k) == v for k, v in baseline.items()) and all(
+            candidate.pairs.get(k) == row.pairs.get(k) for k in keys
+        ):
+            return candidate
+    return None
+
+
+def delta_m(row: Setting, base: Setting) -> float | None:
+    """Δm% = (100/K)·Σ_k d_k·(M_k − M_b,k)/|M_b,k| over the main test metrics (None: undefined)."""
+    if row.main != base.main or not row.main:
+        return None
+    changes = []
+    for name in row.main.values():
+        direction = DIRECTION.get(name.rpartition("/")[2])
+        mean, ref = row.stats[name].mean, base.stats[name].mean
+        if direction is None or ref == 0:
+            return None
+        changes.append(direction * (mean - ref) / abs(ref))
+    return 100 * sum(changes) / len(changes)
+
+
+def delta_ms(settings: Sequence[Setting], baseline: Mapping[str, str | None]) -> list[float | None]:
+    """Each row's Δm% against its own baseline row."""
+    result = []
+    for row in settings:
+        base = find_baseline(row, settings, baseline)
+        result.append(None if base is None else delta_m(row, base))
+    return result
+
+
+# --- Markdown and CSV -----------------------------------------------------------------------
+
+
+def table_columns(settings: Sequence[Setting]) -> list[str]:
+    """Test metrics, then learned quantities but log_var, in order of first appearance."""
+    names = ordered_union(s.stats for s in settings)
+    learned = [n for n in names if n.split("/", 1)[0] not in ("test", "train", *CSV_ONLY)]
+    return [n for n in names if n.startswith("test/")] + learned
+
+
+def fmt_stat(stat: Stat | None) -> str:
+    if stat is None:
+        return ""
+    std = "–" if stat.std is None else f"{stat.std:.4g}"
+    return f"{stat.mean:.4g} ± {std}"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)])
+
+
+def results_table(settings: Sequence[Setting], deltas: Sequence[float | None]) -> str:
+    columns = table_columns(settings)
+    rows = [
+        [s.label, str(len(s.runs)), *(fmt_stat(s.stats.get(c)) for c in columns),
+         "" if d is None else f"{d:.2f}"]
+        for s, d in zip(settings, deltas, strict=True)
+    ]  # fmt: skip
+    return markdown_table(["setting", "seeds", *columns, "Δm%"], rows)
+
+
+def table_notes(
+    settings: Sequence[Setting], deltas: Sequence[float | None], baseline: str, matched: bool
+) -> str:
+    """What the numbers are, and the Δm% formula with its sign convention."""
+    used = ", ".join(ordered_union(s.main.values() for s in settings))
+    notes = [
+        'Mean ± sample standard deviation (n − 1) over seeds; "–": one seed.',
+        f"Δm% = (100/K)·Σ_k d_k·(M_k − M_b,k)/|M_b,k| over the K tasks' main test metrics "
+        f"({used}), means over seeds, with d_k = +1 where higher is better and −1 where lower "
+        f"is better: positive Δm% is better than the baseline. M_b is the row with {baseline} "
+        "and the same other settings; blank: no such row, or different tasks.",
+    ]
+    if not matched:
+        notes.append(f"No setting has {baseline}: Δm% is blank (choose one with --baseline).")
+    elif all(d is None for d in deltas):
+        notes.append("No row could be compared with its baseline row: Δm% is blank.")
+    return "\n\n".join(notes)
+
+
+def unfinished_section(runs: Sequence[Run]) -> str:
+    rows = ([f"`{run.name}`", run.status] for run in runs)
+    return "## Runs that did not finish\n\n" + markdown_table(["run", "status"], rows)
+
+
+def csv_pair(stat: Stat | None) -> tuple[float | None, float | None]:
+    return (None, None) if stat is None else (stat.mean, stat.std)
+
+
+def csv_cell(value: float | None) -> str:
+    """Full precision (repr); empty for no value."""
+    return "" if value is None else repr(value)
+
+
+def write_csv(path: Path, settings: Sequence[Setting], deltas: Sequence[float | None]) -> None:
+    """Every metric and quantity as <name>_mean, <name>_std at full precision, n, Δm%."""
+    names = ordered_union(s.stats for s in settings)
+    header = ["setting", "n", *(f"{n}_{part}" for n in names for part in ("mean", "std"))]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*header, "delta_m_pct"])
+        for setting, delta in zip(settings, deltas, strict=True):
+            cells = [csv_cell(part) for n in names for part in csv_pair(setting.stats.get(n))]
+            writer.writerow([setting.label, len(setting.runs), *cells, csv_cell(delta)])
+
+
+# --- plots ----------------------------------------------------------------------------------
+
+
+def seed_curve(series: Sequence[Mapping[int, float]]) -> Curve | None:
+    """Mean, min and max over seeds at the steps every seed logged."""
+    steps = sorted(set.intersection(*(set(s) for s in series)))
+    if not steps:
+        return None
+    values = np.array([[s[step] for step in steps] for s in series])
+    return Curve(np.array(steps), values.mean(0), values.min(0), values.max(0))
+
+
+def learned_curves(
+    settings: Sequence[Setting], scalars: Mapping[Path, Scalars]
+) -> dict[str, dict[str, dict[str, Curve]]]:
+    """{quantity: {term: {setting label: curve}}} for the plotted learned quantities."""
+    tags = ordered_union(scalars[run.path] for s in settings for run in s.runs)
+    curves: dict[str, dict[str, dict[str, Curve]]] = {}
+    for quantity in PLOTTED:
+        for tag in (t for t in tags if t.split("/", 1)[0] == quantity):
+            for setting in settings:
+                series = [scalars[r.path][tag] for r in setting.runs if tag in scalars[r.path]]
+                curve = seed_curve(series) if series else None
+                if curve is not None:
+                    term = tag.split("/", 1)[1]
+                    curves.setdefault(quantity, {}).setdefault(term, {})[setting.label] = curve
+    return curves
+
+
+def panels(count: int) -> tuple[Figure, list[Any]]:
+    """A figure with `count` panels in rows of at most PANEL_COLUMNS."""
+    cols = min(count, PANEL_COLUMNS)
+    rows = math.ceil(count / cols)
+    fig = Figure(figsize=(4.5 * cols, 3.4 * rows + 0.8), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return fig, list(axes[:count])
+
+
+def save(fig: Figure, path: Path) -> None:
+    FigureCanvasAgg(fig).print_png(str(path))
+
+
+def plot_learned(
+    quantity: str, per_term: Mapping[str, Mapping[str, Curve]], colors: Mapping[str, str],
+    path: Path,
+) -> None:  # fmt: skip
+    """One panel per loss term: the quantity against step, one line per setting."""
+    fig, axes = panels(len(per_term))
+    handles = {}
+    for ax, (term, per_setting) in zip(axes, per_term.items(), strict=True):
+        for label, curve in per_setting.items():
+            (line,) = ax.plot(curve.steps, curve.mean, color=colors[label], lw=1.5)
+            ax.fill_between(curve.steps, curve.low, curve.high, color=colors[label], alpha=0.2)
+            handles[label] = line
+        ax.set_title(f"{SYMBOL[quantity]} of {term}")
+        ax.set_xlabel("step")
+        ax.set_ylabel(SYMBOL[quantity])
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+               title="setting (mean over seeds, min–max shaded)")  # fmt: skip
+    save(fig, path)
+
+
+def plot_main_metrics(settings: Sequence[Setting], colors: Mapping[str, str], path: Path) -> None:
+    """One panel per task main metric: mean per setting with ±std error bars."""
+    metrics = ordered_union(s.main.values() for s in settings)
+    fig, axes = panels(len(metrics))
+    for ax, name in zip(axes, metrics, strict=True):
+        shown = [s for s in settings if name in s.stats]
+        for x, setting in enumerate(shown):
+            stat = setting.stats[name]
+            ax.errorbar(x, stat.mean, yerr=stat.std or 0.0, fmt="o", capsize=4,
+                        color=colors[setting.label])  # fmt: skip
+        ax.set_xticks(range(len(shown)), [s.label.replace(", ", "\n") for s in shown])
+        ax.margins(x=0.3)
+        direction = {1: "higher is better", -1: "lower is better"}.get(
+            DIRECTION.get(name.rpartition("/")[2], 0), "no direction"
+        )
+        ax.set_title(f"{name} ({direction})")
+    fig.suptitle("mean ± std over seeds")
+    save(fig, path)
+
+
+def write_plots(settings: Sequence[Setting], runs: Sequence[Run], out: Path) -> list[str]:
+    """The PNG files, returning their names."""
+    colors = {s.label: f"C{i % 10}" for i, s in enumerate(settings)}
+    scalars = {run.path: read_learned(run) for run in runs}
+    for run in runs:
+        if not scalars[run.path]:
+            print(f"{PROG}: no learned quantities in {run.name}/tb: not plotted", file=sys.stderr)
+    written = []
+    for quantity, per_term in learned_curves(settings, scalars).items():
+        name = f"learned_{quantity}.png"
+        plot_learned(quantity, per_term, colors, out / name)
+        written.append(name)
+    if any(s.main for s in settings):
+        plot_main_metrics(settings, colors, out / MAIN_PNG)
+        written.append(MAIN_PNG)
+    return written
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def report(folder: Path, out: Path, baseline: str) -> None:
+    """Read the runs under `folder`, write the report files into `out`, print the table."""
+    pairs = parse_baseline(baseline)
+    if not folder.is_dir():
+        raise ReportError(f"no such folder: {folder}")
+    runs = [load_run(path, folder) for path in find_runs(folder)]
+    if not runs:
+        raise ReportError(f"no runs in {folder}: no folder with {RESULTS_FILE} or .hydra/")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"cannot write into --out {out}: {e.strerror}") from None
+    finished = [run for run in runs if run.finished]
+    unfinished = [run for run in runs if not run.finished]
+    for run in unfinished:
+        print(f"{PROG}: run did not finish: {run.name} ({run.status})", file=sys.stderr)
+
+    settings = group_settings(finished) if finished else []
+    deltas = delta_ms(settings, pairs)
+    matched = any(find_baseline(s, settings, pairs) is not None for s in settings)
+    notes = table_notes(settings, deltas, baseline, matched)
+    table = results_table(settings, deltas) + "\n\n" + notes
+    print(table)
+    write_csv(out / REPORT_CSV, settings, deltas)
+    pictures = write_plots(settings, finished, out)
+
+    count = f"{len(finished)} finished runs in {len(settings)} settings"
+    parts = [f"# mtltrain report: {folder.name}", f"{count}, {len(unfinished)} did not finish.",
+             table]  # fmt: skip
+    if unfinished:
+        parts.append(unfinished_section(unfinished))
+    if pictures:
+        parts.append("## Plots\n\n" + "\n\n".join(f"![{p}]({p})" for p in pictures))
+    (out / REPORT_MD).write_text("\n\n".join(parts) + "\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("folder", type=Path, help="a run folder or a multirun (sweep) folder")
+    p.add_argument(
+        "--out", type=Path, metavar="DIR", help="where to write the report files (default: FOLDER)"
+    )
+    p.add_argument(
+        "--baseline",
+        default="weighting=fixed",
+        help="the setting Δm%% compares with, key=value[,key=value] (default: %(default)s)",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        report(args.folder, args.out or args.folder, args.baseline)
+    except ReportError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,230 @@
+"""`mtltrain-report` on real sweeps (subprocesses) and on hand-written run folders."""
+
+import csv
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+from matplotlib.image import imread
+
+from mtltrain.report import main, seed_curve
+
+REPORT = str(Path(sys.executable).with_name("mtltrain-report"))
+TINY = ["trainer.epochs=3", "trainer.log_every=1", "dataset.n_train=64", "dataset.n_test=32"]
+REPORT_FILES = {"report.md", "report.csv", "learned_sigma.png", "learned_weight.png",
+                "main_metrics.png"}  # fmt: skip
+
+
+def run_report(args, cwd):
+    return subprocess.run(
+        [REPORT, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def snapshot(folder):
+    """{relative path: sha256} of every file under `folder`."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def table(markdown):
+    """The first Markdown table of `markdown` as a list of {column: cell}."""
+    lines = next(block for block in markdown.split("\n\n") if block.startswith("|")).splitlines()
+
+    def cells(line):
+        return [c.strip() for c in line.strip().strip("|").split(" | ")]
+
+    header = cells(lines[0])
+    return [dict(zip(header, cells(line), strict=True)) for line in lines[2:]]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """weighting=fixed,uncertainty × seed=0,1, a run without results.json, an interrupted one,
+    and the report on all of it: (sweep folder, finished results by weighting, files before,
+    report process)."""
+    tmp = tmp_path_factory.mktemp("report")
+    folder = tmp / "sweep"
+    args = ["-m", "weighting=fixed,uncertainty", "seed=0,1", *TINY, f"hydra.sweep.dir={folder}"]
+    proc = run_cli(args, cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    jobs = sorted(p for p in folder.iterdir() if p.is_dir())
+    finished = {}
+    for job in jobs:
+        results = json.loads((job / "results.json").read_text())
+        finished.setdefault(results["choices"]["weighting"], []).append(results)
+    shutil.copytree(jobs[0], folder / "4_crashed")
+    (folder / "4_crashed" / "results.json").unlink()
+    shutil.copytree(jobs[1], folder / "5_interrupted")
+    stopped = json.loads((jobs[1] / "results.json").read_text()) | {"status": "interrupted"}
+    (folder / "5_interrupted" / "results.json").write_text(json.dumps(stopped))
+    before = snapshot(folder)
+    return folder, finished, before, run_report([folder], cwd=tmp)
+
+
+def flat(results):
+    """A run's metrics and learned quantities ("sigma/y1") in one mapping."""
+    learned = {f"{q}/{t}": v for q, per in results["weighting"].items() for t, v in per.items()}
+    return results["metrics"] | learned
+
+
+def hand_stats(runs, name):
+    """Mean and sample standard deviation (ddof=1) of `name` over `runs`."""
+    values = [flat(r)[name] for r in runs]
+    return np.mean(values), np.std(values, ddof=1)
+
+
+def test_table_is_mean_and_std_over_seeds(sweep):
+    folder, finished, _, proc = sweep
+    assert proc.returncode == 0, proc.stderr
+    rows = table((folder / "report.md").read_text())
+    assert [r["setting"] for r in rows] == ["weighting=fixed", "weighting=uncertainty"]
+    for row, weighting in zip(rows, ("fixed", "uncertainty"), strict=True):
+        runs = finished[weighting]
+        assert row["seeds"] == "2"
+        names = [n for n in runs[0]["metrics"] if n.startswith("test/")]
+        names += [f"{q}/{t}" for q, v in runs[0]["weighting"].items() if q != "log_var" for t in v]
+        for name in names:
+            mean, std = hand_stats(runs, name)
+            assert row[name] == f"{mean:.4g} ± {std:.4g}", name
+    assert "log_var/y1" not in rows[1] and rows[0]["sigma/y1"] == ""
+    assert table(proc.stdout) == rows
+
+
+def test_delta_m_against_fixed_weights(sweep):
+    folder, finished, _, _ = sweep
+    rows = table((folder / "report.md").read_text())
+    assert rows[0]["Δm%"] == "0.00"
+    main = ["test/y1/rmse", "test/y2/rmse"]  # lower is better
+    base = {m: np.mean([r["metrics"][m] for r in finished["fixed"]]) for m in main}
+    ours = {m: np.mean([r["metrics"][m] for r in finished["uncertainty"]]) for m in main}
+    expected = 100 / 2 * sum(-(ours[m] - base[m]) / base[m] for m in main)
+    assert rows[1]["Δm%"] == f"{expected:.2f}"
+    with (folder / "report.csv").open() as f:
+        csv_rows = list(csv.DictReader(f))
+    assert float(csv_rows[0]["delta_m_pct"]) == 0
+    assert float(csv_rows[1]["delta_m_pct"]) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert "positive Δm% is better than the baseline" in (folder / "report.md").read_text()
+
+
+def test_unfinished_runs_are_listed_not_counted(sweep):
+    folder, _, _, proc = sweep
+    markdown = (folder / "report.md").read_text()
+    unfinished = markdown.split("## Runs that did not finish")[1]
+    assert "`4_crashed` | no results.json" in unfinished
+    assert "`5_interrupted` | interrupted" in unfinished
+    assert "4_crashed (no results.json)" in proc.stderr
+    assert "5_interrupted (interrupted)" in proc.stderr
+    assert "4 finished runs in 2 settings, 2 did not finish" in markdown
+
+
+def test_csv_has_one_row_per_setting_at_full_precision(sweep):
+    folder, finished, _, _ = sweep
+    with (folder / "report.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["setting"], r["n"]) for r in rows] == [
+        ("weighting=fixed", "2"),
+        ("weighting=uncertainty", "2"),
+    ]
+    for row, weighting in zip(rows, ("fixed", "uncertainty"), strict=True):
+        for name in ("test/y1/rmse", "train/y2/mse", "weight/y1"):
+            mean, std = hand_stats(finished[weighting], name)
+            assert float(row[f"{name}_mean"]) == pytest.approx(mean, rel=1e-12)
+            assert float(row[f"{name}_std"]) == pytest.approx(std, rel=1e-9)
+    mean, std = hand_stats(finished["uncertainty"], "log_var/y2")
+    assert float(rows[1]["log_var/y2_mean"]) == pytest.approx(mean, rel=1e-12)
+    assert rows[0]["sigma/y1_mean"] == rows[0]["sigma/y1_std"] == ""
+
+
+def test_plots_are_pngs_and_nothing_else_is_touched(sweep):
+    folder, _, before, _ = sweep
+    after = snapshot(folder)
+    assert {k: after[k] for k in before} == before
+    assert set(after) - set(before) == REPORT_FILES
+    for name in REPORT_FILES - {"report.md", "report.csv"}:
+        data = (folder / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
+        image = imread(folder / name)
+        assert image.ndim == 3 and min(image.shape[:2]) > 200 and image.std() > 0.01
+
+
+def test_missing_folder_is_one_line_exit_2(tmp_path):
+    proc = run_report([tmp_path / "nope"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and str(tmp_path / "nope") in proc.stderr
+    assert not proc.stdout
+
+
+def test_folder_without_runs_and_bad_baseline_exit_2(tmp_path, capsys):
+    (tmp_path / "empty" / "tb").mkdir(parents=True)
+    for args, words in (
+        ([tmp_path / "empty"], ["no runs", str(tmp_path / "empty")]),
+        ([tmp_path, "--baseline", "fixed"], ["--baseline", "'fixed'"]),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            main(list(map(str, args)))
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and all(w in err for w in words), err
+    assert not list(tmp_path.rglob("report.*"))
+
+
+def fake_run(folder, overrides, metrics, weight=1.0, status="completed"):
+    """A run folder with a hand-written results.json and no TensorBoard files."""
+    (folder / ".hydra").mkdir(parents=True)
+    results = {"status": status, "overrides": overrides, "metrics": metrics,
+               "weighting": {"weight": dict.fromkeys(("a", "b"), weight)}}  # fmt: skip
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+def test_each_task_set_is_compared_with_fixed_weights_on_it(tmp_path, capsys):
+    """A 2×2 sweep weighting × tasks, job folders in natural order (2 before 10)."""
+    ab, a = "dataset.tasks=[a,b]", "dataset.tasks=[a]"
+    fake_run(tmp_path / "2_x", ["weighting=fixed", ab, "seed=0"],
+             {"test/a/accuracy": 0.8, "test/b/rmse": 2.0, "test/b/mse": 4.0})  # fmt: skip
+    fake_run(tmp_path / "10_x", ["weighting=uncertainty", ab, "seed=0"],
+             {"test/a/accuracy": 0.9, "test/b/rmse": 1.5, "test/b/mse": 9.0})  # fmt: skip
+    fake_run(tmp_path / "11_x", ["weighting=fixed", a, "seed=0"], {"test/a/accuracy": 0.5})
+    fake_run(tmp_path / "12_x", ["weighting=uncertainty", a, "seed=0"], {"test/a/accuracy": 0.6})
+    main([str(tmp_path), "--out", str(tmp_path / "out")])
+    rows = table(capsys.readouterr().out)
+    assert [(r["setting"], r["Δm%"]) for r in rows] == [
+        (f"weighting=fixed, {ab}", "0.00"),
+        (f"weighting=uncertainty, {ab}", "18.75"),  # 100/2·((0.9 − 0.8)/0.8 − (1.5 − 2)/2)
+        (f"weighting=fixed, {a}", "0.00"),
+        (f"weighting=uncertainty, {a}", "20.00"),  # 100·(0.6 − 0.5)/0.5
+    ]
+    assert rows[2]["test/b/rmse"] == "" and rows[0]["test/a/accuracy"] == "0.8 ± –"
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+        "report.md",
+        "report.csv",
+        "main_metrics.png",
+    }
+
+
+def test_negative_nll_baseline_and_missing_baseline(tmp_path, capsys):
+    fake_run(tmp_path / "0_x", ["weighting=fixed"], {"test/y/nll": -1.0, "test/y/rmse": 1.0})
+    fake_run(tmp_path / "1_x", ["weighting=dtp"], {"test/y/nll": -1.5, "test/y/rmse": 1.0})
+    main([str(tmp_path)])
+    assert [r["Δm%"] for r in table(capsys.readouterr().out)] == ["0.00", "50.00"]  # better NLL
+    main([str(tmp_path), "--baseline", "weighting=uncertainty"])
+    out = capsys.readouterr().out
+    assert [r["Δm%"] for r in table(out)] == ["", ""]
+    assert "No setting has weighting=uncertainty" in out
+
+
+def test_seed_curve_is_mean_and_range_at_the_steps_every_seed_logged():
+    curve = seed_curve([{1: 1.0, 2: 2.0, 3: 5.0}, {2: 4.0, 3: 1.0}])
+    assert curve.steps.tolist() == [2, 3]
+    assert curve.mean.tolist() == [3.0, 3.0]
+    assert curve.low.tolist() == [2.0, 1.0] and curve.high.tolist() == [4.0, 5.0]
+    assert seed_curve([{1: 1.0}, {2: 2.0}]) is None
