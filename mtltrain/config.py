@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,21 @@ def config_dir() -> Path:
     raise FileNotFoundError(f"no config.yaml in {package / 'conf'} or {package.parent / 'conf'}")
 
 
+def build_partial(node: DictConfig) -> functools.partial:
+    """A `_target_` node as a partial: its target with its settings, not yet called.
+
+    Containers reach the target as plain dicts and lists.
+    """
+    return instantiate(node, _convert_="all", _partial_=True)
+
+
 def build(node: DictConfig, **kwargs: Any) -> Any:
     """Instantiate a `_target_` node with `kwargs` added to its settings.
 
-    Containers reach the target as plain dicts and lists; `kwargs` (data set objects, task
-    specs, parameters) are passed as they are, never turned into config nodes.
+    `kwargs` (data set objects, task specs, parameters) are passed as they are, never turned
+    into config nodes.
     """
-    return instantiate(node, _convert_="all", _partial_=True)(**kwargs)
+    return build_partial(node)(**kwargs)
 
 
 def flat_config(cfg: DictConfig) -> dict[str, Any]:

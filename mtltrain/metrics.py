@@ -11,6 +11,7 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from mtltrain.data.base import Split
@@ -31,7 +32,12 @@ def calibration_levels(like: Tensor) -> Tensor:
 
 
 class Scorer:
-    """Turns (output, target) batches into running sums, and sums into metrics."""
+    """Turns (output, target) batches into running sums on the device, and sums into metrics.
+
+    `batch_sums` returns a vector of sums over the batch; the number of target values
+    (`target.numel()`), which the host knows, is counted apart, so scoring a batch never
+    copies to or from the device.
+    """
 
     names: tuple[str, ...] = ()
 
@@ -40,17 +46,12 @@ class Scorer:
     ) -> Tensor:
         raise NotImplementedError
 
-    def finish(self, sums: Tensor) -> dict[str, Tensor]:
+    def finish(self, sums: Tensor, count: int) -> dict[str, Tensor]:
         raise NotImplementedError
 
     def score(self, output: Tensor | MeanLogVar, target: Tensor) -> dict[str, Tensor]:
         """Metrics of one batch, as tensors on the device."""
-        return self.finish(self.batch_sums(output, target, None))
-
-
-def _count(t: Tensor) -> Tensor:
-    """The number of values in `t`, as a 1-element tensor on its device (no host copy)."""
-    return torch.full((1,), float(t.numel()), device=t.device)
+        return self.finish(self.batch_sums(output, target, None), target.numel())
 
 
 class ClassificationScorer(Scorer):
@@ -59,11 +60,10 @@ class ClassificationScorer(Scorer):
     names = ("accuracy",)
 
     def batch_sums(self, output: Tensor, target: Tensor, noise_std: Tensor | None) -> Tensor:
-        correct = (output.argmax(dim=1) == target).sum()
-        return torch.cat([correct.float().reshape(1), _count(target)])
+        return (output.argmax(dim=1) == target).sum().reshape(1)
 
-    def finish(self, sums: Tensor) -> dict[str, Tensor]:
-        return {"accuracy": sums[0] / sums[1]}
+    def finish(self, sums: Tensor, count: int) -> dict[str, Tensor]:
+        return {"accuracy": sums[0] / count}
 
 
 class SegmentationScorer(Scorer):
@@ -75,15 +75,14 @@ class SegmentationScorer(Scorer):
     def batch_sums(self, output: Tensor, target: Tensor, noise_std: Tensor | None) -> Tensor:
         pred = output.argmax(dim=1)
         p, t = pred == 1, target == 1
-        sums = torch.stack([(p & t).sum(), p.sum(), t.sum(), (pred == target).sum()])
-        return torch.cat([sums.float(), _count(target)])
+        return torch.stack([(p & t).sum(), p.sum(), t.sum(), (pred == target).sum()])
 
-    def finish(self, sums: Tensor) -> dict[str, Tensor]:
-        inter, pred, true, correct, n = sums.unbind()
+    def finish(self, sums: Tensor, count: int) -> dict[str, Tensor]:
+        inter, pred, true, correct = sums.unbind()
         return {
             "iou": inter / (pred + true - inter).clamp_min(1),
             "dice": 2 * inter / (pred + true).clamp_min(1),
-            "accuracy": correct / n,
+            "accuracy": correct / count,
         }
 
 
@@ -95,11 +94,10 @@ class RegressionScorer(Scorer):
     def batch_sums(
         self, output: Tensor | MeanLogVar, target: Tensor, noise_std: Tensor | None
     ) -> Tensor:
-        sq = (point(output).float() - target).square().sum()
-        return torch.cat([sq.reshape(1), _count(target)])
+        return F.mse_loss(point(output).float(), target, reduction="sum").reshape(1)
 
-    def finish(self, sums: Tensor) -> dict[str, Tensor]:
-        mse = sums[0] / sums[1]
+    def finish(self, sums: Tensor, count: int) -> dict[str, Tensor]:
+        mse = sums[0] / count
         return {"rmse": mse.sqrt(), "mse": mse}
 
 
@@ -128,19 +126,17 @@ class HeteroscedasticScorer(Scorer):
             else z.new_zeros(())
         )
         head = torch.stack([nll.sum(), sq.sum(), (z <= 1).sum(), (z <= 2).sum(), sigma_err])
-        return torch.cat([head.float(), inside, _count(target)])
+        return torch.cat([head.float(), inside])
 
-    def finish(self, sums: Tensor) -> dict[str, Tensor]:
-        n = sums[-1]
-        nll, sq, within1, within2, sigma_err = (sums[:5] / n).unbind()
-        coverage = sums[5:-1] / n
-        levels = calibration_levels(sums)
+    def finish(self, sums: Tensor, count: int) -> dict[str, Tensor]:
+        nll, sq, within1, within2, sigma_err = (sums[:5] / count).unbind()
+        coverage = sums[5:] / count
         out = {
             "nll": nll,
             "rmse": sq.sqrt(),
             "coverage_1sigma": within1,
             "coverage_2sigma": within2,
-            "calibration_error": (coverage - levels).abs().mean(),
+            "calibration_error": (coverage - calibration_levels(sums)).abs().mean(),
         }
         if self.knows_sigma:
             out["sigma_rel_error"] = sigma_err
@@ -160,12 +156,18 @@ class TaskMetrics:
     def __init__(self, tasks: Sequence[TaskSpec], knows_sigma: Collection[str] = ()) -> None:
         self.scorers = {t.name: scorer_for(t, t.name in knows_sigma) for t in tasks}
         self.sums: dict[str, Tensor] = {}
+        self.counts = dict.fromkeys(self.scorers, 0)
 
     def update(self, outputs: Mapping[str, Tensor | MeanLogVar], batch: Split) -> None:
         """Add a batch; `outputs` must be detached from the graph."""
         for name, scorer in self.scorers.items():
-            sums = scorer.batch_sums(outputs[name], batch.targets[name], batch.noise_std.get(name))
-            self.sums[name] = self.sums[name] + sums if name in self.sums else sums
+            target = batch.targets[name]
+            sums = scorer.batch_sums(outputs[name], target, batch.noise_std.get(name))
+            if name in self.sums:
+                self.sums[name] += sums
+            else:
+                self.sums[name] = sums
+            self.counts[name] += target.numel()
 
     def compute(self) -> dict[str, float]:
         if len(self.sums) != len(self.scorers):
@@ -173,7 +175,7 @@ class TaskMetrics:
         metrics = {
             f"{name}/{k}": v
             for name, scorer in self.scorers.items()
-            for k, v in scorer.finish(self.sums[name].double()).items()
+            for k, v in scorer.finish(self.sums[name].double(), self.counts[name]).items()
         }
         values = torch.stack(list(metrics.values())).tolist()  # the one sync
         return dict(zip(metrics, values, strict=True))

@@ -2,59 +2,51 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import random
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mtltrain import figures
-from mtltrain.config import build, flat_config
+from mtltrain.config import build, build_partial, flat_config
 from mtltrain.data.base import MultiTaskData, Split
 from mtltrain.errors import ConfigError
 from mtltrain.losses import LossTerm, compute_losses, detach, loss_terms
 from mtltrain.metrics import TaskMetrics, main_metric, metric_names
 from mtltrain.models import MultiTaskModel
 from mtltrain.results import RESULTS_FILE, summary_table, write_json
+from mtltrain.runtime import (
+    autocast,
+    keep_host_memory,
+    optimizer_factory,
+    seed_everything,
+    select_device,
+    settle_threads,
+)
 from mtltrain.tasks import TaskSpec
 from mtltrain.tblog import TensorBoardLog
 from mtltrain.weighting import Weighting
 
 log = logging.getLogger(__name__)
-DEVICES = ("auto", "cpu", "cuda")
 
 
-def select_device(name: str) -> torch.device:
-    """`auto` takes CUDA when present, else the CPU."""
-    if name not in DEVICES:
-        raise ConfigError(f"trainer.device={name!r} is not allowed: choose one of {DEVICES}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.device=cuda but no CUDA GPU is visible: use auto or cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def param_groups(model: MultiTaskModel, weighting: Weighting) -> list[dict[str, Any]]:
-    """Model parameters, then the strategy's own parameters, which get no weight decay."""
-    groups = [{"params": list(model.parameters())}]
+def param_groups(
+    model: MultiTaskModel, weighting: Weighting, weight_decay: float
+) -> list[dict[str, Any]]:
+    """All parameters in one group, or, where the model has weight decay, a second group for
+    the strategy's own parameters (σ, c), which must get none."""
     own = list(weighting.parameters())
-    if own:
-        groups.append({"params": own, "weight_decay": 0.0})
-    return groups
+    if not weight_decay or not own:
+        return [{"params": [*model.parameters(), *own]}]
+    return [{"params": list(model.parameters())}, {"params": own, "weight_decay": 0.0}]
 
 
 def true_sigma(split: Split, terms: Sequence[LossTerm]) -> dict[str, float | None]:
@@ -69,19 +61,54 @@ def true_sigma(split: Split, terms: Sequence[LossTerm]) -> dict[str, float | Non
 
 @torch.no_grad()
 def evaluate(
-    model: MultiTaskModel, split: Split, tasks: Sequence[TaskSpec], batch_size: int
+    model: Callable[[torch.Tensor], dict],
+    split: Split,
+    tasks: Sequence[TaskSpec],
+    batch_size: int,
+    precision: contextlib.AbstractContextManager | None = None,
 ) -> dict[str, float]:
-    """Metrics of the model on a whole split, in eval mode and without training."""
-    was_training = model.training
-    model.eval()
+    """Metrics of `model` (in eval mode) on a whole split, without training."""
     metrics = TaskMetrics(tasks, knows_sigma=split.noise_std)
     for batch in split.batches(batch_size):
-        metrics.update(model(batch.inputs), batch)
-    model.train(was_training)
+        with precision or contextlib.nullcontext():
+            outputs = model(batch.inputs)
+        metrics.update(outputs, batch)
     return metrics.compute()
 
 
-class Fit:
+@dataclass
+class Speed:
+    """The trainer's speed settings (see conf/trainer/default.yaml)."""
+
+    precision: str = "fp32"
+    channels_last: bool = True
+    compile: str | None = None
+    fused_optimizer: bool = True
+    keep_host_memory: bool = True
+    cudnn_benchmark: bool = True
+
+    @classmethod
+    def from_config(cls, trainer: DictConfig) -> Speed:
+        return cls(**{f.name: trainer[f.name] for f in fields(cls)})
+
+
+def place_data(data: MultiTaskData, device: torch.device, channels_last: bool) -> MultiTaskData:
+    """Data on the training device when it fits in half its free memory; else pinned host
+    memory, from which batches are copied without blocking. Images in NHWC if asked."""
+    if channels_last:
+        data = data.map(
+            lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+        )
+    if device.type != "cuda":
+        return data
+    free, _ = torch.cuda.mem_get_info(device)
+    if data.nbytes() <= free // 2:
+        return data.map(lambda t: t.to(device))
+    log.info("data (%.1f GB) kept in pinned host memory", data.nbytes() / 1e9)
+    return data.map(lambda t: t.pin_memory())
+
+
+class Trainer:
     """Trains one model with one weighting strategy, logging to one TensorBoard writer."""
 
     def __init__(
@@ -92,21 +119,41 @@ class Fit:
         data: MultiTaskData,
         trainer: DictConfig,
         tb: TensorBoardLog,
-        generator: torch.Generator,
+        device: torch.device,
+        seed: int,
     ) -> None:
         self.model, self.weighting, self.optimizer = model, weighting, optimizer
-        self.data, self.tb, self.generator = data, tb, generator
+        self.data, self.tb, self.device = data, tb, device
+        speed = Speed.from_config(trainer)
+        self.forward = torch.compile(model, mode=speed.compile) if speed.compile else model
+        self.precision = (
+            autocast(device, speed.precision)
+            if speed.precision != "fp32"
+            else contextlib.nullcontext()
+        )
+        self.generator = torch.Generator(device=data.train.inputs.device).manual_seed(seed)
+        # Training batches carry what training reads: inputs, targets, and the true σ where
+        # a heteroscedastic task's metrics score against it.
+        hetero = {t.name for t in data.tasks if t.heteroscedastic}
+        noise = {k: v for k, v in data.train.noise_std.items() if k in hetero}
+        self.train_split = Split(data.train.inputs, data.train.targets, noise)
         self.terms = weighting.terms
         self.shared = model.shared_parameters()
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.on_device = data.train.inputs.device == device
         self.epochs = int(trainer.epochs)
         self.batch_size = int(trainer.batch_size)
         self.eval_batch_size = int(trainer.eval_batch_size)
         self.eval_every = int(trainer.eval_every)
         self.figure_every = int(trainer.figure_every)
         self.log_every = int(trainer.log_every)
+        self.log_lines_every = max(1, self.epochs // self.eval_every // 10)  # about ten lines
         self.show_bars = None if trainer.progress else True  # None: bars on a terminal only
         self.step = 0
         self.evaluations = 0
+        self.train_metrics = TaskMetrics(data.tasks, knows_sigma=noise)
+        self.train_loss = torch.zeros((), device=device)
+        self.train_batches = 0
 
     def log_step(self, losses: dict[str, torch.Tensor], parts: torch.Tensor) -> None:
         names = self.weighting.names
@@ -119,68 +166,88 @@ class Fit:
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         self.tb.scalars(values, self.step)
 
-    def train_step(self, batch: Split, metrics: TaskMetrics) -> torch.Tensor:
+    def train_step(self, batch: Split) -> torch.Tensor:
         """One optimisation step on a batch; returns the per-term contributions."""
-        outputs = self.model(batch.inputs)
-        losses = compute_losses(self.terms, outputs, batch.targets)
+        if not self.on_device:
+            batch = batch.map(lambda t: t.to(self.device, non_blocking=True))
+        with self.precision:
+            outputs = self.forward(batch.inputs)
+            losses = compute_losses(self.terms, outputs, batch.targets)
         seen = {name: detach(out) for name, out in outputs.items()}
         self.weighting.observe(seen, batch.targets)
-        self.optimizer.zero_grad(set_to_none=True)
+        for p in self.params:  # optimizer.zero_grad(set_to_none=True), without its overhead
+            p.grad = None
         parts = self.weighting.backward(losses, self.shared)
         self.optimizer.step()
         self.step += 1
-        metrics.update(seen, batch)
+        self.train_metrics.update(seen, batch)
+        self.train_loss += parts.sum()
+        self.train_batches += 1
         if self.step % self.log_every == 0:
             self.log_step(losses, parts)
         return parts
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the shuffled train split; returns running train metrics and loss."""
-        split = self.data.train
-        metrics = TaskMetrics(self.data.tasks, knows_sigma=split.noise_std)
-        loss_sum = torch.zeros((), device=split.inputs.device)
+    def train_epoch(self, epoch: int) -> None:
+        """One pass over the train split, shuffled."""
+        split = self.train_split.shuffled(self.generator)
+        if not self.on_device:
+            split = split.map(torch.Tensor.pin_memory)
         bar = tqdm(
-            split.batches(self.batch_size, generator=self.generator),
+            split.batches(self.batch_size),
             total=split.num_batches(self.batch_size),
             desc=f"epoch {epoch + 1}/{self.epochs}",
             leave=False,
             disable=self.show_bars,
         )
         for batch in bar:
-            parts = self.train_step(batch, metrics)
-            loss_sum += parts.sum()
+            parts = self.train_step(batch)
             if not bar.disable and self.step % self.log_every == 0:
                 bar.set_postfix(loss=f"{parts.sum().item():.4g}", refresh=False)
         bar.close()
-        return {**metrics.compute(), "loss": loss_sum.item() / split.num_batches(self.batch_size)}
 
     def evaluate(self) -> dict[str, float]:
-        """Test metrics, logged; figures every `figure_every` evaluations (0: never here)."""
-        test_metrics = evaluate(self.model, self.data.test, self.data.tasks, self.eval_batch_size)
-        self.tb.scalars({f"test/{k}": v for k, v in test_metrics.items()}, self.step)
+        """Log the running train metrics since the last evaluation and the test metrics;
+        figures every `figure_every` evaluations (0: never here)."""
+        train = {
+            **self.train_metrics.compute(),
+            "loss": self.train_loss.item() / max(1, self.train_batches),
+        }
+        self.train_metrics = TaskMetrics(self.data.tasks, knows_sigma=self.train_split.noise_std)
+        self.train_loss.zero_()
+        self.train_batches = 0
+        self.model.eval()
+        test = evaluate(
+            self.forward, self.data.test, self.data.tasks, self.eval_batch_size, self.precision
+        )
         self.evaluations += 1
         if self.figure_every and self.evaluations % self.figure_every == 0:
             for name, fig in figures.render(self.model, self.data.test, self.data.tasks).items():
                 self.tb.image(f"figures/{name}", figures.to_rgb(fig), self.step)
-        return test_metrics
+        self.model.train()
+        self.tb.scalars(
+            {
+                **{f"train/{k}": v for k, v in train.items()},
+                **{f"test/{k}": v for k, v in test.items()},
+            },
+            self.step,
+        )
+        if self.evaluations % self.log_lines_every == 0 or self.epoch + 1 == self.epochs:
+            log.info(
+                "epoch %d/%d  step %d  train loss %.4g  test %s",
+                self.epoch + 1, self.epochs, self.step, train["loss"],
+                ", ".join(f"{k} {v:.4g}" for k, v in test.items()),
+            )  # fmt: skip
+        return test
 
-    def run(self) -> dict[str, float]:
+    def fit(self) -> dict[str, float]:
         """Train for all epochs, evaluating the test split every `eval_every` epochs."""
-        lines = max(1, self.epochs // 10)
-        test_metrics: dict[str, float] = {}
+        test: dict[str, float] = {}
         for epoch in range(self.epochs):
-            train_metrics = self.train_epoch(epoch)
-            last = epoch + 1 == self.epochs
-            if (epoch + 1) % self.eval_every == 0 or last:
-                test_metrics = self.evaluate()
-            self.tb.scalars({f"train/{k}": v for k, v in train_metrics.items()}, self.step)
-            if (epoch + 1) % lines == 0 or last:
-                shown = ", ".join(f"{k} {v:.4g}" for k, v in test_metrics.items())
-                log.info(
-                    "epoch %d/%d  train loss %.4g  test %s",
-                    epoch + 1, self.epochs, train_metrics["loss"], shown,
-                )  # fmt: skip
-        return test_metrics
+            self.epoch = epoch
+            self.train_epoch(epoch)
+            if (epoch + 1) % self.eval_every == 0 or epoch + 1 == self.epochs:
+                test = self.evaluate()
+        return test
 
 
 def save_figures(
@@ -197,12 +264,18 @@ def save_figures(
 
 def build_run(
     cfg: DictConfig, device: torch.device
-) -> tuple[MultiTaskData, MultiTaskModel, Weighting]:
-    data = build(cfg.dataset).to(device)
+) -> tuple[MultiTaskData, MultiTaskModel, Weighting, torch.optim.Optimizer]:
+    """Data, model, weighting strategy and optimizer, on `device`, as the config says."""
+    speed = Speed.from_config(cfg.trainer)
+    data = place_data(build(cfg.dataset), device, speed.channels_last)
     model = build(cfg.model, tasks=data.tasks).to(device)
-    terms = loss_terms(data.tasks, cfg.loss)
-    weighting = build(cfg.weighting, terms=terms).to(device)
-    return data, model, weighting
+    if speed.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    weighting = build(cfg.weighting, terms=loss_terms(data.tasks, cfg.loss)).to(device)
+    factory = optimizer_factory(build_partial(cfg.trainer.optimizer), speed.fused_optimizer)
+    weight_decay = cfg.trainer.optimizer.get("weight_decay", 0.0)
+    optimizer = factory(params=param_groups(model, weighting, weight_decay))
+    return data, model, weighting, optimizer
 
 
 def resolve_objective(cfg: DictConfig, tasks: Sequence[TaskSpec], sigma: Collection[str]) -> str:
@@ -228,11 +301,13 @@ def run(
     """
     started = time.perf_counter()
     device = select_device(cfg.trainer.device)
+    settle_threads()
+    if device.type == "cpu" and cfg.trainer.keep_host_memory:
+        keep_host_memory()
+    torch.backends.cudnn.benchmark = bool(cfg.trainer.cudnn_benchmark)
     seed_everything(cfg.seed)
-    data, model, weighting = build_run(cfg, device)
+    data, model, weighting, optimizer = build_run(cfg, device)
     objective = resolve_objective(cfg, data.tasks, data.test.noise_std)
-    optimizer = build(cfg.trainer.optimizer, params=param_groups(model, weighting))
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
     log.info(
         "%s: %d train / %d test samples, tasks %s, weighting %s, device %s",
         (choices or {}).get("dataset", "data"), len(data.train), len(data.test),
@@ -244,11 +319,16 @@ def run(
         tb.layout({q: [f"^{q}/"] for q in ("loss_raw", "loss_weighted", *quantities)})
         tags = [f"test/{m}" for m in metric_names(data.tasks, data.test.noise_std)]
         tb.hparams(flat_config(cfg), tags)
-        fit = Fit(model, weighting, optimizer, data, cfg.trainer, tb, generator)
-        test_metrics = fit.run()
-        save_figures(model, data, tb, fit.step, run_dir / "figures")
+        trainer = Trainer(model, weighting, optimizer, data, cfg.trainer, tb, device, cfg.seed)
+        fit_started = time.perf_counter()
+        test_metrics = trainer.fit()
+        train_time = time.perf_counter() - fit_started
+        model.eval()
+        save_figures(model, data, tb, trainer.step, run_dir / "figures")
 
-    train_metrics = evaluate(model, data.train, data.tasks, int(cfg.trainer.eval_batch_size))
+    train_metrics = evaluate(
+        trainer.forward, data.train, data.tasks, trainer.eval_batch_size, trainer.precision
+    )
     metrics = {**{f"test/{k}": v for k, v in test_metrics.items()},
                **{f"train/{k}": v for k, v in train_metrics.items()}}  # fmt: skip
     names = weighting.names
@@ -259,10 +339,11 @@ def run(
         "choices": choices or {},
         "overrides": list(overrides),
         "seed": int(cfg.seed),
-        "epochs": fit.epochs,
-        "steps": fit.step,
+        "epochs": trainer.epochs,
+        "steps": trainer.step,
         "device": str(device),
         "wall_time_s": round(time.perf_counter() - started, 3),
+        "train_time_s": round(train_time, 3),
         "objective": {"name": objective, "value": metrics[objective]},
         "metrics": metrics,
         "weighting": learned,

@@ -151,13 +151,14 @@ def test_mnist_corrupt_file_names_the_file(tmp_path, mangle, message):
 def test_shuffled_batches_cover_the_split_once():
     data = two_slope.build(TASKS, MSE, n_train=50, n_test=5, seed=0)
     g = torch.Generator().manual_seed(0)
-    batches = list(data.train.batches(16, generator=g))
+    batches = list(data.train.shuffled(g).batches(16))
     assert [len(b) for b in batches] == [16, 16, 16, 2]
     xs = torch.cat([b.inputs for b in batches])
     assert sorted(xs.flatten().tolist()) == sorted(data.train.inputs.flatten().tolist())
     assert not torch.equal(xs, data.train.inputs)
     for b in batches:  # inputs and targets stay paired
-        torch.testing.assert_close(b.noise_std["y1"], torch.full_like(b.inputs, 3.0))
+        torch.testing.assert_close(b.noise_free["y1"], -2.0 * b.inputs + 1.0)
+    assert [len(b) for b in data.train.batches(16, start=2)] == [16, 2]
 
 
 def test_mnist_segmentation_task_marks_pixels_on(tmp_path):

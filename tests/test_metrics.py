@@ -65,7 +65,7 @@ def test_heteroscedastic_metrics_by_hand():
     sums = scorer.batch_sums(
         MeanLogVar(mean, log_var), y, torch.tensor([[1.0], [2.0], [2.0], [1.0]])
     )
-    out = {k: v.item() for k, v in scorer.finish(sums).items()}
+    out = {k: v.item() for k, v in scorer.finish(sums, 4).items()}
     assert out["nll"] == pytest.approx(gaussian_nll(MeanLogVar(mean, log_var), y).item(), rel=1e-6)
     assert out["rmse"] == pytest.approx(math.sqrt((0.25 + 2.25 + 1 + 25) / 4))
     assert out["coverage_1sigma"] == 0.5 and out["coverage_2sigma"] == 0.75

@@ -5,7 +5,7 @@ from conftest import make_config
 from mtltrain.config import build
 from mtltrain.errors import ConfigError
 from mtltrain.losses import MeanLogVar
-from mtltrain.models.mlp import MLP
+from mtltrain.models.mlp import MLP, SeparateMLPs
 from mtltrain.models.mnist import MnistDecoder, MnistEncoder
 from mtltrain.models.multitask import MultiTaskModel
 from mtltrain.tasks import TaskSpec
@@ -41,11 +41,45 @@ def test_mnist_model_from_config():
 def test_two_slope_model_shares_nothing():
     tasks = tuple(TaskSpec(n, "regression", 1, ("mse",)) for n in ("y1", "y2"))
     model = build(make_config().model, tasks=tasks)
+    assert isinstance(model, SeparateMLPs) and model.shared_parameters() == []
+    assert [tuple(w.shape) for w in model.weights] == [(2, 1, 512), (2, 512, 1)]
+    model(torch.randn(8, 1))["y1"].sum().backward()
+    for p in (*model.weights, *model.biases):
+        assert p.grad[1].abs().sum() == 0 and p.grad[0].abs().sum() > 0  # y2's network untouched
+
+
+def test_separate_mlps_compute_what_separate_modules_compute():
+    """Same weights → same outputs and gradients as one MLP module per task."""
+    torch.manual_seed(0)
+    tasks = (
+        TaskSpec("a", "regression", 1, ("mse",)),
+        TaskSpec("b", "regression", 1, ("gaussian_nll",), heteroscedastic=True),
+    )
+    grouped = SeparateMLPs(tasks, in_features=3, hidden=[16, 8], activation="tanh")
+    modules = [MLP(3, 2, hidden=[16, 8], activation="tanh") for _ in tasks]
+    with torch.no_grad():
+        for k, mlp in enumerate(modules):
+            linears = [m for m in mlp if isinstance(m, torch.nn.Linear)]
+            for layer, w, b in zip(linears, grouped.weights, grouped.biases, strict=True):
+                layer.weight.copy_(w[k].T[: layer.out_features])
+                layer.bias.copy_(b[k, 0, : layer.out_features])
+    x = torch.randn(5, 3)
+    out = grouped(x)
+    torch.testing.assert_close(out["a"], modules[0](x)[:, :1])
+    mean, log_var = modules[1](x).chunk(2, dim=1)
+    torch.testing.assert_close(out["b"].mean, mean)
+    torch.testing.assert_close(out["b"].log_var, log_var)
+    (out["a"].sum() + out["b"].log_var.sum()).backward()
+    (modules[0](x)[:, :1].sum() + log_var.sum()).backward()
+    first = next(m for m in modules[0] if isinstance(m, torch.nn.Linear))
+    torch.testing.assert_close(grouped.weights[0].grad[0], first.weight.grad.T)
+
+
+def test_two_slope_as_modules_is_a_config_away():
+    tasks = tuple(TaskSpec(n, "regression", 1, ("mse",)) for n in ("y1", "y2"))
+    model = build(make_config(["model=two_slope_modules"]).model, tasks=tasks)
     assert model.shared_parameters() == []
     assert [m.out_features for m in model.heads["y1"] if hasattr(m, "out_features")] == [512, 1]
-    model(torch.randn(8, 1))["y1"].sum().backward()
-    assert all(p.grad is None for p in model.heads["y2"].parameters())
-    assert all(p.grad is not None for p in model.heads["y1"].parameters())
 
 
 def test_heteroscedastic_head_emits_mean_and_log_variance():

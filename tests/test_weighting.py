@@ -152,9 +152,11 @@ def test_uncertainty_parameters_are_optimised_without_weight_decay():
     data = build(tasks, {"a": ["mse"]}, n_train=8, n_test=4)
     model = MultiTaskModel(data.tasks, head=lambda out_features: MLP(1, out_features))
     w = UncertaintyWeighting((REG,))
-    groups = param_groups(model, w)
+    groups = param_groups(model, w, weight_decay=0.01)
     assert groups[1]["params"] == [w.log_var] and groups[1]["weight_decay"] == 0.0
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters())) + 1
+    (single,) = param_groups(model, w, weight_decay=0.0)
+    assert single["params"][-1] is w.log_var
 
 
 def test_uncertainty_leaves_terms_that_learn_their_own_noise_at_weight_one():

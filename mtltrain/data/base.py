@@ -32,8 +32,9 @@ class Split:
     def __len__(self) -> int:
         return self.inputs.shape[0]
 
-    def _map(self, fn: Callable[[Tensor], Tensor]) -> Split:
-        # Tensors shared between fields (reconstruction targets are the inputs) are mapped once.
+    def map(self, fn: Callable[[Tensor], Tensor]) -> Split:
+        """`fn` applied to every tensor; one shared between fields (a reconstruction target
+        is the input) is mapped once and stays shared."""
         done: dict[int, Tensor] = {}
 
         def once(t: Tensor) -> Tensor:
@@ -49,27 +50,25 @@ class Split:
             None if self.raw_inputs is None else once(self.raw_inputs),
         )
 
-    def to(self, device: torch.device | str) -> Split:
-        return self._map(lambda t: t.to(device))
+    def tensors(self) -> list[Tensor]:
+        """Every distinct tensor of the split."""
+        out: dict[int, Tensor] = {}
+        self.map(lambda t: out.setdefault(id(t), t))
+        return list(out.values())
 
     def take(self, index: Tensor | slice) -> Split:
         """The samples at `index`."""
-        return self._map(lambda t: t[index])
+        return self.map(lambda t: t[index])
 
-    def batches(
-        self, batch_size: int, *, generator: torch.Generator | None = None
-    ) -> Iterator[Split]:
-        """Yield batches in order, or shuffled when a generator is given.
+    def shuffled(self, generator: torch.Generator) -> Split:
+        """The split gathered once in a random order drawn from `generator`."""
+        perm = torch.randperm(len(self), generator=generator, device=generator.device)
+        return self.take(perm.to(self.inputs.device))
 
-        Shuffling gathers the whole split once by a random permutation, so every batch is a
-        view: no per-sample Python work and no copy per step.
-        """
-        source = self
-        if generator is not None:
-            perm = torch.randperm(len(self), generator=generator, device=generator.device)
-            source = self.take(perm.to(self.inputs.device))
-        for start in range(0, len(self), batch_size):
-            yield source.take(slice(start, start + batch_size))
+    def batches(self, batch_size: int, start: int = 0) -> Iterator[Split]:
+        """Consecutive batches, from batch number `start` on; each is a view, not a copy."""
+        for first in range(start * batch_size, len(self), batch_size):
+            yield self.take(slice(first, first + batch_size))
 
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self) // batch_size)
@@ -83,8 +82,13 @@ class MultiTaskData:
     train: Split
     test: Split
 
-    def to(self, device: torch.device | str) -> MultiTaskData:
-        return MultiTaskData(self.tasks, self.train.to(device), self.test.to(device))
+    def map(self, fn: Callable[[Tensor], Tensor]) -> MultiTaskData:
+        """`fn` applied to every tensor of both splits."""
+        return MultiTaskData(self.tasks, self.train.map(fn), self.test.map(fn))
+
+    def nbytes(self) -> int:
+        """Memory the data set's tensors take."""
+        return sum(t.nbytes for split in (self.train, self.test) for t in split.tensors())
 
 
 def task_specs(

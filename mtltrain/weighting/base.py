@@ -57,6 +57,11 @@ class Weighting(nn.Module):
         self.terms = tuple(terms)
         self.names = tuple(t.name for t in terms)
         self.register_buffer("learns", torch.tensor([not t.heteroscedastic for t in terms]))
+        self.all_learn = not any(t.heteroscedastic for t in terms)
+
+    def where_learned(self, learned: Tensor, fixed: Tensor | float) -> Tensor:
+        """`learned` for the terms whose scale is learned, `fixed` for the others."""
+        return learned if self.all_learn else torch.where(self.learns, learned, fixed)
 
     def stack(self, losses: Mapping[str, Tensor]) -> Tensor:
         """The term losses as one vector, in term order."""

@@ -27,10 +27,10 @@ class RevisedUncertaintyWeighting(Weighting):
     def contributions(self, losses: Mapping[str, Tensor]) -> Tensor:
         loss = self.stack(losses)
         c2 = self.c.square()
-        return torch.where(self.learns, loss / (2 * c2) + torch.log1p(c2), loss)
+        return self.where_learned(loss / (2 * c2) + torch.log1p(c2), loss)
 
     def weights(self) -> Tensor:
-        return torch.where(self.learns, 1 / (2 * self.c.square()), 1.0).detach()
+        return self.where_learned(1 / (2 * self.c.square()), 1.0).detach()
 
     def report(self) -> dict[str, Tensor]:
         return {"weight": self.weights(), "c": self.c.detach().clone()}

@@ -66,10 +66,10 @@ class UncertaintyWeighting(Weighting):
     def contributions(self, losses: Mapping[str, Tensor]) -> Tensor:
         loss = self.stack(losses)
         learned = self.factor * torch.exp(-self.log_var) * loss + self.regulariser * self.log_var
-        return torch.where(self.learns, learned, loss)
+        return self.where_learned(learned, loss)
 
     def weights(self) -> Tensor:
-        return torch.where(self.learns, self.factor * torch.exp(-self.log_var), 1.0).detach()
+        return self.where_learned(self.factor * torch.exp(-self.log_var), 1.0).detach()
 
     def sigma(self) -> Tensor:
         """σ_k = exp(s_k / 2)."""

@@ -1,0 +1,106 @@
+"""The speed settings change nothing beyond floating-point noise (bf16: beyond bf16's)."""
+
+import platform
+
+import pytest
+import torch
+from conftest import make_config
+
+from mtltrain.runtime import keep_host_memory, optimizer_factory
+from mtltrain.tblog import TensorBoardLog
+from mtltrain.train import Trainer, build_run
+
+PLAIN = [
+    "trainer.channels_last=false",
+    "trainer.fused_optimizer=false",
+    "trainer.keep_host_memory=false",
+]
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def loss_curve(overrides, tmp_path, device="cpu"):
+    """Total loss of every step of the first epoch, and the final parameters."""
+    cfg = make_config([*overrides, f"trainer.device={device}"])
+    torch.manual_seed(0)
+    data, model, weighting, optimizer = build_run(cfg, torch.device(device))
+    with TensorBoardLog(tmp_path / f"tb{len(list(tmp_path.iterdir()))}") as tb:
+        trainer = Trainer(
+            model, weighting, optimizer, data, cfg.trainer, tb, torch.device(device), 0
+        )
+        split = trainer.train_split.shuffled(trainer.generator)
+        curve = [trainer.train_step(b).sum().item() for b in split.batches(trainer.batch_size)]
+    return torch.tensor(curve), torch.cat([p.detach().flatten().cpu() for p in model.parameters()])
+
+
+MNIST = ["dataset=mnist_mtl", "dataset.download=false", "trainer.batch_size=16",
+         "trainer.optimizer.lr=1e-3"]  # fmt: skip
+
+
+@pytest.mark.parametrize("data", ["two_slope", "mnist"])
+def test_fast_path_and_plain_path_give_the_same_loss_curve(tmp_path, mnist_root, data):
+    base = ["dataset.n_train=96"] if data == "two_slope" else [*MNIST, f"dataset.root={mnist_root}"]
+    fast, fast_params = loss_curve(base, tmp_path)
+    plain, plain_params = loss_curve([*base, *PLAIN], tmp_path)
+    assert len(set(fast.tolist())) > 1  # the loss moves
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast_params, plain_params, rtol=1e-3, atol=1e-5)
+
+
+def test_bf16_mixed_precision_stays_close(tmp_path, mnist_root):
+    base = [*MNIST, f"dataset.root={mnist_root}"]
+    fp32, _ = loss_curve(base, tmp_path)
+    bf16, _ = loss_curve([*base, "trainer.precision=bf16"], tmp_path)
+    torch.testing.assert_close(bf16, fp32, rtol=0.03, atol=0.0)
+    assert not torch.equal(bf16, fp32)  # it did run in bf16
+
+
+@pytest.mark.slow
+def test_compiled_model_gives_the_same_loss_curve(tmp_path):
+    eager, _ = loss_curve(["dataset.n_train=96"], tmp_path)
+    compiled, _ = loss_curve(["dataset.n_train=96", "trainer.compile=default"], tmp_path)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_optimizer_gets_fused_or_foreach_when_it_takes_them():
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    adam = optimizer_factory(torch.optim.Adam, fused=True)(params=params, lr=0.1)
+    rmsprop = optimizer_factory(torch.optim.RMSprop, fused=True)(params=params, lr=0.1)
+    lbfgs = optimizer_factory(torch.optim.LBFGS, fused=True)(params=params)
+    assert adam.defaults["fused"] is True
+    assert rmsprop.defaults["foreach"] is True
+    assert "fused" not in lbfgs.defaults and "foreach" not in lbfgs.defaults
+    plain = optimizer_factory(torch.optim.Adam, fused=False)(params=params)
+    assert not plain.defaults["fused"]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_host_memory_setting_is_accepted_by_glibc():
+    assert keep_host_memory(True) and keep_host_memory(False)
+
+
+def test_images_go_channels_last(tmp_path, mnist_root):
+    cfg = make_config([*MNIST, f"dataset.root={mnist_root}"])
+    data, model, _, _ = build_run(cfg, torch.device("cpu"))
+    assert data.train.inputs.is_contiguous(memory_format=torch.channels_last)
+    assert data.train.targets["recon"] is data.train.inputs
+    conv = model.encoder[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+
+
+@CUDA
+@pytest.mark.cuda
+def test_cuda_runs_match_the_cpu(tmp_path):
+    cpu, _ = loss_curve(["dataset.n_train=96"], tmp_path)
+    gpu, _ = loss_curve(["dataset.n_train=96"], tmp_path, device="cuda")
+    torch.testing.assert_close(gpu, cpu, rtol=1e-3, atol=1e-4)
+
+
+@CUDA
+@pytest.mark.cuda
+def test_cuda_bf16_and_compile_run(tmp_path, mnist_root):
+    base = [*MNIST, f"dataset.root={mnist_root}"]
+    fp32, _ = loss_curve(base, tmp_path, device="cuda")
+    bf16, _ = loss_curve([*base, "trainer.precision=bf16"], tmp_path, device="cuda")
+    graphs, _ = loss_curve([*base, "trainer.compile=reduce-overhead"], tmp_path, device="cuda")
+    torch.testing.assert_close(bf16, fp32, rtol=0.03, atol=0.0)
+    torch.testing.assert_close(graphs, fp32, rtol=1e-3, atol=1e-4)
