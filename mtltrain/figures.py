@@ -2,6 +2,7 @@
 
 - a regression task on 1-D inputs: the data, the true curve (where known), the predicted mean
   and, for a heteroscedastic head, its ±2σ band, above the predicted σ(x) against the true one;
+- a heteroscedastic task: its reliability diagram (coverage of each central interval);
 - an image-shaped regression task (reconstruction): a grid of inputs over their outputs;
 - a segmentation task: a grid of inputs, true masks and predicted masks.
 """
@@ -19,9 +20,11 @@ from torch import nn
 
 from mtltrain.data.base import Split
 from mtltrain.losses import MeanLogVar, point
+from mtltrain.metrics import calibration_levels, inside_counts, standardized_error
 from mtltrain.tasks import TaskSpec
 
 CURVE_POINTS = 1000
+CALIBRATION_POINTS = 10_000
 GRID_IMAGES = 8
 
 
@@ -57,6 +60,24 @@ def _curve(task: TaskSpec, split: Split, output: torch.Tensor | MeanLogVar) -> F
     return fig
 
 
+def _calibration(task: TaskSpec, output: MeanLogVar, target: torch.Tensor) -> Figure:
+    """Reliability diagram: the fraction of targets inside each central interval μ ± z_p·σ
+    against its nominal probability p."""
+    z = standardized_error(output, target)
+    levels = calibration_levels(z).cpu().numpy()
+    observed = (inside_counts(z) / z.numel()).cpu().numpy()
+    fig = Figure(figsize=(4.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="k", ls="--", lw=1, label="calibrated")
+    ax.plot(levels, observed, "o-", color="C0", label="predicted σ(x)")
+    ax.set_xlabel("nominal probability p of the interval μ ± z_p·σ")
+    ax.set_ylabel("fraction of test targets inside")
+    error = float(np.abs(observed - levels).mean())
+    ax.set_title(f"{task.name}: calibration error {error:.3f}")
+    ax.legend(loc="upper left")
+    return fig
+
+
 def _grid(rows: Sequence[tuple[str, torch.Tensor]]) -> Figure:
     n = len(rows[0][1])
     fig = Figure(figsize=(1.2 * n, 1.3 * len(rows)), layout="constrained")
@@ -85,6 +106,12 @@ def render(model: nn.Module, split: Split, tasks: Sequence[TaskSpec]) -> dict[st
     for task in tasks:
         if task.kind == "regression" and one_d:
             figures[f"fit_{task.name}"] = _curve(task, curve, curve_out[task.name])
+        if task.heteroscedastic:
+            calibration = split.take(slice(0, CALIBRATION_POINTS))
+            output = model(calibration.inputs)[task.name]
+            figures[f"calibration_{task.name}"] = _calibration(
+                task, output, calibration.targets[task.name]
+            )
         elif task.kind == "regression" and task.name in grid_out:
             out = point(grid_out[task.name])
             figures[f"images_{task.name}"] = _grid(

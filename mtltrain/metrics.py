@@ -31,6 +31,18 @@ def calibration_levels(like: Tensor) -> Tensor:
     return torch.arange(1, 20, device=like.device, dtype=like.dtype) / 20
 
 
+def standardized_error(output: MeanLogVar, target: Tensor) -> Tensor:
+    """z = |y − μ|/σ per value, flattened."""
+    sq = (target - output.mean.float()).square()
+    return (sq * torch.exp(-output.log_var.float())).sqrt().flatten()
+
+
+def inside_counts(z: Tensor) -> Tensor:
+    """How many z fall inside each central interval: z ≤ Φ⁻¹((1 + p)/2), p at each level."""
+    z_levels = torch.special.ndtri((1 + calibration_levels(z)) / 2)
+    return (z[:, None] <= z_levels[None, :]).sum(0).float()
+
+
 class Scorer:
     """Turns (output, target) batches into running sums on the device, and sums into metrics.
 
@@ -116,10 +128,9 @@ class HeteroscedasticScorer(Scorer):
     def batch_sums(self, output: MeanLogVar, target: Tensor, noise_std: Tensor | None) -> Tensor:
         mean, log_var = output.mean.float(), output.log_var.float()
         sq = (target - mean).square()
-        z = (sq * torch.exp(-log_var)).sqrt().flatten()
+        z = standardized_error(output, target)
         nll = 0.5 * (log_var + sq * torch.exp(-log_var) + math.log(2 * math.pi))
-        z_levels = torch.special.ndtri((1 + calibration_levels(z)) / 2)
-        inside = (z[:, None] <= z_levels[None, :]).sum(0).float()
+        inside = inside_counts(z)
         sigma_err = (
             ((0.5 * log_var).exp() - noise_std).abs().div(noise_std).sum()
             if self.knows_sigma and noise_std is not None
