@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import collections.abc
 import functools
+import inspect
+import types
+import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mtltrain.errors import ConfigError, MtlError
 
 
 def config_dir() -> Path:
@@ -19,21 +29,143 @@ def config_dir() -> Path:
     raise FileNotFoundError(f"no config.yaml in {package / 'conf'} or {package.parent / 'conf'}")
 
 
+def compose_checked(overrides: Sequence[str]) -> DictConfig:
+    """The config `mtltrain <overrides>` runs with, its settings' types and ranges checked;
+    any problem is a one-line ConfigError. Hydra's own overrides (hydra.*) are left out."""
+    from mtltrain.schema import register, settings
+
+    register()
+    task = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            cfg = compose("config", overrides=task)
+    except MissingConfigException as e:
+        options = f": choose one of {', '.join(e.options)}" if e.options else ""
+        raise ConfigError(f"{_first_line(e)}{options}") from None
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(_one_line(e)) from None
+    settings(cfg.trainer)
+    settings(cfg.loss)
+    for group in ("dataset", "model", "weighting"):
+        check_node(cfg[group])
+    return cfg
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0]
+
+
+def _one_line(e: BaseException) -> str:
+    """Hydra's and OmegaConf's messages and their causes' on one line, bookkeeping dropped."""
+    skip = ("reference_type", "object_type", "Set the environment", "full_key")
+    lines = [line.strip() for line in str(e).splitlines()]
+    text = " — ".join(line for line in lines if line and not line.startswith(skip))
+    return f"{text} — {_one_line(e.__cause__)}" if e.__cause__ is not None else text
+
+
 def build_partial(node: DictConfig) -> functools.partial:
     """A `_target_` node as a partial: its target with its settings, not yet called.
 
-    Containers reach the target as plain dicts and lists.
+    Containers reach the target as plain dicts and lists. A nested node that cannot be built
+    is reported as a ConfigError naming the node.
     """
-    return instantiate(node, _convert_="all", _partial_=True)
+    try:
+        return instantiate(node, _convert_="all", _partial_=True)
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        if isinstance(cause, MtlError):
+            raise cause from None
+        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        raise ConfigError(f"{_where(node)}: {type(cause).__name__}: {detail}") from None
 
 
 def build(node: DictConfig, **kwargs: Any) -> Any:
     """Instantiate a `_target_` node with `kwargs` added to its settings.
 
     `kwargs` (data set objects, task specs, parameters) are passed as they are, never turned
-    into config nodes.
+    into config nodes. Settings the target does not take are a ConfigError naming them.
     """
-    return build_partial(node)(**kwargs)
+    factory = check_node(node)
+    try:
+        inspect.signature(factory.func).bind(*factory.args, **factory.keywords, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{_where(node)} ({node._target_}): {e}") from None
+    return factory(**kwargs)
+
+
+def check_node(node: DictConfig) -> functools.partial:
+    """A `_target_` node as a partial, its settings checked against the target's signature:
+    names it does not take and values of the wrong type are ConfigErrors."""
+    factory = build_partial(node)
+    target = factory.func
+    try:
+        inspect.signature(target).bind_partial(*factory.args, **factory.keywords)
+    except TypeError as e:
+        raise ConfigError(f"{_where(node)} ({node._target_}): {e}") from None
+    try:
+        hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
+    except (NameError, TypeError):  # annotations the checker cannot resolve: nothing to check
+        return factory
+    for name, value in factory.keywords.items():
+        if name in hints and (bad := _mismatch(value, hints[name], name)) is not None:
+            where, found, hint = bad
+            raise ConfigError(
+                f"{_where(node)}.{where}={found!r} is not allowed: it must be {_describe(hint)}"
+            )
+    return factory
+
+
+def _mismatch(value: object, hint: object, where: str) -> tuple[str, object, object] | None:
+    """The first part of a config value that does not fit the type hint, as (dotted key,
+    value, hint); None when it all fits (plain types, unions, sequences, mappings)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any or isinstance(hint, typing.TypeVar):
+        return None
+    if origin in (typing.Union, types.UnionType):
+        fits = any(_mismatch(value, a, where) is None for a in args)
+        return None if fits else (where, value, hint)
+    if origin in (collections.abc.Sequence, list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return where, value, hint
+        parts = (
+            (_mismatch(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)) if args else ()
+        )
+        return next((p for p in parts if p is not None), None)
+    if origin in (collections.abc.Mapping, dict):
+        if not isinstance(value, dict):
+            return where, value, hint
+        parts = (_mismatch(v, args[1], f"{where}.{k}") for k, v in value.items()) if args else ()
+        return next((p for p in parts if p is not None), None)
+    plain = {
+        type(None): value is None,
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+    }
+    if hint in plain:
+        return None if plain[hint] else (where, value, hint)
+    if isinstance(hint, type) and not isinstance(value, hint):
+        return where, value, hint
+    return None  # other typing constructs (callables, literals): left to the target
+
+
+def _describe(hint: object, many: bool = False) -> str:
+    """A type hint in words: "a number", "a list of strings or null", ..."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a, many) for a in args)
+    if origin in (collections.abc.Sequence, list, tuple):
+        return f"a list of {_describe(args[0], True) if args else 'values'}"
+    if origin in (collections.abc.Mapping, dict):
+        return f"a mapping to {_describe(args[1], True) if len(args) == 2 else 'values'}"
+    one = {float: "a number", int: "a whole number", bool: "true or false", str: "a string"}
+    several = {float: "numbers", int: "whole numbers", bool: "booleans", str: "strings"}
+    if hint is type(None):
+        return "null"
+    return (several if many else one).get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _where(node: DictConfig) -> str:
+    return node._get_full_key(None) or "config"
 
 
 def flat_config(cfg: DictConfig) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""Errors a user can fix: the CLI prints them as one line and exits non-zero."""
+"""Errors a user can act on: the CLI prints them as one line and exits with their code."""
 
 
 class MtlError(Exception):
     """Base class of the errors the CLI reports as a single line, without a traceback."""
+
+    exit_code = 2
 
 
 class ConfigError(MtlError, ValueError):
@@ -11,3 +13,25 @@ class ConfigError(MtlError, ValueError):
 
 class DataError(MtlError):
     """A data set is missing, truncated or corrupt."""
+
+
+class CheckpointError(MtlError):
+    """A checkpoint is missing, truncated, foreign, or does not fit the run."""
+
+
+class RunFolderError(MtlError):
+    """A run folder holds a run that would be overwritten."""
+
+
+class TrainingError(MtlError):
+    """Training cannot go on (a non-finite loss or weight)."""
+
+    exit_code = 3
+
+
+class Interrupted(MtlError):
+    """SIGINT or SIGTERM stopped the run after a checkpoint; exit 128 + the signal number."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signal_number

@@ -127,28 +127,13 @@ class LossTerm:
     fn: Callable[[Tensor | MeanLogVar, Tensor], Tensor]
 
 
-def check_settings(settings: Mapping[str, float]) -> None:
-    """β in [0, 1], γ0 ≥ 0, Dice smoothing > 0."""
-    rules = {
-        "beta": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-        "focal_gamma": (lambda v: v >= 0, ">= 0"),
-        "dice_smooth": (lambda v: v > 0, "> 0"),
-    }
-    for key, value in settings.items():
-        if key not in rules:
-            raise ConfigError(f"loss.{key} is not a loss setting: choose among {list(rules)}")
-        ok, allowed = rules[key]
-        if not ok(value):
-            raise ConfigError(f"loss.{key}={value} is not allowed: it must be {allowed}")
-
-
-def loss_terms(tasks: Sequence[TaskSpec], settings: Mapping[str, float]) -> tuple[LossTerm, ...]:
-    """The loss terms of `tasks`, in task order, with each loss's `loss.*` settings bound."""
-    check_settings(settings)
+def loss_terms(tasks: Sequence[TaskSpec], settings: object) -> tuple[LossTerm, ...]:
+    """The loss terms of `tasks`, in task order, with each loss's `loss.*` settings bound
+    (`settings`: a `schema.LossConfig`)."""
 
     def bind(name: str) -> Callable[[Tensor | MeanLogVar, Tensor], Tensor]:
         loss = LOSSES[name]
-        return functools.partial(loss.fn, **{k: settings[k] for k in loss.settings})
+        return functools.partial(loss.fn, **{k: getattr(settings, k) for k in loss.settings})
 
     return tuple(
         LossTerm(

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from mtltrain import figures
+from mtltrain import checkpoint, figures, rundir
 from mtltrain.config import build, build_partial, flat_config
 from mtltrain.data.base import MultiTaskData, Split
-from mtltrain.errors import ConfigError
+from mtltrain.errors import CheckpointError, ConfigError, Interrupted, MtlError, TrainingError
+from mtltrain.interrupts import StopSignals
 from mtltrain.losses import LossTerm, compute_losses, detach, loss_terms
 from mtltrain.metrics import TaskMetrics, main_metric, metric_names
 from mtltrain.models import MultiTaskModel
@@ -31,6 +33,7 @@ from mtltrain.runtime import (
     select_device,
     settle_threads,
 )
+from mtltrain.schema import TrainerConfig, settings
 from mtltrain.tasks import TaskSpec
 from mtltrain.tblog import TensorBoardLog
 from mtltrain.weighting import Weighting
@@ -76,22 +79,6 @@ def evaluate(
     return metrics.compute()
 
 
-@dataclass
-class Speed:
-    """The trainer's speed settings (see conf/trainer/default.yaml)."""
-
-    precision: str = "fp32"
-    channels_last: bool = True
-    compile: str | None = None
-    fused_optimizer: bool = True
-    keep_host_memory: bool = True
-    cudnn_benchmark: bool = True
-
-    @classmethod
-    def from_config(cls, trainer: DictConfig) -> Speed:
-        return cls(**{f.name: trainer[f.name] for f in fields(cls)})
-
-
 def place_data(data: MultiTaskData, device: torch.device, channels_last: bool) -> MultiTaskData:
     """Data on the training device when it fits in half its free memory; else pinned host
     memory, from which batches are copied without blocking. Images in NHWC if asked."""
@@ -109,7 +96,11 @@ def place_data(data: MultiTaskData, device: torch.device, channels_last: bool) -
 
 
 class Trainer:
-    """Trains one model with one weighting strategy, logging to one TensorBoard writer."""
+    """Trains one model with one weighting strategy, logging to one TensorBoard writer.
+
+    Its position (epoch, batch within the epoch, step) and everything that changes while it
+    trains are in `state_dict()`, so a run stopped anywhere continues exactly.
+    """
 
     def __init__(
         self,
@@ -117,18 +108,21 @@ class Trainer:
         weighting: Weighting,
         optimizer: torch.optim.Optimizer,
         data: MultiTaskData,
-        trainer: DictConfig,
+        trainer: TrainerConfig,
         tb: TensorBoardLog,
         device: torch.device,
         seed: int,
+        checkpoint_path: Path | None = None,
+        run_info: dict[str, Any] | None = None,
     ) -> None:
         self.model, self.weighting, self.optimizer = model, weighting, optimizer
-        self.data, self.tb, self.device = data, tb, device
-        speed = Speed.from_config(trainer)
-        self.forward = torch.compile(model, mode=speed.compile) if speed.compile else model
+        self.data, self.tb, self.device, self.cfg = data, tb, device, trainer
+        self.checkpoint_path = checkpoint_path
+        self.run_info = run_info or {}  # what a checkpoint says of its run (config, overrides)
+        self.forward = torch.compile(model, mode=trainer.compile) if trainer.compile else model
         self.precision = (
-            autocast(device, speed.precision)
-            if speed.precision != "fp32"
+            autocast(device, trainer.precision)
+            if trainer.precision != "fp32"
             else contextlib.nullcontext()
         )
         self.generator = torch.Generator(device=data.train.inputs.device).manual_seed(seed)
@@ -141,19 +135,76 @@ class Trainer:
         self.shared = model.shared_parameters()
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.on_device = data.train.inputs.device == device
-        self.epochs = int(trainer.epochs)
-        self.batch_size = int(trainer.batch_size)
-        self.eval_batch_size = int(trainer.eval_batch_size)
-        self.eval_every = int(trainer.eval_every)
-        self.figure_every = int(trainer.figure_every)
-        self.log_every = int(trainer.log_every)
-        self.log_lines_every = max(1, self.epochs // self.eval_every // 10)  # about ten lines
-        self.show_bars = None if trainer.progress else True  # None: bars on a terminal only
-        self.step = 0
-        self.evaluations = 0
-        self.train_metrics = TaskMetrics(data.tasks, knows_sigma=noise)
-        self.train_loss = torch.zeros((), device=device)
+        self.epochs, self.batch_size = trainer.epochs, trainer.batch_size
+        self.log_lines_every = max(1, self.epochs // trainer.eval_every // 10)  # ~ten lines
+        self.stop = StopSignals()
+        self.last_checkpoint_step: int | None = None
+        # what changes while training (all of it in state_dict)
+        self.epoch = self.batch = self.step = self.evaluations = self.nonfinite_steps = 0
+        self.shuffle_state = self.generator.get_state()
+        self.test_metrics: dict[str, float] = {}
+        self.reset_running_metrics()
+
+    # -- state ---------------------------------------------------------------------------
+
+    def reset_running_metrics(self) -> None:
+        self.train_metrics = TaskMetrics(self.data.tasks, knows_sigma=self.train_split.noise_std)
+        self.train_loss = torch.zeros((), device=self.device)
         self.train_batches = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "weighting": self.weighting.state_dict(),
+            "position": {
+                "epoch": self.epoch,
+                "batch": self.batch,
+                "step": self.step,
+                "evaluations": self.evaluations,
+                "nonfinite_steps": self.nonfinite_steps,
+            },
+            "shuffle_state": self.shuffle_state,
+            "generator": self.generator.get_state(),
+            "rng": checkpoint.rng_states(),
+            "running": {
+                "sums": self.train_metrics.sums,
+                "counts": self.train_metrics.counts,
+                "loss": self.train_loss,
+                "batches": self.train_batches,
+            },
+            "test_metrics": self.test_metrics,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.weighting.load_state_dict(state["weighting"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0][:160]
+            raise CheckpointError(f"the checkpoint does not fit this run: {first}") from None
+        position = state["position"]
+        self.epoch, self.batch, self.step = position["epoch"], position["batch"], position["step"]
+        self.evaluations = position["evaluations"]
+        self.nonfinite_steps = position["nonfinite_steps"]
+        self.shuffle_state = state["shuffle_state"]
+        self.generator.set_state(state["generator"])
+        checkpoint.set_rng_states(state["rng"])
+        running = state["running"]
+        self.train_metrics.sums = {k: v.to(self.device) for k, v in running["sums"].items()}
+        self.train_metrics.counts = dict(running["counts"])
+        self.train_loss = running["loss"].to(self.device)
+        self.train_batches = running["batches"]
+        self.test_metrics = state["test_metrics"]
+        self.last_checkpoint_step = self.step
+
+    def save_checkpoint(self) -> None:
+        if self.checkpoint_path is not None:
+            checkpoint.save(self.checkpoint_path, {"trainer": self.state_dict(), **self.run_info})
+            self.last_checkpoint_step = self.step
+
+    # -- one step ------------------------------------------------------------------------
 
     def log_step(self, losses: dict[str, torch.Tensor], parts: torch.Tensor) -> None:
         names = self.weighting.names
@@ -164,7 +215,32 @@ class Trainer:
         for quantity, vector in self.weighting.report().items():
             values.update({f"{quantity}/{n}": vector[i] for i, n in enumerate(names)})
         values["lr"] = self.optimizer.param_groups[0]["lr"]
+        values["nonfinite_steps"] = self.nonfinite_steps
         self.tb.scalars(values, self.step)
+
+    def finite(self, losses: dict[str, torch.Tensor], parts: torch.Tensor) -> bool:
+        """Whether every loss and weighted loss of the step is finite; stops the run on one
+        that is not, unless trainer.nonfinite=skip."""
+        raw = torch.stack(list(losses.values())).detach()
+        if bool(torch.isfinite(raw).all() & torch.isfinite(parts).all()):
+            return True
+        if self.cfg.nonfinite == "skip":
+            return False
+        bad = next(
+            i for i in range(len(self.terms)) if not (raw[i].isfinite() and parts[i].isfinite())
+        )
+        term = self.terms[bad]
+        where = (
+            f"{self.checkpoint_path} (step {self.last_checkpoint_step})"
+            if self.last_checkpoint_step is not None
+            else "none yet"
+        )
+        raise TrainingError(
+            f"non-finite loss in task {term.task} (term {term.name}: loss {raw[bad].item():.4g}, "
+            f"weighted {parts[bad].item():.4g}) at step {self.step}, epoch {self.epoch + 1}; "
+            f"last good checkpoint: {where}; lower the learning rate, or set "
+            "trainer.nonfinite=skip to skip such steps"
+        )
 
     def train_step(self, batch: Split) -> torch.Tensor:
         """One optimisation step on a batch; returns the per-term contributions."""
@@ -178,32 +254,56 @@ class Trainer:
         for p in self.params:  # optimizer.zero_grad(set_to_none=True), without its overhead
             p.grad = None
         parts = self.weighting.backward(losses, self.shared)
-        self.optimizer.step()
         self.step += 1
-        self.train_metrics.update(seen, batch)
-        self.train_loss += parts.sum()
-        self.train_batches += 1
-        if self.step % self.log_every == 0:
+        if self.finite(losses, parts):
+            self.optimizer.step()
+            self.train_metrics.update(seen, batch)
+            self.train_loss += parts.sum()
+            self.train_batches += 1
+        else:
+            self.nonfinite_steps += 1
+        if self.step % self.cfg.log_every == 0:
             self.log_step(losses, parts)
         return parts
 
-    def train_epoch(self, epoch: int) -> None:
-        """One pass over the train split, shuffled."""
+    # -- epochs --------------------------------------------------------------------------
+
+    def train_epoch(self) -> None:
+        """The rest of the current epoch over the shuffled train split."""
+        if self.batch == 0:
+            self.shuffle_state = self.generator.get_state()
+        else:  # resuming mid-epoch: draw the epoch's order again
+            self.generator.set_state(self.shuffle_state)
         split = self.train_split.shuffled(self.generator)
         if not self.on_device:
             split = split.map(torch.Tensor.pin_memory)
         bar = tqdm(
-            split.batches(self.batch_size),
+            split.batches(self.batch_size, start=self.batch),
+            initial=self.batch,
             total=split.num_batches(self.batch_size),
-            desc=f"epoch {epoch + 1}/{self.epochs}",
+            desc=f"epoch {self.epoch + 1}/{self.epochs}",
             leave=False,
-            disable=self.show_bars,
+            disable=None if self.cfg.progress else True,  # None: bars on a terminal only
         )
         for batch in bar:
             parts = self.train_step(batch)
-            if not bar.disable and self.step % self.log_every == 0:
+            self.batch += 1
+            if not bar.disable and self.step % self.cfg.log_every == 0:
                 bar.set_postfix(loss=f"{parts.sum().item():.4g}", refresh=False)
+            if self.stop.received is not None:
+                bar.close()
+                self.interrupt(self.stop.received)
         bar.close()
+
+    def interrupt(self, signum: int) -> None:
+        self.save_checkpoint()
+        name = signal.Signals(signum).name
+        raise Interrupted(
+            f"stopped by {name} at step {self.step} (epoch {self.epoch + 1}); "
+            f"checkpoint written to {self.checkpoint_path}; continue with: "
+            f"mtltrain resume={self.checkpoint_path.parent.parent}",
+            signum,
+        )
 
     def evaluate(self) -> dict[str, float]:
         """Log the running train metrics since the last evaluation and the test metrics;
@@ -212,15 +312,13 @@ class Trainer:
             **self.train_metrics.compute(),
             "loss": self.train_loss.item() / max(1, self.train_batches),
         }
-        self.train_metrics = TaskMetrics(self.data.tasks, knows_sigma=self.train_split.noise_std)
-        self.train_loss.zero_()
-        self.train_batches = 0
+        self.reset_running_metrics()
         self.model.eval()
         test = evaluate(
-            self.forward, self.data.test, self.data.tasks, self.eval_batch_size, self.precision
+            self.forward, self.data.test, self.data.tasks, self.cfg.eval_batch_size, self.precision
         )
         self.evaluations += 1
-        if self.figure_every and self.evaluations % self.figure_every == 0:
+        if self.cfg.figure_every and self.evaluations % self.cfg.figure_every == 0:
             for name, fig in figures.render(self.model, self.data.test, self.data.tasks).items():
                 self.tb.image(f"figures/{name}", figures.to_rgb(fig), self.step)
         self.model.train()
@@ -231,23 +329,28 @@ class Trainer:
             },
             self.step,
         )
-        if self.evaluations % self.log_lines_every == 0 or self.epoch + 1 == self.epochs:
+        if self.evaluations % self.log_lines_every == 0 or self.epoch == self.epochs:
             log.info(
                 "epoch %d/%d  step %d  train loss %.4g  test %s",
-                self.epoch + 1, self.epochs, self.step, train["loss"],
+                self.epoch, self.epochs, self.step, train["loss"],
                 ", ".join(f"{k} {v:.4g}" for k, v in test.items()),
             )  # fmt: skip
         return test
 
     def fit(self) -> dict[str, float]:
-        """Train for all epochs, evaluating the test split every `eval_every` epochs."""
-        test: dict[str, float] = {}
-        for epoch in range(self.epochs):
-            self.epoch = epoch
-            self.train_epoch(epoch)
-            if (epoch + 1) % self.eval_every == 0 or epoch + 1 == self.epochs:
-                test = self.evaluate()
-        return test
+        """Train to the last epoch, evaluating every `eval_every` epochs and checkpointing
+        every `checkpoint_every`; SIGINT/SIGTERM stop it after a step, with a checkpoint."""
+        with self.stop:
+            while self.epoch < self.epochs:
+                self.train_epoch()
+                self.epoch, self.batch = self.epoch + 1, 0
+                last = self.epoch == self.epochs
+                if self.epoch % self.cfg.eval_every == 0 or last:
+                    self.test_metrics = self.evaluate()
+                every = self.cfg.checkpoint_every
+                if last or (every and self.epoch % every == 0):
+                    self.save_checkpoint()
+        return self.test_metrics
 
 
 def save_figures(
@@ -266,13 +369,13 @@ def build_run(
     cfg: DictConfig, device: torch.device
 ) -> tuple[MultiTaskData, MultiTaskModel, Weighting, torch.optim.Optimizer]:
     """Data, model, weighting strategy and optimizer, on `device`, as the config says."""
-    speed = Speed.from_config(cfg.trainer)
-    data = place_data(build(cfg.dataset), device, speed.channels_last)
+    trainer = settings(cfg.trainer)
+    data = place_data(build(cfg.dataset), device, trainer.channels_last)
     model = build(cfg.model, tasks=data.tasks).to(device)
-    if speed.channels_last:
+    if trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    weighting = build(cfg.weighting, terms=loss_terms(data.tasks, cfg.loss)).to(device)
-    factory = optimizer_factory(build_partial(cfg.trainer.optimizer), speed.fused_optimizer)
+    weighting = build(cfg.weighting, terms=loss_terms(data.tasks, settings(cfg.loss))).to(device)
+    factory = optimizer_factory(build_partial(cfg.trainer.optimizer), trainer.fused_optimizer)
     weight_decay = cfg.trainer.optimizer.get("weight_decay", 0.0)
     optimizer = factory(params=param_groups(model, weighting, weight_decay))
     return data, model, weighting, optimizer
@@ -289,37 +392,70 @@ def resolve_objective(cfg: DictConfig, tasks: Sequence[TaskSpec], sigma: Collect
     return objective
 
 
+def configure_process(trainer: TrainerConfig, device: torch.device) -> None:
+    """Thread pools, allocator, determinism and cuDNN as the trainer settings say."""
+    settle_threads()
+    if device.type == "cpu" and trainer.keep_host_memory:
+        keep_host_memory()
+    if trainer.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(trainer.deterministic)
+    torch.backends.cudnn.benchmark = trainer.cudnn_benchmark and not trainer.deterministic
+
+
 def run(
     cfg: DictConfig,
     run_dir: Path,
     overrides: Sequence[str] = (),
     choices: dict[str, str] | None = None,
 ) -> float:
-    """Train as `cfg` says, write TensorBoard logs and results.json into `run_dir`.
+    """Train as `cfg` says, write TensorBoard logs, checkpoints and results.json into
+    `run_dir`; continue the run of `cfg.resume` where it stopped.
 
-    Returns the objective metric, for Hydra sweepers.
+    Returns the objective metric, for Hydra sweepers. A failure of a fresh run leaves a
+    results.json that says so; nothing a run wrote before is ever replaced by a failure.
     """
+    info = {"choices": choices or {}, "overrides": list(overrides)}
+    if not cfg.resume:
+        rundir.check_fresh(run_dir)
+    try:
+        return _run(cfg, run_dir, info)
+    except MtlError as e:
+        if not cfg.resume or isinstance(e, Interrupted):
+            status = "interrupted" if isinstance(e, Interrupted) else "failed"
+            write_json(run_dir / RESULTS_FILE, {"status": status, "error": str(e), **info})
+        raise
+
+
+def _run(cfg: DictConfig, run_dir: Path, info: dict[str, Any]) -> float:
     started = time.perf_counter()
-    device = select_device(cfg.trainer.device)
-    settle_threads()
-    if device.type == "cpu" and cfg.trainer.keep_host_memory:
-        keep_host_memory()
-    torch.backends.cudnn.benchmark = bool(cfg.trainer.cudnn_benchmark)
+    trainer_cfg = settings(cfg.trainer)
+    device = select_device(trainer_cfg.device)
+    state = checkpoint.load(rundir.checkpoint_of(Path(cfg.resume))) if cfg.resume else None
+    configure_process(trainer_cfg, device)
     seed_everything(cfg.seed)
     data, model, weighting, optimizer = build_run(cfg, device)
     objective = resolve_objective(cfg, data.tasks, data.test.noise_std)
     log.info(
         "%s: %d train / %d test samples, tasks %s, weighting %s, device %s",
-        (choices or {}).get("dataset", "data"), len(data.train), len(data.test),
+        info["choices"].get("dataset", "data"), len(data.train), len(data.test),
         [t.name for t in data.tasks], type(weighting).__name__, device,
     )  # fmt: skip
-
-    with TensorBoardLog(run_dir / "tb") as tb, logging_redirect_tqdm():
-        quantities = weighting.report()
-        tb.layout({q: [f"^{q}/"] for q in ("loss_raw", "loss_weighted", *quantities)})
-        tags = [f"test/{m}" for m in metric_names(data.tasks, data.test.noise_std)]
-        tb.hparams(flat_config(cfg), tags)
-        trainer = Trainer(model, weighting, optimizer, data, cfg.trainer, tb, device, cfg.seed)
+    purge = state["trainer"]["position"]["step"] + 1 if state else None
+    with TensorBoardLog(run_dir / "tb", purge_step=purge) as tb, logging_redirect_tqdm():
+        run_info = {**info, "config": OmegaConf.to_container(cfg, resolve=True)}
+        trainer = Trainer(
+            model, weighting, optimizer, data, trainer_cfg, tb, device, cfg.seed,
+            checkpoint.path_in(run_dir), run_info,
+        )  # fmt: skip
+        if state:
+            trainer.load_state_dict(state["trainer"])
+            log.info("resumed at step %d (epoch %d)", trainer.step, trainer.epoch + 1)
+        else:
+            quantities = weighting.report()
+            tb.layout({q: [f"^{q}/"] for q in ("loss_raw", "loss_weighted", *quantities)})
+            tags = [f"test/{m}" for m in metric_names(data.tasks, data.test.noise_std)]
+            tb.hparams(flat_config(cfg), tags)
         fit_started = time.perf_counter()
         test_metrics = trainer.fit()
         train_time = time.perf_counter() - fit_started
@@ -327,27 +463,26 @@ def run(
         save_figures(model, data, tb, trainer.step, run_dir / "figures")
 
     train_metrics = evaluate(
-        trainer.forward, data.train, data.tasks, trainer.eval_batch_size, trainer.precision
+        trainer.forward, data.train, data.tasks, trainer_cfg.eval_batch_size, trainer.precision
     )
     metrics = {**{f"test/{k}": v for k, v in test_metrics.items()},
                **{f"train/{k}": v for k, v in train_metrics.items()}}  # fmt: skip
     names = weighting.names
     learned = {q: dict(zip(names, v.tolist(), strict=True)) for q, v in weighting.report().items()}
-    sigma_true = true_sigma(data.train, weighting.terms)
     results = {
         "status": "completed",
-        "choices": choices or {},
-        "overrides": list(overrides),
+        **info,
         "seed": int(cfg.seed),
         "epochs": trainer.epochs,
         "steps": trainer.step,
+        "nonfinite_steps": trainer.nonfinite_steps,
         "device": str(device),
         "wall_time_s": round(time.perf_counter() - started, 3),
         "train_time_s": round(train_time, 3),
         "objective": {"name": objective, "value": metrics[objective]},
         "metrics": metrics,
         "weighting": learned,
-        "true_sigma": sigma_true,
+        "true_sigma": true_sigma(data.train, weighting.terms),
     }
     write_json(run_dir / RESULTS_FILE, results)
     tasks = {t.name: t for t in data.tasks}

@@ -43,6 +43,7 @@ from torch import nn
 
 from mtltrain.config import build, config_dir
 from mtltrain.runtime import keep_host_memory, select_device, settle_threads
+from mtltrain.schema import register, settings
 from mtltrain.tblog import TensorBoardLog
 from mtltrain.train import Trainer, build_run
 
@@ -67,6 +68,7 @@ def machine(device: torch.device) -> dict[str, object]:
 
 
 def config(overrides: list[str]):
+    register()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         return compose("config", overrides=overrides)
 
@@ -105,7 +107,14 @@ class ProjectRun:
         self.data, self.model, self.weighting, optimizer = build_run(self.cfg, device)
         self.tb = TensorBoardLog(log_dir)
         self.trainer = Trainer(
-            self.model, self.weighting, optimizer, self.data, self.cfg.trainer, self.tb, device, 0
+            self.model,
+            self.weighting,
+            optimizer,
+            self.data,
+            settings(self.cfg.trainer),
+            self.tb,
+            device,
+            0,
         )
         size, split, gen = self.trainer.batch_size, self.trainer.train_split, self.trainer.generator
         self.batches = forever(lambda: split.shuffled(gen).batches(size))

@@ -9,18 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from mtltrain.config import config_dir
+from mtltrain.config import compose_checked
 
 MTLTRAIN = str(Path(sys.executable).with_name("mtltrain"))
 
 
 def make_config(overrides: Sequence[str] = ()) -> DictConfig:
     """The config `mtltrain <overrides>` would run with."""
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose_checked(overrides)
 
 
 def run_cli(args: Sequence[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

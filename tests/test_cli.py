@@ -90,4 +90,6 @@ def test_mnist_without_data_or_download_says_where_it_looked(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert str(empty / "MNIST" / "raw") in lines[0] and "dataset.root" in lines[0]
-    assert not list(tmp_path.rglob("results.json"))
+    (results,) = tmp_path.rglob("results.json")  # the run folder says what went wrong
+    assert json.loads(results.read_text())["status"] == "failed"
+    assert not (results.parent / "tb").exists()  # stopped before any training work

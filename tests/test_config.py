@@ -2,9 +2,9 @@ import itertools
 
 import pytest
 from conftest import make_config
-from hydra.errors import MissingConfigException
 
 from mtltrain.config import config_dir
+from mtltrain.errors import ConfigError
 
 GROUPS = ("dataset", "model", "trainer", "weighting")
 
@@ -50,7 +50,7 @@ def test_there_is_something_to_combine():
 
 
 def test_unknown_choice_lists_the_options():
-    with pytest.raises(MissingConfigException) as err:
+    with pytest.raises(ConfigError) as err:
         make_config(["weighting=nope"])
     message = str(err.value)
     assert "nope" in message and "fixed" in message and "uncertainty" in message

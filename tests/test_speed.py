@@ -7,6 +7,7 @@ import torch
 from conftest import make_config
 
 from mtltrain.runtime import keep_host_memory, optimizer_factory
+from mtltrain.schema import settings
 from mtltrain.tblog import TensorBoardLog
 from mtltrain.train import Trainer, build_run
 
@@ -25,7 +26,7 @@ def loss_curve(overrides, tmp_path, device="cpu"):
     data, model, weighting, optimizer = build_run(cfg, torch.device(device))
     with TensorBoardLog(tmp_path / f"tb{len(list(tmp_path.iterdir()))}") as tb:
         trainer = Trainer(
-            model, weighting, optimizer, data, cfg.trainer, tb, torch.device(device), 0
+            model, weighting, optimizer, data, settings(cfg.trainer), tb, torch.device(device), 0
         )
         split = trainer.train_split.shuffled(trainer.generator)
         curve = [trainer.train_step(b).sum().item() for b in split.batches(trainer.batch_size)]

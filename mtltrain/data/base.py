@@ -91,6 +91,13 @@ class MultiTaskData:
         return sum(t.nbytes for split in (self.train, self.test) for t in split.tensors())
 
 
+def check_sizes(**sizes: int) -> None:
+    """Sample counts must be at least 1: `check_sizes(n_train=..., n_test=...)`."""
+    for name, value in sizes.items():
+        if value < 1:
+            raise ConfigError(f"dataset.{name}={value} is not allowed: it must be >= 1")
+
+
 def task_specs(
     selected: Sequence[str],
     available: Mapping[str, tuple[TaskKind, int]],

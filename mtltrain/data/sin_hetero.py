@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from mtltrain.data.base import MultiTaskData, Split, task_specs
+from mtltrain.data.base import MultiTaskData, Split, check_sizes, task_specs
 from mtltrain.errors import ConfigError
 
 
@@ -36,6 +36,7 @@ def build(
     seed: int = 0,
 ) -> MultiTaskData:
     """One regression task `y`; inputs are standardised with the train split's mean and std."""
+    check_sizes(n_train=n_train, n_test=n_test)
     if not x_min < x_max:
         raise ConfigError(f"dataset.x_min={x_min} must be below dataset.x_max={x_max}")
     if noise_min < 0 or noise_max < 0:

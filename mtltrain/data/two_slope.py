@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from mtltrain.data.base import MultiTaskData, Split, task_specs
+from mtltrain.data.base import MultiTaskData, Split, check_sizes, task_specs
 from mtltrain.errors import ConfigError
 
 
@@ -32,6 +32,7 @@ def build(
 
     The test split is drawn the same way, after the train split, from the same seed.
     """
+    check_sizes(n_train=n_train, n_test=n_test)
     for name, p in tasks.items():
         missing = {"slope", "intercept", "noise_std"} - set(p)
         if missing:

@@ -1,0 +1,32 @@
+"""SIGINT (Ctrl-C) and SIGTERM ask a run to stop after its current step."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopSignals:
+    """While active, the first SIGINT or SIGTERM sets `received` instead of killing the
+    process; a second one gets the previous handler (Ctrl-C twice stops at once)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # handlers live there only
+            self.previous = {s: signal.signal(s, self.handle) for s in SIGNALS}
+        return self
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+        signal.signal(signum, self.previous[signum])
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)

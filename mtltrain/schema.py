@@ -1,0 +1,118 @@
+"""Typed schemas of the settings that are not `_target_` nodes.
+
+Hydra checks their names and types when it composes the config (`trainer.epochs=abc` or
+`trainer.epoch=5` fail before anything runs); `__post_init__` checks their ranges when a run
+turns them into objects with `settings(...)`. Data sets, models and weighting strategies check
+their own arguments where they are built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from mtltrain.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+NONFINITE = ("stop", "skip")
+
+
+def _at_least(key: str, value: float, low: float) -> None:
+    if value < low:
+        raise ConfigError(f"{key}={value} is not allowed: it must be >= {low}")
+
+
+def _complete(obj: object) -> bool:
+    """False for the schema's own blank instance (values still MISSING): nothing to check."""
+    return not any(isinstance(v, str) and v == MISSING for v in vars(obj).values())
+
+
+def _one_of(key: str, value: object, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed: choose one of {list(allowed)}")
+
+
+@dataclass
+class LossConfig:
+    """Settings of the task losses."""
+
+    beta: float = MISSING
+    focal_gamma: float = MISSING
+    dice_smooth: float = MISSING
+
+    def __post_init__(self) -> None:
+        if not _complete(self):
+            return
+        if not 0 <= self.beta <= 1:
+            raise ConfigError(f"loss.beta={self.beta} is not allowed: it must be in [0, 1]")
+        _at_least("loss.focal_gamma", self.focal_gamma, 0)
+        if self.dice_smooth <= 0:
+            raise ConfigError(f"loss.dice_smooth={self.dice_smooth} is not allowed: it must be > 0")
+
+
+@dataclass
+class TrainerConfig:
+    """The training loop's settings (conf/trainer/default.yaml documents each)."""
+
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    eval_every: int = MISSING
+    figure_every: int = MISSING
+    log_every: int = MISSING
+    checkpoint_every: int = MISSING
+    device: str = MISSING
+    progress: bool = MISSING
+    optimizer: Any = MISSING
+    nonfinite: str = MISSING
+    deterministic: bool = MISSING
+    precision: str = MISSING
+    channels_last: bool = MISSING
+    compile: str | None = MISSING
+    fused_optimizer: bool = MISSING
+    keep_host_memory: bool = MISSING
+    cudnn_benchmark: bool = MISSING
+
+    def __post_init__(self) -> None:
+        if not _complete(self):
+            return
+        for key in ("epochs", "batch_size", "eval_batch_size", "eval_every", "log_every"):
+            _at_least(f"trainer.{key}", getattr(self, key), 1)
+        _at_least("trainer.figure_every", self.figure_every, 0)
+        _at_least("trainer.checkpoint_every", self.checkpoint_every, 0)
+        _one_of("trainer.device", self.device, DEVICES)
+        _one_of("trainer.precision", self.precision, PRECISIONS)
+        _one_of("trainer.compile", self.compile, (None, *COMPILE_MODES))
+        _one_of("trainer.nonfinite", self.nonfinite, NONFINITE)
+        lr = self.optimizer.get("lr") if isinstance(self.optimizer, dict) else None
+        if isinstance(lr, (int, float)) and lr <= 0:
+            raise ConfigError(f"trainer.optimizer.lr={lr} is not allowed: it must be > 0")
+
+
+@dataclass
+class RunConfig:
+    """The primary config: one choice per group, and the run-wide settings."""
+
+    dataset: Any = MISSING
+    model: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    weighting: Any = MISSING
+    seed: int = MISSING
+    objective: str | None = None
+    resume: str | None = None
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+def register() -> None:
+    """Make the schema known to Hydra as the config `run_schema` (conf/config.yaml uses it)."""
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def settings(node: DictConfig) -> Any:
+    """A schema-typed node as its dataclass, its ranges checked."""
+    return OmegaConf.to_object(node)

@@ -1,0 +1,230 @@
+"""Nothing lost: exact resume after SIGKILL, SIGINT and SIGTERM; atomic checkpoints;
+non-finite losses stop the run or are skipped and counted."""
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import MTLTRAIN, make_config, run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mtltrain import checkpoint, train
+from mtltrain.data import two_slope
+from mtltrain.errors import TrainingError
+
+# ~1500 steps, a checkpoint every epoch: long enough to be stopped in the middle
+RUN = ["trainer.epochs=80", "trainer.deterministic=true", "trainer.log_every=7",
+       "trainer.eval_every=3", "dataset.n_train=300"]  # fmt: skip
+
+
+def results(run_dir):
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def curve(run_dir, tag="sigma/y1"):
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The same run, left alone."""
+    root = tmp_path_factory.mktemp("reference")
+    proc = run_cli([*RUN, f"hydra.run.dir={root}/run"], cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    return root / "run"
+
+
+def start(run_dir, cwd):
+    return subprocess.Popen(
+        [MTLTRAIN, *RUN, f"hydra.run.dir={run_dir}"], cwd=cwd,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_for_checkpoint(proc, run_dir, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not checkpoint.path_in(run_dir).exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def assert_same_run(run_dir, reference):
+    got, want = results(run_dir), results(reference)
+    assert got["status"] == "completed" and got["steps"] == want["steps"]
+    assert got["metrics"] == want["metrics"]  # exactly, on CPU in deterministic mode
+    assert got["weighting"] == want["weighting"]
+    # TensorBoard continues from the checkpoint's step: the same points, none twice
+    assert curve(run_dir) == curve(reference)
+    assert curve(run_dir, "test/y1/rmse") == curve(reference, "test/y1/rmse")
+
+
+def test_sigkill_at_a_random_step_then_resume_is_exact(tmp_path, reference):
+    run_dir = tmp_path / "run"
+    proc = start(run_dir, tmp_path)
+    wait_for_checkpoint(proc, run_dir)
+    time.sleep(random.uniform(0.0, 1.5))
+    proc.kill()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    stopped_at = checkpoint.load(checkpoint.path_in(run_dir))["trainer"]["position"]["step"]
+    resumed = run_cli([f"resume={run_dir}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed at step {stopped_at}" in resumed.stdout
+    assert_same_run(run_dir, reference)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_checkpoint_then_resume_is_exact(tmp_path, reference, signum):
+    run_dir = tmp_path / "run"
+    proc = start(run_dir, tmp_path)
+    wait_for_checkpoint(proc, run_dir)
+    time.sleep(random.uniform(0.0, 1.0))
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum
+    (line,) = stderr.strip().splitlines()
+    assert f"stopped by {signal.Signals(signum).name}" in line
+    assert f"mtltrain resume={run_dir}" in line
+    assert results(run_dir)["status"] == "interrupted"
+    state = checkpoint.load(checkpoint.path_in(run_dir))["trainer"]["position"]
+    assert 0 < state["step"] < results(reference)["steps"]
+    resumed = run_cli([f"resume={run_dir}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(run_dir, reference)
+
+
+def test_resume_takes_a_checkpoint_file_and_extra_overrides(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start(run_dir, tmp_path)
+    wait_for_checkpoint(proc, run_dir)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    ckpt = checkpoint.path_in(run_dir)
+    resumed = run_cli([f"resume={ckpt}", "trainer.epochs=90"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    done = results(run_dir)
+    assert done["epochs"] == 90 and "trainer.epochs=90" in done["overrides"]
+
+
+# ---- atomic writes ------------------------------------------------------------------------
+
+
+def test_a_write_killed_at_its_worst_moments_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.pt"
+    checkpoint.save(path, {"step": 1, "weights": torch.arange(1000.0)})
+
+    def dies_half_way(obj, f):  # the process dies with half the new file written
+        f.write(b"PK\x03\x04" + b"\0" * 1000)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", dies_half_way)
+        with pytest.raises(KeyboardInterrupt):
+            checkpoint.save(path, {"step": 2})
+    assert checkpoint.load(path)["step"] == 1
+
+    def dies_before_rename(src, dst):  # the new file is complete, the rename never happens
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", dies_before_rename)
+        with pytest.raises(KeyboardInterrupt):
+            checkpoint.save(path, {"step": 3})
+    assert checkpoint.load(path)["step"] == 1
+    checkpoint.save(path, {"step": 4})  # and the next write goes through
+    assert checkpoint.load(path)["step"] == 4
+
+
+def test_sigkill_during_checkpoint_writes_never_breaks_the_last_one(tmp_path):
+    """A process rewriting a large checkpoint in a loop, killed at random instants."""
+    path = tmp_path / "checkpoints" / "last.pt"
+    writer = (
+        "import sys, torch; from pathlib import Path; from mtltrain import checkpoint\n"
+        "path = Path(sys.argv[1]); big = torch.randn(4_000_000); n = 0\n"
+        "while True:\n"
+        "    n += 1; checkpoint.save(path, {'n': n, 'big': big})\n"
+    )
+    rng = random.Random(0)
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", writer, str(path)])
+        while not path.exists():
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.05, 0.6))
+        proc.kill()
+        proc.wait()
+        state = checkpoint.load(path)
+        assert state["n"] >= 1 and state["big"].shape == (4_000_000,)
+
+
+# ---- non-finite losses --------------------------------------------------------------------
+
+TINY = ["dataset.n_train=64", "dataset.n_test=16", "trainer.epochs=6"]
+
+
+def test_a_non_finite_loss_stops_the_run_with_one_line(tmp_path):
+    proc = run_cli(
+        ["dataset.tasks.y2.noise_std=nan", *TINY, f"hydra.run.dir={tmp_path}/r"], tmp_path
+    )
+    assert proc.returncode == 3
+    (line,) = proc.stderr.strip().splitlines()
+    assert "non-finite loss in task y2" in line and "at step 1," in line
+    assert "last good checkpoint: none yet" in line and "trainer.nonfinite=skip" in line
+    assert results(tmp_path / "r")["status"] == "failed"
+
+
+def poisoned(build, rows):
+    """two_slope.build with NaN targets of y1 in `rows` of the train split."""
+
+    def wrapped(**kwargs):
+        data = build(**kwargs)
+        data.train.targets["y1"][rows] = math.nan
+        return data
+
+    return wrapped
+
+
+def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(two_slope, "build", poisoned(two_slope.build, slice(0, 0)))
+    cfg = make_config([*TINY, "trainer.nonfinite=stop"])
+    data, model, weighting, optimizer = train.build_run(cfg, torch.device("cpu"))
+    from mtltrain.schema import settings
+    from mtltrain.tblog import TensorBoardLog
+
+    ckpt = tmp_path / "checkpoints" / "last.pt"
+    with TensorBoardLog(tmp_path / "tb") as tb:
+        trainer = train.Trainer(model, weighting, optimizer, data, settings(cfg.trainer), tb,
+                                torch.device("cpu"), 0, ckpt)  # fmt: skip
+        trainer.epochs = 2
+        trainer.fit()  # two good epochs, checkpointed
+        with torch.no_grad():
+            model.weights[0][0, 0, 0] = math.nan  # y1's network breaks
+        trainer.epochs = 4
+        with pytest.raises(TrainingError) as err:
+            trainer.fit()
+    message = str(err.value)
+    assert "task y1" in message and f"{ckpt} (step 8)" in message and "at step 9," in message
+    assert checkpoint.load(ckpt)["trainer"]["position"]["step"] == 8  # still the good one
+
+
+def test_skip_mode_skips_and_counts_non_finite_steps(tmp_path, monkeypatch):
+    monkeypatch.setattr(two_slope, "build", poisoned(two_slope.build, slice(0, 3)))
+    value = train.run(make_config([*TINY, "trainer.nonfinite=skip", "trainer.log_every=1"]),
+                      tmp_path)  # fmt: skip
+    done = results(tmp_path)
+    # rows 0-2 land in some batch of each epoch: at least one skipped step per epoch
+    assert 6 <= done["nonfinite_steps"] <= 18 and done["steps"] == 24
+    assert math.isfinite(value) and all(
+        math.isfinite(v) for v in done["weighting"]["sigma"].values()
+    )
+    counted = curve(tmp_path, "nonfinite_steps")
+    assert counted[-1][1] == done["nonfinite_steps"] and counted[0][1] <= counted[-1][1]

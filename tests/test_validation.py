@@ -1,0 +1,148 @@
+"""Bad input: one line on stderr naming the bad value and what is allowed, a non-zero exit
+code, no traceback, and nothing already written lost or changed."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_cli, write_fake_mnist
+
+TINY = ["dataset.n_train=32", "dataset.n_test=16", "trainer.epochs=2"]
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A finished run, an unfinished one, and broken MNIST and checkpoint files."""
+    root = tmp_path_factory.mktemp("inputs")
+    done = root / "done"
+    proc = run_cli([*TINY, f"hydra.run.dir={done}"], cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    unfinished = root / "unfinished"
+    shutil.copytree(done / "checkpoints", unfinished / "checkpoints")
+    ckpt = done / "checkpoints" / "last.pt"
+    (root / "truncated.pt").write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    torch.save({"model": {"w": torch.zeros(2)}}, root / "foreign.pt")
+    (root / "text.pt").write_text("not a checkpoint\n")
+    for name, file, mangle in [
+        ("mnist_ok", None, None),
+        ("mnist_truncated", "t10k-labels-idx1-ubyte", lambda b: b[:-3]),
+        ("mnist_magic", "train-images-idx3-ubyte", lambda b: b"\x00\x00\x08\x01" + b[4:]),
+        ("mnist_missing", "train-labels-idx1-ubyte", lambda b: None),
+    ]:
+        write_fake_mnist(root / name, n_train=32, n_test=16)
+        if file:
+            path = root / name / "MNIST" / "raw" / file
+            data = mangle(path.read_bytes())
+            path.unlink() if data is None else path.write_bytes(data)
+    return root
+
+
+def mnist(name):
+    return ["dataset=mnist_mtl", f"dataset.root={{root}}/{name}", "dataset.download=false"]
+
+
+CASES = [
+    # config values
+    ("epochs zero", ["trainer.epochs=0"], ["trainer.epochs=0", ">= 1"]),
+    ("batch size negative", ["trainer.batch_size=-4"], ["trainer.batch_size=-4", ">= 1"]),
+    ("learning rate zero", ["trainer.optimizer.lr=0"], ["trainer.optimizer.lr=0", "> 0"]),
+    ("learning rate negative", ["trainer.optimizer.lr=-0.1"], ["lr=-0.1", "> 0"]),
+    ("epochs not a number", ["trainer.epochs=abc"], ["trainer.epochs=abc", "Integer"]),
+    ("trainer key misspelt", ["trainer.epoch=5"], ["trainer.epoch", "not in 'TrainerConfig'"]),
+    ("unknown device", ["trainer.device=tpu"], ["trainer.device='tpu'", "'auto', 'cpu', 'cuda'"]),
+    ("unknown precision", ["trainer.precision=fp16"], ["'fp16'", "'bf16'"]),
+    ("non-finite policy", ["trainer.nonfinite=ignore"], ["'ignore'", "'stop', 'skip'"]),
+    ("fixed weights count", ["weighting=fixed", "weighting.weights=[1.0]"],
+     ["weighting.weights=[1.0]", "2 (['y1', 'y2'])"]),
+    ("fixed weights names", ["weighting=fixed", "weighting.weights={y1:1.0,y3:2.0}"],
+     ["['y1', 'y3']", "['y1', 'y2']"]),
+    ("task the data set lacks", [*mnist("mnist_ok"), "dataset.tasks=[cls3,depth]"],
+     ["'depth'", "'cls10'"]),
+    ("losses of a task it lacks", ["+dataset.losses.y3=[mse]"], ["['y3']", "['y1', 'y2']"]),
+    ("loss of another kind", ["dataset.losses.y1=[cross_entropy]"],
+     ["dataset.losses.y1=['cross_entropy']", "'gaussian_nll'"]),
+    ("variance on a head without", [*mnist("mnist_ok"), "dataset.losses.recon=[gaussian_nll]"],
+     ["task recon", "log-variance", "Tanh"]),
+    ("uncertainty form", ["weighting.form=double"], ["'double'", "'likelihood'"]),
+    ("dtp alpha", ["weighting=dtp", "weighting.alpha=0"], ["weighting.alpha=0", "(0, 1]"]),
+    ("loss setting", ["loss.beta=2"], ["loss.beta=2.0", "[0, 1]"]),
+    ("objective", ["objective=test/y9/rmse"], ["'test/y9/rmse'", "'test/y1/rmse'"]),
+    ("dataset value type", ["dataset.n_train=abc"], ["dataset.n_train='abc'", "whole number"]),
+    ("dataset size", ["dataset.n_train=0"], ["dataset.n_train=0", ">= 1"]),
+    ("model setting it lacks", ["+model.depth=3"], ["model", "'depth'"]),
+    ("unknown choice", ["weighting=nope"], ["weighting/nope", "uncertainty"]),
+    # data
+    ("mnist file missing", mnist("mnist_missing"), ["train-labels-idx1-ubyte", "dataset.root"]),
+    ("mnist file truncated", mnist("mnist_truncated"), ["t10k-labels-idx1-ubyte", "truncated"]),
+    ("mnist magic number", mnist("mnist_magic"), ["train-images-idx3-ubyte", "magic number"]),
+    # checkpoints
+    ("resume nothing", ["resume={root}/nowhere"], ["checkpoint not found", "nowhere"]),
+    ("resume truncated", ["resume={root}/truncated.pt"], ["truncated.pt", "not a readable"]),
+    ("resume foreign", ["resume={root}/foreign.pt"], ["foreign.pt", "not an mtltrain checkpoint"]),
+    ("resume text", ["resume={root}/text.pt"], ["text.pt", "not a readable"]),
+    ("resume finished", ["resume={root}/done"], ["done", "nothing to resume"]),
+    # output
+    ("finished run folder", ["hydra.run.dir={root}/done"], ["done", "finished run"]),
+    ("unfinished run folder", ["hydra.run.dir={root}/unfinished"],
+     ["unfinished", "resume=", "unfinished run"]),
+]  # fmt: skip
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_there_are_enough_cases():
+    assert len(CASES) >= 20
+
+
+@pytest.mark.parametrize(("case", "args", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line(folders, tmp_path, case, args, expected):
+    before = snapshot(folders)
+    args = [a.replace("{root}", str(folders)) for a in args]
+    if not any(a.startswith(("hydra.run.dir", "resume")) for a in args):
+        args.append(f"hydra.run.dir={tmp_path / 'run'}")
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("mtltrain: error: ")
+    for text in expected:
+        assert text.replace("{root}", str(folders)) in lines[0], lines[0]
+    assert snapshot(folders) == before  # nothing already written changed
+
+
+@NO_GPU
+def test_cuda_without_a_gpu(tmp_path):
+    proc = run_cli([*TINY, "trainer.device=cuda", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "trainer.device=cuda" in line and "no CUDA GPU" in line
+
+
+def test_config_errors_are_caught_before_the_run_folder_is_made(tmp_path):
+    proc = run_cli(["trainer.epochs=0", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert proc.returncode == 2 and not (tmp_path / "run").exists()
+
+
+def test_a_failed_sweep_job_is_marked_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        ["-m", "dataset.n_train=0,32", "dataset.n_test=16", "trainer.epochs=1",
+         f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "1 of 2 jobs did not finish" in proc.stderr.strip().splitlines()[-1]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    statuses = [json.loads((p / "results.json").read_text())["status"] for p in jobs]
+    assert statuses == ["failed", "completed"]
+    assert (jobs[1] / "tb").is_dir() and not (jobs[0] / "tb").exists()
