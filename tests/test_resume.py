@@ -68,14 +68,31 @@ def assert_same_run(run_dir, reference):
     assert curve(run_dir, "test/y1/rmse") == curve(reference, "test/y1/rmse")
 
 
+def finished(run_dir):
+    return (run_dir / "results.json").exists() and results(run_dir)["status"] == "completed"
+
+
+def stop_mid_run(tmp_path, reference, signum):
+    """Send `signum` to a fresh run at a random instant between its first checkpoint and
+    about two thirds of the reference's training time. A run that got done first (a burst
+    of speed) is started again with a shorter fuse. Returns its folder, exit code, stderr."""
+    fuse = 0.6 * results(reference)["train_time_s"]
+    for attempt in range(3):
+        run_dir = tmp_path / f"run-{attempt}"
+        proc = start(run_dir, tmp_path)
+        wait_for_checkpoint(proc, run_dir)
+        time.sleep(random.uniform(0.0, fuse))
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=60)
+        if not finished(run_dir):
+            return run_dir, proc.returncode, stderr
+        fuse /= 3
+    pytest.fail("the run ended every time before the signal reached it")
+
+
 def test_sigkill_at_a_random_step_then_resume_is_exact(tmp_path, reference):
-    run_dir = tmp_path / "run"
-    proc = start(run_dir, tmp_path)
-    wait_for_checkpoint(proc, run_dir)
-    time.sleep(random.uniform(0.0, 1.5))
-    proc.kill()
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    run_dir, returncode, _ = stop_mid_run(tmp_path, reference, signal.SIGKILL)
+    assert returncode == -signal.SIGKILL
     stopped_at = checkpoint.load(checkpoint.path_in(run_dir))["trainer"]["position"]["step"]
     resumed = run_cli([f"resume={run_dir}"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
@@ -85,13 +102,8 @@ def test_sigkill_at_a_random_step_then_resume_is_exact(tmp_path, reference):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_and_sigterm_checkpoint_then_resume_is_exact(tmp_path, reference, signum):
-    run_dir = tmp_path / "run"
-    proc = start(run_dir, tmp_path)
-    wait_for_checkpoint(proc, run_dir)
-    time.sleep(random.uniform(0.0, 1.0))
-    proc.send_signal(signum)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signum
+    run_dir, returncode, stderr = stop_mid_run(tmp_path, reference, signum)
+    assert returncode == 128 + signum
     (line,) = stderr.strip().splitlines()
     assert f"stopped by {signal.Signals(signum).name}" in line
     assert f"mtltrain resume={run_dir}" in line
