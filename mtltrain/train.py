@@ -24,6 +24,7 @@ from mtltrain.interrupts import StopSignals
 from mtltrain.losses import LossTerm, compute_losses, detach, loss_terms
 from mtltrain.metrics import TaskMetrics, main_metric, metric_names
 from mtltrain.models import MultiTaskModel
+from mtltrain.nonfinite import NonfiniteWatch, nonfinite_error
 from mtltrain.results import RESULTS_FILE, summary_table, write_json
 from mtltrain.runtime import (
     autocast,
@@ -138,6 +139,11 @@ class Trainer:
         self.epochs, self.batch_size = trainer.epochs, trainer.batch_size
         self.log_lines_every = max(1, self.epochs // trainer.eval_every // 10)  # ~ten lines
         self.stop = StopSignals()
+        self.watch = (  # CUDA: non-finite steps found without a sync per step
+            NonfiniteWatch(len(self.terms), device)
+            if device.type == "cuda" and trainer.nonfinite == "stop"
+            else None
+        )
         self.last_checkpoint_step: int | None = None
         # what changes while training (all of it in state_dict)
         self.epoch = self.batch = self.step = self.evaluations = self.nonfinite_steps = 0
@@ -200,6 +206,7 @@ class Trainer:
         self.last_checkpoint_step = self.step
 
     def save_checkpoint(self) -> None:
+        self.check_watch()  # never a checkpoint of a model that took a non-finite step
         if self.checkpoint_path is not None:
             checkpoint.save(self.checkpoint_path, {"trainer": self.state_dict(), **self.run_info})
             self.last_checkpoint_step = self.step
@@ -207,6 +214,7 @@ class Trainer:
     # -- one step ------------------------------------------------------------------------
 
     def log_step(self, losses: dict[str, torch.Tensor], parts: torch.Tensor) -> None:
+        self.check_watch()
         names = self.weighting.names
         values: dict[str, Any] = {"loss/total": parts.sum()}
         for i, name in enumerate(names):
@@ -218,29 +226,39 @@ class Trainer:
         values["nonfinite_steps"] = self.nonfinite_steps
         self.tb.scalars(values, self.step)
 
-    def finite(self, losses: dict[str, torch.Tensor], parts: torch.Tensor) -> bool:
-        """Whether every loss and weighted loss of the step is finite; stops the run on one
-        that is not, unless trainer.nonfinite=skip."""
-        raw = torch.stack(list(losses.values())).detach()
-        if bool(torch.isfinite(raw).all() & torch.isfinite(parts).all()):
+    def finite(
+        self, losses: dict[str, torch.Tensor], parts: torch.Tensor, total: torch.Tensor
+    ) -> bool:
+        """Whether every loss and weighted loss of the step is finite, read from their weighted
+        sum `total` in one check: a non-finite loss makes its weighted loss non-finite (w·NaN
+        = NaN, w·±Inf = ±Inf, 0·Inf = NaN) and a non-finite term the sum. Stops the run on
+        one that is not, unless trainer.nonfinite=skip. With a watch (CUDA, stop mode) the
+        check waits on the device and `check_watch` reads it at the next log, evaluation or
+        checkpoint, so no step waits for the GPU; the checkpoint on disk stays the good one."""
+        if self.watch is not None:
+            self.watch.see(self.step, torch.stack(list(losses.values())).detach(), parts, total)
+            return True
+        if bool(torch.isfinite(total)):
             return True
         if self.cfg.nonfinite == "skip":
             return False
-        bad = next(
-            i for i in range(len(self.terms)) if not (raw[i].isfinite() and parts[i].isfinite())
+        raw = torch.stack(list(losses.values())).detach()
+        raise self.nonfinite_error(self.step, raw, parts)
+
+    def check_watch(self) -> None:
+        """Stop the run if the watch saw a non-finite step since the start."""
+        found = self.watch.first_bad() if self.watch is not None else None
+        if found is not None:
+            raise self.nonfinite_error(*found)
+
+    def nonfinite_error(self, step: int, raw: torch.Tensor, parts: torch.Tensor) -> TrainingError:
+        num_batches = self.train_split.num_batches(self.batch_size)
+        last = (
+            None
+            if self.last_checkpoint_step is None
+            else (self.checkpoint_path, self.last_checkpoint_step)
         )
-        term = self.terms[bad]
-        where = (
-            f"{self.checkpoint_path} (step {self.last_checkpoint_step})"
-            if self.last_checkpoint_step is not None
-            else "none yet"
-        )
-        raise TrainingError(
-            f"non-finite loss in task {term.task} (term {term.name}: loss {raw[bad].item():.4g}, "
-            f"weighted {parts[bad].item():.4g}) at step {self.step}, epoch {self.epoch + 1}; "
-            f"last good checkpoint: {where}; lower the learning rate, or set "
-            "trainer.nonfinite=skip to skip such steps"
-        )
+        return nonfinite_error(self.terms, raw, parts, step, (step - 1) // num_batches + 1, last)
 
     def train_step(self, batch: Split) -> torch.Tensor:
         """One optimisation step on a batch; returns the per-term contributions."""
@@ -255,10 +273,11 @@ class Trainer:
             p.grad = None
         parts = self.weighting.backward(losses, self.shared)
         self.step += 1
-        if self.finite(losses, parts):
+        total = parts.sum()
+        if self.finite(losses, parts, total):
             self.optimizer.step()
             self.train_metrics.update(seen, batch)
-            self.train_loss += parts.sum()
+            self.train_loss += total
             self.train_batches += 1
         else:
             self.nonfinite_steps += 1
@@ -345,6 +364,7 @@ class Trainer:
                 self.train_epoch()
                 self.epoch, self.batch = self.epoch + 1, 0
                 last = self.epoch == self.epochs
+                self.check_watch()
                 if self.epoch % self.cfg.eval_every == 0 or last:
                     self.test_metrics = self.evaluate()
                 every = self.cfg.checkpoint_every

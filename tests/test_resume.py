@@ -18,6 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mtltrain import checkpoint, train
 from mtltrain.data import two_slope
 from mtltrain.errors import TrainingError
+from mtltrain.nonfinite import NonfiniteWatch
 
 # ~1500 steps, a checkpoint every epoch: long enough to be stopped in the middle
 RUN = ["trainer.epochs=80", "trainer.deterministic=true", "trainer.log_every=7",
@@ -183,10 +184,18 @@ def test_sigkill_during_checkpoint_writes_never_breaks_the_last_one(tmp_path):
 TINY = ["dataset.n_train=64", "dataset.n_test=16", "trainer.epochs=6"]
 
 
-def test_a_non_finite_loss_stops_the_run_with_one_line(tmp_path):
-    proc = run_cli(
-        ["dataset.tasks.y2.noise_std=nan", *TINY, f"hydra.run.dir={tmp_path}/r"], tmp_path
-    )
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["dataset.tasks.y2.noise_std=nan"],
+        ["dataset.tasks.y2.noise_std=inf"],
+        # a weight of 0 does not hide it: 0·Inf and 0·NaN are NaN
+        ["dataset.tasks.y2.noise_std=inf", "weighting=fixed", "weighting.weights=[1.0,0.0]"],
+    ],
+    ids=["nan", "inf", "inf-weight-0"],
+)
+def test_a_non_finite_loss_stops_the_run_with_one_line(tmp_path, overrides):
+    proc = run_cli([*overrides, *TINY, f"hydra.run.dir={tmp_path}/r"], tmp_path)
     assert proc.returncode == 3
     (line,) = proc.stderr.strip().splitlines()
     assert "non-finite loss in task y2" in line and "at step 1," in line
@@ -205,7 +214,10 @@ def poisoned(build, rows):
     return wrapped
 
 
-def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("watched", [False, True], ids=["checked-each-step", "watched"])
+def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path, monkeypatch, watched):
+    """Checked each step (CPU), or watched on the device and read at the next log,
+    evaluation or checkpoint (what CUDA does, here forced on the CPU): the same error."""
     monkeypatch.setattr(two_slope, "build", poisoned(two_slope.build, slice(0, 0)))
     cfg = make_config([*TINY, "trainer.nonfinite=stop"])
     data, model, weighting, optimizer = train.build_run(cfg, torch.device("cpu"))
@@ -216,6 +228,8 @@ def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path, monkeypatch)
     with TensorBoardLog(tmp_path / "tb") as tb:
         trainer = train.Trainer(model, weighting, optimizer, data, settings(cfg.trainer), tb,
                                 torch.device("cpu"), 0, ckpt)  # fmt: skip
+        if watched:
+            trainer.watch = NonfiniteWatch(len(trainer.terms), torch.device("cpu"))
         trainer.epochs = 2
         trainer.fit()  # two good epochs, checkpointed
         with torch.no_grad():
