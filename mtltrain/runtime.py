@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import inspect
+import os
+import platform
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,3 +88,22 @@ def autocast(device: torch.device, precision: str) -> Any:
             f"trainer.precision={precision!r} is not allowed: choose one of {PRECISIONS}"
         )
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """What a measurement ran on: CPU model, usable cores, GPU name, torch and Python."""
+    cpu = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": cpu,
+        "cores": cores,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "device": str(device),
+        "torch": torch.__version__.split("+")[0],
+        "python": platform.python_version(),
+    }

@@ -1,6 +1,7 @@
 """Benchmark mtltrain's training step against the usual PyTorch way, in one process.
 
-    python scripts/bench.py --mnist-root ../shared/data/mnist --out bench.json --markdown bench.md
+    python scripts/bench.py --publish       # docs/results/bench.{json,md}, table into README.md
+    python scripts/bench.py --mnist-root DIR --out bench.json --markdown bench.md
 
 Every comparison interleaves blocks of steps of the contenders (A, B, A, B, ...) in one process
 and reports the median over blocks, so a machine that is busy for a while slows both. The
@@ -14,7 +15,8 @@ set again before each of its blocks; the project's blocks run with its own setti
 
 Sections: MNIST samples/s (§5B model, batch 256); two-slope steps/s (§5A, batch 16, two
 1→512→1 networks); the per-step time of every weighting strategy against `fixed` on the
-MNIST model; the share of an epoch spent on evaluation and logging; the wall time of a whole
+MNIST model; the step time with each speed setting of conf/trainer/default.yaml undone; the
+share of an epoch spent on evaluation and logging; the wall time of a whole
 `mtltrain` run of each default configuration, start-up included.
 """
 
@@ -25,8 +27,7 @@ import contextlib
 import io
 import itertools
 import json
-import os
-import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -35,36 +36,21 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+import update_readme
 from hydra import compose, initialize_config_dir
 from torch import nn
 
 from mtltrain.config import build, config_dir
-from mtltrain.runtime import keep_host_memory, select_device, settle_threads
+from mtltrain.data import mnist_mtl
+from mtltrain.runtime import keep_host_memory, machine, select_device, settle_threads
 from mtltrain.schema import register, settings
 from mtltrain.tblog import TensorBoardLog
 from mtltrain.train import Trainer, build_run
 
+PUBLISHED = Path("docs/results/bench")  # --publish writes bench.json and bench.md here
 STRATEGIES = ("fixed", "uncertainty", "revised_uncertainty", "dtp")
-
-
-def machine(device: torch.device) -> dict[str, object]:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "device": str(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def config(overrides: list[str]):
@@ -248,16 +234,48 @@ def bench_strategies(root: str, device: torch.device, rounds: int, tmp: Path) ->
     }
 
 
+LEVERS = {  # data set → {contender: overrides}: the defaults against each speed setting undone
+    "mnist": {
+        "keep_host_memory=false": ["trainer.keep_host_memory=false"],
+        "channels_last=false": ["trainer.channels_last=false"],
+        "fused_optimizer=false": ["trainer.fused_optimizer=false"],
+    },
+    "two_slope": {
+        "fused_optimizer=false": ["trainer.fused_optimizer=false"],
+        "model=two_slope_modules": ["model=two_slope_modules"],
+        "compile=default": ["trainer.compile=default"],
+    },
+}
+
+
+def bench_levers(root: str, device: torch.device, rounds: int, tmp: Path) -> dict:
+    """Step time of the defaults and of each speed setting undone, per data set."""
+    out = {}
+    for data, levers in LEVERS.items():
+        base, steps = (mnist_overrides(root), 20) if data == "mnist" else ([], 400)
+        runs = {"defaults": ProjectRun(base, device, tmp / f"{data}_defaults")}
+        for name, overrides in levers.items():
+            runs[name] = ProjectRun([*base, *overrides], device, tmp / f"{data}_{name}")
+        times = interleave(
+            {n: (lambda r=r, k=steps: r.block(k) / k) for n, r in runs.items()}, rounds
+        )
+        out[data] = {
+            "ms_per_step": {n: 1e3 * t for n, t in times.items()},
+            "vs_defaults": {n: t / times["defaults"] for n, t in times.items()},
+        }
+    return out
+
+
 def eval_and_logging_share(overrides: list[str], device: torch.device, tmp: Path) -> dict:
     """Seconds of one training epoch, of logging at its `log_every`, and of one evaluation
     (test metrics, train-metric logs, figures at the default `figure_every`)."""
     run = ProjectRun(overrides, device, tmp / "share")
     trainer = run.trainer
-    trainer.epoch = 0
-    trainer.train_epoch(0)  # warm-up
+    trainer.train_epoch()  # warm-up
+    trainer.batch = 0  # the next epoch from its first batch
     sync(device)
     start = time.perf_counter()
-    trainer.train_epoch(0)
+    trainer.train_epoch()
     sync(device)
     epoch = time.perf_counter() - start
     batch = next(run.batches)
@@ -267,12 +285,12 @@ def eval_and_logging_share(overrides: list[str], device: torch.device, tmp: Path
     for _ in range(20):
         trainer.log_step(losses, parts)
     per_log = (time.perf_counter() - start) / 20
-    logging = per_log * trainer.data.train.num_batches(trainer.batch_size) / trainer.log_every
+    logging = per_log * trainer.data.train.num_batches(trainer.batch_size) / trainer.cfg.log_every
     start = time.perf_counter()
     with contextlib.redirect_stderr(io.StringIO()):
         trainer.evaluate()
     sync(device)
-    evaluation = (time.perf_counter() - start) / trainer.eval_every
+    evaluation = (time.perf_counter() - start) / trainer.cfg.eval_every
     return {
         "epoch_s": epoch,
         "logging_s_per_epoch": logging,
@@ -309,21 +327,6 @@ def ratios(rates: dict[str, float], baseline: str) -> dict[str, float]:
     return {name: rate / rates[baseline] for name, rate in rates.items()}
 
 
-def fake_mnist(root: Path) -> str:
-    """Random images in MNIST's files, for machines without the data set."""
-    rng = np.random.default_rng(0)
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", 60000), ("t10k", 10000)):
-        for kind, shape in (("images-idx3", (n, 28, 28)), ("labels-idx1", (n,))):
-            array = rng.integers(0, 10 if kind.startswith("labels") else 256, shape, np.uint8)
-            header = bytes([0, 0, 8, array.ndim]) + b"".join(
-                d.to_bytes(4, "big") for d in array.shape
-            )
-            (raw / f"{prefix}-{kind}-ubyte").write_bytes(header + array.tobytes())
-    return str(root)
-
-
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
@@ -343,6 +346,11 @@ def markdown(report: dict) -> str:
     s = report["strategies"]
     for name, ms in s["ms_per_step"].items():
         lines.append(f"| {name} | {ms:.1f} | {s['vs_fixed'][name]:.3f} |")
+    lines += ["", "| speed setting undone | ms/step | × defaults |", "|---|---|---|"]
+    for data, section in report["levers"].items():
+        for name, ms in section["ms_per_step"].items():
+            ratio = section["vs_defaults"][name]
+            lines.append(f"| {data}: {name} | {ms:.3g} | {ratio:.2f} |")
     lines += ["", "| epoch share of evaluation + logging | epoch | share |", "|---|---|---|"]
     for name, share in report["eval_logging"].items():
         lines.append(f"| {name} | {share['epoch_s']:.2f} s | {100 * share['share']:.1f}% |")
@@ -353,6 +361,7 @@ def markdown(report: dict) -> str:
             lines.append(
                 f"| `{name}` | {r['wall_s']:.1f} s | {r['train_s']:.1f} s | {r['steps']:,} |"
             )
+    lines += ["", f"Finished {report['finished']}. Reproduce: `{report['command']}`"]
     return "\n".join(lines) + "\n"
 
 
@@ -364,7 +373,14 @@ def main() -> None:
     parser.add_argument("--skip-runs", action="store_true", help="skip the whole-run timings")
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help=f"write {PUBLISHED}.json and .md and copy the table into README.md",
+    )
     args = parser.parse_args()
+    if args.publish:
+        args.out, args.markdown = PUBLISHED.with_suffix(".json"), PUBLISHED.with_suffix(".md")
     settle_threads()
     device = select_device(args.device)
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -372,7 +388,7 @@ def main() -> None:
         root = args.mnist_root
         if not (Path(root) / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
             print(f"no MNIST under {root}: using random images of its size", file=sys.stderr)
-            root = fake_mnist(tmp / "mnist_data")
+            root = str(mnist_mtl.write_random(tmp / "mnist_data", 60000, 10000))
         report: dict = {
             "machine": machine(device),
             "mnist_data": "real" if root == args.mnist_root else "random",
@@ -381,6 +397,7 @@ def main() -> None:
             "mnist": lambda: bench_mnist(root, device, args.rounds, tmp),
             "two_slope": lambda: bench_two_slope(device, args.rounds, tmp),
             "strategies": lambda: bench_strategies(root, device, args.rounds, tmp),
+            "levers": lambda: bench_levers(root, device, args.rounds, tmp),
             "eval_logging": lambda: {
                 "mnist_mtl": eval_and_logging_share(mnist_overrides(root), device, tmp),
                 "two_slope": eval_and_logging_share([], device, tmp),
@@ -392,11 +409,15 @@ def main() -> None:
             print(f"running {name} ...", file=sys.stderr, flush=True)
             report[name] = section()
             print(json.dumps(report[name], indent=2), file=sys.stderr, flush=True)
+    report["finished"] = time.strftime("%Y-%m-%d %H:%M")
+    report["command"] = shlex.join(["python", "scripts/bench.py", *sys.argv[1:]])
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)
     print(table)
     if args.markdown:
         args.markdown.write_text(table)
+    if args.publish:
+        update_readme.update()
 
 
 if __name__ == "__main__":

@@ -7,11 +7,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pytest
 from omegaconf import DictConfig
 
 from mtltrain.config import compose_checked
+from mtltrain.data import mnist_mtl
 
 MTLTRAIN = str(Path(sys.executable).with_name("mtltrain"))
 
@@ -28,23 +28,9 @@ def run_cli(args: Sequence[str], cwd: Path, timeout: float = 300) -> subprocess.
     )
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write `array` (uint8) as an IDX file: magic 0x0000080<ndim>, big-endian dims, bytes."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape
-    )
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
 def write_fake_mnist(root: Path, n_train: int = 96, n_test: int = 48, seed: int = 0) -> Path:
     """Random 28×28 images with labels 0..9 in torchvision's layout under `root`."""
-    rng = np.random.default_rng(seed)
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
-    return root
+    return mnist_mtl.write_random(root, n_train, n_test, seed)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import write_fake_mnist, write_idx
+from conftest import write_fake_mnist
 
 from mtltrain.data import mnist_mtl, sin_hetero, two_slope
 from mtltrain.errors import ConfigError, DataError
@@ -111,8 +111,8 @@ def test_mnist_scales_to_minus_one_one(tmp_path):
     images = np.zeros((2, 28, 28), np.uint8)
     images[1] = 255
     for prefix in ("train", "t10k"):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.array([2, 6]))
+        mnist_mtl.write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        mnist_mtl.write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.array([2, 6]))
     data = mnist_mtl.build(MNIST, str(tmp_path), download=False, tasks=["cls3"])
     assert data.train.inputs[0].unique().tolist() == [-1.0]
     assert data.train.inputs[1].unique().tolist() == [1.0]
@@ -167,8 +167,8 @@ def test_mnist_segmentation_task_marks_pixels_on(tmp_path):
     image = np.zeros((1, 28, 28), np.uint8)
     image[0, 3, 4], image[0, 5, 6], image[0, 7, 8] = 127, 128, 255
     for prefix in ("train", "t10k"):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", image)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.array([3]))
+        mnist_mtl.write_idx(raw / f"{prefix}-images-idx3-ubyte", image)
+        mnist_mtl.write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.array([3]))
     data = mnist_mtl.build(MNIST, str(tmp_path), download=False, tasks=["seg"])
     (task,) = data.tasks
     assert (task.kind, task.out_features, task.losses) == (

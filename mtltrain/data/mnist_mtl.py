@@ -53,6 +53,27 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write `array` as an IDX file of unsigned bytes: read_idx's inverse."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def write_random(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """Random 28×28 images with labels 0..9 in MNIST's files under `root`: a stand-in data set
+    of the right format for tests and benchmarks on machines without MNIST."""
+    rng = np.random.default_rng(seed)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for which, n in (("train", n_train), ("test", n_test)):
+        images_file, labels_file = FILES[which]
+        write_idx(raw / images_file, rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / labels_file, np.arange(n) % 10)
+    return root
+
+
 def _download(root: Path) -> None:
     from torchvision.datasets import MNIST
 
