@@ -6,6 +6,8 @@ reconstruction 28×28.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 
@@ -31,20 +33,29 @@ class MnistEncoder(nn.Sequential):
 
 
 class MnistDecoder(nn.Sequential):
-    """convT8 3×3/3, convT4 3×3/2, convT2 3×3, convT·2×2/2: 8×2×2 → channels×28×28.
+    """convT 3×3/3, convT 3×3/2, convT 3×3, convT·2×2/2: 8×2×2 → channels×28×28.
 
-    `out_features` = channels·784: 784 for a reconstruction (with `tanh`, as in §5B), 2·784
-    for the logits of a two-class segmentation (`tanh=False`).
+    `hidden` are the widths of the first three layers, (8, 4, 2) in §5B. `out_features` =
+    channels·784: 784 for a reconstruction (with `tanh`, as in §5B), 2·784 for the logits of
+    a two-class segmentation (`tanh=False`).
     """
 
-    def __init__(self, out_features: int = 28 * 28, tanh: bool = True) -> None:
+    def __init__(
+        self,
+        out_features: int = 28 * 28,
+        tanh: bool = True,
+        hidden: Sequence[int] = (8, 4, 2),
+    ) -> None:
         channels, rest = divmod(out_features, 28 * 28)
         if rest or not channels:
             raise ValueError(f"MnistDecoder emits channels×28×28 values, not {out_features}")
+        if len(hidden) != 3 or min(hidden) < 1:
+            raise ValueError(f"MnistDecoder takes three positive hidden widths, not {hidden}")
+        a, b, c = hidden
         super().__init__(
-            nn.ConvTranspose2d(8, 8, 3, stride=3), nn.ReLU(),  # 6×6
-            nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),  # 12
-            nn.ConvTranspose2d(4, 2, 3), nn.ReLU(),  # 14×14
-            nn.ConvTranspose2d(2, channels, 2, stride=2),  # 28×28
+            nn.ConvTranspose2d(8, a, 3, stride=3), nn.ReLU(),  # 6×6
+            nn.ConvTranspose2d(a, b, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),  # 12
+            nn.ConvTranspose2d(b, c, 3), nn.ReLU(),  # 14×14
+            nn.ConvTranspose2d(c, channels, 2, stride=2),  # 28×28
             *([nn.Tanh()] if tanh else []),
         )  # fmt: skip
