@@ -63,6 +63,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mtltrain.errors import MtlError
 from mtltrain.metrics import DIRECTION
 from mtltrain.results import RESULTS_FILE
 
@@ -77,7 +78,7 @@ PANEL_COLUMNS = 3
 Scalars = dict[str, dict[int, float]]  # {tag: {step: value}}
 
 
-class ReportError(Exception):
+class ReportError(MtlError):
     """A problem the user can fix: one line on stderr, exit code 2."""
 
 

@@ -3,7 +3,7 @@ import itertools
 import pytest
 from conftest import make_config
 
-from mtltrain.config import config_dir
+from mtltrain.config import compose_checked, config_dir
 from mtltrain.errors import ConfigError
 
 GROUPS = ("dataset", "model", "trainer", "weighting")
@@ -54,3 +54,21 @@ def test_unknown_choice_lists_the_options():
         make_config(["weighting=nope"])
     message = str(err.value)
     assert "nope" in message and "fixed" in message and "uncertainty" in message
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes_and_passes_the_checks(experiment):
+    cfg = compose_checked([f"experiment={experiment}"])
+    data_set = "two_slope" if experiment.startswith("two_slope") else "mnist_mtl"
+    assert cfg.dataset._target_.endswith(f"{data_set}.build")
+    if "seg" in experiment:  # one task, two loss terms (BACKGROUND §5D)
+        assert list(cfg.dataset.tasks) == ["seg"]
+        assert list(cfg.dataset.losses.seg) == ["cross_entropy", "dice"]
+
+
+def test_source_experiments_use_the_source_loss_forms():
+    assert compose_checked(["experiment=two_slope_source"]).weighting.form == "unit"
+    mnist = compose_checked(["experiment=mnist_source"]).weighting
+    assert mnist.form == "half" and list(mnist.init_log_var) == [0.2, 1.0]
+    seg = compose_checked(["experiment=mnist_seg_fixed"]).weighting.weights
+    assert dict(seg) == {"seg_cross_entropy": 0.8, "seg_dice": 0.2}
