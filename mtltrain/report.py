@@ -133,6 +133,26 @@ class Setting:
 
 
 @dataclass(frozen=True)
+class Sweep:
+    """A report's reading of a folder: every run, and the finished ones grouped into settings
+    with each setting's Δm% against the baseline."""
+
+    folder: Path
+    runs: list[Run]
+    settings: list[Setting]
+    baseline: dict[str, str | None]
+    deltas: list[float | None]
+
+    @property
+    def finished(self) -> list[Run]:
+        return [run for run in self.runs if run.finished]
+
+    @property
+    def unfinished(self) -> list[Run]:
+        return [run for run in self.runs if not run.finished]
+
+
+@dataclass(frozen=True)
 class Curve:
     """A learned quantity against step: mean, min and max over seeds."""
 
@@ -505,26 +525,36 @@ def write_plots(settings: Sequence[Setting], runs: Sequence[Run], out: Path) -> 
 # --- the command ----------------------------------------------------------------------------
 
 
-def report(folder: Path, out: Path, baseline: str) -> None:
-    """Read the runs under `folder`, write the report files into `out`, print the table."""
+def read_sweep(folder: Path, baseline: str) -> Sweep:
+    """The runs under `folder`, their settings and Δm% against `baseline` (key=value[,…])."""
     pairs = parse_baseline(baseline)
     if not folder.is_dir():
         raise ReportError(f"no such folder: {folder}")
     runs = [load_run(path, folder) for path in find_runs(folder)]
     if not runs:
         raise ReportError(f"no runs in {folder}: no folder with {RESULTS_FILE} or .hydra/")
+    finished = [run for run in runs if run.finished]
+    settings = group_settings(finished) if finished else []
+    return Sweep(folder, runs, settings, pairs, delta_ms(settings, pairs))
+
+
+def report(folder: Path, out: Path, baseline: str) -> None:
+    """Read the runs under `folder`, write the report files into `out`, print the table."""
+    write_report(read_sweep(folder, baseline), out, baseline)
+
+
+def write_report(sweep: Sweep, out: Path, baseline: str) -> None:
+    """report.md, report.csv and the plots of `sweep` into `out`; the table printed."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ReportError(f"cannot write into --out {out}: {e.strerror}") from None
-    finished = [run for run in runs if run.finished]
-    unfinished = [run for run in runs if not run.finished]
+    finished, unfinished = sweep.finished, sweep.unfinished
     for run in unfinished:
         print(f"{PROG}: run did not finish: {run.name} ({run.status})", file=sys.stderr)
 
-    settings = group_settings(finished) if finished else []
-    deltas = delta_ms(settings, pairs)
-    matched = any(find_baseline(s, settings, pairs) is not None for s in settings)
+    settings, deltas = sweep.settings, sweep.deltas
+    matched = any(find_baseline(s, settings, sweep.baseline) is not None for s in settings)
     notes = table_notes(settings, deltas, baseline, matched)
     table = results_table(settings, deltas) + "\n\n" + notes
     print(table)
@@ -532,8 +562,8 @@ def report(folder: Path, out: Path, baseline: str) -> None:
     pictures = write_plots(settings, finished, out)
 
     count = f"{len(finished)} finished runs in {len(settings)} settings"
-    parts = [f"# mtltrain report: {folder.name}", f"{count}, {len(unfinished)} did not finish.",
-             table]  # fmt: skip
+    title = f"# mtltrain report: {sweep.folder.name}"
+    parts = [title, f"{count}, {len(unfinished)} did not finish.", table]
     if unfinished:
         parts.append(unfinished_section(unfinished))
     if pictures:

@@ -1,19 +1,18 @@
 """What the reproduction scripts (scripts/reproduce_*.py) share.
 
 Each script runs one Hydra sweep with `mtltrain -m` into runs/<name>/ (the sweep's wall time
-goes to runs/<name>/sweep.json), then `mtltrain-report` on that folder, then writes a Markdown
-file, <name>.md, into the folder and into docs/results/: the script's own tables, built from
-the report's report.csv and the runs' results.json, under the machine, the wall time and the
-command that made it. Run the scripts from the repository root with the Python of the
-environment mtltrain is installed in: `mtltrain` and `mtltrain-report` are taken from next to
-that Python, else from PATH.
+goes to runs/<name>/sweep.json), reads it as `mtltrain-report` does (mtltrain.report.read_sweep)
+and writes that report into the folder, then writes <name>.md, its own tables built from the
+report's settings and runs, into the folder and docs/results/, under the machine, the wall time
+and the command that made it. Run the scripts from the repository root with the Python of the
+environment mtltrain is installed in (`mtltrain` is taken from next to that Python, else from
+PATH).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import math
 import os
@@ -30,28 +29,14 @@ from typing import Any
 import update_readme
 
 from mtltrain import runtime
-from mtltrain.report import Stat, markdown_table, summarize
+from mtltrain.report import ReportError, Run, Stat, Sweep, markdown_table, read_sweep, write_report
 
-__all__ = ["Stat", "markdown_table", "summarize"]  # shared with the reproduce_* scripts
+__all__ = ["Run", "Sweep", "markdown_table"]  # for the reproduce_* scripts
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "results"
 SWEEP_FILE = "sweep.json"
 MNIST_ROOT = "../shared/data/mnist"
-
-
-@dataclass(frozen=True)
-class Row:
-    """One setting of report.csv: its overrides, run count, statistics and Δm%."""
-
-    label: str
-    pairs: dict[str, str]
-    n: int
-    stats: dict[str, Stat]
-    delta_m: float | None
-
-    def get(self, name: str) -> Stat | None:
-        return self.stats.get(name)
 
 
 @dataclass(frozen=True)
@@ -61,12 +46,12 @@ class Experiment:
     name: str
     title: str
     overrides: Callable[[argparse.Namespace], list[str]]
-    body: Callable[[Path], str]  # the Markdown below the title, from the runs folder
+    body: Callable[[Sweep], str]  # the Markdown below the title
     baseline: str = "weighting=fixed"
     seeds: int = 3
     mnist: bool = False  # whether the sweep reads MNIST (adds --mnist-root)
     # {name: picture} to publish beside the tables (name also links them in the body)
-    pictures: Callable[[Path], dict[str, Path]] = lambda folder: {}
+    pictures: Callable[[Sweep], dict[str, Path]] = lambda _: {}
 
 
 # --- running ---------------------------------------------------------------------------------
@@ -110,82 +95,38 @@ def run_sweep(overrides: Sequence[str], folder: Path, threads: int | None) -> di
     print("+", shlex.join(argv), flush=True)
     started = time.perf_counter()
     subprocess.run(argv, check=True, env=env)
-    sweep = {
+    record = {
         "wall_s": round(time.perf_counter() - started, 1),
         "finished": time.strftime("%Y-%m-%d %H:%M"),
         "overrides": list(overrides),
         "command": command_line(),
         "machine": machine(threads),
     }
-    (folder / SWEEP_FILE).write_text(json.dumps(sweep, indent=2) + "\n")
-    return sweep
+    (folder / SWEEP_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record
 
 
-def run_report(folder: Path, baseline: str) -> None:
-    """`mtltrain-report <folder> --baseline <baseline>`: report.md, report.csv and plots."""
-    argv = [tool("mtltrain-report"), str(folder), "--baseline", baseline]
-    print("+", shlex.join(argv), flush=True)
-    subprocess.run(argv, check=True)
+def seed(run: Run) -> int:
+    return run.results["seed"]
 
 
-# --- reading ---------------------------------------------------------------------------------
+def metric(run: Run, name: str) -> float:
+    """A final metric of a run: `metric(run, "test/seg/iou")`."""
+    return run.results["metrics"][name]
 
 
-def label_pairs(label: str) -> dict[str, str]:
-    """A report setting label `k=v, k=v` as {k: v} (values here hold no ", ")."""
-    return dict(part.split("=", 1) for part in label.split(", ") if "=" in part)
-
-
-def read_report(folder: Path) -> list[Row]:
-    """The rows of the report's report.csv, in run order. A label names only the overrides
-    that differ between runs; a row's pairs also hold those every run shares."""
-    common = common_overrides(read_runs(folder))
-    rows = []
-    with (folder / "report.csv").open(newline="") as f:
-        for record in csv.DictReader(f):
-            names = [k[: -len("_mean")] for k in record if k.endswith("_mean")]
-            stats = {
-                name: Stat(float(record[f"{name}_mean"]), _number(record[f"{name}_std"]))
-                for name in names
-                if record[f"{name}_mean"]
-            }
-            label = record["setting"]
-            delta = _number(record["delta_m_pct"])
-            pairs = {**common, **label_pairs(label)}
-            rows.append(Row(label, pairs, int(record["n"]), stats, delta))
-    return rows
-
-
-def common_overrides(runs: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """{key: value} of the overrides that every run gives the same value."""
-    pairs = [overrides_of(run) for run in runs]
-    if not pairs:
-        return {}
-    return {k: v for k, v in pairs[0].items() if all(p.get(k) == v for p in pairs[1:])}
-
-
-def _number(cell: str) -> float | None:
-    return float(cell) if cell else None
-
-
-def read_runs(folder: Path) -> list[dict[str, Any]]:
-    """Every finished run's results.json under `folder`, with its folder as "path"."""
-    runs = []
-    for path in sorted(folder.glob("*/results.json")):
-        results = json.loads(path.read_text())
-        if results.get("status") == "completed":
-            runs.append({**results, "path": path.parent})
-    return runs
-
-
-def overrides_of(run: dict[str, Any]) -> dict[str, str]:
-    """A run's overrides as {key: value}, keys without Hydra's + prefix."""
-    return dict(item.lstrip("+").partition("=")[::2] for item in run["overrides"])
-
-
-def override(run: dict[str, Any], key: str) -> str | None:
-    """The value a run's overrides give `key`, or None."""
-    return overrides_of(run).get(key)
+def seed_table(
+    runs: Sequence[Run], columns: dict[str, str], key: str, cell: Callable[[Run], str]
+) -> str:
+    """A row per seed and a column per value of override `key` (`columns`: value → header),
+    each cell `cell(run)`; "–" where no run has that seed and value."""
+    table: dict[int, dict[str | None, str]] = {}
+    for run in runs:
+        table.setdefault(seed(run), {})[run.pairs().get(key)] = cell(run)
+    return markdown_table(
+        ["seed", *columns.values()],
+        [[str(s), *(table[s].get(value, "–") for value in columns)] for s in sorted(table)],
+    )
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -201,39 +142,45 @@ def fmt(stat: Stat | float | None, digits: int = 4) -> str:
     return "–" if math.isnan(stat) else f"{stat:.{digits}f}"
 
 
+def delta_cell(delta: float | None) -> str:
+    """Δm% with its sign, or "–" where there is no baseline."""
+    return "–" if delta is None else f"{delta:+.2f}"
+
+
 def duration(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
-def footer(folder: Path, sweep: dict[str, Any]) -> str:
+def footer(sweep: Sweep, record: dict[str, Any]) -> str:
     """Machine, wall time (the sweep's, and the runs' summed) and the command."""
-    runs = read_runs(folder)
-    summed = sum(r["wall_time_s"] for r in runs)
-    devices = ", ".join(sorted({r["device"] for r in runs}))
+    runs = sweep.finished
+    summed = sum(run.results["wall_time_s"] for run in runs)
+    devices = ", ".join(sorted({run.results["device"] for run in runs}))
     return (
-        f"Machine: {sweep['machine']}; training device: {devices}.  \n"
-        f"Wall time: {duration(sweep['wall_s'])} for the sweep of {len(runs)} runs, one after "
+        f"Machine: {record['machine']}; training device: {devices}.  \n"
+        f"Wall time: {duration(record['wall_s'])} for the sweep of {len(runs)} runs, one after "
         f"another (the runs' own wall times sum to {duration(summed)}); finished "
-        f"{sweep['finished']}.  \n"
-        f"Reproduce: `{sweep['command']}`"
+        f"{record['finished']}.  \n"
+        f"Reproduce: `{record['command']}`"
     )
 
 
-def write_tables(experiment: Experiment, folder: Path, sweep: dict[str, Any], docs: bool) -> str:
+def write_tables(experiment: Experiment, sweep: Sweep, record: dict[str, Any], docs: bool) -> str:
     """<name>.md into the runs folder and, with `docs`, into docs/results/; returns it."""
-    text = f"# {experiment.title}\n\n{experiment.body(folder).strip()}\n\n{footer(folder, sweep)}\n"
-    (folder / f"{experiment.name}.md").write_text(text)
+    body = experiment.body(sweep).strip()
+    text = f"# {experiment.title}\n\n{body}\n\n{footer(sweep, record)}\n"
+    (sweep.folder / f"{experiment.name}.md").write_text(text)
     if docs:
         DOCS.mkdir(parents=True, exist_ok=True)
         (DOCS / f"{experiment.name}.md").write_text(text)
     return text
 
 
-def publish(experiment: Experiment, folder: Path, docs: bool) -> None:
+def publish(experiment: Experiment, sweep: Sweep, docs: bool) -> None:
     """Copy the experiment's pictures beside its tables: into the runs folder and docs/."""
-    for name, source in experiment.pictures(folder).items():
-        for target in (folder, DOCS) if docs else (folder,):
+    for name, source in experiment.pictures(sweep).items():
+        for target in (sweep.folder, DOCS) if docs else (sweep.folder,):
             target.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target / name)
 
@@ -278,13 +225,17 @@ def main(experiment: Experiment, argv: Sequence[str] | None = None) -> None:
     if args.tables_only:
         if not (folder / SWEEP_FILE).is_file():
             sys.exit(f"no finished sweep in {folder}: no {SWEEP_FILE}")
-        sweep = json.loads((folder / SWEEP_FILE).read_text())
+        record = json.loads((folder / SWEEP_FILE).read_text())
     else:
         if folder.exists() and any(folder.iterdir()):
             sys.exit(f"{folder} is not empty: remove it, pass another --runs, or --tables-only")
-        sweep = run_sweep(experiment.overrides(args), folder, args.threads)
-    run_report(folder, experiment.baseline)
-    publish(experiment, folder, docs=not args.no_docs)
-    print(write_tables(experiment, folder, sweep, docs=not args.no_docs))
+        record = run_sweep(experiment.overrides(args), folder, args.threads)
+    try:
+        sweep = read_sweep(folder, experiment.baseline)
+        write_report(sweep, folder, experiment.baseline)  # what mtltrain-report writes
+    except ReportError as e:
+        sys.exit(f"mtltrain-report: {e}")
+    publish(experiment, sweep, docs=not args.no_docs)
+    print(write_tables(experiment, sweep, record, docs=not args.no_docs))
     if not args.no_docs:
         update_readme.update()

@@ -14,9 +14,10 @@ Table: TEST accuracies, mean ± std over seeds, beside the source's (training-se
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import repro_common as rc
+
+from mtltrain.report import Setting
 
 WITH_RECON, WITHOUT_RECON = "[cls3,cls10,recon]", "[cls3,cls10]"
 STRATEGIES = {  # experiment: (row label, the source's label or None)
@@ -44,63 +45,60 @@ def overrides(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def sort_key(row: rc.Row) -> tuple[bool, int]:
+def sort_key(row: Setting) -> tuple[bool, int]:
     """With reconstruction first, then the strategies in STRATEGIES' order."""
     return (not recon(row), list(STRATEGIES).index(row.pairs["experiment"]))
 
 
-def recon(row: rc.Row) -> bool:
+def recon(row: Setting) -> bool:
     return "recon" in row.pairs["dataset.tasks"]
 
 
-def source(row: rc.Row, column: int) -> str:
+def source(row: Setting, column: int) -> str:
     """The source's accuracy for this row, or "–"."""
     key = (STRATEGIES[row.pairs["experiment"]][1], recon(row))
     return rc.fmt(SOURCE[key][column], 4) if key in SOURCE else "–"
 
 
-def accuracy_table(rows: list[rc.Row]) -> str:
+def accuracy_table(sweep: rc.Sweep) -> str:
+    rows = sorted(zip(sweep.settings, sweep.deltas, strict=True), key=lambda r: sort_key(r[0]))
     return rc.markdown_table(
         ["weights", "recon", "3-class test acc.", "source 3-class", "10-class test acc.",
          "source 10-class", "recon test RMSE", "seeds", "Δm% vs fixed"],
         [
             [STRATEGIES[row.pairs["experiment"]][0], "yes" if recon(row) else "no",
-             rc.fmt(row.get("test/cls3/accuracy")), source(row, 0),
-             rc.fmt(row.get("test/cls10/accuracy")), source(row, 1),
-             rc.fmt(row.get("test/recon/rmse")), str(row.n),
-             "–" if row.delta_m is None else f"{row.delta_m:+.2f}"]
-            for row in rows
+             rc.fmt(row.stats.get("test/cls3/accuracy")), source(row, 0),
+             rc.fmt(row.stats.get("test/cls10/accuracy")), source(row, 1),
+             rc.fmt(row.stats.get("test/recon/rmse")), str(len(row.runs)), rc.delta_cell(delta)]
+            for row, delta in rows
         ],
     )  # fmt: skip
 
 
-def weight_table(rows: list[rc.Row]) -> str:
+def weight_table(sweep: rc.Sweep) -> str:
     """The weight of each loss term at the end of training (mean ± std over seeds)."""
     return rc.markdown_table(
         ["weights", "recon", *(f"weight of {term}" for term in TERMS)],
         [
             [STRATEGIES[row.pairs["experiment"]][0], "yes" if recon(row) else "no",
-             *(rc.fmt(row.get(f"weight/{term}"), 3) for term in TERMS)]
-            for row in rows
+             *(rc.fmt(row.stats.get(f"weight/{term}"), 3) for term in TERMS)]
+            for row in sorted(sweep.settings, key=sort_key)
         ],
     )  # fmt: skip
 
 
-def recon_per_seed(folder: Path) -> str:
+def recon_per_seed(sweep: rc.Sweep) -> str:
     """Test reconstruction RMSE of every run with reconstruction, seed by seed."""
-    table: dict[int, dict[str | None, str]] = {}
-    for run in rc.read_runs(folder):
-        if "test/recon/rmse" in run["metrics"]:
-            cell = rc.fmt(run["metrics"]["test/recon/rmse"])
-            table.setdefault(run["seed"], {})[rc.override(run, "experiment")] = cell
-    return rc.markdown_table(
-        ["seed", *(f"`{experiment}`" for experiment in STRATEGIES)],
-        [[str(seed), *(table[seed].get(e, "–") for e in STRATEGIES)] for seed in sorted(table)],
+    with_recon = [run for run in sweep.finished if "test/recon/rmse" in run.results["metrics"]]
+    return rc.seed_table(
+        with_recon,
+        {experiment: f"`{experiment}`" for experiment in STRATEGIES},
+        "experiment",
+        lambda run: rc.fmt(rc.metric(run, "test/recon/rmse")),
     )
 
 
-def body(folder: Path) -> str:
-    rows = sorted(rc.read_report(folder), key=sort_key)
+def body(sweep: rc.Sweep) -> str:
     return (
         "Accuracy on the 10,000 TEST images after 10 epochs (batch 256, Adam 1e-4), mean ± "
         "sample std over seeds. The source columns are one run each, measured on the TRAINING "
@@ -109,17 +107,17 @@ def body(folder: Path) -> str:
         "same measurement and should be higher than a test accuracy. Δm% is the "
         "mean relative change of the tasks' main test metrics (accuracy, and RMSE with a "
         "flipped sign for recon) against fixed weights with the same tasks.\n\n"
-        f"{accuracy_table(rows)}\n\n"
+        f"{accuracy_table(sweep)}\n\n"
         "What each strategy ended with (the weight multiplying each term's loss; for "
         "uncertainty, c·exp(−s) with c = ½ in form=half):\n\n"
-        f"{weight_table(rows)}\n\n"
+        f"{weight_table(sweep)}\n\n"
         "dtp weighs a task by −(1 − κ̄)·log κ̄ (γ = 1), about (1 − κ̄)² once its accuracy κ̄ "
         "is near 1: the classification weights become small, which at lr 1e-4 slows their "
         "learning rather than rebalancing it.\n\n"
         "Test reconstruction RMSE per seed and strategy (inputs in [−1, 1]). A seed starts "
         "every strategy from the same network, and the spread of the recon column above comes "
         "from the seeds, not from the strategies:\n\n"
-        f"{recon_per_seed(folder)}"
+        f"{recon_per_seed(sweep)}"
     )
 
 
@@ -129,7 +127,6 @@ EXPERIMENT = rc.Experiment(
     overrides=overrides,
     body=body,
     baseline="experiment=mnist_fixed",
-    seeds=3,
     mnist=True,
 )
 

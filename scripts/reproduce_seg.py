@@ -17,6 +17,8 @@ from pathlib import Path
 
 import repro_common as rc
 
+from mtltrain.report import Setting
+
 STRATEGIES = {
     "mnist_seg_fixed": "fixed 0.8 : 0.2",
     "mnist_seg_revised": "revised_uncertainty (learned c)",
@@ -32,64 +34,49 @@ def overrides(args: argparse.Namespace) -> list[str]:
     return ["experiment=" + ",".join(STRATEGIES), *rc.mnist_overrides(args), rc.seeds(args)]
 
 
-def learned(row: rc.Row) -> str:
+def learned(row: Setting) -> str:
     """The learned c and the weight 1/(2c²) of each term, or the fixed weights."""
     parts = []
     for term in TERMS:
-        c, weight = row.get(f"c/{term}"), row.get(f"weight/{term}")
+        c, weight = row.stats.get(f"c/{term}"), row.stats.get(f"weight/{term}")
         shown = f"c {rc.fmt(c, 3)}, weight {rc.fmt(weight, 2)}" if c else rc.fmt(weight, 1)
         parts.append(f"{term.removeprefix('seg_')}: {shown}")
     return "; ".join(parts)
 
 
-def collapsed(run: dict) -> bool:
-    """Whether the run ended predicting background everywhere (test IoU 0)."""
-    return run["metrics"]["test/seg/iou"] == 0
+def collapsed(row: Setting) -> str:
+    """How many of the setting's runs ended predicting background everywhere (test IoU 0)."""
+    count = sum(rc.metric(run, "test/seg/iou") == 0 for run in row.runs)
+    return f"{count} of {len(row.runs)}"
 
 
-def per_seed(runs: list[dict]) -> str:
-    """Test IoU and Dice of every run, seed by seed."""
-    table: dict[int, dict[str | None, str]] = {}
-    for run in runs:
-        iou, dice = run["metrics"]["test/seg/iou"], run["metrics"]["test/seg/dice"]
-        table.setdefault(run["seed"], {})[rc.override(run, "experiment")] = (
-            f"{iou:.4f} / {dice:.4f}"
-        )
-    return rc.markdown_table(
-        ["seed", *(f"{label}: IoU / Dice" for label in STRATEGIES.values())],
-        [[str(seed), *(table[seed].get(e, "–") for e in STRATEGIES)] for seed in sorted(table)],
-    )
-
-
-def collapsed_count(runs: list[dict], experiment: str) -> str:
-    """How many runs of `experiment` ended at IoU 0, of how many."""
-    mine = [run for run in runs if rc.override(run, "experiment") == experiment]
-    return f"{sum(map(collapsed, mine))} of {len(mine)}"
-
-
-def pictures(folder: Path) -> dict[str, Path]:
+def pictures(sweep: rc.Sweep) -> dict[str, Path]:
     """The learned c against step, and the masks of seed 0 with learned weights."""
-    found = {"seg_c.png": folder / "learned_c.png"}
-    for run in rc.read_runs(folder):
-        if run["seed"] == 0 and rc.override(run, "experiment") == "mnist_seg_revised":
-            found["seg_masks.png"] = run["path"] / "figures" / "images_seg.png"
+    found = {"seg_c.png": sweep.folder / "learned_c.png"}
+    for run in sweep.finished:
+        if rc.seed(run) == 0 and run.pairs().get("experiment") == "mnist_seg_revised":
+            found["seg_masks.png"] = run.path / "figures" / "images_seg.png"
     return found
 
 
-def body(folder: Path) -> str:
-    rows = rc.read_report(folder)
-    runs = rc.read_runs(folder)
+def body(sweep: rc.Sweep) -> str:
     table = rc.markdown_table(
         ["weights", "seeds", "test IoU", "test Dice", "test pixel acc.", "Δm% vs fixed",
          "runs at IoU 0", "learned"],
         [
-            [STRATEGIES[row.pairs["experiment"]], str(row.n), rc.fmt(row.get("test/seg/iou")),
-             rc.fmt(row.get("test/seg/dice")), rc.fmt(row.get("test/seg/accuracy")),
-             "–" if row.delta_m is None else f"{row.delta_m:+.2f}",
-             collapsed_count(runs, row.pairs["experiment"]), learned(row)]
-            for row in rows
+            [STRATEGIES[row.pairs["experiment"]], str(len(row.runs)),
+             rc.fmt(row.stats.get("test/seg/iou")), rc.fmt(row.stats.get("test/seg/dice")),
+             rc.fmt(row.stats.get("test/seg/accuracy")), rc.delta_cell(delta), collapsed(row),
+             learned(row)]
+            for row, delta in zip(sweep.settings, sweep.deltas, strict=True)
         ],
     )  # fmt: skip
+    per_seed = rc.seed_table(
+        sweep.finished,
+        {experiment: f"{label}: IoU / Dice" for experiment, label in STRATEGIES.items()},
+        "experiment",
+        lambda run: f"{rc.metric(run, 'test/seg/iou'):.4f} / {rc.metric(run, 'test/seg/dice'):.4f}",
+    )
     source = rc.markdown_table(
         ["weights (source)", "test mIoU", "test Dice", "learned"], [list(r) for r in SOURCE]
     )
@@ -100,7 +87,7 @@ def body(folder: Path) -> str:
         "A run at IoU 0 would predict background everywhere: with §5B's decoder widths "
         "(8, 4, 2) half the runs fell into that constant solution (a dead 2-channel ReLU layer) "
         "and never left it, hence the 16-channel decoder. Per seed (the same seed starts both "
-        f"strategies from the same network):\n\n{per_seed(runs)}\n\n"
+        f"strategies from the same network):\n\n{per_seed}\n\n"
         "For context only, NOT comparable (another data set, model, metric averaging and "
         "training length): the source's numbers (BACKGROUND §2, PaddleSeg HarDNet on "
         "OpticDiscSeg, 10k iterations, one run each; its mIoU averages over both classes).\n\n"

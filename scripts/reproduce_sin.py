@@ -33,31 +33,29 @@ def overrides(args: argparse.Namespace) -> list[str]:
     return ["dataset=sin_hetero", "weighting=fixed", f"dataset.losses.y={losses}", rc.seeds(args)]
 
 
-def loss_of(label: str) -> str:
-    """`dataset.losses.y=[beta_nll]` → beta_nll."""
-    return rc.label_pairs(label)["dataset.losses.y"].strip("[]")
+def loss_of(pairs: dict[str, str | None]) -> str:
+    """The loss a run or setting trains with: `dataset.losses.y=[beta_nll]` → beta_nll."""
+    return str(pairs["dataset.losses.y"]).strip("[]")
 
 
-def pictures(folder: Path) -> dict[str, Path]:
+def pictures(sweep: rc.Sweep) -> dict[str, Path]:
     """Seed 0's figures of each loss, as sin_<loss>_<fit|calibration>.png."""
-    found = {}
-    for run in rc.read_runs(folder):
-        if run["seed"] == 0:
-            loss = rc.override(run, "dataset.losses.y").strip("[]")
-            for source, kind in PICTURES.items():
-                found[f"sin_{loss}_{kind}.png"] = run["path"] / "figures" / source
-    return found
+    return {
+        f"sin_{loss_of(run.pairs())}_{kind}.png": run.path / "figures" / source
+        for run in sweep.finished
+        if rc.seed(run) == 0
+        for source, kind in PICTURES.items()
+    }
 
 
-def body(folder: Path) -> str:
-    rows = rc.read_report(folder)
-    rms_sigma = rc.read_runs(folder)[0]["true_sigma"]["y"]
+def body(sweep: rc.Sweep) -> str:
+    rms_sigma = sweep.finished[0].results["true_sigma"]["y"]
     table = rc.markdown_table(
         ["loss", "seeds", *(column for column, _ in METRICS.values())],
         [
-            [f"`{loss_of(row.label)}`", str(row.n),
-             *(rc.fmt(row.get(f"test/y/{metric}"), 3) for metric in METRICS)]
-            for row in rows
+            [f"`{loss_of(row.pairs)}`", str(len(row.runs)),
+             *(rc.fmt(row.stats.get(f"test/y/{metric}"), 3) for metric in METRICS)]
+            for row in sweep.settings
         ]
         + [["calibrated (true μ, σ)", "", "–", f"≈ {rms_sigma:.3f}",
             *(rc.fmt(ideal, 3) for _, ideal in list(METRICS.values())[2:])]],
@@ -90,7 +88,6 @@ EXPERIMENT = rc.Experiment(
     overrides=overrides,
     body=body,
     baseline="dataset.losses.y=[gaussian_nll]",
-    seeds=3,
     pictures=pictures,
 )
 

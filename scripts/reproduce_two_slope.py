@@ -11,7 +11,6 @@ Table: per task, the true σ, the learned σ and the training-residual RMSE of t
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import repro_common as rc
 
@@ -24,37 +23,39 @@ def overrides(args: argparse.Namespace) -> list[str]:
     return ["experiment=two_slope_source", rc.seeds(args)]
 
 
-def seed_values(run: dict) -> list[float]:
+def seed_values(run: rc.Run) -> list[float]:
     """A run's learned σ and training-residual RMSE, task by task."""
     return [
         value
         for task in TASKS
-        for value in (run["weighting"]["sigma"][task], run["metrics"][f"train/{task}/rmse"])
+        for value in (run.results["weighting"]["sigma"][task], rc.metric(run, f"train/{task}/rmse"))
     ]
 
 
-def body(folder: Path) -> str:
+def body(sweep: rc.Sweep) -> str:
     """The summary table over seeds and the per-seed table."""
-    (row,) = rc.read_report(folder)
-    runs = sorted(rc.read_runs(folder), key=lambda run: run["seed"])
-    true_sigma = runs[0]["true_sigma"]
+    (row,) = sweep.settings
+    runs = sorted(row.runs, key=rc.seed)
+    true_sigma = runs[0].results["true_sigma"]
     summary = rc.markdown_table(
         ["task", "true σ", "learned σ", "training-residual RMSE", "test RMSE",
          "source: learned σ", "source: residual std"],
         [
-            [task, rc.fmt(true_sigma[task], 2), rc.fmt(row.get(f"sigma/{task}"), 3),
-             rc.fmt(row.get(f"train/{task}/rmse"), 3), rc.fmt(row.get(f"test/{task}/rmse"), 3),
+            [task, rc.fmt(true_sigma[task], 2), rc.fmt(row.stats.get(f"sigma/{task}"), 3),
+             rc.fmt(row.stats.get(f"train/{task}/rmse"), 3),
+             rc.fmt(row.stats.get(f"test/{task}/rmse"), 3),
              rc.fmt(SOURCE_SIGMA[task], 2), rc.fmt(SOURCE_RESIDUAL[task], 2)]
             for task in TASKS
         ],
     )  # fmt: skip
     per_seed = rc.markdown_table(
         ["seed", *(f"{task}: {what}" for task in TASKS for what in ("σ", "residual RMSE"))],
-        [[str(run["seed"]), *(rc.fmt(v, 3) for v in seed_values(run))] for run in runs],
+        [[str(rc.seed(run)), *(rc.fmt(v, 3) for v in seed_values(run))] for run in runs],
     )
     return (
-        f"Learned σ against the true σ and the residual RMSE of the final model on its 300 "
-        f"training points; mean ± sample std over {row.n} seeds (each seed draws its own data). "
+        "Learned σ against the true σ and the residual RMSE of the final model on its 300 "
+        f"training points; mean ± sample std over {len(runs)} seeds (each seed draws its own "
+        "data). "
         f"The source's numbers are one run of a plain PyTorch script.\n\n{summary}\n\n"
         f"Per seed:\n\n{per_seed}\n\n"
         "At a fixed loss the optimum of exp(−s)·MSE + s is σ² = MSE, so each learned σ should "
@@ -69,9 +70,8 @@ EXPERIMENT = rc.Experiment(
     title="§5A two-slope regression: learned σ (experiment=two_slope_source)",
     overrides=overrides,
     body=body,
-    baseline="weighting=fixed",
     seeds=5,
-    pictures=lambda folder: {"two_slope_sigma.png": folder / "learned_sigma.png"},
+    pictures=lambda sweep: {"two_slope_sigma.png": sweep.folder / "learned_sigma.png"},
 )
 
 if __name__ == "__main__":
