@@ -135,7 +135,8 @@ class Trainer:
         self.terms = weighting.terms
         self.shared = model.shared_parameters()
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
-        self.on_device = data.train.inputs.device == device
+        # by type: data placed on "cuda" lands on "cuda:0", which != torch.device("cuda")
+        self.on_device = data.train.inputs.device.type == device.type
         self.epochs, self.batch_size = trainer.epochs, trainer.batch_size
         self.log_lines_every = max(1, self.epochs // trainer.eval_every // 10)  # ~ten lines
         self.stop = StopSignals()

@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 from conftest import make_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -94,14 +95,14 @@ STRATEGIES = {
     "revised_uncertainty": ("weight", "c"),
     "dtp": ("weight", "kpi"),
 }
-TINY = ["dataset.n_train=64", "dataset.n_test=32"]
+TINY_DATA = ["dataset.n_train=64", "dataset.n_test=32"]
 MNIST = ["dataset=mnist_mtl", "dataset.download=false", "trainer.batch_size=32"]
 TINY_SETS = {
-    "two_slope": ["dataset=two_slope", *TINY],
-    "two_slope_hetero": ["dataset=two_slope", *TINY, "dataset.losses.y1=[gaussian_nll]"],
-    "sin_gaussian": ["dataset=sin_hetero", *TINY],
-    "sin_laplace": ["dataset=sin_hetero", *TINY, "dataset.losses.y=[laplace_nll]"],
-    "sin_beta": ["dataset=sin_hetero", *TINY, "dataset.losses.y=[beta_nll]", "loss.beta=0.7"],
+    "two_slope": ["dataset=two_slope", *TINY_DATA],
+    "two_slope_hetero": ["dataset=two_slope", *TINY_DATA, "dataset.losses.y1=[gaussian_nll]"],
+    "sin_gaussian": ["dataset=sin_hetero", *TINY_DATA],
+    "sin_laplace": ["dataset=sin_hetero", *TINY_DATA, "dataset.losses.y=[laplace_nll]"],
+    "sin_beta": ["dataset=sin_hetero", *TINY_DATA, "dataset.losses.y=[beta_nll]", "loss.beta=0.7"],
     "mnist": [*MNIST, "dataset.tasks=[cls3,recon,seg]"],
     "mnist_focal": [*MNIST, "dataset.tasks=[cls3,cls10]", "dataset.losses.cls3=[focal]"],
 }
@@ -157,3 +158,20 @@ def test_source_two_slope_run_learns_the_residual_rmse(tmp_path):
         sigma = results["weighting"]["sigma"][task]
         assert sigma == pytest.approx(results["metrics"][f"train/{task}/rmse"], rel=0.03)
         assert sigma == pytest.approx(true, rel=0.15)  # 300 samples: the noise itself varies
+
+
+def test_data_on_the_training_device_is_recognised_by_its_type(tmp_path):
+    """Data placed on "cuda" reports "cuda:0", and torch.device("cuda") != "cuda:0": the
+    trainer compares device types, so it neither copies nor pins data already in place."""
+    from mtltrain.schema import settings
+    from mtltrain.tblog import TensorBoardLog
+
+    cfg = make_config(TINY)
+    device = torch.device("cpu", 0)  # the same mismatch on the CPU: tensors report "cpu"
+    data, model, weighting, optimizer = train.build_run(cfg, device)
+    with TensorBoardLog(tmp_path / "tb") as tb:
+        trainer = train.Trainer(model, weighting, optimizer, data, settings(cfg.trainer), tb,
+                                device, 0)  # fmt: skip
+        assert trainer.on_device
+        trainer.fit()
+    assert trainer.step == 2 * 4
