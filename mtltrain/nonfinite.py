@@ -22,13 +22,19 @@ def nonfinite_error(
 ) -> TrainingError:
     """The error for a step whose raw losses `raw` or weighted losses `parts` (one value per
     term) are not all finite: it names the first such term, the step and the last checkpoint."""
-    bad = next(i for i in range(len(terms)) if not (raw[i].isfinite() and parts[i].isfinite()))
+    bad = next(
+        (i for i in range(len(terms)) if not (raw[i].isfinite() and parts[i].isfinite())), None
+    )
+    what = (
+        f"non-finite loss in task {terms[bad].task} (term {terms[bad].name}: loss "
+        f"{raw[bad].item():.4g}, weighted {parts[bad].item():.4g})"
+        if bad is not None
+        else f"the weighted losses {parts.tolist()} overflow in their sum"
+    )
     where = "none yet" if last_checkpoint is None else "{} (step {})".format(*last_checkpoint)
     return TrainingError(
-        f"non-finite loss in task {terms[bad].task} (term {terms[bad].name}: loss "
-        f"{raw[bad].item():.4g}, weighted {parts[bad].item():.4g}) at step {step}, epoch "
-        f"{epoch}; last good checkpoint: {where}; lower the learning rate, or set "
-        "trainer.nonfinite=skip to skip such steps"
+        f"{what} at step {step}, epoch {epoch}; last good checkpoint: {where}; lower the "
+        "learning rate, or set trainer.nonfinite=skip to skip such steps"
     )
 
 

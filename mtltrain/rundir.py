@@ -8,13 +8,12 @@ with its own overrides (read from the checkpoint); overrides given beside resume
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from mtltrain import checkpoint
 from mtltrain.errors import RunFolderError
-from mtltrain.results import RESULTS_FILE
+from mtltrain.results import RESULTS_FILE, read_results
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
@@ -22,7 +21,7 @@ MULTIRUN_FLAGS = ("-m", "--multirun")
 def status(run_dir: Path) -> str | None:
     """The status in a run folder's results.json, if it has a readable one."""
     try:
-        return json.loads((run_dir / RESULTS_FILE).read_text()).get("status")
+        return read_results(run_dir).get("status")
     except (OSError, ValueError, AttributeError):
         return None
 

@@ -18,16 +18,12 @@ import torch
 
 from mtltrain.errors import ConfigError
 
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
 
 def select_device(name: str) -> torch.device:
-    """`auto` takes CUDA when present, else the CPU."""
-    if name not in DEVICES:
-        raise ConfigError(f"trainer.device={name!r} is not allowed: choose one of {DEVICES}")
+    """`auto` takes CUDA when present, else the CPU (`name` is one of schema.DEVICES)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda but no CUDA GPU is visible: use auto or cpu")
     if name == "auto":
@@ -82,12 +78,11 @@ def optimizer_factory(factory: Callable[..., torch.optim.Optimizer], fused: bool
 
 
 def autocast(device: torch.device, precision: str) -> Any:
-    """The autocast context of `precision` (bf16 mixed precision), or a no-op for fp32."""
-    if precision not in PRECISIONS:
-        raise ConfigError(
-            f"trainer.precision={precision!r} is not allowed: choose one of {PRECISIONS}"
-        )
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    """The autocast context of `precision` (one of schema.PRECISIONS): bf16 mixed precision,
+    or a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def machine(device: torch.device) -> dict[str, Any]:

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 TaskKind = Literal["classification", "segmentation", "regression"]
-KINDS: tuple[TaskKind, ...] = ("classification", "segmentation", "regression")
 
 
 @dataclass(frozen=True)

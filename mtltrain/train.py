@@ -121,11 +121,7 @@ class Trainer:
         self.checkpoint_path = checkpoint_path
         self.run_info = run_info or {}  # what a checkpoint says of its run (config, overrides)
         self.forward = torch.compile(model, mode=trainer.compile) if trainer.compile else model
-        self.precision = (
-            autocast(device, trainer.precision)
-            if trainer.precision != "fp32"
-            else contextlib.nullcontext()
-        )
+        self.precision = autocast(device, trainer.precision)
         self.generator = torch.Generator(device=data.train.inputs.device).manual_seed(seed)
         # Training batches carry what training reads: inputs, targets, and the true σ where
         # a heteroscedastic task's metrics score against it.

@@ -39,24 +39,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import update_readme
-from hydra import compose, initialize_config_dir
 from torch import nn
 
-from mtltrain.config import build, config_dir
+from mtltrain.config import build, compose_checked
 from mtltrain.data import mnist_mtl
 from mtltrain.runtime import keep_host_memory, machine, select_device, settle_threads
-from mtltrain.schema import register, settings
+from mtltrain.schema import settings
 from mtltrain.tblog import TensorBoardLog
-from mtltrain.train import Trainer, build_run
+from mtltrain.train import Trainer, build_run, configure_process
 
-PUBLISHED = Path("docs/results/bench")  # --publish writes bench.json and bench.md here
+PUBLISHED = update_readme.REPO / "docs/results/bench"  # --publish: bench.json and .md
 STRATEGIES = ("fixed", "uncertainty", "revised_uncertainty", "dtp")
-
-
-def config(overrides: list[str]):
-    register()
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=overrides)
+MNIST_STEPS, TWO_SLOPE_STEPS = 20, 400  # steps per timed block
 
 
 def sync(device: torch.device) -> None:
@@ -86,9 +80,9 @@ class ProjectRun:
     """A Trainer built from the project's configs, stepped in blocks."""
 
     def __init__(self, overrides: list[str], device: torch.device, log_dir: Path) -> None:
-        self.cfg = config([*overrides, f"trainer.device={device.type}"])
+        self.cfg = compose_checked([*overrides, f"trainer.device={device.type}"])
         self.device = device
-        keep_host_memory(self.cfg.trainer.keep_host_memory)
+        configure_process(settings(self.cfg.trainer), device)  # as a run sets up its process
         torch.manual_seed(0)
         self.data, self.model, self.weighting, optimizer = build_run(self.cfg, device)
         self.tb = TensorBoardLog(log_dir)
@@ -186,14 +180,14 @@ def usual_two_slope(data, model: nn.Module, device: torch.device) -> UsualRun:
 
 
 def bench_mnist(root: str, device: torch.device, rounds: int, tmp: Path) -> dict:
-    steps = 20
+    steps = MNIST_STEPS
     runs = {"mtltrain": ProjectRun(mnist_overrides(root), device, tmp / "mnist")}
     if device.type == "cuda" or torch.backends.mkldnn.is_available():
         runs["mtltrain, precision=bf16"] = ProjectRun(
             [*mnist_overrides(root), "trainer.precision=bf16"], device, tmp / "mnist_bf16"
         )
-    plain = config(mnist_overrides(root))
-    usual = usual_mnist(root, build(plain.model, tasks=runs["mtltrain"].data.tasks), device)
+    project = runs["mtltrain"]
+    usual = usual_mnist(root, build(project.cfg.model, tasks=project.data.tasks), device)
     blocks = {name: (lambda r=r: 256 * steps / r.block(steps)) for name, r in runs.items()}
     blocks["usual way"] = lambda: 256 * steps / usual.block(steps)
     rates = interleave(blocks, rounds)
@@ -205,7 +199,7 @@ def mnist_overrides(root: str) -> list[str]:
 
 
 def bench_two_slope(device: torch.device, rounds: int, tmp: Path) -> dict:
-    steps = 400
+    steps = TWO_SLOPE_STEPS
     project = ProjectRun([], device, tmp / "two_slope")
     torch.manual_seed(0)
     model = build(project.cfg.model, tasks=project.data.tasks)
@@ -220,18 +214,21 @@ def bench_two_slope(device: torch.device, rounds: int, tmp: Path) -> dict:
     return {"unit": "steps/s", "rates": rates, "ratios": ratios(rates, "usual way")}
 
 
+def step_times(runs: dict[str, ProjectRun], steps: int, rounds: int, baseline: str) -> dict:
+    """Median step time of each run, and its ratio to `baseline`'s."""
+    times = interleave({n: (lambda r=r: r.block(steps) / steps) for n, r in runs.items()}, rounds)
+    return {
+        "ms_per_step": {n: 1e3 * t for n, t in times.items()},
+        f"vs_{baseline}": ratios(times, baseline),
+    }
+
+
 def bench_strategies(root: str, device: torch.device, rounds: int, tmp: Path) -> dict:
-    steps = 20
     runs = {
         s: ProjectRun([*mnist_overrides(root), f"weighting={s}"], device, tmp / s)
         for s in STRATEGIES
     }
-    times = interleave({s: (lambda r=r: r.block(steps) / steps) for s, r in runs.items()}, rounds)
-    return {
-        "unit": "ms/step",
-        "ms_per_step": {s: 1e3 * t for s, t in times.items()},
-        "vs_fixed": {s: t / times["fixed"] for s, t in times.items()},
-    }
+    return {"unit": "ms/step", **step_times(runs, MNIST_STEPS, rounds, "fixed")}
 
 
 LEVERS = {  # data set → {contender: overrides}: the defaults against each speed setting undone
@@ -252,24 +249,21 @@ def bench_levers(root: str, device: torch.device, rounds: int, tmp: Path) -> dic
     """Step time of the defaults and of each speed setting undone, per data set."""
     out = {}
     for data, levers in LEVERS.items():
-        base, steps = (mnist_overrides(root), 20) if data == "mnist" else ([], 400)
+        base, steps = (
+            (mnist_overrides(root), MNIST_STEPS) if data == "mnist" else ([], TWO_SLOPE_STEPS)
+        )
         runs = {"defaults": ProjectRun(base, device, tmp / f"{data}_defaults")}
         for name, overrides in levers.items():
             runs[name] = ProjectRun([*base, *overrides], device, tmp / f"{data}_{name}")
-        times = interleave(
-            {n: (lambda r=r, k=steps: r.block(k) / k) for n, r in runs.items()}, rounds
-        )
-        out[data] = {
-            "ms_per_step": {n: 1e3 * t for n, t in times.items()},
-            "vs_defaults": {n: t / times["defaults"] for n, t in times.items()},
-        }
+        out[data] = step_times(runs, steps, rounds, "defaults")
     return out
 
 
-def eval_and_logging_share(overrides: list[str], device: torch.device, tmp: Path) -> dict:
-    """Seconds of one training epoch, of logging at its `log_every`, and of one evaluation
-    (test metrics, train-metric logs, figures at the default `figure_every`)."""
-    run = ProjectRun(overrides, device, tmp / "share")
+def eval_and_logging_share(overrides: list[str], device: torch.device, log_dir: Path) -> dict:
+    """Seconds of one training epoch, of logging at its `log_every`, and of evaluation per
+    epoch: test metrics and train-metric logs every `eval_every` epochs, figures every
+    `figure_every` evaluations (the defaults)."""
+    run = ProjectRun(overrides, device, log_dir)
     trainer = run.trainer
     trainer.train_epoch()  # warm-up
     trainer.batch = 0  # the next epoch from its first batch
@@ -286,17 +280,29 @@ def eval_and_logging_share(overrides: list[str], device: torch.device, tmp: Path
         trainer.log_step(losses, parts)
     per_log = (time.perf_counter() - start) / 20
     logging = per_log * trainer.data.train.num_batches(trainer.batch_size) / trainer.cfg.log_every
-    start = time.perf_counter()
-    with contextlib.redirect_stderr(io.StringIO()):
-        trainer.evaluate()
-    sync(device)
-    evaluation = (time.perf_counter() - start) / trainer.cfg.eval_every
+    figure_every = trainer.cfg.figure_every
+    plain = timed_evaluation(trainer, figures=False)
+    evaluation = plain
+    if figure_every:  # one evaluation in figure_every draws the figures
+        evaluation += (timed_evaluation(trainer, figures=True) - plain) / figure_every
+    evaluation /= trainer.cfg.eval_every
     return {
         "epoch_s": epoch,
         "logging_s_per_epoch": logging,
         "evaluation_s_per_epoch": evaluation,
         "share": (logging + evaluation) / (epoch - logging),
     }
+
+
+def timed_evaluation(trainer: Trainer, figures: bool) -> float:
+    """Seconds of one `trainer.evaluate()`, with or without its figures."""
+    every = trainer.cfg.figure_every
+    trainer.evaluations = every - 1 if figures else (every if every > 1 else 0)
+    start = time.perf_counter()
+    with contextlib.redirect_stderr(io.StringIO()):
+        trainer.evaluate()
+    sync(trainer.device)
+    return time.perf_counter() - start
 
 
 def whole_runs(root: str, device: torch.device, tmp: Path) -> dict:
@@ -399,8 +405,10 @@ def main() -> None:
             "strategies": lambda: bench_strategies(root, device, args.rounds, tmp),
             "levers": lambda: bench_levers(root, device, args.rounds, tmp),
             "eval_logging": lambda: {
-                "mnist_mtl": eval_and_logging_share(mnist_overrides(root), device, tmp),
-                "two_slope": eval_and_logging_share([], device, tmp),
+                "mnist_mtl": eval_and_logging_share(
+                    mnist_overrides(root), device, tmp / "share_mnist"
+                ),
+                "two_slope": eval_and_logging_share([], device, tmp / "share_two_slope"),
             },
         }
         if not args.skip_runs:

@@ -203,6 +203,13 @@ def parse_args(experiment: Experiment, argv: Sequence[str] | None) -> argparse.N
         "--no-docs", action="store_true", help="write nothing into docs/results/ or README.md"
     )
     p.add_argument("--tables-only", action="store_true", help="reuse the sweep in --runs")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one more mtltrain override for every run of the sweep (repeatable)",
+    )
     return p.parse_args(argv)
 
 
@@ -229,7 +236,7 @@ def main(experiment: Experiment, argv: Sequence[str] | None = None) -> None:
     else:
         if folder.exists() and any(folder.iterdir()):
             sys.exit(f"{folder} is not empty: remove it, pass another --runs, or --tables-only")
-        record = run_sweep(experiment.overrides(args), folder, args.threads)
+        record = run_sweep([*experiment.overrides(args), *args.override], folder, args.threads)
     try:
         sweep = read_sweep(folder, experiment.baseline)
         write_report(sweep, folder, experiment.baseline)  # what mtltrain-report writes

@@ -71,12 +71,11 @@ def test_heteroscedastic_metrics_by_hand():
     assert out["coverage_1sigma"] == 0.5 and out["coverage_2sigma"] == 0.75
     # |σ̂ − σ|/σ: 0, 1/2, 0, 1 → mean 0.375
     assert out["sigma_rel_error"] == pytest.approx(0.375)
-    # z = 0.5 lies inside the central p-interval once Φ⁻¹((1+p)/2) ≥ 0.5, i.e. p ≥ 0.3829
-    levels = torch.arange(1, 20) / 20
-    zs = torch.tensor([0.5, 1.5, 0.5, 2.5])
-    half_widths = torch.special.ndtri((1 + levels) / 2)
-    observed = (zs[:, None] <= half_widths[None, :]).float().mean(0)
-    assert out["calibration_error"] == pytest.approx((observed - levels).abs().mean().item())
+    # levels p = k/20, k = 1..19. z = 0.5 lies inside the central p-interval once
+    # Φ⁻¹((1+p)/2) ≥ 0.5, i.e. p ≥ 0.383 (k ≥ 8); z = 1.5 once p ≥ 0.866 (k ≥ 18); z = 2.5
+    # only for p ≥ 0.988 (never). Observed: 0 (k ≤ 7), 2/4 (8 ≤ k ≤ 17), 3/4 (k = 18, 19).
+    # Σ|observed − p| = 1.40 + 1.55 + 0.35 = 3.3 over 19 levels
+    assert out["calibration_error"] == pytest.approx(3.3 / 19)
 
 
 def test_calibration_error_is_small_when_calibrated_and_large_when_overconfident():

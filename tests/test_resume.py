@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mtltrain import checkpoint, train
 from mtltrain.data import two_slope
 from mtltrain.errors import TrainingError
-from mtltrain.nonfinite import NonfiniteWatch
+from mtltrain.nonfinite import NonfiniteWatch, nonfinite_error
 
 # ~1500 steps, a checkpoint every epoch: long enough to be stopped in the middle
 RUN = ["trainer.epochs=80", "trainer.deterministic=true", "trainer.log_every=7",
@@ -170,7 +171,10 @@ def test_sigkill_during_checkpoint_writes_never_breaks_the_last_one(tmp_path):
     rng = random.Random(0)
     for _ in range(5):
         proc = subprocess.Popen([sys.executable, "-c", writer, str(path)])
+        deadline = time.monotonic() + 120
         while not path.exists():
+            assert proc.poll() is None, "the writer died before its first checkpoint"
+            assert time.monotonic() < deadline
             time.sleep(0.01)
         time.sleep(rng.uniform(0.05, 0.6))
         proc.kill()
@@ -215,10 +219,9 @@ def poisoned(build, rows):
 
 
 @pytest.mark.parametrize("watched", [False, True], ids=["checked-each-step", "watched"])
-def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path, monkeypatch, watched):
+def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path, watched):
     """Checked each step (CPU), or watched on the device and read at the next log,
     evaluation or checkpoint (what CUDA does, here forced on the CPU): the same error."""
-    monkeypatch.setattr(two_slope, "build", poisoned(two_slope.build, slice(0, 0)))
     cfg = make_config([*TINY, "trainer.nonfinite=stop"])
     data, model, weighting, optimizer = train.build_run(cfg, torch.device("cpu"))
     from mtltrain.schema import settings
@@ -254,3 +257,14 @@ def test_skip_mode_skips_and_counts_non_finite_steps(tmp_path, monkeypatch):
     )
     counted = curve(tmp_path, "nonfinite_steps")
     assert counted[-1][1] == done["nonfinite_steps"] and counted[0][1] <= counted[-1][1]
+
+
+def test_a_total_that_overflows_is_named_in_one_line():
+    """Finite weighted losses whose sum overflows: no term to blame, the sum is named."""
+    terms = [SimpleNamespace(task="y1", name="y1_mse"), SimpleNamespace(task="y2", name="y2_mse")]
+    big = torch.tensor([3e38, 3e38])
+    err = nonfinite_error(terms, torch.ones(2), big, step=7, epoch=1, last_checkpoint=None)
+    assert "overflow in their sum at step 7" in str(err) and "\n" not in str(err)
+    one = nonfinite_error(terms, torch.tensor([1.0, math.inf]), torch.tensor([1.0, math.inf]),
+                          step=3, epoch=1, last_checkpoint=None)  # fmt: skip
+    assert "non-finite loss in task y2 (term y2_mse: loss inf, weighted inf) at step 3" in str(one)

@@ -22,6 +22,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 def loss_curve(overrides, tmp_path, device="cpu"):
     """Total loss of every step of the first epoch, and the final parameters."""
     cfg = make_config([*overrides, f"trainer.device={device}"])
+    keep_host_memory(cfg.trainer.keep_host_memory)  # the process setting a run would make
     torch.manual_seed(0)
     data, model, weighting, optimizer = build_run(cfg, torch.device(device))
     with TensorBoardLog(tmp_path / f"tb{len(list(tmp_path.iterdir()))}") as tb:
