@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtltrain.errors import CheckpointError
+from mtltrain.errors import CheckpointError, first_line
 
 FORMAT = "mtltrain-checkpoint/1"
 FOLDER = "checkpoints"
@@ -46,9 +46,9 @@ def load(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip, pickle and unpickling-policy errors all mean "not ours"
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated, corrupt or foreign: {reason[:120]})"
+            f"{path} is not a readable checkpoint (truncated, corrupt or foreign: "
+            f"{first_line(e, 120)})"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an mtltrain checkpoint (no {FORMAT!r} mark)")

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mtltrain.errors import ConfigError, MtlError
+from mtltrain.errors import ConfigError, MtlError, first_line
 
 
 def config_dir() -> Path:
@@ -41,7 +41,7 @@ def compose_checked(overrides: Sequence[str]) -> DictConfig:
             cfg = compose("config", overrides=task)
     except MissingConfigException as e:
         options = f": choose one of {', '.join(e.options)}" if e.options else ""
-        raise ConfigError(f"{_first_line(e)}{options}") from None
+        raise ConfigError(f"{first_line(e, 1000)}{options}") from None
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(_one_line(e)) from None
     settings(cfg.trainer)
@@ -49,10 +49,6 @@ def compose_checked(overrides: Sequence[str]) -> DictConfig:
     for group in ("dataset", "model", "weighting"):
         check_node(cfg[group])
     return cfg
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0]
 
 
 def _one_line(e: BaseException) -> str:
@@ -75,8 +71,7 @@ def build_partial(node: DictConfig) -> functools.partial:
         cause = e.__cause__ or e
         if isinstance(cause, MtlError):
             raise cause from None
-        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        raise ConfigError(f"{_where(node)}: {type(cause).__name__}: {detail}") from None
+        raise ConfigError(f"{_where(node)}: {type(cause).__name__}: {first_line(cause)}") from None
 
 
 def build(node: DictConfig, **kwargs: Any) -> Any:

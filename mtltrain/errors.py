@@ -1,6 +1,13 @@
 """Errors a user can act on: the CLI prints them as one line and exits with their code."""
 
 
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (at most `limit` characters), or its type's
+    name when it has none: what a one-line error quotes of the exception behind it."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
 class MtlError(Exception):
     """Base class of the errors the CLI reports as a single line, without a traceback."""
 

@@ -19,7 +19,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from mtltrain import checkpoint, figures, rundir
 from mtltrain.config import build, build_partial, flat_config
 from mtltrain.data.base import MultiTaskData, Split
-from mtltrain.errors import CheckpointError, ConfigError, Interrupted, MtlError, TrainingError
+from mtltrain.errors import (
+    CheckpointError,
+    ConfigError,
+    Interrupted,
+    MtlError,
+    TrainingError,
+    first_line,
+)
 from mtltrain.interrupts import StopSignals
 from mtltrain.losses import LossTerm, compute_losses, detach, loss_terms
 from mtltrain.metrics import TaskMetrics, main_metric, metric_names
@@ -161,6 +168,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "weighting": self.weighting.state_dict(),
             "position": {
+                "epochs": self.epochs,  # what the run was set to train when this was written
                 "epoch": self.epoch,
                 "batch": self.batch,
                 "step": self.step,
@@ -185,10 +193,18 @@ class Trainer:
             self.weighting.load_state_dict(state["weighting"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
-            first = str(e).strip().splitlines()[0][:160]
-            raise CheckpointError(f"the checkpoint does not fit this run: {first}") from None
+            raise CheckpointError(
+                f"the checkpoint does not fit this run: {first_line(e)}"
+            ) from None
         position = state["position"]
         self.epoch, self.batch, self.step = position["epoch"], position["batch"], position["step"]
+        finished = self.epoch == position.get("epochs") and self.batch == 0
+        if self.epoch > self.epochs or (self.epoch == self.epochs and not finished):
+            raise ConfigError(
+                f"trainer.epochs={self.epochs} is not allowed: the checkpoint has trained "
+                f"{self.epoch} epoch(s){' and part of the next' if self.batch else ''}; resume "
+                f"with trainer.epochs above {self.epoch}"
+            )
         self.evaluations = position["evaluations"]
         self.nonfinite_steps = position["nonfinite_steps"]
         self.shuffle_state = state["shuffle_state"]
@@ -323,7 +339,8 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Log the running train metrics since the last evaluation and the test metrics;
-        figures every `figure_every` evaluations (0: never here)."""
+        figures every `figure_every` evaluations (0: never here; the last epoch's are drawn
+        once, by `log_figures` at the end of the run)."""
         train = {
             **self.train_metrics.compute(),
             "loss": self.train_loss.item() / max(1, self.train_batches),
@@ -334,9 +351,9 @@ class Trainer:
             self.forward, self.data.test, self.data.tasks, self.cfg.eval_batch_size, self.precision
         )
         self.evaluations += 1
-        if self.cfg.figure_every and self.evaluations % self.cfg.figure_every == 0:
-            for name, fig in figures.render(self.model, self.data.test, self.data.tasks).items():
-                self.tb.image(f"figures/{name}", figures.to_rgb(fig), self.step)
+        every = self.cfg.figure_every
+        if every and self.evaluations % every == 0 and self.epoch < self.epochs:
+            self.log_figures()
         self.model.train()
         self.tb.scalars(
             {
@@ -353,6 +370,17 @@ class Trainer:
             )  # fmt: skip
         return test
 
+    def log_figures(self, folder: Path | None = None) -> None:
+        """The pictures of the model on the test split, into TensorBoard at this step and,
+        with `folder`, as PNG files there."""
+        rendered = figures.render(self.model, self.data.test, self.data.tasks)
+        if rendered and folder is not None:
+            folder.mkdir(exist_ok=True)
+        for name, fig in rendered.items():
+            self.tb.image(f"figures/{name}", figures.to_rgb(fig), self.step)
+            if folder is not None:
+                figures.save_png(fig, folder / f"{name}.png")
+
     def fit(self) -> dict[str, float]:
         """Train to the last epoch, evaluating every `eval_every` epochs and checkpointing
         every `checkpoint_every`; SIGINT/SIGTERM stop it after a step, with a checkpoint."""
@@ -368,18 +396,6 @@ class Trainer:
                 if last or (every and self.epoch % every == 0):
                     self.save_checkpoint()
         return self.test_metrics
-
-
-def save_figures(
-    model: MultiTaskModel, data: MultiTaskData, tb: TensorBoardLog, step: int, folder: Path
-) -> None:
-    """The final pictures: into TensorBoard and as PNG files in `folder`."""
-    rendered = figures.render(model, data.test, data.tasks)
-    if rendered:
-        folder.mkdir(exist_ok=True)
-    for name, fig in rendered.items():
-        tb.image(f"figures/{name}", figures.to_rgb(fig), step)
-        figures.save_png(fig, folder / f"{name}.png")
 
 
 def build_run(
@@ -477,7 +493,7 @@ def _run(cfg: DictConfig, run_dir: Path, info: dict[str, Any]) -> float:
         test_metrics = trainer.fit()
         train_time = time.perf_counter() - fit_started
         model.eval()
-        save_figures(model, data, tb, trainer.step, run_dir / "figures")
+        trainer.log_figures(run_dir / "figures")
 
     train_metrics = evaluate(
         trainer.forward, data.train, data.tasks, trainer_cfg.eval_batch_size, trainer.precision

@@ -130,6 +130,20 @@ def test_resume_takes_a_checkpoint_file_and_extra_overrides(tmp_path):
     assert done["epochs"] == 90 and "trainer.epochs=90" in done["overrides"]
 
 
+def test_resume_with_fewer_epochs_than_done_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start(run_dir, tmp_path)
+    wait_for_checkpoint(proc, run_dir)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    before = checkpoint.path_in(run_dir).read_bytes()
+    resumed = run_cli([f"resume={run_dir}", "trainer.epochs=1"], cwd=tmp_path)
+    assert resumed.returncode == 2
+    (line,) = resumed.stderr.strip().splitlines()
+    assert "trainer.epochs=1 is not allowed" in line and "resume with trainer.epochs above" in line
+    assert checkpoint.path_in(run_dir).read_bytes() == before  # the checkpoint is untouched
+
+
 # ---- atomic writes ------------------------------------------------------------------------
 
 
