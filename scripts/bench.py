@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import update_readme
+from repro_common import MNIST_ROOT, mnist_overrides
 from torch import nn
 
 from mtltrain.config import build, compose_checked
@@ -192,10 +193,6 @@ def bench_mnist(root: str, device: torch.device, rounds: int, tmp: Path) -> dict
     blocks["usual way"] = lambda: 256 * steps / usual.block(steps)
     rates = interleave(blocks, rounds)
     return {"unit": "samples/s", "rates": rates, "ratios": ratios(rates, "usual way")}
-
-
-def mnist_overrides(root: str) -> list[str]:
-    return ["dataset=mnist_mtl", f"dataset.root={root}", "dataset.download=false"]
 
 
 def bench_two_slope(device: torch.device, rounds: int, tmp: Path) -> dict:
@@ -373,7 +370,7 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mnist-root", default="../shared/data/mnist")
+    parser.add_argument("--mnist-root", default=MNIST_ROOT)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--skip-runs", action="store_true", help="skip the whole-run timings")

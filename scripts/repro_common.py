@@ -218,11 +218,11 @@ def seeds(args: argparse.Namespace) -> str:
     return "seed=" + ",".join(str(s) for s in range(args.seeds))
 
 
-def mnist_overrides(args: argparse.Namespace) -> list[str]:
+def mnist_overrides(root: str) -> list[str]:
     """MNIST, where it is, and no download. dataset=mnist_mtl although the experiment configs
     choose it too: a multirun composes its base config without the swept experiment=, and
     dataset.root must already exist there."""
-    return ["dataset=mnist_mtl", f"dataset.root={args.mnist_root}", "dataset.download=false"]
+    return ["dataset=mnist_mtl", f"dataset.root={root}", "dataset.download=false"]
 
 
 def main(experiment: Experiment, argv: Sequence[str] | None = None) -> None:

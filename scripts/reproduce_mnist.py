@@ -40,7 +40,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
     return [
         "experiment=" + ",".join(STRATEGIES),
         f"dataset.tasks={WITH_RECON},{WITHOUT_RECON}",
-        *rc.mnist_overrides(args),
+        *rc.mnist_overrides(args.mnist_root),
         rc.seeds(args),
     ]
 

@@ -31,7 +31,11 @@ SOURCE = (  # BACKGROUND §2: PaddleSeg HarDNet on OpticDiscSeg, 10k iterations,
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
-    return ["experiment=" + ",".join(STRATEGIES), *rc.mnist_overrides(args), rc.seeds(args)]
+    return [
+        "experiment=" + ",".join(STRATEGIES),
+        *rc.mnist_overrides(args.mnist_root),
+        rc.seeds(args),
+    ]
 
 
 def learned(row: Setting) -> str:

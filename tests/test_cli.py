@@ -56,12 +56,6 @@ def test_multirun_one_tensorboard_run_per_job(tmp_path):
         tags(job / "tb")
 
 
-def test_unknown_choice_lists_options(tmp_path):
-    proc = run_cli(["weighting=nope"], cwd=tmp_path)
-    assert proc.returncode != 0
-    assert "nope" in proc.stderr and "uncertainty" in proc.stderr and "fixed" in proc.stderr
-
-
 def test_mnist_run_from_idx_files(tmp_path, mnist_root):
     args = [
         "dataset=mnist_mtl", f"dataset.root={mnist_root}", "dataset.download=false",

@@ -48,14 +48,19 @@ def test_gaussian_nll_gradients_by_hand():
     assert out.log_var.grad.item() == pytest.approx(0.5 - 0.5 * r * r * math.exp(-s))
 
 
-def test_gaussian_nll_optimum_variance_is_the_squared_residual():
+def fitted_variance(loss, residual: float) -> float:
+    """The variance σ² = exp(s) that minimises `loss` for a fixed residual, found by Adam."""
     log_var = torch.zeros(1, requires_grad=True)
     opt = torch.optim.Adam([log_var], lr=0.05)
     for _ in range(1500):
         opt.zero_grad()
-        gaussian_nll(MeanLogVar(torch.zeros(1), log_var), torch.tensor([1.7])).backward()
+        loss(MeanLogVar(torch.zeros(1), log_var), torch.tensor([residual])).backward()
         opt.step()
-    assert log_var.exp().item() == pytest.approx(1.7**2, rel=1e-3)
+    return log_var.exp().item()
+
+
+def test_gaussian_nll_optimum_variance_is_the_squared_residual():
+    assert fitted_variance(gaussian_nll, 1.7) == pytest.approx(1.7**2, rel=1e-3)
 
 
 def test_laplace_nll_by_hand():
@@ -63,13 +68,7 @@ def test_laplace_nll_by_hand():
     out = hetero([0.0], [0.0])
     assert laplace_nll(out, torch.tensor([1.0])).item() == pytest.approx(1.760788, abs=1e-6)
     # optimum: b = |r|, i.e. σ² = 2r²
-    log_var = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.Adam([log_var], lr=0.05)
-    for _ in range(1500):
-        opt.zero_grad()
-        laplace_nll(MeanLogVar(torch.zeros(1), log_var), torch.tensor([0.8])).backward()
-        opt.step()
-    assert log_var.exp().item() == pytest.approx(2 * 0.8**2, rel=1e-3)
+    assert fitted_variance(laplace_nll, 0.8) == pytest.approx(2 * 0.8**2, rel=1e-3)
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])

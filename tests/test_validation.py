@@ -73,7 +73,7 @@ CASES = [
     ("dataset value type", ["dataset.n_train=abc"], ["dataset.n_train='abc'", "whole number"]),
     ("dataset size", ["dataset.n_train=0"], ["dataset.n_train=0", ">= 1"]),
     ("model setting it lacks", ["+model.depth=3"], ["model", "'depth'"]),
-    ("unknown choice", ["weighting=nope"], ["weighting/nope", "uncertainty"]),
+    ("unknown choice", ["weighting=nope"], ["weighting/nope", "uncertainty", "fixed"]),
     # data
     ("mnist file missing", mnist("mnist_missing"), ["train-labels-idx1-ubyte", "dataset.root"]),
     ("mnist file truncated", mnist("mnist_truncated"), ["t10k-labels-idx1-ubyte", "truncated"]),

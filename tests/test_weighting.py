@@ -104,13 +104,21 @@ def test_uncertainty_gradients_by_hand():
     assert ls["label"].grad.item() == pytest.approx(math.exp(0.2))
 
 
-def test_uncertainty_gradcheck():
-    w = UncertaintyWeighting(TERMS).double()
+@pytest.mark.parametrize(
+    ("strategy", "learned", "values"),
+    [("uncertainty", "log_var", [0.7, -1.1]), ("revised_uncertainty", "c", [0.7, 1.8])],
+)
+def test_learned_weighting_gradcheck(strategy, learned, values):
+    cls = {"uncertainty": UncertaintyWeighting, "revised_uncertainty": RevisedUncertaintyWeighting}
+    w = cls[strategy](TERMS).double()
     with torch.no_grad():
-        w.log_var.copy_(torch.tensor([0.7, -1.1]))
+        getattr(w, learned).copy_(torch.tensor(values))
     ls = torch.tensor([1.3, 0.4], dtype=torch.float64, requires_grad=True)
-    fn = lambda v: w.contributions({"depth": v[0], "label": v[1]}).sum()  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (ls,))
+
+    def total(v: torch.Tensor) -> torch.Tensor:
+        return w.contributions({"depth": v[0], "label": v[1]}).sum()
+
+    assert torch.autograd.gradcheck(total, (ls,))
 
 
 @pytest.mark.parametrize("form", ["likelihood", "unit", "half"])
@@ -193,18 +201,6 @@ def test_revised_by_hand():
     assert (ls["depth"].grad.item(), ls["label"].grad.item()) == (0.5, 2.0)
     torch.testing.assert_close(w.report()["weight"], torch.tensor([0.5, 2.0]))
     torch.testing.assert_close(w.report()["c"], torch.tensor([1.0, 0.5]))
-
-
-def test_revised_gradcheck():
-    w = RevisedUncertaintyWeighting(TERMS).double()
-    with torch.no_grad():
-        w.c.copy_(torch.tensor([0.7, 1.8]))
-    ls = torch.tensor([1.3, 0.4], dtype=torch.float64, requires_grad=True)
-
-    def total(v: torch.Tensor) -> torch.Tensor:
-        return w.contributions({"depth": v[0], "label": v[1]}).sum()
-
-    assert torch.autograd.gradcheck(total, (ls,))
 
 
 def test_revised_optimum():
