@@ -8,7 +8,6 @@ so a kill at any instant leaves the previous checkpoint or the new one, never ha
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtltrain.atomic import write_atomically
 from mtltrain.errors import CheckpointError, first_line
 
 FORMAT = "mtltrain-checkpoint/1"
@@ -28,15 +28,14 @@ def path_in(run_dir: Path) -> Path:
     return run_dir / FOLDER / LAST
 
 
+def run_dir_of(path: Path) -> Path:
+    """The run folder a checkpoint file belongs to: path_in's inverse."""
+    return path.parent.parent
+
+
 def save(path: Path, state: dict[str, Any]) -> None:
     """Write `state` atomically to `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        torch.save({"format": FORMAT, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: torch.save({"format": FORMAT, **state}, f))
 
 
 def load(path: Path) -> dict[str, Any]:

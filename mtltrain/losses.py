@@ -29,6 +29,11 @@ class MeanLogVar(NamedTuple):
     mean: Tensor
     log_var: Tensor
 
+    @classmethod
+    def split(cls, output: Tensor) -> MeanLogVar:
+        """A head's output of 2·k values per sample: the first k the mean, the rest s."""
+        return cls(*output.chunk(2, dim=1))
+
 
 def point(output: Tensor | MeanLogVar) -> Tensor:
     """The point prediction of a head: its mean where it also predicts a variance."""

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
+
+from mtltrain.atomic import write_atomically
 
 RESULTS_FILE = "results.json"
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    write_atomically(path, lambda f: f.write(text.encode()))
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:

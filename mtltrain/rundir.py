@@ -71,7 +71,7 @@ def prepare_arguments(argv: Sequence[str]) -> list[str]:
         raise RunFolderError("resume= continues one run: drop -m/--multirun")
     path = checkpoint_of(Path(resume))
     state = checkpoint.load(path)
-    folder = path.parent.parent
+    folder = checkpoint.run_dir_of(path)
     if status(folder) == "completed":
         raise RunFolderError(f"{folder} already holds a finished run: there is nothing to resume")
     merged = {override_key(o): o for o in state["overrides"] if override_key(o) != "resume"}

@@ -333,7 +333,7 @@ class Trainer:
         raise Interrupted(
             f"stopped by {name} at step {self.step} (epoch {self.epoch + 1}); "
             f"checkpoint written to {self.checkpoint_path}; continue with: "
-            f"mtltrain resume={self.checkpoint_path.parent.parent}",
+            f"mtltrain resume={checkpoint.run_dir_of(self.checkpoint_path)}",
             signum,
         )
 

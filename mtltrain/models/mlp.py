@@ -15,6 +15,12 @@ from mtltrain.tasks import TaskSpec
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
 
+def make_activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation={name!r}: choose one of {list(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
 class MLP(nn.Sequential):
     """in_features → hidden… → out_features, with `activation` after every hidden layer.
 
@@ -31,14 +37,13 @@ class MLP(nn.Sequential):
         activate_output: bool = False,
         flatten: bool = False,
     ) -> None:
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation={activation!r}: choose one of {list(ACTIVATIONS)}")
+        make_activation(activation)  # a bad name fails here, before any layer is built
         sizes = [in_features, *hidden, out_features]
         layers: list[nn.Module] = [nn.Flatten()] if flatten else []
         for i, (a, b) in enumerate(pairwise(sizes)):
             layers.append(nn.Linear(a, b))
             if i < len(sizes) - 2 or activate_output:
-                layers.append(ACTIVATIONS[activation]())
+                layers.append(make_activation(activation))
         super().__init__(*layers)
 
 
@@ -60,8 +65,7 @@ class SeparateMLPs(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation={activation!r}: choose one of {list(ACTIVATIONS)}")
+        self.activation = make_activation(activation)
         self.tasks = tuple(tasks)
         self.widths = [t.out_features * (2 if t.heteroscedastic else 1) for t in tasks]
         sizes = [in_features, *hidden, max(self.widths)]
@@ -71,7 +75,6 @@ class SeparateMLPs(nn.Module):
             bound = 1 / math.sqrt(fan_in)  # nn.Linear's default initialisation
             self.weights.append(nn.Parameter(_uniform((len(tasks), fan_in, fan_out), bound)))
             self.biases.append(nn.Parameter(_uniform((len(tasks), 1, fan_out), bound)))
-        self.activation = ACTIVATIONS[activation]()
 
     def forward(self, x: Tensor) -> dict[str, Tensor | MeanLogVar]:
         h = x.flatten(1).expand(len(self.tasks), -1, -1)
@@ -83,7 +86,7 @@ class SeparateMLPs(nn.Module):
         outputs: dict[str, Tensor | MeanLogVar] = {}
         for k, (task, width) in enumerate(zip(self.tasks, self.widths, strict=True)):
             out = h[k, :, :width]
-            outputs[task.name] = MeanLogVar(*out.chunk(2, dim=1)) if task.heteroscedastic else out
+            outputs[task.name] = MeanLogVar.split(out) if task.heteroscedastic else out
         return outputs
 
     def shared_parameters(self) -> list[nn.Parameter]:

@@ -22,8 +22,7 @@ class VarianceHead(nn.Module):
         self.head = head
 
     def forward(self, z: Tensor) -> MeanLogVar:
-        mean, log_var = self.head(z).chunk(2, dim=1)
-        return MeanLogVar(mean, log_var)
+        return MeanLogVar.split(self.head(z))
 
 
 def _head(task: TaskSpec, factory: HeadFactory) -> nn.Module:
