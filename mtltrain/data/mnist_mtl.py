@@ -27,7 +27,7 @@ FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-_IDX_DTYPES = {0x08: np.uint8}
+_UBYTE = 0x08  # the IDX type code of unsigned bytes, the only one MNIST uses
 _FIX = "point dataset.root at the folder that holds MNIST/raw, or set dataset.download=true"
 
 
@@ -37,7 +37,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"MNIST file missing: {path}; {_FIX}") from None
-    if len(raw) < 4 + 4 * ndim or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES or raw[3] != ndim:
+    if len(raw) < 4 + 4 * ndim or raw[:2] != b"\0\0" or raw[2] != _UBYTE or raw[3] != ndim:
         magic = raw[:4].hex() if len(raw) >= 4 else "none"
         raise DataError(
             f"{path} is not an IDX file of {ndim} dimension(s) (magic number {magic}, expected "
@@ -55,7 +55,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
 
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write `array` as an IDX file of unsigned bytes: read_idx's inverse."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+    header = bytes([0, 0, _UBYTE, array.ndim]) + b"".join(
         int(d).to_bytes(4, "big") for d in array.shape
     )
     path.write_bytes(header + array.astype(np.uint8).tobytes())
@@ -135,8 +135,7 @@ def build(
         if not download:
             missing = next(p for p in needed if not p.exists())
             raise DataError(
-                f"MNIST not found: {missing} does not exist and dataset.download=false; "
-                f"point dataset.root at the folder that holds MNIST/raw, or allow the download"
+                f"MNIST not found: {missing} does not exist and dataset.download=false; {_FIX}"
             )
         _download(root_path)
     return MultiTaskData(specs, _split(raw_dir, "train", tasks), _split(raw_dir, "test", tasks))
