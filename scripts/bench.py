@@ -291,15 +291,19 @@ def eval_and_logging_share(overrides: list[str], device: torch.device, log_dir: 
     }
 
 
-def timed_evaluation(trainer: Trainer, figures: bool) -> float:
-    """Seconds of one `trainer.evaluate()`, with or without its figures."""
+def timed_evaluation(trainer: Trainer, figures: bool, repeats: int = 5) -> float:
+    """Median seconds of `trainer.evaluate()`, with or without its figures, after a warm-up
+    (the first figure of a kind pays for matplotlib's start)."""
     every = trainer.cfg.figure_every
-    trainer.evaluations = every - 1 if figures else (every if every > 1 else 0)
-    start = time.perf_counter()
-    with contextlib.redirect_stderr(io.StringIO()):
-        trainer.evaluate()
-    sync(trainer.device)
-    return time.perf_counter() - start
+    times = []
+    for _ in range(repeats + 1):
+        trainer.evaluations = every - 1 if figures else (every if every > 1 else 0)
+        start = time.perf_counter()
+        with contextlib.redirect_stderr(io.StringIO()):
+            trainer.evaluate()
+        sync(trainer.device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
 
 
 def whole_runs(root: str, device: torch.device, tmp: Path) -> dict:
