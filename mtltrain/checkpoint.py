@@ -18,7 +18,7 @@ import torch
 from mtltrain.atomic import write_atomically
 from mtltrain.errors import CheckpointError, first_line
 
-FORMAT = "mtltrain-checkpoint/1"
+FORMAT = "mtltrain-checkpoint/2"  # /2: the strategy's own optimizers and the epoch's losses
 FOLDER = "checkpoints"
 LAST = "last.pt"
 
@@ -49,7 +49,13 @@ def load(path: Path) -> dict[str, Any]:
             f"{path} is not a readable checkpoint (truncated, corrupt or foreign: "
             f"{first_line(e, 120)})"
         ) from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    mark = state.get("format") if isinstance(state, dict) else None
+    if isinstance(mark, str) and mark.startswith("mtltrain-checkpoint/") and mark != FORMAT:
+        raise CheckpointError(
+            f"{path} was written by another version of mtltrain ({mark}; this one reads "
+            f"{FORMAT}): resume it with that version, or start the run again"
+        )
+    if mark != FORMAT:
         raise CheckpointError(f"{path} is not an mtltrain checkpoint (no {FORMAT!r} mark)")
     return state
 

@@ -1,19 +1,30 @@
-"""`mtltrain`: compose the Hydra config, hand it to `train.run`, report user errors in one line."""
+"""`mtltrain`: Hydra composes the config, `run.run` trains; user errors are one line.
+
+Hydra composes each run's config once. For a single run the callback `CheckBeforeRun` checks
+the settings' names, types and ranges and the run folder before Hydra makes the folder, so such
+a mistake leaves nothing behind; what needs the data (a task's losses, the strategy against the
+model, the objective) is checked when the run builds it, and the folder then holds a
+results.json that says failed. A sweep's jobs are checked when they start; a bad one is marked
+failed in its folder.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from mtltrain import rundir
-from mtltrain.config import compose_checked, config_dir
+from mtltrain.config import check, config_dir, config_error
 from mtltrain.errors import MtlError
 from mtltrain.schema import register
 
@@ -22,17 +33,29 @@ register()
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _main(cfg: DictConfig) -> float:
-    from mtltrain import train  # after Hydra has parsed the command line: `--help` stays fast
+    from mtltrain.run import run  # after Hydra has parsed the command line: `--help` stays fast
 
     hc = HydraConfig.get()
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
     try:
-        return train.run(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), choices)
+        return run(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), choices)
     except MtlError as e:
         print(f"mtltrain: error: {e}", file=sys.stderr)
         if hc.mode == RunMode.MULTIRUN:
             return float("nan")  # the job's folder says it failed; the sweep goes on
         raise SystemExit(e.exit_code) from None
+
+
+class CheckBeforeRun(Callback):
+    """A single run: its settings and its run folder are checked before Hydra makes it."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check(config)
+            if not config.resume:
+                rundir.check_fresh(Path(config.hydra.run.dir))
+        except MtlError as e:  # Hydra turns a callback's exception into a warning: exit here
+            _fail(e)
 
 
 class SweepSummary(Callback):
@@ -51,12 +74,17 @@ class SweepSummary(Callback):
 
 
 def main() -> None:
+    # Hydra then lets errors through instead of printing them with a hint of its own
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        argv = rundir.prepare_arguments(sys.argv[1:])
-        if all(rundir.override_key(a) is not None for a in argv):  # a single run, no flags
-            compose_checked(argv)  # bad settings: one line, before anything is written
-        sys.argv[1:] = argv
+        sys.argv[1:] = rundir.prepare_arguments(sys.argv[1:])
+        _main()
     except MtlError as e:
-        print(f"mtltrain: error: {e}", file=sys.stderr)
-        raise SystemExit(e.exit_code) from None
-    _main()
+        _fail(e)
+    except (HydraException, OmegaConfBaseException) as e:
+        _fail(config_error(e))
+
+
+def _fail(e: MtlError) -> None:
+    print(f"mtltrain: error: {e}", file=sys.stderr)
+    raise SystemExit(e.exit_code) from None

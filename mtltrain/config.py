@@ -30,25 +30,42 @@ def config_dir() -> Path:
 
 
 def compose_checked(overrides: Sequence[str]) -> DictConfig:
-    """The config `mtltrain <overrides>` runs with, its settings' types and ranges checked;
-    any problem is a one-line ConfigError. Hydra's own overrides (hydra.*) are left out."""
-    from mtltrain.schema import register, settings
+    """The config `mtltrain <overrides>` runs with, checked as `check` does; any problem is a
+    one-line ConfigError. Hydra's own overrides (hydra.*) are left out."""
+    from mtltrain.schema import register
 
     register()
     task = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
             cfg = compose("config", overrides=task)
-    except MissingConfigException as e:
-        options = f": choose one of {', '.join(e.options)}" if e.options else ""
-        raise ConfigError(f"{first_line(e, 1000)}{options}") from None
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(_one_line(e)) from None
-    settings(cfg.trainer)
-    settings(cfg.loss)
+        raise config_error(e) from None
+    check(cfg)
+    return cfg
+
+
+def check(cfg: DictConfig) -> None:
+    """The settings' types and ranges (trainer, loss), and the dataset, model and weighting
+    settings against their targets' signatures; a problem is a one-line ConfigError."""
+    from mtltrain.schema import settings
+
+    try:
+        settings(cfg.trainer)
+        settings(cfg.loss)
+    except OmegaConfBaseException as e:
+        raise config_error(e) from None
     for group in ("dataset", "model", "weighting"):
         check_node(cfg[group])
-    return cfg
+
+
+def config_error(e: BaseException) -> ConfigError:
+    """Hydra's or OmegaConf's error about composing a config, as one line; an unknown choice
+    lists the options."""
+    if isinstance(e, MissingConfigException):
+        options = f": choose one of {', '.join(e.options)}" if e.options else ""
+        return ConfigError(f"{first_line(e, 1000)}{options}")
+    return ConfigError(_one_line(e))
 
 
 def _one_line(e: BaseException) -> str:

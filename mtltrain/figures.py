@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from torch import nn
 
 from mtltrain.data.base import Split
 from mtltrain.losses import MeanLogVar, point
 from mtltrain.metrics import calibration_levels, inside_counts, standardized_error
+from mtltrain.models.base import MultiTaskNet, predict
 from mtltrain.tasks import TaskSpec
 
 CURVE_POINTS = 1000
@@ -93,7 +93,7 @@ def _grid(rows: Sequence[tuple[str, torch.Tensor]]) -> Figure:
 
 
 @torch.no_grad()
-def render(model: nn.Module, split: Split, tasks: Sequence[TaskSpec]) -> dict[str, Figure]:
+def render(model: MultiTaskNet, split: Split, tasks: Sequence[TaskSpec]) -> dict[str, Figure]:
     """{name: figure} for every task that has a picture; the model runs in eval mode."""
     was_training = model.training
     model.eval()
@@ -101,14 +101,14 @@ def render(model: nn.Module, split: Split, tasks: Sequence[TaskSpec]) -> dict[st
     one_d = split.inputs.dim() == 2 and split.inputs.shape[1] == 1
     curve = split.take(slice(0, CURVE_POINTS))
     grid = split.take(slice(0, GRID_IMAGES))
-    curve_out = model(curve.inputs) if one_d else {}
-    grid_out = model(grid.inputs) if split.inputs.dim() == 4 else {}
+    curve_out = predict(model, curve.inputs) if one_d else {}
+    grid_out = predict(model, grid.inputs) if split.inputs.dim() == 4 else {}
     for task in tasks:
         if task.kind == "regression" and one_d:
             figures[f"fit_{task.name}"] = _curve(task, curve, curve_out[task.name])
         if task.heteroscedastic:
             calibration = split.take(slice(0, CALIBRATION_POINTS))
-            output = model(calibration.inputs)[task.name]
+            output = predict(model, calibration.inputs)[task.name]
             figures[f"calibration_{task.name}"] = _calibration(
                 task, output, calibration.targets[task.name]
             )

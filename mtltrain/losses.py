@@ -90,7 +90,11 @@ def beta_nll(output: MeanLogVar, target: Tensor, beta: float) -> Tensor:
 
 @dataclass(frozen=True)
 class Loss:
-    """A loss function, the task kinds it fits, and the `loss.*` settings it takes."""
+    """A loss function, the task kinds it fits, and the `loss.*` settings it takes.
+
+    `heteroscedastic`: it reads a predicted σ(x); such a loss is a negative log-likelihood
+    and can be negative, every other loss here is ≥ 0.
+    """
 
     fn: Callable[..., Tensor]
     kinds: tuple[TaskKind, ...]
@@ -131,6 +135,11 @@ class LossTerm:
     heteroscedastic: bool
     fn: Callable[[Tensor | MeanLogVar, Tensor], Tensor]
 
+    @property
+    def nonnegative(self) -> bool:
+        """Whether the loss is ≥ 0 (strategies that take its log or ratios need that)."""
+        return not LOSSES[self.loss].heteroscedastic
+
 
 def loss_terms(tasks: Sequence[TaskSpec], settings: object) -> tuple[LossTerm, ...]:
     """The loss terms of `tasks`, in task order, with each loss's `loss.*` settings bound
@@ -155,7 +164,9 @@ def loss_terms(tasks: Sequence[TaskSpec], settings: object) -> tuple[LossTerm, .
 
 
 def compute_losses(
-    terms: Sequence[LossTerm], outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]
-) -> dict[str, Tensor]:
-    """Each term's scalar loss on a batch."""
-    return {t.name: t.fn(outputs[t.task], targets[t.task]) for t in terms}
+    terms: Sequence[LossTerm],
+    outputs: Mapping[str, Tensor | MeanLogVar],
+    targets: Mapping[str, Tensor],
+) -> Tensor:
+    """Each term's loss on a batch, as one vector in term order."""
+    return torch.stack([t.fn(outputs[t.task], targets[t.task]) for t in terms])

@@ -104,11 +104,12 @@ class Run:
 
     def values(self) -> dict[str, float]:
         """Final metrics and learned quantities, as {"test/y1/rmse": …, "sigma/y1": …}."""
-        learned = {
-            f"{quantity}/{term}": value
-            for quantity, per_term in self.results.get("weighting", {}).items()
-            for term, value in per_term.items()
-        }
+        learned: dict[str, Any] = {}
+        for quantity, value in self.results.get("weighting", {}).items():
+            if isinstance(value, dict):  # per term
+                learned.update({f"{quantity}/{term}": v for term, v in value.items()})
+            else:  # of the whole strategy
+                learned[quantity] = value
         merged = {**self.results.get("metrics", {}), **learned}
         return {k: float(v) for k, v in merged.items() if v is not None}
 

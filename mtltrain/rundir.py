@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+
 from mtltrain import checkpoint
 from mtltrain.errors import RunFolderError
 from mtltrain.results import RESULTS_FILE, read_results
-
-MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
 def status(run_dir: Path) -> str | None:
@@ -45,37 +47,36 @@ def checkpoint_of(target: Path) -> Path:
     return target if target.is_file() else checkpoint.path_in(target)
 
 
-def override_key(argument: str) -> str | None:
-    """The key of a `key=value` override (None for flags such as -m or --cfg)."""
-    if argument.startswith("-") or "=" not in argument:
-        return None
-    return argument.split("=", 1)[0].lstrip("+~")
+def _overrides(argv: Sequence[str]) -> tuple[list[str], bool, list[Override]]:
+    """The command line as Hydra reads it: its flags, whether it is a multirun, and its
+    overrides parsed (with the parser `hydra.main` itself uses; Hydra has no public one)."""
+    args = get_args_parser().parse_args(list(argv))
+    flags = [a for a in argv if a not in args.overrides]
+    return flags, args.multirun, OverridesParser.create().parse_overrides(args.overrides)
 
 
-def value_of(argv: Sequence[str], key: str) -> str | None:
-    values = [a.split("=", 1)[1] for a in argv if override_key(a) == key]
-    return values[-1] if values else None
+def _key(override: Override) -> tuple[str, str | None]:
+    return override.key_or_group, override.package
 
 
 def prepare_arguments(argv: Sequence[str]) -> list[str]:
-    """The command line Hydra should see: for resume=, the run's own overrides and folder;
-    for an explicit hydra.run.dir, a check that the folder is free."""
-    resume = value_of(argv, "resume")
-    multirun = any(a in MULTIRUN_FLAGS for a in argv)
+    """The command line Hydra should see: for resume=, the run's own overrides (read from its
+    checkpoint), those given beside resume= winning, and the run's own folder."""
+    if not any("resume=" in a for a in argv):
+        return list(argv)
+    flags, multirun, given = _overrides(argv)
+    resume = next((o.value() for o in given if o.key_or_group == "resume"), None)
     if resume is None:
-        run_dir = value_of(argv, "hydra.run.dir")
-        if run_dir is not None and not multirun:
-            check_fresh(Path(run_dir))
         return list(argv)
     if multirun:
         raise RunFolderError("resume= continues one run: drop -m/--multirun")
-    path = checkpoint_of(Path(resume))
+    path = checkpoint_of(Path(str(resume)))
     state = checkpoint.load(path)
     folder = checkpoint.run_dir_of(path)
     if status(folder) == "completed":
         raise RunFolderError(f"{folder} already holds a finished run: there is nothing to resume")
-    merged = {override_key(o): o for o in state["overrides"] if override_key(o) != "resume"}
-    flags = [a for a in argv if override_key(a) is None]
-    merged.update({override_key(a): a for a in argv if override_key(a) is not None})
-    merged.pop("hydra.run.dir", None)
+    *_, saved = _overrides(state["overrides"])
+    merged = {_key(o): o.input_line for o in saved if o.key_or_group != "resume"}
+    merged.update({_key(o): o.input_line for o in given})
+    merged.pop(("hydra.run.dir", None), None)
     return [*flags, *merged.values(), f"hydra.run.dir={folder}"]

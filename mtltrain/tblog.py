@@ -15,16 +15,25 @@ from torch.utils.tensorboard.summary import hparams
 
 
 class TensorBoardLog:
-    """Writes a run's event files into `log_dir`; use as a context manager so it always closes."""
+    """Writes a run's event files into `log_dir`, made at the first write (a run that fails
+    before training leaves none); use as a context manager so it always closes."""
 
     def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
-        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+        self.log_dir, self.purge_step = log_dir, purge_step
+        self._writer: SummaryWriter | None = None
+
+    @property
+    def writer(self) -> SummaryWriter:
+        if self._writer is None:
+            self._writer = SummaryWriter(str(self.log_dir), purge_step=self.purge_step)
+        return self._writer
 
     def __enter__(self) -> TensorBoardLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
     def scalars(self, values: Mapping[str, Tensor | float], step: int) -> None:
         """Log {tag: value}; tensor values are moved to the host together, in one sync."""

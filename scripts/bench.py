@@ -14,10 +14,12 @@ set again before each of its blocks; the project's blocks run with its own setti
 (conf/trainer/default.yaml: fused optimizer, channels-last images, host memory kept).
 
 Sections: MNIST samples/s (§5B model, batch 256); two-slope steps/s (§5A, batch 16, two
-1→512→1 networks); the per-step time of every weighting strategy against `fixed` on the
-MNIST model; the step time with each speed setting of conf/trainer/default.yaml undone; the
-share of an epoch spent on evaluation and logging; the wall time of a whole
-`mtltrain` run of each default configuration, start-up included.
+1→512→1 networks); the per-step time of every weighting strategy in conf/weighting/ against
+`fixed` on the MNIST model; the backward engine of a gradient-based strategy (MGDA) against the
+two other ways to get its Jacobian (one vmapped pass for all tasks; torchjd's mtl_backward,
+where torchjd is installed: `pip install torchjd`); the step time with each speed setting of
+conf/trainer/default.yaml undone; the share of an epoch spent on evaluation and logging; the
+wall time of a whole `mtltrain` run of each default configuration, start-up included.
 """
 
 from __future__ import annotations
@@ -42,15 +44,19 @@ import update_readme
 from repro_common import MNIST_ROOT, mnist_overrides
 from torch import nn
 
-from mtltrain.config import build, compose_checked
+from mtltrain.build import build_trainer
+from mtltrain.callbacks.figures import FiguresCallback
+from mtltrain.callbacks.tensorboard import TensorBoardCallback
+from mtltrain.config import build, compose_checked, config_dir
 from mtltrain.data import mnist_mtl
+from mtltrain.data.base import Split
+from mtltrain.losses import compute_losses
 from mtltrain.runtime import keep_host_memory, machine, select_device, settle_threads
-from mtltrain.schema import settings
 from mtltrain.tblog import TensorBoardLog
-from mtltrain.train import Trainer, build_run, configure_process
+from mtltrain.train import Trainer
 
 PUBLISHED = update_readme.REPO / "docs/results/bench"  # --publish: bench.json and .md
-STRATEGIES = ("fixed", "uncertainty", "revised_uncertainty", "dtp")
+STRATEGIES = sorted(p.stem for p in (config_dir() / "weighting").glob("*.yaml"))
 MNIST_STEPS, TWO_SLOPE_STEPS = 20, 400  # steps per timed block
 
 
@@ -78,27 +84,17 @@ def forever(make: Callable[[], Iterator]) -> Iterator:
 
 
 class ProjectRun:
-    """A Trainer built from the project's configs, stepped in blocks."""
+    """A trainer built from the project's configs (as a run builds it), stepped in blocks."""
 
     def __init__(self, overrides: list[str], device: torch.device, log_dir: Path) -> None:
         self.cfg = compose_checked([*overrides, f"trainer.device={device.type}"])
         self.device = device
-        configure_process(settings(self.cfg.trainer), device)  # as a run sets up its process
-        torch.manual_seed(0)
-        self.data, self.model, self.weighting, optimizer = build_run(self.cfg, device)
-        self.tb = TensorBoardLog(log_dir)
-        self.trainer = Trainer(
-            self.model,
-            self.weighting,
-            optimizer,
-            self.data,
-            settings(self.cfg.trainer),
-            self.tb,
-            device,
-            0,
-        )
+        self.tb = TensorBoardLog(log_dir / "tb")
+        self.trainer = build_trainer(self.cfg, log_dir, self.tb)
+        self.data, self.model = self.trainer.data, self.trainer.model
         size, split, gen = self.trainer.batch_size, self.trainer.train_split, self.trainer.generator
         self.batches = forever(lambda: split.shuffled(gen).batches(size))
+        self.step = self.trainer.train_step
 
     def block(self, steps: int) -> float:
         """Seconds for `steps` training steps."""
@@ -106,7 +102,7 @@ class ProjectRun:
         sync(self.device)
         start = time.perf_counter()
         for _ in range(steps):
-            self.trainer.train_step(next(self.batches))
+            self.step(next(self.batches))
         sync(self.device)
         return time.perf_counter() - start
 
@@ -132,7 +128,7 @@ class UsualRun:
         for _ in range(steps):
             inputs, labels = next(self.batches)
             inputs, labels = inputs.to(self.device), labels.to(self.device)
-            outputs = self.model(inputs)
+            outputs, _ = self.model(inputs)
             losses = self.targets(outputs, inputs, labels)
             total = sum(
                 c * torch.exp(-self.log_var[k]) * loss + 0.5 * self.log_var[k]
@@ -223,8 +219,77 @@ def step_times(runs: dict[str, ProjectRun], steps: int, rounds: int, baseline: s
 def bench_strategies(root: str, device: torch.device, rounds: int, tmp: Path) -> dict:
     runs = {
         s: ProjectRun([*mnist_overrides(root), f"weighting={s}"], device, tmp / s)
-        for s in STRATEGIES
+        for s in sorted(STRATEGIES, key=lambda s: s != "fixed")
     }
+    return {"unit": "ms/step", **step_times(runs, MNIST_STEPS, rounds, "fixed")}
+
+
+def vmapped_jacobian(run: ProjectRun) -> Callable[[Split], None]:
+    """MGDA's step with its Jacobian from one vmapped backward pass for all tasks."""
+    trainer = run.trainer
+    shared = trainer.model.shared_parameters()
+    others = [p for p in trainer.model.parameters() if all(p is not q for q in shared)]
+
+    def step(batch: Split) -> None:
+        outputs, _ = trainer.model(batch.inputs)
+        losses = compute_losses(trainer.terms, outputs, batch.targets)
+        for p in trainer.params:
+            p.grad = None
+        eye = torch.eye(len(losses), device=losses.device)
+        grads = torch.autograd.grad(losses, [*shared, *others], eye, is_grads_batched=True)
+        jacobian = torch.cat([g.flatten(1) for g in grads[: len(shared)]], dim=1)
+        direction, _ = trainer.strategy.aggregate(jacobian, losses.detach())
+        for p, piece in zip(shared, direction.split([p.numel() for p in shared]), strict=True):
+            p.grad = torch.empty_like(p).copy_(piece.view_as(p))  # the layout of p
+        for p, g in zip(others, grads[len(shared) :], strict=True):
+            p.grad = torch.empty_like(p).copy_(g.sum(0))
+        trainer.optimizer.step()
+
+    return step
+
+
+def torchjd_jacobian(run: ProjectRun) -> Callable[[Split], None]:
+    """MGDA's step through torchjd: mtl_backward, then jac_to_grad with the same exact MGDA
+    weights (so only the way to the Jacobian differs)."""
+    from torchjd.aggregation import Aggregator
+    from torchjd.autojac import jac_to_grad, mtl_backward
+
+    trainer = run.trainer
+
+    class SameWeights(Aggregator):
+        def forward(self, matrix: torch.Tensor) -> torch.Tensor:
+            return trainer.strategy.aggregate(matrix, torch.ones(len(matrix)))[0]
+
+    aggregator = SameWeights()
+
+    def step(batch: Split) -> None:
+        outputs, features = trainer.model(batch.inputs)
+        losses = [t.fn(outputs[t.task], batch.targets[t.task]) for t in trainer.terms]
+        for p in trainer.params:
+            p.grad = None
+        mtl_backward(losses, features=features)
+        jac_to_grad(trainer.model.shared_parameters(), aggregator)
+        trainer.optimizer.step()
+
+    return step
+
+
+def bench_engine(root: str, device: torch.device, rounds: int, tmp: Path) -> dict:
+    """MGDA on the MNIST model: the engine's one pass per task against the other two ways."""
+    overrides = [*mnist_overrides(root), "weighting=mgda"]
+    runs = {"fixed": ProjectRun(mnist_overrides(root), device, tmp / "engine_fixed")}
+    runs["mgda: one pass per task (mtltrain)"] = ProjectRun(overrides, device, tmp / "engine")
+    contenders = {"mgda: one vmapped pass": vmapped_jacobian}
+    try:
+        import torchjd  # noqa: F401
+    except ImportError:
+        print("torchjd is not installed: its row is left out", file=sys.stderr)
+    else:
+        contenders["mgda: torchjd mtl_backward"] = torchjd_jacobian
+    for name, contender in contenders.items():
+        run = ProjectRun(overrides, device, tmp / f"engine_{len(runs)}")
+        run.step = contender(run)
+        runs[name] = run
     return {"unit": "ms/step", **step_times(runs, MNIST_STEPS, rounds, "fixed")}
 
 
@@ -262,6 +327,8 @@ def eval_and_logging_share(overrides: list[str], device: torch.device, log_dir: 
     `figure_every` evaluations (the defaults)."""
     run = ProjectRun(overrides, device, log_dir)
     trainer = run.trainer
+    (tb,) = (cb for cb in trainer.callbacks if isinstance(cb, TensorBoardCallback))
+    (figures,) = (cb for cb in trainer.callbacks if isinstance(cb, FiguresCallback))
     trainer.train_epoch()  # warm-up
     trainer.batch = 0  # the next epoch from its first batch
     sync(device)
@@ -269,19 +336,16 @@ def eval_and_logging_share(overrides: list[str], device: torch.device, log_dir: 
     trainer.train_epoch()
     sync(device)
     epoch = time.perf_counter() - start
-    batch = next(run.batches)
-    parts = trainer.train_step(batch)
-    losses = dict.fromkeys(trainer.weighting.names, parts[0])
+    step = trainer.train_step(next(run.batches))
     start = time.perf_counter()
     for _ in range(20):
-        trainer.log_step(losses, parts)
+        tb.log_step(trainer, step)
     per_log = (time.perf_counter() - start) / 20
-    logging = per_log * trainer.data.train.num_batches(trainer.batch_size) / trainer.cfg.log_every
-    figure_every = trainer.cfg.figure_every
-    plain = timed_evaluation(trainer, figures=False)
+    logging = per_log * trainer.batches_per_epoch / trainer.cfg.log_every
+    plain = timed_evaluation(trainer)
     evaluation = plain
-    if figure_every:  # one evaluation in figure_every draws the figures
-        evaluation += (timed_evaluation(trainer, figures=True) - plain) / figure_every
+    if trainer.cfg.figure_every:  # one evaluation in figure_every draws the figures
+        evaluation += timed(lambda: figures.draw(trainer, None)) / trainer.cfg.figure_every
     evaluation /= trainer.cfg.eval_every
     return {
         "epoch_s": epoch,
@@ -291,19 +355,29 @@ def eval_and_logging_share(overrides: list[str], device: torch.device, log_dir: 
     }
 
 
-def timed_evaluation(trainer: Trainer, figures: bool, repeats: int = 5) -> float:
-    """Median seconds of `trainer.evaluate()`, with or without its figures, after a warm-up
-    (the first figure of a kind pays for matplotlib's start)."""
-    every = trainer.cfg.figure_every
+def timed(work: Callable[[], object], repeats: int = 5) -> float:
+    """Median seconds of `work` after a warm-up (the first figure of a kind pays for
+    matplotlib's start)."""
     times = []
     for _ in range(repeats + 1):
-        trainer.evaluations = every - 1 if figures else (every if every > 1 else 0)
         start = time.perf_counter()
-        with contextlib.redirect_stderr(io.StringIO()):
-            trainer.evaluate()
-        sync(trainer.device)
+        work()
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
+
+
+def timed_evaluation(trainer: Trainer) -> float:
+    """Median seconds of an evaluation and what the callbacks do with it, figures aside."""
+
+    def evaluation() -> None:
+        train, test = trainer.evaluate()
+        with contextlib.redirect_stderr(io.StringIO()):
+            for cb in trainer.callbacks:
+                if not isinstance(cb, FiguresCallback):
+                    cb.on_evaluation(trainer, train, test)
+        sync(trainer.device)
+
+    return timed(evaluation)
 
 
 def whole_runs(root: str, device: torch.device, tmp: Path) -> dict:
@@ -353,6 +427,11 @@ def markdown(report: dict) -> str:
     s = report["strategies"]
     for name, ms in s["ms_per_step"].items():
         lines.append(f"| {name} | {ms:.1f} | {s['vs_fixed'][name]:.3f} |")
+    lines += ["", "| backward of a gradient-based strategy (MNIST model) | ms/step | × fixed |"]
+    lines += ["|---|---|---|"]
+    e = report["engine"]
+    for name, ms in e["ms_per_step"].items():
+        lines.append(f"| {name} | {ms:.1f} | {e['vs_fixed'][name]:.2f} |")
     lines += ["", "| speed setting undone | ms/step | × defaults |", "|---|---|---|"]
     for data, section in report["levers"].items():
         for name, ms in section["ms_per_step"].items():
@@ -404,6 +483,7 @@ def main() -> None:
             "mnist": lambda: bench_mnist(root, device, args.rounds, tmp),
             "two_slope": lambda: bench_two_slope(device, args.rounds, tmp),
             "strategies": lambda: bench_strategies(root, device, args.rounds, tmp),
+            "engine": lambda: bench_engine(root, device, args.rounds, tmp),
             "levers": lambda: bench_levers(root, device, args.rounds, tmp),
             "eval_logging": lambda: {
                 "mnist_mtl": eval_and_logging_share(

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from conftest import write_fake_mnist
 
+from mtltrain.config import config_dir
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -27,8 +29,11 @@ def test_bench_writes_json_and_markdown(tmp_path):
         assert {"mtltrain", "usual way"} <= set(rates) == set(report[section]["ratios"])
         assert all(rate > 0 for rate in rates.values())
     strategies = report["strategies"]
-    assert set(strategies["vs_fixed"]) == set(strategies["ms_per_step"]) == {
-        "fixed", "uncertainty", "revised_uncertainty", "dtp"}  # fmt: skip
+    every = {p.stem for p in (config_dir() / "weighting").glob("*.yaml")}
+    assert set(strategies["vs_fixed"]) == set(strategies["ms_per_step"]) == every
+    engine = report["engine"]["vs_fixed"]
+    assert {"fixed", "mgda: one pass per task (mtltrain)", "mgda: one vmapped pass"} <= set(engine)
     assert all(s["share"] > 0 for s in report["eval_logging"].values())
     text = table.read_text()
     assert "| mnist | usual way |" in text and "Reproduce: `python scripts/bench.py" in text
+    assert "| mgda: one vmapped pass |" in text

@@ -27,7 +27,8 @@ def test_mnist_encoder_bottleneck_is_2x2x8_and_decoder_28x28():
 
 def test_mnist_model_from_config():
     model = build(make_config(["dataset=mnist_mtl"]).model, tasks=MNIST_TASKS)
-    out = model(torch.randn(4, 1, 28, 28))
+    out, features = model(torch.randn(4, 1, 28, 28))
+    assert features.shape == (4, 8, 2, 2)  # the 2×2×8 bottleneck every head reads
     assert {k: tuple(v.shape) for k, v in out.items()} == {
         "cls3": (4, 3), "cls10": (4, 10), "recon": (4, 1, 28, 28), "seg": (4, 2, 28, 28)
     }  # fmt: skip
@@ -43,7 +44,10 @@ def test_two_slope_model_shares_nothing():
     model = build(make_config().model, tasks=tasks)
     assert isinstance(model, SeparateMLPs) and model.shared_parameters() == []
     assert [tuple(w.shape) for w in model.weights] == [(2, 1, 512), (2, 512, 1)]
-    model(torch.randn(8, 1))["y1"].sum().backward()
+    x = torch.randn(8, 1)
+    outputs, features = model(x)
+    assert features is x  # no shared layers: the representation is the input
+    outputs["y1"].sum().backward()
     for p in (*model.weights, *model.biases):
         assert p.grad[1].abs().sum() == 0 and p.grad[0].abs().sum() > 0  # y2's network untouched
 
@@ -64,7 +68,7 @@ def test_separate_mlps_compute_what_separate_modules_compute():
                 layer.weight.copy_(w[k].T[: layer.out_features])
                 layer.bias.copy_(b[k, 0, : layer.out_features])
     x = torch.randn(5, 3)
-    out = grouped(x)
+    out, _ = grouped(x)
     torch.testing.assert_close(out["a"], modules[0](x)[:, :1])
     mean, log_var = modules[1](x).chunk(2, dim=1)
     torch.testing.assert_close(out["b"].mean, mean)
@@ -85,7 +89,7 @@ def test_two_slope_as_modules_is_a_config_away():
 def test_heteroscedastic_head_emits_mean_and_log_variance():
     task = TaskSpec("y", "regression", 1, ("gaussian_nll",), heteroscedastic=True)
     model = MultiTaskModel((task,), head=lambda out_features: MLP(1, out_features, hidden=[4]))
-    out = model(torch.randn(6, 1))["y"]
+    out = model(torch.randn(6, 1))[0]["y"]
     assert isinstance(out, MeanLogVar) and out.mean.shape == out.log_var.shape == (6, 1)
     assert model.heads["y"].head[-1].out_features == 2
 
@@ -94,3 +98,42 @@ def test_a_bounded_head_cannot_predict_a_variance():
     task = TaskSpec("recon", "regression", 784, ("gaussian_nll",), heteroscedastic=True)
     with pytest.raises(ConfigError, match=r"task recon: losses \['gaussian_nll'\] need a head"):
         MultiTaskModel((task,), head=lambda out_features: MnistDecoder(out_features))
+
+
+def model_options() -> list[str]:
+    from mtltrain.config import config_dir
+
+    return sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", model_options())
+def test_every_model_follows_the_protocol(name):
+    """(outputs, features) from forward; shared and task parameters name every parameter;
+    the features depend on the shared parameters and only on them."""
+    data_set = {"two_slope_modules": "two_slope"}.get(name, name)
+    cfg = make_config([f"dataset={data_set}", f"model={name}"])
+    tasks = (
+        MNIST_TASKS
+        if data_set == "mnist_mtl"
+        else (
+            TaskSpec("a", "regression", 1, ("mse",)),
+            TaskSpec("b", "regression", 1, ("gaussian_nll",), heteroscedastic=True),
+        )
+    )
+    model = build(cfg.model, tasks=tasks)
+    x = torch.randn(3, 1, 28, 28) if data_set == "mnist_mtl" else torch.randn(3, 1)
+    outputs, features = model(x)
+    assert set(outputs) == {t.name for t in tasks}
+    shared = model.shared_parameters()
+    ids = {id(p) for p in shared}
+    for t in tasks:
+        assert not ids & {id(p) for p in model.task_parameters(t.name)}
+    named = ids | {id(p) for t in tasks for p in model.task_parameters(t.name)}
+    assert named == {id(p) for p in model.parameters()}
+    if shared:
+        grads = torch.autograd.grad(features.sum(), shared, allow_unused=True)
+        assert all(g is not None for g in grads)
+        head = model.task_parameters(tasks[0].name)
+        assert torch.autograd.grad(features.sum(), head, allow_unused=True) == (None,) * len(head)
+    else:
+        assert features is x

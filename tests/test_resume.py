@@ -16,10 +16,13 @@ import torch
 from conftest import MTLTRAIN, make_config, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mtltrain import checkpoint, train
+from mtltrain import checkpoint
+from mtltrain.build import build_trainer
+from mtltrain.callbacks.nonfinite import NonfiniteGuard, NonfiniteWatch, nonfinite_error
 from mtltrain.data import two_slope
 from mtltrain.errors import TrainingError
-from mtltrain.nonfinite import NonfiniteWatch, nonfinite_error
+from mtltrain.run import run
+from mtltrain.tblog import TensorBoardLog
 
 # ~1500 steps, a checkpoint every epoch: long enough to be stopped in the middle
 RUN = ["trainer.epochs=80", "trainer.deterministic=true", "trainer.log_every=7",
@@ -237,20 +240,16 @@ def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path, watched):
     """Checked each step (CPU), or watched on the device and read at the next log,
     evaluation or checkpoint (what CUDA does, here forced on the CPU): the same error."""
     cfg = make_config([*TINY, "trainer.nonfinite=stop"])
-    data, model, weighting, optimizer = train.build_run(cfg, torch.device("cpu"))
-    from mtltrain.schema import settings
-    from mtltrain.tblog import TensorBoardLog
-
-    ckpt = tmp_path / "checkpoints" / "last.pt"
+    ckpt = checkpoint.path_in(tmp_path)
     with TensorBoardLog(tmp_path / "tb") as tb:
-        trainer = train.Trainer(model, weighting, optimizer, data, settings(cfg.trainer), tb,
-                                torch.device("cpu"), 0, ckpt)  # fmt: skip
+        trainer = build_trainer(cfg, tmp_path, tb)
         if watched:
-            trainer.watch = NonfiniteWatch(len(trainer.terms), torch.device("cpu"))
+            (guard,) = (cb for cb in trainer.callbacks if isinstance(cb, NonfiniteGuard))
+            guard.watch = NonfiniteWatch(len(trainer.terms), torch.device("cpu"))
         trainer.epochs = 2
         trainer.fit()  # two good epochs, checkpointed
         with torch.no_grad():
-            model.weights[0][0, 0, 0] = math.nan  # y1's network breaks
+            trainer.model.weights[0][0, 0, 0] = math.nan  # y1's network breaks
         trainer.epochs = 4
         with pytest.raises(TrainingError) as err:
             trainer.fit()
@@ -261,7 +260,7 @@ def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path, watched):
 
 def test_skip_mode_skips_and_counts_non_finite_steps(tmp_path, monkeypatch):
     monkeypatch.setattr(two_slope, "build", poisoned(two_slope.build, slice(0, 3)))
-    value = train.run(make_config([*TINY, "trainer.nonfinite=skip", "trainer.log_every=1"]),
+    value = run(make_config([*TINY, "trainer.nonfinite=skip", "trainer.log_every=1"]),
                       tmp_path)  # fmt: skip
     done = results(tmp_path)
     # rows 0-2 land in some batch of each epoch: at least one skipped step per epoch

@@ -3,9 +3,12 @@ import math
 
 import pytest
 import torch
+from conftest import make_config
 
+from mtltrain.data.base import Split
 from mtltrain.errors import ConfigError
 from mtltrain.losses import LossTerm, cross_entropy, gaussian_nll, mse
+from mtltrain.step import Step
 from mtltrain.weighting.dtp import DynamicTaskPrioritization
 from mtltrain.weighting.fixed import FixedWeighting
 from mtltrain.weighting.revised_uncertainty import RevisedUncertaintyWeighting
@@ -17,11 +20,20 @@ NLL = LossTerm("noisy", "noisy", "gaussian_nll", "regression", True, gaussian_nl
 TERMS = (REG, CLS)
 
 
-def losses(reg: float, cls: float, grad: bool = False) -> dict[str, torch.Tensor]:
-    return {
-        "depth": torch.tensor(reg, requires_grad=grad),
-        "label": torch.tensor(cls, requires_grad=grad),
-    }
+def losses(reg: float, cls: float, grad: bool = False) -> torch.Tensor:
+    """The term losses of TERMS (depth, label) as the loop hands them on: one vector."""
+    return torch.tensor([reg, cls], requires_grad=grad)
+
+
+def backward(w, ls: torch.Tensor) -> torch.Tensor:
+    """What the engine does for a loss-based strategy: back-propagate Σ contributions."""
+    parts = w.contributions(ls)
+    parts.sum().backward()
+    return parts.detach()
+
+
+def observe(w, outputs: dict, targets: dict) -> None:
+    w.observe(Step(1, 0, Split(torch.zeros(1), targets), outputs, torch.zeros(len(w.terms))))
 
 
 def with_log_var(w: UncertaintyWeighting, values: list[float]) -> UncertaintyWeighting:
@@ -45,8 +57,8 @@ def test_fixed_weights_by_hand():
 def test_fixed_gradient_is_the_weight():
     w = FixedWeighting(TERMS, weights=[0.5, 3.0])
     ls = losses(3.0, 4.0, grad=True)
-    w.backward(ls, [])
-    assert ls["depth"].grad.item() == 0.5 and ls["label"].grad.item() == 3.0
+    backward(w, ls)
+    assert ls.grad.tolist() == [0.5, 3.0]
     assert list(w.parameters()) == []
 
 
@@ -93,15 +105,14 @@ def test_uncertainty_source_forms_by_hand(form, expected):
 def test_uncertainty_gradients_by_hand():
     w = with_log_var(UncertaintyWeighting(TERMS), [0.3, -0.2])
     ls = losses(2.0, 0.5, grad=True)
-    parts = w.backward(ls, [])
+    parts = backward(w, ls)
     torch.testing.assert_close(parts.sum(), torch.tensor(0.8908182 + 0.5107014))
     # ∂/∂s_k = −c_k·e^−s_k·L_k + 1/2;  ∂/∂L_k = c_k·e^−s_k
     torch.testing.assert_close(
         w.log_var.grad,
         torch.tensor([-0.5 * math.exp(-0.3) * 2.0 + 0.5, -math.exp(0.2) * 0.5 + 0.5]),
     )
-    assert ls["depth"].grad.item() == pytest.approx(0.5 * math.exp(-0.3))
-    assert ls["label"].grad.item() == pytest.approx(math.exp(0.2))
+    assert ls.grad.tolist() == pytest.approx([0.5 * math.exp(-0.3), math.exp(0.2)])
 
 
 @pytest.mark.parametrize(
@@ -116,7 +127,7 @@ def test_learned_weighting_gradcheck(strategy, learned, values):
     ls = torch.tensor([1.3, 0.4], dtype=torch.float64, requires_grad=True)
 
     def total(v: torch.Tensor) -> torch.Tensor:
-        return w.contributions({"depth": v[0], "label": v[1]}).sum()
+        return w.contributions(v).sum()
 
     assert torch.autograd.gradcheck(total, (ls,))
 
@@ -129,7 +140,7 @@ def test_uncertainty_optimum_is_exp_s_equals_a_over_b_times_loss(form):
     opt = torch.optim.Adam(w.parameters(), lr=0.05)
     for _ in range(2000):
         opt.zero_grad()
-        w.backward(fixed, [])
+        backward(w, fixed)
         opt.step()
     expected = {
         "likelihood": [2 * 0.5 * 2.5, 2 * 1.0 * 0.3],
@@ -150,28 +161,25 @@ def test_uncertainty_initial_log_var():
         UncertaintyWeighting(TERMS, form="double")
 
 
-def test_uncertainty_parameters_are_optimised_without_weight_decay():
-    from mtltrain.data.two_slope import build
-    from mtltrain.models.mlp import MLP
-    from mtltrain.models.multitask import MultiTaskModel
-    from mtltrain.train import param_groups
+@pytest.mark.parametrize("optimizer", ["torch.optim.AdamW", "torch.optim.Adam", "torch.optim.SGD"])
+def test_strategy_parameters_are_optimised_without_weight_decay(optimizer):
+    """σ is trained by the model's optimizer but never decayed, whatever its default (AdamW
+    decays by 0.01 unless told otherwise)."""
+    from mtltrain.build import build_trainer
 
-    tasks = {"a": {"slope": 1.0, "intercept": 0.0, "noise_std": 1.0}}
-    data = build(tasks, {"a": ["mse"]}, n_train=8, n_test=4)
-    model = MultiTaskModel(data.tasks, head=lambda out_features: MLP(1, out_features))
-    w = UncertaintyWeighting((REG,))
-    groups = param_groups(model, w, weight_decay=0.01)
-    assert groups[1]["params"] == [w.log_var] and groups[1]["weight_decay"] == 0.0
-    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters())) + 1
-    (single,) = param_groups(model, w, weight_decay=0.0)
-    assert single["params"][-1] is w.log_var
+    decay = "+trainer.optimizer.weight_decay=0.01"
+    cfg = make_config([f"trainer.optimizer._target_={optimizer}", decay, "dataset.n_train=8"])
+    trainer = build_trainer(cfg)
+    model_group, strategy_group = trainer.optimizer.param_groups
+    assert strategy_group["params"] == [trainer.strategy.log_var]
+    assert strategy_group["weight_decay"] == 0.0 and model_group["weight_decay"] == 0.01
+    assert model_group["params"] == list(trainer.model.parameters())
 
 
 def test_uncertainty_leaves_terms_that_learn_their_own_noise_at_weight_one():
     w = UncertaintyWeighting((REG, NLL), init_log_var=[0.2, 1.0])
     assert w.log_var[1].item() == 0.0
-    ls = {"depth": torch.tensor(2.0), "noisy": torch.tensor(-0.7)}
-    parts = w.contributions(ls)
+    parts = w.contributions(torch.tensor([2.0, -0.7]))
     assert parts[1].item() == pytest.approx(-0.7)
     assert w.weights()[1].item() == 1.0
     parts.sum().backward()
@@ -192,13 +200,13 @@ def test_revised_by_hand():
     with torch.no_grad():
         w.c.copy_(torch.tensor([1.0, 0.5]))
     ls = losses(2.0, 0.5, grad=True)
-    parts = w.backward(ls, [])
+    parts = backward(w, ls)
     # 2/(2·1) + ln 2 = 1.693147;  0.5/(2·0.25) + ln 1.25 = 1.223144
     torch.testing.assert_close(parts, torch.tensor([1.6931472, 1.2231436]))
     # ∂/∂c = −L/c³ + 2c/(1 + c²): −2 + 1 = −1;  −0.5/0.125 + 1/1.25 = −3.2
     torch.testing.assert_close(w.c.grad, torch.tensor([-1.0, -3.2]))
     # ∂/∂L = 1/(2c²)
-    assert (ls["depth"].grad.item(), ls["label"].grad.item()) == (0.5, 2.0)
+    assert ls.grad.tolist() == [0.5, 2.0]
     torch.testing.assert_close(w.report()["weight"], torch.tensor([0.5, 2.0]))
     torch.testing.assert_close(w.report()["c"], torch.tensor([1.0, 0.5]))
 
@@ -209,7 +217,7 @@ def test_revised_optimum():
     opt = torch.optim.Adam(w.parameters(), lr=0.02)
     for _ in range(3000):
         opt.zero_grad()
-        w.backward(losses(2.0, 0.3), [])
+        backward(w, losses(2.0, 0.3))
         opt.step()
     expected = [(L + math.sqrt(L * L + 8 * L)) / 4 for L in (2.0, 0.3)]
     torch.testing.assert_close(w.c.square(), torch.tensor(expected), rtol=1e-3, atol=0)
@@ -221,8 +229,7 @@ def test_revised_total_is_never_negative():
     for _ in range(200):
         with torch.no_grad():
             w.c.copy_(torch.randn(2) * 3)
-        ls = torch.rand(2) * 5
-        assert w.contributions({"depth": ls[0], "label": ls[1]}).sum() >= 0
+        assert w.contributions(torch.rand(2) * 5).sum() >= 0
 
 
 # ---- dynamic task prioritization ------------------------------------------------------------
@@ -241,13 +248,13 @@ def test_dtp_by_hand():
     w = DynamicTaskPrioritization(
         TERMS, alpha=0.1, gamma={"depth": 1.0, "label": 2.0}, kpi_scale=2.0
     )
-    w.observe(*dtp_outputs(3))  # accuracy 0.75; depth KPI exp(−1/2) = 0.606531
+    observe(w, *dtp_outputs(3))  # accuracy 0.75; depth KPI exp(−1/2) = 0.606531
     torch.testing.assert_close(w.report()["kpi"], torch.tensor([0.6065307, 0.75]))
     # −(1 − κ)^γ·log κ:  0.393469·0.5 = 0.196735;  0.0625·0.287682 = 0.017980
     torch.testing.assert_close(w.weights(), torch.tensor([0.1967347, 0.0179801]))
     parts = w.contributions(losses(2.0, 4.0))
     torch.testing.assert_close(parts, torch.tensor([0.3934693, 0.0719205]))
-    w.observe(*dtp_outputs(1))  # accuracy 0.25: κ̄ = 0.1·0.25 + 0.9·0.75 = 0.7
+    observe(w, *dtp_outputs(1))  # accuracy 0.25: κ̄ = 0.1·0.25 + 0.9·0.75 = 0.7
     assert w.report()["kpi"][1].item() == pytest.approx(0.7)
 
 
@@ -255,13 +262,11 @@ def test_dtp_weight_carries_no_gradient():
     w = DynamicTaskPrioritization(TERMS)
     outputs, targets = dtp_outputs(2)
     outputs = {k: v.requires_grad_() for k, v in outputs.items()}
-    w.observe(outputs, targets)
+    observe(w, outputs, targets)
     assert not w.kpi_avg.requires_grad and list(w.parameters()) == []
     ls = losses(2.0, 0.5, grad=True)
-    w.backward(ls, [])
-    weights = w.weights()
-    assert ls["depth"].grad.item() == pytest.approx(weights[0].item())
-    assert ls["label"].grad.item() == pytest.approx(weights[1].item())
+    backward(w, ls)
+    assert ls.grad.tolist() == pytest.approx(w.weights().tolist())
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 5.0])
@@ -291,8 +296,8 @@ def test_dtp_gives_each_term_its_task_weight():
     pred[:, 1, :2] = 1.0  # foreground predicted in the top half
     mask = torch.zeros(2, 4, 4, dtype=torch.long)
     mask[:, :1] = 1  # true foreground: the top quarter → IoU = 1/2
-    w.observe(
-        {"seg": pred, "label": torch.eye(3)[:2]}, {"seg": mask, "label": torch.tensor([0, 2])}
+    observe(
+        w, {"seg": pred, "label": torch.eye(3)[:2]}, {"seg": mask, "label": torch.tensor([0, 2])}
     )
     assert w.report()["kpi"].tolist() == pytest.approx([0.5, 0.5, 0.5])
     assert w.weights()[0] == w.weights()[1]

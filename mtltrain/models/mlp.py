@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from mtltrain.losses import MeanLogVar
+from mtltrain.models.base import Outputs
 from mtltrain.tasks import TaskSpec
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -54,7 +55,9 @@ class SeparateMLPs(nn.Module):
     are stacked and every layer of every network runs as one batched matrix product
     (torch.baddbmm): the same function as separate nn.Linear stacks, at a fraction of the
     per-layer overhead that dominates small networks. Each layer is initialised like
-    nn.Linear. A task with fewer outputs than the widest uses the first of them.
+    nn.Linear. A task with fewer outputs than the widest uses the first of them. Nothing is
+    shared: the features are the input, and each task's parameters are its slice of the
+    stacked tensors (`task_parameters` names the tensors; a task's gradient touches its slice).
     """
 
     def __init__(
@@ -76,22 +79,25 @@ class SeparateMLPs(nn.Module):
             self.weights.append(nn.Parameter(_uniform((len(tasks), fan_in, fan_out), bound)))
             self.biases.append(nn.Parameter(_uniform((len(tasks), 1, fan_out), bound)))
 
-    def forward(self, x: Tensor) -> dict[str, Tensor | MeanLogVar]:
+    def forward(self, x: Tensor) -> tuple[Outputs, Tensor]:
         h = x.flatten(1).expand(len(self.tasks), -1, -1)
         last = len(self.weights) - 1
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
             h = torch.baddbmm(bias, h, weight)
             if i < last:
                 h = self.activation(h)
-        outputs: dict[str, Tensor | MeanLogVar] = {}
+        outputs: Outputs = {}
         for k, (task, width) in enumerate(zip(self.tasks, self.widths, strict=True)):
             out = h[k, :, :width]
             outputs[task.name] = MeanLogVar.split(out) if task.heteroscedastic else out
-        return outputs
+        return outputs, x
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """None: every parameter belongs to one task's network."""
         return []
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        return [*self.weights, *self.biases]
 
 
 def _uniform(shape: tuple[int, ...], bound: float) -> Tensor:

@@ -1,4 +1,4 @@
-"""A shared encoder and one head per task: inputs → {task: output}."""
+"""A shared encoder and one head per task: inputs → ({task: output}, shared representation)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from mtltrain.errors import ConfigError
 from mtltrain.losses import MeanLogVar
+from mtltrain.models.base import Outputs
 from mtltrain.tasks import TaskSpec
 
 HeadFactory = Callable[..., nn.Module]
@@ -59,10 +60,13 @@ class MultiTaskModel(nn.Module):
         self.encoder = encoder if encoder is not None else nn.Identity()
         self.heads = nn.ModuleDict({t.name: _head(t, heads.get(t.name, head)) for t in tasks})
 
-    def forward(self, x: Tensor) -> dict[str, Tensor | MeanLogVar]:
+    def forward(self, x: Tensor) -> tuple[Outputs, Tensor]:
         z = self.encoder(x)
-        return {name: head(z) for name, head in self.heads.items()}
+        return {name: head(z) for name, head in self.heads.items()}, z
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        """Parameters every task's loss depends on (empty without shared layers)."""
+        """The encoder's parameters, in forward order (empty without shared layers)."""
         return list(self.encoder.parameters())
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        return list(self.heads[task].parameters())

@@ -1,25 +1,47 @@
-"""The one interface every weighting strategy implements.
+"""The one interface every weighting strategy implements: hooks the loop calls, each a no-op
+by default, so a strategy defines only what it needs.
 
-Each step the training loop calls `observe(outputs, targets)` with the step's detached
-outputs (strategies that adapt to measured performance update their state there), then
-`backward(losses, shared_params)`: the strategy back-propagates and returns each loss term's
-contribution to the total (the contributions sum to the total). Loss-based strategies only
-define `contributions`; gradient-based ones override `backward`. `report()` returns what the
-strategy wants logged, {quantity: vector in term order}, with at least the per-term "weight".
-The loop never asks which strategy it holds.
+A step, in the order the loop calls them:
+
+- `setup(model)` once, before training: check the model (a gradient-based strategy needs shared
+  layers) and find what the strategy reads of it.
+- `observe(step)` after the forward pass, before the backward pass: the step's detached outputs
+  and targets (DTP's KPIs), its losses with their graph (GradNorm's gradient norms, FAMO's
+  losses before the update).
+- `contributions(losses)`: the vector the engine back-propagates. Loss-based strategies
+  (`level = None`) return each term's share of the total, Σ of which is back-propagated;
+  gradient-based ones (`level = "parameters"` or `"representation"`) return the per-term
+  objectives whose Jacobian the engine computes and hands to `aggregate(jacobian, losses)`.
+- `after_step(step, recompute)` after the optimizer step: `recompute(step)` gives the batch's
+  losses under the updated model (FAMO).
+- `on_epoch_end(epoch, mean_losses)` with the epoch's mean term losses (DWA).
+- `optimizers()`: the strategy's own optimizers, stepped after `after_step` with the gradients
+  the strategy gave their parameters in `observe` or `after_step`; parameters they own are left
+  out of the model's optimizer. The other parameters of a strategy (σ, c) are trained
+  by the model's optimizer, without weight decay.
+- `report()`: what to log, {quantity: vector in term order, or a 0-d tensor for a quantity of
+  the whole strategy (a solver's failures)}, "weight" always.
+
+Everything that changes while training is in `state_dict()` (parameters, buffers and the
+`extra_state` a strategy adds) and in its optimizers' state, so a checkpoint restores it
+exactly. The loop never asks which strategy it holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from mtltrain.errors import ConfigError
-from mtltrain.losses import LossTerm, MeanLogVar
+from mtltrain.losses import LossTerm
+from mtltrain.models.base import MultiTaskNet, has_shared_part
+from mtltrain.step import Step
 
 Values = float | Sequence[float] | Mapping[str, float] | None
+Level = Literal["parameters", "representation"]
 
 
 def named_values(names: Sequence[str], values: Values, setting: str, default: float) -> list[float]:
@@ -44,13 +66,15 @@ def named_values(names: Sequence[str], values: Values, setting: str, default: fl
 
 
 class Weighting(nn.Module):
-    """Base class: holds the loss terms; learned parameters are module parameters.
+    """Base class of every strategy: holds the loss terms; learned values are parameters.
 
     `learns` marks the terms whose scale a strategy may learn: not those whose loss already
     learns its own per-sample noise (Gaussian/Laplace/β-NLL), for which a second, task-level σ
     is not identifiable and a negative NLL would drive it without bound. Such terms keep
     weight 1 under the learned-scale strategies.
     """
+
+    level: Level | None = None
 
     def __init__(self, terms: Sequence[LossTerm]) -> None:
         super().__init__()
@@ -63,29 +87,101 @@ class Weighting(nn.Module):
         """`learned` for the terms whose scale is learned, `fixed` for the others."""
         return learned if self.all_learn else torch.where(self.learns, learned, fixed)
 
-    def stack(self, losses: Mapping[str, Tensor]) -> Tensor:
-        """The term losses as one vector, in term order."""
-        return torch.stack([losses[n] for n in self.names])
+    def require_nonnegative_losses(self, why: str) -> None:
+        """Refuse terms whose loss can be negative (the NLLs), naming the first and `why`."""
+        bad = next((t for t in self.terms if not t.nonnegative), None)
+        if bad is not None:
+            raise ConfigError(
+                f"{type(self).__name__} {why}, which needs losses ≥ 0, but term {bad.name} "
+                f"({bad.loss}) can be negative: use a loss such as mse for task {bad.task}, "
+                "or another strategy"
+            )
 
-    def observe(
-        self, outputs: Mapping[str, Tensor | MeanLogVar], targets: Mapping[str, Tensor]
-    ) -> None:
-        """See the step's detached outputs before `backward`; by default, nothing to do."""
+    # -- hooks, in the order of a step ---------------------------------------------------
 
-    def contributions(self, losses: Mapping[str, Tensor]) -> Tensor:
-        """Each term's share of the total loss, as a vector in term order."""
-        raise NotImplementedError
+    def setup(self, model: MultiTaskNet) -> None:
+        """Before training. A gradient-based strategy refuses a model without shared layers."""
+        if self.level is not None and not has_shared_part(model):
+            raise ConfigError(
+                f"{type(self).__name__} combines the task gradients of shared layers, but the "
+                f"model {type(model).__name__} has no shared parameters: choose a model with a "
+                "shared encoder, or a loss-based strategy"
+            )
 
-    def backward(self, losses: Mapping[str, Tensor], shared_params: Sequence[Tensor]) -> Tensor:
-        """Back-propagate the total loss; return the detached per-term contributions."""
-        parts = self.contributions(losses)
-        parts.sum().backward()
-        return parts.detach()
+    def observe(self, step: Step) -> None:
+        """See the step before its backward pass; by default, nothing to do."""
+
+    def contributions(self, losses: Tensor) -> Tensor:
+        """Each term's share of the total loss, in term order (loss-based strategies)."""
+        return self.weights() * losses
+
+    def aggregate(self, jacobian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """Gradient-based strategies: the combined gradient of the K × D `jacobian` of
+        `contributions` (its rows in term order) and the weight each row got."""
+        raise NotImplementedError(f"{type(self).__name__} is loss-based: it aggregates nothing")
+
+    def after_step(self, step: Step, recompute: Callable[[Step], Tensor]) -> None:
+        """After the optimizer step; `recompute(step)` gives the batch's losses now."""
+
+    def on_epoch_end(self, epoch: int, mean_losses: Tensor) -> None:
+        """After epoch `epoch` (counted from 0) with the mean of its term losses."""
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The strategy's own optimizers (their parameters are not the model optimizer's)."""
+        return []
 
     def weights(self) -> Tensor:
         """The multiplier each term's loss gets now, as a detached vector in term order."""
         raise NotImplementedError
 
     def report(self) -> dict[str, Tensor]:
-        """Quantities to log, each a detached vector in term order; "weight" always."""
+        """Quantities to log, each a detached vector in term order or a 0-d tensor; "weight"
+        always."""
         return {"weight": self.weights()}
+
+
+class GradientWeighting(Weighting):
+    """Base class of the strategies that combine the task gradients of the shared part.
+
+    The engine differentiates `contributions` (the raw losses unless a strategy scales them
+    first) with respect to the shared parameters (`level = "parameters"`) or the shared
+    representation (`"representation"`), and hands the K × D Jacobian to `aggregate`. A
+    strategy whose direction is a weighted sum of the rows defines `gramian_weights(M, losses)`
+    of the Gramian M = J·Jᵀ, computed in float64 on the host; the direction is then Σ_k w_k·g_k.
+    The task heads get their own, unweighted gradients. The last weights are kept in the
+    buffer `weight` (logged as "weight", uniform 1/K before the first step), the norm of the
+    last direction in `direction_norm` (0 at a point where the tasks' gradients cancel). A
+    Jacobian that is not finite gives a NaN direction and leaves both as they were.
+    """
+
+    level: Level | None = "parameters"
+
+    def __init__(self, terms: Sequence[LossTerm]) -> None:
+        super().__init__(terms)
+        self.register_buffer("weight", torch.full((len(terms),), 1.0 / len(terms)))
+        self.register_buffer("direction_norm", torch.zeros(()))
+
+    def contributions(self, losses: Tensor) -> Tensor:
+        return losses
+
+    def aggregate(self, jacobian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+        rows = jacobian.double()
+        gramian = (rows @ rows.T).cpu()
+        if not bool(torch.isfinite(gramian).all()):
+            nan = torch.full_like(self.weight, torch.nan)
+            return nan @ jacobian, nan
+        weights = self.gramian_weights(gramian, losses.detach().double().cpu())
+        self.weight.copy_(weights)
+        direction = self.weight.to(jacobian.dtype) @ jacobian
+        self.direction_norm.copy_(direction.norm())
+        return direction, self.weight.clone()
+
+    def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        """The weight of each task gradient, from their float64 Gramian and losses (on the host)."""
+        raise NotImplementedError
+
+    def weights(self) -> Tensor:
+        return self.weight.clone()
+
+    def report(self) -> dict[str, Tensor]:
+        return {"weight": self.weights(), "direction_norm": self.direction_norm.clone()}

@@ -12,7 +12,7 @@ gets the task's weight. The paper's example-level focal loss is the loss `focal`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -20,6 +20,7 @@ from torch import Tensor
 from mtltrain.errors import ConfigError
 from mtltrain.losses import LossTerm, MeanLogVar
 from mtltrain.metrics import ClassificationScorer, RegressionScorer, SegmentationScorer
+from mtltrain.step import Step
 from mtltrain.weighting.base import Values, Weighting, named_values
 
 
@@ -63,14 +64,14 @@ class DynamicTaskPrioritization(Weighting):
         self.register_buffer("term_task", torch.tensor([self.tasks.index(t.task) for t in terms]))
 
     @torch.no_grad()
-    def observe(
-        self, outputs: Mapping[str, Tensor | MeanLogVar], targets: Mapping[str, Tensor]
-    ) -> None:
+    def observe(self, step: Step) -> None:
+        outputs, targets = step.outputs, step.batch.targets
         kappa = torch.stack(
             [kpi(self.kinds[t], outputs[t], targets[t], self.scales[t]) for t in self.tasks]
         ).to(self.kpi_avg.dtype)
         moved = self.alpha * kappa + (1 - self.alpha) * self.kpi_avg
-        self.kpi_avg.copy_(torch.where(self.kpi_avg.isnan(), kappa, moved))
+        moved = torch.where(self.kpi_avg.isnan(), kappa, moved)
+        self.kpi_avg.copy_(torch.where(kappa.isfinite(), moved, self.kpi_avg))  # NaN steps: kept
 
     def task_weights(self) -> Tensor:
         """FL(κ̄_t; γ_t) = −(1 − κ̄_t)^γ_t·log κ̄_t per task, with κ̄ clamped to [ε, 1 − ε]."""
@@ -79,9 +80,6 @@ class DynamicTaskPrioritization(Weighting):
 
     def weights(self) -> Tensor:
         return self.task_weights()[self.term_task]
-
-    def contributions(self, losses: Mapping[str, Tensor]) -> Tensor:
-        return self.weights() * self.stack(losses)
 
     def report(self) -> dict[str, Tensor]:
         return {"weight": self.weights(), "kpi": self.kpi_avg[self.term_task].clone()}

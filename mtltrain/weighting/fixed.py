@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -19,8 +19,5 @@ class FixedWeighting(Weighting):
         values = named_values(self.names, weights, "weighting.weights", default=1.0)
         self.register_buffer("weight", torch.tensor(values))
 
-    def contributions(self, losses: Mapping[str, Tensor]) -> Tensor:
-        return self.weight * self.stack(losses)
-
     def weights(self) -> Tensor:
-        return self.weight.detach().clone()
+        return self.weight

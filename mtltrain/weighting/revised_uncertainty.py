@@ -8,7 +8,7 @@ per-sample σ(x) keep weight 1 (see `Weighting`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -24,10 +24,9 @@ class RevisedUncertaintyWeighting(Weighting):
         super().__init__(terms)
         self.c = nn.Parameter(torch.full((len(terms),), float(init_c)))
 
-    def contributions(self, losses: Mapping[str, Tensor]) -> Tensor:
-        loss = self.stack(losses)
+    def contributions(self, losses: Tensor) -> Tensor:
         c2 = self.c.square()
-        return self.where_learned(loss / (2 * c2) + torch.log1p(c2), loss)
+        return self.where_learned(losses / (2 * c2) + torch.log1p(c2), losses)
 
     def weights(self) -> Tensor:
         return self.where_learned(1 / (2 * self.c.square()), 1.0).detach()

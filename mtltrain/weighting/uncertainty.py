@@ -16,7 +16,7 @@ Terms whose loss learns its own per-sample σ(x) keep weight 1 (see `Weighting`)
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -63,10 +63,9 @@ class UncertaintyWeighting(Weighting):
         init = initial_log_var(len(terms), init_log_var)
         self.log_var = nn.Parameter(torch.where(self.learns, init, 0.0))
 
-    def contributions(self, losses: Mapping[str, Tensor]) -> Tensor:
-        loss = self.stack(losses)
-        learned = self.factor * torch.exp(-self.log_var) * loss + self.regulariser * self.log_var
-        return self.where_learned(learned, loss)
+    def contributions(self, losses: Tensor) -> Tensor:
+        learned = self.factor * torch.exp(-self.log_var) * losses + self.regulariser * self.log_var
+        return self.where_learned(learned, losses)
 
     def weights(self) -> Tensor:
         return self.where_learned(self.factor * torch.exp(-self.log_var), 1.0).detach()

@@ -1,0 +1,180 @@
+"""Config → built objects: data, model, strategy, optimizer, engine, callbacks and the trainer.
+
+`build_trainer` is the one wiring of a run: the CLI's runs, the benchmark and the tests all get
+their trainer from it, so the three cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from mtltrain import checkpoint
+from mtltrain.callbacks import Callback
+from mtltrain.callbacks.checkpoint import CheckpointCallback
+from mtltrain.callbacks.figures import FiguresCallback
+from mtltrain.callbacks.nonfinite import NonfiniteGuard, NonfiniteWatch
+from mtltrain.callbacks.progress import ProgressCallback
+from mtltrain.callbacks.tensorboard import TensorBoardCallback
+from mtltrain.config import build, build_partial, flat_config
+from mtltrain.data.base import MultiTaskData
+from mtltrain.engine import engine_for
+from mtltrain.losses import loss_terms
+from mtltrain.metrics import metric_names
+from mtltrain.models.base import MultiTaskNet
+from mtltrain.runtime import (
+    autocast,
+    keep_host_memory,
+    optimizer_factory,
+    seed_everything,
+    select_device,
+    settle_threads,
+)
+from mtltrain.schema import TrainerConfig, settings
+from mtltrain.tblog import TensorBoardLog
+from mtltrain.train import Trainer
+from mtltrain.weighting.base import Weighting
+
+log = logging.getLogger(__name__)
+
+
+def configure_process(trainer: TrainerConfig, device: torch.device) -> None:
+    """Thread pools, allocator, determinism and cuDNN as the trainer settings say."""
+    settle_threads()
+    if device.type == "cpu":
+        keep_host_memory(trainer.keep_host_memory)
+    if trainer.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(trainer.deterministic)
+    torch.backends.cudnn.benchmark = trainer.cudnn_benchmark and not trainer.deterministic
+
+
+def place_data(data: MultiTaskData, device: torch.device, channels_last: bool) -> MultiTaskData:
+    """Data on the training device when it fits in half its free memory; else pinned host
+    memory, from which batches are copied without blocking. Images in NHWC if asked."""
+    if channels_last:
+        data = data.map(
+            lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+        )
+    if device.type != "cuda":
+        return data
+    free, _ = torch.cuda.mem_get_info(device)
+    if data.nbytes() <= free // 2:
+        return data.map(lambda t: t.to(device))
+    log.info("data (%.1f GB) kept in pinned host memory", data.nbytes() / 1e9)
+    return data.map(lambda t: t.pin_memory())
+
+
+def param_groups(model: MultiTaskNet, strategy: Weighting, factory: Any) -> list[dict[str, Any]]:
+    """The model's parameters, and in a group of their own, without weight decay whatever the
+    optimizer's default, the strategy's parameters that its own optimizers do not train."""
+    owned = {id(p) for opt in strategy.optimizers() for g in opt.param_groups for p in g["params"]}
+    own = [p for p in strategy.parameters() if id(p) not in owned]
+    groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+    if own:
+        target = getattr(factory, "func", factory)
+        takes_decay = "weight_decay" in inspect.signature(target).parameters
+        groups.append({"params": own, **({"weight_decay": 0.0} if takes_decay else {})})
+    return groups
+
+
+def build_objects(
+    cfg: DictConfig, trainer: TrainerConfig, device: torch.device
+) -> tuple[MultiTaskData, MultiTaskNet, Weighting, torch.optim.Optimizer]:
+    """Data, model, set-up strategy and the model's optimizer, on `device`."""
+    data = place_data(build(cfg.dataset), device, trainer.channels_last)
+    model = build(cfg.model, tasks=data.tasks).to(device)
+    if trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    strategy = build(cfg.weighting, terms=loss_terms(data.tasks, settings(cfg.loss))).to(device)
+    strategy.setup(model)
+    factory = build_partial(cfg.trainer.optimizer)
+    optimizer = optimizer_factory(factory, trainer.fused_optimizer)(
+        params=param_groups(model, strategy, factory)
+    )
+    return data, model, strategy, optimizer
+
+
+def build_trainer(
+    cfg: DictConfig,
+    run_dir: Path | None = None,
+    tb: TensorBoardLog | None = None,
+    run_info: dict[str, Any] | None = None,
+    resumed: bool = False,
+    extra_callbacks: Sequence[Callback] = (),
+) -> Trainer:
+    """The trainer `cfg` describes, with the process set up as a run sets it up.
+
+    With `run_dir` it checkpoints there (`run_info` goes into each checkpoint) and draws its
+    final figures into run_dir/figures; with `tb` it logs to TensorBoard (a run that is not
+    `resumed` also writes its layout and HParams there). `extra_callbacks` come last.
+    """
+    trainer_cfg = settings(cfg.trainer)
+    device = select_device(trainer_cfg.device)
+    configure_process(trainer_cfg, device)
+    seed_everything(cfg.seed)
+    data, model, strategy, optimizer = build_objects(cfg, trainer_cfg, device)
+    callbacks = [
+        *run_callbacks(cfg, trainer_cfg, data, strategy, device, run_dir, tb, run_info, resumed),
+        *extra_callbacks,
+    ]
+    compiled = torch.compile(model, mode=trainer_cfg.compile) if trainer_cfg.compile else None
+    return Trainer(
+        model,
+        strategy,
+        optimizer,
+        engine_for(strategy, model),
+        data,
+        trainer_cfg,
+        device,
+        cfg.seed,
+        autocast(device, trainer_cfg.precision),
+        callbacks,
+        forward=compiled,
+    )
+
+
+def run_callbacks(
+    cfg: DictConfig,
+    trainer: TrainerConfig,
+    data: MultiTaskData,
+    strategy: Weighting,
+    device: torch.device,
+    run_dir: Path | None,
+    tb: TensorBoardLog | None,
+    run_info: dict[str, Any] | None,
+    resumed: bool,
+) -> Sequence[Callback]:
+    """The callbacks of a run, the non-finite policy first (it must see a bad step before a
+    checkpoint or a log is written)."""
+    saver = (
+        CheckpointCallback(checkpoint.path_in(run_dir), trainer.checkpoint_every, run_info or {})
+        if run_dir is not None
+        else None
+    )
+    watched = device.type == "cuda" and trainer.nonfinite == "stop"
+    guard = NonfiniteGuard(
+        strategy.terms,
+        trainer.nonfinite,
+        trainer.log_every,
+        NonfiniteWatch(len(strategy.terms), device) if watched else None,
+        saver.last_saved if saver is not None else lambda: None,
+    )
+    callbacks: list[Callback] = [guard] if saver is None else [guard, saver]
+    if tb is not None:
+        tags = [f"test/{m}" for m in metric_names(data.tasks, data.test.noise_std)]
+        hparams = None if resumed else flat_config(cfg)
+        callbacks.append(TensorBoardCallback(tb, trainer.log_every, hparams, tags))
+        if run_dir is not None:
+            callbacks.append(FiguresCallback(tb, trainer.figure_every, run_dir / "figures"))
+    lines_every = max(1, trainer.epochs // trainer.eval_every // 10)  # about ten lines
+    show = None if trainer.progress else False
+    callbacks.append(ProgressCallback(show, trainer.log_every, lines_every))
+    return callbacks

@@ -1,0 +1,55 @@
+"""What the training loop calls besides the strategy: TensorBoard, checkpoints, the progress
+bar, figures and the non-finite policy, each a `Callback` with the hooks it needs.
+
+The loop (`mtltrain.train.Trainer`) calls, in list order: `on_fit_start`; per step
+`allows_update` (False skips the optimizer step) and `on_step_end`; per epoch
+`on_train_epoch_end` (before evaluating), `on_evaluation(train, test)` when it evaluates,
+`on_epoch_end` (after evaluating); `on_interrupt` when a signal stops the run; `on_fit_end`.
+A callback reads the trainer it is handed and changes none of its state; the one way it
+affects training is `allows_update` (the non-finite policy skips steps with it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mtltrain.step import Step
+    from mtltrain.train import Trainer
+
+
+class Callback:
+    """Every hook is a no-op; subclasses define those they need."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        pass
+
+    def allows_update(self, trainer: Trainer, step: Step) -> bool:
+        return True
+
+    def on_step_end(self, trainer: Trainer, step: Step) -> None:
+        pass
+
+    def on_train_epoch_end(self, trainer: Trainer) -> None:
+        pass
+
+    def on_evaluation(
+        self, trainer: Trainer, train: dict[str, float], test: dict[str, float]
+    ) -> None:
+        pass
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        pass
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        pass
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        pass
+
+
+def hooked(callbacks: Sequence[Callback], hook: str) -> list[Callback]:
+    """The callbacks that define `hook` themselves: the per-step hooks call only those."""
+    base = getattr(Callback, hook)
+    return [cb for cb in callbacks if getattr(type(cb), hook) is not base]

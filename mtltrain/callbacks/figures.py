@@ -1,0 +1,41 @@
+"""Pictures of the model on the test split (`mtltrain.figures`): into TensorBoard every
+`figure_every` evaluations, and once at the end into TensorBoard and the run's figures/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mtltrain import figures
+from mtltrain.callbacks import Callback
+from mtltrain.tblog import TensorBoardLog
+
+if TYPE_CHECKING:
+    from mtltrain.train import Trainer
+
+
+class FiguresCallback(Callback):
+    """Draws every `every` evaluations before the last (0: never then) and at the end, when
+    the final pictures also go to `folder` as PNG files."""
+
+    def __init__(self, tb: TensorBoardLog, every: int, folder: Path) -> None:
+        self.tb, self.every, self.folder = tb, every, folder
+
+    def on_evaluation(
+        self, trainer: Trainer, train: dict[str, float], test: dict[str, float]
+    ) -> None:
+        due = self.every and trainer.evaluations % self.every == 0
+        if due and trainer.epoch < trainer.epochs:
+            self.draw(trainer, folder=None)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.draw(trainer, self.folder)
+
+    def draw(self, trainer: Trainer, folder: Path | None) -> None:
+        rendered = figures.render(trainer.model, trainer.data.test, trainer.data.tasks)
+        if rendered and folder is not None:
+            folder.mkdir(exist_ok=True)
+        for name, fig in rendered.items():
+            self.tb.image(f"figures/{name}", figures.to_rgb(fig), trainer.step)
+            if folder is not None:
+                figures.save_png(fig, folder / f"{name}.png")

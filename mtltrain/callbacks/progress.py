@@ -1,0 +1,63 @@
+"""What a person watching sees: one progress bar over the run's steps with the loss and an
+estimate of the time left (on a terminal only), and about ten log lines of test metrics."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from tqdm.auto import tqdm
+
+from mtltrain.callbacks import Callback
+
+if TYPE_CHECKING:
+    from mtltrain.step import Step
+    from mtltrain.train import Trainer
+
+log = logging.getLogger("mtltrain.train")
+
+
+class ProgressCallback(Callback):
+    """A tqdm bar over all steps of the run (`show`: None shows it on a terminal only, False
+    never), its loss refreshed every `log_every` steps; a log line every `lines_every`
+    evaluations and at the last."""
+
+    def __init__(self, show: bool | None, log_every: int, lines_every: int) -> None:
+        self.show, self.every, self.lines_every = show, log_every, lines_every
+        self.bar: tqdm | None = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.bar = tqdm(
+            total=trainer.epochs * trainer.batches_per_epoch,
+            initial=trainer.step,
+            unit="step",
+            desc="train",
+            leave=False,
+            dynamic_ncols=True,
+            disable=None if self.show else True,
+        )
+
+    def on_step_end(self, trainer: Trainer, step: Step) -> None:
+        if self.bar is None:  # stepped outside fit (a benchmark): nothing to show
+            return
+        self.bar.update()
+        if not self.bar.disable and step.number % self.every == 0:
+            self.bar.set_postfix(loss=f"{step.total.item():.4g}", refresh=False)
+
+    def on_evaluation(
+        self, trainer: Trainer, train: dict[str, float], test: dict[str, float]
+    ) -> None:
+        if trainer.evaluations % self.lines_every == 0 or trainer.epoch == trainer.epochs:
+            metrics = ", ".join(f"{k} {v:.4g}" for k, v in test.items())
+            where = f"epoch {trainer.epoch}/{trainer.epochs}  step {trainer.step}"
+            log.info("%s  train loss %.4g  test %s", where, train["loss"], metrics)
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        self.close()
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

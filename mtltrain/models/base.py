@@ -1,0 +1,57 @@
+"""The one protocol every model follows, so that strategies and the engine never see a class.
+
+A model maps a batch of inputs to its outputs and its shared representation:
+`model(x) -> (outputs, features)`, outputs `{task: Tensor | MeanLogVar}`, features the last tensor
+every task head reads (a tuple of tensors where heads read several). It names its parameters:
+`shared_parameters()`, which every task's loss depends on, in the order their layers are
+registered (the forward order of a sequential encoder; GradNorm takes the last weight of them),
+and `task_parameters(task)`, the tensors `task`'s outputs depend on besides the shared ones (a
+model that stacks the tasks' networks into one tensor names that tensor for each task; the
+task's gradient reaches only its slice). A model without shared layers returns its input as
+features and no shared parameters; strategies that need a shared part check
+`has_shared_part` and refuse such a model in one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+from torch import Tensor, nn
+
+from mtltrain.losses import MeanLogVar
+
+Outputs = dict[str, Tensor | MeanLogVar]
+Features = Tensor | tuple[Tensor, ...]
+
+
+class MultiTaskNet(Protocol):
+    """What the trainer, the engine and the strategies may use of a model."""
+
+    training: bool
+
+    def __call__(self, x: Tensor) -> tuple[Outputs, Features]: ...
+
+    def shared_parameters(self) -> list[nn.Parameter]: ...
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+
+def has_shared_part(model: MultiTaskNet) -> bool:
+    """Whether the model has shared layers (and so a representation that depends on them)."""
+    return len(model.shared_parameters()) > 0
+
+
+def predict(model: MultiTaskNet, x: Tensor) -> Outputs:
+    """The model's outputs alone, for evaluation and figures."""
+    return model(x)[0]

@@ -1,0 +1,85 @@
+"""GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018).
+
+total = Σ_k w_k·L_k with learned w_k that balance the tasks' training rates. At W, the weight
+matrix of the last shared layer, G_k = ‖∇_W w_k·L_k‖ = w_k·‖∇_W L_k‖; with the inverse training
+rate r_k = L̃_k / mean_j L̃_j, L̃_k = L_k/L_k(0) (L_k(0): the first finite loss of the run), w
+follows the gradient of L_grad = Σ_k |G_k − mean_j(G_j)·r_k^α|, the target mean(G)·r^α held
+constant, with its own Adam optimizer and learning rate, and is renormalised to Σ_k w_k = K
+(after clamping at 1e-6, so no weight turns negative) before each step uses it. α is the
+asymmetry: 0 pulls every task to the same gradient norm. The model's gradient is that of
+Σ_k w_k·L_k with w held constant; "weight" logs w.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mtltrain.errors import ConfigError
+from mtltrain.losses import LossTerm
+from mtltrain.models.base import MultiTaskNet
+from mtltrain.step import Step
+from mtltrain.weighting.base import Weighting
+
+MIN_WEIGHT = 1e-6
+
+
+def last_shared_layer(model: MultiTaskNet) -> nn.Parameter:
+    """The weight of the last shared layer: the last shared parameter with two or more dims."""
+    weights = [p for p in model.shared_parameters() if p.dim() >= 2]
+    if not weights:
+        raise ConfigError(
+            f"GradNorm balances gradient norms at the last shared layer, but the model "
+            f"{type(model).__name__} has no shared weight matrix: choose a model with a shared "
+            "encoder, or a strategy that needs none"
+        )
+    return weights[-1]
+
+
+class GradNorm(Weighting):
+    """Σ_k w_k·L_k, w_k learned to equalise ‖∇_W w_k L_k‖·r_k^−α (Chen et al. 2018)."""
+
+    def __init__(self, terms: Sequence[LossTerm], alpha: float = 1.5, lr: float = 0.025) -> None:
+        super().__init__(terms)
+        if alpha < 0:
+            raise ConfigError(f"weighting.alpha={alpha} is not allowed: it must be >= 0")
+        if lr <= 0:
+            raise ConfigError(f"weighting.lr={lr} is not allowed: it must be > 0")
+        self.require_nonnegative_losses("takes loss ratios L_k/L_k(0)")
+        self.alpha = alpha
+        self.weight = nn.Parameter(torch.ones(len(terms)))
+        self.register_buffer("initial_losses", torch.full((len(terms),), torch.nan))
+        self.optimizer = torch.optim.Adam([self.weight], lr=lr)
+
+    def setup(self, model: MultiTaskNet) -> None:
+        self.layer = [last_shared_layer(model)]  # in a list: the model's, not registered here
+
+    def observe(self, step: Step) -> None:
+        with torch.no_grad():  # the last update's weights, back on Σw = K
+            self.weight.copy_(self.weights())
+        losses = step.losses.detach()
+        first = torch.isnan(self.initial_losses) & torch.isfinite(losses)
+        self.initial_losses.copy_(torch.where(first, losses, self.initial_losses))
+        norms = torch.stack([self.gradient_norm(loss) for loss in step.losses])
+        grad_norms = self.weight * norms
+        ratio = losses / self.initial_losses
+        target = (grad_norms.mean() * (ratio / ratio.mean()) ** self.alpha).detach()
+        (grad_norms - target).abs().sum().backward(inputs=[self.weight])
+
+    def gradient_norm(self, loss: Tensor) -> Tensor:
+        """‖∇_W L‖ at the last shared layer (a backward pass through the heads only)."""
+        (grad,) = torch.autograd.grad(loss, self.layer, retain_graph=True)
+        return grad.norm()
+
+    def contributions(self, losses: Tensor) -> Tensor:
+        return self.weight.detach() * losses
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def weights(self) -> Tensor:
+        """w clamped at 1e-6 and renormalised to Σw = K: what the next step uses."""
+        w = self.weight.detach().clamp(min=MIN_WEIGHT)
+        return w * (len(self.terms) / w.sum())

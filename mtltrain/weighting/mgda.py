@@ -1,0 +1,67 @@
+"""MGDA: the min-norm point of the task gradients' convex hull (Désidéri 2012; Sener & Koltun,
+"Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018).
+
+d = Σ_k α_k·g_k with α = argmin_{α ∈ Δ} ‖Σ_k α_k·ĝ_k‖², solved exactly (`min_norm`), where
+ĝ_k = g_k/n_k with the normalisation n_k of the paper's code: `none` (n = 1, the paper's
+formula), `l2` (n = ‖g_k‖), `loss` (n = L_k), `loss+` (n = L_k·‖g_k‖). As in that code the
+normalisation only chooses α: the direction combines the raw gradients. Its output is a convex
+combination (Σα = 1, a mean-like scale, not a sum); "weight" logs α. At a Pareto-stationary
+point the min-norm point is 0 and the shared layers do not move: that is MGDA's answer, not a
+failure, and "direction_norm" shows it. `representation=true` is MGDA-UB: the gradients are
+those of the shared representation (the encoder's output for the batch), an upper bound that
+costs one backward pass through the heads per task instead of through the whole network. Task
+heads get their own unweighted gradients, as in the paper's Algorithm 2 (its code scales them
+by α too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from mtltrain.errors import ConfigError
+from mtltrain.losses import LossTerm
+from mtltrain.weighting.base import GradientWeighting
+from mtltrain.weighting.min_norm import min_norm_point
+
+NORMALIZATIONS = ("none", "l2", "loss", "loss+")
+
+
+class MGDA(GradientWeighting):
+    """d = Σ α_k·g_k, α the exact min-norm point of the (normalised) gradients' hull."""
+
+    def __init__(
+        self,
+        terms: Sequence[LossTerm],
+        normalization: str = "none",
+        representation: bool = False,
+    ) -> None:
+        super().__init__(terms)
+        if normalization not in NORMALIZATIONS:
+            raise ConfigError(
+                f"weighting.normalization={normalization!r} is not allowed: choose one of "
+                f"{list(NORMALIZATIONS)}"
+            )
+        if normalization.startswith("loss"):
+            self.require_nonnegative_losses(f"normalises by the loss ({normalization})")
+        self.normalization = normalization
+        self.level = "representation" if representation else "parameters"
+        self.register_buffer("unsolved", torch.zeros((), dtype=torch.long))
+
+    def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        scale = {
+            "none": torch.ones_like(losses),
+            "l2": gramian.diagonal().sqrt(),
+            "loss": losses,
+            "loss+": losses * gramian.diagonal().sqrt(),
+        }[self.normalization]
+        scale = torch.where(scale > 0, scale, 1.0)  # a zero gradient stays zero when normalised
+        solution = min_norm_point(gramian / torch.outer(scale, scale))
+        if not solution.converged:
+            self.unsolved += 1
+        return solution.weights
+
+    def report(self) -> dict[str, Tensor]:
+        return {**super().report(), "solver_unconverged": self.unsolved.clone()}

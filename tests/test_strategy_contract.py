@@ -1,0 +1,169 @@
+"""The contract every weighting strategy keeps, checked for each config in conf/weighting/:
+a new strategy gets these tests by adding its config.
+
+On a small problem (three regression tasks on the shared tanh MLP of §5C), at every step:
+the contributions sum to the total and are finite; the gradients the engine wrote equal a hand
+computation from per-task gradients taken one task at a time (Σ_k w_k·∇L_k with the weights
+the strategy reports; task heads unweighted under a gradient-based strategy); a loss-based
+strategy's weights are the derivatives of its total at the step's losses (autograd checked
+against finite differences in float64). And a run stopped mid-epoch, its state saved and
+loaded into a fresh trainer, ends bit-identical to the run left alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import signal
+
+import pytest
+import torch
+from conftest import make_config
+
+from mtltrain.build import build_trainer
+from mtltrain.callbacks import Callback
+from mtltrain.config import config_dir
+from mtltrain.errors import Interrupted
+from mtltrain.losses import compute_losses
+
+STRATEGIES = sorted(p.stem for p in (config_dir() / "weighting").glob("*.yaml"))
+SMALL = [
+    "dataset=two_slope",
+    "model=sin_hetero",
+    "+dataset.tasks.y3={slope:0.5,intercept:-1.0,noise_std:1.0}",
+    "+dataset.losses.y3=[mse]",
+    "dataset.n_train=64",
+    "dataset.n_test=32",
+    "trainer.batch_size=16",
+    "trainer.epochs=4",
+    "trainer.optimizer.lr=1e-2",
+    "trainer.deterministic=true",
+]
+
+
+def small(strategy: str, *more: str):
+    return make_config([*SMALL, f"weighting={strategy}", *more])
+
+
+class Probe(Callback):
+    """Records, after each backward pass and before the update, the step and what the engine
+    wrote: every parameter's gradient and the strategy's weights."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple] = []
+
+    def allows_update(self, trainer, step) -> bool:
+        grads = {id(p): p.grad.clone() for p in trainer.model.parameters()}
+        strategy = trainer.strategy
+        self.seen.append((step, grads, strategy.weights().clone(), self.hand(trainer, step)))
+        if strategy.level is None:
+            self.check_derivatives(strategy, step.losses.detach())
+        return True
+
+    @staticmethod
+    def check_derivatives(strategy, losses) -> None:
+        """A loss-based strategy's weights are the derivatives of its total at the step's
+        losses (autograd, and autograd against finite differences, in float64)."""
+        strategy_64 = copy.deepcopy(strategy).double()
+        at = losses.double().requires_grad_()
+        (derivatives,) = torch.autograd.grad(strategy_64.contributions(at).sum(), at)
+        torch.testing.assert_close(derivatives, strategy.weights().double(), rtol=1e-5, atol=0)
+        assert torch.autograd.gradcheck(lambda v: strategy_64.contributions(v).sum(), (at,))
+
+    @staticmethod
+    def hand(trainer, step) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
+        """The step's losses again, and the gradient of every model parameter of each term's
+        loss (of its contribution under a gradient-based strategy: what it aggregates), one
+        backward pass per term, independent of the engine's batched pass."""
+        outputs, _ = trainer.model(step.batch.inputs)
+        losses = compute_losses(trainer.terms, outputs, step.batch.targets)
+        strategy = trainer.strategy
+        rows = losses if strategy.level is None else strategy.contributions(losses)
+        params = list(trainer.model.parameters())
+        per_term = [
+            torch.autograd.grad(row, params, retain_graph=True, allow_unused=True) for row in rows
+        ]
+        return losses.detach(), per_term
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_each_step_keeps_the_contract(strategy):
+    probe = Probe()
+    trainer = build_trainer(small(strategy), extra_callbacks=[probe])
+    trainer.epochs = 3  # DWA's weights move from the third epoch on
+    trainer.fit()
+    model, engine_level = trainer.model, trainer.strategy.level
+    shared = {id(p) for p in model.shared_parameters()}
+    for step, grads, weights, (losses, per_term) in probe.seen:
+        torch.testing.assert_close(step.losses.detach(), losses, rtol=0, atol=0)
+        assert torch.isfinite(step.parts).all() and torch.isfinite(step.total)
+        torch.testing.assert_close(step.parts.sum(), step.total)
+        for i, p in enumerate(model.parameters()):
+            assert torch.isfinite(grads[id(p)]).all()
+            rows = [g[i] if g[i] is not None else torch.zeros_like(p) for g in per_term]
+            # a gradient-based strategy weighs the shared part only; heads get their own
+            w = weights if engine_level is None or id(p) in shared else torch.ones_like(weights)
+            expected = sum(wk * row for wk, row in zip(w, rows, strict=True))
+            torch.testing.assert_close(grads[id(p)], expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_skipped_steps_leave_the_strategy_and_model_finite(strategy, monkeypatch):
+    """Under trainer.nonfinite=skip, batches with NaN targets are skipped (their loss, weights
+    or gradients are NaN) and leave nothing non-finite behind: the run trains on."""
+    from mtltrain.data import two_slope
+
+    build = two_slope.build
+
+    def poisoned(**kwargs):
+        data = build(**kwargs)
+        data.train.targets["y1"][:2] = torch.nan  # some batch of every epoch
+        return data
+
+    monkeypatch.setattr(two_slope, "build", poisoned)
+    trainer = build_trainer(small(strategy, "trainer.nonfinite=skip"))
+    trainer.fit()
+    assert 4 <= trainer.skipped_steps <= 8 and trainer.step == 16
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    for quantity, value in trainer.strategy.report().items():
+        assert torch.isfinite(value).all(), quantity
+    assert all(math.isfinite(v) for v in trainer.test_metrics.values())
+
+
+class StopAt(Callback):
+    """Sends the run what SIGTERM would, after step `step`."""
+
+    def __init__(self, step: int) -> None:
+        self.at = step
+
+    def on_step_end(self, trainer, step) -> None:
+        if step.number == self.at:
+            trainer.stop.received = signal.SIGTERM
+
+
+def through_disk(state: dict) -> dict:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_resumed_run_continues_bit_identically(strategy):
+    alone = build_trainer(small(strategy))
+    alone.fit()
+    stopped = build_trainer(small(strategy), extra_callbacks=[StopAt(10)])  # mid epoch 3
+    with pytest.raises(Interrupted):
+        stopped.fit()
+    resumed = build_trainer(small(strategy))
+    resumed.load_state_dict(through_disk(stopped.state_dict()))
+    assert resumed.step == 10
+    resumed.fit()
+    for a, b in zip(alone.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    state, again = alone.strategy.state_dict(), resumed.strategy.state_dict()
+    assert list(state) == list(again)
+    for name, value in state.items():
+        torch.testing.assert_close(again[name], value, rtol=0, atol=0, equal_nan=True, msg=name)
+    assert alone.test_metrics == resumed.test_metrics
