@@ -8,14 +8,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from mtltrain.errors import OutputError
+
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """`write` the new content into a temporary file beside `path`, flush it to disk, then
-    rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    rename it over `path`. A write that fails (a full disk) removes the temporary file and
+    raises an OutputError; `path` keeps its old content."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        reason = e.strerror or type(e).__name__
+        raise OutputError(f"could not write {path} ({reason}); its old version is kept") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

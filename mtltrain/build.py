@@ -14,23 +14,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.flop_counter import FlopCounterMode
 
-from mtltrain import checkpoint
+from mtltrain import rundir
 from mtltrain.callbacks import Callback
 from mtltrain.callbacks.checkpoint import CheckpointCallback
 from mtltrain.callbacks.figures import FiguresCallback
 from mtltrain.callbacks.nonfinite import NonfiniteGuard, NonfiniteWatch
 from mtltrain.callbacks.progress import ProgressCallback
 from mtltrain.callbacks.tensorboard import TensorBoardCallback
-from mtltrain.config import build, build_partial, flat_config
-from mtltrain.data.base import MultiTaskData
+from mtltrain.config import build, build_partial
+from mtltrain.data.base import MultiTaskData, Split
 from mtltrain.engine import engine_for
 from mtltrain.losses import loss_terms
 from mtltrain.metrics import metric_names
 from mtltrain.models.base import MultiTaskNet
 from mtltrain.runtime import (
     autocast,
+    choose_threads,
     keep_host_memory,
     optimizer_factory,
     seed_everything,
@@ -46,14 +48,35 @@ log = logging.getLogger(__name__)
 
 
 def configure_process(trainer: TrainerConfig, device: torch.device) -> None:
-    """Thread pools, allocator, determinism and cuDNN as the trainer settings say."""
-    settle_threads()
+    """Allocator, determinism and cuDNN as the trainer settings say (threads: `set_threads`)."""
     if device.type == "cpu":
         keep_host_memory(trainer.keep_host_memory)
     if trainer.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(trainer.deterministic)
     torch.backends.cudnn.benchmark = trainer.cudnn_benchmark and not trainer.deterministic
+
+
+def set_threads(
+    setting: int | str, model: MultiTaskNet, split: Split, batch_size: int, device: torch.device
+) -> None:
+    """The intra-op threads `trainer.threads` asks for (on CUDA, "auto" keeps torch's)."""
+    if device.type == "cpu":
+        threads, why = choose_threads(setting, lambda: forward_flops(model, split, batch_size))
+        log.info("%d CPU thread%s (%s)", threads, "" if threads == 1 else "s", why)
+        settle_threads(threads)
+    else:
+        settle_threads(None if setting == "auto" else int(setting))
+
+
+def forward_flops(model: MultiTaskNet, split: Split, batch_size: int) -> float:
+    """FLOPs of one training batch's forward pass, counted on up to 16 samples and scaled;
+    the random generators are left as they were (dropout draws from them)."""
+    sample = split.take(slice(0, min(batch_size, 16)))
+    counter = FlopCounterMode(display=False)
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), counter:
+        model(sample.inputs)
+    return counter.get_total_flops() * batch_size / len(sample)
 
 
 def place_data(data: MultiTaskData, device: torch.device, channels_last: bool) -> MultiTaskData:
@@ -121,6 +144,7 @@ def build_trainer(
     configure_process(trainer_cfg, device)
     seed_everything(cfg.seed)
     data, model, strategy, optimizer = build_objects(cfg, trainer_cfg, device)
+    set_threads(trainer_cfg.threads, model, data.train, trainer_cfg.batch_size, device)
     callbacks = [
         *run_callbacks(cfg, trainer_cfg, data, strategy, device, run_dir, tb, run_info, resumed),
         *extra_callbacks,
@@ -141,6 +165,18 @@ def build_trainer(
     )
 
 
+def run_hparams(cfg: DictConfig, run_info: dict[str, Any]) -> dict[str, Any]:
+    """What sets a run apart, as HParams columns: its config choices, seed and overrides."""
+    params: dict[str, Any] = {
+        group: choice for group, choice in run_info.get("choices", {}).items() if choice
+    }
+    params["seed"] = int(cfg.seed)
+    for o in rundir.parse_overrides(run_info.get("overrides", [])):
+        if o.key_or_group != "seed":
+            params[o.key_or_group] = o.get_value_element_as_str()
+    return params
+
+
 def run_callbacks(
     cfg: DictConfig,
     trainer: TrainerConfig,
@@ -155,7 +191,12 @@ def run_callbacks(
     """The callbacks of a run, the non-finite policy first (it must see a bad step before a
     checkpoint or a log is written)."""
     saver = (
-        CheckpointCallback(checkpoint.path_in(run_dir), trainer.checkpoint_every, run_info or {})
+        CheckpointCallback(
+            rundir.checkpoint_file(run_dir),
+            trainer.checkpoint_every,
+            trainer.checkpoint_interval,
+            run_info or {},
+        )
         if run_dir is not None
         else None
     )
@@ -164,14 +205,17 @@ def run_callbacks(
         strategy.terms,
         trainer.nonfinite,
         trainer.log_every,
+        trainer.max_skipped,
         NonfiniteWatch(len(strategy.terms), device) if watched else None,
         saver.last_saved if saver is not None else lambda: None,
     )
     callbacks: list[Callback] = [guard] if saver is None else [guard, saver]
     if tb is not None:
         tags = [f"test/{m}" for m in metric_names(data.tasks, data.test.noise_std)]
-        hparams = None if resumed else flat_config(cfg)
-        callbacks.append(TensorBoardCallback(tb, trainer.log_every, hparams, tags))
+        hparams = None if resumed else run_hparams(cfg, run_info or {})
+        skipped = trainer.nonfinite == "skip"
+        config = OmegaConf.to_yaml(cfg, resolve=True)
+        callbacks.append(TensorBoardCallback(tb, trainer.log_every, skipped, hparams, config, tags))
         if run_dir is not None:
             callbacks.append(FiguresCallback(tb, trainer.figure_every, run_dir / "figures"))
     lines_every = max(1, trainer.epochs // trainer.eval_every // 10)  # about ten lines

@@ -8,6 +8,7 @@ so a kill at any instant leaves the previous checkpoint or the new one, never ha
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -16,21 +17,11 @@ import numpy as np
 import torch
 
 from mtltrain.atomic import write_atomically
-from mtltrain.errors import CheckpointError, first_line
+from mtltrain.errors import CheckpointError
 
 FORMAT = "mtltrain-checkpoint/2"  # /2: the strategy's own optimizers and the epoch's losses
-FOLDER = "checkpoints"
-LAST = "last.pt"
-
-
-def path_in(run_dir: Path) -> Path:
-    """Where a run keeps its checkpoint."""
-    return run_dir / FOLDER / LAST
-
-
-def run_dir_of(path: Path) -> Path:
-    """The run folder a checkpoint file belongs to: path_in's inverse."""
-    return path.parent.parent
+# trainer settings a resume may change; the others must match for the state to fit
+RESUMABLE = ("trainer.", "resume", "hydra.")
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
@@ -44,10 +35,15 @@ def load(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # zip, pickle and unpickling-policy errors all mean "not ours"
+    except pickle.UnpicklingError:  # a torch file whose objects a weights-only load refuses
         raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated, corrupt or foreign: "
-            f"{first_line(e, 120)})"
+            f"{path} is not a readable checkpoint: it holds objects mtltrain never writes "
+            "(a checkpoint of another program?)"
+        ) from None
+    except Exception:  # zip and pickle errors: the file's bytes are not a whole torch file
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint: truncated, corrupt or not a torch file "
+            f"({path.stat().st_size:,} bytes)"
         ) from None
     mark = state.get("format") if isinstance(state, dict) else None
     if isinstance(mark, str) and mark.startswith("mtltrain-checkpoint/") and mark != FORMAT:
@@ -58,6 +54,51 @@ def load(path: Path) -> dict[str, Any]:
     if mark != FORMAT:
         raise CheckpointError(f"{path} is not an mtltrain checkpoint (no {FORMAT!r} mark)")
     return state
+
+
+def mismatch(saved: dict[str, Any], current: dict[str, Any], what: str) -> str | None:
+    """How a saved state dict differs from the run's own, in words: the first tensor of
+    another shape, else the first name only one of them has; None when they fit."""
+    shapes = [
+        (k, v.shape, current[k].shape)
+        for k, v in saved.items()
+        if k in current and isinstance(v, torch.Tensor) and v.shape != current[k].shape
+    ]
+    only_saved = [k for k in saved if k not in current]
+    only_here = [k for k in current if k not in saved]
+    more = len(shapes) + len(only_saved) + len(only_here) - 1
+    tail = f" (and {more} more difference{'s' * (more != 1)})" if more > 0 else ""
+    if shapes:
+        k, there, here = shapes[0]
+        return f"{what} {k} is {list(there)} in the checkpoint but {list(here)} here{tail}"
+    if only_saved:
+        return f"the checkpoint's {what} has {only_saved[0]}, this run's has not{tail}"
+    if only_here:
+        return f"this run's {what} has {only_here[0]}, the checkpoint's has not{tail}"
+    return None
+
+
+def changed_settings(saved: dict[str, Any], current: dict[str, Any], shown: int = 3) -> str:
+    """The settings (not trainer.* or resume) whose values differ between two resolved configs,
+    "key=there → here", the first `shown` of them."""
+    before, after = _flat(saved), _flat(current)
+    keys = [
+        k
+        for k in sorted(set(before) | set(after))
+        if not k.startswith(RESUMABLE) and before.get(k) != after.get(k)
+    ]
+    changes = [f"{k}={before.get(k, '(none)')} → {after.get(k, '(none)')}" for k in keys[:shown]]
+    extra = f" (and {len(keys) - shown} more)" if len(keys) > shown else ""
+    return ", ".join(changes) + extra
+
+
+def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(config, dict):
+        return {prefix: config}
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
 
 
 def rng_states() -> dict[str, Any]:

@@ -10,6 +10,8 @@ failed in its folder.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -25,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mtltrain import rundir
 from mtltrain.config import check, config_dir, config_error
-from mtltrain.errors import MtlError
+from mtltrain.errors import MtlError, RunFolderError
 from mtltrain.schema import register
 
 register()
@@ -41,20 +43,48 @@ def _main(cfg: DictConfig) -> float:
         return run(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), choices)
     except MtlError as e:
         print(f"mtltrain: error: {e}", file=sys.stderr)
+        logging.getLogger("mtltrain.logfile").error("error: %s", e)
         if hc.mode == RunMode.MULTIRUN:
             return float("nan")  # the job's folder says it failed; the sweep goes on
         raise SystemExit(e.exit_code) from None
 
 
 class CheckBeforeRun(Callback):
-    """A single run: its settings and its run folder are checked before Hydra makes it."""
+    """A single run: its settings and its run folder are checked, and the folder locked for
+    the run's life, before Hydra writes into it. A sweep: its folder is checked before any job
+    starts, and one that holds jobs already is refused unless resume_sweep=true."""
+
+    def __init__(self) -> None:
+        self.held = contextlib.ExitStack()
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        run_dir = Path(config.hydra.run.dir)
         try:
             check(config)
+            rundir.check_writable(run_dir, "hydra.run.dir")
             if not config.resume:
-                rundir.check_fresh(Path(config.hydra.run.dir))
+                rundir.check_fresh(run_dir)  # before the lock file would change the folder
+            self.held.enter_context(rundir.lock(run_dir))
+            if not config.resume:
+                rundir.check_fresh(run_dir)  # again: it may have changed before the lock
         except MtlError as e:  # Hydra turns a callback's exception into a warning: exit here
+            _fail(e)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self.held.close()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            rundir.check_writable(sweep_dir, "hydra.sweep.dir")
+            jobs = rundir.jobs_in(sweep_dir)
+            if jobs and not config.resume_sweep:
+                raise RunFolderError(
+                    f"{sweep_dir} already holds a sweep ({len(jobs)} job folders): it is not "
+                    "written into; choose another hydra.sweep.dir, or continue it with "
+                    "resume_sweep=true (finished jobs are kept, stopped ones resumed)"
+                )
+        except MtlError as e:
             _fail(e)
 
 
@@ -62,8 +92,11 @@ class SweepSummary(Callback):
     """After a sweep: exit non-zero, with one line, when some of its jobs did not finish."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        jobs = [p for p in Path(config.hydra.sweep.dir).iterdir() if (p / ".hydra").is_dir()]
-        unfinished = sorted(p.name for p in jobs if rundir.status(p) != "completed")
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = rundir.jobs_in(sweep_dir)
+        unfinished = sorted(
+            str(p.relative_to(sweep_dir)) for p in jobs if rundir.status(p) != "completed"
+        )
         if unfinished:
             print(
                 f"mtltrain: {len(unfinished)} of {len(jobs)} jobs did not finish: "

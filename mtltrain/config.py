@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections.abc
 import functools
 import inspect
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from mtltrain.errors import ConfigError, MtlError, first_line
@@ -46,17 +47,33 @@ def compose_checked(overrides: Sequence[str]) -> DictConfig:
 
 
 def check(cfg: DictConfig) -> None:
-    """The settings' types and ranges (trainer, loss), and the dataset, model and weighting
-    settings against their targets' signatures; a problem is a one-line ConfigError."""
-    from mtltrain.schema import settings
+    """The settings' types and ranges (trainer, loss, seed), and the dataset, model, weighting
+    and optimizer settings against their targets' signatures (numbers must be finite); a
+    problem is a one-line ConfigError."""
+    from mtltrain.schema import check_seed, settings
 
     try:
         settings(cfg.trainer)
         settings(cfg.loss)
     except OmegaConfBaseException as e:
         raise config_error(e) from None
+    check_seed(cfg.seed)
     for group in ("dataset", "model", "weighting"):
         check_node(cfg[group])
+    check_optimizer(check_node(cfg.trainer.optimizer).func, cfg.trainer.optimizer._target_)
+
+
+def check_optimizer(optimizer: Any, name: str) -> None:
+    """Refuse an optimizer whose step needs a closure (it evaluates the loss itself, several
+    times a step), which a training step of mtltrain does not hand it."""
+    step = getattr(optimizer, "step", None)
+    closure = inspect.signature(step).parameters.get("closure") if callable(step) else None
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        raise ConfigError(
+            f"trainer.optimizer._target_={name} is not allowed: its step needs a closure that "
+            "re-evaluates the loss, which mtltrain's step does not give; choose an optimizer "
+            "such as torch.optim.Adam"
+        )
 
 
 def config_error(e: BaseException) -> ConfigError:
@@ -148,9 +165,10 @@ def _mismatch(value: object, hint: object, where: str) -> tuple[str, object, obj
             return where, value, hint
         parts = (_mismatch(v, args[1], f"{where}.{k}") for k, v in value.items()) if args else ()
         return next((p for p in parts if p is not None), None)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
     plain = {
         type(None): value is None,
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        float: number and math.isfinite(value),
         int: isinstance(value, int) and not isinstance(value, bool),
     }
     if hint in plain:
@@ -169,8 +187,8 @@ def _describe(hint: object, many: bool = False) -> str:
         return f"a list of {_describe(args[0], True) if args else 'values'}"
     if origin in (collections.abc.Mapping, dict):
         return f"a mapping to {_describe(args[1], True) if len(args) == 2 else 'values'}"
-    one = {float: "a number", int: "a whole number", bool: "true or false", str: "a string"}
-    several = {float: "numbers", int: "whole numbers", bool: "booleans", str: "strings"}
+    one = {float: "a finite number", int: "a whole number", bool: "true or false", str: "a string"}
+    several = {float: "finite numbers", int: "whole numbers", bool: "booleans", str: "strings"}
     if hint is type(None):
         return "null"
     return (several if many else one).get(hint, getattr(hint, "__name__", str(hint)))
@@ -178,20 +196,3 @@ def _describe(hint: object, many: bool = False) -> str:
 
 def _where(node: DictConfig) -> str:
     return node._get_full_key(None) or "config"
-
-
-def flat_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as {"a.b.c": scalar}; lists and None become strings."""
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        elif isinstance(value, (bool, int, float, str)):
-            out[prefix] = value
-        else:
-            out[prefix] = str(value)
-
-    walk("", OmegaConf.to_container(cfg, resolve=True))
-    return out

@@ -30,6 +30,16 @@ class RunFolderError(MtlError):
     """A run folder holds a run that would be overwritten."""
 
 
+class OutputError(MtlError):
+    """A file of the run could not be written (a full disk, a read-only folder)."""
+
+
+class UnexpectedError(MtlError):
+    """An error outside the tool's own checks: the one line names it; the log has the rest."""
+
+    exit_code = 1
+
+
 class TrainingError(MtlError):
     """Training cannot go on (a non-finite loss or weight)."""
 

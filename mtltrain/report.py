@@ -8,7 +8,7 @@ Runs
   Every folder under FOLDER (FOLDER itself included) that holds results.json or .hydra/ is a
   run; hidden folders and the folders inside a run are not searched. A run without
   results.json, or whose status is not "completed", is listed under "Runs that did not finish"
-  in report.md and on stderr, and is left out of the statistics.
+  (with its status and error) in report.md and on stderr, and is left out of the statistics.
 
 Settings (rows)
   A run's setting is its overrides, spelled as given, minus seed=... and minus those that are
@@ -18,19 +18,23 @@ Settings (rows)
 
 Table
   setting; seeds (the number of runs); every test metric; every learned quantity
-  <quantity>/<term> but log_var (the same as sigma); all as mean ± sample standard deviation
-  (n − 1) over seeds, "–" for one seed, 4 significant digits; Δm%. report.csv has every metric
-  (test and train) and every quantity as <name>_mean and <name>_std (empty for one seed) at full
-  precision, with n and delta_m_pct.
+  <quantity>/<term> but log_var (the same as sigma), each learned sigma/<term> followed by
+  true_sigma/<term> where the data set knows the noise; all as mean ± sample standard deviation
+  (n − 1) over seeds, the deviation to 2 significant digits and the mean to the same decimal
+  place ("–" for one seed, then 4 significant digits); Δm%. report.csv has every metric (test
+  and train) and every quantity as <name>_mean and <name>_std (empty for one seed) at full
+  precision, with n, delta_m_pct and delta_m_pct_std.
 
 Δm%
   Δm% = (100/K)·Σ_k d_k·(M_k − M_b,k)/|M_b,k| over the K tasks' main test metrics (a task's
-  first test metric), means over seeds, d_k = +1 where higher is better and −1 where lower is
-  better: positive Δm% is better than the baseline. |M_b,k| is M_b,k for every positive metric
-  and keeps that sign convention for a negative NLL. A row's baseline is the setting that has
-  the --baseline overrides and agrees with the row on every other override, so each setting is
-  compared with the baseline on the same other settings; the baseline row itself gets 0.00.
-  Blank: no such setting, different tasks, a main metric without a direction or a baseline of 0.
+  first test metric), d_k = +1 where higher is better and −1 where lower is better: positive
+  Δm% is better than the baseline. M_b,k are the baseline's means over its seeds, M_k each seed's
+  run of the row: the table shows their mean (the Δm% of the row's means) ± std over seeds.
+  |M_b,k| is M_b,k for every positive metric and keeps that sign convention for a negative NLL.
+  A row's baseline is the setting that has the --baseline overrides and agrees with the row on
+  every other override, so each setting is compared with the baseline on the same other
+  settings; the baseline row itself gets 0 ± its own spread. Blank: no such setting, different
+  tasks, a main metric without a direction or a baseline of 0.
 
 Plots
   learned_<quantity>.png for each of sigma, c, weight, kpi in the event files: one panel per loss
@@ -110,6 +114,9 @@ class Run:
                 learned.update({f"{quantity}/{term}": v for term, v in value.items()})
             else:  # of the whole strategy
                 learned[quantity] = value
+        for term, sigma in self.results.get("true_sigma", {}).items():
+            if f"sigma/{term}" in learned:  # beside a learned σ: what it should reach
+                learned[f"true_sigma/{term}"] = sigma
         merged = {**self.results.get("metrics", {}), **learned}
         return {k: float(v) for k, v in merged.items() if v is not None}
 
@@ -142,7 +149,7 @@ class Sweep:
     runs: list[Run]
     settings: list[Setting]
     baseline: dict[str, str | None]
-    deltas: list[float | None]
+    deltas: list[Stat | None]
 
     @property
     def finished(self) -> list[Run]:
@@ -319,21 +326,28 @@ def find_baseline(
     return None
 
 
-def delta_m(row: Setting, base: Setting) -> float | None:
-    """Δm% = (100/K)·Σ_k d_k·(M_k − M_b,k)/|M_b,k| over the main test metrics (None: undefined)."""
+def delta_m(row: Setting, base: Setting) -> Stat | None:
+    """Δm% = (100/K)·Σ_k d_k·(M_k − M_b,k)/|M_b,k| over the main test metrics, of each of the
+    row's runs against the baseline's means: its mean (the Δm% of the row's means) and spread
+    over seeds. None: undefined."""
     if row.main != base.main or not row.main:
         return None
-    changes = []
+    terms = []
     for name in row.main.values():
         direction = DIRECTION.get(name.rpartition("/")[2])
-        mean, ref = row.stats[name].mean, base.stats[name].mean
+        ref = base.stats[name].mean
         if direction is None or ref == 0:
             return None
-        changes.append(direction * (mean - ref) / abs(ref))
-    return 100 * sum(changes) / len(changes)
+        terms.append((name, direction, ref))
+    per_run = [
+        100 * statistics.fmean(d * (run.values()[n] - ref) / abs(ref) for n, d, ref in terms)
+        for run in row.runs
+        if all(n in run.values() for n, _, _ in terms)
+    ]
+    return summarize(per_run) if per_run else None
 
 
-def delta_ms(settings: Sequence[Setting], baseline: Mapping[str, str | None]) -> list[float | None]:
+def delta_ms(settings: Sequence[Setting], baseline: Mapping[str, str | None]) -> list[Stat | None]:
     """Each row's Δm% against its own baseline row."""
     result = []
     for row in settings:
@@ -346,17 +360,31 @@ def delta_ms(settings: Sequence[Setting], baseline: Mapping[str, str | None]) ->
 
 
 def table_columns(settings: Sequence[Setting]) -> list[str]:
-    """Test metrics, then learned quantities but log_var, in order of first appearance."""
+    """Test metrics, then learned quantities but log_var, in order of first appearance, each
+    learned σ followed by the true σ where the data set knows it."""
     names = ordered_union(s.stats for s in settings)
-    learned = [n for n in names if n.split("/", 1)[0] not in ("test", "train", *CSV_ONLY)]
-    return [n for n in names if n.startswith("test/")] + learned
+    skip = ("test", "train", "true_sigma", *CSV_ONLY)
+    learned = [n for n in names if n.split("/", 1)[0] not in skip]
+    columns = [n for n in names if n.startswith("test/")]
+    for name in learned:
+        columns.append(name)
+        truth = f"true_{name}"
+        if name.startswith("sigma/") and truth in names:
+            columns.append(truth)
+    return columns
 
 
 def fmt_stat(stat: Stat | None) -> str:
+    """mean ± std, the std to 2 significant digits and the mean to the same decimal place;
+    one value (std "–") or no spread to 4 significant digits."""
     if stat is None:
         return ""
-    std = "–" if stat.std is None else f"{stat.std:.4g}"
-    return f"{stat.mean:.4g} ± {std}"
+    if stat.std is None or stat.std == 0 or not math.isfinite(stat.std):
+        std = "–" if stat.std is None else f"{stat.std:.4g}"
+        return f"{stat.mean:.4g} ± {std}"
+    decimals = max(0, 1 - math.floor(math.log10(stat.std)))
+    mean = round(stat.mean, decimals) + 0.0  # no "-0"
+    return f"{mean:.{decimals}f} ± {stat.std:.{decimals}f}"
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -366,27 +394,29 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)])
 
 
-def results_table(settings: Sequence[Setting], deltas: Sequence[float | None]) -> str:
+def results_table(settings: Sequence[Setting], deltas: Sequence[Stat | None]) -> str:
     columns = table_columns(settings)
     rows = [
-        [s.label, str(len(s.runs)), *(fmt_stat(s.stats.get(c)) for c in columns),
-         "" if d is None else f"{d:.2f}"]
+        [s.label, str(len(s.runs)), *(fmt_stat(s.stats.get(c)) for c in columns), fmt_stat(d)]
         for s, d in zip(settings, deltas, strict=True)
-    ]  # fmt: skip
+    ]
     return markdown_table(["setting", "seeds", *columns, "Δm%"], rows)
 
 
 def table_notes(
-    settings: Sequence[Setting], deltas: Sequence[float | None], baseline: str, matched: bool
+    settings: Sequence[Setting], deltas: Sequence[Stat | None], baseline: str, matched: bool
 ) -> str:
     """What the numbers are, and the Δm% formula with its sign convention."""
     used = ", ".join(ordered_union(s.main.values() for s in settings))
     notes = [
-        'Mean ± sample standard deviation (n − 1) over seeds; "–": one seed.',
+        "Mean ± sample standard deviation (n − 1) over seeds, the mean to the decimal place of "
+        'the deviation\'s second significant digit; "–": one seed. true_sigma: the noise σ the '
+        "data set drew its labels with (what a learned σ should reach).",
         f"Δm% = (100/K)·Σ_k d_k·(M_k − M_b,k)/|M_b,k| over the K tasks' main test metrics "
-        f"({used}), means over seeds, with d_k = +1 where higher is better and −1 where lower "
-        f"is better: positive Δm% is better than the baseline. M_b is the row with {baseline} "
-        "and the same other settings; blank: no such row, or different tasks.",
+        f"({used}), with d_k = +1 where higher is better and −1 where lower is better: positive "
+        f"Δm% is better than the baseline. M_b are the means of the row with {baseline} and the "
+        "same other settings, M_k each seed's run of the row: Δm% is their mean ± std over "
+        "seeds. Blank: no such row, or different tasks.",
     ]
     if not matched:
         notes.append(f"No setting has {baseline}: Δm% is blank (choose one with --baseline).")
@@ -396,8 +426,13 @@ def table_notes(
 
 
 def unfinished_section(runs: Sequence[Run]) -> str:
-    rows = ([f"`{run.name}`", run.status] for run in runs)
-    return "## Runs that did not finish\n\n" + markdown_table(["run", "status"], rows)
+    rows = ([f"`{run.name}`", run.status, run.results.get("error", "")] for run in runs)
+    return "## Runs that did not finish\n\n" + markdown_table(["run", "status", "error"], rows)
+
+
+def count(n: int, noun: str) -> str:
+    """ "1 run", "2 runs"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def csv_pair(stat: Stat | None) -> tuple[float | None, float | None]:
@@ -409,16 +444,17 @@ def csv_cell(value: float | None) -> str:
     return "" if value is None else repr(value)
 
 
-def write_csv(path: Path, settings: Sequence[Setting], deltas: Sequence[float | None]) -> None:
+def write_csv(path: Path, settings: Sequence[Setting], deltas: Sequence[Stat | None]) -> None:
     """Every metric and quantity as <name>_mean, <name>_std at full precision, n, Δm%."""
     names = ordered_union(s.stats for s in settings)
     header = ["setting", "n", *(f"{n}_{part}" for n in names for part in ("mean", "std"))]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([*header, "delta_m_pct"])
+        writer.writerow([*header, "delta_m_pct", "delta_m_pct_std"])
         for setting, delta in zip(settings, deltas, strict=True):
             cells = [csv_cell(part) for n in names for part in csv_pair(setting.stats.get(n))]
-            writer.writerow([setting.label, len(setting.runs), *cells, csv_cell(delta)])
+            spread = map(csv_cell, csv_pair(delta))
+            writer.writerow([setting.label, len(setting.runs), *cells, *spread])
 
 
 # --- plots ----------------------------------------------------------------------------------
@@ -562,9 +598,9 @@ def write_report(sweep: Sweep, out: Path, baseline: str) -> None:
     write_csv(out / REPORT_CSV, settings, deltas)
     pictures = write_plots(settings, finished, out)
 
-    count = f"{len(finished)} finished runs in {len(settings)} settings"
+    counts = f"{count(len(finished), 'finished run')} in {count(len(settings), 'setting')}"
     title = f"# mtltrain report: {sweep.folder.name}"
-    parts = [title, f"{count}, {len(unfinished)} did not finish.", table]
+    parts = [title, f"{counts}, {len(unfinished)} did not finish.", table]
     if unfinished:
         parts.append(unfinished_section(unfinished))
     if pictures:

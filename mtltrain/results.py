@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,21 @@ RESULTS_FILE = "results.json"
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    """Write JSON atomically: a reader sees the old file or the new one, never half of one.
+    Numbers that are not finite (a σ that overflowed) are written as null, so the file is
+    always valid JSON."""
+    text = json.dumps(_finite(data), indent=2, allow_nan=False) + "\n"
     write_atomically(path, lambda f: f.write(text.encode()))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:

@@ -15,15 +15,26 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from mtltrain import checkpoint, rundir
 from mtltrain.build import build_trainer
 from mtltrain.data.base import Split
-from mtltrain.errors import ConfigError, Interrupted, MtlError
+from mtltrain.errors import (
+    CheckpointError,
+    ConfigError,
+    Interrupted,
+    MtlError,
+    OutputError,
+    UnexpectedError,
+    first_line,
+)
 from mtltrain.losses import LossTerm
 from mtltrain.metrics import main_metric, metric_names
-from mtltrain.results import RESULTS_FILE, summary_table, write_json
+from mtltrain.results import RESULTS_FILE, read_results, summary_table, write_json
 from mtltrain.tasks import TaskSpec
 from mtltrain.tblog import TensorBoardLog
 from mtltrain.train import Trainer, evaluate
 
 log = logging.getLogger("mtltrain.train")
+# what goes to the run's log file only (conf/config.yaml routes it): summaries, tracebacks
+file_log = logging.getLogger("mtltrain.logfile")
+LOG_FILE = "mtltrain.log"
 
 
 def true_sigma(split: Split, terms: Sequence[LossTerm]) -> dict[str, float | None]:
@@ -54,26 +65,63 @@ def run(
     choices: dict[str, str] | None = None,
 ) -> float:
     """Train as `cfg` says, write TensorBoard logs, checkpoints and results.json into
-    `run_dir`; continue the run of `cfg.resume` where it stopped.
+    `run_dir`; continue the run of `cfg.resume` where it stopped, and with `resume_sweep` the
+    run already in `run_dir` (a finished one is left as it is).
 
-    Returns the objective metric, for Hydra sweepers. A failure of a fresh run leaves a
+    Returns the objective metric, for Hydra sweepers. The folder is locked for the run's life.
+    Every failure raises an MtlError (errors the tool does not check for become an
+    UnexpectedError, their traceback in the run's log); a failure of a fresh run leaves a
     results.json that says so; nothing a run wrote before is ever replaced by a failure.
     """
     info = {"choices": choices or {}, "overrides": list(overrides)}
-    if not cfg.resume:
-        rundir.check_fresh(run_dir)
+    with rundir.lock(run_dir):
+        resume = _resume_from(cfg, run_dir)
+        if resume is None:
+            rundir.check_fresh(run_dir)
+        elif cfg.resume_sweep and rundir.status(run_dir) == "completed":  # this job is done
+            log.info("%s already holds a finished run: kept as it is", run_dir)
+            return read_results(run_dir)["objective"]["value"]
+        try:
+            return _run(cfg, run_dir, info, resume)
+        except Exception as e:
+            error = e if isinstance(e, MtlError) else _unexpected(e, run_dir)
+            if resume is None or isinstance(e, Interrupted):
+                status = "interrupted" if isinstance(e, Interrupted) else "failed"
+                _record_failure(run_dir, {"status": status, "error": str(error), **info})
+            if error is e:
+                raise
+            raise error from e
+
+
+def _resume_from(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint this run continues from, if any."""
+    if cfg.resume:
+        return rundir.checkpoint_of(Path(cfg.resume))
+    if cfg.resume_sweep and (rundir.status(run_dir) == "completed" or rundir.unfinished(run_dir)):
+        return rundir.checkpoint_file(run_dir)
+    return None
+
+
+def _unexpected(e: Exception, run_dir: Path) -> UnexpectedError:
+    """An error outside the tool's checks, as one line; its traceback goes to the run's log."""
+    file_log.error("unexpected error", exc_info=e)
+    return UnexpectedError(
+        f"{type(e).__name__}: {first_line(e)} (not an error mtltrain checks for: the "
+        f"traceback is in {run_dir / LOG_FILE}; please report it)"
+    )
+
+
+def _record_failure(run_dir: Path, results: dict[str, Any]) -> None:
+    """results.json of a failed run, where the folder can still be written."""
     try:
-        return _run(cfg, run_dir, info)
-    except MtlError as e:
-        if not cfg.resume or isinstance(e, Interrupted):
-            status = "interrupted" if isinstance(e, Interrupted) else "failed"
-            write_json(run_dir / RESULTS_FILE, {"status": status, "error": str(e), **info})
-        raise
+        write_json(run_dir / RESULTS_FILE, results)
+    except OutputError as e:
+        file_log.error("%s", e)
 
 
-def _run(cfg: DictConfig, run_dir: Path, info: dict[str, Any]) -> float:
+def _run(cfg: DictConfig, run_dir: Path, info: dict[str, Any], resume: Path | None) -> float:
     started = time.perf_counter()
-    state = checkpoint.load(rundir.checkpoint_of(Path(cfg.resume))) if cfg.resume else None
+    state = checkpoint.load(resume) if resume is not None else None
     purge = state["trainer"]["position"]["step"] + 1 if state else None
     run_info = {**info, "config": OmegaConf.to_container(cfg, resolve=True)}
     with TensorBoardLog(run_dir / "tb", purge_step=purge) as tb, logging_redirect_tqdm():
@@ -90,14 +138,14 @@ def _run(cfg: DictConfig, run_dir: Path, info: dict[str, Any]) -> float:
             trainer.device,
         )
         if state:
-            trainer.load_state_dict(state["trainer"])
+            _load(trainer, state, run_info["config"])
             log.info("resumed at step %d (epoch %d)", trainer.step, trainer.epoch + 1)
         fit_started = time.perf_counter()
         try:
             test_metrics = trainer.fit()
         except Interrupted as e:
             raise Interrupted(
-                f"{e}; checkpoint written to {checkpoint.path_in(run_dir)}; continue with: "
+                f"{e}; checkpoint written to {rundir.checkpoint_file(run_dir)}; continue with: "
                 f"mtltrain resume={run_dir}",
                 e.signal_number,
             ) from None
@@ -109,8 +157,20 @@ def _run(cfg: DictConfig, run_dir: Path, info: dict[str, Any]) -> float:
     tasks = {t.name: t for t in data.tasks}
     terms = trainer.strategy.terms
     main = {t.name: main_metric(tasks[t.task]) for t in terms}
-    print(summary_table(results, main, [t.name for t in terms if not t.heteroscedastic]))
+    table = summary_table(results, main, [t.name for t in terms if not t.heteroscedastic])
+    print(table)
+    file_log.info("summary\n%s", table)
     return results["objective"]["value"]
+
+
+def _load(trainer: Trainer, state: dict[str, Any], config: dict[str, Any]) -> None:
+    """The checkpoint into the trainer; a misfit names what differs, settings first."""
+    try:
+        trainer.load_state_dict(state["trainer"])
+    except CheckpointError as e:
+        changed = checkpoint.changed_settings(state.get("config", {}), config)
+        settings = f"; settings that differ: {changed}" if changed else ""
+        raise CheckpointError(f"{e}{settings}") from None
 
 
 def _results(

@@ -8,14 +8,16 @@ with its own overrides (read from the checkpoint); overrides given beside resume
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 
-from mtltrain import checkpoint
 from mtltrain.errors import RunFolderError
 from mtltrain.results import RESULTS_FILE, read_results
 
@@ -28,6 +30,70 @@ def status(run_dir: Path) -> str | None:
         return None
 
 
+LOCK = ".mtltrain.lock"
+CHECKPOINTS, LAST = "checkpoints", "last.pt"
+
+
+def checkpoint_file(run_dir: Path) -> Path:
+    """Where a run keeps its checkpoint."""
+    return run_dir / CHECKPOINTS / LAST
+
+
+def run_dir_of(path: Path) -> Path:
+    """The run folder a checkpoint file belongs to: checkpoint_file's inverse."""
+    return path.parent.parent
+
+
+@contextlib.contextmanager
+def lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder's lock (an OS record lock, released when the process ends, however
+    it ends); another process that holds it makes this a one-line RunFolderError. One process
+    may take it again (the CLI takes it before Hydra writes into the folder, the run again)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise RunFolderError(
+            f"{run_dir} is in use by another mtltrain run (it holds {LOCK}): wait for it to "
+            "end, or choose another hydra.run.dir"
+        ) from None
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def check_writable(folder: Path, setting: str) -> None:
+    """Refuse a folder that cannot be made or written into: under a file, or read-only."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunFolderError(f"{setting}={folder} cannot be made: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunFolderError(
+            f"{setting}={folder} cannot be written: {existing} is read-only for this user; "
+            f"choose another {setting}"
+        )
+
+
+def unfinished(run_dir: Path) -> bool:
+    """Whether the folder holds a run that stopped before its end (a checkpoint, no finished
+    results)."""
+    return status(run_dir) != "completed" and checkpoint_file(run_dir).exists()
+
+
+def jobs_in(sweep_dir: Path) -> list[Path]:
+    """The job folders under a sweep folder (those Hydra wrote a .hydra/ into), at any depth."""
+    if not sweep_dir.is_dir():
+        return []
+    return sorted(
+        p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir() and p.parent != sweep_dir
+    )
+
+
 def check_fresh(run_dir: Path) -> None:
     """Refuse a folder that holds a finished or an unfinished run."""
     if status(run_dir) == "completed":
@@ -35,16 +101,16 @@ def check_fresh(run_dir: Path) -> None:
             f"{run_dir} already holds a finished run ({RESULTS_FILE}): it is not overwritten; "
             "choose another folder with hydra.run.dir=..."
         )
-    if checkpoint.path_in(run_dir).exists():
+    if unfinished(run_dir):
         raise RunFolderError(
-            f"{run_dir} holds an unfinished run ({checkpoint.FOLDER}/{checkpoint.LAST}): "
+            f"{run_dir} holds an unfinished run ({CHECKPOINTS}/{LAST}): "
             f"continue it with mtltrain resume={run_dir}, or choose another hydra.run.dir"
         )
 
 
 def checkpoint_of(target: Path) -> Path:
     """The checkpoint a resume= value names: the file itself, or the one in a run folder."""
-    return target if target.is_file() else checkpoint.path_in(target)
+    return target if target.is_file() else checkpoint_file(target)
 
 
 def _overrides(argv: Sequence[str]) -> tuple[list[str], bool, list[Override]]:
@@ -52,7 +118,12 @@ def _overrides(argv: Sequence[str]) -> tuple[list[str], bool, list[Override]]:
     overrides parsed (with the parser `hydra.main` itself uses; Hydra has no public one)."""
     args = get_args_parser().parse_args(list(argv))
     flags = [a for a in argv if a not in args.overrides]
-    return flags, args.multirun, OverridesParser.create().parse_overrides(args.overrides)
+    return flags, args.multirun, parse_overrides(args.overrides)
+
+
+def parse_overrides(overrides: Sequence[str]) -> list[Override]:
+    """Overrides as Hydra reads them."""
+    return OverridesParser.create().parse_overrides(list(overrides))
 
 
 def _key(override: Override) -> tuple[str, str | None]:
@@ -70,9 +141,17 @@ def prepare_arguments(argv: Sequence[str]) -> list[str]:
         return list(argv)
     if multirun:
         raise RunFolderError("resume= continues one run: drop -m/--multirun")
+    from mtltrain import checkpoint  # torch: only for a resume
+
     path = checkpoint_of(Path(str(resume)))
     state = checkpoint.load(path)
-    folder = checkpoint.run_dir_of(path)
+    folder = run_dir_of(path)
+    if checkpoint_file(folder) != path:
+        raise RunFolderError(
+            f"resume={resume}: a run continues in the folder of its checkpoint, <run folder>/"
+            f"{CHECKPOINTS}/{LAST}, and this file is not one; copy it to {CHECKPOINTS}/{LAST} "
+            "of a folder (a new one is fine) and resume that folder"
+        )
     if status(folder) == "completed":
         raise RunFolderError(f"{folder} already holds a finished run: there is nothing to resume")
     *_, saved = _overrides(state["overrides"])

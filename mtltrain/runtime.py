@@ -55,14 +55,35 @@ def keep_host_memory(keep: bool = True) -> bool:
     return all(mallopt(p, v) == 1 for p, v in zip(params, sizes, strict=True))
 
 
-def settle_threads() -> None:
-    """Set the intra-op thread count explicitly (to its current value).
+def settle_threads(threads: int | None = None) -> None:
+    """Set the intra-op thread count explicitly (default: to its current value).
 
     Until it is set, oneMKL and the ATen OpenMP pool can disagree on the team size, and a
     parallel kernel run right after a matrix product (the fused Adam step after a backward
     pass) then waits milliseconds for threads: measured here, 47 ms instead of 17 µs a step.
     """
-    torch.set_num_threads(torch.get_num_threads())
+    torch.set_num_threads(threads or torch.get_num_threads())
+
+
+# A step below this many forward FLOPs runs on one thread: its kernels are too small for a
+# parallel region to pay (the §5A run, 0.07 MFLOP a step, took 2.7× as long on two threads as
+# on one while other processes kept both cores busy: scripts/bench.py, "busy"), while the §5B
+# MNIST model (1.2 GFLOP a batch) gains from every core.
+SMALL_STEP_FLOPS = 1e8
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def choose_threads(setting: int | str, forward_flops: Callable[[], float]) -> tuple[int, str]:
+    """The intra-op threads of a CPU run and why: `setting` itself, or for "auto" one thread
+    when a step's forward pass (`forward_flops()`) is small, else every usable core."""
+    if setting != "auto":
+        return int(setting), "trainer.threads"
+    flops = forward_flops()
+    threads = 1 if flops < SMALL_STEP_FLOPS else usable_cores()
+    return threads, f"auto: {flops / 1e6:.3g} MFLOP per forward pass"
 
 
 def optimizer_factory(factory: Callable[..., torch.optim.Optimizer], fused: bool) -> Callable:
@@ -93,7 +114,7 @@ def machine(device: torch.device) -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     return {
         "cpu": cpu,
         "cores": cores,

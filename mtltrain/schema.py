@@ -8,6 +8,8 @@ their own arguments where they are built.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +25,15 @@ NONFINITE = ("stop", "skip")
 
 
 def _at_least(key: str, value: float, low: float) -> None:
-    if value < low:
-        raise ConfigError(f"{key}={value} is not allowed: it must be >= {low}")
+    if not (value >= low and math.isfinite(value)):  # NaN is not >= anything
+        raise ConfigError(f"{key}={value} is not allowed: it must be a finite number >= {low}")
+
+
+def _finite_positive(key: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return  # an interpolation or a type the optimizer itself checks
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{key}={value} is not allowed: it must be a finite number > 0")
 
 
 def _complete(obj: object) -> bool:
@@ -51,8 +60,7 @@ class LossConfig:
         if not 0 <= self.beta <= 1:
             raise ConfigError(f"loss.beta={self.beta} is not allowed: it must be in [0, 1]")
         _at_least("loss.focal_gamma", self.focal_gamma, 0)
-        if self.dice_smooth <= 0:
-            raise ConfigError(f"loss.dice_smooth={self.dice_smooth} is not allowed: it must be > 0")
+        _finite_positive("loss.dice_smooth", self.dice_smooth)
 
 
 @dataclass
@@ -66,10 +74,13 @@ class TrainerConfig:
     figure_every: int = MISSING
     log_every: int = MISSING
     checkpoint_every: int = MISSING
+    checkpoint_interval: float = MISSING
     device: str = MISSING
+    threads: Any = MISSING
     progress: bool = MISSING
     optimizer: Any = MISSING
     nonfinite: str = MISSING
+    max_skipped: float = MISSING
     deterministic: bool = MISSING
     precision: str = MISSING
     channels_last: bool = MISSING
@@ -85,13 +96,23 @@ class TrainerConfig:
             _at_least(f"trainer.{key}", getattr(self, key), 1)
         _at_least("trainer.figure_every", self.figure_every, 0)
         _at_least("trainer.checkpoint_every", self.checkpoint_every, 0)
+        _at_least("trainer.checkpoint_interval", self.checkpoint_interval, 0)
         _one_of("trainer.device", self.device, DEVICES)
         _one_of("trainer.precision", self.precision, PRECISIONS)
         _one_of("trainer.compile", self.compile, (None, *COMPILE_MODES))
         _one_of("trainer.nonfinite", self.nonfinite, NONFINITE)
+        if not 0 <= self.max_skipped <= 1:
+            raise ConfigError(
+                f"trainer.max_skipped={self.max_skipped} is not allowed: it is a share of the "
+                "run's steps, in [0, 1]"
+            )
+        valid_threads = isinstance(self.threads, int) and not isinstance(self.threads, bool)
+        if self.threads != "auto" and not (valid_threads and self.threads >= 1):
+            raise ConfigError(
+                f"trainer.threads={self.threads!r} is not allowed: give auto or a whole number >= 1"
+            )
         lr = self.optimizer.get("lr") if isinstance(self.optimizer, dict) else None
-        if isinstance(lr, (int, float)) and lr <= 0:
-            raise ConfigError(f"trainer.optimizer.lr={lr} is not allowed: it must be > 0")
+        _finite_positive("trainer.optimizer.lr", lr)
 
 
 @dataclass
@@ -105,12 +126,29 @@ class RunConfig:
     seed: int = MISSING
     objective: str | None = None
     resume: str | None = None
+    resume_sweep: bool = False
     loss: LossConfig = field(default_factory=LossConfig)
 
 
+SEEDS = range(2**63)  # what torch.manual_seed takes
+
+
+def check_seed(seed: int) -> None:
+    if seed not in SEEDS:
+        raise ConfigError(f"seed={seed} is not allowed: it must be a whole number in [0, 2**63)")
+
+
+def folder_name(text: str) -> str:
+    """Text (a job's overrides) as one folder name: a character a file name cannot or should
+    not hold (a path separator, a space, a quote) becomes "_", and it is cut at 120."""
+    return re.sub(r"[^\w.,=+\-\[\]{}:@~]", "_", text)[:120]
+
+
 def register() -> None:
-    """Make the schema known to Hydra as the config `run_schema` (conf/config.yaml uses it)."""
+    """Make the schema known to Hydra as the config `run_schema` (conf/config.yaml uses it),
+    and the resolver `mtltrain.folder_name` its sweep's job folders are named with."""
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    OmegaConf.register_new_resolver("mtltrain.folder_name", folder_name, replace=True)
 
 
 def settings(node: DictConfig) -> Any:

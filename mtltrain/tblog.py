@@ -48,6 +48,10 @@ class TensorBoardLog:
         """Log an H×W×3 uint8 image."""
         self.writer.add_image(tag, image, step, dataformats="HWC")
 
+    def text(self, tag: str, text: str) -> None:
+        """Log Markdown text (the Text tab)."""
+        self.writer.add_text(tag, text)
+
     def layout(self, charts: Mapping[str, Sequence[str]]) -> None:
         """Custom-scalars dashboard: one multi-line chart per {title: [tag regex, ...]}."""
         self.writer.add_custom_scalars(

@@ -23,7 +23,7 @@ from mtltrain import checkpoint
 from mtltrain.callbacks import Callback, hooked
 from mtltrain.data.base import MultiTaskData, Split
 from mtltrain.engine import Backward
-from mtltrain.errors import CheckpointError, ConfigError, Interrupted, first_line
+from mtltrain.errors import CheckpointError, ConfigError, Interrupted
 from mtltrain.interrupts import StopSignals
 from mtltrain.losses import compute_losses, detach
 from mtltrain.metrics import TaskMetrics
@@ -140,17 +140,25 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        for what, module, key in (
+            ("model parameter", self.model, "model"),
+            ("weighting state", self.strategy, "weighting"),
+        ):
+            differs = checkpoint.mismatch(state[key], module.state_dict(), what)
+            if differs is not None:
+                raise CheckpointError(f"the checkpoint does not fit this run: {differs}")
+        self.model.load_state_dict(state["model"])
+        self.strategy.load_state_dict(state["weighting"])
         try:
-            self.model.load_state_dict(state["model"])
-            self.strategy.load_state_dict(state["weighting"])
             self.optimizer.load_state_dict(state["optimizer"])
             for opt, saved in zip(
                 self.strategy_optimizers, state["weighting_optimizers"], strict=True
             ):
                 opt.load_state_dict(saved)
-        except (RuntimeError, ValueError, KeyError) as e:
+        except (ValueError, KeyError):
             raise CheckpointError(
-                f"the checkpoint does not fit this run: {first_line(e)}"
+                "the checkpoint does not fit this run: its optimizer state is for other "
+                "parameter groups (another optimizer, or a strategy with parameters of its own)"
             ) from None
         position = state["position"]
         self.epoch, self.batch, self.step = position["epoch"], position["batch"], position["step"]

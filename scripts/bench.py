@@ -19,7 +19,9 @@ Sections: MNIST samples/s (§5B model, batch 256); two-slope steps/s (§5A, batc
 two other ways to get its Jacobian (one vmapped pass for all tasks; torchjd's mtl_backward,
 where torchjd is installed: `pip install torchjd`); the step time with each speed setting of
 conf/trainer/default.yaml undone; the share of an epoch spent on evaluation and logging; the
-wall time of a whole `mtltrain` run of each default configuration, start-up included.
+wall time of a whole `mtltrain` run of each default configuration, start-up included, and of
+the two-slope run against the same run as a plain script (scripts/usual/two_slope.py); and a
+short two-slope run on a machine whose every core another process keeps busy.
 """
 
 from __future__ import annotations
@@ -51,7 +53,13 @@ from mtltrain.config import build, compose_checked, config_dir
 from mtltrain.data import mnist_mtl
 from mtltrain.data.base import Split
 from mtltrain.losses import compute_losses
-from mtltrain.runtime import keep_host_memory, machine, select_device, settle_threads
+from mtltrain.runtime import (
+    keep_host_memory,
+    machine,
+    select_device,
+    settle_threads,
+    usable_cores,
+)
 from mtltrain.tblog import TensorBoardLog
 from mtltrain.train import Trainer
 
@@ -380,8 +388,20 @@ def timed_evaluation(trainer: Trainer) -> float:
     return timed(evaluation)
 
 
+MTLTRAIN = str(Path(sys.executable).with_name("mtltrain"))
+USUAL_TWO_SLOPE = Path(__file__).resolve().parent / "usual" / "two_slope.py"
+
+
+def timed_process(command: list[str]) -> float:
+    """Wall seconds of a whole process."""
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
 def whole_runs(root: str, device: torch.device, tmp: Path) -> dict:
-    exe = str(Path(sys.executable).with_name("mtltrain"))
+    """Each default configuration as a user starts it, start-up included; two_slope beside the
+    same run as a plain script (scripts/usual/two_slope.py), the two taken in turn, 3 times."""
     out = {}
     for name, overrides in {
         "two_slope": [],
@@ -389,19 +409,46 @@ def whole_runs(root: str, device: torch.device, tmp: Path) -> dict:
         "mnist_mtl": mnist_overrides(root),
     }.items():
         run_dir = tmp / f"run_{name}"
-        start = time.perf_counter()
-        subprocess.run(
-            [exe, *overrides, f"trainer.device={device.type}", f"hydra.run.dir={run_dir}"],
-            check=True,
-            capture_output=True,
-        )
+        command = [MTLTRAIN, *overrides, f"trainer.device={device.type}"]
+        wall = timed_process([*command, f"hydra.run.dir={run_dir}"])
         results = json.loads((run_dir / "results.json").read_text())
-        out[name] = {
-            "wall_s": time.perf_counter() - start,
-            "train_s": results["train_time_s"],
-            "steps": results["steps"],
-        }
+        out[name] = {"wall_s": wall, "train_s": results["train_time_s"], "steps": results["steps"]}
+    ours, usual = [], []
+    for i in range(3):
+        ours.append(timed_process([MTLTRAIN, f"hydra.run.dir={tmp / f'two_slope_{i}'}"]))
+        usual.append(timed_process([sys.executable, str(USUAL_TWO_SLOPE)]))
+    out["two_slope, mtltrain vs usual script"] = {
+        "mtltrain_s": statistics.median(ours),
+        "usual_s": statistics.median(usual),
+    }
     return out
+
+
+def busy_machine(tmp: Path) -> dict:
+    """100 epochs of the two-slope run while every core is kept busy by another process:
+    trainer.threads=auto (one thread for this small step), every core (what a run took before
+    `auto`), and the plain script; each the median of 3, in turn."""
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(usable_cores())
+    ]
+    try:
+        contenders = {
+            "mtltrain, threads=auto": ["trainer.threads=auto"],
+            f"mtltrain, threads={usable_cores()}": [f"trainer.threads={usable_cores()}"],
+        }
+        times: dict[str, list[float]] = {name: [] for name in [*contenders, "usual script"]}
+        for _ in range(3):
+            for name, overrides in contenders.items():
+                folder = tmp / f"busy_{len(times[name])}_{name.split('=')[1]}"
+                command = [MTLTRAIN, "trainer.epochs=100", *overrides, f"hydra.run.dir={folder}"]
+                times[name].append(timed_process(command))
+            usual = [sys.executable, str(USUAL_TWO_SLOPE), "--epochs", "100"]
+            times["usual script"].append(timed_process(usual))
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    return {"cores": usable_cores(), "wall_s": {n: statistics.median(t) for n, t in times.items()}}
 
 
 def ratios(rates: dict[str, float], baseline: str) -> dict[str, float]:
@@ -441,12 +488,24 @@ def markdown(report: dict) -> str:
     for name, share in report["eval_logging"].items():
         lines.append(f"| {name} | {share['epoch_s']:.2f} s | {100 * share['share']:.1f}% |")
     if report.get("runs"):
+        runs = dict(report["runs"])
+        versus = runs.pop("two_slope, mtltrain vs usual script")
         lines += ["", "| whole run (defaults) | wall time | of which training | steps |"]
         lines += ["|---|---|---|---|"]
-        for name, r in report["runs"].items():
+        for name, r in runs.items():
             lines.append(
                 f"| `{name}` | {r['wall_s']:.1f} s | {r['train_s']:.1f} s | {r['steps']:,} |"
             )
+        lines += ["", "| whole two-slope run (1500 epochs), median of 3 | wall time | × usual |"]
+        lines += ["|---|---|---|"]
+        ours, usual = versus["mtltrain_s"], versus["usual_s"]
+        lines.append(f"| `mtltrain` | {ours:.1f} s | {ours / usual:.2f} |")
+        lines.append(f"| scripts/usual/two_slope.py | {usual:.1f} s | 1.00 |")
+    if report.get("busy"):
+        busy = report["busy"]
+        lines += ["", f"| 100 two-slope epochs, {busy['cores']} cores kept busy by other "
+                  "processes | wall time |", "|---|---|"]  # fmt: skip
+        lines += [f"| {name} | {s:.1f} s |" for name, s in busy["wall_s"].items()]
     lines += ["", f"Finished {report['finished']}. Reproduce: `{report['command']}`"]
     return "\n".join(lines) + "\n"
 
@@ -456,7 +515,9 @@ def main() -> None:
     parser.add_argument("--mnist-root", default=MNIST_ROOT)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--skip-runs", action="store_true", help="skip the whole-run timings")
+    parser.add_argument(
+        "--skip-runs", action="store_true", help="skip the whole-run and busy-machine timings"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument(
@@ -494,6 +555,7 @@ def main() -> None:
         }
         if not args.skip_runs:
             sections["runs"] = lambda: whole_runs(root, device, tmp)
+            sections["busy"] = lambda: busy_machine(tmp)
         for name, section in sections.items():
             print(f"running {name} ...", file=sys.stderr, flush=True)
             report[name] = section()

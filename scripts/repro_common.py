@@ -142,9 +142,9 @@ def fmt(stat: Stat | float | None, digits: int = 4) -> str:
     return "–" if math.isnan(stat) else f"{stat:.{digits}f}"
 
 
-def delta_cell(delta: float | None) -> str:
-    """Δm% with its sign, or "–" where there is no baseline."""
-    return "–" if delta is None else f"{delta:+.2f}"
+def delta_cell(delta: Stat | None) -> str:
+    """Δm% (of the setting's means) with its sign, or "–" where there is no baseline."""
+    return "–" if delta is None else f"{delta.mean:+.2f}"
 
 
 def duration(seconds: float) -> str:

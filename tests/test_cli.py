@@ -34,7 +34,7 @@ def test_default_run(tmp_path):
     for term in ("y1", "y2"):
         assert {f"sigma/{term}", f"loss_raw/{term}", f"loss_weighted/{term}", f"weight/{term}",
                 f"test/{term}/rmse", f"train/{term}/rmse"} <= scalars  # fmt: skip
-    assert {"loss/total", "lr", "train/loss"} <= scalars
+    assert {"loss/total", "train/loss"} <= scalars
     assert len(acc.Scalars("sigma/y1")) == 12  # every step, as log_every=1
     plugins = set(acc.PluginTagToContent("custom_scalars")) | set(acc.PluginTagToContent("hparams"))
     assert "custom_scalars__config__" in plugins and "_hparams_/experiment" in plugins

@@ -83,6 +83,16 @@ def hand_stats(runs, name):
     return np.mean(values), np.std(values, ddof=1)
 
 
+def hand_cell(mean, std):
+    """mean ± std as the report writes them: std to two significant digits, the mean to its
+    decimal place (0.4996 ± 0.0123 → "0.500 ± 0.012"); no spread: 4 significant digits."""
+    if std == 0:
+        return f"{mean:.4g} ± 0"
+    places = max(0, 1 - int(np.floor(np.log10(std))))
+    mean = round(mean, places) + 0.0  # a mean that rounds to zero is "0", not "-0"
+    return f"{mean:.{places}f} ± {std:.{places}f}"
+
+
 def test_table_is_mean_and_std_over_seeds(sweep):
     folder, finished, _, proc = sweep
     assert proc.returncode == 0, proc.stderr
@@ -95,24 +105,41 @@ def test_table_is_mean_and_std_over_seeds(sweep):
         names += [f"{q}/{t}" for q, v in runs[0]["weighting"].items() if q != "log_var" for t in v]
         for name in names:
             mean, std = hand_stats(runs, name)
-            assert row[name] == f"{mean:.4g} ± {std:.4g}", name
+            assert row[name] == hand_cell(mean, std), name
     assert "log_var/y1" not in rows[1] and rows[0]["sigma/y1"] == ""
+    # the true noise σ beside each learned one, where a σ is learned
+    assert rows[1]["true_sigma/y1"] == "3 ± 0" and rows[1]["true_sigma/y2"] == "0.5 ± 0"
+    assert rows[0]["true_sigma/y1"] == ""
     assert table(proc.stdout) == rows
 
 
+def test_cells_round_the_mean_to_the_spread():
+    from mtltrain.report import Stat, fmt_stat
+
+    assert fmt_stat(Stat(2.94183, 0.21134)) == "2.94 ± 0.21"
+    assert fmt_stat(Stat(0.49961, 0.018942)) == "0.500 ± 0.019"
+    assert fmt_stat(Stat(1234.5, 56.7)) == "1234 ± 57"
+    assert fmt_stat(Stat(0.8, None)) == "0.8 ± –" and fmt_stat(Stat(3.0, 0.0)) == "3 ± 0"
+
+
 def test_delta_m_against_fixed_weights(sweep):
+    """Δm% of each seed's run against the baseline's means: their mean and spread."""
     folder, finished, _, _ = sweep
     rows = table((folder / "report.md").read_text())
-    assert rows[0]["Δm%"] == "0.00"
     main = ["test/y1/rmse", "test/y2/rmse"]  # lower is better
     base = {m: np.mean([r["metrics"][m] for r in finished["fixed"]]) for m in main}
-    ours = {m: np.mean([r["metrics"][m] for r in finished["uncertainty"]]) for m in main}
-    expected = 100 / 2 * sum(-(ours[m] - base[m]) / base[m] for m in main)
-    assert rows[1]["Δm%"] == f"{expected:.2f}"
+
+    def per_seed(runs):
+        return [100 / 2 * sum(-(r["metrics"][m] - base[m]) / base[m] for m in main) for r in runs]
+
+    ours, own = per_seed(finished["uncertainty"]), per_seed(finished["fixed"])
+    assert rows[1]["Δm%"] == hand_cell(np.mean(ours), np.std(ours, ddof=1))
+    assert rows[0]["Δm%"] == hand_cell(0.0, np.std(own, ddof=1))  # the baseline: its own spread
     with (folder / "report.csv").open() as f:
         csv_rows = list(csv.DictReader(f))
-    assert float(csv_rows[0]["delta_m_pct"]) == 0
-    assert float(csv_rows[1]["delta_m_pct"]) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert float(csv_rows[0]["delta_m_pct"]) == pytest.approx(0, abs=1e-12)
+    assert float(csv_rows[1]["delta_m_pct"]) == pytest.approx(np.mean(ours), rel=1e-9)
+    assert float(csv_rows[1]["delta_m_pct_std"]) == pytest.approx(np.std(ours, ddof=1), rel=1e-9)
     assert "positive Δm% is better than the baseline" in (folder / "report.md").read_text()
 
 
@@ -198,10 +225,10 @@ def test_each_task_set_is_compared_with_fixed_weights_on_it(tmp_path, capsys):
     main([str(tmp_path), "--out", str(tmp_path / "out")])
     rows = table(capsys.readouterr().out)
     assert [(r["setting"], r["Δm%"]) for r in rows] == [
-        (f"weighting=fixed, {ab}", "0.00"),
-        (f"weighting=uncertainty, {ab}", "18.75"),  # 100/2·((0.9 − 0.8)/0.8 − (1.5 − 2)/2)
-        (f"weighting=fixed, {a}", "0.00"),
-        (f"weighting=uncertainty, {a}", "20.00"),  # 100·(0.6 − 0.5)/0.5
+        (f"weighting=fixed, {ab}", "0 ± –"),
+        (f"weighting=uncertainty, {ab}", "18.75 ± –"),  # 100/2·((0.9 − 0.8)/0.8 − (1.5 − 2)/2)
+        (f"weighting=fixed, {a}", "0 ± –"),
+        (f"weighting=uncertainty, {a}", "20 ± –"),  # 100·(0.6 − 0.5)/0.5
     ]
     assert rows[2]["test/b/rmse"] == "" and rows[0]["test/a/accuracy"] == "0.8 ± –"
     assert {p.name for p in (tmp_path / "out").iterdir()} == {
@@ -215,7 +242,7 @@ def test_negative_nll_baseline_and_missing_baseline(tmp_path, capsys):
     fake_run(tmp_path / "0_x", ["weighting=fixed"], {"test/y/nll": -1.0, "test/y/rmse": 1.0})
     fake_run(tmp_path / "1_x", ["weighting=dtp"], {"test/y/nll": -1.5, "test/y/rmse": 1.0})
     main([str(tmp_path)])
-    assert [r["Δm%"] for r in table(capsys.readouterr().out)] == ["0.00", "50.00"]  # better NLL
+    assert [r["Δm%"] for r in table(capsys.readouterr().out)] == ["0 ± –", "50 ± –"]  # better NLL
     main([str(tmp_path), "--baseline", "weighting=uncertainty"])
     out = capsys.readouterr().out
     assert [r["Δm%"] for r in table(out)] == ["", ""]
@@ -228,3 +255,15 @@ def test_seed_curve_is_mean_and_range_at_the_steps_every_seed_logged():
     assert curve.mean.tolist() == [3.0, 3.0]
     assert curve.low.tolist() == [2.0, 1.0] and curve.high.tolist() == [4.0, 5.0]
     assert seed_curve([{1: 1.0}, {2: 2.0}]) is None
+
+
+def test_a_failed_run_shows_its_error_and_counts_read_well(tmp_path, capsys):
+    fake_run(tmp_path / "0_x", ["weighting=fixed"], {"test/a/accuracy": 0.5})
+    fake_run(tmp_path / "1_x", ["weighting=dtp"], {}, status="failed")
+    error = "weighting.alpha=0 is not allowed: it must be in (0, 1]"
+    results = json.loads((tmp_path / "1_x" / "results.json").read_text())
+    (tmp_path / "1_x" / "results.json").write_text(json.dumps(results | {"error": error}))
+    main([str(tmp_path)])
+    markdown = (tmp_path / "report.md").read_text()
+    assert f"| `1_x` | failed | {error} |" in markdown
+    assert "1 finished run in 1 setting, 1 did not finish" in markdown

@@ -16,7 +16,7 @@ import torch
 from conftest import MTLTRAIN, make_config, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mtltrain import checkpoint
+from mtltrain import checkpoint, rundir
 from mtltrain.build import build_trainer
 from mtltrain.callbacks.nonfinite import NonfiniteGuard, NonfiniteWatch, nonfinite_error
 from mtltrain.data import two_slope
@@ -25,8 +25,14 @@ from mtltrain.run import run
 from mtltrain.tblog import TensorBoardLog
 
 # ~1500 steps, a checkpoint every epoch: long enough to be stopped in the middle
-RUN = ["trainer.epochs=80", "trainer.deterministic=true", "trainer.log_every=7",
-       "trainer.eval_every=3", "dataset.n_train=300"]  # fmt: skip
+RUN = [
+    "trainer.epochs=80",
+    "trainer.deterministic=true",
+    "trainer.log_every=7",
+    "trainer.checkpoint_every=1",
+    "trainer.eval_every=3",
+    "dataset.n_train=300",
+]
 
 
 def results(run_dir):
@@ -57,7 +63,7 @@ def start(run_dir, cwd):
 
 def wait_for_checkpoint(proc, run_dir, timeout=120):
     deadline = time.monotonic() + timeout
-    while not checkpoint.path_in(run_dir).exists():
+    while not rundir.checkpoint_file(run_dir).exists():
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.02)
@@ -98,7 +104,7 @@ def stop_mid_run(tmp_path, reference, signum):
 def test_sigkill_at_a_random_step_then_resume_is_exact(tmp_path, reference):
     run_dir, returncode, _ = stop_mid_run(tmp_path, reference, signal.SIGKILL)
     assert returncode == -signal.SIGKILL
-    stopped_at = checkpoint.load(checkpoint.path_in(run_dir))["trainer"]["position"]["step"]
+    stopped_at = checkpoint.load(rundir.checkpoint_file(run_dir))["trainer"]["position"]["step"]
     resumed = run_cli([f"resume={run_dir}"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed at step {stopped_at}" in resumed.stdout
@@ -113,7 +119,7 @@ def test_ctrl_c_and_sigterm_checkpoint_then_resume_is_exact(tmp_path, reference,
     assert f"stopped by {signal.Signals(signum).name}" in line
     assert f"mtltrain resume={run_dir}" in line
     assert results(run_dir)["status"] == "interrupted"
-    state = checkpoint.load(checkpoint.path_in(run_dir))["trainer"]["position"]
+    state = checkpoint.load(rundir.checkpoint_file(run_dir))["trainer"]["position"]
     assert 0 < state["step"] < results(reference)["steps"]
     resumed = run_cli([f"resume={run_dir}"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
@@ -126,7 +132,7 @@ def test_resume_takes_a_checkpoint_file_and_extra_overrides(tmp_path):
     wait_for_checkpoint(proc, run_dir)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
-    ckpt = checkpoint.path_in(run_dir)
+    ckpt = rundir.checkpoint_file(run_dir)
     resumed = run_cli([f"resume={ckpt}", "trainer.epochs=90"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     done = results(run_dir)
@@ -139,12 +145,12 @@ def test_resume_with_fewer_epochs_than_done_is_refused(tmp_path):
     wait_for_checkpoint(proc, run_dir)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
-    before = checkpoint.path_in(run_dir).read_bytes()
+    before = rundir.checkpoint_file(run_dir).read_bytes()
     resumed = run_cli([f"resume={run_dir}", "trainer.epochs=1"], cwd=tmp_path)
     assert resumed.returncode == 2
     (line,) = resumed.stderr.strip().splitlines()
     assert "trainer.epochs=1 is not allowed" in line and "resume with trainer.epochs above" in line
-    assert checkpoint.path_in(run_dir).read_bytes() == before  # the checkpoint is untouched
+    assert rundir.checkpoint_file(run_dir).read_bytes() == before  # the checkpoint is untouched
 
 
 # ---- atomic writes ------------------------------------------------------------------------
@@ -206,21 +212,41 @@ TINY = ["dataset.n_train=64", "dataset.n_test=16", "trainer.epochs=6"]
 
 
 @pytest.mark.parametrize(
-    "overrides",
+    ("value", "overrides"),
     [
-        ["dataset.tasks.y2.noise_std=nan"],
-        ["dataset.tasks.y2.noise_std=inf"],
+        (math.nan, []),
+        (math.inf, []),
         # a weight of 0 does not hide it: 0·Inf and 0·NaN are NaN
-        ["dataset.tasks.y2.noise_std=inf", "weighting=fixed", "weighting.weights=[1.0,0.0]"],
+        (math.inf, ["weighting=fixed", "weighting.weights=[1.0,0.0]"]),
     ],
     ids=["nan", "inf", "inf-weight-0"],
 )
-def test_a_non_finite_loss_stops_the_run_with_one_line(tmp_path, overrides):
-    proc = run_cli([*overrides, *TINY, f"hydra.run.dir={tmp_path}/r"], tmp_path)
+def test_a_non_finite_loss_stops_the_run(tmp_path, monkeypatch, value, overrides):
+    """Targets of y2 that are not finite (a data set's fault: its settings must be finite)."""
+    build = two_slope.build
+
+    def broken(**kwargs):
+        data = build(**kwargs)
+        data.train.targets["y2"][:] = value
+        return data
+
+    monkeypatch.setattr(two_slope, "build", broken)
+    with pytest.raises(TrainingError) as err:
+        run(make_config([*overrides, *TINY]), tmp_path / "r")
+    assert err.value.exit_code == 3 and "\n" not in str(err.value)
+    assert "non-finite loss in task y2" in str(err.value) and "at step 1," in str(err.value)
+    assert "last good checkpoint: none yet" in str(err.value)
+    assert "trainer.nonfinite=skip" in str(err.value)
+    assert results(tmp_path / "r")["status"] == "failed"
+
+
+def test_a_non_finite_weight_stops_the_run_with_one_line(tmp_path):
+    """σ² = e^−1000 makes the weight of a finite loss infinite at the first step."""
+    args = ["weighting.init_log_var=-1000", *TINY, f"hydra.run.dir={tmp_path}/r"]
+    proc = run_cli(args, tmp_path)
     assert proc.returncode == 3
     (line,) = proc.stderr.strip().splitlines()
-    assert "non-finite loss in task y2" in line and "at step 1," in line
-    assert "last good checkpoint: none yet" in line and "trainer.nonfinite=skip" in line
+    assert "non-finite weight of term y1" in line and "at step 1," in line
     assert results(tmp_path / "r")["status"] == "failed"
 
 
@@ -240,7 +266,7 @@ def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path, watched):
     """Checked each step (CPU), or watched on the device and read at the next log,
     evaluation or checkpoint (what CUDA does, here forced on the CPU): the same error."""
     cfg = make_config([*TINY, "trainer.nonfinite=stop"])
-    ckpt = checkpoint.path_in(tmp_path)
+    ckpt = rundir.checkpoint_file(tmp_path)
     with TensorBoardLog(tmp_path / "tb") as tb:
         trainer = build_trainer(cfg, tmp_path, tb)
         if watched:
@@ -260,8 +286,8 @@ def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path, watched):
 
 def test_skip_mode_skips_and_counts_non_finite_steps(tmp_path, monkeypatch):
     monkeypatch.setattr(two_slope, "build", poisoned(two_slope.build, slice(0, 3)))
-    value = run(make_config([*TINY, "trainer.nonfinite=skip", "trainer.log_every=1"]),
-                      tmp_path)  # fmt: skip
+    skip = ["trainer.nonfinite=skip", "trainer.max_skipped=1", "trainer.log_every=1"]
+    value = run(make_config([*TINY, *skip]), tmp_path)
     done = results(tmp_path)
     # rows 0-2 land in some batch of each epoch: at least one skipped step per epoch
     assert 6 <= done["nonfinite_steps"] <= 18 and done["steps"] == 24

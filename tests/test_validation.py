@@ -26,6 +26,8 @@ def folders(tmp_path_factory):
     (root / "truncated.pt").write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     torch.save({"model": {"w": torch.zeros(2)}}, root / "foreign.pt")
     (root / "text.pt").write_text("not a checkpoint\n")
+    shutil.copy(ckpt, root / "copied.pt")  # a checkpoint outside any run folder
+    (root / "a_file").write_text("not a folder\n")
     for name, file, mangle in [
         ("mnist_ok", None, None),
         ("mnist_truncated", "t10k-labels-idx1-ubyte", lambda b: b[:-3]),
@@ -84,10 +86,31 @@ CASES = [
     ("resume foreign", ["resume={root}/foreign.pt"], ["foreign.pt", "not an mtltrain checkpoint"]),
     ("resume text", ["resume={root}/text.pt"], ["text.pt", "not a readable"]),
     ("resume finished", ["resume={root}/done"], ["done", "nothing to resume"]),
+    ("resume a copied checkpoint", ["resume={root}/copied.pt"],
+     ["copied.pt", "checkpoints/last.pt of a folder"]),
     # output
     ("finished run folder", ["hydra.run.dir={root}/done"], ["done", "finished run"]),
     ("unfinished run folder", ["hydra.run.dir={root}/unfinished"],
      ["unfinished", "resume=", "unfinished run"]),
+    ("run folder under a file", ["hydra.run.dir={root}/a_file/run"], ["a_file", "is a file"]),
+    # values outside the tool's own checks until now (issue: "what users hit")
+    ("learning rate nan", ["trainer.optimizer.lr=nan"], ["lr=nan", "finite number > 0"]),
+    ("seed too large", ["seed=99999999999999999999"], ["seed=99999999999999999999", "2**63"]),
+    ("optimizer setting it lacks", ["+trainer.optimizer.momentum=0.9"],
+     ["trainer.optimizer", "torch.optim.Adam", "'momentum'"]),
+    ("optimizer needing a closure", ["trainer.optimizer._target_=torch.optim.LBFGS"],
+     ["torch.optim.LBFGS", "closure", "torch.optim.Adam"]),
+    ("noise std nan", ["dataset.tasks.y1.noise_std=nan"],
+     ["dataset.tasks.y1.noise_std=nan", "finite number"]),
+    ("initial log variance inf", ["weighting.init_log_var=inf"],
+     ["weighting.init_log_var=inf", "finite number"]),
+    ("revised c zero", ["weighting=revised_uncertainty", "weighting.init_c=0"],
+     ["weighting.init_c=0", "> 0"]),
+    ("fixed weight nan", ["weighting=fixed", "weighting.weights=[1.0,nan]"], ["nan", "finite"]),
+    ("fixed weight negative", ["weighting=fixed", "weighting.weights=[1.0,-0.5]"],
+     ["-0.5", "weighting.allow_negative=true"]),
+    ("threads", ["trainer.threads=many"], ["trainer.threads='many'", "auto"]),
+    ("skipped share", ["trainer.max_skipped=2"], ["trainer.max_skipped=2.0", "[0, 1]"]),
 ]  # fmt: skip
 
 

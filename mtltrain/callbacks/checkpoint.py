@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,20 +14,26 @@ if TYPE_CHECKING:
 
 
 class CheckpointCallback(Callback):
-    """Writes `path` every `every` epochs (0: never in between), after the last epoch and when
-    a signal stops the run; `run_info` (config, overrides) goes into each checkpoint."""
+    """Writes `path` at the first epoch end `interval` seconds after the last checkpoint (0:
+    never so), every `every` epochs (0: never so), after the last epoch and when a signal
+    stops the run; `run_info` (config, overrides) goes into each checkpoint. Checkpoints fall
+    on epoch ends (or the step a signal stopped), from which a run resumes exactly."""
 
-    def __init__(self, path: Path, every: int, run_info: dict[str, Any]) -> None:
-        self.path, self.every, self.run_info = path, every, run_info
+    def __init__(self, path: Path, every: int, interval: float, run_info: dict[str, Any]) -> None:
+        self.path, self.every, self.interval, self.run_info = path, every, interval, run_info
         self.saved_step: int | None = None
+        self.saved_at = time.monotonic()
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        self.saved_at = time.monotonic()
         if trainer.step:  # resumed: the checkpoint it came from is the last good one
             self.saved_step = trainer.step
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         last = trainer.epoch == trainer.epochs
-        if last or (self.every and trainer.epoch % self.every == 0):
+        by_epoch = self.every and trainer.epoch % self.every == 0
+        by_time = self.interval and time.monotonic() - self.saved_at >= self.interval
+        if last or by_epoch or by_time:
             self.save(trainer)
 
     def on_interrupt(self, trainer: Trainer) -> None:
@@ -34,7 +41,7 @@ class CheckpointCallback(Callback):
 
     def save(self, trainer: Trainer) -> None:
         checkpoint.save(self.path, {"trainer": trainer.state_dict(), **self.run_info})
-        self.saved_step = trainer.step
+        self.saved_step, self.saved_at = trainer.step, time.monotonic()
 
     def last_saved(self) -> tuple[Path, int] | None:
         """(path, step) of the last checkpoint this run wrote or resumed from."""

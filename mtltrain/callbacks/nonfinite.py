@@ -83,18 +83,21 @@ class NonfiniteWatch:
 
 
 class NonfiniteGuard(Callback):
-    """Vetoes (skip) or stops on (stop) a step whose total is not finite; with `watched`, the
-    stop waits on the device (see the module)."""
+    """Vetoes (skip) or stops on (stop) a step whose total is not finite; with `watch`, the
+    stop waits on the device (see the module). In skip mode the run fails at the end of the
+    epoch in which more than `max_skipped` of all its steps have been skipped."""
 
     def __init__(
         self,
         terms: Sequence[LossTerm],
         policy: str,
         log_every: int,
+        max_skipped: float,
         watch: NonfiniteWatch | None = None,
         last_checkpoint: LastCheckpoint = lambda: None,
     ) -> None:
         self.terms, self.policy, self.log_every = terms, policy, log_every
+        self.max_skipped = max_skipped
         self.watch, self.last_checkpoint = watch, last_checkpoint
 
     def allows_update(self, trainer: Trainer, step: Step) -> bool:
@@ -113,6 +116,13 @@ class NonfiniteGuard(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer) -> None:
         self.check(trainer)
+        steps = trainer.epochs * trainer.batches_per_epoch
+        if trainer.skipped_steps > self.max_skipped * steps:
+            raise TrainingError(
+                f"{trainer.skipped_steps} of the {trainer.step} steps so far were skipped as "
+                f"non-finite, more than trainer.max_skipped={self.max_skipped} of the run's "
+                f"{steps}: the run failed; lower the learning rate, or raise trainer.max_skipped"
+            )
 
     def on_interrupt(self, trainer: Trainer) -> None:
         self.check(trainer)

@@ -34,7 +34,7 @@ class ProgressCallback(Callback):
             desc="train",
             leave=False,
             dynamic_ncols=True,
-            disable=None if self.show else True,
+            disable=None if self.show is None else not self.show,
         )
 
     def on_step_end(self, trainer: Trainer, step: Step) -> None:

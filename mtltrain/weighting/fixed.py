@@ -1,4 +1,5 @@
-"""Fixed weights: total = Σ_k w_k·L_k with w_k from the config."""
+"""Fixed weights: total = Σ_k w_k·L_k with w_k from the config (≥ 0 unless `allow_negative`:
+a negative weight maximises that loss, which is rarely what is meant)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from mtltrain.errors import ConfigError
 from mtltrain.losses import LossTerm
 from mtltrain.weighting.base import Values, Weighting, named_values
 
@@ -14,9 +16,16 @@ from mtltrain.weighting.base import Values, Weighting, named_values
 class FixedWeighting(Weighting):
     """Σ_k w_k·L_k; the usual hand-tuned baseline (default: all w_k = 1)."""
 
-    def __init__(self, terms: Sequence[LossTerm], weights: Values = None) -> None:
+    def __init__(
+        self, terms: Sequence[LossTerm], weights: Values = None, allow_negative: bool = False
+    ) -> None:
         super().__init__(terms)
         values = named_values(self.names, weights, "weighting.weights", default=1.0)
+        if min(values) < 0 and not allow_negative:
+            raise ConfigError(
+                f"weighting.weights={weights} is not allowed: a negative weight maximises its "
+                "loss; set weighting.allow_negative=true if that is meant"
+            )
         self.register_buffer("weight", torch.tensor(values))
 
     def weights(self) -> Tensor:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from mtltrain.errors import ConfigError
 from mtltrain.losses import LossTerm
 from mtltrain.weighting.base import Weighting
 
@@ -22,6 +23,10 @@ class RevisedUncertaintyWeighting(Weighting):
 
     def __init__(self, terms: Sequence[LossTerm], init_c: float = 1.0) -> None:
         super().__init__(terms)
+        if not init_c > 0:
+            raise ConfigError(
+                f"weighting.init_c={init_c} is not allowed: it must be > 0 (the weight is 1/(2c²))"
+            )
         self.c = nn.Parameter(torch.full((len(terms),), float(init_c)))
 
     def contributions(self, losses: Tensor) -> Tensor:

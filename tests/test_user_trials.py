@@ -1,0 +1,293 @@
+"""What users hit when they tried the tool: each case reproduced as they met it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import MTLTRAIN, make_config, run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from mtltrain import checkpoint, rundir
+from mtltrain.callbacks.checkpoint import CheckpointCallback
+from mtltrain.callbacks.progress import ProgressCallback
+from mtltrain.errors import OutputError, RunFolderError
+from mtltrain.results import write_json
+from mtltrain.run import run
+from mtltrain.runtime import SMALL_STEP_FLOPS, choose_threads, usable_cores
+
+TINY = ["trainer.epochs=2", "dataset.n_train=32", "dataset.n_test=16"]
+
+
+def strict_json(path: Path) -> dict:
+    """results.json, refusing NaN and Infinity (which are not JSON)."""
+
+    def refuse(name: str) -> float:
+        raise ValueError(f"{name} in {path}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+# ---- sweeps ---------------------------------------------------------------------------------
+
+
+def test_a_sweep_with_a_slash_in_a_value_finds_its_failed_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "weighting=fixed", "weighting.weights=[1,1],[1,1,1]", "objective=test/y1/rmse",
+            "trainer.epochs=1", "dataset.n_train=32", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    jobs = rundir.jobs_in(sweep)
+    assert len(jobs) == 2 and all(job.parent == sweep for job in jobs)  # no nested folders
+    assert "1 of 2 jobs did not finish: 1_" in proc.stderr.strip().splitlines()[-1]
+    assert [rundir.status(j) for j in jobs] == ["completed", "failed"]
+
+
+def test_a_finished_sweep_folder_is_refused_or_continued(tmp_path):
+    sweep = tmp_path / "sweep"
+    base = ["-m", *TINY, f"hydra.sweep.dir={sweep}"]
+    assert run_cli([*base, "seed=0"], cwd=tmp_path).returncode == 0
+    before = snapshot(sweep)
+    again = run_cli([*base, "seed=0,1"], cwd=tmp_path)
+    assert again.returncode == 2
+    (line,) = again.stderr.strip().splitlines()
+    assert "already holds a sweep" in line and "resume_sweep=true" in line
+    assert snapshot(sweep) == before  # nothing touched
+    more = run_cli([*base, "seed=0,1", "resume_sweep=true"], cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    jobs = rundir.jobs_in(sweep)
+    assert [rundir.status(j) for j in jobs] == ["completed", "completed"]
+    (kept,) = (k for k in before if k.endswith("results.json"))
+    assert snapshot(sweep)[kept] == before[kept]  # the finished job was kept as it was
+
+
+# ---- errors outside the tool's own checks ---------------------------------------------------
+
+
+def test_an_unexpected_error_is_one_line_with_a_failed_results_json(tmp_path):
+    """Adam with one beta raises IndexError inside torch: not a check of ours."""
+    proc = run_cli([*TINY, "+trainer.optimizer.betas=[0.9]", f"hydra.run.dir={tmp_path}/r"],
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("mtltrain: error: IndexError") and "mtltrain.log" in line
+    results = strict_json(tmp_path / "r" / "results.json")
+    assert results["status"] == "failed" and "IndexError" in results["error"]
+    log = (tmp_path / "r" / "mtltrain.log").read_text()
+    assert "Traceback" in log and "IndexError" in log
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_stray_file(tmp_path, monkeypatch):
+    def no_space(obj, f):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    with pytest.raises(OutputError, match=r"last.pt \(No space left on device\)"):
+        run(make_config(TINY), tmp_path)
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert strict_json(tmp_path / "results.json")["status"] == "failed"
+
+
+def test_a_read_only_folder_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(RunFolderError, match=r"run cannot be written: .* read-only"):
+        rundir.check_writable(tmp_path / "run", "hydra.run.dir")
+    assert not (tmp_path / "run").exists()
+
+
+# ---- non-finite steps -----------------------------------------------------------------------
+
+
+def test_a_run_that_skips_too_much_fails_with_valid_json(tmp_path):
+    """The issue's run: 107 of 120 steps skipped, status completed, σ = inf in the JSON."""
+    args = ["trainer.optimizer.lr=1e3", "trainer.nonfinite=skip", "trainer.epochs=30",
+            "dataset.n_train=64", f"hydra.run.dir={tmp_path}/r"]  # fmt: skip
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 3
+    (line,) = proc.stderr.strip().splitlines()
+    assert "trainer.max_skipped=0.1" in line and "skipped as non-finite" in line
+    assert strict_json(tmp_path / "r" / "results.json")["status"] == "failed"
+
+
+def test_results_json_has_no_infinity():
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"mtltrain-{os.getpid()}-results.json"
+    try:
+        write_json(path, {"sigma": {"y1": float("inf"), "y2": 0.5}, "x": [float("nan")]})
+        assert strict_json(path) == {"sigma": {"y1": None, "y2": 0.5}, "x": [None]}
+    finally:
+        path.unlink(missing_ok=True)
+
+
+# ---- run folders ----------------------------------------------------------------------------
+
+
+def test_two_runs_on_one_folder_the_second_stops_with_one_line(tmp_path):
+    folder = tmp_path / "run"
+    first = subprocess.Popen(
+        [MTLTRAIN, "trainer.epochs=3000", f"hydra.run.dir={folder}"], cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (folder / "tb").exists():  # it is past its checks and training
+        assert first.poll() is None and time.monotonic() < deadline, first.stderr
+        time.sleep(0.05)
+    second = run_cli([*TINY, f"hydra.run.dir={folder}"], cwd=tmp_path)
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=60)
+    assert second.returncode == 2
+    (line,) = second.stderr.strip().splitlines()
+    assert "in use by another mtltrain run" in line
+    assert first.returncode == 128 + signal.SIGTERM
+    assert strict_json(folder / "results.json")["status"] == "interrupted"  # the first's
+
+
+def test_resuming_with_another_model_says_what_differs(tmp_path):
+    done = tmp_path / "done"
+    assert run_cli([*TINY, f"hydra.run.dir={done}"], cwd=tmp_path).returncode == 0
+    stopped = tmp_path / "stopped" / "checkpoints"
+    stopped.mkdir(parents=True)
+    (stopped / "last.pt").write_bytes((done / "checkpoints" / "last.pt").read_bytes())
+    proc = run_cli([f"resume={stopped.parent}", "trainer.epochs=3", "model.hidden=[64]"],
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "model parameter weights.0 is [2, 1, 512] in the checkpoint but [2, 1, 64] here" in line
+    assert "settings that differ: model.hidden=[512] → [64]" in line
+
+
+# ---- speed a user feels ---------------------------------------------------------------------
+
+
+def test_threads_follow_the_size_of_a_step():
+    assert choose_threads(3, lambda: 1e12) == (3, "trainer.threads")
+    threads, why = choose_threads("auto", lambda: SMALL_STEP_FLOPS / 10)
+    assert threads == 1 and "MFLOP" in why
+    assert choose_threads("auto", lambda: SMALL_STEP_FLOPS * 10)[0] == usable_cores()
+
+
+def test_the_two_slope_run_takes_one_thread(tmp_path):
+    proc = run_cli([*TINY, f"hydra.run.dir={tmp_path}/r"], cwd=tmp_path)
+    assert "1 CPU thread (auto:" in proc.stdout
+
+
+def test_checkpoints_come_by_the_clock_and_at_the_end(monkeypatch, tmp_path):
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    written = []
+    monkeypatch.setattr(
+        checkpoint, "save", lambda path, state: written.append(state["trainer"]["epoch"])
+    )
+
+    class Trainer:
+        step, epochs, epoch = 0, 6, 0
+
+        def state_dict(self) -> dict:
+            return {"epoch": self.epoch}
+
+    trainer = Trainer()
+    saver = CheckpointCallback(tmp_path / "last.pt", every=0, interval=60, run_info={})
+    saver.on_fit_start(trainer)
+    for epoch, now in zip(range(1, 7), [20, 50, 70, 100, 135, 140], strict=True):
+        clock[0], trainer.epoch = now, epoch
+        saver.on_epoch_end(trainer)
+    assert written == [3, 5, 6]  # 70 s ≥ 60 s; 135 − 70 ≥ 60; the end
+
+
+def test_the_cli_starts_without_torch_and_runs_as_a_module(tmp_path):
+    code = "import sys, mtltrain.cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "mtltrain", "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0 and "mtltrain" in proc.stdout
+
+
+# ---- what users see -------------------------------------------------------------------------
+
+
+def tensorboard(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def test_tensorboard_shows_what_sets_the_run_apart_and_its_last_step(tmp_path):
+    args = [*TINY, "weighting=uncertainty", "trainer.log_every=1000", f"hydra.run.dir={tmp_path}/r"]
+    assert run_cli(args, cwd=tmp_path).returncode == 0
+    acc = tensorboard(tmp_path / "r")
+    scalars = set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("sigma/y1")] == [4]  # the last step, though 4 < 1000
+    assert "lr" not in scalars and "nonfinite_steps" not in scalars  # constant series
+    assert {"final/sigma/y1", "final/weight/y2"} <= scalars
+    content = acc.PluginTagToContent("hparams")
+    infos = [plugin_data_pb2.HParamsPluginData.FromString(c) for c in content.values()]
+    (start,) = (i.session_start_info for i in infos if i.HasField("session_start_info"))
+    assert set(start.hparams) == {"dataset", "model", "trainer", "weighting", "seed",
+                                  "trainer.epochs", "dataset.n_train", "dataset.n_test",
+                                  "trainer.log_every"}  # fmt: skip
+    (experiment,) = (i.experiment for i in infos if i.HasField("experiment"))
+    metrics = {m.name.tag for m in experiment.metric_infos}
+    assert {"test/y1/rmse", "final/sigma/y1"} <= metrics
+    assert "config/text_summary" in acc.Tags()["tensors"]
+
+
+def test_the_log_file_holds_the_summary_and_the_error(tmp_path):
+    assert run_cli([*TINY, f"hydra.run.dir={tmp_path}/ok"], cwd=tmp_path).returncode == 0
+    assert "learned σ" in (tmp_path / "ok" / "mtltrain.log").read_text()
+    bad = run_cli([*TINY, "weighting=fixed", "weighting.weights=[1,1,1]",
+                   f"hydra.run.dir={tmp_path}/bad"], cwd=tmp_path)  # fmt: skip
+    assert bad.returncode == 2
+    assert "has 3 values but there are 2" in (tmp_path / "bad" / "mtltrain.log").read_text()
+
+
+def test_a_users_own_config_group_works_for_a_single_run(tmp_path):
+    own = tmp_path / "my_configs" / "weighting"
+    own.mkdir(parents=True)
+    (own / "tenth.yaml").write_text(
+        "_target_: mtltrain.weighting.fixed.FixedWeighting\nweights: 0.1\n"
+    )
+    args = [*TINY, f"hydra.searchpath=[file://{own.parent}]", "weighting=tenth",
+            f"hydra.run.dir={tmp_path}/r"]  # fmt: skip
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    weights = strict_json(tmp_path / "r" / "results.json")["weighting"]["weight"]
+    assert weights == pytest.approx({"y1": 0.1, "y2": 0.1})
+
+
+def test_one_progress_bar_over_the_run_on_a_terminal_and_none_elsewhere(tmp_path, monkeypatch):
+    import io
+
+    from mtltrain.build import build_trainer
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    trainer = build_trainer(make_config([*TINY, "trainer.log_every=1"]))
+    trainer.fit()
+    shown = screen.getvalue()
+    assert "train:" in shown and "0/4 " in shown  # one bar over 2 epochs × 2 steps
+    assert "epoch" not in shown  # not one bar per epoch
+    (bar,) = (cb.bar for cb in trainer.callbacks if isinstance(cb, ProgressCallback))
+    assert bar.n == bar.total == 4 and "loss=" in bar.postfix
+    monkeypatch.undo()
+    quiet = run_cli([*TINY, f"hydra.run.dir={tmp_path}/r"], cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr == ""  # not a terminal: no bar at all
