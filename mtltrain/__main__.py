@@ -1,5 +1,6 @@
-"""`python -m mtltrain`: the same as the `mtltrain` command (and what torchrun starts)."""
+"""`python -m mtltrain`: the same as the `mtltrain` command."""
 
 from mtltrain.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

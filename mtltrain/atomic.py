@@ -3,6 +3,7 @@ new one, never half of one."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -24,9 +25,14 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         reason = e.strerror or type(e).__name__
-        raise OutputError(f"could not write {path} ({reason}); its old version is kept") from None
+        raise OutputError(f"could not write {path} ({reason}); any earlier one is kept") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
+
+
+def _remove(tmp: Path) -> None:
+    with contextlib.suppress(OSError):  # what made the write fail may stop this too
+        tmp.unlink(missing_ok=True)

@@ -70,12 +70,15 @@ def set_threads(
 
 
 def forward_flops(model: MultiTaskNet, split: Split, batch_size: int) -> float:
-    """FLOPs of one training batch's forward pass, counted on up to 16 samples and scaled;
-    the random generators are left as they were (dropout draws from them)."""
+    """FLOPs of one training batch's forward pass, counted on up to 16 samples and scaled, in
+    eval mode (batch norm keeps its statistics) and with the random generators left as they
+    were."""
     sample = split.take(slice(0, min(batch_size, 16)))
     counter = FlopCounterMode(display=False)
+    model.eval()
     with torch.random.fork_rng(devices=[]), torch.no_grad(), counter:
         model(sample.inputs)
+    model.train()
     return counter.get_total_flops() * batch_size / len(sample)
 
 

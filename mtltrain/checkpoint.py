@@ -19,9 +19,11 @@ import torch
 from mtltrain.atomic import write_atomically
 from mtltrain.errors import CheckpointError
 
+ZIP_MAGIC = b"PK\x03\x04"
 FORMAT = "mtltrain-checkpoint/2"  # /2: the strategy's own optimizers and the epoch's losses
-# trainer settings a resume may change; the others must match for the state to fit
-RESUMABLE = ("trainer.", "resume", "hydra.")
+# settings a resume may change (how it trains on, where the data lies, what it returns); the
+# others must be the checkpoint's
+RESUMABLE = ("trainer.", "resume", "hydra.", "dataset.root", "dataset.download", "objective")
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
@@ -33,18 +35,19 @@ def load(path: Path) -> dict[str, Any]:
     """Read a checkpoint, or raise a one-line CheckpointError that names the file."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    with path.open("rb") as f:
+        is_zip = f.read(4) == ZIP_MAGIC  # torch.save writes a zip archive
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # a torch file whose objects a weights-only load refuses
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint: it holds objects mtltrain never writes "
-            "(a checkpoint of another program?)"
-        ) from None
-    except Exception:  # zip and pickle errors: the file's bytes are not a whole torch file
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint: truncated, corrupt or not a torch file "
-            f"({path.stat().st_size:,} bytes)"
-        ) from None
+    except Exception as e:  # zip, pickle and weights-only errors: not a checkpoint of ours
+        if not is_zip:
+            what = "not a torch file"
+        elif isinstance(e, pickle.UnpicklingError):
+            what = "it holds objects mtltrain never writes (a checkpoint of another program?)"
+        else:
+            what = "truncated or corrupt"
+        size = f"{path.stat().st_size:,} bytes"
+        raise CheckpointError(f"{path} is not a readable checkpoint: {what} ({size})") from None
     mark = state.get("format") if isinstance(state, dict) else None
     if isinstance(mark, str) and mark.startswith("mtltrain-checkpoint/") and mark != FORMAT:
         raise CheckpointError(

@@ -11,9 +11,9 @@ failed in its folder.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mtltrain import rundir
 from mtltrain.config import check, config_dir, config_error
-from mtltrain.errors import MtlError, RunFolderError
+from mtltrain.errors import MtlError, RunFolderError, UnexpectedError, first_line
 from mtltrain.schema import register
 
 register()
@@ -39,11 +39,16 @@ def _main(cfg: DictConfig) -> float:
 
     hc = HydraConfig.get()
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
+    # resume_sweep is how the sweep was started, not a setting of its runs
+    overrides = [
+        o.input_line
+        for o in rundir.parse_overrides(hc.overrides.task)
+        if o.key_or_group != "resume_sweep"
+    ]
     try:
-        return run(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), choices)
+        return run(cfg, Path(hc.runtime.output_dir), overrides, choices)
     except MtlError as e:
         print(f"mtltrain: error: {e}", file=sys.stderr)
-        logging.getLogger("mtltrain.logfile").error("error: %s", e)
         if hc.mode == RunMode.MULTIRUN:
             return float("nan")  # the job's folder says it failed; the sweep goes on
         raise SystemExit(e.exit_code) from None
@@ -59,23 +64,22 @@ class CheckBeforeRun(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run_dir = Path(config.hydra.run.dir)
-        try:
+        with _exit_on_error():  # Hydra turns a callback's exception into a warning
             check(config)
             rundir.check_writable(run_dir, "hydra.run.dir")
+            rundir.check_not_in_use(run_dir)
             if not config.resume:
-                rundir.check_fresh(run_dir)  # before the lock file would change the folder
+                rundir.check_fresh(run_dir)  # before a lock file would change the folder
             self.held.enter_context(rundir.lock(run_dir))
             if not config.resume:
                 rundir.check_fresh(run_dir)  # again: it may have changed before the lock
-        except MtlError as e:  # Hydra turns a callback's exception into a warning: exit here
-            _fail(e)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.held.close()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        try:
+        with _exit_on_error():
             rundir.check_writable(sweep_dir, "hydra.sweep.dir")
             jobs = rundir.jobs_in(sweep_dir)
             if jobs and not config.resume_sweep:
@@ -84,8 +88,6 @@ class CheckBeforeRun(Callback):
                     "written into; choose another hydra.sweep.dir, or continue it with "
                     "resume_sweep=true (finished jobs are kept, stopped ones resumed)"
                 )
-        except MtlError as e:
-            _fail(e)
 
 
 class SweepSummary(Callback):
@@ -93,14 +95,15 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = rundir.jobs_in(sweep_dir)
-        unfinished = sorted(
-            str(p.relative_to(sweep_dir)) for p in jobs if rundir.status(p) != "completed"
-        )
+        with _exit_on_error():
+            jobs = rundir.jobs_in(sweep_dir)
+            unfinished = [
+                str(p.relative_to(sweep_dir)) for p in jobs if rundir.status(p) != "completed"
+            ]
         if unfinished:
             print(
                 f"mtltrain: {len(unfinished)} of {len(jobs)} jobs did not finish: "
-                f"{', '.join(unfinished)} (mtltrain-report {config.hydra.sweep.dir} lists why)",
+                f"{', '.join(unfinished)} (mtltrain-report {sweep_dir} lists why)",
                 file=sys.stderr,
             )
             raise SystemExit(1)
@@ -121,3 +124,14 @@ def main() -> None:
 def _fail(e: MtlError) -> None:
     print(f"mtltrain: error: {e}", file=sys.stderr)
     raise SystemExit(e.exit_code) from None
+
+
+@contextlib.contextmanager
+def _exit_on_error() -> Iterator[None]:
+    """In a Hydra callback: any error is one line and the exit code (Hydra would only warn)."""
+    try:
+        yield
+    except MtlError as e:
+        _fail(e)
+    except Exception as e:
+        _fail(UnexpectedError(f"{type(e).__name__}: {first_line(e)} (please report it)"))

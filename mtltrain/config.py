@@ -123,8 +123,9 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
 
 
 def check_node(node: DictConfig) -> functools.partial:
-    """A `_target_` node as a partial, its settings checked against the target's signature:
-    names it does not take and values of the wrong type are ConfigErrors."""
+    """A `_target_` node as a partial, its settings checked against the target's signature
+    and, where the target has one, its `check_settings`: names it does not take, values of the
+    wrong type and values out of range are ConfigErrors."""
     factory = build_partial(node)
     target = factory.func
     try:
@@ -134,13 +135,16 @@ def check_node(node: DictConfig) -> functools.partial:
     try:
         hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
     except (NameError, TypeError):  # annotations the checker cannot resolve: nothing to check
-        return factory
+        hints = {}
     for name, value in factory.keywords.items():
         if name in hints and (bad := _mismatch(value, hints[name], name)) is not None:
             where, found, hint = bad
             raise ConfigError(
                 f"{_where(node)}.{where}={found!r} is not allowed: it must be {_describe(hint)}"
             )
+    validate = getattr(target, "check_settings", None)  # a strategy's ranges, before any data
+    if callable(validate):
+        validate(factory.keywords)
     return factory
 
 

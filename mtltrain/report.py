@@ -54,7 +54,6 @@ import csv
 import json
 import math
 import os
-import re
 import statistics
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -70,6 +69,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mtltrain.errors import MtlError
 from mtltrain.metrics import DIRECTION
 from mtltrain.results import RESULTS_FILE
+from mtltrain.rundir import natural_key
 
 PROG = "mtltrain-report"
 COMPLETED = "completed"
@@ -171,14 +171,6 @@ class Curve:
 
 
 # --- finding and reading runs ---------------------------------------------------------------
-
-
-def natural_key(name: str) -> tuple[tuple[str, int], ...]:
-    """Sort key that puts job 10 after job 9: digit runs compare as numbers."""
-    return tuple(
-        (part, 0) if i % 2 == 0 else ("", int(part))
-        for i, part in enumerate(re.split(r"(\d+)", name))
-    )
 
 
 def is_run(folder: Path) -> bool:
@@ -375,16 +367,24 @@ def table_columns(settings: Sequence[Setting]) -> list[str]:
 
 
 def fmt_stat(stat: Stat | None) -> str:
-    """mean ± std, the std to 2 significant digits and the mean to the same decimal place;
-    one value (std "–") or no spread to 4 significant digits."""
+    """mean ± std with the std to 2 significant digits and the mean rounded to the same place
+    (2.94 ± 0.21, 1230 ± 160); one seed: the mean to 4 significant digits ± "–"; no spread at
+    all: the mean alone, to 4 significant digits."""
     if stat is None:
         return ""
-    if stat.std is None or stat.std == 0 or not math.isfinite(stat.std):
-        std = "–" if stat.std is None else f"{stat.std:.4g}"
-        return f"{stat.mean:.4g} ± {std}"
-    decimals = max(0, 1 - math.floor(math.log10(stat.std)))
-    mean = round(stat.mean, decimals) + 0.0  # no "-0"
-    return f"{mean:.{decimals}f} ± {stat.std:.{decimals}f}"
+    if stat.std is None:
+        return f"{significant(stat.mean)} ± –"
+    if stat.std == 0 or not math.isfinite(stat.std):
+        return significant(stat.mean)
+    place = math.floor(math.log10(stat.std)) - 1  # of the std's second significant digit
+    mean, std = (round(v, -place) + 0.0 for v in (stat.mean, stat.std))  # + 0.0: no "-0"
+    decimals = max(0, -place)
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def significant(value: float) -> str:
+    """4 significant digits, trailing zeros kept (3.000, 0.5000, 1234)."""
+    return f"{value:#.4g}".rstrip(".")
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:

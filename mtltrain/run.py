@@ -3,9 +3,11 @@ figures and results.json behind; continue the run of `cfg.resume` where it stopp
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mtltrain import checkpoint, rundir
 from mtltrain.build import build_trainer
+from mtltrain.config import check
 from mtltrain.data.base import Split
 from mtltrain.errors import (
     CheckpointError,
@@ -32,9 +35,11 @@ from mtltrain.tblog import TensorBoardLog
 from mtltrain.train import Trainer, evaluate
 
 log = logging.getLogger("mtltrain.train")
-# what goes to the run's log file only (conf/config.yaml routes it): summaries, tracebacks
+# what goes to the run's log file only (`run` adds the file): summaries, errors, tracebacks
 file_log = logging.getLogger("mtltrain.logfile")
+file_log.propagate = False
 LOG_FILE = "mtltrain.log"
+UNWRITABLE = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
 
 
 def true_sigma(split: Split, terms: Sequence[LossTerm]) -> dict[str, float | None]:
@@ -74,23 +79,42 @@ def run(
     results.json that says so; nothing a run wrote before is ever replaced by a failure.
     """
     info = {"choices": choices or {}, "overrides": list(overrides)}
-    with rundir.lock(run_dir):
-        resume = _resume_from(cfg, run_dir)
-        if resume is None:
-            rundir.check_fresh(run_dir)
-        elif cfg.resume_sweep and rundir.status(run_dir) == "completed":  # this job is done
-            log.info("%s already holds a finished run: kept as it is", run_dir)
-            return read_results(run_dir)["objective"]["value"]
+    owned, resume = False, None  # owned: past the folder's checks, this run's to write into
+    with _log_file(run_dir / LOG_FILE):
         try:
-            return _run(cfg, run_dir, info, resume)
+            with rundir.lock(run_dir):
+                resume = _resume_from(cfg, run_dir)
+                if resume is None:
+                    rundir.check_fresh(run_dir)
+                elif cfg.resume_sweep and rundir.status(run_dir) == "completed":
+                    log.info("%s already holds a finished run: kept as it is", run_dir)
+                    return read_results(run_dir)["objective"]["value"]
+                owned = True
+                check(cfg)  # a sweep's job was not checked before Hydra made its folder
+                return _run(cfg, run_dir, info, resume)
         except Exception as e:
-            error = e if isinstance(e, MtlError) else _unexpected(e, run_dir)
-            if resume is None or isinstance(e, Interrupted):
-                status = "interrupted" if isinstance(e, Interrupted) else "failed"
-                _record_failure(run_dir, {"status": status, "error": str(error), **info})
+            error = _as_mtl_error(e, run_dir)
+            if owned:
+                file_log.error("error: %s", error, exc_info=None if error is e else e)
+                if resume is None or isinstance(error, Interrupted):
+                    status = "interrupted" if isinstance(error, Interrupted) else "failed"
+                    _record_failure(run_dir, {"status": status, "error": str(error), **info})
             if error is e:
                 raise
             raise error from e
+
+
+@contextlib.contextmanager
+def _log_file(path: Path) -> Iterator[None]:
+    """`file_log` into the run's log file (beside Hydra's own lines, if it writes that file)."""
+    handler = logging.FileHandler(path, delay=True)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    file_log.addHandler(handler)
+    try:
+        yield
+    finally:
+        file_log.removeHandler(handler)
+        handler.close()
 
 
 def _resume_from(cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -102,9 +126,13 @@ def _resume_from(cfg: DictConfig, run_dir: Path) -> Path | None:
     return None
 
 
-def _unexpected(e: Exception, run_dir: Path) -> UnexpectedError:
-    """An error outside the tool's checks, as one line; its traceback goes to the run's log."""
-    file_log.error("unexpected error", exc_info=e)
+def _as_mtl_error(e: Exception, run_dir: Path) -> MtlError:
+    """The one-line error of a failure: the tool's own, a folder that cannot be written, or an
+    error outside the tool's checks (its traceback goes to the run's log)."""
+    if isinstance(e, MtlError):
+        return e
+    if isinstance(e, OSError) and e.errno in UNWRITABLE:
+        return OutputError(f"could not write into {run_dir} ({e.strerror})")
     return UnexpectedError(
         f"{type(e).__name__}: {first_line(e)} (not an error mtltrain checks for: the "
         f"traceback is in {run_dir / LOG_FILE}; please report it)"
@@ -140,13 +168,14 @@ def _run(cfg: DictConfig, run_dir: Path, info: dict[str, Any], resume: Path | No
         if state:
             _load(trainer, state, run_info["config"])
             log.info("resumed at step %d (epoch %d)", trainer.step, trainer.epoch + 1)
+            file_log.info("resumed at step %d", trainer.step)
         fit_started = time.perf_counter()
         try:
             test_metrics = trainer.fit()
         except Interrupted as e:
             raise Interrupted(
                 f"{e}; checkpoint written to {rundir.checkpoint_file(run_dir)}; continue with: "
-                f"mtltrain resume={run_dir}",
+                f"{rundir.resume_command(run_dir)}",
                 e.signal_number,
             ) from None
         train_time = time.perf_counter() - fit_started
@@ -164,13 +193,20 @@ def _run(cfg: DictConfig, run_dir: Path, info: dict[str, Any], resume: Path | No
 
 
 def _load(trainer: Trainer, state: dict[str, Any], config: dict[str, Any]) -> None:
-    """The checkpoint into the trainer; a misfit names what differs, settings first."""
+    """The checkpoint into the trainer. A run continues with its own settings (trainer.* aside):
+    other ones, or state that does not fit, are refused with what differs."""
+    changed = checkpoint.changed_settings(state.get("config", {}), config)
     try:
         trainer.load_state_dict(state["trainer"])
     except CheckpointError as e:
-        changed = checkpoint.changed_settings(state.get("config", {}), config)
         settings = f"; settings that differ: {changed}" if changed else ""
         raise CheckpointError(f"{e}{settings}") from None
+    if changed:
+        raise CheckpointError(
+            f"resume= continues a run with its own settings, and these differ from its "
+            f"checkpoint's: {changed}; only trainer.* may change on resume: start a new run "
+            "for other settings"
+        )
 
 
 def _results(

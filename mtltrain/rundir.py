@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
+import shlex
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -44,23 +46,50 @@ def run_dir_of(path: Path) -> Path:
     return path.parent.parent
 
 
+# This process's folder locks: {lock file: [its descriptor, how many holders]}. The CLI takes a
+# single run's lock before Hydra writes into the folder, the run itself again: one lock.
+_held: dict[Path, list[int]] = {}
+
+
 @contextlib.contextmanager
 def lock(run_dir: Path) -> Iterator[None]:
-    """Hold the run folder's lock (an OS record lock, released when the process ends, however
-    it ends); another process that holds it makes this a one-line RunFolderError. One process
-    may take it again (the CLI takes it before Hydra writes into the folder, the run again)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise RunFolderError(
-            f"{run_dir} is in use by another mtltrain run (it holds {LOCK}): wait for it to "
-            "end, or choose another hydra.run.dir"
-        ) from None
+    """Hold the run folder's lock (an OS lock on its .mtltrain.lock, released when the process
+    ends, however it ends); one held by another process is a one-line RunFolderError."""
+    path = (run_dir / LOCK).resolve()
+    if path not in _held:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RunFolderError(
+                f"{run_dir} is in use by another mtltrain run (it holds {LOCK}): wait for it "
+                "to end, or choose another folder"
+            ) from None
+        _held[path] = [fd, 0]
+    _held[path][1] += 1
     try:
         yield
+    finally:
+        _held[path][1] -= 1
+        if _held[path][1] == 0:
+            os.close(_held.pop(path)[0])
+
+
+def check_not_in_use(run_dir: Path) -> None:
+    """Refuse a folder whose lock another process holds, without making a lock file."""
+    path = run_dir / LOCK
+    if not path.is_file() or path.resolve() in _held:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise RunFolderError(
+            f"{run_dir} is in use by another mtltrain run (it holds {LOCK}): wait for it to "
+            "end, or choose another folder"
+        ) from None
     finally:
         os.close(fd)
 
@@ -86,11 +115,19 @@ def unfinished(run_dir: Path) -> bool:
 
 
 def jobs_in(sweep_dir: Path) -> list[Path]:
-    """The job folders under a sweep folder (those Hydra wrote a .hydra/ into), at any depth."""
+    """The job folders under a sweep folder (those Hydra wrote a .hydra/ into), at any depth,
+    in natural order (job 10 after job 9)."""
     if not sweep_dir.is_dir():
         return []
-    return sorted(
-        p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir() and p.parent != sweep_dir
+    jobs = [p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir() and p.parent != sweep_dir]
+    return sorted(jobs, key=lambda p: natural_key(str(p.relative_to(sweep_dir))))
+
+
+def natural_key(name: str) -> tuple[tuple[str, int], ...]:
+    """Sort key that puts job 10 after job 9: digit runs compare as numbers."""
+    return tuple(
+        (part, 0) if i % 2 == 0 else ("", int(part))
+        for i, part in enumerate(re.split(r"(\d+)", name))
     )
 
 
@@ -104,7 +141,7 @@ def check_fresh(run_dir: Path) -> None:
     if unfinished(run_dir):
         raise RunFolderError(
             f"{run_dir} holds an unfinished run ({CHECKPOINTS}/{LAST}): "
-            f"continue it with mtltrain resume={run_dir}, or choose another hydra.run.dir"
+            f"continue it with {resume_command(run_dir)}, or choose another hydra.run.dir"
         )
 
 
@@ -158,4 +195,17 @@ def prepare_arguments(argv: Sequence[str]) -> list[str]:
     merged = {_key(o): o.input_line for o in saved if o.key_or_group != "resume"}
     merged.update({_key(o): o.input_line for o in given})
     merged.pop(("hydra.run.dir", None), None)
-    return [*flags, *merged.values(), f"hydra.run.dir={folder}"]
+    return [*flags, *merged.values(), f"hydra.run.dir={hydra_quoted(folder)}"]
+
+
+def hydra_quoted(path: Path) -> str:
+    """A path as a Hydra override value, quoted when Hydra's grammar would misread it."""
+    text = str(path)
+    if re.fullmatch(r"[A-Za-z0-9._/+-]+", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in `run_dir`, ready for a shell."""
+    return f"mtltrain {shlex.quote('resume=' + hydra_quoted(run_dir))}"

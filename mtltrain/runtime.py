@@ -72,17 +72,23 @@ def settle_threads(threads: int | None = None) -> None:
 SMALL_STEP_FLOPS = 1e8
 
 
+# torch's own choice when the process started (its cores, or OMP_NUM_THREADS): what "auto"
+# gives a large step
+STARTING_THREADS = torch.get_num_threads()
+
+
 def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def choose_threads(setting: int | str, forward_flops: Callable[[], float]) -> tuple[int, str]:
     """The intra-op threads of a CPU run and why: `setting` itself, or for "auto" one thread
-    when a step's forward pass (`forward_flops()`) is small, else every usable core."""
+    when a step's forward pass (`forward_flops()`) is small, else the threads torch chose when
+    the process started (which OMP_NUM_THREADS sets)."""
     if setting != "auto":
         return int(setting), "trainer.threads"
     flops = forward_flops()
-    threads = 1 if flops < SMALL_STEP_FLOPS else usable_cores()
+    threads = 1 if flops < SMALL_STEP_FLOPS else STARTING_THREADS
     return threads, f"auto: {flops / 1e6:.3g} MFLOP per forward pass"
 
 

@@ -139,9 +139,11 @@ def check_seed(seed: int) -> None:
 
 
 def folder_name(text: str) -> str:
-    """Text (a job's overrides) as one folder name: a character a file name cannot or should
-    not hold (a path separator, a space, a quote) becomes "_", and it is cut at 120."""
-    return re.sub(r"[^\w.,=+\-\[\]{}:@~]", "_", text)[:120]
+    """A job's overrides as one folder name that any file system takes and that can be passed
+    back unquoted (resume=<folder>): "key=value,key=value" becomes "key-value_key-value", and
+    every other character outside A-Z a-z 0-9 . _ + - becomes "_"; at most 150 characters."""
+    text = text.replace("=", "-").replace(",", "_")
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)[:150]
 
 
 def register() -> None:

@@ -49,7 +49,7 @@ def test_multirun_one_tensorboard_run_per_job(tmp_path):
     assert proc.returncode == 0, proc.stderr
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [j.name.split("_")[0] for j in jobs] == ["0", "1", "2", "3"]
-    assert "weighting=uncertainty" in jobs[3].name and "seed=1" in jobs[3].name
+    assert "weighting-uncertainty" in jobs[3].name and "seed-1" in jobs[3].name
     runs = {tuple(json.loads((j / "results.json").read_text())["overrides"]) for j in jobs}
     assert len(runs) == 4
     for job in jobs:

@@ -83,14 +83,14 @@ def hand_stats(runs, name):
     return np.mean(values), np.std(values, ddof=1)
 
 
-def hand_cell(mean, std):
-    """mean ± std as the report writes them: std to two significant digits, the mean to its
-    decimal place (0.4996 ± 0.0123 → "0.500 ± 0.012"); no spread: 4 significant digits."""
-    if std == 0:
-        return f"{mean:.4g} ± 0"
-    places = max(0, 1 - int(np.floor(np.log10(std))))
-    mean = round(mean, places) + 0.0  # a mean that rounds to zero is "0", not "-0"
-    return f"{mean:.{places}f} ± {std:.{places}f}"
+def assert_cell(cell, mean, std):
+    """A "m ± s" cell shows std to two significant digits and mean to the same place: read
+    back, each is within half a unit of that place of the value."""
+    shown_mean, shown_std = (float(part) for part in cell.split(" ± "))
+    unit = 10.0 ** (np.floor(np.log10(std)) - 1)
+    assert abs(shown_std - std) <= unit / 2 + 1e-12 and abs(shown_mean - mean) <= unit / 2 + 1e-12
+    decimals = cell.split(" ± ")[1].partition(".")[2]
+    assert len(decimals) == max(0, -int(np.log10(unit))), cell
 
 
 def test_table_is_mean_and_std_over_seeds(sweep):
@@ -105,10 +105,13 @@ def test_table_is_mean_and_std_over_seeds(sweep):
         names += [f"{q}/{t}" for q, v in runs[0]["weighting"].items() if q != "log_var" for t in v]
         for name in names:
             mean, std = hand_stats(runs, name)
-            assert row[name] == hand_cell(mean, std), name
+            if std == 0:  # fixed weights: the value alone
+                assert row[name] == f"{mean:#.4g}".rstrip("."), name
+            else:
+                assert_cell(row[name], mean, std)
     assert "log_var/y1" not in rows[1] and rows[0]["sigma/y1"] == ""
     # the true noise σ beside each learned one, where a σ is learned
-    assert rows[1]["true_sigma/y1"] == "3 ± 0" and rows[1]["true_sigma/y2"] == "0.5 ± 0"
+    assert rows[1]["true_sigma/y1"] == "3.000" and rows[1]["true_sigma/y2"] == "0.5000"
     assert rows[0]["true_sigma/y1"] == ""
     assert table(proc.stdout) == rows
 
@@ -119,7 +122,9 @@ def test_cells_round_the_mean_to_the_spread():
     assert fmt_stat(Stat(2.94183, 0.21134)) == "2.94 ± 0.21"
     assert fmt_stat(Stat(0.49961, 0.018942)) == "0.500 ± 0.019"
     assert fmt_stat(Stat(1234.5, 56.7)) == "1234 ± 57"
-    assert fmt_stat(Stat(0.8, None)) == "0.8 ± –" and fmt_stat(Stat(3.0, 0.0)) == "3 ± 0"
+    assert fmt_stat(Stat(1234.5, 156.7)) == "1230 ± 160"
+    assert fmt_stat(Stat(-0.004, 0.2)) == "0.00 ± 0.20"  # not "-0.00"
+    assert fmt_stat(Stat(0.8, None)) == "0.8000 ± –" and fmt_stat(Stat(3.0, 0.0)) == "3.000"
 
 
 def test_delta_m_against_fixed_weights(sweep):
@@ -133,8 +138,8 @@ def test_delta_m_against_fixed_weights(sweep):
         return [100 / 2 * sum(-(r["metrics"][m] - base[m]) / base[m] for m in main) for r in runs]
 
     ours, own = per_seed(finished["uncertainty"]), per_seed(finished["fixed"])
-    assert rows[1]["Δm%"] == hand_cell(np.mean(ours), np.std(ours, ddof=1))
-    assert rows[0]["Δm%"] == hand_cell(0.0, np.std(own, ddof=1))  # the baseline: its own spread
+    assert_cell(rows[1]["Δm%"], np.mean(ours), np.std(ours, ddof=1))
+    assert_cell(rows[0]["Δm%"], 0.0, np.std(own, ddof=1))  # the baseline: its own spread
     with (folder / "report.csv").open() as f:
         csv_rows = list(csv.DictReader(f))
     assert float(csv_rows[0]["delta_m_pct"]) == pytest.approx(0, abs=1e-12)
@@ -225,12 +230,12 @@ def test_each_task_set_is_compared_with_fixed_weights_on_it(tmp_path, capsys):
     main([str(tmp_path), "--out", str(tmp_path / "out")])
     rows = table(capsys.readouterr().out)
     assert [(r["setting"], r["Δm%"]) for r in rows] == [
-        (f"weighting=fixed, {ab}", "0 ± –"),
+        (f"weighting=fixed, {ab}", "0.000 ± –"),
         (f"weighting=uncertainty, {ab}", "18.75 ± –"),  # 100/2·((0.9 − 0.8)/0.8 − (1.5 − 2)/2)
-        (f"weighting=fixed, {a}", "0 ± –"),
-        (f"weighting=uncertainty, {a}", "20 ± –"),  # 100·(0.6 − 0.5)/0.5
+        (f"weighting=fixed, {a}", "0.000 ± –"),
+        (f"weighting=uncertainty, {a}", "20.00 ± –"),  # 100·(0.6 − 0.5)/0.5
     ]
-    assert rows[2]["test/b/rmse"] == "" and rows[0]["test/a/accuracy"] == "0.8 ± –"
+    assert rows[2]["test/b/rmse"] == "" and rows[0]["test/a/accuracy"] == "0.8000 ± –"
     assert {p.name for p in (tmp_path / "out").iterdir()} == {
         "report.md",
         "report.csv",
@@ -242,7 +247,7 @@ def test_negative_nll_baseline_and_missing_baseline(tmp_path, capsys):
     fake_run(tmp_path / "0_x", ["weighting=fixed"], {"test/y/nll": -1.0, "test/y/rmse": 1.0})
     fake_run(tmp_path / "1_x", ["weighting=dtp"], {"test/y/nll": -1.5, "test/y/rmse": 1.0})
     main([str(tmp_path)])
-    assert [r["Δm%"] for r in table(capsys.readouterr().out)] == ["0 ± –", "50 ± –"]  # better NLL
+    assert [r["Δm%"] for r in table(capsys.readouterr().out)] == ["0.000 ± –", "50.00 ± –"]
     main([str(tmp_path), "--baseline", "weighting=uncertainty"])
     out = capsys.readouterr().out
     assert [r["Δm%"] for r in table(out)] == ["", ""]

@@ -75,6 +75,8 @@ def test_a_finished_sweep_folder_is_refused_or_continued(tmp_path):
     assert [rundir.status(j) for j in jobs] == ["completed", "completed"]
     (kept,) = (k for k in before if k.endswith("results.json"))
     assert snapshot(sweep)[kept] == before[kept]  # the finished job was kept as it was
+    new = strict_json(jobs[1] / "results.json")["overrides"]
+    assert not any("resume_sweep" in o for o in new)  # how the sweep ran, not a setting
 
 
 # ---- errors outside the tool's own checks ---------------------------------------------------
@@ -291,3 +293,37 @@ def test_one_progress_bar_over_the_run_on_a_terminal_and_none_elsewhere(tmp_path
     monkeypatch.undo()
     quiet = run_cli([*TINY, f"hydra.run.dir={tmp_path}/r"], cwd=tmp_path)
     assert quiet.returncode == 0 and quiet.stderr == ""  # not a terminal: no bar at all
+
+
+def test_a_constant_series_is_logged_where_it_starts_and_at_the_end(tmp_path):
+    args = [*TINY, "weighting=fixed", "trainer.log_every=1", f"hydra.run.dir={tmp_path}/r"]
+    assert run_cli(args, cwd=tmp_path).returncode == 0
+    acc = tensorboard(tmp_path / "r")
+    assert [e.step for e in acc.Scalars("weight/y1")] == [1, 4]
+    assert [e.step for e in acc.Scalars("loss_raw/y1")] == [1, 2, 3, 4]
+
+
+def test_a_sweep_job_gets_the_same_checks_as_a_single_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TINY, "trainer.optimizer._target_=torch.optim.LBFGS", "seed=0,1",
+            f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 1
+    for job in rundir.jobs_in(sweep):
+        error = strict_json(job / "results.json")["error"]
+        assert "needs a closure" in error and "please report" not in error
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    done = tmp_path / "done"
+    assert run_cli([*TINY, f"hydra.run.dir={done}"], cwd=tmp_path).returncode == 0
+    stopped = tmp_path / "stopped" / "checkpoints"
+    stopped.mkdir(parents=True)
+    (stopped / "last.pt").write_bytes((done / "checkpoints" / "last.pt").read_bytes())
+    proc = run_cli([f"resume={stopped.parent}", "trainer.epochs=3", "dataset.n_train=64"],
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "dataset.n_train=32 → 64" in line and "only trainer.* may change" in line
+    longer = run_cli([f"resume={stopped.parent}", "trainer.epochs=3"], cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 
 from mtltrain.callbacks import Callback
@@ -37,6 +38,8 @@ class TensorBoardCallback(Callback):
         self.hparams, self.config, self.metric_tags = hparams, config, metric_tags
         self.last: Step | None = None
         self.logged = 0
+        self.previous: dict[str, Tensor] = {}
+        self.left_out: set[str] = set()
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if self.hparams is None:
@@ -54,37 +57,62 @@ class TensorBoardCallback(Callback):
             self.log_step(trainer, step)
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        if self.last is not None and self.logged != self.last.number:
-            self.log_step(trainer, self.last)
+        if self.last is not None:
+            if self.logged != self.last.number:
+                self.log_step(trainer, self.last)
+            self.log_unchanged(trainer, self.last.number)
         self.tb.scalars(self.final_values(trainer), trainer.step)
 
-    @staticmethod
-    def final_values(trainer: Trainer) -> dict[str, Tensor]:
+    def final_values(self, trainer: Trainer) -> dict[str, Tensor]:
         """{final/<quantity>/<term> or final/<quantity>: value} of what the strategy learned."""
         values: dict[str, Tensor] = {}
         for quantity, value in trainer.strategy.report().items():
-            if value.dim() == 0:
-                values[f"final/{quantity}"] = value
-            else:
-                names = trainer.strategy.names
-                values.update({f"final/{quantity}/{n}": value[i] for i, n in enumerate(names)})
+            values.update(
+                {f"final/{tag}": v for tag, v in self.tags(trainer, quantity, value).items()}
+            )
         return values
 
     def log_step(self, trainer: Trainer, step: Step) -> None:
+        """The step's scalars. A quantity the strategy reports, or the skip count, that has not
+        changed since it was last logged is left out (fixed weights would draw flat lines)
+        until the last step, which has every series."""
         names, losses = trainer.strategy.names, step.losses.detach()
         values: dict[str, Tensor | float] = {"loss/total": step.total}
         for i, name in enumerate(names):
             values[f"loss_raw/{name}"] = losses[i]
             values[f"loss_weighted/{name}"] = step.parts[i]
-        for quantity, value in trainer.strategy.report().items():
-            if value.dim() == 0:
-                values[quantity] = value
+        self.left_out = set()
+        for quantity, value in self.series(trainer).items():
+            last = self.previous.get(quantity)
+            if last is None or not torch.equal(last, value):
+                self.previous[quantity] = value.clone()
+                values.update(self.tags(trainer, quantity, value))
             else:
-                values.update({f"{quantity}/{n}": value[i] for i, n in enumerate(names)})
-        if self.skipped:
-            values["nonfinite_steps"] = trainer.skipped_steps
+                self.left_out.add(quantity)
         self.tb.scalars(values, step.number)
         self.logged = step.number
+
+    def log_unchanged(self, trainer: Trainer, step: int) -> None:
+        """The series the last log_step left out because they had not changed, at `step`."""
+        values: dict[str, Tensor | float] = {}
+        for quantity, value in self.series(trainer).items():
+            if quantity in self.left_out:
+                values.update(self.tags(trainer, quantity, value))
+        self.tb.scalars(values, step)
+
+    def series(self, trainer: Trainer) -> dict[str, Tensor]:
+        """What the strategy reports, and the count of skipped steps in skip mode."""
+        report = dict(trainer.strategy.report())
+        if self.skipped:
+            report["nonfinite_steps"] = torch.tensor(trainer.skipped_steps)
+        return report
+
+    @staticmethod
+    def tags(trainer: Trainer, quantity: str, value: Tensor) -> dict[str, Tensor]:
+        """{<quantity>/<term>: value} of a per-term quantity, {<quantity>: value} of another."""
+        if value.dim() == 0:
+            return {quantity: value}
+        return {f"{quantity}/{n}": value[i] for i, n in enumerate(trainer.strategy.names)}
 
     def on_evaluation(
         self, trainer: Trainer, train: dict[str, float], test: dict[str, float]

@@ -30,7 +30,7 @@ exactly. The loop never asks which strategy it holds.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +42,8 @@ from mtltrain.step import Step
 
 Values = float | Sequence[float] | Mapping[str, float] | None
 Level = Literal["parameters", "representation"]
+# what each value of a setting must satisfy, and the words that say so
+Range = tuple[Callable[[Any], bool], str]
 
 
 def named_values(names: Sequence[str], values: Values, setting: str, default: float) -> list[float]:
@@ -65,6 +67,16 @@ def named_values(names: Sequence[str], values: Values, setting: str, default: fl
     return [float(v) for v in values]
 
 
+def numbers_of(value: Any) -> list[Any]:
+    """The values a setting holds: a number or string itself, a list's or a mapping's items;
+    none for None."""
+    if value is None:
+        return []
+    if isinstance(value, Mapping):
+        return list(value.values())
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 class Weighting(nn.Module):
     """Base class of every strategy: holds the loss terms; learned values are parameters.
 
@@ -75,6 +87,17 @@ class Weighting(nn.Module):
     """
 
     level: Level | None = None
+    RANGES: ClassVar[Mapping[str, Range]] = {}
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any]) -> None:
+        """The settings against RANGES, before any data is loaded (the config check calls
+        this, and so does the constructor): every value of a setting (a number, the numbers of
+        a list or mapping, a string) must pass its check."""
+        for name, (allowed, words) in cls.RANGES.items():
+            value = settings.get(name)
+            if not all(allowed(v) for v in numbers_of(value)):
+                raise ConfigError(f"weighting.{name}={value!r} is not allowed: {words}")
 
     def __init__(self, terms: Sequence[LossTerm]) -> None:
         super().__init__()

@@ -12,16 +12,16 @@ gets the task's weight. The paper's example-level focal loss is the loss `focal`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from mtltrain.errors import ConfigError
 from mtltrain.losses import LossTerm, MeanLogVar
 from mtltrain.metrics import ClassificationScorer, RegressionScorer, SegmentationScorer
 from mtltrain.step import Step
-from mtltrain.weighting.base import Values, Weighting, named_values
+from mtltrain.weighting.base import Range, Values, Weighting, named_values
 
 
 def kpi(kind: str, output: Tensor | MeanLogVar, target: Tensor, scale: float) -> Tensor:
@@ -36,6 +36,13 @@ def kpi(kind: str, output: Tensor | MeanLogVar, target: Tensor, scale: float) ->
 class DynamicTaskPrioritization(Weighting):
     """Σ_t −(1 − κ̄_t)^γ_t·log κ̄_t · L_t, κ̄ a moving average of each task's KPI (Guo et al.)."""
 
+    RANGES: ClassVar[Mapping[str, Range]] = {
+        "alpha": (lambda v: 0 < v <= 1, "it must be in (0, 1]"),
+        "kpi_eps": (lambda v: 0 < v < 0.5, "it must be in (0, 0.5)"),
+        "gamma": (lambda v: v >= 0, "γ must be >= 0"),
+        "kpi_scale": (lambda v: v > 0, "it must be > 0"),
+    }
+
     def __init__(
         self,
         terms: Sequence[LossTerm],
@@ -45,19 +52,14 @@ class DynamicTaskPrioritization(Weighting):
         kpi_eps: float = 1e-3,
     ) -> None:
         super().__init__(terms)
-        if not 0 < alpha <= 1:
-            raise ConfigError(f"weighting.alpha={alpha} is not allowed: it must be in (0, 1]")
-        if not 0 < kpi_eps < 0.5:
-            raise ConfigError(f"weighting.kpi_eps={kpi_eps} is not allowed: it must be in (0, 0.5)")
+        self.check_settings(
+            {"alpha": alpha, "gamma": gamma, "kpi_scale": kpi_scale, "kpi_eps": kpi_eps}
+        )
         self.tasks = list(dict.fromkeys(t.task for t in terms))
         self.kinds = {t.task: t.kind for t in terms}
         self.alpha, self.kpi_eps = alpha, kpi_eps
         gammas = named_values(self.tasks, gamma, "weighting.gamma", default=1.0)
-        if min(gammas) < 0:
-            raise ConfigError(f"weighting.gamma={gamma} is not allowed: γ must be >= 0")
         scales = named_values(self.tasks, kpi_scale, "weighting.kpi_scale", default=1.0)
-        if min(scales) <= 0:
-            raise ConfigError(f"weighting.kpi_scale={kpi_scale} is not allowed: it must be > 0")
         self.scales = dict(zip(self.tasks, scales, strict=True))
         self.register_buffer("gamma", torch.tensor(gammas))
         self.register_buffer("kpi_avg", torch.full((len(self.tasks),), float("nan")))

@@ -9,23 +9,24 @@ sum to K and carry no gradient; T (`temperature`, 2 in the paper) softens them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from mtltrain.errors import ConfigError
 from mtltrain.losses import LossTerm
-from mtltrain.weighting.base import Weighting
+from mtltrain.weighting.base import Range, Weighting
 
 
 class DynamicWeightAverage(Weighting):
     """Σ_k K·softmax(r/T)_k·L_k, r the ratio of the last two epochs' mean losses."""
 
+    RANGES: ClassVar[Mapping[str, Range]] = {"temperature": (lambda v: v > 0, "it must be > 0")}
+
     def __init__(self, terms: Sequence[LossTerm], temperature: float = 2.0) -> None:
         super().__init__(terms)
-        if temperature <= 0:
-            raise ConfigError(f"weighting.temperature={temperature} is not allowed: it must be > 0")
+        self.check_settings({"temperature": temperature})
         self.require_nonnegative_losses("takes ratios of mean losses")
         self.temperature = temperature
         self.register_buffer("weight", torch.ones(len(terms)))

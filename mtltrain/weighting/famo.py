@@ -14,21 +14,26 @@ b_k (the log), so the NLLs are refused.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from mtltrain.errors import ConfigError
 from mtltrain.losses import LossTerm
 from mtltrain.step import Step
-from mtltrain.weighting.base import Values, Weighting, named_values
+from mtltrain.weighting.base import Range, Values, Weighting, named_values
 
 EPS = 1e-8
 
 
 class FAMO(Weighting):
     """Σ_k z_k·log(L_k − b_k)/c, z = softmax(ξ), ξ updated from the losses after the step."""
+
+    RANGES: ClassVar[Mapping[str, Range]] = {
+        "lr": (lambda v: v > 0, "it must be > 0"),
+        "weight_decay": (lambda v: v >= 0, "it must be >= 0"),
+    }
 
     def __init__(
         self,
@@ -38,12 +43,7 @@ class FAMO(Weighting):
         min_losses: Values = 0.0,
     ) -> None:
         super().__init__(terms)
-        if lr <= 0:
-            raise ConfigError(f"weighting.lr={lr} is not allowed: it must be > 0")
-        if weight_decay < 0:
-            raise ConfigError(
-                f"weighting.weight_decay={weight_decay} is not allowed: it must be >= 0"
-            )
+        self.check_settings({"lr": lr, "weight_decay": weight_decay})
         self.require_nonnegative_losses("takes the log of each loss")
         bounds = named_values(self.names, min_losses, "weighting.min_losses", default=0.0)
         self.register_buffer("min_losses", torch.tensor(bounds))

@@ -12,7 +12,8 @@ asymmetry: 0 pulls every task to the same gradient norm. The model's gradient is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +22,7 @@ from mtltrain.errors import ConfigError
 from mtltrain.losses import LossTerm
 from mtltrain.models.base import MultiTaskNet
 from mtltrain.step import Step
-from mtltrain.weighting.base import Weighting
+from mtltrain.weighting.base import Range, Weighting
 
 MIN_WEIGHT = 1e-6
 
@@ -41,12 +42,14 @@ def last_shared_layer(model: MultiTaskNet) -> nn.Parameter:
 class GradNorm(Weighting):
     """Σ_k w_k·L_k, w_k learned to equalise ‖∇_W w_k L_k‖·r_k^−α (Chen et al. 2018)."""
 
+    RANGES: ClassVar[Mapping[str, Range]] = {
+        "alpha": (lambda v: v >= 0, "it must be >= 0"),
+        "lr": (lambda v: v > 0, "it must be > 0"),
+    }
+
     def __init__(self, terms: Sequence[LossTerm], alpha: float = 1.5, lr: float = 0.025) -> None:
         super().__init__(terms)
-        if alpha < 0:
-            raise ConfigError(f"weighting.alpha={alpha} is not allowed: it must be >= 0")
-        if lr <= 0:
-            raise ConfigError(f"weighting.lr={lr} is not allowed: it must be > 0")
+        self.check_settings({"alpha": alpha, "lr": lr})
         self.require_nonnegative_losses("takes loss ratios L_k/L_k(0)")
         self.alpha = alpha
         self.weight = nn.Parameter(torch.ones(len(terms)))

@@ -16,14 +16,14 @@ by α too).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from mtltrain.errors import ConfigError
 from mtltrain.losses import LossTerm
-from mtltrain.weighting.base import GradientWeighting
+from mtltrain.weighting.base import GradientWeighting, Range
 from mtltrain.weighting.min_norm import min_norm_point
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
@@ -32,6 +32,10 @@ NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 class MGDA(GradientWeighting):
     """d = Σ α_k·g_k, α the exact min-norm point of the (normalised) gradients' hull."""
 
+    RANGES: ClassVar[Mapping[str, Range]] = {
+        "normalization": (NORMALIZATIONS.__contains__, f"choose one of {list(NORMALIZATIONS)}")
+    }
+
     def __init__(
         self,
         terms: Sequence[LossTerm],
@@ -39,11 +43,7 @@ class MGDA(GradientWeighting):
         representation: bool = False,
     ) -> None:
         super().__init__(terms)
-        if normalization not in NORMALIZATIONS:
-            raise ConfigError(
-                f"weighting.normalization={normalization!r} is not allowed: choose one of "
-                f"{list(NORMALIZATIONS)}"
-            )
+        self.check_settings({"normalization": normalization})
         if normalization.startswith("loss"):
             self.require_nonnegative_losses(f"normalises by the loss ({normalization})")
         self.normalization = normalization

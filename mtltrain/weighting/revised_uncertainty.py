@@ -8,25 +8,26 @@ per-sample σ(x) keep weight 1 (see `Weighting`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from mtltrain.errors import ConfigError
 from mtltrain.losses import LossTerm
-from mtltrain.weighting.base import Weighting
+from mtltrain.weighting.base import Range, Weighting
 
 
 class RevisedUncertaintyWeighting(Weighting):
     """Σ_k L_k/(2·c_k²) + ln(1 + c_k²) (Liebel & Körner 2018)."""
 
+    RANGES: ClassVar[Mapping[str, Range]] = {
+        "init_c": (lambda v: v > 0, "it must be > 0 (the weight is 1/(2c²))")
+    }
+
     def __init__(self, terms: Sequence[LossTerm], init_c: float = 1.0) -> None:
         super().__init__(terms)
-        if not init_c > 0:
-            raise ConfigError(
-                f"weighting.init_c={init_c} is not allowed: it must be > 0 (the weight is 1/(2c²))"
-            )
+        self.check_settings({"init_c": init_c})
         self.c = nn.Parameter(torch.full((len(terms),), float(init_c)))
 
     def contributions(self, losses: Tensor) -> Tensor:

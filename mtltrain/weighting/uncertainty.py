@@ -16,14 +16,15 @@ Terms whose loss learns its own per-sample σ(x) keep weight 1 (see `Weighting`)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from mtltrain.errors import ConfigError
 from mtltrain.losses import LossTerm
-from mtltrain.weighting.base import Weighting
+from mtltrain.weighting.base import Range, Weighting
 
 KIND_FACTOR = {"regression": 0.5, "classification": 1.0, "segmentation": 1.0}
 FORMS = ("likelihood", "unit", "half")
@@ -33,16 +34,23 @@ def initial_log_var(n: int, init: float | Sequence[float]) -> Tensor:
     """s_k at the start: a constant, or U(low, high) for a [low, high] pair."""
     if isinstance(init, (int, float)):
         return torch.full((n,), float(init))
-    if len(init) != 2 or not init[0] <= init[1]:
-        raise ConfigError(
-            f"weighting.init_log_var={list(init)}: give a number or a [low, high] range"
-        )
     low, high = map(float, init)
     return low + (high - low) * torch.rand(n)
 
 
 class UncertaintyWeighting(Weighting):
     """Σ_k a_k·exp(−s_k)·L_k + b·s_k, s_k = log σ_k² (Kendall et al. 2018)."""
+
+    RANGES: ClassVar[Mapping[str, Range]] = {"form": (FORMS.__contains__, f"choose one of {FORMS}")}
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any]) -> None:
+        super().check_settings(settings)
+        init = settings.get("init_log_var")
+        if isinstance(init, (list, tuple)) and (len(init) != 2 or not init[0] <= init[1]):
+            raise ConfigError(
+                f"weighting.init_log_var={list(init)}: give a number or a [low, high] range"
+            )
 
     def __init__(
         self,
@@ -51,8 +59,7 @@ class UncertaintyWeighting(Weighting):
         init_log_var: float | Sequence[float] = 0.0,
     ) -> None:
         super().__init__(terms)
-        if form not in FORMS:
-            raise ConfigError(f"weighting.form={form!r} is not allowed: choose one of {FORMS}")
+        self.check_settings({"form": form, "init_log_var": init_log_var})
         factors = {
             "likelihood": [KIND_FACTOR[t.kind] for t in terms],
             "unit": [1.0] * len(terms),

@@ -1,5 +1,6 @@
 """BACKGROUND §5A written the way such an experiment usually is: the baseline whose whole-run
-time scripts/bench.py puts beside `mtltrain`'s (same data, model, loss, optimizer, epochs).
+time scripts/bench.py puts beside `mtltrain experiment=two_slope_source` (the same model, loss
+exp(−s)·MSE + s, optimizer, batch size and epochs; its own draw of the data).
 
     python scripts/usual/two_slope.py [--epochs 1500]
 """
