@@ -13,15 +13,17 @@ running loss read with .item() every step. It runs with the C library's allocato
 set again before each of its blocks; the project's blocks run with its own settings
 (conf/trainer/default.yaml: fused optimizer, channels-last images, host memory kept).
 
-Sections: MNIST samples/s (§5B model, batch 256); two-slope steps/s (§5A, batch 16, two
-1→512→1 networks); the per-step time of every weighting strategy in conf/weighting/ against
-`fixed` on the MNIST model; the backward engine of a gradient-based strategy (MGDA) against the
-two other ways to get its Jacobian (one vmapped pass for all tasks; torchjd's mtl_backward,
-where torchjd is installed: `pip install torchjd`); the step time with each speed setting of
-conf/trainer/default.yaml undone; the share of an epoch spent on evaluation and logging; the
-wall time of a whole `mtltrain` run of each default configuration, start-up included, and of
-the two-slope run against the same run as a plain script (scripts/usual/two_slope.py); and a
-short two-slope run on a machine whose every core another process keeps busy.
+Sections: MNIST samples/s (§5B model, batch 256); two-slope steps/s (§5A, batch 16, two 1→512→1
+networks); the per-step time of every weighting strategy in conf/weighting/ (or those
+--strategies names) against `fixed` on the MNIST model and on a 3-task regression model with
+10⁶ shared parameters (a 1→1000→1000 tanh encoder, batch 16); the backward engine of a
+gradient-based strategy (MGDA) against the two other ways to get its Jacobian (one vmapped pass
+for all tasks; torchjd's mtl_backward, where torchjd is installed: `pip install torchjd`); the
+step time with each speed setting of conf/trainer/default.yaml undone; the share of an epoch
+spent on evaluation and logging; the wall time of a whole `mtltrain` run of each default
+configuration, start-up included, and of the two-slope run against the same run as a plain
+script (scripts/usual/two_slope.py); and a short two-slope run on a machine whose every core
+another process keeps busy.
 """
 
 from __future__ import annotations
@@ -65,7 +67,18 @@ from mtltrain.train import Trainer
 
 PUBLISHED = update_readme.REPO / "docs/results/bench"  # --publish: bench.json and .md
 STRATEGIES = sorted(p.stem for p in (config_dir() / "weighting").glob("*.yaml"))
-MNIST_STEPS, TWO_SLOPE_STEPS = 20, 400  # steps per timed block
+MNIST_STEPS, TWO_SLOPE_STEPS, WIDE_STEPS = 20, 400, 40  # steps per timed block
+# three regression tasks on a shared 1→1000→1000 encoder: 1,003,000 shared parameters
+WIDE_MODEL = [
+    "dataset=two_slope",
+    "model=sin_hetero",
+    "model.encoder.hidden=[1000]",
+    "model.encoder.out_features=1000",
+    "model.head.in_features=1000",
+    "+dataset.tasks.y3={slope:0.5,intercept:-1.0,noise_std:1.0}",
+    "+dataset.losses.y3=[mse]",
+]
+KINDS = {None: "loss", "parameters": "gradient", "representation": "representation"}
 
 
 def sync(device: torch.device) -> None:
@@ -224,12 +237,21 @@ def step_times(runs: dict[str, ProjectRun], steps: int, rounds: int, baseline: s
     }
 
 
-def bench_strategies(root: str, device: torch.device, rounds: int, tmp: Path) -> dict:
+def bench_strategies(
+    model: list[str], steps: int, names: list[str], device: torch.device, rounds: int, tmp: Path
+) -> dict:
+    """Step time of each strategy in `names` against `fixed`, on the model `model` builds."""
     runs = {
-        s: ProjectRun([*mnist_overrides(root), f"weighting={s}"], device, tmp / s)
-        for s in sorted(STRATEGIES, key=lambda s: s != "fixed")
+        s: ProjectRun([*model, f"weighting={s}"], device, tmp / s)
+        for s in sorted({"fixed", *names}, key=lambda s: (s != "fixed", s))
     }
-    return {"unit": "ms/step", **step_times(runs, MNIST_STEPS, rounds, "fixed")}
+    fixed = runs["fixed"].model
+    return {
+        "unit": "ms/step",
+        "shared_parameters": sum(p.numel() for p in fixed.shared_parameters()),
+        "kind": {n: KINDS[r.trainer.strategy.level] for n, r in runs.items()},
+        **step_times(runs, steps, rounds, "fixed"),
+    }
 
 
 def vmapped_jacobian(run: ProjectRun) -> Callable[[Split], None]:
@@ -457,6 +479,20 @@ def ratios(rates: dict[str, float], baseline: str) -> dict[str, float]:
     return {name: rate / rates[baseline] for name, rate in rates.items()}
 
 
+def strategy_table(strategies: dict) -> list[str]:
+    """One row per strategy: its kind and its step time on each model, and × fixed."""
+    mnist, wide = strategies["mnist_mtl"], strategies["wide"]
+    header = (
+        "| weighting | kind | MNIST model ms/step | × fixed "
+        f"| 3 tasks, {wide['shared_parameters']:,} shared parameters: ms/step | × fixed |"
+    )
+    lines = ["", header, "|---|---|---|---|---|---|"]
+    for name, kind in mnist["kind"].items():
+        cells = [f"{m['ms_per_step'][name]:.2f} | {m['vs_fixed'][name]:.2f}" for m in (mnist, wide)]
+        lines.append(f"| {name} | {kind} | {' | '.join(cells)} |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
@@ -472,10 +508,7 @@ def markdown(report: dict) -> str:
         for name, rate in data["rates"].items():
             ratio = data["ratios"][name]
             lines.append(f"| {section} | {name} | {rate:,.0f} {data['unit']} | {ratio:.2f} |")
-    lines += ["", "| weighting (MNIST model) | ms/step | × fixed |", "|---|---|---|"]
-    s = report["strategies"]
-    for name, ms in s["ms_per_step"].items():
-        lines.append(f"| {name} | {ms:.1f} | {s['vs_fixed'][name]:.3f} |")
+    lines += strategy_table(report["strategies"])
     lines += ["", "| backward of a gradient-based strategy (MNIST model) | ms/step | × fixed |"]
     lines += ["|---|---|---|"]
     e = report["engine"]
@@ -513,6 +546,14 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def strategy_names(text: str) -> list[str]:
+    names = text.split(",")
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"no weighting config {unknown}: choose from {STRATEGIES}")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mnist-root", default=MNIST_ROOT)
@@ -520,6 +561,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument(
         "--skip-runs", action="store_true", help="skip the whole-run and busy-machine timings"
+    )
+    parser.add_argument(
+        "--strategies",
+        type=strategy_names,
+        default=STRATEGIES,
+        help="comma-separated weighting configs to time against fixed (default: all)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     parser.add_argument("--markdown", type=Path, default=None)
@@ -546,7 +593,19 @@ def main() -> None:
         sections = {
             "mnist": lambda: bench_mnist(root, device, args.rounds, tmp),
             "two_slope": lambda: bench_two_slope(device, args.rounds, tmp),
-            "strategies": lambda: bench_strategies(root, device, args.rounds, tmp),
+            "strategies": lambda: {
+                "mnist_mtl": bench_strategies(
+                    mnist_overrides(root),
+                    MNIST_STEPS,
+                    args.strategies,
+                    device,
+                    args.rounds,
+                    tmp / "mnist_mtl",
+                ),
+                "wide": bench_strategies(
+                    WIDE_MODEL, WIDE_STEPS, args.strategies, device, args.rounds, tmp / "wide"
+                ),
+            },
             "engine": lambda: bench_engine(root, device, args.rounds, tmp),
             "levers": lambda: bench_levers(root, device, args.rounds, tmp),
             "eval_logging": lambda: {

@@ -18,7 +18,8 @@ def test_bench_writes_json_and_markdown(tmp_path):
     out, table = tmp_path / "bench.json", tmp_path / "bench.md"
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "bench.py"), "--mnist-root", str(root),
-         "--rounds", "1", "--skip-runs", "--out", str(out), "--markdown", str(table)],
+         "--rounds", "1", "--skip-runs", "--strategies", "mgda,rlw,graddrop",
+         "--out", str(out), "--markdown", str(table)],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -28,12 +29,28 @@ def test_bench_writes_json_and_markdown(tmp_path):
         rates = report[section]["rates"]
         assert {"mtltrain", "usual way"} <= set(rates) == set(report[section]["ratios"])
         assert all(rate > 0 for rate in rates.values())
-    strategies = report["strategies"]
-    every = {p.stem for p in (config_dir() / "weighting").glob("*.yaml")}
-    assert set(strategies["vs_fixed"]) == set(strategies["ms_per_step"]) == every
+    for model in ("mnist_mtl", "wide"):
+        strategies = report["strategies"][model]
+        timed = {"fixed", "mgda", "rlw", "graddrop"}
+        assert set(strategies["vs_fixed"]) == set(strategies["ms_per_step"]) == timed
+        assert strategies["kind"] == {
+            "fixed": "loss", "rlw": "loss", "mgda": "gradient", "graddrop": "representation"
+        }  # fmt: skip
+    assert report["strategies"]["wide"]["shared_parameters"] >= 10**6
     engine = report["engine"]["vs_fixed"]
     assert {"fixed", "mgda: one pass per task (mtltrain)", "mgda: one vmapped pass"} <= set(engine)
     assert all(s["share"] > 0 for s in report["eval_logging"].values())
     text = table.read_text()
     assert "| mnist | usual way |" in text and "Reproduce: `python scripts/bench.py" in text
-    assert "| mgda: one vmapped pass |" in text
+    assert "| mgda: one vmapped pass |" in text and "| graddrop | representation |" in text
+
+
+def test_bench_names_a_strategy_it_has_no_config_for():
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench.py"), "--strategies", "mgda,pcgard"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "no weighting config ['pcgard']: choose from" in proc.stderr
+    every = sorted(p.stem for p in (config_dir() / "weighting").glob("*.yaml"))
+    assert str(every) in proc.stderr

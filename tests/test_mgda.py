@@ -1,19 +1,18 @@
 """MGDA: the min-norm point of the task gradients' convex hull, exact on hard cases.
 
-The reference is an independent float64 solution of the same problem: every face of the
-simplex is tried (the affine min-norm point of each subset of the gradients, by numpy's least
-squares on the KKT system), the feasible one of least norm wins. That is exact for the K ≤ 10
-of these tests and shares no code with the solver.
+The reference (tests/hard_gradients.py) is an independent float64 solution of the same
+problem: every face of the simplex is tried (the affine min-norm point of each subset of the
+gradients, by numpy's least squares on the KKT system), the feasible one of least norm wins.
+That is exact for the K ≤ 10 of these tests and shares no code with the solver.
 """
 
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 import pytest
 import torch
 from conftest import make_config
+from hard_gradients import assert_same_point, hard_cases, reference_min_norm
 
 from mtltrain.build import build_trainer
 from mtltrain.errors import ConfigError
@@ -22,62 +21,21 @@ from mtltrain.weighting.mgda import MGDA
 from mtltrain.weighting.min_norm import min_norm_point
 
 
-def reference_min_norm(g: np.ndarray) -> np.ndarray:
-    """The min-norm point of the hull of the rows of g, by trying every face (on g scaled
-    to a largest norm of 1, where least squares is accurate, then scaled back)."""
-    scale = np.linalg.norm(g, axis=1).max()
-    g = g / scale
-    m = g @ g.T
-    best, point = np.inf, None
-    for size in range(1, len(g) + 1):
-        for face in map(list, itertools.combinations(range(len(g)), size)):
-            kkt = np.ones((size + 1, size + 1))
-            kkt[:size, :size], kkt[size, size] = m[np.ix_(face, face)], 0.0
-            rhs = np.zeros(size + 1)
-            rhs[size] = 1.0
-            v = np.linalg.lstsq(kkt, rhs, rcond=None)[0][:size]
-            if abs(v.sum() - 1) > 1e-9 or v.min() < -1e-12:
-                continue
-            d = v @ g[face]
-            if d @ d < best:
-                best, point = d @ d, d
-    return point * scale
+def cases_with_a_pareto_stationary_one():
+    both_ways = np.random.default_rng(3).normal(size=(4, 40))
+    both_ways[1], both_ways[2] = 3 * both_ways[0], -0.5 * both_ways[0]
+    return [
+        *hard_cases(),
+        ("collinear both ways", both_ways),
+        ("opposite: Pareto-stationary", np.array([[1.0, 2.0], [-2.0, -4.0]])),
+    ]
 
 
-def hard_cases() -> list[tuple[str, np.ndarray]]:
-    rng = np.random.default_rng(0)
-    cases = []
-    for k in range(2, 11):
-        g = rng.normal(size=(k, 40))
-        cases.append((f"K={k} random", g))
-        conflicting = g.copy()
-        conflicting[1] = -0.7 * conflicting[0] + 0.01 * rng.normal(size=40)
-        cases.append((f"K={k} conflicting", conflicting))
-        tiny = g.copy()
-        tiny[-1] *= 1e-7
-        cases.append((f"K={k} near-zero", tiny))
-        collinear = g.copy()
-        collinear[1] = 3 * collinear[0]
-        if k > 2:
-            collinear[2] = -0.5 * collinear[0]
-        cases.append((f"K={k} collinear", collinear))
-        cases.append((f"K={k} norms 1 to 1e4", g * np.logspace(0, 4, k)[:, None]))
-        cases.append((f"K={k} in 3 dimensions", rng.normal(size=(k, 3))))
-    cases.append(("opposite: Pareto-stationary", np.array([[1.0, 2.0], [-2.0, -4.0]])))
-    return cases
-
-
-def assert_same_point(d: np.ndarray, expected: np.ndarray, g: np.ndarray, floor=1e-9) -> None:
-    """1e-6 relative, or `floor` of the largest gradient where the min-norm point is ~0."""
-    error = np.linalg.norm(d - expected)
-    scale = np.linalg.norm(expected)
-    assert error <= 1e-6 * scale or error <= floor * np.linalg.norm(g, axis=1).max(), (
-        error,
-        scale,
-    )
-
-
-@pytest.mark.parametrize(("case", "g"), hard_cases(), ids=[c for c, _ in hard_cases()])
+@pytest.mark.parametrize(
+    ("case", "g"),
+    cases_with_a_pareto_stationary_one(),
+    ids=[c for c, _ in cases_with_a_pareto_stationary_one()],
+)
 def test_the_min_norm_point_is_exact(case, g):
     solution = min_norm_point(torch.from_numpy(g @ g.T))
     weights = solution.weights.numpy()

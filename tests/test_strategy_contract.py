@@ -46,6 +46,9 @@ def small(strategy: str, *more: str):
     return make_config([*SMALL, f"weighting={strategy}", *more])
 
 
+GRADIENT_BASED = [s for s in STRATEGIES if build_trainer(small(s)).strategy.level is not None]
+
+
 class Probe(Callback):
     """Records, after each backward pass and before the update, the step and what the engine
     wrote: every parameter's gradient and the strategy's weights."""
@@ -95,6 +98,9 @@ def test_each_step_keeps_the_contract(strategy):
     trainer.fit()
     model, engine_level = trainer.model, trainer.strategy.level
     shared = {id(p) for p in model.shared_parameters()}
+    # a direction that is not a weighted sum of this step's rows (masks, moving averages) is
+    # checked by its strategy's own tests; here only that it is finite
+    weighted = engine_level is None or trainer.strategy.weighted_rows
     for step, grads, weights, (losses, per_term) in probe.seen:
         torch.testing.assert_close(step.losses.detach(), losses, rtol=0, atol=0)
         assert torch.isfinite(step.parts).all() and torch.isfinite(step.total)
@@ -102,6 +108,8 @@ def test_each_step_keeps_the_contract(strategy):
         for i, p in enumerate(model.parameters()):
             assert torch.isfinite(grads[id(p)]).all()
             rows = [g[i] if g[i] is not None else torch.zeros_like(p) for g in per_term]
+            if id(p) in shared and not weighted:
+                continue
             # a gradient-based strategy weighs the shared part only; heads get their own
             w = weights if engine_level is None or id(p) in shared else torch.ones_like(weights)
             expected = sum(wk * row for wk, row in zip(w, rows, strict=True))
@@ -167,3 +175,17 @@ def test_a_resumed_run_continues_bit_identically(strategy):
     for name, value in state.items():
         torch.testing.assert_close(again[name], value, rtol=0, atol=0, equal_nan=True, msg=name)
     assert alone.test_metrics == resumed.test_metrics
+
+
+@pytest.mark.parametrize("strategy", GRADIENT_BASED)
+def test_an_infinite_gradient_of_finite_losses_gives_a_nan_total(strategy):
+    """A loss of 0 whose gradient is infinite (√ at 0): the engine's total says so."""
+    trainer = build_trainer(small(strategy))
+    batch = next(trainer.train_split.batches(16))
+    _, features = trainer.forward(batch.inputs)
+    corner = features[0, 0]
+    losses = torch.stack(
+        [torch.sqrt(corner - corner.detach()), features.pow(2).mean(), features.abs().mean()]
+    )
+    parts, total = trainer.backward(losses, features)
+    assert total.isnan() and parts.shape == (3,)

@@ -2,6 +2,8 @@
 
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from mtltrain.config import config_dir
 from mtltrain.errors import ConfigError
 from mtltrain.run import run
 
+REPO = Path(__file__).resolve().parent.parent
 TINY = ["trainer.epochs=2", "dataset.n_train=64", "dataset.n_test=32"]
 
 
@@ -107,7 +110,7 @@ NO_SHARED_LAYERS = {"two_slope", "two_slope_hetero"}  # one network per task
 NEGATIVE_LOSSES = {"two_slope_hetero", "sin_gaussian", "sin_laplace", "sin_beta"}  # NLL terms
 # a refusal names its reason; each reason fits only the data sets it names
 REFUSALS = {"has no shared": NO_SHARED_LAYERS, "can be negative": NEGATIVE_LOSSES}
-RUN_EVERYWHERE = {"fixed", "uncertainty", "revised_uncertainty", "dtp"}
+RUN_EVERYWHERE = {"fixed", "equal", "uncertainty", "revised_uncertainty", "dtp", "rlw"}
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -143,22 +146,28 @@ def test_every_strategy_on_every_data_set(tmp_path, mnist_root, strategy, data):
     assert bool(pictures) == (data != "mnist_focal")  # classification alone has no picture
 
 
-def test_the_strategies_report_what_they_learn(tmp_path, mnist_root):
-    expected = {
-        "fixed": {"weight"},
-        "uncertainty": {"weight", "sigma", "log_var"},
-        "revised_uncertainty": {"weight", "c"},
-        "dtp": {"weight", "kpi"},
-        "mgda": {"weight", "direction_norm", "solver_unconverged"},
-        "mgda_ub": {"weight", "direction_norm", "solver_unconverged"},
-        "gradnorm": {"weight"},
-        "famo": {"weight", "z"},
-        "dwa": {"weight"},
-    }
-    for strategy, quantities in expected.items():
+def readme_strategy_rows() -> dict[str, list[str]]:
+    """The README's table of weighting strategies: name → cells."""
+    section = (REPO / "README.md").read_text().split("## Weighting strategies", 1)[1]
+    table = [line for line in section.split("\n\n", 3)[2].splitlines() if line.startswith("|")]
+    rows = table[2:]  # under the header and its rule
+    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]] for row in rows]
+    return {c[0].strip("`"): c for c in cells}
+
+
+def test_the_readme_says_what_each_strategy_is_and_logs(tmp_path, mnist_root):
+    """Every weighting config has a row in the README's table whose kind is the strategy's and
+    whose last column names what it logs besides `weight`, as a run writes it."""
+    rows = readme_strategy_rows()
+    assert set(rows) == set(STRATEGIES)
+    kinds = {None: "loss", "parameters": "gradient", "representation": "representation"}
+    for strategy, cells in rows.items():
         overrides = [*TINY_SETS["mnist_focal"], f"dataset.root={mnist_root}", "trainer.epochs=1"]
-        run(make_config([*overrides, f"weighting={strategy}"]), tmp_path / strategy)
-        assert set(results_of(tmp_path / strategy)["weighting"]) == quantities
+        cfg = make_config([*overrides, f"weighting={strategy}"])
+        assert cells[1] == kinds[build_trainer(cfg).strategy.level], strategy
+        run(cfg, tmp_path / strategy)
+        logged = set(results_of(tmp_path / strategy)["weighting"])
+        assert logged == {"weight", *re.findall(r"`(\w+)`", cells[-1])}, strategy
 
 
 def test_one_task_two_loss_terms_fixed_against_learned(tmp_path, mnist_root):

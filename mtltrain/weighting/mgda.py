@@ -32,6 +32,8 @@ NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 class MGDA(GradientWeighting):
     """d = Σ α_k·g_k, α the exact min-norm point of the (normalised) gradients' hull."""
 
+    solves = True
+
     RANGES: ClassVar[Mapping[str, Range]] = {
         "normalization": (NORMALIZATIONS.__contains__, f"choose one of {list(NORMALIZATIONS)}")
     }
@@ -48,7 +50,6 @@ class MGDA(GradientWeighting):
             self.require_nonnegative_losses(f"normalises by the loss ({normalization})")
         self.normalization = normalization
         self.level = "representation" if representation else "parameters"
-        self.register_buffer("unsolved", torch.zeros((), dtype=torch.long))
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         scale = {
@@ -59,9 +60,5 @@ class MGDA(GradientWeighting):
         }[self.normalization]
         scale = torch.where(scale > 0, scale, 1.0)  # a zero gradient stays zero when normalised
         solution = min_norm_point(gramian / torch.outer(scale, scale))
-        if not solution.converged:
-            self.unsolved += 1
+        self.record(solution.converged)
         return solution.weights
-
-    def report(self) -> dict[str, Tensor]:
-        return {**super().report(), "solver_unconverged": self.unsolved.clone()}

@@ -1,0 +1,77 @@
+"""IMTL (Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang, "Towards Impartial Multi-task Learning",
+ICLR 2021): IMTL-G on the gradients, IMTL-L on the losses, or both (`variant`).
+
+- IMTL-G: d = Σ_k α_k·g_k with Σα = 1 and equal projections d·u_k on every unit gradient
+  u_k = g_k/‖g_k‖, so no task is favoured. In closed form α ∝ M⁺·n, n_k = ‖g_k‖ (from
+  (Mα)_k/n_k = const), the paper's D, U formula written with the Gramian. Where no α gives
+  equal positive projections (Σ M⁺n ≤ 0) the step takes α = 1/K, counted in
+  "solver_unconverged". "weight" logs α (sum 1).
+- IMTL-L: each loss scaled by a learned e^(s_k), with the regulariser −s_k: contributions
+  e^(s_k)·L_k − s_k, whose optimum is e^(s_k) = 1/L_k (every scaled loss at 1). s is trained
+  with the model, without weight decay; "scale" logs e^s. Alone it is loss-based.
+- hybrid: IMTL-G on the gradients of the IMTL-L-scaled losses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from mtltrain.losses import LossTerm
+from mtltrain.weighting.base import GradientWeighting, Range
+
+VARIANTS = ("gradient", "loss", "hybrid")
+
+
+class IMTL(GradientWeighting):
+    """IMTL-G: equal projections on the unit gradients; IMTL-L: e^s·L − s; or both."""
+
+    solves = True
+    RANGES: ClassVar[Mapping[str, Range]] = {
+        "variant": (VARIANTS.__contains__, f"choose one of {list(VARIANTS)}")
+    }
+
+    def __init__(
+        self,
+        terms: Sequence[LossTerm],
+        variant: str = "hybrid",
+        representation: bool = False,
+    ) -> None:
+        super().__init__(terms)
+        self.check_settings({"variant": variant})
+        self.variant = variant
+        if variant != "gradient":
+            self.require_nonnegative_losses("scales each loss towards 1 (IMTL-L)")
+            self.log_scale = nn.Parameter(torch.zeros(len(terms)))
+        if variant == "loss":
+            self.level = None
+        else:
+            self.level = "representation" if representation else "parameters"
+
+    def contributions(self, losses: Tensor) -> Tensor:
+        if self.variant == "gradient":
+            return losses
+        return torch.exp(self.log_scale) * losses - self.log_scale
+
+    def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        norms = gramian.diagonal().clamp_min(0).sqrt()
+        alpha = torch.linalg.pinv(gramian, hermitian=True) @ norms
+        total = float(alpha.sum())
+        self.record(total > 0)
+        if not total > 0:  # no direction with equal positive projections: counted, equal α
+            return torch.full_like(alpha, 1.0 / len(alpha))
+        return alpha / total
+
+    def weights(self) -> Tensor:
+        if self.variant == "loss":  # the multiplier of each loss's gradient
+            return torch.exp(self.log_scale).detach()
+        return super().weights()
+
+    def report(self) -> dict[str, Tensor]:
+        report = {"weight": self.weights()} if self.variant == "loss" else super().report()
+        if self.variant != "gradient":
+            report["scale"] = torch.exp(self.log_scale).detach()
+        return report

@@ -1,0 +1,58 @@
+"""Nash-MTL (Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya, ICML 2022).
+
+d = Σ_k α_k·g_k with α > 0 the Nash bargaining solution GᵀGα = 1/α (elementwise), solved to
+rounding by Newton's method (`bargaining`, p = 1) instead of the paper's sequence of convex
+problems. Its scale is the paper's: α is not normalised (the authors' code divides the Gramian
+by its norm first and clips the update to norm 1; neither is done here), and d does not change
+when every gradient is scaled alike. Where no direction improves every task (the bargaining
+problem has no solution: conflicting, or a zero gradient) or the solve does not converge, the
+step keeps the weights of the last solved step (before any: α_k = 1/‖g_k‖, the solution for
+orthogonal gradients) and the failure is counted ("solver_unconverged"). "weight" logs α.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from mtltrain.losses import LossTerm
+from mtltrain.weighting.bargaining import fair_weights
+from mtltrain.weighting.base import GradientWeighting
+
+
+class FairWeighting(GradientWeighting):
+    """The α-fair weights M·w = w^(−1/power) (see `bargaining`); failures keep the last solved
+    weights, or before any those of orthogonal gradients, and are counted."""
+
+    solves = True
+
+    def __init__(self, terms: Sequence[LossTerm], power: float, representation: bool) -> None:
+        super().__init__(terms)
+        self.power = power
+        self.level = "representation" if representation else "parameters"
+        self.solved_once = False
+
+    def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        solution = fair_weights(gramian, self.power)
+        self.record(solution.converged)
+        if solution.converged:
+            self.solved_once = True
+            return solution.weights
+        if self.solved_once:
+            return self.weight.double().cpu()
+        norms = gramian.diagonal().clamp_min(1e-300)
+        return norms ** (-self.power / (self.power + 1))
+
+    def get_extra_state(self) -> dict:
+        return {"solved_once": self.solved_once}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.solved_once = state["solved_once"]
+
+
+class NashMTL(FairWeighting):
+    """d = Σ α_k g_k, GᵀGα = 1/α: the Nash bargaining solution (Navon et al. 2022)."""
+
+    def __init__(self, terms: Sequence[LossTerm], representation: bool = False) -> None:
+        super().__init__(terms, power=1.0, representation=representation)
