@@ -23,6 +23,7 @@ loop's one finiteness check also catches a broken aggregation.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -75,7 +76,8 @@ class TaskJacobian:
             else self.shared
         )
         sizes = [t.numel() for t in targets]
-        jacobian = targets[0].new_empty(k, sum(sizes))
+        dtype = functools.reduce(torch.promote_types, (t.dtype for t in targets))
+        jacobian = targets[0].new_empty(k, sum(sizes), dtype=dtype)
         own: list[Tensor | None] = [None] * len(self.others)
         for i, contribution in enumerate(contributions):
             # the encoder's graph below the features outlives these passes: they stop at them
@@ -90,7 +92,7 @@ class TaskJacobian:
             for j, grad in enumerate(grads[len(targets) :]):
                 if grad is not None:
                     own[j] = grad if own[j] is None else own[j] + grad
-        direction, weights = self.strategy.aggregate(jacobian, losses.detach())
+        direction, weights = self.strategy.aggregate(jacobian, losses.detach(), targets)
         for p, grad in zip(self.others, own, strict=True):
             if grad is not None:
                 p.grad = _like(p, grad)
@@ -101,7 +103,7 @@ class TaskJacobian:
             for p, piece in zip(self.shared, pieces, strict=True):
                 p.grad = _like(p, piece)
         parts = weights.to(contributions.dtype) * contributions.detach()
-        # a sum is finite iff its terms are (short of overflow): 20× cheaper than isfinite().all()
+        # a sum is finite if its terms are, and overflow only errs to NaN: 20× cheaper than all()
         finite = torch.isfinite(jacobian.sum() + direction.sum() + weights.sum())
         return parts, torch.where(finite, parts.sum(), torch.nan)
 

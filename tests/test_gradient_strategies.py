@@ -85,14 +85,17 @@ def feasible(g: np.ndarray) -> bool:
 @pytest.mark.parametrize("power", [1.0, 2.0])
 @pytest.mark.parametrize(("case", "g"), CASES, ids=IDS)
 def test_fair_weights_solve_their_equations_exactly(case, g, power):
-    """Nash-MTL (p = 1) and FairGrad (p = 2): M·w = w^(−1/p), against Newton on log w."""
+    """Nash-MTL (p = 1) and FairGrad (p = 2): M·w = w^(−1/p), against Newton on log w; a
+    zero gradient has nothing to bargain with and gets w = 0."""
     solution = fair_weights(torch.from_numpy(g @ g.T), power)
-    if not feasible(g):  # no direction improves every task: no solution, and the solver says so
+    kept = np.linalg.norm(g, axis=1) > 0
+    assert (solution.weights.numpy()[~kept] == 0).all()
+    if not feasible(g[kept]):  # no direction improves every task: no solution, and it says so
         assert not solution.converged
         return
-    expected = reference_fair(g, power)
+    expected = reference_fair(g[kept], power)
     assert solution.converged and expected is not None
-    assert_same_point(solution.weights.numpy() @ g, expected @ g, g)
+    assert_same_point(solution.weights.numpy() @ g, expected @ g[kept], g)
 
 
 def test_nash_mtl_keeps_the_last_solved_weights_and_counts_a_failure():
@@ -108,26 +111,36 @@ def test_nash_mtl_keeps_the_last_solved_weights_and_counts_a_failure():
 @pytest.mark.parametrize(("case", "g"), CASES, ids=IDS)
 def test_cagrad_solves_its_inner_problem_exactly(case, g, c):
     """The inner problem's value is the reference's or below; the direction matches wherever
-    it is well defined (d depends on g_w/‖g_w‖, which a g_w near 0 leaves to rounding)."""
+    it is well defined (d depends on g_w/‖g_w‖, which a g_w near 0 leaves to rounding); a
+    ball of radius 0 (g₀ = 0) gives d = g₀, and an optimal g_w of 0 gives d = g₀, counted."""
     k = len(g)
-    m = g @ g.T
+    kept = np.linalg.norm(g, axis=1) > 0  # a zero gradient can neither gain nor lose
     g0 = g.mean(axis=0)
     radius = c * np.linalg.norm(g0)
+    largest = np.linalg.norm(g, axis=1).max()
+    strategy = CAGrad(terms(k), c=c)
+    d = direction(strategy, g)
+    if radius <= 1e-7 * largest:
+        assert_same_point(d, g0 / (1 + c**2), g, floor=3e-8)
+        return
 
     def value(w: np.ndarray) -> float:
-        return float((w @ g) @ g0 + radius * np.linalg.norm(w @ g))
+        return float((w @ g[kept]) @ g0 + radius * np.linalg.norm(w @ g[kept]))
 
-    w_ref = reference_cagrad_weights(g, c)
-    w_ours, converged = conflict_averse(torch.from_numpy(m), radius)
-    assert converged
-    largest = np.linalg.norm(g, axis=1).max()
-    assert value(w_ours.numpy()) <= value(w_ref) + 1e-9 * abs(value(w_ref)) + 1e-12 * largest**2
-    gw = w_ref @ g
+    w_ref = reference_cagrad_weights(g[kept], radius, g0)
+    m = torch.from_numpy((g @ g.T)[np.ix_(kept, kept)])
+    w_ours, converged = conflict_averse(m, radius, torch.full((int(kept.sum()),), 1.0 / k).double())
+    best = 0.0 if w_ref is None else value(w_ref)
+    rounding = 3e-8 * largest * (radius + np.linalg.norm(g0))  # ‖g_w‖ to √ε of the largest
+    assert value(w_ours.numpy()) <= best + 1e-9 * abs(best) + rounding
+    gw = 0 * g0 if w_ref is None else w_ref @ g[kept]
     if np.linalg.norm(gw) >= 1e-4 * largest:
         expected = (g0 + radius / np.linalg.norm(gw) * gw) / (1 + c**2)
-        strategy = CAGrad(terms(k), c=c)
-        assert_same_point(direction(strategy, g), expected, g, floor=3e-8)
-        assert strategy.unsolved.item() == 0
+        assert converged and strategy.unsolved.item() == 0
+        assert_same_point(d, expected, g, floor=3e-8)
+    elif not converged:
+        assert_same_point(d, g0 / (1 + c**2), g, floor=3e-8)
+        assert strategy.unsolved.item() == 1
 
 
 def test_cagrad_without_rescale_is_the_papers_formula():
@@ -140,20 +153,30 @@ def test_cagrad_without_rescale_is_the_papers_formula():
 @pytest.mark.parametrize(("case", "g"), [c for c in CASES if len(c[1]) <= c[1].shape[1]],
                          ids=[n for n, g in CASES if len(g) <= g.shape[1]])  # fmt: skip
 def test_imtl_g_gives_equal_projections_on_the_unit_gradients(case, g):
-    """The paper's conditions on the vectors: Σα = 1 and d·u_k equal for all k; where they
-    have one solution (no two gradients share a direction), it is the reference's."""
-    units = g / np.linalg.norm(g, axis=1, keepdims=True)
-    k = len(g)
+    """The paper's conditions on the vectors: Σα = 1 and d·u_k equal and positive for all k
+    (a zero gradient left out, α = 0); where they have one solution (no two gradients share
+    a direction), it is the reference's; where none (opposite gradients), α = 1/K, counted."""
+    norms = np.linalg.norm(g, axis=1)
+    kept = norms > 0
+    units, rows = g[kept] / norms[kept, None], g[kept]
+    k, n = len(g), len(rows)
     strategy = IMTL(terms(k), variant="gradient").double()
     d, alpha = strategy.aggregate(torch.from_numpy(g), torch.ones(k))
+    system = np.vstack([(units[1:] - units[0]) @ rows.T, np.ones((1, n))])
+    rhs = np.r_[np.zeros(n - 1), 1.0]
+    solution = np.linalg.lstsq(system, rhs, rcond=None)[0]
+    largest = norms.max()  # a Gramian's rounding, in length: ~1e-16 of it
+    impartial = units[0] @ (solution @ rows)  # the common projection
+    if np.linalg.norm(system @ solution - rhs) > 1e-9 or impartial < 1e-9 * largest:
+        assert strategy.unsolved.item() == 1
+        np.testing.assert_allclose(alpha.numpy(), 1 / k)
+        return
+    assert strategy.unsolved.item() == 0 and (alpha.numpy()[~kept] == 0).all()
     projections = units @ d.numpy()
-    largest = np.linalg.norm(g, axis=1).max()  # a Gramian's rounding, in length: ~1e-16 of it
     np.testing.assert_allclose(projections, projections[0], rtol=1e-6, atol=1e-10 * largest)
     assert alpha.sum().item() == pytest.approx(1.0) and projections[0] > 0
-    system = np.vstack([(units[1:] - units[0]) @ g.T, np.ones((1, k))])
-    if np.linalg.matrix_rank(system) == k:
-        expected = np.linalg.solve(system, np.r_[np.zeros(k - 1), 1.0]) @ g
-        assert_same_point(d.numpy(), expected, g, floor=3e-8)
+    if np.linalg.matrix_rank(system) == n:
+        assert_same_point(d.numpy(), solution @ rows, g, floor=3e-8)
 
 
 # ---- surgeries, against the same surgery on the vectors -------------------------------------
@@ -210,9 +233,37 @@ def test_gradvac_is_its_surgery_on_the_vectors_and_moves_its_targets():
         np.testing.assert_allclose(strategy.target.numpy(), targets, rtol=1e-12)
 
 
-def test_graddrop_keeps_one_sign_per_coordinate_with_probability_its_purity():
-    j = torch.tensor([[3.0, 1.0, -1.0], [1.0, -1.0, -2.0]])  # purity per coordinate: 1, ½, 0
+def test_gradvac_leaves_a_gradient_whose_target_cosine_is_one():
+    """After parallel gradients with β = 1 the target is 1, which no finite move reaches."""
+    strategy = GradVac(terms(2), beta=1.0).double()
+    strategy.aggregate(torch.tensor([[1.0, 0.0], [2.0, 0.0]]).double(), torch.ones(2))
+    assert strategy.target[0, 1].item() == 1.0
+    d, _ = strategy.aggregate(torch.tensor([[1.0, 0.0], [0.0, 1.0]]).double(), torch.ones(2))
+    torch.testing.assert_close(d, torch.tensor([1.0, 1.0]).double())
+
+
+def test_graddrop_on_a_representation_keeps_one_sign_per_feature_for_the_whole_batch():
+    """The paper's G_k = Σ_batch sgn(A)·∇_A L_k: here G = (0, 3), (−3, −1), (2, −3) per
+    feature, so P = 1, 0 and 0.4; feature 2 keeps one task for both examples."""
+    a = torch.tensor([[1.0, -1.0, 2.0], [-1.0, 1.0, 1.0]])
+    grad_a = torch.tensor(
+        [[[1.0, 2.0, 1.0], [1.0, -1.0, 1.0]], [[2.0, 1.0, -1.0], [-1.0, 0.0, -2.0]]]
+    )
     strategy = GradDrop(terms(2), seed=0)
+    first_task = 0
+    for _ in range(2000):
+        d, _ = strategy.aggregate(grad_a.reshape(2, -1), torch.ones(2), at=(a,))
+        d = d.view(2, 3)
+        torch.testing.assert_close(d[:, 0], grad_a[1, :, 0])  # P = 1: the positive G_1 only
+        torch.testing.assert_close(d[:, 1], grad_a[:, :, 1].sum(dim=0))  # P = 0: both negative
+        first_task += bool(torch.equal(d[:, 2], grad_a[0, :, 2]))
+        assert torch.equal(d[:, 2], grad_a[0, :, 2]) or torch.equal(d[:, 2], grad_a[1, :, 2])
+    assert abs(first_task / 2000 - 0.4) < 0.03
+
+
+def test_graddrop_on_parameters_keeps_one_sign_per_coordinate_with_probability_its_purity():
+    j = torch.tensor([[3.0, 1.0, -1.0], [1.0, -1.0, -2.0]])  # purity per coordinate: 1, ½, 0
+    strategy = GradDrop(terms(2), representation=False, seed=0)
     kept_positive = torch.zeros(3)
     for _ in range(4000):
         d, share = strategy.aggregate(j, torch.ones(2))
@@ -241,12 +292,26 @@ def test_aligned_mtl_by_hand_and_its_aligned_system():
     np.testing.assert_allclose(weights, balance.sum(axis=1), rtol=1e-9)
 
 
+WELL_POSED = [(n, g) for n, g in CASES if np.linalg.cond(g @ g.T) < 1e8]
+
+
+@pytest.mark.parametrize(("case", "g"), WELL_POSED, ids=[n for n, _ in WELL_POSED])
+def test_aligned_mtl_gives_each_task_its_share_of_the_balanced_system(case, g):
+    """G·d = √λ_min·M^(1/2)·1 for a full-rank M (from d = Gᵀ·B·1), with M^(1/2) by numpy."""
+    eigenvalues, v = np.linalg.eigh(g @ g.T)
+    expected = np.sqrt(eigenvalues.min()) * (v * np.sqrt(eigenvalues)) @ v.T @ np.ones(len(g))
+    projections = g @ direction(AlignedMTL(terms(len(g))), g)
+    np.testing.assert_allclose(projections, expected, rtol=1e-6, atol=1e-9 * np.abs(expected).max())
+
+
 @pytest.mark.parametrize(("case", "g"), CASES, ids=IDS)
 def test_config_is_the_pseudo_inverse_direction_on_the_vectors(case, g):
-    units = g / np.linalg.norm(g, axis=1, keepdims=True)
-    best = np.linalg.pinv(units) @ np.ones(len(g))
+    """A zero gradient has no direction and is left out."""
+    norms = np.linalg.norm(g, axis=1)
+    rows = g[norms > 0]
+    best = np.linalg.pinv(rows / norms[norms > 0, None]) @ np.ones(len(rows))
     unit = best / np.linalg.norm(best)
-    expected = (g @ unit).sum() * unit
+    expected = (rows @ unit).sum() * unit
     assert_same_point(direction(ConFIG(terms(len(g))), g), expected, g, floor=3e-8)
 
 

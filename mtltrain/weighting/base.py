@@ -78,6 +78,8 @@ def numbers_of(value: Any) -> list[Any]:
 
 
 GRAMIAN_BLOCK = 8192  # columns per float64 block of `float64_gramian`
+# of the largest gradient's norm: the shortest length a float64 Gramian resolves (√ε ≈ 1.5e-8)
+PRECISION = 3e-8
 
 
 class Weighting(nn.Module):
@@ -141,9 +143,12 @@ class Weighting(nn.Module):
         """Each term's share of the total loss, in term order (loss-based strategies)."""
         return self.weights() * losses
 
-    def aggregate(self, jacobian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+    def aggregate(
+        self, jacobian: Tensor, losses: Tensor, at: Sequence[Tensor] = ()
+    ) -> tuple[Tensor, Tensor]:
         """Gradient-based strategies: the combined gradient of the K × D `jacobian` of
-        `contributions` (its rows in term order) and the weight each row got."""
+        `contributions` (its rows in term order) and the weight each row got; `at` are the
+        tensors the Jacobian was taken at (the features or shared parameters), in order."""
         raise NotImplementedError(f"{type(self).__name__} is loss-based: it aggregates nothing")
 
     def after_step(self, step: Step, recompute: Callable[[Step], Tensor]) -> None:
@@ -197,14 +202,18 @@ class GradientWeighting(Weighting):
     def contributions(self, losses: Tensor) -> Tensor:
         return losses
 
-    def aggregate(self, jacobian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
-        direction, weights = self.combine(jacobian, losses.detach())
+    def aggregate(
+        self, jacobian: Tensor, losses: Tensor, at: Sequence[Tensor] = ()
+    ) -> tuple[Tensor, Tensor]:
+        direction, weights = self.combine(jacobian, losses.detach(), at)
         if bool(torch.isfinite(weights).all()):
             self.weight.copy_(weights)
             self.direction_norm.copy_(direction.norm())
         return direction, weights
 
-    def combine(self, jacobian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+    def combine(
+        self, jacobian: Tensor, losses: Tensor, at: Sequence[Tensor] = ()
+    ) -> tuple[Tensor, Tensor]:
         """The direction and the weight of each row: by default Σ_k w_k·g_k with the weights
         `gramian_weights` gives; NaN for a Gramian that is not finite."""
         gramian = float64_gramian(jacobian).cpu()
@@ -266,3 +275,9 @@ def float64_gramian(jacobian: Tensor) -> Tensor:
         rows = block.double()
         gramian.addmm_(rows, rows.T)
     return gramian
+
+
+def resolved_rows(gramian: Tensor) -> Tensor:
+    """Which gradients a Gramian tells from zero: norm above PRECISION of the largest."""
+    norms = gramian.diagonal().clamp_min(0).sqrt()
+    return norms > PRECISION * float(norms.max()) if float(norms.max()) > 0 else norms > 0

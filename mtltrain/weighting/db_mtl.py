@@ -39,7 +39,9 @@ class DBMTL(GradientWeighting):
     def contributions(self, losses: Tensor) -> Tensor:
         return torch.log(losses + EPS)
 
-    def combine(self, jacobian: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+    def combine(
+        self, jacobian: Tensor, losses: Tensor, at: Sequence[Tensor] = ()
+    ) -> tuple[Tensor, Tensor]:
         if not bool(torch.isfinite(jacobian.sum())):  # a skipped step leaves the average alone
             nan = torch.full((len(self.terms),), torch.nan, device=jacobian.device)
             return nan @ jacobian, nan
@@ -47,7 +49,7 @@ class DBMTL(GradientWeighting):
             self.average = torch.zeros_like(jacobian)
         self.average.lerp_(jacobian, 1 - self.beta)
         norms = self.average.norm(dim=1)
-        scale = norms.max() / norms.clamp_min(torch.finfo(norms.dtype).tiny)
+        scale = torch.where(norms > 0, norms.max() / norms, 0.0)  # a zero ĝ_k stays zero
         return scale @ self.average, scale
 
     def get_extra_state(self) -> dict:

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from mtltrain.weighting.base import resolved_rows
 from mtltrain.weighting.min_norm import EPS
 
 
@@ -36,13 +37,14 @@ def project_to_dual_cone(
 ) -> Projection:
     """v ≥ u minimising vᵀMv for a float64 Gramian M (K × K) and weights u, on the host.
 
-    The cone depends on the gradients' directions only, so the problem is solved on the unit
-    gradients ĝ_k = g_k/‖g_k‖ (Gᵀu = Ĝᵀ(‖g‖·u)), where a tiny gradient's constraint is as well
-    conditioned as any; a zero gradient's constraint holds for every direction and is left out.
+        The cone depends on the gradients' directions only, so the problem is solved on the unit
+        gradients ĝ_k = g_k/‖g_k‖ (Gᵀu = Ĝᵀ(‖g‖·u)), where a tiny gradient's constraint is as well
+        conditioned as any; a zero gradient's constraint holds for every direction and is left out
+    (as is one below the Gramian's resolution, whose direction it does not know).
     """
     u = u.double()
     norms = gramian.diagonal().double().clamp_min(0).sqrt()
-    kept = norms > EPS * float(norms.max()) if float(norms.max()) > 0 else norms > 0
+    kept = resolved_rows(gramian)
     v = u.clone()
     if not bool(kept.any()):  # every gradient is zero: the projection is zero whatever v
         return Projection(v, True)

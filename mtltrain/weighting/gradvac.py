@@ -4,7 +4,8 @@ PCGrad towards a target similarity: for each task i and each other task j in a r
 where the cosine φ_ij of the current g_i and g_j is below the target φ̂_ij, g_i moves along g_j
 until their cosine is φ̂_ij: g_i ← g_i + ‖g_i‖·(φ̂_ij·√(1 − φ_ij²) − φ_ij·√(1 − φ̂_ij²)) /
 (‖g_j‖·√(1 − φ̂_ij²))·g_j; every φ̂_ij follows φ_ij as an exponential moving average,
-φ̂ ← (1 − β)·φ̂ + β·φ (β = 0.5, φ̂ starts at 0, as LibMTL). d = Σ_i g_i (a sum). On the whole
+φ̂ ← (1 − β)·φ̂ + β·φ (β = 0.5, φ̂ starts at 0, as LibMTL). A target of 1 has no finite move
+(g_i would have to become parallel to g_j): g_i is left as it is. d = Σ_i g_i (a sum). On the whole
 shared gradient ("model level"; the paper also works per layer). The surgery runs on
 coefficients with the Gramian; "weight" logs w in d = Σ_k w_k·g_k. The order is drawn from the
 strategy's own seeded generator; φ̂ and the generator are saved with the run.
@@ -46,8 +47,9 @@ class GradVac(Seeded, GradientWeighting):
                 if j == i or norm_j == 0 or norm_i == 0:
                     continue
                 cosine = float(coefficients[i] @ gramian[:, j]) / (norm_i * norm_j)
+                cosine = min(1.0, max(-1.0, cosine))  # rounding can leave [−1, 1]
                 goal = float(target[i, j])
-                if cosine < goal:
+                if cosine < goal < 1:
                     shift = goal * math.sqrt(1 - cosine**2) - cosine * math.sqrt(1 - goal**2)
                     coefficients[i, j] += norm_i * shift / (norm_j * math.sqrt(1 - goal**2))
                 target[i, j] = (1 - self.beta) * goal + self.beta * cosine

@@ -3,8 +3,9 @@ ICLR 2021): IMTL-G on the gradients, IMTL-L on the losses, or both (`variant`).
 
 - IMTL-G: d = Σ_k α_k·g_k with Σα = 1 and equal projections d·u_k on every unit gradient
   u_k = g_k/‖g_k‖, so no task is favoured. In closed form α ∝ M⁺·n, n_k = ‖g_k‖ (from
-  (Mα)_k/n_k = const), the paper's D, U formula written with the Gramian. Where no α gives
-  equal positive projections (Σ M⁺n ≤ 0) the step takes α = 1/K, counted in
+  (Mα)_k/n_k = const), the paper's D, U formula written with the Gramian. A zero gradient
+  has no direction and gets α = 0. Where no α gives equal positive projections (two
+  opposite gradients: only d = 0 is impartial) the step takes α = 1/K, counted in
   "solver_unconverged". "weight" logs α (sum 1).
 - IMTL-L: each loss scaled by a learned e^(s_k), with the regulariser −s_k: contributions
   e^(s_k)·L_k − s_k, whose optimum is e^(s_k) = 1/L_k (every scaled loss at 1). s is trained
@@ -21,7 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from mtltrain.losses import LossTerm
-from mtltrain.weighting.base import GradientWeighting, Range
+from mtltrain.weighting.base import GradientWeighting, Range, resolved_rows
+from mtltrain.weighting.min_norm import EPS
 
 VARIANTS = ("gradient", "loss", "hybrid")
 
@@ -57,13 +59,18 @@ class IMTL(GradientWeighting):
         return torch.exp(self.log_scale) * losses - self.log_scale
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        norms = gramian.diagonal().clamp_min(0).sqrt()
-        alpha = torch.linalg.pinv(gramian, hermitian=True) @ norms
-        total = float(alpha.sum())
-        self.record(total > 0)
-        if not total > 0:  # no direction with equal positive projections: counted, equal α
+        kept = resolved_rows(gramian)  # a zero gradient has no direction to be impartial to
+        if not bool(kept.any()):  # every gradient zero: d = 0 whatever α
+            return torch.full((gramian.shape[0],), 1.0 / gramian.shape[0], dtype=gramian.dtype)
+        rows = gramian[kept][:, kept]
+        norms = rows.diagonal().sqrt()
+        alpha = torch.zeros(gramian.shape[0], dtype=gramian.dtype)
+        alpha[kept] = torch.linalg.pinv(rows, hermitian=True) @ norms
+        solved = _equal_positive_projections(rows, alpha[kept], norms)
+        self.record(solved)
+        if not solved:  # no direction with equal positive projections: counted, equal α
             return torch.full_like(alpha, 1.0 / len(alpha))
-        return alpha / total
+        return alpha / alpha.sum()
 
     def weights(self) -> Tensor:
         if self.variant == "loss":  # the multiplier of each loss's gradient
@@ -75,3 +82,12 @@ class IMTL(GradientWeighting):
         if self.variant != "gradient":
             report["scale"] = torch.exp(self.log_scale).detach()
         return report
+
+
+def _equal_positive_projections(gramian: Tensor, alpha: Tensor, norms: Tensor) -> bool:
+    """Whether d = Σ α_k g_k has equal projections d·u_k (to 1e-6, or rounding) that are
+    positive (above rounding): M⁺n solves the equations only where they have a solution."""
+    projections = gramian @ alpha / norms
+    rounding = 4 * len(alpha) * EPS * float(((gramian.abs() @ alpha.abs()) / norms).max())
+    low, high = float(projections.min()), float(projections.max())
+    return low > rounding and high - low <= 1e-6 * high + rounding

@@ -4,21 +4,24 @@ d = Σ_k α_k·g_k with α > 0 the Nash bargaining solution GᵀGα = 1/α (elem
 rounding by Newton's method (`bargaining`, p = 1) instead of the paper's sequence of convex
 problems. Its scale is the paper's: α is not normalised (the authors' code divides the Gramian
 by its norm first and clips the update to norm 1; neither is done here), and d does not change
-when every gradient is scaled alike. Where no direction improves every task (the bargaining
-problem has no solution: conflicting, or a zero gradient) or the solve does not converge, the
-step keeps the weights of the last solved step (before any: α_k = 1/‖g_k‖, the solution for
-orthogonal gradients) and the failure is counted ("solver_unconverged"). "weight" logs α.
+when every gradient is scaled alike. A zero gradient (below the Gramian's resolution) has
+nothing to bargain with and gets α = 0; if all are zero, d = 0. Where no direction improves
+every task (the bargaining problem has no solution: 0 in the hull of the gradients, as with two
+opposite ones) or the solve does not converge, the step keeps the weights of the last solved
+step (before any: α_k = 1/‖g_k‖, the solution for orthogonal gradients) and the failure is
+counted ("solver_unconverged"). "weight" logs α.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 from mtltrain.losses import LossTerm
 from mtltrain.weighting.bargaining import fair_weights
-from mtltrain.weighting.base import GradientWeighting
+from mtltrain.weighting.base import GradientWeighting, resolved_rows
 
 
 class FairWeighting(GradientWeighting):
@@ -41,8 +44,9 @@ class FairWeighting(GradientWeighting):
             return solution.weights
         if self.solved_once:
             return self.weight.double().cpu()
-        norms = gramian.diagonal().clamp_min(1e-300)
-        return norms ** (-self.power / (self.power + 1))
+        squared_norms = gramian.diagonal()
+        orthogonal = squared_norms.clamp_min(1e-300) ** (-self.power / (self.power + 1))
+        return torch.where(resolved_rows(gramian), orthogonal, 0.0)
 
     def get_extra_state(self) -> dict:
         return {"solved_once": self.solved_once}
