@@ -573,7 +573,7 @@ def main() -> None:
     parser.add_argument(
         "--publish",
         action="store_true",
-        help=f"write {PUBLISHED}.json and .md and copy the table into README.md",
+        help="write docs/results/bench.json and .md and copy the table into README.md",
     )
     args = parser.parse_args()
     if args.publish:
