@@ -109,9 +109,9 @@ class TaskJacobian:
 
 
 def _like(param: Tensor, grad: Tensor) -> Tensor:
-    """`grad` in the parameter's memory layout (channels-last weights), which a fused
-    optimizer assumes of a gradient."""
-    if grad.stride() == param.stride():
+    """`grad` in the parameter's dtype and memory layout (channels-last weights), which a
+    fused optimizer assumes of a gradient."""
+    if grad.stride() == param.stride() and grad.dtype == param.dtype:
         return grad
     return torch.empty_like(param).copy_(grad)
 

@@ -2,10 +2,11 @@
 strategies solve, written here without the strategies' own solvers (numpy only).
 
 The cases: K = 2..10 random; conflicting (one gradient nearly opposite another); exactly and
-nearly (1e-4) opposite, which puts 0 in or next to the hull; one near-zero gradient and one
-exactly zero; collinear ones; norms from 1 to 1e4; more tasks than dimensions. (Closer than
-~1e-8 of the largest norm a Gramian cannot tell nearly opposite from opposite: ‖g_i + g_j‖²
-is below its rounding. UNRESOLVED holds such cases, on which only robustness is asked.)
+nearly (1e-4) opposite, which puts 0 in or next to the hull; one near-zero gradient (1e-7,
+1e-9) and one exactly zero; collinear ones; norms from 1 to 1e4; more tasks than dimensions.
+(Closer than ~1e-8 of the largest norm a Gramian cannot tell nearly opposite from opposite:
+‖g_i + g_j‖² is below its rounding. `unresolved_cases` holds such cases, on which only
+robustness is asked.)
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def hard_cases(most: int = 10, dims: int = 40) -> list[tuple[str, np.ndarray]]:
         tiny = g.copy()
         tiny[-1] *= 1e-7
         cases.append((f"K={k} near-zero", tiny))
+        tinier = g.copy()
+        tinier[-1] *= 1e-9
+        cases.append((f"K={k} 1e-9 of the others", tinier))
         zero = g.copy()
         zero[-1] = 0.0
         cases.append((f"K={k} zero", zero))

@@ -114,13 +114,13 @@ def test_cagrad_solves_its_inner_problem_exactly(case, g, c):
     it is well defined (d depends on g_w/‖g_w‖, which a g_w near 0 leaves to rounding); a
     ball of radius 0 (g₀ = 0) gives d = g₀, and an optimal g_w of 0 gives d = g₀, counted."""
     k = len(g)
-    kept = np.linalg.norm(g, axis=1) > 0  # a zero gradient can neither gain nor lose
+    largest = np.linalg.norm(g, axis=1).max()
+    kept = np.linalg.norm(g, axis=1) > 3e-8 * largest  # a zero gradient can neither gain nor lose
     g0 = g.mean(axis=0)
     radius = c * np.linalg.norm(g0)
-    largest = np.linalg.norm(g, axis=1).max()
     strategy = CAGrad(terms(k), c=c)
     d = direction(strategy, g)
-    if radius <= 1e-7 * largest:
+    if np.linalg.norm(g0) <= 3e-8 * largest:
         assert_same_point(d, g0 / (1 + c**2), g, floor=3e-8)
         return
 
@@ -143,6 +143,20 @@ def test_cagrad_solves_its_inner_problem_exactly(case, g, c):
         assert strategy.unsolved.item() == 1
 
 
+def test_cagrad_with_a_small_c_still_solves_a_small_but_resolved_mean():
+    """c = 0.01 and ‖g₀‖ = 2e-6 of the largest: a radius of 2e-8, yet g₀ is resolved."""
+    g = np.array([[1.0, 2e-6], [-1.0, 2e-6]])
+    c = 0.01
+    g0 = g.mean(axis=0)
+    radius = c * np.linalg.norm(g0)
+    w = reference_cagrad_weights(g, radius, g0)
+    gw = w @ g
+    expected = (g0 + radius / np.linalg.norm(gw) * gw) / (1 + c**2)
+    strategy = CAGrad(terms(2), c=c)
+    np.testing.assert_allclose(direction(strategy, g), expected, rtol=1e-6, atol=1e-12)
+    assert strategy.unsolved.item() == 0
+
+
 def test_cagrad_without_rescale_is_the_papers_formula():
     g = np.array([[1.0, 0.2], [-0.5, 1.0]])
     with_rescale = direction(CAGrad(terms(2), c=0.5), g)
@@ -157,7 +171,7 @@ def test_imtl_g_gives_equal_projections_on_the_unit_gradients(case, g):
     (a zero gradient left out, α = 0); where they have one solution (no two gradients share
     a direction), it is the reference's; where none (opposite gradients), α = 1/K, counted."""
     norms = np.linalg.norm(g, axis=1)
-    kept = norms > 0
+    kept = norms > 3e-8 * norms.max()  # below, M⁺ cannot resolve a gradient
     units, rows = g[kept] / norms[kept, None], g[kept]
     k, n = len(g), len(rows)
     strategy = IMTL(terms(k), variant="gradient").double()
@@ -177,6 +191,18 @@ def test_imtl_g_gives_equal_projections_on_the_unit_gradients(case, g):
     assert alpha.sum().item() == pytest.approx(1.0) and projections[0] > 0
     if np.linalg.matrix_rank(system) == n:
         assert_same_point(d.numpy(), solution @ rows, g, floor=3e-8)
+
+
+def test_imtl_g_counts_a_closed_form_whose_weights_sum_below_zero():
+    """Σ M⁺n < 0: the equal projections of M⁺n turn negative under Σα = 1."""
+    u = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.5]])
+    g = u / np.linalg.norm(u, axis=1, keepdims=True) * np.array([[1.0], [1.0], [0.1]])
+    alpha = np.linalg.pinv(g @ g.T) @ np.linalg.norm(g, axis=1)
+    assert alpha.sum() < 0
+    strategy = IMTL(terms(3), variant="gradient").double()
+    _, weights = strategy.aggregate(torch.from_numpy(g), torch.ones(3))
+    assert strategy.unsolved.item() == 1
+    np.testing.assert_allclose(weights.numpy(), 1 / 3)
 
 
 # ---- surgeries, against the same surgery on the vectors -------------------------------------

@@ -159,3 +159,36 @@ def test_the_weights_are_the_min_norm_point_of_the_right_gradients(strategy):
     g = torch.stack(rows).double().numpy()
     trainer.train_step(batch)
     assert_same_point(trainer.strategy.weights().double().numpy() @ g, reference_min_norm(g), g)
+
+
+class MixedPrecisionModel(torch.nn.Module):
+    """Shared parameters of two dtypes (a float64 layer beside a float32 one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w32 = torch.nn.Parameter(torch.randn(3, 4))
+        self.w64 = torch.nn.Parameter(torch.randn(3, 4, dtype=torch.float64))
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(4, 1) for _ in range(2))
+
+    def forward(self, x):
+        z = x @ self.w32 + (x.double() @ self.w64).float()
+        return {f"t{i}": head(z) for i, head in enumerate(self.heads)}, z
+
+    def shared_parameters(self):
+        return [self.w32, self.w64]
+
+    def task_parameters(self, task):
+        return list(self.heads[int(task[1:])].parameters())
+
+
+def test_shared_parameters_of_two_dtypes_get_gradients_of_their_own_dtypes():
+    from mtltrain.engine import engine_for
+
+    model = MixedPrecisionModel()
+    strategy = MGDA(
+        tuple(LossTerm(f"t{i}", f"t{i}", "mse", "regression", False, mse) for i in range(2))
+    )
+    outputs, features = model(torch.randn(5, 3))
+    losses = torch.stack([outputs[f"t{i}"].square().mean() for i in range(2)])
+    engine_for(strategy, model)(losses, features)
+    assert model.w32.grad.dtype == torch.float32 and model.w64.grad.dtype == torch.float64

@@ -121,7 +121,8 @@ def test_every_model_follows_the_protocol(name):
         )
     )
     model = build(cfg.model, tasks=tasks)
-    x = torch.randn(3, 1, 28, 28) if data_set == "mnist_mtl" else torch.randn(3, 1)
+    images = data_set in ("mnist_mtl", "multi_mnist")
+    x = torch.randn(3, 1, 28, 28) if images else torch.randn(3, 1)
     outputs, features = model(x)
     assert set(outputs) == {t.name for t in tasks}
     shared = model.shared_parameters()

@@ -89,7 +89,8 @@ def _download(root: Path) -> None:
         ) from None
 
 
-def _split(raw_dir: Path, which: str, tasks: Sequence[str]) -> Split:
+def read_split(raw_dir: Path, which: str) -> tuple[np.ndarray, np.ndarray]:
+    """The images (N × 28 × 28) and labels (N) of split `which` ("train" or "test")."""
     images_file, labels_file = FILES[which]
     images = read_idx(raw_dir / images_file, 3)
     labels = read_idx(raw_dir / labels_file, 1)
@@ -98,6 +99,25 @@ def _split(raw_dir: Path, which: str, tasks: Sequence[str]) -> Split:
             f"{raw_dir / images_file} holds {len(images)} images but {raw_dir / labels_file} "
             f"holds {len(labels)} labels; {_FIX}"
         )
+    return images, labels
+
+
+def find_raw(root: Path, download: bool) -> Path:
+    """`root`/MNIST/raw holding MNIST's four files, downloaded there if missing and allowed."""
+    raw_dir = root / "MNIST" / "raw"
+    needed = [raw_dir / f for pair in FILES.values() for f in pair]
+    if not all(p.exists() for p in needed):
+        if not download:
+            missing = next(p for p in needed if not p.exists())
+            raise DataError(
+                f"MNIST not found: {missing} does not exist and dataset.download=false; {_FIX}"
+            )
+        _download(root)
+    return raw_dir
+
+
+def _split(raw_dir: Path, which: str, tasks: Sequence[str]) -> Split:
+    images, labels = read_split(raw_dir, which)
     x = torch.from_numpy(images.copy()).float().div_(127.5).sub_(1.0).unsqueeze(1)
     digit = torch.from_numpy(labels.astype(np.int64))
     make = {
@@ -128,14 +148,5 @@ def build(
             f"{list(AVAILABLE)}"
         )
     specs = task_specs(tasks, AVAILABLE, losses)
-    root_path = Path(root).expanduser()
-    raw_dir = root_path / "MNIST" / "raw"
-    needed = [raw_dir / f for pair in FILES.values() for f in pair]
-    if not all(p.exists() for p in needed):
-        if not download:
-            missing = next(p for p in needed if not p.exists())
-            raise DataError(
-                f"MNIST not found: {missing} does not exist and dataset.download=false; {_FIX}"
-            )
-        _download(root_path)
+    raw_dir = find_raw(Path(root).expanduser(), download)
     return MultiTaskData(specs, _split(raw_dir, "train", tasks), _split(raw_dir, "test", tasks))

@@ -26,7 +26,8 @@ class MLP(nn.Sequential):
     """in_features → hidden… → out_features, with `activation` after every hidden layer.
 
     `activate_output` also puts it after the last layer (for an encoder whose output is a
-    representation); `flatten` first flattens all but the batch dimension (for heads on maps).
+    representation); `flatten` first flattens all but the batch dimension (for heads on maps);
+    `dropout` > 0 puts nn.Dropout after every hidden layer's activation.
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class MLP(nn.Sequential):
         activation: str = "relu",
         activate_output: bool = False,
         flatten: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         make_activation(activation)  # a bad name fails here, before any layer is built
         sizes = [in_features, *hidden, out_features]
@@ -45,6 +47,8 @@ class MLP(nn.Sequential):
             layers.append(nn.Linear(a, b))
             if i < len(sizes) - 2 or activate_output:
                 layers.append(make_activation(activation))
+            if i < len(sizes) - 2 and dropout > 0:
+                layers.append(nn.Dropout(dropout))
         super().__init__(*layers)
 
 

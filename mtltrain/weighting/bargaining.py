@@ -23,7 +23,8 @@ from mtltrain.weighting.base import resolved_rows
 from mtltrain.weighting.min_norm import EPS
 
 TOLERANCE = 1e-9  # on |w_k^(1/p)·(Mw)_k − 1|, the equations made scale-free, above rounding
-CANCELLATION = 1e-5  # ‖Σ w_k g_k‖ / Σ w_k‖g_k‖ below this: d is known to worse than ε/1e-10
+# ρ = ‖Σ w_k g_k‖ / Σ w_k‖g_k‖ below this: a float64 Gramian knows ‖d‖² only to ε/ρ² > 2e-6
+CANCELLATION = 1e-5
 DIVERGED = 1e12  # weights this far above those of orthogonal gradients: f is unbounded below
 
 
@@ -36,9 +37,9 @@ class Fair(NamedTuple):
 
 
 def fair_weights(gramian: Tensor, power: float = 1.0, max_iterations: int = 100) -> Fair:
-    """w > 0 with M·w = w^(−1/power), M a float64 Gramian on the host; a gradient the
-    Gramian does not tell from zero has nothing to bargain with: w = 0 (all zero: d = 0)."""
-    kept = resolved_rows(gramian)
+    """w > 0 with M·w = w^(−1/power), M a float64 Gramian on the host; a zero gradient has
+    nothing to bargain with: w = 0 (all zero: d = 0)."""
+    kept = resolved_rows(gramian, EPS)
     weights = torch.zeros(gramian.shape[0], dtype=torch.float64)
     if bool(kept.any()):
         solution = _solve(gramian.double()[kept][:, kept], power, max_iterations)

@@ -277,7 +277,9 @@ def float64_gramian(jacobian: Tensor) -> Tensor:
     return gramian
 
 
-def resolved_rows(gramian: Tensor) -> Tensor:
-    """Which gradients a Gramian tells from zero: norm above PRECISION of the largest."""
+def resolved_rows(gramian: Tensor, floor: float) -> Tensor:
+    """Which gradients are not zero to a strategy: norm above `floor` of the largest (the
+    float64 ε for one that uses directions only, whose inner products stay accurate for any
+    nonzero gradient; PRECISION for one that uses lengths of combinations)."""
     norms = gramian.diagonal().clamp_min(0).sqrt()
-    return norms > PRECISION * float(norms.max()) if float(norms.max()) > 0 else norms > 0
+    return norms > floor * float(norms.max()) if float(norms.max()) > 0 else norms > 0

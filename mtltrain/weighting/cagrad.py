@@ -10,7 +10,8 @@ root of the decreasing h(t) = ‖g_w(t)‖/t − √φ (see `conflict_averse`), 
 secant search over log t, each step an exact min-norm solve (`min_norm`). Its scale is the
 mean's. Where the optimal g_w is 0 (below the Gramian's resolution) the formula has no value:
 d = g₀ then, counted. A zero gradient can neither gain nor lose and is left out of the inner
-problem; a g₀ below the Gramian's resolution leaves a ball of radius 0: d = g₀. "weight" logs
+problem (one below 3e-8 of the largest, where lengths of combinations are rounding); a g₀
+below the Gramian's resolution leaves a ball of radius 0: d = g₀. "weight" logs
 the w with d = Σ_k w_k·g_k. c = 0.4 (the paper's multi-task default).
 """
 
@@ -50,10 +51,11 @@ class CAGrad(GradientWeighting):
         k = gramian.shape[0]
         mean = torch.full((k,), 1.0 / k, dtype=torch.float64)
         largest = math.sqrt(max(0.0, float(gramian.diagonal().max())))
-        radius = self.c * math.sqrt(max(0.0, float(mean @ gramian @ mean)))  # √φ = c·‖g₀‖
+        mean_norm = math.sqrt(max(0.0, float(mean @ gramian @ mean)))  # ‖g₀‖
+        radius = self.c * mean_norm  # √φ
         weights = mean.clone()
-        if radius > PRECISION * largest:  # else the ball around g₀ is a point to the Gramian
-            kept = resolved_rows(gramian)  # a zero gradient can neither gain nor lose
+        if radius > 0 and mean_norm > PRECISION * largest:  # else g₀ is 0 to the Gramian
+            kept = resolved_rows(gramian, PRECISION)  # a zero gradient can neither gain nor lose
             rows = gramian[kept][:, kept]
             w, converged = conflict_averse(rows, radius, mean[kept])
             self.record(converged)

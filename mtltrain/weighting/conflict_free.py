@@ -4,8 +4,8 @@ Neural Networks", 2024): the conflict-free update.
 With u_k = g_k/‖g_k‖, the direction û is the unit vector along the least-norm x with
 u_k·x = 1 for every k (x = U⁺·1: equal cosine with every task gradient), and
 d = (Σ_k g_k·û)·û: its length is the sum of the gradients' projections on it. From the Gramian:
-x = Σ_k β_k g_k, β = diag(1/‖g‖)·(Û·Ûᵀ)⁺·1. A zero gradient (below the Gramian's
-resolution) has no direction and is left out. "weight" logs the w with d = Σ_k w_k·g_k (a
+x = Σ_k β_k g_k, β = diag(1/‖g‖)·(Û·Ûᵀ)⁺·1. A zero gradient has no direction and is left
+out. "weight" logs the w with d = Σ_k w_k·g_k (a
 sum-like scale: Σ of projections).
 """
 
@@ -18,6 +18,7 @@ from torch import Tensor
 
 from mtltrain.losses import LossTerm
 from mtltrain.weighting.base import GradientWeighting, resolved_rows
+from mtltrain.weighting.min_norm import EPS
 
 
 class ConFIG(GradientWeighting):
@@ -29,7 +30,7 @@ class ConFIG(GradientWeighting):
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         norms = gramian.diagonal().clamp_min(0).sqrt()
-        kept = resolved_rows(gramian)
+        kept = resolved_rows(gramian, EPS)
         beta = torch.zeros_like(norms)
         if not bool(kept.any()):
             return beta

@@ -37,14 +37,13 @@ def project_to_dual_cone(
 ) -> Projection:
     """v ≥ u minimising vᵀMv for a float64 Gramian M (K × K) and weights u, on the host.
 
-        The cone depends on the gradients' directions only, so the problem is solved on the unit
-        gradients ĝ_k = g_k/‖g_k‖ (Gᵀu = Ĝᵀ(‖g‖·u)), where a tiny gradient's constraint is as well
-        conditioned as any; a zero gradient's constraint holds for every direction and is left out
-    (as is one below the Gramian's resolution, whose direction it does not know).
+    The cone depends on the gradients' directions only, so the problem is solved on the unit
+    gradients ĝ_k = g_k/‖g_k‖ (Gᵀu = Ĝᵀ(‖g‖·u)), where a tiny gradient's constraint is as well
+    conditioned as any; a zero gradient's constraint holds for every direction and is left out.
     """
     u = u.double()
     norms = gramian.diagonal().double().clamp_min(0).sqrt()
-    kept = resolved_rows(gramian)
+    kept = resolved_rows(gramian, EPS)
     v = u.clone()
     if not bool(kept.any()):  # every gradient is zero: the projection is zero whatever v
         return Projection(v, True)

@@ -4,9 +4,10 @@ ICLR 2021): IMTL-G on the gradients, IMTL-L on the losses, or both (`variant`).
 - IMTL-G: d = Σ_k α_k·g_k with Σα = 1 and equal projections d·u_k on every unit gradient
   u_k = g_k/‖g_k‖, so no task is favoured. In closed form α ∝ M⁺·n, n_k = ‖g_k‖ (from
   (Mα)_k/n_k = const), the paper's D, U formula written with the Gramian. A zero gradient
-  has no direction and gets α = 0. Where no α gives equal positive projections (two
-  opposite gradients: only d = 0 is impartial) the step takes α = 1/K, counted in
-  "solver_unconverged". "weight" logs α (sum 1).
+  (below 3e-8 of the largest, where M⁺ cannot resolve it) has no direction and gets α = 0.
+  Where no α gives equal positive projections (two opposite gradients: only d = 0 is
+  impartial; or Σ M⁺n ≤ 0, where Σα = 1 turns the projections negative) the step takes
+  α = 1/K, counted in "solver_unconverged". "weight" logs α (sum 1).
 - IMTL-L: each loss scaled by a learned e^(s_k), with the regulariser −s_k: contributions
   e^(s_k)·L_k − s_k, whose optimum is e^(s_k) = 1/L_k (every scaled loss at 1). s is trained
   with the model, without weight decay; "scale" logs e^s. Alone it is loss-based.
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from mtltrain.losses import LossTerm
-from mtltrain.weighting.base import GradientWeighting, Range, resolved_rows
+from mtltrain.weighting.base import PRECISION, GradientWeighting, Range, resolved_rows
 from mtltrain.weighting.min_norm import EPS
 
 VARIANTS = ("gradient", "loss", "hybrid")
@@ -59,14 +60,14 @@ class IMTL(GradientWeighting):
         return torch.exp(self.log_scale) * losses - self.log_scale
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        kept = resolved_rows(gramian)  # a zero gradient has no direction to be impartial to
+        kept = resolved_rows(gramian, PRECISION)  # a zero gradient has no direction
         if not bool(kept.any()):  # every gradient zero: d = 0 whatever α
             return torch.full((gramian.shape[0],), 1.0 / gramian.shape[0], dtype=gramian.dtype)
         rows = gramian[kept][:, kept]
         norms = rows.diagonal().sqrt()
         alpha = torch.zeros(gramian.shape[0], dtype=gramian.dtype)
         alpha[kept] = torch.linalg.pinv(rows, hermitian=True) @ norms
-        solved = _equal_positive_projections(rows, alpha[kept], norms)
+        solved = _equal_positive_projections(rows, alpha[kept], norms) and float(alpha.sum()) > 0
         self.record(solved)
         if not solved:  # no direction with equal positive projections: counted, equal α
             return torch.full_like(alpha, 1.0 / len(alpha))

@@ -22,6 +22,7 @@ from torch import Tensor
 from mtltrain.losses import LossTerm
 from mtltrain.weighting.bargaining import fair_weights
 from mtltrain.weighting.base import GradientWeighting, resolved_rows
+from mtltrain.weighting.min_norm import EPS
 
 
 class FairWeighting(GradientWeighting):
@@ -46,7 +47,7 @@ class FairWeighting(GradientWeighting):
             return self.weight.double().cpu()
         squared_norms = gramian.diagonal()
         orthogonal = squared_norms.clamp_min(1e-300) ** (-self.power / (self.power + 1))
-        return torch.where(resolved_rows(gramian), orthogonal, 0.0)
+        return torch.where(resolved_rows(gramian, EPS), orthogonal, 0.0)
 
     def get_extra_state(self) -> dict:
         return {"solved_once": self.solved_once}

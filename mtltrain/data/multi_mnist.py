@@ -1,0 +1,126 @@
+"""MultiMNIST (Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS
+2018): two MNIST digits in one image, one task per digit.
+
+Each image of a split is paired with a partner drawn uniformly from the same split (possibly
+itself, as in the paper's code), with a generator seeded by `pair_seed`; the paper's code drew
+the partners unseeded, so its data set differs from run to run and from ours. The image goes to
+the top-left of a `canvas`² black canvas (rows and columns 0–27), its partner `shift` pixels
+down and right (6–33), overlapping pixels take the maximum, and the canvas is resized to 28×28
+with nearest-neighbour (PIL's rule, the paper's `imresize(..., interp='nearest')`). Tasks: `left`
+(the image's digit) and `right` (the partner's), 10 classes each. Inputs are normalised with
+MNIST's mean and standard deviation (0.1307, 0.3081), as the paper's code does. The pairs are
+built once per setting and cached beside MNIST (`<root>/MultiMNIST/<key>.pt`, written
+atomically, the key naming the settings and the MNIST files' digest), so a sweep builds them once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import pickle
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.nn import functional
+
+from mtltrain.atomic import write_atomically
+from mtltrain.data.base import MultiTaskData, Split, task_specs
+from mtltrain.data.mnist_mtl import FILES, find_raw, read_split
+from mtltrain.errors import ConfigError, OutputError
+
+AVAILABLE = {"left": ("classification", 10), "right": ("classification", 10)}
+MEAN, STD = 0.1307, 0.3081  # MNIST's pixel mean and standard deviation (of values in [0, 1])
+DIGIT = 28  # MNIST's images are 28×28
+
+
+def overlay(first: Tensor, second: Tensor, canvas: int = 36, shift: int = 6) -> Tensor:
+    """N × 28 × 28 uint8 images: `first` at the canvas's top-left, `second` shifted by `shift`
+    rows and columns, the maximum where they overlap, resized to 28×28 (nearest-neighbour)."""
+    n = first.shape[0]
+    board = torch.zeros(n, canvas, canvas, dtype=torch.uint8)
+    board[:, :DIGIT, :DIGIT] = first
+    placed = board[:, shift : shift + DIGIT, shift : shift + DIGIT]
+    torch.maximum(placed, second, out=placed)
+    resized = functional.interpolate(
+        board[:, None].float(), size=(DIGIT, DIGIT), mode="nearest-exact"
+    )
+    return resized[:, 0].to(torch.uint8)
+
+
+def pairs(
+    images: Tensor, labels: Tensor, generator: torch.Generator, canvas: int, shift: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The split's two-digit images and their left and right labels."""
+    partner = torch.randint(len(images), (len(images),), generator=generator)
+    return overlay(images, images[partner], canvas, shift), labels, labels[partner]
+
+
+def check_geometry(canvas: int, shift: int) -> None:
+    if not 0 <= shift <= canvas - DIGIT:
+        raise ConfigError(
+            f"dataset.shift={shift} is not allowed with dataset.canvas={canvas}: the second digit "
+            f"must fit on the canvas, 0 <= shift <= canvas - {DIGIT}"
+        )
+
+
+def build(
+    losses: Mapping[str, Sequence[str]],
+    root: str = "data",
+    download: bool = True,
+    tasks: Sequence[str] = ("left", "right"),
+    canvas: int = 36,
+    shift: int = 6,
+    pair_seed: int = 0,
+) -> MultiTaskData:
+    """MultiMNIST from MNIST in `root`/MNIST/raw (torchvision's layout), downloading it when
+    allowed; the pairs come from the cache when it holds them."""
+    if not tasks or any(t not in AVAILABLE for t in tasks) or len(set(tasks)) != len(tasks):
+        raise ConfigError(
+            f"dataset.tasks={list(tasks)} is not allowed: choose distinct tasks among "
+            f"{list(AVAILABLE)}"
+        )
+    check_geometry(canvas, shift)
+    specs = task_specs(tasks, AVAILABLE, losses)
+    raw_dir = find_raw(Path(root).expanduser(), download)
+    built = _cached(raw_dir, canvas, shift, pair_seed)
+    return MultiTaskData(specs, *(_split(built, which, tasks) for which in FILES))
+
+
+def _split(built: Mapping[str, Tensor], which: str, tasks: Sequence[str]) -> Split:
+    x = built[f"{which}_images"].float().div_(255.0).sub_(MEAN).div_(STD).unsqueeze(1)
+    return Split(x, {t: built[f"{which}_{t}"] for t in tasks})
+
+
+def _cached(raw_dir: Path, canvas: int, shift: int, pair_seed: int) -> dict[str, Tensor]:
+    """The pairs of both splits, from the cache, or built and then cached."""
+    path = raw_dir.parent.parent / "MultiMNIST" / f"{_key(raw_dir, canvas, shift, pair_seed)}.pt"
+    try:
+        return torch.load(path, weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):  # absent or unreadable
+        pass
+    generator = torch.Generator().manual_seed(pair_seed)
+    built: dict[str, Tensor] = {}
+    for which in FILES:
+        images, labels = read_split(raw_dir, which)
+        image, left, right = pairs(
+            torch.from_numpy(images.copy()),
+            torch.from_numpy(labels.astype("int64")),
+            generator,
+            canvas,
+            shift,
+        )
+        built |= {f"{which}_images": image, f"{which}_left": left, f"{which}_right": right}
+    with contextlib.suppress(OutputError):  # a read-only data folder: rebuilt every time
+        write_atomically(path, lambda f: torch.save(built, f))
+    return built
+
+
+def _key(raw_dir: Path, canvas: int, shift: int, pair_seed: int) -> str:
+    """The cache's name for these settings and these MNIST files (their digest)."""
+    digest = hashlib.sha256()
+    for pair in FILES.values():
+        for name in pair:
+            digest.update((raw_dir / name).read_bytes())
+    return f"canvas{canvas}-shift{shift}-pairs{pair_seed}-{digest.hexdigest()[:16]}"
