@@ -25,7 +25,7 @@ from mtltrain.callbacks.nonfinite import NonfiniteGuard, NonfiniteWatch
 from mtltrain.callbacks.progress import ProgressCallback
 from mtltrain.callbacks.tensorboard import TensorBoardCallback
 from mtltrain.config import build, build_partial
-from mtltrain.data.base import MultiTaskData, Split
+from mtltrain.data.base import MultiTaskData, Split, hold_out
 from mtltrain.engine import engine_for
 from mtltrain.losses import loss_terms
 from mtltrain.metrics import metric_names
@@ -40,6 +40,7 @@ from mtltrain.runtime import (
     settle_threads,
 )
 from mtltrain.schema import TrainerConfig, settings
+from mtltrain.selection import Selection, resolve_objective
 from mtltrain.tblog import TensorBoardLog
 from mtltrain.train import Trainer
 from mtltrain.weighting.base import Weighting
@@ -115,7 +116,8 @@ def build_objects(
     cfg: DictConfig, trainer: TrainerConfig, device: torch.device
 ) -> tuple[MultiTaskData, MultiTaskNet, Weighting, torch.optim.Optimizer]:
     """Data, model, set-up strategy and the model's optimizer, on `device`."""
-    data = place_data(build(cfg.dataset), device, trainer.channels_last)
+    held_out = hold_out(build(cfg.dataset), trainer.validation, trainer.validation_seed)
+    data = place_data(held_out, device, trainer.channels_last)
     model = build(cfg.model, tasks=data.tasks).to(device)
     if trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -147,6 +149,7 @@ def build_trainer(
     configure_process(trainer_cfg, device)
     seed_everything(cfg.seed)
     data, model, strategy, optimizer = build_objects(cfg, trainer_cfg, device)
+    selection = Selection(trainer_cfg.select, resolve_objective(cfg.objective, data))
     set_threads(trainer_cfg.threads, model, data.train, trainer_cfg.batch_size, device)
     callbacks = [
         *run_callbacks(cfg, trainer_cfg, data, strategy, device, run_dir, tb, run_info, resumed),
@@ -163,6 +166,7 @@ def build_trainer(
         device,
         cfg.seed,
         autocast(device, trainer_cfg.precision),
+        selection,
         callbacks,
         forward=compiled,
     )
@@ -199,6 +203,7 @@ def run_callbacks(
             trainer.checkpoint_every,
             trainer.checkpoint_interval,
             run_info or {},
+            rundir.best_checkpoint_file(run_dir) if trainer.select == "best" else None,
         )
         if run_dir is not None
         else None
@@ -214,7 +219,8 @@ def run_callbacks(
     )
     callbacks: list[Callback] = [guard] if saver is None else [guard, saver]
     if tb is not None:
-        tags = [f"test/{m}" for m in metric_names(data.tasks, data.test.noise_std)]
+        names = metric_names(data.tasks, data.test.noise_std)
+        tags = [f"{split}/{m}" for split in data.splits() for m in names]
         hparams = None if resumed else run_hparams(cfg, run_info or {})
         skipped = trainer.nonfinite == "skip"
         config = OmegaConf.to_yaml(cfg, resolve=True)

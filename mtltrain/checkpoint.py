@@ -24,6 +24,7 @@ FORMAT = "mtltrain-checkpoint/2"  # /2: the strategy's own optimizers and the ep
 # settings a resume may change (how it trains on, where the data lies, what it returns); the
 # others must be the checkpoint's
 RESUMABLE = ("trainer.", "resume", "hydra.", "dataset.root", "dataset.download", "objective")
+FIXED = ("trainer.validation", "trainer.validation_seed", "trainer.select")  # they are data
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
@@ -82,13 +83,13 @@ def mismatch(saved: dict[str, Any], current: dict[str, Any], what: str) -> str |
 
 
 def changed_settings(saved: dict[str, Any], current: dict[str, Any], shown: int = 3) -> str:
-    """The settings (not trainer.* or resume) whose values differ between two resolved configs,
-    "key=there → here", the first `shown` of them."""
+    """The settings a resume may not change (RESUMABLE, but FIXED) whose values differ between
+    two resolved configs, "key=there → here", the first `shown` of them."""
     before, after = _flat(saved), _flat(current)
     keys = [
         k
         for k in sorted(set(before) | set(after))
-        if not k.startswith(RESUMABLE) and before.get(k) != after.get(k)
+        if (k.startswith(FIXED) or not k.startswith(RESUMABLE)) and before.get(k) != after.get(k)
     ]
     changes = [f"{k}={before.get(k, '(none)')} → {after.get(k, '(none)')}" for k in keys[:shown]]
     extra = f" (and {len(keys) - shown} more)" if len(keys) > shown else ""

@@ -7,7 +7,7 @@ import contextlib
 import errno
 import logging
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +20,16 @@ from mtltrain.config import check
 from mtltrain.data.base import Split
 from mtltrain.errors import (
     CheckpointError,
-    ConfigError,
     Interrupted,
     MtlError,
     OutputError,
+    TrainingError,
     UnexpectedError,
     first_line,
 )
 from mtltrain.losses import LossTerm
-from mtltrain.metrics import main_metric, metric_names
+from mtltrain.metrics import main_metric
 from mtltrain.results import RESULTS_FILE, read_results, summary_table, write_json
-from mtltrain.tasks import TaskSpec
 from mtltrain.tblog import TensorBoardLog
 from mtltrain.train import Trainer, evaluate
 
@@ -50,17 +49,6 @@ def true_sigma(split: Split, terms: Sequence[LossTerm]) -> dict[str, float | Non
         else None
         for t in terms
     }
-
-
-def resolve_objective(cfg: DictConfig, tasks: Sequence[TaskSpec], sigma: Collection[str]) -> str:
-    """The metric the task function returns: `objective`, or test/<first task's main metric>."""
-    known = [f"{split}/{m}" for split in ("test", "train") for m in metric_names(tasks, sigma)]
-    objective = cfg.objective or f"test/{main_metric(tasks[0])}"
-    if objective not in known:
-        raise ConfigError(
-            f"objective={objective!r} is not a metric of this run: choose one of {known}"
-        )
-    return objective
 
 
 def run(
@@ -155,11 +143,11 @@ def _run(cfg: DictConfig, run_dir: Path, info: dict[str, Any], resume: Path | No
     with TensorBoardLog(run_dir / "tb", purge_step=purge) as tb, logging_redirect_tqdm():
         trainer = build_trainer(cfg, run_dir, tb, run_info, resumed=state is not None)
         data = trainer.data
-        objective = resolve_objective(cfg, data.tasks, data.test.noise_std)
         log.info(
-            "%s: %d train / %d test samples, tasks %s, weighting %s, device %s",
+            "%s: %d train / %d validation / %d test samples, tasks %s, weighting %s, device %s",
             info["choices"].get("dataset", "data"),
             len(data.train),
+            0 if data.validation is None else len(data.validation),
             len(data.test),
             [t.name for t in data.tasks],
             type(trainer.strategy).__name__,
@@ -171,7 +159,7 @@ def _run(cfg: DictConfig, run_dir: Path, info: dict[str, Any], resume: Path | No
             file_log.info("resumed at step %d", trainer.step)
         fit_started = time.perf_counter()
         try:
-            test_metrics = trainer.fit()
+            trainer.fit()
         except Interrupted as e:
             raise Interrupted(
                 f"{e}; checkpoint written to {rundir.checkpoint_file(run_dir)}; continue with: "
@@ -179,7 +167,7 @@ def _run(cfg: DictConfig, run_dir: Path, info: dict[str, Any], resume: Path | No
                 e.signal_number,
             ) from None
         train_time = time.perf_counter() - fit_started
-    results = _results(cfg, trainer, test_metrics, objective, info)
+    results = _results(cfg, trainer, run_dir, info)
     results["wall_time_s"] = round(time.perf_counter() - started, 3)
     results["train_time_s"] = round(train_time, 3)
     write_json(run_dir / RESULTS_FILE, results)
@@ -210,19 +198,28 @@ def _load(trainer: Trainer, state: dict[str, Any], config: dict[str, Any]) -> No
 
 
 def _results(
-    cfg: DictConfig,
-    trainer: Trainer,
-    test_metrics: dict[str, float],
-    objective: str,
-    info: dict[str, Any],
+    cfg: DictConfig, trainer: Trainer, run_dir: Path, info: dict[str, Any]
 ) -> dict[str, Any]:
-    """What results.json says of a finished run (timings are added by the caller)."""
-    data, strategy = trainer.data, trainer.strategy
+    """What results.json says of a finished run (timings are added by the caller): the
+    selected evaluation's metrics, and the train metrics of the model it evaluated."""
+    data, strategy, selection = trainer.data, trainer.strategy, trainer.selection
+    chosen = selection.chosen
+    if chosen is None:
+        raise TrainingError(
+            f"no evaluation had a finite {selection.objective}, so trainer.select=best has "
+            "nothing to report: see the run's TensorBoard for where training diverged"
+        )
+    if selection.select == "best":
+        best = checkpoint.load(rundir.best_checkpoint_file(run_dir))
+        trainer.model.load_state_dict(best["trainer"]["model"])
     train_metrics = evaluate(
         trainer.forward, data.train, data.tasks, trainer.cfg.eval_batch_size, trainer.precision
     )
-    metrics = {f"test/{k}": v for k, v in test_metrics.items()}
+    metrics = {
+        f"{split}/{k}": v for split, values in chosen["metrics"].items() for k, v in values.items()
+    }
     metrics.update({f"train/{k}": v for k, v in train_metrics.items()})
+    objective = selection.objective
     learned = {
         q: v.item() if v.dim() == 0 else dict(zip(strategy.names, v.tolist(), strict=True))
         for q, v in strategy.report().items()
@@ -236,6 +233,7 @@ def _results(
         "nonfinite_steps": trainer.skipped_steps,
         "device": str(trainer.device),
         "objective": {"name": objective, "value": metrics[objective]},
+        "selected": {"by": selection.select, "epoch": chosen["epoch"], "step": chosen["step"]},
         "metrics": metrics,
         "weighting": learned,
         "true_sigma": true_sigma(data.train, strategy.terms),

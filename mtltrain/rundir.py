@@ -33,12 +33,17 @@ def status(run_dir: Path) -> str | None:
 
 
 LOCK = ".mtltrain.lock"
-CHECKPOINTS, LAST = "checkpoints", "last.pt"
+CHECKPOINTS, LAST, BEST = "checkpoints", "last.pt", "best.pt"
 
 
 def checkpoint_file(run_dir: Path) -> Path:
     """Where a run keeps its checkpoint."""
     return run_dir / CHECKPOINTS / LAST
+
+
+def best_checkpoint_file(run_dir: Path) -> Path:
+    """Where a run with trainer.select=best keeps the checkpoint of its selected evaluation."""
+    return run_dir / CHECKPOINTS / BEST
 
 
 def run_dir_of(path: Path) -> Path:

@@ -22,6 +22,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 NONFINITE = ("stop", "skip")
+SELECT = ("last", "best")
 
 
 def _at_least(key: str, value: float, low: float) -> None:
@@ -88,6 +89,9 @@ class TrainerConfig:
     fused_optimizer: bool = MISSING
     keep_host_memory: bool = MISSING
     cudnn_benchmark: bool = MISSING
+    validation: float = MISSING
+    validation_seed: int = MISSING
+    select: str = MISSING
 
     def __post_init__(self) -> None:
         if not _complete(self):
@@ -101,6 +105,8 @@ class TrainerConfig:
         _one_of("trainer.precision", self.precision, PRECISIONS)
         _one_of("trainer.compile", self.compile, (None, *COMPILE_MODES))
         _one_of("trainer.nonfinite", self.nonfinite, NONFINITE)
+        _one_of("trainer.select", self.select, SELECT)
+        _at_least("trainer.validation", self.validation, 0)
         if not 0 <= self.max_skipped <= 1:
             raise ConfigError(
                 f"trainer.max_skipped={self.max_skipped} is not allowed: it is a share of the "

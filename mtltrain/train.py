@@ -29,6 +29,7 @@ from mtltrain.losses import compute_losses, detach
 from mtltrain.metrics import TaskMetrics
 from mtltrain.models.base import MultiTaskNet, predict
 from mtltrain.schema import TrainerConfig
+from mtltrain.selection import Metrics, Selection
 from mtltrain.step import Step
 from mtltrain.tasks import TaskSpec
 from mtltrain.weighting.base import Weighting
@@ -72,10 +73,12 @@ class Trainer:
         device: torch.device,
         seed: int,
         precision: contextlib.AbstractContextManager,
+        selection: Selection,
         callbacks: Sequence[Callback] = (),
         forward: MultiTaskNet | None = None,
     ) -> None:
         self.model, self.strategy, self.optimizer = model, strategy, optimizer
+        self.selection = selection
         self.backward = backward
         self.data, self.cfg, self.device, self.precision = data, settings, device, precision
         self.forward = model if forward is None else forward
@@ -137,6 +140,7 @@ class Trainer:
                 "epoch_batches": self.epoch_batches,
             },
             "test_metrics": self.test_metrics,
+            "selection": self.selection.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -182,6 +186,8 @@ class Trainer:
         self.epoch_losses = running["epoch_losses"].to(self.device)
         self.epoch_batches = running["epoch_batches"]
         self.test_metrics = state["test_metrics"]
+        if "selection" in state:  # checkpoints before trainer.select have none
+            self.selection.load_state_dict(state["selection"])
 
     # -- one step ------------------------------------------------------------------------
 
@@ -247,19 +253,23 @@ class Trainer:
             signum,
         )
 
-    def evaluate(self) -> tuple[dict[str, float], dict[str, float]]:
-        """The running train metrics since the last evaluation and the test metrics."""
+    def evaluate(self) -> Metrics:
+        """The running train metrics since the last evaluation, and the metrics of every
+        evaluated split (validation where held out, test)."""
         train = {
             **self.train_metrics.compute(),
             "loss": self.train_loss.item() / max(1, self.train_batches),
         }
         self.train_metrics = TaskMetrics(self.data.tasks, knows_sigma=self.train_split.noise_std)
         self.train_loss, self.train_batches = torch.zeros((), device=self.device), 0
-        test = evaluate(
-            self.forward, self.data.test, self.data.tasks, self.cfg.eval_batch_size, self.precision
-        )
+        evaluated = {
+            name: evaluate(
+                self.forward, split, self.data.tasks, self.cfg.eval_batch_size, self.precision
+            )
+            for name, split in self.data.splits().items()
+        }
         self.evaluations += 1
-        return train, test
+        return {"train": train, **evaluated}
 
     def end_epoch(self) -> None:
         """Close the epoch just trained: strategy hook, evaluation if due, callbacks."""
@@ -269,12 +279,15 @@ class Trainer:
         self.strategy.on_epoch_end(self.epoch - 1, mean)
         self.epoch_losses, self.epoch_batches = torch.zeros_like(self.epoch_losses), 0
         if self.epoch % self.cfg.eval_every == 0 or self.epoch == self.epochs:
-            train, self.test_metrics = self.evaluate()
-            self.notify("on_evaluation", train, self.test_metrics)
+            metrics = self.evaluate()
+            self.test_metrics = metrics["test"]
+            self.selection.update(self.epoch, self.step, metrics)
+            self.notify("on_evaluation", metrics)
         self.notify("on_epoch_end")
 
     def fit(self) -> dict[str, float]:
-        """Train to the last epoch; SIGINT/SIGTERM stop it after a step (callbacks checkpoint)."""
+        """Train to the last epoch; SIGINT/SIGTERM stop it after a step (callbacks checkpoint).
+        Returns the last evaluation's test metrics (`selection` holds the reported ones)."""
         self.notify("on_fit_start")
         with self.stop:
             while self.epoch < self.epochs:

@@ -400,11 +400,11 @@ def timed_evaluation(trainer: Trainer) -> float:
     """Median seconds of an evaluation and what the callbacks do with it, figures aside."""
 
     def evaluation() -> None:
-        train, test = trainer.evaluate()
+        metrics = trainer.evaluate()
         with contextlib.redirect_stderr(io.StringIO()):
             for cb in trainer.callbacks:
                 if not isinstance(cb, FiguresCallback):
-                    cb.on_evaluation(trainer, train, test)
+                    cb.on_evaluation(trainer, metrics)
         sync(trainer.device)
 
     return timed(evaluation)

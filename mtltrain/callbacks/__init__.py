@@ -3,7 +3,8 @@ bar, figures and the non-finite policy, each a `Callback` with the hooks it need
 
 The loop (`mtltrain.train.Trainer`) calls, in list order: `on_fit_start`; per step
 `allows_update` (False skips the optimizer step) and `on_step_end`; per epoch
-`on_train_epoch_end` (before evaluating), `on_evaluation(train, test)` when it evaluates,
+`on_train_epoch_end` (before evaluating), `on_evaluation(metrics)` when it evaluates (metrics
+by split: train, validation where held out, test),
 `on_epoch_end` (after evaluating); `on_interrupt` when a signal stops the run; `on_fit_end`.
 A callback reads the trainer it is handed and changes none of its state; the one way it
 affects training is `allows_update` (the non-finite policy skips steps with it).
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from mtltrain.selection import Metrics
     from mtltrain.step import Step
     from mtltrain.train import Trainer
 
@@ -34,9 +36,7 @@ class Callback:
     def on_train_epoch_end(self, trainer: Trainer) -> None:
         pass
 
-    def on_evaluation(
-        self, trainer: Trainer, train: dict[str, float], test: dict[str, float]
-    ) -> None:
+    def on_evaluation(self, trainer: Trainer, metrics: Metrics) -> None:
         pass
 
     def on_epoch_end(self, trainer: Trainer) -> None:

@@ -10,6 +10,7 @@ from mtltrain import checkpoint
 from mtltrain.callbacks import Callback
 
 if TYPE_CHECKING:
+    from mtltrain.selection import Metrics
     from mtltrain.train import Trainer
 
 
@@ -17,10 +18,19 @@ class CheckpointCallback(Callback):
     """Writes `path` at the first epoch end `interval` seconds after the last checkpoint (0:
     never so), every `every` epochs (0: never so), after the last epoch and when a signal
     stops the run; `run_info` (config, overrides) goes into each checkpoint. Checkpoints fall
-    on epoch ends (or the step a signal stopped), from which a run resumes exactly."""
+    on epoch ends (or the step a signal stopped), from which a run resumes exactly. With
+    `best`, the state at each evaluation the selection improved on is written there too."""
 
-    def __init__(self, path: Path, every: int, interval: float, run_info: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        every: int,
+        interval: float,
+        run_info: dict[str, Any],
+        best: Path | None = None,
+    ) -> None:
         self.path, self.every, self.interval, self.run_info = path, every, interval, run_info
+        self.best = best
         self.saved_step: int | None = None
         self.saved_at = time.monotonic()
 
@@ -35,6 +45,10 @@ class CheckpointCallback(Callback):
         by_time = self.interval and time.monotonic() - self.saved_at >= self.interval
         if last or by_epoch or by_time:
             self.save(trainer)
+
+    def on_evaluation(self, trainer: Trainer, metrics: Metrics) -> None:
+        if self.best is not None and trainer.selection.improved:
+            checkpoint.save(self.best, {"trainer": trainer.state_dict(), **self.run_info})
 
     def on_interrupt(self, trainer: Trainer) -> None:
         self.save(trainer)

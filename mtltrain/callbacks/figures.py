@@ -11,6 +11,7 @@ from mtltrain.callbacks import Callback
 from mtltrain.tblog import TensorBoardLog
 
 if TYPE_CHECKING:
+    from mtltrain.selection import Metrics
     from mtltrain.train import Trainer
 
 
@@ -21,9 +22,7 @@ class FiguresCallback(Callback):
     def __init__(self, tb: TensorBoardLog, every: int, folder: Path) -> None:
         self.tb, self.every, self.folder = tb, every, folder
 
-    def on_evaluation(
-        self, trainer: Trainer, train: dict[str, float], test: dict[str, float]
-    ) -> None:
+    def on_evaluation(self, trainer: Trainer, metrics: Metrics) -> None:
         due = self.every and trainer.evaluations % self.every == 0
         if due and trainer.epoch < trainer.epochs:
             self.draw(trainer, folder=None)

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from mtltrain.callbacks import Callback
 
 if TYPE_CHECKING:
+    from mtltrain.selection import Metrics
     from mtltrain.step import Step
     from mtltrain.train import Trainer
 
@@ -44,13 +45,15 @@ class ProgressCallback(Callback):
         if not self.bar.disable and step.number % self.every == 0:
             self.bar.set_postfix(loss=f"{step.total.item():.4g}", refresh=False)
 
-    def on_evaluation(
-        self, trainer: Trainer, train: dict[str, float], test: dict[str, float]
-    ) -> None:
+    def on_evaluation(self, trainer: Trainer, metrics: Metrics) -> None:
         if trainer.evaluations % self.lines_every == 0 or trainer.epoch == trainer.epochs:
-            metrics = ", ".join(f"{k} {v:.4g}" for k, v in test.items())
+            shown = "  ".join(
+                f"{split} " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+                for split, values in metrics.items()
+                if split != "train"
+            )
             where = f"epoch {trainer.epoch}/{trainer.epochs}  step {trainer.step}"
-            log.info("%s  train loss %.4g  test %s", where, train["loss"], metrics)
+            log.info("%s  train loss %.4g  %s", where, metrics["train"]["loss"], shown)
 
     def on_interrupt(self, trainer: Trainer) -> None:
         self.close()

@@ -16,6 +16,7 @@ from mtltrain.callbacks import Callback
 from mtltrain.tblog import TensorBoardLog
 
 if TYPE_CHECKING:
+    from mtltrain.selection import Metrics
     from mtltrain.step import Step
     from mtltrain.train import Trainer
 
@@ -114,9 +115,8 @@ class TensorBoardCallback(Callback):
             return {quantity: value}
         return {f"{quantity}/{n}": value[i] for i, n in enumerate(trainer.strategy.names)}
 
-    def on_evaluation(
-        self, trainer: Trainer, train: dict[str, float], test: dict[str, float]
-    ) -> None:
-        scalars = {f"train/{k}": v for k, v in train.items()}
-        scalars.update({f"test/{k}": v for k, v in test.items()})
+    def on_evaluation(self, trainer: Trainer, metrics: Metrics) -> None:
+        scalars = {
+            f"{split}/{k}": v for split, values in metrics.items() for k, v in values.items()
+        }
         self.tb.scalars(scalars, trainer.step)

@@ -76,19 +76,52 @@ class Split:
 
 @dataclass
 class MultiTaskData:
-    """A data set split into train (for training) and test (for evaluation)."""
+    """A data set split into train (for training), test (for evaluation) and, where some of
+    the training set is held out for model selection, validation."""
 
     tasks: tuple[TaskSpec, ...]
     train: Split
     test: Split
+    validation: Split | None = None
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> MultiTaskData:
-        """`fn` applied to every tensor of both splits."""
-        return MultiTaskData(self.tasks, self.train.map(fn), self.test.map(fn))
+        """`fn` applied to every tensor of every split."""
+        held_out = None if self.validation is None else self.validation.map(fn)
+        return MultiTaskData(self.tasks, self.train.map(fn), self.test.map(fn), held_out)
+
+    def splits(self) -> dict[str, Split]:
+        """The splits that are evaluated, by name: validation (where held out), then test."""
+        return {**({"validation": self.validation} if self.validation else {}), "test": self.test}
 
     def nbytes(self) -> int:
         """Memory the data set's tensors take."""
-        return sum(t.nbytes for split in (self.train, self.test) for t in split.tensors())
+        splits = (self.train, *self.splits().values())
+        return sum(t.nbytes for split in splits for t in split.tensors())
+
+
+def hold_out(data: MultiTaskData, size: float, seed: int) -> MultiTaskData:
+    """`data` with a validation split drawn from its training set: `size` is a fraction in
+    (0, 1) or a count (0: none), the samples drawn by a generator seeded with `seed`."""
+    n = len(data.train)
+    count = validation_count(size, n)
+    if count == 0:
+        return data
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    held, kept = order[:count].sort().values, order[count:].sort().values
+    return MultiTaskData(data.tasks, data.train.take(kept), data.test, data.train.take(held))
+
+
+def validation_count(size: float, n: int) -> int:
+    """How many of `n` training samples `trainer.validation=size` holds out."""
+    fraction = isinstance(size, float) and 0 < size < 1
+    count = round(size * n) if fraction else size
+    whole = not fraction and float(size).is_integer() and size >= 0
+    if not ((fraction and count > 0) or whole) or not 0 <= count < n:
+        raise ConfigError(
+            f"trainer.validation={size} is not allowed: give a fraction in (0, 1) or a count of "
+            f"the {n} training samples (0: no validation split), leaving at least one to train on"
+        )
+    return int(count)
 
 
 def check_sizes(**sizes: int) -> None:
