@@ -33,8 +33,11 @@ Table
   |M_b,k| is M_b,k for every positive metric and keeps that sign convention for a negative NLL.
   A row's baseline is the setting that has the --baseline overrides and agrees with the row on
   every other override, so each setting is compared with the baseline on the same other
-  settings; the baseline row itself gets 0 ± its own spread. Blank: no such setting, different
-  tasks, a main metric without a direction or a baseline of 0.
+  settings; the baseline row itself gets 0 ± its own spread. --baseline single_task takes
+  M_b,k from the setting that trains task k alone (dataset.tasks=[k]) and agrees with the row
+  on every override but weighting... and dataset.tasks, as the field measures Δm% against
+  single-task learning. Blank: no such setting, different tasks, a main metric without a
+  direction or a baseline of 0.
 
 Plots
   learned_<quantity>.png for each of sigma, c, weight, kpi in the event files: one panel per loss
@@ -44,7 +47,7 @@ Plots
 
 Errors
   A FOLDER that does not exist or holds no runs, an --out that is not a folder, or a --baseline
-  that is not key=value[,key=value]: one line on stderr and exit code 2.
+  that is neither single_task nor key=value[,key=value]: one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -78,6 +81,8 @@ CSV_ONLY = ("log_var",)  # learned quantities left out of the Markdown table
 REPORT_MD, REPORT_CSV, MAIN_PNG = "report.md", "report.csv", "main_metrics.png"
 SYMBOL = {"sigma": "σ", "c": "c", "weight": "weight", "kpi": "κ̄"}
 PANEL_COLUMNS = 3
+SINGLE_TASK = "single_task"  # --baseline: each task's model trained alone
+FREE_IN_SINGLE_TASK = ("weighting", "dataset.tasks")  # what a single-task baseline may differ in
 
 Scalars = dict[str, dict[int, float]]  # {tag: {step: value}}
 
@@ -148,7 +153,7 @@ class Sweep:
     folder: Path
     runs: list[Run]
     settings: list[Setting]
-    baseline: dict[str, str | None]
+    baseline: Baseline
     deltas: list[Stat | None]
 
     @property
@@ -244,14 +249,6 @@ def split_top_level(text: str) -> list[str]:
     return [*parts, text[start:]]
 
 
-def parse_baseline(text: str) -> dict[str, str | None]:
-    """--baseline `key=value[,key=value]` → {key: value}."""
-    pairs = dict(parse_override(part) for part in split_top_level(text))
-    if any(not key or value is None for key, value in pairs.items()):
-        raise ReportError(f"--baseline {text!r} is not key=value[,key=value]")
-    return pairs
-
-
 def summarize(values: Sequence[float]) -> Stat:
     std = statistics.stdev(values) if len(values) > 1 else None
     return Stat(statistics.fmean(values), std)
@@ -305,6 +302,19 @@ def group_settings(runs: Sequence[Run]) -> list[Setting]:
 # --- Δm% ------------------------------------------------------------------------------------
 
 
+Baseline = dict[str, str | None] | None  # None: single-task learning
+
+
+def parse_baseline(text: str) -> Baseline:
+    """--baseline `key=value[,key=value]` → {key: value}; `single_task` → None."""
+    if text == SINGLE_TASK:
+        return None
+    pairs = dict(parse_override(part) for part in split_top_level(text))
+    if any(not key or value is None for key, value in pairs.items()):
+        raise ReportError(f"--baseline {text!r} is neither {SINGLE_TASK} nor key=value[,key=value]")
+    return pairs
+
+
 def find_baseline(
     row: Setting, settings: Sequence[Setting], baseline: Mapping[str, str | None]
 ) -> Setting | None:
@@ -318,16 +328,49 @@ def find_baseline(
     return None
 
 
-def delta_m(row: Setting, base: Setting) -> Stat | None:
+def single_task_means(row: Setting, settings: Sequence[Setting]) -> dict[str, float] | None:
+    """Each of the row's main metrics, averaged over the seeds of the setting that trains its
+    task alone and agrees with the row on every override but the weighting and the tasks."""
+    means = {}
+    for task, name in row.main.items():
+        alone = [
+            s
+            for s in settings
+            if list(s.main) == [task]
+            and all(
+                s.pairs.get(k) == row.pairs.get(k)
+                for k in s.pairs.keys() | row.pairs.keys()
+                if not k.startswith(FREE_IN_SINGLE_TASK)
+            )
+        ]
+        if len(alone) != 1 or name not in alone[0].stats:
+            return None
+        means[name] = alone[0].stats[name].mean
+    return means
+
+
+def baseline_means(
+    row: Setting, settings: Sequence[Setting], baseline: Baseline
+) -> dict[str, float] | None:
+    """The means M_b,k the row's Δm% compares with; None where it has no baseline."""
+    if baseline is None:
+        return single_task_means(row, settings)
+    base = find_baseline(row, settings, baseline)
+    if base is None or base.main != row.main:
+        return None
+    return {name: base.stats[name].mean for name in base.main.values()}
+
+
+def delta_m(row: Setting, means: Mapping[str, float]) -> Stat | None:
     """Δm% = (100/K)·Σ_k d_k·(M_k − M_b,k)/|M_b,k| over the main test metrics, of each of the
-    row's runs against the baseline's means: its mean (the Δm% of the row's means) and spread
+    row's runs against the baseline's `means`: its mean (the Δm% of the row's means) and spread
     over seeds. None: undefined."""
-    if row.main != base.main or not row.main:
+    if not row.main:
         return None
     terms = []
     for name in row.main.values():
         direction = DIRECTION.get(name.rpartition("/")[2])
-        ref = base.stats[name].mean
+        ref = means[name]
         if direction is None or ref == 0:
             return None
         terms.append((name, direction, ref))
@@ -339,12 +382,12 @@ def delta_m(row: Setting, base: Setting) -> Stat | None:
     return summarize(per_run) if per_run else None
 
 
-def delta_ms(settings: Sequence[Setting], baseline: Mapping[str, str | None]) -> list[Stat | None]:
-    """Each row's Δm% against its own baseline row."""
+def delta_ms(settings: Sequence[Setting], baseline: Baseline) -> list[Stat | None]:
+    """Each row's Δm% against its own baseline."""
     result = []
     for row in settings:
-        base = find_baseline(row, settings, baseline)
-        result.append(None if base is None else delta_m(row, base))
+        means = baseline_means(row, settings, baseline)
+        result.append(None if means is None else delta_m(row, means))
     return result
 
 
@@ -414,15 +457,24 @@ def table_notes(
         "data set drew its labels with (what a learned σ should reach).",
         f"Δm% = (100/K)·Σ_k d_k·(M_k − M_b,k)/|M_b,k| over the K tasks' main test metrics "
         f"({used}), with d_k = +1 where higher is better and −1 where lower is better: positive "
-        f"Δm% is better than the baseline. M_b are the means of the row with {baseline} and the "
-        "same other settings, M_k each seed's run of the row: Δm% is their mean ± std over "
-        "seeds. Blank: no such row, or different tasks.",
+        f"Δm% is better than the baseline. M_b are the means {_baseline_words(baseline)}, M_k "
+        "each seed's run of the row: Δm% is their mean ± std over seeds. Blank: no such row, or "
+        "different tasks.",
     ]
     if not matched:
         notes.append(f"No setting has {baseline}: Δm% is blank (choose one with --baseline).")
     elif all(d is None for d in deltas):
         notes.append("No row could be compared with its baseline row: Δm% is blank.")
     return "\n\n".join(notes)
+
+
+def _baseline_words(baseline: str) -> str:
+    if baseline == SINGLE_TASK:
+        return (
+            "of each task trained alone (the row with dataset.tasks=[<task>] and the same other "
+            "settings, its weighting aside)"
+        )
+    return f"of the row with {baseline} and the same other settings"
 
 
 def unfinished_section(runs: Sequence[Run]) -> str:
@@ -591,7 +643,7 @@ def write_report(sweep: Sweep, out: Path, baseline: str) -> None:
         print(f"{PROG}: run did not finish: {run.name} ({run.status})", file=sys.stderr)
 
     settings, deltas = sweep.settings, sweep.deltas
-    matched = any(find_baseline(s, settings, sweep.baseline) is not None for s in settings)
+    matched = any(baseline_means(s, settings, sweep.baseline) is not None for s in settings)
     notes = table_notes(settings, deltas, baseline, matched)
     table = results_table(settings, deltas) + "\n\n" + notes
     print(table)
@@ -619,7 +671,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--baseline",
         default="weighting=fixed",
-        help="the setting Δm%% compares with, key=value[,key=value] (default: %(default)s)",
+        help=(
+            "the setting Δm%% compares with, key=value[,key=value], or single_task: each task "
+            "trained alone (default: %(default)s)"
+        ),
     )
     return p
 

@@ -84,6 +84,8 @@ def test_pairs_are_built_once_and_cached_by_their_settings(tmp_path, monkeypatch
     assert torch.equal(again.train.inputs, first.train.inputs)
     multi_mnist.build(LOSSES, str(root), download=False, shift=8)
     assert len(list((root / "MultiMNIST").glob("*.pt"))) == 2
+    multi_mnist.build(LOSSES, str(root), download=False, cache=str(tmp_path / "elsewhere"))
+    assert len(list((tmp_path / "elsewhere").glob("*.pt"))) == 1
     cached[0].write_bytes(b"not a torch file")  # a corrupt cache is rebuilt
     assert torch.equal(
         multi_mnist.build(LOSSES, str(root), download=False).train.inputs, first.train.inputs

@@ -272,3 +272,29 @@ def test_a_failed_run_shows_its_error_and_counts_read_well(tmp_path, capsys):
     markdown = (tmp_path / "report.md").read_text()
     assert f"| `1_x` | failed | {error} |" in markdown
     assert "1 finished run in 1 setting, 1 did not finish" in markdown
+
+
+def test_delta_m_against_single_task_learning_by_hand(tmp_path, capsys):
+    """Two tasks, two seeds each: M_b,a = mean(0.8, 0.9) = 0.85 trained alone on [a],
+    M_b,b = 2.0 on [b]; a multi-task run with a = 0.68, b = 2.5 has
+    Δm% = 50·((0.68 − 0.85)/0.85 − (2.5 − 2)/2) = −22.5; other epochs are another setting."""
+    for seed, (acc, rmse) in enumerate([(0.8, 1.9), (0.9, 2.1)]):
+        fake_run(
+            tmp_path / f"a{seed}", ["dataset.tasks=[a]", f"seed={seed}"], {"test/a/accuracy": acc}
+        )
+        fake_run(
+            tmp_path / f"b{seed}", ["dataset.tasks=[b]", f"seed={seed}"], {"test/b/rmse": rmse}
+        )
+    fake_run(
+        tmp_path / "m0", ["weighting=mgda", "seed=0"], {"test/a/accuracy": 0.68, "test/b/rmse": 2.5}
+    )
+    fake_run(tmp_path / "m1", ["weighting=mgda", "trainer.epochs=9", "seed=0"],
+             {"test/a/accuracy": 0.9, "test/b/rmse": 1.0})  # fmt: skip
+    main([str(tmp_path), "--baseline", "single_task"])
+    out = capsys.readouterr().out
+    delta = {r["setting"]: r["Δm%"] for r in table(out)}
+    assert delta["dataset.tasks=[a]"] == "0.0 ± 8.3"  # ±0.05/0.85 over two seeds
+    assert delta["dataset.tasks=[b]"] == "0.0 ± 7.1"  # ±0.1/2
+    assert delta["weighting=mgda"] == "-22.50 ± –"
+    assert delta["weighting=mgda, trainer.epochs=9"] == ""  # no single-task runs of 9 epochs
+    assert "each task trained alone" in out

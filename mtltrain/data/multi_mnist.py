@@ -73,9 +73,11 @@ def build(
     canvas: int = 36,
     shift: int = 6,
     pair_seed: int = 0,
+    cache: str | None = None,
 ) -> MultiTaskData:
     """MultiMNIST from MNIST in `root`/MNIST/raw (torchvision's layout), downloading it when
-    allowed; the pairs come from the cache when it holds them."""
+    allowed; the pairs come from the cache (`cache`, default `root`/MultiMNIST) when it holds
+    them."""
     if not tasks or any(t not in AVAILABLE for t in tasks) or len(set(tasks)) != len(tasks):
         raise ConfigError(
             f"dataset.tasks={list(tasks)} is not allowed: choose distinct tasks among "
@@ -84,7 +86,8 @@ def build(
     check_geometry(canvas, shift)
     specs = task_specs(tasks, AVAILABLE, losses)
     raw_dir = find_raw(Path(root).expanduser(), download)
-    built = _cached(raw_dir, canvas, shift, pair_seed)
+    folder = raw_dir.parent.parent / "MultiMNIST" if cache is None else Path(cache).expanduser()
+    built = _cached(raw_dir, folder, canvas, shift, pair_seed)
     return MultiTaskData(specs, *(_split(built, which, tasks) for which in FILES))
 
 
@@ -93,9 +96,11 @@ def _split(built: Mapping[str, Tensor], which: str, tasks: Sequence[str]) -> Spl
     return Split(x, {t: built[f"{which}_{t}"] for t in tasks})
 
 
-def _cached(raw_dir: Path, canvas: int, shift: int, pair_seed: int) -> dict[str, Tensor]:
-    """The pairs of both splits, from the cache, or built and then cached."""
-    path = raw_dir.parent.parent / "MultiMNIST" / f"{_key(raw_dir, canvas, shift, pair_seed)}.pt"
+def _cached(
+    raw_dir: Path, folder: Path, canvas: int, shift: int, pair_seed: int
+) -> dict[str, Tensor]:
+    """The pairs of both splits, from the cache in `folder`, or built and then cached."""
+    path = folder / f"{_key(raw_dir, canvas, shift, pair_seed)}.pt"
     try:
         return torch.load(path, weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):  # absent or unreadable
