@@ -85,16 +85,19 @@ def command_line() -> str:
     return shlex.join(["python", str(script), *sys.argv[1:]])
 
 
-def run_sweep(overrides: Sequence[str], folder: Path, threads: int | None) -> dict[str, Any]:
+def run_sweep(
+    overrides: Sequence[str], folder: Path, threads: int | None, check: bool = True
+) -> dict[str, Any]:
     """`mtltrain -m <overrides>` into `folder`, with `threads` intra-op threads per run (None:
-    torch's default); writes and returns what sweep.json records."""
+    torch's default); writes and returns what sweep.json records. `check`: a failed job stops
+    the script (else its results.json says why, and the tables list it)."""
     argv = [tool("mtltrain"), "-m", *overrides, f"hydra.sweep.dir={folder}"]
     env = dict(os.environ)
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     print("+", shlex.join(argv), flush=True)
     started = time.perf_counter()
-    subprocess.run(argv, check=True, env=env)
+    subprocess.run(argv, check=check, env=env)
     record = {
         "wall_s": round(time.perf_counter() - started, 1),
         "finished": time.strftime("%Y-%m-%d %H:%M"),

@@ -1,0 +1,61 @@
+"""scripts/compare_strategies.py end to end on a tiny stand-in MNIST: both sweeps, the table
+against an independent Δm% from the runs' results.json, the plots."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import write_fake_mnist
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "compare_strategies.py"
+
+
+def test_the_comparison_of_strategies_against_single_task_learning(tmp_path):
+    root = write_fake_mnist(tmp_path / "mnist", n_train=200, n_test=64)
+    runs = tmp_path / "runs"
+    args = ["--quick", "--epochs", "1", "--seeds", "2", "--strategies", "fixed,mgda,uncertainty",
+            "--mnist-root", str(root), "--runs", str(runs), "--no-docs",
+            "--override", "trainer.progress=false"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    text = (runs / "multi_mnist_strategies.md").read_text()
+    results = [json.loads(p.read_text()) for p in runs.rglob("results.json")]
+    assert len(results) == 3 * 2 + 2 * 2 and all(r["status"] == "completed" for r in results)
+
+    def accuracy(r, task):
+        return r["metrics"][f"test/{task}/accuracy"]
+
+    def alone(task):
+        return statistics.fmean(
+            accuracy(r, task) for r in results if f"dataset.tasks=[{task}]" in r["overrides"]
+        )
+
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) > 5 and cells[1].startswith("`"):
+            rows[cells[1].strip("`")] = cells
+    assert list(rows) == sorted(rows, key=lambda n: -float(rows[n][5].split()[0]))  # by Δm%
+    assert [rows[n][0] for n in rows] == ["1", "2", "3"]
+    for name, cells in rows.items():
+        mine = [r for r in results if f"weighting={name}" in r["overrides"]
+                and not any(o.startswith("dataset.tasks") for o in r["overrides"])]  # fmt: skip
+        assert len(mine) == 2
+        delta = statistics.fmean(
+            50 * sum((accuracy(r, t) - alone(t)) / alone(t) for t in ("left", "right"))
+            for r in mine
+        )
+        assert cells[5].split()[0] == f"{delta:+.2f}", (name, cells[5], delta)
+        assert re.fullmatch(r"[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]( †)?", cells[5])
+    assert rows["fixed"][7] == "96.46 / 94.99" and rows["mgda"][7] == "–"  # the paper's
+    assert "single task: left" in text and "single task: right" in text
+    for picture in ("multi_mnist_delta_m.png", "multi_mnist_pareto.png"):
+        assert (runs / picture).read_bytes()[:4] == b"\x89PNG" and f"]({picture})" in text
+    assert "Protocol: 1 epoch**" in text and "validation/left/accuracy" in text
