@@ -16,7 +16,7 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """`write` the new content into a temporary file beside `path`, flush it to disk, then
     rename it over `path`. A write that fails (a full disk) removes the temporary file and
     raises an OutputError; `path` keeps its old content."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # concurrent writers: one each
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tmp.open("wb") as f:

@@ -112,12 +112,21 @@ def param_groups(model: MultiTaskNet, strategy: Weighting, factory: Any) -> list
     return groups
 
 
+def build_data(node: DictConfig, trainer: TrainerConfig) -> MultiTaskData:
+    """The data set with `trainer.validation` held out: by the data set itself where its
+    build takes `validation` (one that must hold out before it makes its samples: MultiMNIST
+    pairs images), else from its training set."""
+    size, seed = trainer.validation, trainer.validation_seed
+    if "validation" in inspect.signature(build_partial(node).func).parameters:
+        return build(node, validation=size, validation_seed=seed)
+    return hold_out(build(node), size, seed)
+
+
 def build_objects(
     cfg: DictConfig, trainer: TrainerConfig, device: torch.device
 ) -> tuple[MultiTaskData, MultiTaskNet, Weighting, torch.optim.Optimizer]:
     """Data, model, set-up strategy and the model's optimizer, on `device`."""
-    held_out = hold_out(build(cfg.dataset), trainer.validation, trainer.validation_seed)
-    data = place_data(held_out, device, trainer.channels_last)
+    data = place_data(build_data(cfg.dataset, trainer), device, trainer.channels_last)
     model = build(cfg.model, tasks=data.tasks).to(device)
     if trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -24,7 +24,8 @@ FORMAT = "mtltrain-checkpoint/2"  # /2: the strategy's own optimizers and the ep
 # settings a resume may change (how it trains on, where the data lies, what it returns); the
 # others must be the checkpoint's
 RESUMABLE = ("trainer.", "resume", "hydra.", "dataset.root", "dataset.download", "objective")
-FIXED = ("trainer.validation", "trainer.validation_seed", "trainer.select")  # they are data
+# ... but these (runs from before they existed had none: the defaults)
+FIXED = ("trainer.validation", "trainer.validation_seed", "trainer.select")
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
@@ -89,7 +90,8 @@ def changed_settings(saved: dict[str, Any], current: dict[str, Any], shown: int 
     keys = [
         k
         for k in sorted(set(before) | set(after))
-        if (k.startswith(FIXED) or not k.startswith(RESUMABLE)) and before.get(k) != after.get(k)
+        if (k in before if k.startswith(FIXED) else not k.startswith(RESUMABLE))
+        and before.get(k) != after.get(k)
     ]
     changes = [f"{k}={before.get(k, '(none)')} → {after.get(k, '(none)')}" for k in keys[:shown]]
     extra = f" (and {len(keys) - shown} more)" if len(keys) > shown else ""

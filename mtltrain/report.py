@@ -398,7 +398,7 @@ def table_columns(settings: Sequence[Setting]) -> list[str]:
     """Test metrics, then learned quantities but log_var, in order of first appearance, each
     learned σ followed by the true σ where the data set knows it."""
     names = ordered_union(s.stats for s in settings)
-    skip = ("test", "train", "true_sigma", *CSV_ONLY)
+    skip = ("test", "validation", "train", "true_sigma", *CSV_ONLY)
     learned = [n for n in names if n.split("/", 1)[0] not in skip]
     columns = [n for n in names if n.startswith("test/")]
     for name in learned:

@@ -167,7 +167,7 @@ def _run(cfg: DictConfig, run_dir: Path, info: dict[str, Any], resume: Path | No
                 e.signal_number,
             ) from None
         train_time = time.perf_counter() - fit_started
-    results = _results(cfg, trainer, run_dir, info)
+    results = _results(cfg, trainer, info)
     results["wall_time_s"] = round(time.perf_counter() - started, 3)
     results["train_time_s"] = round(train_time, 3)
     write_json(run_dir / RESULTS_FILE, results)
@@ -197,11 +197,10 @@ def _load(trainer: Trainer, state: dict[str, Any], config: dict[str, Any]) -> No
         )
 
 
-def _results(
-    cfg: DictConfig, trainer: Trainer, run_dir: Path, info: dict[str, Any]
-) -> dict[str, Any]:
+def _results(cfg: DictConfig, trainer: Trainer, info: dict[str, Any]) -> dict[str, Any]:
     """What results.json says of a finished run (timings are added by the caller): the
-    selected evaluation's metrics, and the train metrics of the model it evaluated."""
+    selected evaluation's metrics, and the train metrics and learned quantities of the model
+    and strategy it evaluated (the trainer ends in that state)."""
     data, strategy, selection = trainer.data, trainer.strategy, trainer.selection
     chosen = selection.chosen
     if chosen is None:
@@ -209,9 +208,6 @@ def _results(
             f"no evaluation had a finite {selection.objective}, so trainer.select=best has "
             "nothing to report: see the run's TensorBoard for where training diverged"
         )
-    if selection.select == "best":
-        best = checkpoint.load(rundir.best_checkpoint_file(run_dir))
-        trainer.model.load_state_dict(best["trainer"]["model"])
     train_metrics = evaluate(
         trainer.forward, data.train, data.tasks, trainer.cfg.eval_batch_size, trainer.precision
     )

@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from torch import nn
+
 from mtltrain.data.base import MultiTaskData
-from mtltrain.errors import ConfigError
+from mtltrain.errors import CheckpointError, ConfigError
 from mtltrain.metrics import DIRECTION, main_metric, metric_names
 
 Metrics = dict[str, dict[str, float]]
@@ -32,7 +34,8 @@ def resolve_objective(setting: str | None, data: MultiTaskData) -> str:
 
 class Selection:
     """The evaluation to report: with "best", the first whose objective (a validation
-    metric with a direction) beats every earlier one."""
+    metric with a direction) beats every earlier one, and the model and strategy states it
+    evaluated (`keep`), which `restore` puts back at the end of training."""
 
     def __init__(self, select: str, objective: str) -> None:
         split, _, metric = objective.partition("/")
@@ -59,8 +62,28 @@ class Selection:
             reported = {split: dict(m) for split, m in metrics.items() if split != "train"}
             self.chosen = {"epoch": epoch, "step": step, "value": value, "metrics": reported}
 
+    def keep(self, *modules: nn.Module) -> None:
+        """Remember the state of `modules` (the model and the strategy) as the chosen one's."""
+        if self.chosen is not None:
+            self.chosen["states"] = [
+                {k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()}
+                for m in modules
+            ]
+
+    def restore(self, *modules: nn.Module) -> None:
+        """With "best", put the kept states back into `modules` (as given to `keep`)."""
+        if self.select == "best" and self.chosen is not None and "states" in self.chosen:
+            for module, state in zip(modules, self.chosen["states"], strict=True):
+                module.load_state_dict(state)
+
     def state_dict(self) -> dict[str, Any]:
-        return {"chosen": self.chosen}
+        return {"objective": self.objective, "chosen": self.chosen}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.select == "best" and state["objective"] != self.objective:
+            raise CheckpointError(
+                f"objective={self.objective!r} is not the objective this run selects its best "
+                f"evaluation by ({state['objective']!r}): resume with objective="
+                f"{state['objective']}"
+            )
         self.chosen = state["chosen"]

@@ -282,17 +282,21 @@ class Trainer:
             metrics = self.evaluate()
             self.test_metrics = metrics["test"]
             self.selection.update(self.epoch, self.step, metrics)
+            if self.selection.improved:
+                self.selection.keep(self.model, self.strategy)
             self.notify("on_evaluation", metrics)
         self.notify("on_epoch_end")
 
     def fit(self) -> dict[str, float]:
         """Train to the last epoch; SIGINT/SIGTERM stop it after a step (callbacks checkpoint).
-        Returns the last evaluation's test metrics (`selection` holds the reported ones)."""
+        With trainer.select=best the model and strategy end in their selected state. Returns
+        the last evaluation's test metrics (`selection` holds the reported ones)."""
         self.notify("on_fit_start")
         with self.stop:
             while self.epoch < self.epochs:
                 self.train_epoch()
                 self.end_epoch()
+        self.selection.restore(self.model, self.strategy)
         self.notify("on_fit_end")
         return self.test_metrics
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from mtltrain.build import build_trainer
 from mtltrain.data import multi_mnist
+from mtltrain.data.base import held_out
 from mtltrain.data.mnist_mtl import read_idx, write_idx
 from mtltrain.errors import ConfigError
 
@@ -124,3 +125,38 @@ def test_multi_lenet_is_the_papers_network(mnist_root):
     model.eval()
     outputs, features = model(torch.zeros(5, 1, 28, 28))
     assert features.shape == (5, 50) and outputs["left"].shape == outputs["right"].shape == (5, 10)
+
+
+def test_a_validation_split_is_held_out_before_pairing(tmp_path):
+    """Canvas rows 0–4 hold the first digit alone and rows 28–33 the second alone, so the
+    resized rows 0–3 and 22–27 name both digits of an image: every digit of a validation image
+    is one of the held-out MNIST images, none a training one."""
+    root = write_fake_mnist(tmp_path, n_train=40, n_test=10)
+    data = multi_mnist.build(LOSSES, str(root), download=False, validation=10, validation_seed=2)
+    assert len(data.train) == 30 and len(data.validation) == 10 and len(data.test) == 10
+    mnist = torch.from_numpy(read_idx(root / "MNIST/raw/train-images-idx3-ubyte", 3).copy())
+    kept, held = held_out(40, 10, seed=2)
+    rows = (torch.arange(28) + 0.5).mul(36 / 28).floor().long()  # canvas row (and column)
+    alone = (rows <= 4, (rows >= 28) & (rows < 34))  # rows with the first / the second alone
+    on = (rows < 28, (rows >= 6) & (rows < 34))  # columns the first / the second covers
+    offset = (0, 6)  # where each digit starts on the canvas
+
+    def digits(split):
+        pixels = (split.inputs[:, 0] * multi_mnist.STD + multi_mnist.MEAN).mul(255).round().byte()
+        return [tuple(p[alone[d]][:, on[d]] for d in (0, 1)) for p in pixels]
+
+    def strips(indices):
+        return [
+            tuple(mnist[i][rows[alone[d]] - offset[d]][:, rows[on[d]] - offset[d]] for d in (0, 1))
+            for i in indices
+        ]
+
+    firsts, seconds = zip(*digits(data.validation), strict=True)
+    for shown, side in ((firsts, 0), (seconds, 1)):
+        for strip in shown:
+            assert any(torch.equal(strip, s[side]) for s in strips(held.tolist()))
+            assert not any(torch.equal(strip, s[side]) for s in strips(kept.tolist()))
+    assert (
+        data.validation.targets["left"].tolist()
+        == read_idx(root / "MNIST/raw/train-labels-idx1-ubyte", 1)[held.numpy()].tolist()
+    )

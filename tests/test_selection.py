@@ -18,7 +18,7 @@ from mtltrain.build import build_trainer
 from mtltrain.callbacks import Callback
 from mtltrain.config import build
 from mtltrain.data.base import hold_out
-from mtltrain.errors import ConfigError, Interrupted
+from mtltrain.errors import CheckpointError, ConfigError, Interrupted
 from mtltrain.run import run
 from mtltrain.selection import Selection
 from mtltrain.train import evaluate
@@ -114,15 +114,31 @@ def test_select_best_reports_the_test_metrics_of_the_best_validation_epoch(tmp_p
     for tag in ("test/y1/rmse", "test/y2/rmse"):
         assert results["metrics"][tag] == pytest.approx(scalars(tmp_path, tag)[best_step], rel=1e-6)
     assert (tmp_path / "checkpoints/last.pt").is_file()
-    best = checkpoint.load(tmp_path / "checkpoints/best.pt")["trainer"]
-    assert best["position"]["step"] == best_step
+    best = checkpoint.load(tmp_path / "checkpoints/best.pt")
+    assert best["selected"]["step"] == best_step
     trainer = build_trainer(make_config(overrides))
     trainer.model.load_state_dict(best["model"])
+    trainer.strategy.load_state_dict(best["weighting"])
     again = evaluate(trainer.model, trainer.data.validation, trainer.data.tasks, 64)
     assert again["y1/rmse"] == pytest.approx(value, rel=1e-6)
+    train = evaluate(trainer.model, trainer.data.train, trainer.data.tasks, 64)
+    assert results["metrics"]["train/y1/rmse"] == pytest.approx(train["y1/rmse"], rel=1e-6)
+    sigma = trainer.strategy.report()["sigma"].tolist()  # what the selected strategy learned
+    assert list(results["weighting"]["sigma"].values()) == pytest.approx(sigma, rel=1e-6)
     assert best_step < max(validation)  # at this learning rate the last epoch is not the best
     last = checkpoint.load(tmp_path / "checkpoints/last.pt")["trainer"]["model"]
     assert any(not torch.equal(last[k], best["model"][k]) for k in last)
+
+
+def test_a_checkpoint_from_before_the_split_existed_is_not_refused_for_it():
+    saved = {"trainer": {"epochs": 2}}
+    assert checkpoint.changed_settings(saved, {"trainer": {"validation": 0, "epochs": 2}}) == ""
+
+
+def test_a_resume_may_not_change_the_objective_it_selects_by():
+    saved = Selection("best", "validation/y1/rmse").state_dict()
+    with pytest.raises(CheckpointError, match=r"objective='validation/y2/rmse'.*'validation/y1"):
+        Selection("best", "validation/y2/rmse").load_state_dict(saved)
 
 
 def test_a_resume_may_not_change_the_validation_split_or_the_selection():
@@ -170,4 +186,9 @@ def test_a_resumed_run_keeps_its_best_evaluation():
     state.seek(0)
     resumed.load_state_dict(torch.load(state, weights_only=True))
     resumed.fit()
-    assert resumed.selection.chosen == alone.selection.chosen
+    a, b = dict(alone.selection.chosen), dict(resumed.selection.chosen)
+    for one, other in zip(a.pop("states"), b.pop("states"), strict=True):
+        assert all(torch.equal(one[k], other[k]) for k in one)
+    assert a == b
+    for mine, theirs in zip(alone.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(mine, theirs)  # both ended in the selected state

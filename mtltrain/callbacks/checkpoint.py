@@ -19,7 +19,8 @@ class CheckpointCallback(Callback):
     never so), every `every` epochs (0: never so), after the last epoch and when a signal
     stops the run; `run_info` (config, overrides) goes into each checkpoint. Checkpoints fall
     on epoch ends (or the step a signal stopped), from which a run resumes exactly. With
-    `best`, the state at each evaluation the selection improved on is written there too."""
+    `best`, the model and strategy states of the selected evaluation are written there each
+    time the selection improves and at the end (last.pt holds them too, for a resume)."""
 
     def __init__(
         self,
@@ -47,8 +48,21 @@ class CheckpointCallback(Callback):
             self.save(trainer)
 
     def on_evaluation(self, trainer: Trainer, metrics: Metrics) -> None:
-        if self.best is not None and trainer.selection.improved:
-            checkpoint.save(self.best, {"trainer": trainer.state_dict(), **self.run_info})
+        if trainer.selection.improved:
+            self.save_best(trainer)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.save_best(trainer)  # a resumed run may have left a later, lost one behind
+
+    def save_best(self, trainer: Trainer) -> None:
+        """The selected evaluation's model and strategy states into `best`."""
+        chosen = trainer.selection.chosen
+        if self.best is None or chosen is None or "states" not in chosen:
+            return
+        model, weighting = chosen["states"]
+        selected = {k: chosen[k] for k in ("epoch", "step", "value")}
+        state = {"model": model, "weighting": weighting, "selected": selected}
+        checkpoint.save(self.best, {**state, **self.run_info})
 
     def on_interrupt(self, trainer: Trainer) -> None:
         self.save(trainer)

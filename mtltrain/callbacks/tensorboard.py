@@ -1,8 +1,8 @@
 """TensorBoard of a run: losses, weights and what the strategy learns every `log_every` steps
-and at the last step, train and test metrics at each evaluation; for a fresh run a
+and at the last step, the metrics of every split at each evaluation; for a fresh run a
 custom-scalars layout, the config as text, and an HParams entry whose columns are the run's
-choices and overrides and whose metrics are the test metrics and the final learned quantities
-(`final/<quantity>/<term>`)."""
+choices and overrides and whose metrics are the validation and test metrics and the final
+learned quantities (`final/<quantity>/<term>`)."""
 
 from __future__ import annotations
 

@@ -102,13 +102,18 @@ class MultiTaskData:
 def hold_out(data: MultiTaskData, size: float, seed: int) -> MultiTaskData:
     """`data` with a validation split drawn from its training set: `size` is a fraction in
     (0, 1) or a count (0: none), the samples drawn by a generator seeded with `seed`."""
-    n = len(data.train)
-    count = validation_count(size, n)
-    if count == 0:
+    kept, held = held_out(len(data.train), size, seed)
+    if len(held) == 0:
         return data
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    held, kept = order[:count].sort().values, order[count:].sort().values
     return MultiTaskData(data.tasks, data.train.take(kept), data.test, data.train.take(held))
+
+
+def held_out(n: int, size: float, seed: int) -> tuple[Tensor, Tensor]:
+    """The indices of `n` training samples that train and those held out for validation
+    (`size` as in `hold_out`), each in ascending order."""
+    count = validation_count(size, n)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[count:].sort().values, order[:count].sort().values
 
 
 def validation_count(size: float, n: int) -> int:

@@ -8,7 +8,9 @@ the top-left of a `canvas`² black canvas (rows and columns 0–27), its partner
 down and right (6–33), overlapping pixels take the maximum, and the canvas is resized to 28×28
 with nearest-neighbour (PIL's rule, the paper's `imresize(..., interp='nearest')`). Tasks: `left`
 (the image's digit) and `right` (the partner's), 10 classes each. Inputs are normalised with
-MNIST's mean and standard deviation (0.1307, 0.3081), as the paper's code does. The pairs are
+MNIST's mean and standard deviation (0.1307, 0.3081), as the paper's code does. A validation
+split (`trainer.validation`) is held out of MNIST's training images before pairing and paired
+among itself, so none of its digits is seen in training. The pairs are
 built once per setting and cached beside MNIST (`<root>/MultiMNIST/<key>.pt`, written
 atomically, the key naming the settings and the MNIST files' digest), so a sweep builds them once.
 """
@@ -20,19 +22,21 @@ import hashlib
 import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.nn import functional
 
 from mtltrain.atomic import write_atomically
-from mtltrain.data.base import MultiTaskData, Split, task_specs
+from mtltrain.data.base import MultiTaskData, Split, held_out, task_specs
 from mtltrain.data.mnist_mtl import FILES, find_raw, read_split
 from mtltrain.errors import ConfigError, OutputError
 
 AVAILABLE = {"left": ("classification", 10), "right": ("classification", 10)}
 MEAN, STD = 0.1307, 0.3081  # MNIST's pixel mean and standard deviation (of values in [0, 1])
 DIGIT = 28  # MNIST's images are 28×28
+PARTS = ("train", "validation", "test")  # paired in this order, each within itself
 
 
 def overlay(first: Tensor, second: Tensor, canvas: int = 36, shift: int = 6) -> Tensor:
@@ -53,7 +57,7 @@ def pairs(
     images: Tensor, labels: Tensor, generator: torch.Generator, canvas: int, shift: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The split's two-digit images and their left and right labels."""
-    partner = torch.randint(len(images), (len(images),), generator=generator)
+    partner = torch.randint(max(1, len(images)), (len(images),), generator=generator)
     return overlay(images, images[partner], canvas, shift), labels, labels[partner]
 
 
@@ -74,10 +78,14 @@ def build(
     shift: int = 6,
     pair_seed: int = 0,
     cache: str | None = None,
+    validation: float = 0,
+    validation_seed: int = 0,
 ) -> MultiTaskData:
     """MultiMNIST from MNIST in `root`/MNIST/raw (torchvision's layout), downloading it when
     allowed; the pairs come from the cache (`cache`, default `root`/MultiMNIST) when it holds
-    them."""
+    them. `validation` MNIST training images (a fraction or a count, drawn by
+    `validation_seed`) are held out before pairing and paired among themselves, so no digit
+    of a validation image is in a training image."""
     if not tasks or any(t not in AVAILABLE for t in tasks) or len(set(tasks)) != len(tasks):
         raise ConfigError(
             f"dataset.tasks={list(tasks)} is not allowed: choose distinct tasks among "
@@ -87,8 +95,11 @@ def build(
     specs = task_specs(tasks, AVAILABLE, losses)
     raw_dir = find_raw(Path(root).expanduser(), download)
     folder = raw_dir.parent.parent / "MultiMNIST" if cache is None else Path(cache).expanduser()
-    built = _cached(raw_dir, folder, canvas, shift, pair_seed)
-    return MultiTaskData(specs, *(_split(built, which, tasks) for which in FILES))
+    settings = Pairing(canvas, shift, pair_seed, validation, validation_seed)
+    built = _cached(raw_dir, folder, settings)
+    parts = {part: _split(built, part, tasks) for part in ("train", "test", "validation")}
+    held = parts["validation"] if len(parts["validation"]) else None
+    return MultiTaskData(specs, parts["train"], parts["test"], held)
 
 
 def _split(built: Mapping[str, Tensor], which: str, tasks: Sequence[str]) -> Split:
@@ -96,36 +107,65 @@ def _split(built: Mapping[str, Tensor], which: str, tasks: Sequence[str]) -> Spl
     return Split(x, {t: built[f"{which}_{t}"] for t in tasks})
 
 
-def _cached(
-    raw_dir: Path, folder: Path, canvas: int, shift: int, pair_seed: int
-) -> dict[str, Tensor]:
-    """The pairs of both splits, from the cache in `folder`, or built and then cached."""
-    path = folder / f"{_key(raw_dir, canvas, shift, pair_seed)}.pt"
+class Pairing(NamedTuple):
+    """What the pairs depend on besides the MNIST files."""
+
+    canvas: int
+    shift: int
+    pair_seed: int
+    validation: float
+    validation_seed: int
+
+
+def _cached(raw_dir: Path, folder: Path, settings: Pairing) -> dict[str, Tensor]:
+    """The pairs of every part, from the cache in `folder`, or built and then cached."""
+    path = folder / f"{_key(raw_dir, settings)}.pt"
     try:
-        return torch.load(path, weights_only=True)
+        built = torch.load(path, weights_only=True)
+        if isinstance(built, dict) and set(built) == set(_names()):
+            return built
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):  # absent or unreadable
         pass
-    generator = torch.Generator().manual_seed(pair_seed)
-    built: dict[str, Tensor] = {}
-    for which in FILES:
-        images, labels = read_split(raw_dir, which)
-        image, left, right = pairs(
-            torch.from_numpy(images.copy()),
-            torch.from_numpy(labels.astype("int64")),
-            generator,
-            canvas,
-            shift,
-        )
-        built |= {f"{which}_images": image, f"{which}_left": left, f"{which}_right": right}
+    built = _build_pairs(raw_dir, settings)
     with contextlib.suppress(OutputError):  # a read-only data folder: rebuilt every time
         write_atomically(path, lambda f: torch.save(built, f))
     return built
 
 
-def _key(raw_dir: Path, canvas: int, shift: int, pair_seed: int) -> str:
+def _names() -> list[str]:
+    return [f"{part}_{what}" for part in PARTS for what in ("images", "left", "right")]
+
+
+def _build_pairs(raw_dir: Path, settings: Pairing) -> dict[str, Tensor]:
+    """Train, validation and test pairs, each drawn within its own part, in that order from
+    one generator seeded with `pair_seed`."""
+    images, labels = (torch.from_numpy(a.copy()) for a in read_split(raw_dir, "train"))
+    kept, held = held_out(len(images), settings.validation, settings.validation_seed)
+    test_images, test_labels = (torch.from_numpy(a.copy()) for a in read_split(raw_dir, "test"))
+    sources = {
+        "train": (images[kept], labels[kept]),
+        "validation": (images[held], labels[held]),
+        "test": (test_images, test_labels),
+    }
+    generator = torch.Generator().manual_seed(settings.pair_seed)
+    built: dict[str, Tensor] = {}
+    for part in PARTS:
+        part_images, part_labels = sources[part]
+        image, left, right = pairs(
+            part_images, part_labels.long(), generator, settings.canvas, settings.shift
+        )
+        built |= {f"{part}_images": image, f"{part}_left": left, f"{part}_right": right}
+    return built
+
+
+def _key(raw_dir: Path, settings: Pairing) -> str:
     """The cache's name for these settings and these MNIST files (their digest)."""
     digest = hashlib.sha256()
     for pair in FILES.values():
         for name in pair:
             digest.update((raw_dir / name).read_bytes())
-    return f"canvas{canvas}-shift{shift}-pairs{pair_seed}-{digest.hexdigest()[:16]}"
+    canvas, shift, pair_seed, validation, validation_seed = settings
+    return (
+        f"v2-canvas{canvas}-shift{shift}-pairs{pair_seed}-validation{validation}-{validation_seed}"
+        f"-{digest.hexdigest()[:16]}"
+    )

@@ -3,9 +3,10 @@
 conv 10@5×5, pool, ReLU, conv 20@5×5, dropout, pool, ReLU, fc 320→50, ReLU (its heads: fc 50→50,
 ReLU, dropout, fc 50→10, an `MLP` with `dropout` in conf/model/multi_mnist.yaml). Dropout is the
 standard kind (p = 0.5): nn.Dropout2d draws a mask per example and channel and scales what it
-keeps by 1/(1 − p), so evaluation needs no correction. The paper's code drew one channel mask for
-the whole batch, shared it between the tasks' passes, and did not rescale, which leaves its
-evaluation-time activations twice their training-time mean.
+keeps by 1/(1 − p), so evaluation needs no correction. The paper's code drew the encoder's
+channel mask once for the whole batch (the heads' per value), reused the masks in every task's
+pass, and rescaled none, which leaves its evaluation-time activations twice their training-time
+mean.
 """
 
 from __future__ import annotations
