@@ -7,9 +7,11 @@ means since the previous evaluation, which no selection reports).
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
+import torch
 from torch import nn
 
 from mtltrain.data.base import MultiTaskData
@@ -66,8 +68,7 @@ class Selection:
         """Remember the state of `modules` (the model and the strategy) as the chosen one's."""
         if self.chosen is not None:
             self.chosen["states"] = [
-                {k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()}
-                for m in modules
+                {k: _copy(v) for k, v in m.state_dict().items()} for m in modules
             ]
 
     def restore(self, *modules: nn.Module) -> None:
@@ -87,3 +88,11 @@ class Selection:
                 f"{state['objective']}"
             )
         self.chosen = state["chosen"]
+
+
+def _copy(value: Any) -> Any:
+    """A state entry detached from training: a tensor on the host, or a deep copy (a
+    strategy's extra state: generator states, histories)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    return copy.deepcopy(value)

@@ -313,7 +313,7 @@ def document(comparison: Comparison, args: argparse.Namespace, record: dict, pic
         )
     parts.append(
         f"Machine: {record['machine']}.  \nWall time: {rc.duration(record['wall_s'])} for "
-        f"{len(runs)} runs; finished {record['finished']}.  \nReproduce: `{rc.command_line()}`"
+        f"{len(runs)} runs; finished {record['finished']}.  \nReproduce: `{record['command']}`"
     )
     return "\n\n".join(parts) + "\n"
 

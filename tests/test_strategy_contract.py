@@ -205,3 +205,17 @@ def test_gradients_a_gramian_cannot_resolve_give_a_finite_direction(strategy):
         assert torch.isfinite(direction).all() and torch.isfinite(weights).all(), case
         if not g.any():
             assert not direction.any(), case
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_select_best_ends_in_the_selected_state(strategy):
+    """trainer.select=best keeps the model and strategy states of the best evaluation (extra
+    state too: generators, histories) and ends training in them."""
+    cfg = small(strategy, "trainer.validation=16", "trainer.select=best", "trainer.eval_every=1")
+    trainer = build_trainer(cfg)
+    trainer.fit()
+    chosen = trainer.selection.chosen
+    model, weighting = chosen["states"]
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value.cpu(), model[name]), name
+    assert list(trainer.strategy.state_dict()) == list(weighting)
