@@ -82,7 +82,6 @@ REPORT_MD, REPORT_CSV, MAIN_PNG = "report.md", "report.csv", "main_metrics.png"
 SYMBOL = {"sigma": "σ", "c": "c", "weight": "weight", "kpi": "κ̄"}
 PANEL_COLUMNS = 3
 SINGLE_TASK = "single_task"  # --baseline: each task's model trained alone
-FREE_IN_SINGLE_TASK = ("weighting", "dataset.tasks")  # what a single-task baseline may differ in
 
 Scalars = dict[str, dict[int, float]]  # {tag: {step: value}}
 
@@ -340,7 +339,7 @@ def single_task_means(row: Setting, settings: Sequence[Setting]) -> dict[str, fl
             and all(
                 s.pairs.get(k) == row.pairs.get(k)
                 for k in s.pairs.keys() | row.pairs.keys()
-                if not k.startswith(FREE_IN_SINGLE_TASK)
+                if k not in ("weighting", "dataset.tasks") and not k.startswith("weighting.")
             )
         ]
         if len(alone) != 1 or name not in alone[0].stats:
@@ -461,7 +460,9 @@ def table_notes(
         "each seed's run of the row: Δm% is their mean ± std over seeds. Blank: no such row, or "
         "different tasks.",
     ]
-    if not matched:
+    if not matched and baseline == SINGLE_TASK:
+        notes.append("No row has runs of its tasks alone (dataset.tasks=[<task>]): Δm% is blank.")
+    elif not matched:
         notes.append(f"No setting has {baseline}: Δm% is blank (choose one with --baseline).")
     elif all(d is None for d in deltas):
         notes.append("No row could be compared with its baseline row: Δm% is blank.")

@@ -81,11 +81,11 @@ class Selection:
         return {"objective": self.objective, "chosen": self.chosen}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.select == "best" and state["objective"] != self.objective:
+        saved = state.get("objective", self.objective)  # checkpoints that predate it: trusted
+        if self.select == "best" and saved != self.objective:
             raise CheckpointError(
                 f"objective={self.objective!r} is not the objective this run selects its best "
-                f"evaluation by ({state['objective']!r}): resume with objective="
-                f"{state['objective']}"
+                f"evaluation by ({saved!r}): resume with objective={saved}"
             )
         self.chosen = state["chosen"]
 

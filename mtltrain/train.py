@@ -289,15 +289,16 @@ class Trainer:
 
     def fit(self) -> dict[str, float]:
         """Train to the last epoch; SIGINT/SIGTERM stop it after a step (callbacks checkpoint).
-        With trainer.select=best the model and strategy end in their selected state. Returns
-        the last evaluation's test metrics (`selection` holds the reported ones)."""
+        With trainer.select=best the model and strategy end in their selected state, after the
+        callbacks' end (TensorBoard and figures show where training ended). Returns the last
+        evaluation's test metrics (`selection` holds the reported ones)."""
         self.notify("on_fit_start")
         with self.stop:
             while self.epoch < self.epochs:
                 self.train_epoch()
                 self.end_epoch()
-        self.selection.restore(self.model, self.strategy)
         self.notify("on_fit_end")
+        self.selection.restore(self.model, self.strategy)
         return self.test_metrics
 
     def notify(self, hook: str, *args: Any) -> None:

@@ -34,7 +34,7 @@ from mtltrain.config import compose_checked, config_dir
 from mtltrain.report import SINGLE_TASK, Setting, Stat, read_sweep, write_report
 
 QUICK_EPOCHS = 5
-# Student's t, 97.5% quantile, by degrees of freedom (beyond 30: the normal's 1.96)
+# Student's t, 97.5% quantile, by degrees of freedom 1..30
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
         2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
@@ -58,9 +58,9 @@ def strategies(chosen: str | None) -> list[str]:
 
 
 def t975(dof: float) -> float:
-    """Student's t 97.5% quantile at the whole degrees of freedom below `dof` (conservative)."""
-    whole = max(1, math.floor(dof))
-    return T975[whole - 1] if whole <= len(T975) else 1.96
+    """Student's t 97.5% quantile at the whole degrees of freedom below `dof`, and at 30 for
+    more (both conservative)."""
+    return T975[min(max(1, math.floor(dof)), len(T975)) - 1]
 
 
 def interval(delta: Stat, n: int) -> float | None:
@@ -75,13 +75,20 @@ def differs(a: Stat, n: int, b: Stat, m: int) -> bool:
     va, vb = a.std**2 / n, b.std**2 / m
     if va + vb == 0:
         return a.mean != b.mean
-    dof = (va + vb) ** 2 / (va**2 / (n - 1) + vb**2 / (m - 1)) if va and vb else n + m - 2
+    if va and vb:
+        dof = (va + vb) ** 2 / (va**2 / (n - 1) + vb**2 / (m - 1))
+    else:  # one side without spread: the other's
+        dof = (n if va else m) - 1
     return abs(a.mean - b.mean) / math.sqrt(va + vb) > t975(dof)
 
 
 def step_time(row: Setting) -> float:
     """Mean seconds per training step over the row's seeds."""
     return statistics.fmean(r.results["train_time_s"] / r.results["steps"] for r in row.runs)
+
+
+def ratio(time: float, fixed: float) -> str:
+    return "–" if math.isnan(fixed) else f"{time / fixed:.2f}"
 
 
 def pct(stat: Stat | None) -> str:
@@ -113,12 +120,14 @@ class Comparison:
         )
 
     def metric(self, task: str) -> str:
-        return next(n for s in self.sweep.settings for t, n in s.main.items() if t == task)
+        """The task's main test metric (a placeholder where no run finished)."""
+        found = (n for s in self.sweep.settings for t, n in s.main.items() if t == task)
+        return next(found, f"test/{task}/(no finished run)")
 
     def table(self, published: bool) -> str:
         names = [self.metric(t) for t in self.tasks]
         header = ["rank", "weighting", "seeds", *(f"{n.removeprefix('test/')}" for n in names)]
-        header += ["Δm% vs single task (95% CI)", "step time × fixed"]
+        header += ["Δm% vs single task (95% CI)", "time per step × fixed"]
         if published:
             header += ["Sener & Koltun 2018: left / right"]
         fixed_time = step_time(self.fixed[0]) if self.fixed else math.nan
@@ -128,14 +137,14 @@ class Comparison:
             lines.append(
                 [str(rank), f"`{name}`", str(len(row.runs)),
                  *(metric_cell(row.stats.get(n), n) for n in names),
-                 self.delta_cell(row, delta), f"{step_time(row) / fixed_time:.2f}",
+                 self.delta_cell(row, delta), ratio(step_time(row), fixed_time),
                  *([self.published(name)] if published else [])]
             )  # fmt: skip
         for task, row in self.alone.items():
             cells = [metric_cell(row.stats.get(n), n) if n in row.stats else "" for n in names]
             lines.append(
                 ["", f"single task: {task}", str(len(row.runs)), *cells, "0 (the baseline)",
-                 f"{step_time(row) / fixed_time:.2f}",
+                 ratio(step_time(row), fixed_time),
                  *([self.published(SINGLE_TASK)] if published and task == self.tasks[0] else
                    [""] if published else [])]
             )  # fmt: skip
@@ -200,7 +209,9 @@ class Comparison:
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
-    common = [f"dataset={args.dataset}", rc.seeds(args), *args.override]
+    # one objective selects a run's best epoch: on one task's metric it would favour that
+    # task in the multi-task runs only, so both sweeps report their last epoch
+    common = [f"dataset={args.dataset}", rc.seeds(args), "trainer.select=last", *args.override]
     if "root" in compose_checked([f"dataset={args.dataset}"]).dataset:
         common += [f"dataset.root={args.mnist_root}", "dataset.download=false"]
     if args.quick or args.epochs:
@@ -275,26 +286,32 @@ def document(comparison: Comparison, args: argparse.Namespace, record: dict, pic
         if epochs
         else "**Protocol: the trainer config's epochs** (MultiMNIST: the paper's 100)"
     )
-    cfg = compose_checked([f"dataset={args.dataset}", *args.override])
-    runs = comparison.sweep.finished
-    objective = runs[0].results["objective"]["name"] if runs else "the objective"
-    selection = (
-        f"{cfg.trainer.select} evaluation by {objective}, on {cfg.trainer.validation} of the "
-        "training set held out"
+    cfg = compose_checked([o for o in overrides(args) if not o.startswith("seed=")])
+    held = (
+        f", with {cfg.trainer.validation} of the training set held out for validation (its "
+        "metrics are in each run's results.json)"
         if cfg.trainer.validation
-        else "last evaluation (no validation split)"
+        else ""
+    )
+    selection = (
+        f"the {cfg.trainer.select} evaluation{held}. Selecting each run's best epoch by one "
+        "validation objective would favour the objective's task in the multi-task runs "
+        "only, so both sweeps report their last epoch"
     )
     published = args.dataset == "multi_mnist"
     parts = [
         f"# Every strategy on {args.dataset}, {args.seeds} seeds, against single-task learning",
-        f"{protocol}; the reported model is the {selection}; test metrics of that model. "
-        "Rows are sorted by Δm%; † marks a Δm% that differs from `fixed`'s at 5% (Welch's "
-        "t-test over seeds): without †, the data do not tell the strategy from equal weights.",
+        f"{protocol}; the reported model is {selection}; test metrics of that model. Rows are "
+        "sorted by Δm%; † marks a Δm% that differs from `fixed`'s at 5% (Welch's t-test over "
+        "seeds; one test per row, uncorrected for their number): without †, the data do not "
+        "tell the strategy from equal weights.",
         comparison.table(published),
-        "Δm% = (100/K)·Σ_k d_k·(M_k − M_single,k)/M_single,k over the tasks' main test metrics "
-        "(d_k = +1 where higher is better), M_single,k the mean over seeds of task k trained "
-        "alone with the same architecture; its interval is Student's t over seeds. Step time: "
-        "the mean training seconds per step against `fixed`'s, in the same sweep.",
+        "Δm% = (100/K)·Σ_k d_k·(M_k − M_single,k)/|M_single,k| over the tasks' main test "
+        "metrics (d_k = +1 where higher is better, −1 where lower is), M_single,k the mean over "
+        "seeds of task k trained alone with the same architecture; its interval is Student's t "
+        "over the row's seeds (the single-task means taken as exact). Time per step: the "
+        "training wall time (evaluations and checkpoints included) per step, against "
+        "`fixed`'s in the same sweep.",
     ]
     if published:
         parts.append(
@@ -313,7 +330,8 @@ def document(comparison: Comparison, args: argparse.Namespace, record: dict, pic
         )
     parts.append(
         f"Machine: {record['machine']}.  \nWall time: {rc.duration(record['wall_s'])} for "
-        f"{len(runs)} runs; finished {record['finished']}.  \nReproduce: `{record['command']}`"
+        f"{len(comparison.sweep.finished)} runs; finished {record['finished']}.  \n"
+        f"Reproduce: `{record['command']}`"
     )
     return "\n\n".join(parts) + "\n"
 

@@ -58,4 +58,5 @@ def test_the_comparison_of_strategies_against_single_task_learning(tmp_path):
     assert "single task: left" in text and "single task: right" in text
     for picture in ("multi_mnist_delta_m.png", "multi_mnist_pareto.png"):
         assert (runs / picture).read_bytes()[:4] == b"\x89PNG" and f"]({picture})" in text
-    assert "Protocol: 1 epoch**" in text and "validation/left/accuracy" in text
+    assert "Protocol: 1 epoch**" in text and "the last evaluation" in text
+    assert all("trainer.select=last" in r["overrides"] for r in results)  # the same rule for all
