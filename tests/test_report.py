@@ -298,3 +298,16 @@ def test_delta_m_against_single_task_learning_by_hand(tmp_path, capsys):
     assert delta["weighting=mgda"] == "-22.50 ± –"
     assert delta["weighting=mgda, trainer.epochs=9"] == ""  # no single-task runs of 9 epochs
     assert "each task trained alone" in out
+
+
+def test_single_task_rows_match_on_settings_below_dataset_tasks(tmp_path, capsys):
+    """dataset.tasks.a.noise=2 is another data set: it needs single-task runs of its own."""
+    fake_run(tmp_path / "a", ["dataset.tasks=[a]"], {"test/a/accuracy": 0.5})
+    fake_run(tmp_path / "b", ["dataset.tasks=[b]"], {"test/b/accuracy": 0.5})
+    fake_run(tmp_path / "m", ["weighting=mgda"], {"test/a/accuracy": 0.6, "test/b/accuracy": 0.5})
+    fake_run(tmp_path / "n", ["weighting=mgda", "dataset.tasks.a.noise=2"],
+             {"test/a/accuracy": 0.9, "test/b/accuracy": 0.9})  # fmt: skip
+    main([str(tmp_path), "--baseline", "single_task"])
+    delta = {r["setting"]: r["Δm%"] for r in table(capsys.readouterr().out)}
+    assert delta["weighting=mgda"] == "10.00 ± –"  # 50·(0.1/0.5 + 0)
+    assert delta["weighting=mgda, dataset.tasks.a.noise=2"] == ""
