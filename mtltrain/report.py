@@ -59,7 +59,7 @@ import math
 import os
 import statistics
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -319,12 +319,22 @@ def find_baseline(
 ) -> Setting | None:
     """The setting with the baseline's overrides that agrees with `row` on every other one."""
     for candidate in settings:
-        keys = (candidate.pairs.keys() | row.pairs.keys()) - baseline.keys()
-        if all(candidate.pairs.get(k) == v for k, v in baseline.items()) and all(
-            candidate.pairs.get(k) == row.pairs.get(k) for k in keys
+        if all(candidate.pairs.get(k) == v for k, v in baseline.items()) and agree(
+            candidate, row, but=lambda k: k in baseline
         ):
             return candidate
     return None
+
+
+def agree(a: Setting, b: Setting, but: Callable[[str], bool]) -> bool:
+    """Whether two settings have the same overrides, the keys `but` names aside."""
+    keys = a.pairs.keys() | b.pairs.keys()
+    return all(a.pairs.get(k) == b.pairs.get(k) for k in keys if not but(k))
+
+
+def weighting_or_tasks(key: str) -> bool:
+    """What a single-task baseline may differ in from the multi-task row."""
+    return key in ("weighting", "dataset.tasks") or key.startswith("weighting.")
 
 
 def single_task_means(row: Setting, settings: Sequence[Setting]) -> dict[str, float] | None:
@@ -333,14 +343,7 @@ def single_task_means(row: Setting, settings: Sequence[Setting]) -> dict[str, fl
     means = {}
     for task, name in row.main.items():
         alone = [
-            s
-            for s in settings
-            if list(s.main) == [task]
-            and all(
-                s.pairs.get(k) == row.pairs.get(k)
-                for k in s.pairs.keys() | row.pairs.keys()
-                if k not in ("weighting", "dataset.tasks") and not k.startswith("weighting.")
-            )
+            s for s in settings if list(s.main) == [task] and agree(s, row, but=weighting_or_tasks)
         ]
         if len(alone) != 1 or name not in alone[0].stats:
             return None

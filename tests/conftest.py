@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
+import io
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import DictConfig
 
+from mtltrain.callbacks import Callback
 from mtltrain.config import compose_checked
 from mtltrain.data import mnist_mtl
 
 MTLTRAIN = str(Path(sys.executable).with_name("mtltrain"))
+
+
+class StopAt(Callback):
+    """Sends the run what SIGTERM would, after step `step`."""
+
+    def __init__(self, step: int) -> None:
+        self.at = step
+
+    def on_step_end(self, trainer, step) -> None:
+        if step.number == self.at:
+            trainer.stop.received = signal.SIGTERM
+
+
+def through_disk(state: dict) -> dict:
+    """`state` saved and loaded as a checkpoint is."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
 
 
 def make_config(overrides: Sequence[str] = ()) -> DictConfig:

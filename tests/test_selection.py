@@ -3,19 +3,16 @@ by the validation objective, its checkpoint beside last.pt and its test metrics 
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import signal
 
 import pytest
 import torch
-from conftest import make_config
+from conftest import StopAt, make_config, through_disk
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtltrain import checkpoint
 from mtltrain.build import build_trainer
-from mtltrain.callbacks import Callback
 from mtltrain.config import build
 from mtltrain.data.base import hold_out
 from mtltrain.errors import CheckpointError, ConfigError, Interrupted
@@ -157,15 +154,6 @@ def test_a_resume_may_not_change_the_validation_split_or_the_selection():
     )
 
 
-class StopAt(Callback):
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_step_end(self, trainer, step) -> None:
-        if step.number == self.at:
-            trainer.stop.received = signal.SIGTERM
-
-
 def test_a_resumed_run_keeps_its_best_evaluation():
     """Stopped in epoch 7 after its best (epoch 5), resumed: the same selection as at once."""
     cfg = make_config(
@@ -181,10 +169,7 @@ def test_a_resumed_run_keeps_its_best_evaluation():
         stopped.fit()
     assert stopped.selection.chosen["epoch"] < 7
     resumed = build_trainer(cfg)
-    state = io.BytesIO()
-    torch.save(stopped.state_dict(), state)
-    state.seek(0)
-    resumed.load_state_dict(torch.load(state, weights_only=True))
+    resumed.load_state_dict(through_disk(stopped.state_dict()))
     resumed.fit()
     a, b = dict(alone.selection.chosen), dict(resumed.selection.chosen)
     for one, other in zip(a.pop("states"), b.pop("states"), strict=True):

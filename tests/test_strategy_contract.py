@@ -13,13 +13,11 @@ loaded into a fresh trainer, ends bit-identical to the run left alone.
 from __future__ import annotations
 
 import copy
-import io
 import math
-import signal
 
 import pytest
 import torch
-from conftest import make_config
+from conftest import StopAt, make_config, through_disk
 from hard_gradients import unresolved_cases
 
 from mtltrain.build import build_trainer
@@ -138,24 +136,6 @@ def test_skipped_steps_leave_the_strategy_and_model_finite(strategy, monkeypatch
     for quantity, value in trainer.strategy.report().items():
         assert torch.isfinite(value).all(), quantity
     assert all(math.isfinite(v) for v in trainer.test_metrics.values())
-
-
-class StopAt(Callback):
-    """Sends the run what SIGTERM would, after step `step`."""
-
-    def __init__(self, step: int) -> None:
-        self.at = step
-
-    def on_step_end(self, trainer, step) -> None:
-        if step.number == self.at:
-            trainer.stop.received = signal.SIGTERM
-
-
-def through_disk(state: dict) -> dict:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

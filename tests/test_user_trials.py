@@ -159,13 +159,19 @@ def test_two_runs_on_one_folder_the_second_stops_with_one_line(tmp_path):
     assert strict_json(folder / "results.json")["status"] == "interrupted"  # the first's
 
 
-def test_resuming_with_another_model_says_what_differs(tmp_path):
+def finished_run_copied(tmp_path: Path) -> Path:
+    """A new run folder holding the last checkpoint of a finished TINY run."""
     done = tmp_path / "done"
     assert run_cli([*TINY, f"hydra.run.dir={done}"], cwd=tmp_path).returncode == 0
-    stopped = tmp_path / "stopped" / "checkpoints"
-    stopped.mkdir(parents=True)
-    (stopped / "last.pt").write_bytes((done / "checkpoints" / "last.pt").read_bytes())
-    proc = run_cli([f"resume={stopped.parent}", "trainer.epochs=3", "model.hidden=[64]"],
+    checkpoints = tmp_path / "stopped" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "last.pt").write_bytes((done / "checkpoints" / "last.pt").read_bytes())
+    return checkpoints.parent
+
+
+def test_resuming_with_another_model_says_what_differs(tmp_path):
+    stopped = finished_run_copied(tmp_path)
+    proc = run_cli([f"resume={stopped}", "trainer.epochs=3", "model.hidden=[64]"],
                    cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
@@ -315,15 +321,11 @@ def test_a_sweep_job_gets_the_same_checks_as_a_single_run(tmp_path):
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path):
-    done = tmp_path / "done"
-    assert run_cli([*TINY, f"hydra.run.dir={done}"], cwd=tmp_path).returncode == 0
-    stopped = tmp_path / "stopped" / "checkpoints"
-    stopped.mkdir(parents=True)
-    (stopped / "last.pt").write_bytes((done / "checkpoints" / "last.pt").read_bytes())
-    proc = run_cli([f"resume={stopped.parent}", "trainer.epochs=3", "dataset.n_train=64"],
+    stopped = finished_run_copied(tmp_path)
+    proc = run_cli([f"resume={stopped}", "trainer.epochs=3", "dataset.n_train=64"],
                    cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert "dataset.n_train=32 → 64" in line and "only trainer.* may change" in line
-    longer = run_cli([f"resume={stopped.parent}", "trainer.epochs=3"], cwd=tmp_path)
+    longer = run_cli([f"resume={stopped}", "trainer.epochs=3"], cwd=tmp_path)
     assert longer.returncode == 0, longer.stderr
