@@ -26,6 +26,7 @@ from mtltrain.callbacks.progress import ProgressCallback
 from mtltrain.callbacks.tensorboard import TensorBoardCallback
 from mtltrain.config import build, build_partial
 from mtltrain.data.base import MultiTaskData, Split, hold_out
+from mtltrain.distributed import join
 from mtltrain.engine import engine_for
 from mtltrain.losses import loss_terms
 from mtltrain.metrics import metric_names
@@ -35,6 +36,7 @@ from mtltrain.runtime import (
     choose_threads,
     keep_host_memory,
     optimizer_factory,
+    parallel_launcher,
     seed_everything,
     select_device,
     settle_threads,
@@ -155,9 +157,11 @@ def build_trainer(
     """
     trainer_cfg = settings(cfg.trainer)
     device = select_device(trainer_cfg.device)
+    ranks = join(device)
     configure_process(trainer_cfg, device)
     seed_everything(cfg.seed)
     data, model, strategy, optimizer = build_objects(cfg, trainer_cfg, device)
+    ranks.broadcast([model, strategy])
     selection = Selection(trainer_cfg.select, resolve_objective(cfg.objective, data))
     set_threads(trainer_cfg.threads, model, data.train, trainer_cfg.batch_size, device)
     callbacks = [
@@ -169,7 +173,7 @@ def build_trainer(
         model,
         strategy,
         optimizer,
-        engine_for(strategy, model),
+        engine_for(strategy, model, ranks),
         data,
         trainer_cfg,
         device,
@@ -178,6 +182,7 @@ def build_trainer(
         selection,
         callbacks,
         forward=compiled,
+        ranks=ranks,
     )
 
 
@@ -237,6 +242,6 @@ def run_callbacks(
         if run_dir is not None:
             callbacks.append(FiguresCallback(tb, trainer.figure_every, run_dir / "figures"))
     lines_every = max(1, trainer.epochs // trainer.eval_every // 10)  # about ten lines
-    show = None if trainer.progress else False
+    show = None if trainer.progress and parallel_launcher() is None else False
     callbacks.append(ProgressCallback(show, trainer.log_every, lines_every))
     return callbacks

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any
 
 import hydra
@@ -27,7 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mtltrain import rundir
 from mtltrain.config import check, config_dir, config_error
-from mtltrain.errors import MtlError, RunFolderError, UnexpectedError, first_line
+from mtltrain.errors import Interrupted, MtlError, RunFolderError, UnexpectedError, first_line
 from mtltrain.schema import register
 
 register()
@@ -45,13 +48,31 @@ def _main(cfg: DictConfig) -> float:
         for o in rundir.parse_overrides(hc.overrides.task)
         if o.key_or_group != "resume_sweep"
     ]
+    run_dir = Path(hc.runtime.output_dir)
+    job = f"job {run_dir.name}" if hc.mode == RunMode.MULTIRUN else None
     try:
-        return run(cfg, Path(hc.runtime.output_dir), overrides, choices)
+        return run(cfg, run_dir, overrides, choices, job)
     except MtlError as e:
-        print(f"mtltrain: error: {e}", file=sys.stderr)
-        if hc.mode == RunMode.MULTIRUN:
+        if rundir.rank() == 0:
+            print(f"mtltrain: error: {e}", file=sys.stderr)
+        else:  # a rank of torchrun's besides 0, whose log is not kept
+            print(f"mtltrain: rank {rundir.rank()}: error: {e}", file=sys.stderr)
+            if isinstance(e, UnexpectedError):
+                traceback.print_exception(e.__cause__, file=sys.stderr)
+        if isinstance(e, Interrupted) and e.signal_number == signal.SIGUSR2:
+            _pass_on(signal.SIGUSR2)
+        if hc.mode == RunMode.MULTIRUN and str(hc.sweeper._target_).endswith("BasicSweeper"):
             return float("nan")  # the job's folder says it failed; the sweep goes on
+        if hc.mode == RunMode.MULTIRUN:  # Optuna's and other sweepers record a failed trial
+            raise
         raise SystemExit(e.exit_code) from None
+
+
+def _pass_on(signum: int) -> None:
+    """The signal, now the run has checkpointed, to whoever handled it before the run (submitit:
+    it requeues the SLURM job, which then resumes from the checkpoint)."""
+    if callable(signal.getsignal(signum)):
+        signal.raise_signal(signum)
 
 
 class CheckBeforeRun(Callback):
@@ -112,13 +133,18 @@ class SweepSummary(Callback):
 def main() -> None:
     # Hydra then lets errors through instead of printing them with a hint of its own
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    try:
-        sys.argv[1:] = rundir.prepare_arguments(sys.argv[1:])
-        _main()
-    except MtlError as e:
-        _fail(e)
-    except (HydraException, OmegaConfBaseException) as e:
-        _fail(config_error(e))
+    with contextlib.ExitStack() as scratch:
+        try:
+            sys.argv[1:] = rundir.prepare_arguments(sys.argv[1:])
+            if rundir.launched():  # under torchrun: rank 0 writes, the others use a scratch folder
+                own = rundir.rank() == 0
+                folder = None if own else Path(scratch.enter_context(TemporaryDirectory()))
+                sys.argv[1:] = rundir.follower_arguments(sys.argv[1:], folder)
+            _main()
+        except MtlError as e:
+            _fail(e)
+        except (HydraException, OmegaConfBaseException) as e:
+            _fail(config_error(e))
 
 
 def _fail(e: MtlError) -> None:

@@ -30,6 +30,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from mtltrain.distributed import ONE_PROCESS, Ranks
 from mtltrain.models.base import Features, MultiTaskNet
 from mtltrain.weighting.base import Weighting
 
@@ -41,31 +42,32 @@ class Backward(Protocol):
 
 
 class WeightedSum:
-    """Back-propagates Σ_k contributions_k (loss-based strategies)."""
+    """Back-propagates Σ_k contributions_k (loss-based strategies); under torchrun the model's
+    gradients are then summed over ranks (the strategy's own come whole from the global
+    losses every rank holds)."""
 
-    def __init__(self, strategy: Weighting) -> None:
-        self.strategy = strategy
+    def __init__(self, strategy: Weighting, model: MultiTaskNet, ranks: Ranks) -> None:
+        self.strategy, self.ranks = strategy, ranks
+        self.model_params = [p for p in model.parameters() if p.requires_grad]
 
     def __call__(self, losses: Tensor, features: Features) -> tuple[Tensor, Tensor]:
         parts = self.strategy.contributions(losses)
         total = parts.sum()
         total.backward()
+        self.ranks.sum_gradients(self.model_params)
         return parts.detach(), total.detach()
 
 
 class TaskJacobian:
     """Aggregates the per-term Jacobian of the shared parameters or representation."""
 
-    def __init__(self, strategy: Weighting, model: MultiTaskNet) -> None:
-        self.strategy = strategy
+    def __init__(self, strategy: Weighting, model: MultiTaskNet, ranks: Ranks) -> None:
+        self.strategy, self.ranks = strategy, ranks
         self.representation = strategy.level == "representation"
         self.shared = model.shared_parameters()
         shared = {id(p) for p in self.shared}
-        self.others = [
-            p
-            for p in (*model.parameters(), *strategy.parameters())
-            if p.requires_grad and id(p) not in shared
-        ]
+        self.heads = [p for p in model.parameters() if p.requires_grad and id(p) not in shared]
+        self.others = [*self.heads, *(p for p in strategy.parameters() if p.requires_grad)]
 
     def __call__(self, losses: Tensor, features: Features) -> tuple[Tensor, Tensor]:
         contributions = self.strategy.contributions(losses)
@@ -92,20 +94,47 @@ class TaskJacobian:
             for j, grad in enumerate(grads[len(targets) :]):
                 if grad is not None:
                     own[j] = grad if own[j] is None else own[j] + grad
-        direction, weights = self.strategy.aggregate(jacobian, losses.detach(), targets)
         for p, grad in zip(self.others, own, strict=True):
             if grad is not None:
                 p.grad = _like(p, grad)
+        self.ranks.sum_gradients(self.heads)
+        direction, weights, check = self.combined(jacobian, losses.detach(), targets, sizes)
         pieces = [d.view_as(t) for d, t in zip(direction.split(sizes), targets, strict=True)]
         if self.representation:
             torch.autograd.backward(list(targets), pieces, inputs=self.shared)
+            self.ranks.sum_gradients(self.shared)
         else:
             for p, piece in zip(self.shared, pieces, strict=True):
                 p.grad = _like(p, piece)
         parts = weights.to(contributions.dtype) * contributions.detach()
         # a sum is finite if its terms are, and overflow only errs to NaN: 20× cheaper than all()
-        finite = torch.isfinite(jacobian.sum() + direction.sum() + weights.sum())
-        return parts, torch.where(finite, parts.sum(), torch.nan)
+        return parts, torch.where(torch.isfinite(check), parts.sum(), torch.nan)
+
+    def combined(
+        self, jacobian: Tensor, losses: Tensor, targets: Sequence[Tensor], sizes: Sequence[int]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The strategy's aggregation of the global batch's Jacobian: the direction (at the
+        representation, this rank's samples' part of it), the weights, and a sum that is
+        finite only where the Jacobian, the direction and the weights are. Under torchrun the
+        ranks' rows are summed (at the parameters: each is its part of the batch's) or, at the
+        representation, set side by side (each rank's columns are its own samples')."""
+        if not (self.representation and self.ranks.size > 1):
+            whole = self.ranks.sum(jacobian)
+            direction, weights = self.strategy.aggregate(whole, losses, targets)
+            return direction, weights, whole.sum() + direction.sum() + weights.sum()
+        gathered = [self.ranks.gather_columns(j) for j in jacobian.split(sizes, dim=1)]
+        features = [  # the global batch's (GradDrop reads their signs)
+            self.ranks.gather_columns(t.detach().reshape(1, -1))[0].view(-1, *t.shape[1:])
+            for t in targets
+        ]
+        whole = torch.cat([g for g, _ in gathered], dim=1)
+        direction, weights = self.strategy.aggregate(whole, losses, features)
+        own, offset = [], 0
+        for g, columns in gathered:
+            own.append(direction[offset + columns.start : offset + columns.stop])
+            offset += g.shape[1]
+        check = whole.sum() + direction.sum() + weights.sum()
+        return torch.cat(own), weights, check
 
 
 def _like(param: Tensor, grad: Tensor) -> Tensor:
@@ -116,6 +145,7 @@ def _like(param: Tensor, grad: Tensor) -> Tensor:
     return torch.empty_like(param).copy_(grad)
 
 
-def engine_for(strategy: Weighting, model: MultiTaskNet) -> Backward:
-    """The backward pass `strategy` needs on `model`."""
-    return WeightedSum(strategy) if strategy.level is None else TaskJacobian(strategy, model)
+def engine_for(strategy: Weighting, model: MultiTaskNet, ranks: Ranks = ONE_PROCESS) -> Backward:
+    """The backward pass `strategy` needs on `model`, over `ranks`."""
+    engine = WeightedSum if strategy.level is None else TaskJacobian
+    return engine(strategy, model, ranks)

@@ -47,9 +47,13 @@ class TrainingError(MtlError):
 
 
 class Interrupted(MtlError):
-    """SIGINT or SIGTERM stopped the run after a checkpoint; exit 128 + the signal number."""
+    """SIGINT, SIGTERM or SIGUSR2 stopped the run after a checkpoint; exit 128 + the signal
+    number."""
 
     def __init__(self, message: str, signal_number: int) -> None:
-        super().__init__(message)
+        super().__init__(message, signal_number)
         self.signal_number = signal_number
         self.exit_code = 128 + signal_number
+
+    def __str__(self) -> str:
+        return str(self.args[0])

@@ -1,4 +1,5 @@
-"""SIGINT (Ctrl-C) and SIGTERM ask a run to stop after its current step."""
+"""SIGINT (Ctrl-C), SIGTERM and SIGUSR2 (SLURM's warning before pre-emption or the time
+limit, as submitit asks for it) ask a run to stop after its current step."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ import threading
 from types import FrameType
 from typing import Any
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
 class StopSignals:
-    """While active, the first SIGINT or SIGTERM sets `received` instead of killing the
+    """While active, the first SIGINT, SIGTERM or SIGUSR2 sets `received` instead of killing the
     process; a second one gets the previous handler (Ctrl-C twice stops at once)."""
 
     def __init__(self) -> None:

@@ -15,15 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mtltrain.data.base import Split
+from mtltrain.distributed import ONE_PROCESS, Ranks
 from mtltrain.losses import MeanLogVar, point
 from mtltrain.tasks import TaskSpec
-
-# Which way each metric improves, for comparisons such as Δm%: +1 higher is better, −1 lower is
-# better. Coverages have a target value (0.683, 0.954), not a direction, and are left out.
-DIRECTION = {
-    "accuracy": 1, "iou": 1, "dice": 1,
-    "rmse": -1, "mse": -1, "nll": -1, "calibration_error": -1, "sigma_rel_error": -1,
-}  # fmt: skip
 
 
 def calibration_levels(like: Tensor) -> Tensor:
@@ -61,9 +55,17 @@ class Scorer:
     def finish(self, sums: Tensor, count: int) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    def score(self, output: Tensor | MeanLogVar, target: Tensor) -> dict[str, Tensor]:
-        """Metrics of one batch, as tensors on the device."""
-        return self.finish(self.batch_sums(output, target, None), target.numel())
+    def score(
+        self, output: Tensor | MeanLogVar, target: Tensor, ranks: Ranks = ONE_PROCESS
+    ) -> dict[str, Tensor]:
+        """Metrics of one batch (under torchrun: of the global batch whose shard this rank
+        holds), as tensors on the device."""
+        sums = self.batch_sums(output, target, None)
+        if ranks.size == 1:
+            return self.finish(sums, target.numel())
+        sums = sums.double()
+        counted = ranks.sum(torch.cat([sums, sums.new_tensor([target.numel()])]))
+        return self.finish(counted[:-1], counted[-1])
 
 
 class ClassificationScorer(Scorer):
@@ -180,16 +182,30 @@ class TaskMetrics:
                 self.sums[name] = sums
             self.counts[name] += target.numel()
 
-    def compute(self) -> dict[str, float]:
+    def compute(self, ranks: Ranks = ONE_PROCESS) -> dict[str, float]:
+        """The metrics of every batch added (under torchrun: on every rank)."""
         if len(self.sums) != len(self.scorers):
             return {}
+        sums, counts = self.summed(ranks)
         metrics = {
             f"{name}/{k}": v
             for name, scorer in self.scorers.items()
-            for k, v in scorer.finish(self.sums[name].double(), self.counts[name]).items()
+            for k, v in scorer.finish(sums[name], counts[name]).items()
         }
-        values = torch.stack(list(metrics.values())).tolist()  # the one sync
+        values = torch.stack(list(metrics.values())).tolist()  # the one sync with the host
         return dict(zip(metrics, values, strict=True))
+
+    def summed(self, ranks: Ranks) -> tuple[dict[str, Tensor], dict[str, int]]:
+        """The sums (in float64) and counts, added up over ranks in one message."""
+        sums = {name: v.double() for name, v in self.sums.items()}
+        if ranks.size == 1:
+            return sums, self.counts
+        names = list(self.scorers)
+        counts = sums[names[0]].new_tensor([self.counts[n] for n in names])
+        flat = torch.cat([*(sums[n] for n in names), counts])
+        total = ranks.sum(flat).split([*(sums[n].numel() for n in names), len(names)])
+        counts = dict(zip(names, (int(c) for c in total[-1].tolist()), strict=True))
+        return dict(zip(names, total[:-1], strict=True)), counts
 
 
 def metric_names(tasks: Sequence[TaskSpec], knows_sigma: Collection[str] = ()) -> list[str]:

@@ -70,9 +70,9 @@ from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtltrain.errors import MtlError
-from mtltrain.metrics import DIRECTION
 from mtltrain.results import RESULTS_FILE
 from mtltrain.rundir import natural_key
+from mtltrain.tasks import DIRECTION
 
 PROG = "mtltrain-report"
 COMPLETED = "completed"

@@ -56,10 +56,12 @@ def run(
     run_dir: Path,
     overrides: Sequence[str] = (),
     choices: dict[str, str] | None = None,
+    job: str | None = None,
 ) -> float:
     """Train as `cfg` says, write TensorBoard logs, checkpoints and results.json into
-    `run_dir`; continue the run of `cfg.resume` where it stopped, and with `resume_sweep` the
-    run already in `run_dir` (a finished one is left as it is).
+    `run_dir`; continue the run of `cfg.resume` where it stopped, and with `resume_sweep` (or
+    in a job SLURM requeued) the run already in `run_dir` (a finished one is left as it is).
+    `job` names the sweep's job in its summary, where parallel jobs print side by side.
 
     Returns the objective metric, for Hydra sweepers. The folder is locked for the run's life.
     Every failure raises an MtlError (errors the tool does not check for become an
@@ -74,12 +76,12 @@ def run(
                 resume = _resume_from(cfg, run_dir)
                 if resume is None:
                     rundir.check_fresh(run_dir)
-                elif cfg.resume_sweep and rundir.status(run_dir) == "completed":
+                elif not cfg.resume and rundir.status(run_dir) == "completed":
                     log.info("%s already holds a finished run: kept as it is", run_dir)
                     return read_results(run_dir)["objective"]["value"]
                 owned = True
                 check(cfg)  # a sweep's job was not checked before Hydra made its folder
-                return _run(cfg, run_dir, info, resume)
+                return _run(cfg, run_dir, info, resume, job)
         except Exception as e:
             error = _as_mtl_error(e, run_dir)
             if owned:
@@ -109,7 +111,8 @@ def _resume_from(cfg: DictConfig, run_dir: Path) -> Path | None:
     """The checkpoint this run continues from, if any."""
     if cfg.resume:
         return rundir.checkpoint_of(Path(cfg.resume))
-    if cfg.resume_sweep and (rundir.status(run_dir) == "completed" or rundir.unfinished(run_dir)):
+    continuing = cfg.resume_sweep or rundir.requeued()
+    if continuing and (rundir.status(run_dir) == "completed" or rundir.unfinished(run_dir)):
         return rundir.checkpoint_file(run_dir)
     return None
 
@@ -121,9 +124,11 @@ def _as_mtl_error(e: Exception, run_dir: Path) -> MtlError:
         return e
     if isinstance(e, OSError) and e.errno in UNWRITABLE:
         return OutputError(f"could not write into {run_dir} ({e.strerror})")
+    # torchrun's ranks 1… log into a scratch folder that is removed: their traceback is printed
+    where = f"in {run_dir / LOG_FILE}" if rundir.rank() == 0 else "printed below"
     return UnexpectedError(
         f"{type(e).__name__}: {first_line(e)} (not an error mtltrain checks for: the "
-        f"traceback is in {run_dir / LOG_FILE}; please report it)"
+        f"traceback is {where}; please report it)"
     )
 
 
@@ -135,13 +140,21 @@ def _record_failure(run_dir: Path, results: dict[str, Any]) -> None:
         file_log.error("%s", e)
 
 
-def _run(cfg: DictConfig, run_dir: Path, info: dict[str, Any], resume: Path | None) -> float:
+def _run(
+    cfg: DictConfig, run_dir: Path, info: dict[str, Any], resume: Path | None, job: str | None
+) -> float:
+    """Train and write the run's folder; under torchrun every rank trains and rank 0 alone
+    writes (the others' `run_dir` is a scratch folder)."""
     started = time.perf_counter()
     state = checkpoint.load(resume) if resume is not None else None
     purge = state["trainer"]["position"]["step"] + 1 if state else None
     run_info = {**info, "config": OmegaConf.to_container(cfg, resolve=True)}
-    with TensorBoardLog(run_dir / "tb", purge_step=purge) as tb, logging_redirect_tqdm():
-        trainer = build_trainer(cfg, run_dir, tb, run_info, resumed=state is not None)
+    lead = rundir.rank() == 0  # the trainer's ranks are joined only when it is built
+    logs = TensorBoardLog(run_dir / "tb", purge_step=purge) if lead else contextlib.nullcontext()
+    with logs as tb, logging_redirect_tqdm():
+        trainer = build_trainer(
+            cfg, run_dir if lead else None, tb, run_info, resumed=state is not None
+        )
         data = trainer.data
         log.info(
             "%s: %d train / %d validation / %d test samples, tasks %s, weighting %s, device %s",
@@ -168,14 +181,17 @@ def _run(cfg: DictConfig, run_dir: Path, info: dict[str, Any], resume: Path | No
             ) from None
         train_time = time.perf_counter() - fit_started
     results = _results(cfg, trainer, info)
+    trainer.ranks.close()
     results["wall_time_s"] = round(time.perf_counter() - started, 3)
     results["train_time_s"] = round(train_time, 3)
+    if not lead:
+        return results["objective"]["value"]
     write_json(run_dir / RESULTS_FILE, results)
     tasks = {t.name: t for t in data.tasks}
     terms = trainer.strategy.terms
     main = {t.name: main_metric(tasks[t.task]) for t in terms}
     table = summary_table(results, main, [t.name for t in terms if not t.heteroscedastic])
-    print(table)
+    print(table if job is None else f"{job}\n{table}")
     file_log.info("summary\n%s", table)
     return results["objective"]["value"]
 
@@ -209,7 +225,12 @@ def _results(cfg: DictConfig, trainer: Trainer, info: dict[str, Any]) -> dict[st
             "nothing to report: see the run's TensorBoard for where training diverged"
         )
     train_metrics = evaluate(
-        trainer.forward, data.train, data.tasks, trainer.cfg.eval_batch_size, trainer.precision
+        trainer.forward,
+        data.train,
+        data.tasks,
+        trainer.cfg.eval_batch_size,
+        trainer.precision,
+        trainer.ranks,
     )
     metrics = {
         f"{split}/{k}": v for split, values in chosen["metrics"].items() for k, v in values.items()
@@ -228,6 +249,7 @@ def _results(cfg: DictConfig, trainer: Trainer, info: dict[str, Any]) -> dict[st
         "steps": trainer.step,
         "nonfinite_steps": trainer.skipped_steps,
         "device": str(trainer.device),
+        "processes": trainer.ranks.size,
         "objective": {"name": objective, "value": metrics[objective]},
         "selected": {"by": selection.select, "epoch": chosen["epoch"], "step": chosen["step"]},
         "metrics": metrics,

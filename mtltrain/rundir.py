@@ -203,6 +203,39 @@ def prepare_arguments(argv: Sequence[str]) -> list[str]:
     return [*flags, *merged.values(), f"hydra.run.dir={hydra_quoted(folder)}"]
 
 
+def launched() -> bool:
+    """Whether this process is one of several that torchrun (or a like launcher) started for
+    one run."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def rank() -> int:
+    """This process's rank under torchrun (0 alone): rank 0 alone writes the run folder."""
+    return int(os.environ.get("RANK", "0")) if launched() else 0
+
+
+def requeued() -> bool:
+    """Whether SLURM started this job again (pre-empted or out of time, and requeued)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+
+
+def follower_arguments(argv: Sequence[str], scratch: Path | None) -> list[str]:
+    """Under torchrun: the command line of one of the processes of a single run. Rank 0 (no
+    `scratch`) writes the run folder; the others keep their Hydra files and logs in `scratch`,
+    a folder of their own that is removed after the run."""
+    flags, multirun, given = _overrides(argv)
+    if multirun:
+        raise RunFolderError(
+            "torchrun trains one run over its processes: drop -m/--multirun, and sweep with a "
+            "Hydra launcher (hydra/launcher=joblib, submitit_local, submitit_slurm) instead"
+        )
+    if scratch is None:
+        return list(argv)
+    kept = [o.input_line for o in given if _key(o) != ("hydra.run.dir", None)]
+    quiet = ["hydra.output_subdir=null", "hydra/job_logging=disabled", "trainer.progress=false"]
+    return [*flags, *kept, f"hydra.run.dir={hydra_quoted(scratch)}", *quiet]
+
+
 def hydra_quoted(path: Path) -> str:
     """A path as a Hydra override value, quoted when Hydra's grammar would misread it."""
     text = str(path)

@@ -15,19 +15,55 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
 
 from mtltrain.errors import ConfigError
+from mtltrain.rundir import launched
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
 
+def parallel_launcher() -> DictConfig | None:
+    """The settings of the Hydra launcher that runs this job beside others (joblib,
+    submitit), or None: a single run, or a sweep one job after another."""
+    if not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    basic = str(hydra.launcher.get("_target_", "")).endswith("BasicLauncher")
+    return None if hydra.mode != RunMode.MULTIRUN or basic else hydra.launcher
+
+
+def own_gpu() -> str:
+    """This process's GPU: LOCAL_RANK's under torchrun; in a job of a parallel sweep, GPU
+    i mod their count for job number i; else the current one."""
+    count = torch.cuda.device_count()
+    if launched():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if count > 1 and parallel_launcher() is not None:
+        return f"cuda:{HydraConfig.get().job.num % count}"
+    return "cuda"
+
+
 def select_device(name: str) -> torch.device:
-    """`auto` takes CUDA when present, else the CPU (`name` is one of schema.DEVICES)."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.device=cuda but no CUDA GPU is visible: use auto or cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+    """`auto` takes a GPU when there is one (`own_gpu`), else the CPU; `cuda` takes
+    `own_gpu`; cuda:N the GPU numbered N (`name`: one of schema.DEVICES, or cuda:N)."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name} but no CUDA GPU is visible: use auto or cpu")
+    if name.startswith("cuda:") and launched():
+        raise ConfigError(
+            f"trainer.device={name} is not allowed under torchrun, where every process would "
+            "take that one GPU: use trainer.device=cuda (each process takes LOCAL_RANK's)"
+        )
+    if name in ("auto", "cuda"):
+        name = own_gpu() if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"trainer.device={name} is not allowed: this machine has "
+            f"{torch.cuda.device_count()} GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
     return torch.device(name)
 
 
@@ -89,7 +125,12 @@ def choose_threads(setting: int | str, forward_flops: Callable[[], float]) -> tu
         return int(setting), "trainer.threads"
     flops = forward_flops()
     threads = 1 if flops < SMALL_STEP_FLOPS else STARTING_THREADS
-    return threads, f"auto: {flops / 1e6:.3g} MFLOP per forward pass"
+    why = f"auto: {flops / 1e6:.3g} MFLOP per forward pass"
+    launcher = parallel_launcher()
+    cap = launcher.get("cpus_per_task") if launcher is not None else None
+    if cap and threads > cap:  # jobs beside this one share the cores
+        return int(cap), f"{why}, hydra.launcher.cpus_per_task={cap}"
+    return threads, why
 
 
 def optimizer_factory(factory: Callable[..., torch.optim.Optimizer], fused: bool) -> Callable:

@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mtltrain.errors import ConfigError
+from mtltrain.tasks import DIRECTION
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
@@ -101,7 +102,11 @@ class TrainerConfig:
         _at_least("trainer.figure_every", self.figure_every, 0)
         _at_least("trainer.checkpoint_every", self.checkpoint_every, 0)
         _at_least("trainer.checkpoint_interval", self.checkpoint_interval, 0)
-        _one_of("trainer.device", self.device, DEVICES)
+        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", str(self.device)):
+            raise ConfigError(
+                f"trainer.device={self.device!r} is not allowed: choose one of "
+                f"{', '.join(DEVICES)} or cuda:N (the GPU numbered N)"
+            )
         _one_of("trainer.precision", self.precision, PRECISIONS)
         _one_of("trainer.compile", self.compile, (None, *COMPILE_MODES))
         _one_of("trainer.nonfinite", self.nonfinite, NONFINITE)
@@ -152,11 +157,25 @@ def folder_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", text)[:150]
 
 
+def direction(objective: str | None) -> str:
+    """Which way `objective` improves, "maximize" or "minimize" (for mtltrain_optuna)."""
+    metric = (objective or "").rpartition("/")[2]
+    if metric not in DIRECTION:
+        raise ConfigError(
+            f"objective={objective} is not allowed with hydra/sweeper=mtltrain_optuna, which tunes "
+            "one metric with a direction: set objective=validation/<task>/<metric> with <metric> "
+            f"one of {list(DIRECTION)} (and trainer.validation=0.1 to hold out a split)"
+        )
+    return "maximize" if DIRECTION[metric] > 0 else "minimize"
+
+
 def register() -> None:
     """Make the schema known to Hydra as the config `run_schema` (conf/config.yaml uses it),
-    and the resolver `mtltrain.folder_name` its sweep's job folders are named with."""
+    the resolver `mtltrain.folder_name` its sweep's job folders are named with, and
+    `mtltrain.direction`, the direction the optuna preset tunes `objective` in."""
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
     OmegaConf.register_new_resolver("mtltrain.folder_name", folder_name, replace=True)
+    OmegaConf.register_new_resolver("mtltrain.direction", direction, replace=True)
 
 
 def settings(node: DictConfig) -> Any:

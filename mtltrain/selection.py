@@ -16,7 +16,8 @@ from torch import nn
 
 from mtltrain.data.base import MultiTaskData
 from mtltrain.errors import CheckpointError, ConfigError
-from mtltrain.metrics import DIRECTION, main_metric, metric_names
+from mtltrain.metrics import main_metric, metric_names
+from mtltrain.tasks import DIRECTION
 
 Metrics = dict[str, dict[str, float]]
 

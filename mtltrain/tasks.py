@@ -1,4 +1,5 @@
-"""What a task is: its kind, what its head emits, and its list of losses."""
+"""What a task is: its kind, what its head emits, and its list of losses; which way its
+metrics improve."""
 
 from __future__ import annotations
 
@@ -6,6 +7,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 TaskKind = Literal["classification", "segmentation", "regression"]
+# Which way each metric improves, for comparisons such as Δm%: +1 higher is better, −1 lower is
+# better. Coverages have a target value (0.683, 0.954), not a direction, and are left out.
+DIRECTION = {
+    "accuracy": 1, "iou": 1, "dice": 1,
+    "rmse": -1, "mse": -1, "nll": -1, "calibration_error": -1, "sigma_rel_error": -1,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from torch import Tensor
 from mtltrain import checkpoint
 from mtltrain.callbacks import Callback, hooked
 from mtltrain.data.base import MultiTaskData, Split
+from mtltrain.distributed import ONE_PROCESS, Ranks
 from mtltrain.engine import Backward
 from mtltrain.errors import CheckpointError, ConfigError, Interrupted
 from mtltrain.interrupts import StopSignals
@@ -42,17 +43,21 @@ def evaluate(
     tasks: Sequence[TaskSpec],
     batch_size: int,
     precision: contextlib.AbstractContextManager | None = None,
+    ranks: Ranks = ONE_PROCESS,
 ) -> dict[str, float]:
-    """Metrics of `model` in eval mode on a whole split, without training; its mode is kept."""
+    """Metrics of `model` in eval mode on a whole split, without training; its mode is kept.
+    Under torchrun each rank scores its shard of the split and the sums are added up."""
     was_training = model.training
     model.eval()
     metrics = TaskMetrics(tasks, knows_sigma=split.noise_std)
-    for batch in split.batches(batch_size):
+    shard, _ = ranks.shard(split)
+    # an empty shard still adds its (zero) sums, so that every rank takes part in the reduction
+    for batch in shard.batches(batch_size) if len(shard) else [shard]:
         with precision or contextlib.nullcontext():
             outputs = predict(model, batch.inputs)
         metrics.update(outputs, batch)
     model.train(was_training)
-    return metrics.compute()
+    return metrics.compute(ranks)
 
 
 class Trainer:
@@ -76,8 +81,10 @@ class Trainer:
         selection: Selection,
         callbacks: Sequence[Callback] = (),
         forward: MultiTaskNet | None = None,
+        ranks: Ranks = ONE_PROCESS,
     ) -> None:
         self.model, self.strategy, self.optimizer = model, strategy, optimizer
+        self.ranks, self.seed = ranks, seed
         self.selection = selection
         self.backward = backward
         self.data, self.cfg, self.device, self.precision = data, settings, device, precision
@@ -192,14 +199,16 @@ class Trainer:
     # -- one step ------------------------------------------------------------------------
 
     def train_step(self, batch: Split) -> Step:
-        """One optimisation step on a batch."""
+        """One optimisation step on a batch (under torchrun: on this rank's shard of it)."""
+        batch, share = self.ranks.shard(batch)
         if not self.on_device:
             batch = batch.map(lambda t: t.to(self.device, non_blocking=True))
         with self.precision:
             outputs, features = self.forward(batch.inputs)
             losses = compute_losses(self.terms, outputs, batch.targets)
+        losses = self.ranks.global_losses(losses, share)
         seen = {name: detach(out) for name, out in outputs.items()}
-        step = Step(self.step + 1, self.epoch, batch, seen, losses)
+        step = Step(self.step + 1, self.epoch, batch, seen, losses, share=share, ranks=self.ranks)
         for p in self.params:  # optimizer.zero_grad(set_to_none=True), without its overhead
             p.grad = None
         self.strategy.observe(step)
@@ -226,7 +235,8 @@ class Trainer:
         """The term losses of the step's batch under the model as it is now."""
         with self.precision:
             outputs, _ = self.forward(step.batch.inputs)
-            return compute_losses(self.terms, outputs, step.batch.targets)
+            losses = compute_losses(self.terms, outputs, step.batch.targets)
+        return self.ranks.global_losses(losses, step.share)
 
     # -- epochs --------------------------------------------------------------------------
 
@@ -242,11 +252,14 @@ class Trainer:
         for batch in split.batches(self.batch_size, start=self.batch):
             self.train_step(batch)
             self.batch += 1
-            if self.stop.received is not None:
-                self.interrupt(self.stop.received)
+            signum = self.ranks.agreed_signal(self.stop.received)
+            if signum is not None:
+                self.interrupt(signum)
 
     def interrupt(self, signum: int) -> None:
+        self.hold_running_metrics_on_rank_0()
         self.notify("on_interrupt")
+        self.ranks.barrier()  # no rank exits (and torchrun stops the rest) before the checkpoint
         raise Interrupted(
             f"stopped by {signal.Signals(signum).name} at step {self.step} "
             f"(epoch {self.epoch + 1})",
@@ -257,14 +270,19 @@ class Trainer:
         """The running train metrics since the last evaluation, and the metrics of every
         evaluated split (validation where held out, test)."""
         train = {
-            **self.train_metrics.compute(),
+            **self.train_metrics.compute(self.ranks),
             "loss": self.train_loss.item() / max(1, self.train_batches),
         }
         self.train_metrics = TaskMetrics(self.data.tasks, knows_sigma=self.train_split.noise_std)
         self.train_loss, self.train_batches = torch.zeros((), device=self.device), 0
         evaluated = {
             name: evaluate(
-                self.forward, split, self.data.tasks, self.cfg.eval_batch_size, self.precision
+                self.forward,
+                split,
+                self.data.tasks,
+                self.cfg.eval_batch_size,
+                self.precision,
+                self.ranks,
             )
             for name, split in self.data.splits().items()
         }
@@ -285,14 +303,28 @@ class Trainer:
             if self.selection.improved:
                 self.selection.keep(self.model, self.strategy)
             self.notify("on_evaluation", metrics)
+        self.hold_running_metrics_on_rank_0()
         self.notify("on_epoch_end")
 
+    def hold_running_metrics_on_rank_0(self) -> None:
+        """Rank 0's running train metrics become the sums over ranks, the others' zero: what a
+        checkpoint (written by rank 0) must hold to resume them."""
+        if self.ranks.size == 1 or len(self.train_metrics.sums) != len(self.data.tasks):
+            return
+        sums, counts = self.train_metrics.summed(self.ranks)
+        if self.ranks.rank:
+            sums = {k: torch.zeros_like(v) for k, v in sums.items()}
+            counts = dict.fromkeys(counts, 0)
+        self.train_metrics.sums = {k: v.to(self.device) for k, v in sums.items()}
+        self.train_metrics.counts = counts
+
     def fit(self) -> dict[str, float]:
-        """Train to the last epoch; SIGINT/SIGTERM stop it after a step (callbacks checkpoint).
-        With trainer.select=best the model and strategy end in their selected state, after the
-        callbacks' end (TensorBoard and figures show where training ended). Returns the last
-        evaluation's test metrics (`selection` holds the reported ones)."""
+        """Train to the last epoch; SIGINT/SIGTERM/SIGUSR2 stop it after a step (callbacks
+        checkpoint). With trainer.select=best the model and strategy end in their selected
+        state, after the callbacks' end (TensorBoard and figures show where training ended).
+        Returns the last evaluation's test metrics (`selection` holds the reported ones)."""
         self.notify("on_fit_start")
+        self.ranks.separate_random_streams(self.seed, self.step)
         with self.stop:
             while self.epoch < self.epochs:
                 self.train_epoch()

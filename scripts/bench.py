@@ -33,6 +33,7 @@ import contextlib
 import io
 import itertools
 import json
+import os
 import shlex
 import statistics
 import subprocess
@@ -475,6 +476,73 @@ def busy_machine(tmp: Path) -> dict:
     return {"cores": usable_cores(), "wall_s": {n: statistics.median(t) for n, t in times.items()}}
 
 
+BENCH_RANKS = Path(__file__).resolve().parent / "bench_ranks.py"
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def distributed(root: str, tmp: Path, rounds: int = 3) -> dict:
+    """One process on 1 and on 2 threads against torchrun's 2 processes of 1 thread each: the
+    step time of a loss-based and two gradient-based strategies (at the parameters and at the
+    representation) with the bytes each step sends, and a whole one-epoch MNIST run; each the
+    median of `rounds` launches taken in turn."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    models = {"mnist_mtl": [*mnist_overrides(root), "trainer.threads=1"],
+              "two_slope, shared MLP": ["model=sin_hetero", "trainer.threads=1"]}  # fmt: skip
+    ways = {
+        "1 process, 1 thread": [sys.executable, str(BENCH_RANKS)],
+        "1 process, 2 threads": [sys.executable, str(BENCH_RANKS)],
+        "2 processes (torchrun), 1 thread each": [*TORCHRUN, str(BENCH_RANKS)],
+    }
+    steps = {"mnist_mtl": "10", "two_slope, shared MLP": "200"}
+    out: dict = {"steps": {}, "runs": {}}
+    for model, overrides in models.items():
+        for strategy in ("fixed", "mgda", "mgda_ub"):
+            found: dict[str, list[dict]] = {way: [] for way in ways}
+            for _ in range(rounds):
+                for way, command in ways.items():
+                    threads = ["trainer.threads=2"] if "2 threads" in way else []
+                    result = tmp / "ranks.json"
+                    args = [str(result), steps[model], *overrides, *threads]
+                    subprocess.run([*command, *args, f"weighting={strategy}"], check=True,
+                                   capture_output=True, env=env)  # fmt: skip
+                    found[way].append(json.loads(result.read_text()))
+            out["steps"][f"{model}, {strategy}"] = {
+                way: {
+                    "ms_per_step": statistics.median(r["ms_per_step"] for r in runs),
+                    "bytes_per_step": runs[0]["bytes_per_step"],
+                }
+                for way, runs in found.items()
+            }
+    run = [*mnist_overrides(root), "trainer.epochs=1"]
+    alone = [MTLTRAIN, *run]
+    both = [*TORCHRUN, "-m", "mtltrain", *run]
+    walls: dict[str, list[float]] = {"1 process (trainer.threads=auto)": [], "2 processes": []}
+    for i in range(rounds):
+        walls["1 process (trainer.threads=auto)"].append(
+            timed_process([*alone, f"hydra.run.dir={tmp / f'alone_{i}'}"])
+        )
+        walls["2 processes"].append(timed_process([*both, f"hydra.run.dir={tmp / f'ranks_{i}'}"]))
+    out["runs"]["mnist_mtl, 1 epoch, fixed"] = {w: statistics.median(t) for w, t in walls.items()}
+    return out
+
+
+def distributed_table(section: dict) -> list[str]:
+    ways = list(next(iter(section["steps"].values())))
+    lines = ["", "| data-parallel step | " + " | ".join(ways) + " | bytes sent per step |",
+             "|---|" + "---|" * (len(ways) + 1)]  # fmt: skip
+    for name, row in section["steps"].items():
+        base = row[ways[0]]["ms_per_step"]
+        cells = [f"{r['ms_per_step']:.3g} ms ({r['ms_per_step'] / base:.2f}×)"
+                 for r in row.values()]  # fmt: skip
+        sent = row[ways[-1]]["bytes_per_step"]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {sent / 1024:,.1f} KiB |")
+    for name, walls in section["runs"].items():
+        lines += ["", f"| whole run: {name} | wall time | × 1 process |", "|---|---|---|"]
+        base = next(iter(walls.values()))
+        lines += [f"| {way} | {s:.1f} s | {s / base:.2f} |" for way, s in walls.items()]
+    return lines
+
+
 def ratios(rates: dict[str, float], baseline: str) -> dict[str, float]:
     return {name: rate / rates[baseline] for name, rate in rates.items()}
 
@@ -542,7 +610,11 @@ def markdown(report: dict) -> str:
         lines += ["", f"| 100 two-slope epochs, {busy['cores']} cores kept busy by other "
                   "processes | wall time |", "|---|---|"]  # fmt: skip
         lines += [f"| {name} | {s:.1f} s |" for name, s in busy["wall_s"].items()]
+    if report.get("distributed"):
+        lines += distributed_table(report["distributed"])
     lines += ["", f"Finished {report['finished']}. Reproduce: `{report['command']}`"]
+    for name, rerun in report.get("sections_rerun", {}).items():
+        lines.append(f"Section {name} run again {rerun['finished']}: `{rerun['command']}`")
     return "\n".join(lines) + "\n"
 
 
@@ -568,6 +640,11 @@ def main() -> None:
         default=STRATEGIES,
         help="comma-separated weighting configs to time against fixed (default: all)",
     )
+    parser.add_argument(
+        "--only",
+        type=lambda text: text.split(","),
+        help="comma-separated sections to run again, the others kept from --out",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument(
@@ -578,6 +655,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.publish:
         args.out, args.markdown = PUBLISHED.with_suffix(".json"), PUBLISHED.with_suffix(".md")
+    command = shlex.join(["python", "scripts/bench.py", *sys.argv[1:]])
     settle_threads()
     device = select_device(args.device)
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -618,12 +696,23 @@ def main() -> None:
         if not args.skip_runs:
             sections["runs"] = lambda: whole_runs(root, device, tmp)
             sections["busy"] = lambda: busy_machine(tmp)
+            sections["distributed"] = lambda: distributed(root, tmp)
+        if args.only:
+            unknown = set(args.only) - set(sections)
+            if unknown:
+                parser.error(f"--only {sorted(unknown)}: choose among {list(sections)}")
+            report = {**json.loads(args.out.read_text()), **report}  # the others as they were
+            sections = {name: sections[name] for name in args.only}
+            rerun = {"finished": time.strftime("%Y-%m-%d %H:%M"), "command": command}
+            report["sections_rerun"] = {**report.get("sections_rerun", {}),
+                                        **dict.fromkeys(args.only, rerun)}  # fmt: skip
         for name, section in sections.items():
             print(f"running {name} ...", file=sys.stderr, flush=True)
             report[name] = section()
             print(json.dumps(report[name], indent=2), file=sys.stderr, flush=True)
-    report["finished"] = time.strftime("%Y-%m-%d %H:%M")
-    report["command"] = shlex.join(["python", "scripts/bench.py", *sys.argv[1:]])
+    if not args.only:
+        report["finished"] = time.strftime("%Y-%m-%d %H:%M")
+        report["command"] = command
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)
     print(table)

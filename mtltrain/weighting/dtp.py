@@ -18,19 +18,23 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from mtltrain.distributed import ONE_PROCESS, Ranks
 from mtltrain.losses import LossTerm, MeanLogVar
 from mtltrain.metrics import ClassificationScorer, RegressionScorer, SegmentationScorer
 from mtltrain.step import Step
 from mtltrain.weighting.base import Range, Values, Weighting, named_values
 
 
-def kpi(kind: str, output: Tensor | MeanLogVar, target: Tensor, scale: float) -> Tensor:
-    """κ of one batch, a 0-d tensor in [0, 1] on the output's device."""
+def kpi(
+    kind: str, output: Tensor | MeanLogVar, target: Tensor, scale: float, ranks: Ranks = ONE_PROCESS
+) -> Tensor:
+    """κ of one batch (the global batch under torchrun), a 0-d tensor in [0, 1] on the
+    output's device."""
     if kind == "classification":
-        return ClassificationScorer().score(output, target)["accuracy"]
+        return ClassificationScorer().score(output, target, ranks)["accuracy"]
     if kind == "segmentation":
-        return SegmentationScorer().score(output, target)["iou"]
-    return torch.exp(-RegressionScorer().score(output, target)["rmse"] / scale)
+        return SegmentationScorer().score(output, target, ranks)["iou"]
+    return torch.exp(-RegressionScorer().score(output, target, ranks)["rmse"] / scale)
 
 
 class DynamicTaskPrioritization(Weighting):
@@ -69,7 +73,10 @@ class DynamicTaskPrioritization(Weighting):
     def observe(self, step: Step) -> None:
         outputs, targets = step.outputs, step.batch.targets
         kappa = torch.stack(
-            [kpi(self.kinds[t], outputs[t], targets[t], self.scales[t]) for t in self.tasks]
+            [
+                kpi(self.kinds[t], outputs[t], targets[t], self.scales[t], step.ranks)
+                for t in self.tasks
+            ]
         ).to(self.kpi_avg.dtype)
         moved = self.alpha * kappa + (1 - self.alpha) * self.kpi_avg
         moved = torch.where(self.kpi_avg.isnan(), kappa, moved)

@@ -65,16 +65,17 @@ class GradNorm(Weighting):
         losses = step.losses.detach()
         first = torch.isnan(self.initial_losses) & torch.isfinite(losses)
         self.initial_losses.copy_(torch.where(first, losses, self.initial_losses))
-        norms = torch.stack([self.gradient_norm(loss) for loss in step.losses])
+        norms = torch.stack([self.gradient_norm(loss, step) for loss in step.losses])
         grad_norms = self.weight * norms
         ratio = losses / self.initial_losses
         target = (grad_norms.mean() * (ratio / ratio.mean()) ** self.alpha).detach()
         (grad_norms - target).abs().sum().backward(inputs=[self.weight])
 
-    def gradient_norm(self, loss: Tensor) -> Tensor:
-        """‖∇_W L‖ at the last shared layer (a backward pass through the heads only)."""
+    def gradient_norm(self, loss: Tensor, step: Step) -> Tensor:
+        """‖∇_W L‖ at the last shared layer (a backward pass through the heads only), of the
+        global batch (each rank's pass gives its part)."""
         (grad,) = torch.autograd.grad(loss, self.layer, retain_graph=True)
-        return grad.norm()
+        return step.ranks.sum(grad).norm()
 
     def contributions(self, losses: Tensor) -> Tensor:
         return self.weight.detach() * losses

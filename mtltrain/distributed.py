@@ -1,0 +1,178 @@
+"""The processes one run is split over: one (`Ranks`), or those `torchrun` starts (`ProcessGroup`).
+
+Data-parallel training here is exact, not the usual average of per-rank results: every rank
+takes its shard of the same global batch, and the term losses are summed over ranks *before*
+any strategy sees them (`global_losses`), so each rank holds the global batch's losses and every
+strategy's state (σ, c, GradNorm's weights, FAMO's logits, DWA's history, DTP's KPIs) evolves
+identically on every rank. Each rank back-propagates only its own share of those losses; the
+gradients of the model are then summed over ranks (`sum_gradients`), which gives the global
+batch's gradient for any strategy, however non-linear in the losses. A gradient-based strategy's
+Jacobian is summed (or, at the representation, gathered) before it is aggregated
+(`mtltrain.engine`), since aggregating per rank and averaging would be another method.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from mtltrain.data.base import Split
+from mtltrain.errors import ConfigError
+from mtltrain.interrupts import SIGNALS
+from mtltrain.rundir import launched
+
+
+class Ranks:
+    """The processes a run is split over; this base is one process, where every reduction is
+    the identity and a batch's shard is the whole batch."""
+
+    rank, size = 0, 1
+
+    def shard(self, batch: Split) -> tuple[Split, float]:
+        """This rank's part of a global batch, and its fraction of the batch."""
+        return batch, 1.0
+
+    def global_losses(self, local: Tensor, share: float) -> Tensor:
+        return local
+
+    def sum(self, tensor: Tensor) -> Tensor:
+        return tensor
+
+    def sum_gradients(self, params: Iterable[Tensor]) -> None:
+        pass
+
+    def gather_columns(self, rows: Tensor) -> tuple[Tensor, slice]:
+        return rows, slice(0, rows.shape[1])
+
+    def agreed_signal(self, received: int | None) -> int | None:
+        return received
+
+    def broadcast(self, modules: Iterable[nn.Module]) -> None:
+        pass
+
+    def barrier(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def separate_random_streams(self, seed: int, step: int) -> None:
+        pass
+
+
+ONE_PROCESS = Ranks()
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """Forward: Σ over ranks of this rank's tensor. Backward: the gradient unchanged, to this
+    rank's part (each rank back-propagates its own part; `sum_gradients` adds them up)."""
+
+    @staticmethod
+    def forward(ctx, part: Tensor) -> Tensor:
+        total = part.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad
+
+
+class ProcessGroup(Ranks):
+    """The ranks of a `torch.distributed` process group (one per process under torchrun)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        # stop flags go over the CPU: reading them must not wait for a GPU's step
+        self.signals = dist.new_group(backend="gloo") if device.type == "cuda" else None
+
+    def shard(self, batch: Split) -> tuple[Split, float]:
+        """This rank's consecutive rows of a global batch (sizes differ by at most one), and
+        its fraction of the batch."""
+        n = len(batch)
+        first, end = self.rank * n // self.size, (self.rank + 1) * n // self.size
+        return batch.take(slice(first, end)), (end - first) / n
+
+    def global_losses(self, local: Tensor, share: float) -> Tensor:
+        """The global batch's term losses Σ_r share_r·L_r (share_r: rank r's fraction of the
+        batch), identical on every rank; gradients flow to this rank's share_r·L_r only."""
+        if share:
+            part = local * share
+        else:  # an empty shard's mean is NaN; its part is 0, still on the graph (grads of 0)
+            part = torch.where(torch.zeros_like(local, dtype=torch.bool), local, 0.0)
+        return _SumOverRanks.apply(part)
+
+    def sum(self, tensor: Tensor) -> Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    def sum_gradients(self, params: Iterable[Tensor]) -> None:
+        """`.grad` of every parameter that has one summed over ranks, in one message."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        for g, piece in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+            g.copy_(piece.view_as(g))
+
+    def gather_columns(self, rows: Tensor) -> tuple[Tensor, slice]:
+        """The K × Σ_r D_r matrix of every rank's K × D_r `rows` side by side in rank order
+        (padded to the widest for the collective), and the columns that are this rank's."""
+        width = torch.tensor([rows.shape[1]], device=rows.device)
+        widths = [torch.empty_like(width) for _ in range(self.size)]
+        dist.all_gather(widths, width)
+        sizes = [int(w) for w in widths]
+        padded = rows.new_zeros(rows.shape[0], max(sizes))
+        padded[:, : rows.shape[1]] = rows
+        pieces = [torch.empty_like(padded) for _ in range(self.size)]
+        dist.all_gather(pieces, padded)
+        first = sum(sizes[: self.rank])
+        gathered = torch.cat([p[:, :n] for p, n in zip(pieces, sizes, strict=True)], dim=1)
+        return gathered, slice(first, first + rows.shape[1])
+
+    def agreed_signal(self, received: int | None) -> int | None:
+        """The stop signal any rank received, the same on every rank (SIGINT before SIGTERM)."""
+        flags = torch.tensor([float(received == s) for s in SIGNALS])
+        dist.all_reduce(flags, group=self.signals)
+        return next((int(s) for s, f in zip(SIGNALS, flags.tolist(), strict=True) if f), None)
+
+    def broadcast(self, modules: Iterable[nn.Module]) -> None:
+        """Rank 0's parameters and buffers to every rank: all start from one model."""
+        for module in modules:
+            for t in (*module.parameters(), *module.buffers()):
+                dist.broadcast(t.data, src=0)
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def close(self) -> None:
+        """Leave the process group (torchrun's processes exit cleanly only after)."""
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    def separate_random_streams(self, seed: int, step: int) -> None:
+        """Rank r > 0 draws its dropout masks from a stream of its own (seed, rank, step);
+        rank 0 keeps the process's stream, as one process would."""
+        if self.rank:
+            torch.manual_seed(hash((seed, self.rank, step)) % 2**63)
+
+
+def join(device: torch.device) -> Ranks:
+    """This run's ranks: the process group torchrun set up in the environment (NCCL on CUDA,
+    gloo on the CPU), or one process."""
+    if not launched():
+        return ONE_PROCESS
+    if not dist.is_initialized():
+        if device.type == "cuda" and not dist.is_nccl_available():
+            raise ConfigError("trainer.device is CUDA under torchrun but NCCL is not available")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # NCCL's collectives run on the current device
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=10))
+    return ProcessGroup(device)

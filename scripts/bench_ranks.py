@@ -1,0 +1,80 @@
+"""The step time of a strategy on one or several processes, and the bytes each step sends.
+
+    python scripts/bench_ranks.py OUT.json STEPS OVERRIDE...              # one process
+    torchrun --nproc_per_node=2 scripts/bench_ranks.py OUT.json STEPS ... # data-parallel
+
+Run by `scripts/bench.py` (section "distributed"). The trainer is built as a run builds it and
+stepped on the global batches of its data set; the median of 5 blocks of STEPS steps after a
+warm-up block. Each collective's payload is counted by wrapping torch.distributed's functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from mtltrain.build import build_trainer
+from mtltrain.config import compose_checked
+
+sent = {"bytes": 0, "calls": 0}
+
+
+def counted(collective: Callable[..., Any]) -> Callable[..., Any]:
+    """`collective`, counting the bytes of the tensor each call sends."""
+
+    def wrapper(tensor_or_list: Any, *args: Any, **kwargs: Any) -> Any:
+        tensor = args[0] if isinstance(tensor_or_list, list) else tensor_or_list
+        sent["bytes"] += tensor.numel() * tensor.element_size()
+        sent["calls"] += 1
+        return collective(tensor_or_list, *args, **kwargs)
+
+    return wrapper
+
+
+dist.all_reduce = counted(dist.all_reduce)
+dist.all_gather = counted(dist.all_gather)
+
+
+def main(out: str, steps: str, *overrides: str) -> None:
+    trainer = build_trainer(compose_checked([*overrides, "trainer.progress=false"]))
+    size, split = trainer.batch_size, trainer.train_split
+    batches = iter(())
+
+    def block(n: int) -> float:
+        nonlocal batches
+        start = time.perf_counter()
+        for _ in range(n):
+            batch = next(batches, None)
+            if batch is None:
+                batches = split.shuffled(trainer.generator).batches(size)
+                batch = next(batches)
+            trainer.train_step(batch)
+        return time.perf_counter() - start
+
+    n = int(steps)
+    block(n)
+    sent.update(bytes=0, calls=0)
+    times = [block(n) for _ in range(5)]
+    if os.environ.get("RANK", "0") == "0":
+        result = {
+            "ms_per_step": 1000 * statistics.median(times) / n,
+            "bytes_per_step": sent["bytes"] / (5 * n),
+            "collectives_per_step": sent["calls"] / (5 * n),
+            "processes": trainer.ranks.size,
+            "threads": torch.get_num_threads(),
+        }
+        with open(out, "w") as f:
+            json.dump(result, f)
+    trainer.ranks.close()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
