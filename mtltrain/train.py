@@ -188,6 +188,7 @@ class Trainer:
         running = state["running"]
         self.train_metrics.sums = {k: v.to(self.device) for k, v in running["sums"].items()}
         self.train_metrics.counts = dict(running["counts"])
+        self.keep_running_metrics_on_rank_0()  # the checkpoint's are every rank's
         self.train_loss = running["loss"].to(self.device)
         self.train_batches = running["batches"]
         self.epoch_losses = running["epoch_losses"].to(self.device)
@@ -312,11 +313,16 @@ class Trainer:
         if self.ranks.size == 1 or len(self.train_metrics.sums) != len(self.data.tasks):
             return
         sums, counts = self.train_metrics.summed(self.ranks)
-        if self.ranks.rank:
-            sums = {k: torch.zeros_like(v) for k, v in sums.items()}
-            counts = dict.fromkeys(counts, 0)
         self.train_metrics.sums = {k: v.to(self.device) for k, v in sums.items()}
         self.train_metrics.counts = counts
+        self.keep_running_metrics_on_rank_0()
+
+    def keep_running_metrics_on_rank_0(self) -> None:
+        """Zero the running train metrics of ranks 1…: rank 0 holds every rank's."""
+        if self.ranks.rank:
+            metrics = self.train_metrics
+            metrics.sums = {k: torch.zeros_like(v) for k, v in metrics.sums.items()}
+            metrics.counts = dict.fromkeys(metrics.counts, 0)
 
     def fit(self) -> dict[str, float]:
         """Train to the last epoch; SIGINT/SIGTERM/SIGUSR2 stop it after a step (callbacks

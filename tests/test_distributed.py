@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 HERE = Path(__file__).resolve().parent
 TOLERANCE = 1e-6
@@ -157,3 +158,21 @@ def test_sigterm_on_one_rank_checkpoints_once_and_the_run_resumes_under_torchrun
                            cwd=tmp_path, capture_output=True, text=True, timeout=240)  # fmt: skip
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert_same_run(results_of(tmp_path / "two"), results_of(tmp_path / "one"))
+    # the evaluations logged after the resume too, the running train metrics among them
+    two, one = evaluations(tmp_path / "two"), evaluations(tmp_path / "one")
+    assert two.keys() == one.keys() and "train/y1/rmse" in two
+    for tag, logged in one.items():
+        assert [step for step, _ in two[tag]] == [step for step, _ in logged], tag
+        values = [v for _, v in logged]
+        assert [v for _, v in two[tag]] == pytest.approx(values, rel=TOLERANCE, abs=TOLERANCE), tag
+
+
+def evaluations(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every train/, validation/ and test/ scalar of a run's TensorBoard log, by step."""
+    events = EventAccumulator(str(folder / "tb"))
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)]
+        for tag in events.Tags()["scalars"]
+        if tag.startswith(("train/", "validation/", "test/"))
+    }
