@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from mtltrain.data.base import Split
-from mtltrain.errors import ConfigError
+from mtltrain.errors import ConfigError, TrainingError
 from mtltrain.interrupts import SIGNALS
 from mtltrain.rundir import launched
 
@@ -55,6 +55,9 @@ class Ranks:
         pass
 
     def barrier(self) -> None:
+        pass
+
+    def check_same(self, modules: Iterable[nn.Module], step: int) -> None:
         pass
 
     def close(self) -> None:
@@ -150,6 +153,21 @@ class ProcessGroup(Ranks):
 
     def barrier(self) -> None:
         dist.barrier()
+
+    def check_same(self, modules: Iterable[nn.Module], step: int) -> None:
+        """Stop if the ranks' parameters and buffers differ: each rank applies the update it
+        computed itself, which kernels that are not deterministic could make drift apart."""
+        sums = torch.stack(
+            [t.detach().double().sum() for m in modules for t in (*m.parameters(), *m.buffers())]
+        ).nan_to_num()
+        bounds = torch.cat([sums, -sums])
+        dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+        spread = (bounds[: len(sums)] + bounds[len(sums) :]).max().item()  # max − min
+        if spread > 0:
+            raise TrainingError(
+                f"the {self.size} processes' models differ at step {step} (parameter sums up to "
+                f"{spread:.3g} apart): set trainer.deterministic=true, or train on one process"
+            )
 
     def close(self) -> None:
         """Leave the process group (torchrun's processes exit cleanly only after)."""

@@ -270,6 +270,7 @@ class Trainer:
     def evaluate(self) -> Metrics:
         """The running train metrics since the last evaluation, and the metrics of every
         evaluated split (validation where held out, test)."""
+        self.ranks.check_same([self.model, self.strategy], self.step)
         train = {
             **self.train_metrics.compute(self.ranks),
             "loss": self.train_loss.item() / max(1, self.train_batches),

@@ -11,6 +11,7 @@ import torch
 
 from mtltrain.build import build_trainer
 from mtltrain.config import compose_checked
+from mtltrain.errors import TrainingError
 
 
 def one_step(strategy: str, batch_size: int) -> dict[str, torch.Tensor]:
@@ -33,12 +34,28 @@ def one_step(strategy: str, batch_size: int) -> dict[str, torch.Tensor]:
     }  # fmt: skip
 
 
+def drift_is_caught() -> bool:
+    """Whether the ranks' check stops a model that rank 1 alone changed."""
+    trainer = build_trainer(compose_checked(["model=sin_hetero", "trainer.progress=false"]))
+    trainer.ranks.check_same([trainer.model], step=0)  # the same: passes
+    if trainer.ranks.rank == 1:
+        with torch.no_grad():
+            next(trainer.model.parameters()).view(-1)[0] += 1e-6
+    try:
+        trainer.ranks.check_same([trainer.model], step=0)
+    except TrainingError:
+        return True
+    return False
+
+
 def main(out: str, *cases: str) -> None:
     """Each case is <strategy>:<global batch size>."""
     states = {}
     for case in cases:
         strategy, batch_size = case.split(":")
         states[case] = one_step(strategy, int(batch_size))
+    if torch.distributed.is_initialized():
+        states["drift"] = torch.tensor(drift_is_caught())
     torch.save(states, f"{out}.rank{os.environ.get('RANK', '0')}.pt")
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

@@ -18,6 +18,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mtltrain.errors import RunFolderError
+from mtltrain.rundir import follower_arguments, rank
+
 HERE = Path(__file__).resolve().parent
 TOLERANCE = 1e-6
 # <strategy>:<global batch>: 15 splits 7 / 8; 1 leaves rank 0 an empty shard
@@ -60,6 +63,11 @@ def test_one_step_on_two_ranks_equals_one_process_on_the_global_batch(steps, cas
     assert not differ, {k: (rank0[k], alone[k]) for k in differ[:3]}
     # the step moved the model: the comparison is not of two untouched initialisations
     assert any(k.startswith("grad.") and rank0[k].abs().sum() > 0 for k in rank0)
+
+
+def test_models_that_drift_apart_on_two_ranks_stop_the_run(steps):
+    rank0, rank1, alone = steps
+    assert bool(rank0["drift"]) and bool(rank1["drift"]) and "drift" not in alone
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -176,3 +184,18 @@ def evaluations(folder: Path) -> dict[str, list[tuple[int, float]]]:
         for tag in events.Tags()["scalars"]
         if tag.startswith(("train/", "validation/", "test/"))
     }
+
+
+def test_the_command_lines_of_torchruns_processes(tmp_path, monkeypatch):
+    args = ["weighting=mgda", "hydra.run.dir=mine"]
+    assert follower_arguments(args, None) == args  # rank 0 writes where it was told
+    scratch = follower_arguments(args, tmp_path / "scratch")
+    assert f"hydra.run.dir={tmp_path / 'scratch'}" in scratch
+    assert "hydra.run.dir=mine" not in scratch
+    assert "hydra.output_subdir=null" in scratch and "weighting=mgda" in scratch
+    with pytest.raises(RunFolderError, match="drop -m"):
+        follower_arguments(["-m", "seed=0,1"], None)
+    monkeypatch.setenv("RANK", "3")
+    assert rank() == 0  # without torchrun's WORLD_SIZE, a stray RANK changes nothing
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert rank() == 3
