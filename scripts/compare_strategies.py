@@ -30,6 +30,7 @@ import update_readme
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from mtltrain import rundir
 from mtltrain.config import compose_checked, config_dir
 from mtltrain.report import SINGLE_TASK, Setting, Stat, read_sweep, write_report
 
@@ -106,9 +107,9 @@ def metric_cell(stat: Stat | None, name: str) -> str:
 class Comparison:
     """The sweep read back: the strategies' rows, the single-task rows and the Δm%."""
 
-    def __init__(self, folder: Path, tasks: Sequence[str]) -> None:
+    def __init__(self, folder: Path, tasks: Sequence[str], rerun: Sequence[str] = ()) -> None:
         self.sweep = read_sweep(folder, SINGLE_TASK)
-        self.tasks = list(tasks)
+        self.tasks, self.rerun = list(tasks), set(rerun)
         rows = zip(self.sweep.settings, self.sweep.deltas, strict=True)
         self.alone = {next(iter(s.main)): s for s in self.sweep.settings if len(s.main) == 1}
         self.rows = sorted(
@@ -137,18 +138,23 @@ class Comparison:
             lines.append(
                 [str(rank), f"`{name}`", str(len(row.runs)),
                  *(metric_cell(row.stats.get(n), n) for n in names),
-                 self.delta_cell(row, delta), ratio(step_time(row), fixed_time),
+                 self.delta_cell(row, delta), self.time_cell(row, fixed_time),
                  *([self.published(name)] if published else [])]
             )  # fmt: skip
         for task, row in self.alone.items():
             cells = [metric_cell(row.stats.get(n), n) if n in row.stats else "" for n in names]
             lines.append(
                 ["", f"single task: {task}", str(len(row.runs)), *cells, "0 (the baseline)",
-                 ratio(step_time(row), fixed_time),
+                 self.time_cell(row, fixed_time),
                  *([self.published(SINGLE_TASK)] if published and task == self.tasks[0] else
                    [""] if published else [])]
             )  # fmt: skip
         return rc.markdown_table(header, lines)
+
+    def time_cell(self, row: Setting, fixed_time: float) -> str:
+        """The row's step time against `fixed`'s, ‡ where some of its jobs ran at another time."""
+        again = " ‡" if any(r.name in self.rerun for r in row.runs) else ""
+        return ratio(step_time(row), fixed_time) + again
 
     def delta_cell(self, row: Setting, delta: Stat | None) -> str:
         if delta is None:
@@ -234,23 +240,55 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="intra-op threads per run (default: torch's)")
     p.add_argument("--no-docs", action="store_true", help="write nothing into docs/results/")
     p.add_argument("--tables-only", action="store_true", help="reuse the sweeps in --runs")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the sweeps in --runs: finished jobs kept, failed ones (moved "
+                   "to <runs>.failed_before_resume/) and missing ones run")  # fmt: skip
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="one more mtltrain override for every run (repeatable)")  # fmt: skip
     return p.parse_args(argv)
 
 
 def sweep_all(args: argparse.Namespace, folder: Path, tasks: Sequence[str]) -> dict:
-    """Both multiruns; what their sweep.json files record, summed."""
+    """Both multiruns; what their sweep.json files record, summed (with --resume, added to
+    what the first runs of the sweeps recorded)."""
     common = overrides(args)
     multi = ["weighting=" + ",".join(strategies(args.strategies)), *common]
     alone = ["weighting=fixed", "dataset.tasks=" + ",".join(f"[{t}]" for t in tasks), *common]
+    before = json.loads((folder / rc.SWEEP_FILE).read_text()) if args.resume else None
+    if args.resume:
+        set_failed_aside(folder)
+    again = ["resume_sweep=true"] if args.resume else []
     records = [
-        rc.run_sweep(multi, folder / "multi_task", args.threads, check=False),
-        rc.run_sweep(alone, folder / "single_task", args.threads, check=False),
+        rc.run_sweep([*multi, *again], folder / "multi_task", args.threads, check=False),
+        rc.run_sweep([*alone, *again], folder / "single_task", args.threads, check=False),
     ]
     record = {**records[0], "wall_s": sum(r["wall_s"] for r in records)}
+    if before is not None:
+        resumed = {"command": record["command"], "wall_s": record["wall_s"]}
+        record = {**before, "wall_s": before["wall_s"] + record["wall_s"], "resumed": resumed}
     (folder / rc.SWEEP_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def set_failed_aside(folder: Path) -> None:
+    """Move the sweeps' failed job folders out of `folder`, into `set_aside(folder)`, so that
+    resume_sweep runs those jobs again from the start and their errors are kept."""
+    for job in rundir.jobs_in(folder):
+        if rundir.status(job) == "failed":
+            target = set_aside(folder) / job.relative_to(folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            job.rename(target)
+
+
+def run_again(folder: Path) -> list[str]:
+    """The jobs of the sweeps that failed and ran again (their first folders set aside)."""
+    aside = set_aside(folder)
+    return [str(job.relative_to(aside)) for job in rundir.jobs_in(aside)]
+
+
+def set_aside(folder: Path) -> Path:
+    """Where a resumed comparison keeps the folders of the jobs that failed before."""
+    return folder.with_name(f"{folder.name}.failed_before_resume")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -259,11 +297,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     tasks = list(compose_checked([f"dataset={args.dataset}"]).dataset.tasks)
     if args.tables_only:
         record = json.loads((folder / rc.SWEEP_FILE).read_text())
+    elif args.resume:
+        record = sweep_all(args, folder, tasks)
     else:
         if folder.exists() and any(folder.iterdir()):
             sys.exit(f"{folder} is not empty: remove it, pass another --runs, or --tables-only")
         record = sweep_all(args, folder, tasks)
-    comparison = Comparison(folder, tasks)
+    comparison = Comparison(folder, tasks, run_again(folder))
     write_report(comparison.sweep, folder, SINGLE_TASK)  # what mtltrain-report writes
     name = f"{args.dataset}_strategies"
     pictures = comparison.plot(folder, args.dataset)
@@ -285,9 +325,9 @@ def document(comparison: Comparison, args: argparse.Namespace, record: dict, pic
     cfg = compose_checked(settings)
     epochs = cfg.trainer.epochs
     protocol = (
-        f"**Protocol: {epochs} epoch{'s' if epochs != 1 else ''}** (`--quick`: a check that "
-        "runs on two CPU cores in under an hour, not the paper's 100 epochs; strategies that "
-        "need longer to separate may not)"
+        f"**Protocol: {epochs} epoch{'s' if epochs != 1 else ''}** (`--quick` or `--epochs`: "
+        "a check that runs on two CPU cores, not the paper's 100 epochs; strategies that need "
+        "longer to separate may not)"
         if any(o.startswith("trainer.epochs=") for o in settings)
         else f"**Protocol: {epochs} epochs**, the trainer config's"
     )
@@ -315,7 +355,13 @@ def document(comparison: Comparison, args: argparse.Namespace, record: dict, pic
         "seeds of task k trained alone with the same architecture; its interval is Student's t "
         "over the row's seeds (the single-task means taken as exact). Time per step: the "
         "training wall time (evaluations and checkpoints included) per step, against "
-        "`fixed`'s in the same sweep.",
+        "`fixed`'s in the same sweep"
+        + (
+            "; ‡: some of the row's jobs failed and ran again later, on a machine loaded "
+            "otherwise, so its time is not comparable."
+            if record.get("resumed")
+            else "."
+        ),
     ]
     if published:
         parts.append(
@@ -330,14 +376,28 @@ def document(comparison: Comparison, args: argparse.Namespace, record: dict, pic
     if failed:
         parts.append(
             "Runs that did not finish: "
-            + ", ".join(f"`{r.name}` ({r.results.get('error', r.status)})" for r in failed)
+            + ", ".join(
+                f"`{r.name}` ({unplaced(r.results.get('error', r.status))})" for r in failed
+            )
         )
+    resumed = record.get("resumed")
+    again = (
+        f" (jobs that failed were run again: `{resumed['command']}`, "
+        f"{rc.duration(resumed['wall_s'])} of the wall time)"
+        if resumed
+        else ""
+    )
     parts.append(
         f"Machine: {record['machine']}.  \nWall time: {rc.duration(record['wall_s'])} for "
         f"{len(comparison.sweep.finished)} runs; finished {record['finished']}.  \n"
-        f"Reproduce: `{record['command']}`"
+        f"Reproduce: `{record['command']}`{again}"
     )
     return "\n\n".join(parts) + "\n"
+
+
+def unplaced(text: str) -> str:
+    """`text` with this machine's working directory left out of the paths in it."""
+    return text.replace(f"{Path.cwd()}/", "")
 
 
 if __name__ == "__main__":

@@ -60,3 +60,28 @@ def test_the_comparison_of_strategies_against_single_task_learning(tmp_path):
         assert (runs / picture).read_bytes()[:4] == b"\x89PNG" and f"]({picture})" in text
     assert "Protocol: 1 epoch**" in text and "the last evaluation" in text
     assert all("trainer.select=last" in r["overrides"] for r in results)  # the same rule for all
+
+
+def test_a_comparison_resumed_runs_its_failed_jobs_again_and_keeps_the_rest(tmp_path):
+    root = write_fake_mnist(tmp_path / "mnist", n_train=200, n_test=64)
+    runs = tmp_path / "runs"
+    args = ["--quick", "--epochs", "1", "--seeds", "1", "--strategies", "fixed,uncertainty",
+            "--mnist-root", str(root), "--runs", str(runs), "--no-docs",
+            "--override", "trainer.progress=false"]  # fmt: skip
+
+    def compare(*more: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(SCRIPT), *args, *more], capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+
+    assert compare().returncode == 0
+    (broken,) = (runs / "multi_task").glob("*weighting-uncertainty/results.json")
+    broken.write_text(json.dumps({"status": "failed", "error": "stand-in for a crash"}))
+    kept = next((runs / "multi_task").glob("*weighting-fixed/results.json")).read_text()
+    done = compare("--resume")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(broken.read_text())["status"] == "completed"  # run again
+    assert next((runs / "multi_task").glob("*weighting-fixed/results.json")).read_text() == kept
+    (aside,) = (tmp_path / "runs.failed_before_resume").rglob("results.json")
+    assert json.loads(aside.read_text())["error"] == "stand-in for a crash"
+    text = (runs / "multi_mnist_strategies.md").read_text()
+    assert "Runs that did not finish" not in text and "jobs that failed were run again" in text
