@@ -54,3 +54,14 @@ def test_bench_names_a_strategy_it_has_no_config_for():
     assert "no weighting config ['pcgard']: choose from" in proc.stderr
     every = sorted(p.stem for p in (config_dir() / "weighting").glob("*.yaml"))
     assert str(every) in proc.stderr
+
+
+def test_the_data_parallel_bench_worker_times_steps_and_counts_nothing_sent_alone(tmp_path):
+    out = tmp_path / "ranks.json"
+    worker = [sys.executable, str(REPO / "scripts" / "bench_ranks.py"), str(out), "3"]
+    done = subprocess.run([*worker, "model=sin_hetero", "weighting=mgda"], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["ms_per_step"] > 0 and result["processes"] == 1
+    assert result["bytes_per_step"] == 0 and result["collectives_per_step"] == 0
