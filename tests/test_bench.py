@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import write_fake_mnist
 
 from mtltrain.config import config_dir
@@ -13,6 +14,7 @@ from mtltrain.config import config_dir
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # a minute: every section once
 def test_bench_writes_json_and_markdown(tmp_path):
     root = write_fake_mnist(tmp_path / "mnist", n_train=512, n_test=256)
     out, table = tmp_path / "bench.json", tmp_path / "bench.md"

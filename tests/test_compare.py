@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import write_fake_mnist
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "compare_strategies.py"
@@ -62,6 +63,7 @@ def test_the_comparison_of_strategies_against_single_task_learning(tmp_path):
     assert all("trainer.select=last" in r["overrides"] for r in results)  # the same rule for all
 
 
+@pytest.mark.slow  # two comparisons
 def test_a_comparison_resumed_runs_its_failed_jobs_again_and_keeps_the_rest(tmp_path):
     root = write_fake_mnist(tmp_path / "mnist", n_train=200, n_test=64)
     runs = tmp_path / "runs"
