@@ -63,9 +63,8 @@ class Scorer:
         sums = self.batch_sums(output, target, None)
         if ranks.size == 1:
             return self.finish(sums, target.numel())
-        sums = sums.double()
-        counted = ranks.sum(torch.cat([sums, sums.new_tensor([target.numel()])]))
-        return self.finish(counted[:-1], counted[-1])
+        (total,), (count,) = added_over_ranks(ranks, [sums], [target.numel()])
+        return self.finish(total, count)
 
 
 class ClassificationScorer(Scorer):
@@ -184,7 +183,7 @@ class TaskMetrics:
 
     def compute(self, ranks: Ranks = ONE_PROCESS) -> dict[str, float]:
         """The metrics of every batch added (under torchrun: on every rank)."""
-        if len(self.sums) != len(self.scorers):
+        if not self.complete():
             return {}
         sums, counts = self.summed(ranks)
         metrics = {
@@ -195,17 +194,29 @@ class TaskMetrics:
         values = torch.stack(list(metrics.values())).tolist()  # the one sync with the host
         return dict(zip(metrics, values, strict=True))
 
+    def complete(self) -> bool:
+        """Whether every task has sums: some batch was added."""
+        return len(self.sums) == len(self.scorers)
+
     def summed(self, ranks: Ranks) -> tuple[dict[str, Tensor], dict[str, int]]:
         """The sums (in float64) and counts, added up over ranks in one message."""
-        sums = {name: v.double() for name, v in self.sums.items()}
-        if ranks.size == 1:
-            return sums, self.counts
         names = list(self.scorers)
-        counts = sums[names[0]].new_tensor([self.counts[n] for n in names])
-        flat = torch.cat([*(sums[n] for n in names), counts])
-        total = ranks.sum(flat).split([*(sums[n].numel() for n in names), len(names)])
-        counts = dict(zip(names, (int(c) for c in total[-1].tolist()), strict=True))
-        return dict(zip(names, total[:-1], strict=True)), counts
+        sums, counts = added_over_ranks(
+            ranks, [self.sums[n] for n in names], [self.counts[n] for n in names]
+        )
+        return dict(zip(names, sums, strict=True)), dict(zip(names, counts, strict=True))
+
+
+def added_over_ranks(
+    ranks: Ranks, sums: Sequence[Tensor], counts: Sequence[int]
+) -> tuple[list[Tensor], list[int]]:
+    """Each vector of sums (in float64) and each count, added up over ranks in one message."""
+    sums = [s.double() for s in sums]
+    if ranks.size == 1:
+        return sums, list(counts)
+    flat = ranks.sum(torch.cat([*sums, sums[0].new_tensor(counts)]))
+    *total, added = flat.split([*(s.numel() for s in sums), len(counts)])
+    return total, [int(c) for c in added.tolist()]
 
 
 def metric_names(tasks: Sequence[TaskSpec], knows_sigma: Collection[str] = ()) -> list[str]:

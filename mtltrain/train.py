@@ -311,7 +311,7 @@ class Trainer:
     def hold_running_metrics_on_rank_0(self) -> None:
         """Rank 0's running train metrics become the sums over ranks, the others' zero: what a
         checkpoint (written by rank 0) must hold to resume them."""
-        if self.ranks.size == 1 or len(self.train_metrics.sums) != len(self.data.tasks):
+        if self.ranks.size == 1 or not self.train_metrics.complete():
             return
         sums, counts = self.train_metrics.summed(self.ranks)
         self.train_metrics.sums = {k: v.to(self.device) for k, v in sums.items()}

@@ -486,25 +486,23 @@ def distributed(root: str, tmp: Path, rounds: int = 3) -> dict:
     representation) with the bytes each step sends, and a whole one-epoch MNIST run; each the
     median of `rounds` launches taken in turn."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    models = {"mnist_mtl": [*mnist_overrides(root), "trainer.threads=1"],
-              "two_slope, shared MLP": ["model=sin_hetero", "trainer.threads=1"]}  # fmt: skip
-    ways = {
-        "1 process, 1 thread": [sys.executable, str(BENCH_RANKS)],
-        "1 process, 2 threads": [sys.executable, str(BENCH_RANKS)],
-        "2 processes (torchrun), 1 thread each": [*TORCHRUN, str(BENCH_RANKS)],
+    models = {"mnist_mtl": (mnist_overrides(root), "10"),  # overrides, steps per block
+              "two_slope, shared MLP": (["model=sin_hetero"], "200")}  # fmt: skip
+    ways = {  # launcher, intra-op threads per process
+        "1 process, 1 thread": ([sys.executable], 1),
+        "1 process, 2 threads": ([sys.executable], 2),
+        "2 processes (torchrun), 1 thread each": (TORCHRUN, 1),
     }
-    steps = {"mnist_mtl": "10", "two_slope, shared MLP": "200"}
     out: dict = {"steps": {}, "runs": {}}
-    for model, overrides in models.items():
+    for model, (overrides, steps) in models.items():
         for strategy in ("fixed", "mgda", "mgda_ub"):
             found: dict[str, list[dict]] = {way: [] for way in ways}
             for _ in range(rounds):
-                for way, command in ways.items():
-                    threads = ["trainer.threads=2"] if "2 threads" in way else []
+                for way, (launcher, threads) in ways.items():
                     result = tmp / "ranks.json"
-                    args = [str(result), steps[model], *overrides, *threads]
-                    subprocess.run([*command, *args, f"weighting={strategy}"], check=True,
-                                   capture_output=True, env=env)  # fmt: skip
+                    args = [str(result), steps, *overrides, f"trainer.threads={threads}"]
+                    subprocess.run([*launcher, str(BENCH_RANKS), *args, f"weighting={strategy}"],
+                                   check=True, capture_output=True, env=env)  # fmt: skip
                     found[way].append(json.loads(result.read_text()))
             out["steps"][f"{model}, {strategy}"] = {
                 way: {

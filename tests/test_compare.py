@@ -16,12 +16,17 @@ from conftest import write_fake_mnist
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "compare_strategies.py"
 
 
-def test_the_comparison_of_strategies_against_single_task_learning(tmp_path):
+def tiny_comparison(tmp_path: Path, runs: Path, seeds: int, strategies: str) -> list[str]:
+    """The script's arguments for one epoch on a stand-in MNIST of 200 images, into `runs`."""
     root = write_fake_mnist(tmp_path / "mnist", n_train=200, n_test=64)
-    runs = tmp_path / "runs"
-    args = ["--quick", "--epochs", "1", "--seeds", "2", "--strategies", "fixed,mgda,uncertainty",
+    return ["--quick", "--epochs", "1", "--seeds", str(seeds), "--strategies", strategies,
             "--mnist-root", str(root), "--runs", str(runs), "--no-docs",
             "--override", "trainer.progress=false"]  # fmt: skip
+
+
+def test_the_comparison_of_strategies_against_single_task_learning(tmp_path):
+    runs = tmp_path / "runs"
+    args = tiny_comparison(tmp_path, runs, seeds=2, strategies="fixed,mgda,uncertainty")
     done = subprocess.run(
         [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300
     )
@@ -65,11 +70,8 @@ def test_the_comparison_of_strategies_against_single_task_learning(tmp_path):
 
 @pytest.mark.slow  # two comparisons
 def test_a_comparison_resumed_runs_its_failed_jobs_again_and_keeps_the_rest(tmp_path):
-    root = write_fake_mnist(tmp_path / "mnist", n_train=200, n_test=64)
     runs = tmp_path / "runs"
-    args = ["--quick", "--epochs", "1", "--seeds", "1", "--strategies", "fixed,uncertainty",
-            "--mnist-root", str(root), "--runs", str(runs), "--no-docs",
-            "--override", "trainer.progress=false"]  # fmt: skip
+    args = tiny_comparison(tmp_path, runs, seeds=1, strategies="fixed,uncertainty")
 
     def compare(*more: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(SCRIPT), *args, *more], capture_output=True,

@@ -17,7 +17,11 @@ from pathlib import Path
 
 import pytest
 from conftest import make_config, run_cli, write_fake_mnist
+from omegaconf import OmegaConf
 
+from mtltrain import build
+from mtltrain.build import build_trainer
+from mtltrain.callbacks.progress import ProgressCallback
 from mtltrain.errors import RunFolderError
 from mtltrain.run import run
 from mtltrain.runtime import usable_cores
@@ -58,9 +62,18 @@ def test_joblib_runs_jobs_side_by_side_on_shared_cores(tmp_path, mnist):
         assert r["metrics"] == pytest.approx(sequential[name]["metrics"], rel=1e-5)
         assert threads_of(tmp_path / "parallel" / name) <= max(1, usable_cores() // 2)
     assert max(threads_of(tmp_path / "alone" / n) for n in sequential) == usable_cores()
-    assert "step/s" not in done.stderr and "it/s" not in done.stderr  # no progress bars
     for name in parallel:
         assert f"job {name}\n" in done.stdout
+
+
+def test_jobs_of_a_parallel_launcher_show_no_progress_bar(monkeypatch):
+    def progress_shown() -> bool | None:
+        trainer = build_trainer(make_config(["trainer.progress=true"]))
+        return next(cb for cb in trainer.callbacks if isinstance(cb, ProgressCallback)).show
+
+    assert progress_shown() is None  # alone: on a terminal
+    monkeypatch.setattr(build, "parallel_launcher", lambda: OmegaConf.create({"n_jobs": 2}))
+    assert progress_shown() is False
 
 
 def test_submitit_local_gives_each_job_its_cpus_per_task(tmp_path, mnist):
