@@ -8,6 +8,7 @@ so a kill at any instant leaves the previous checkpoint or the new one, never ha
 
 from __future__ import annotations
 
+import copy
 import pickle
 import random
 from pathlib import Path
@@ -30,7 +31,25 @@ FIXED = ("trainer.validation", "trainer.validation_seed", "trainer.select")
 
 def save(path: Path, state: dict[str, Any]) -> None:
     """Write `state` atomically to `path`."""
-    write_atomically(path, lambda f: torch.save({"format": FORMAT, **state}, f))
+    compact = _own_storage(state)
+    write_atomically(path, lambda f: torch.save({"format": FORMAT, **compact}, f))
+
+
+def _own_storage(value: Any) -> Any:
+    """`value` with every tensor that is part of a larger one (a row of stacked runs'
+    parameters) copied, as torch.save would write the whole storage; containers keep their
+    type and attributes (a state_dict's `_metadata`)."""
+    if isinstance(value, torch.Tensor):
+        whole = value.untyped_storage().nbytes() > value.nbytes
+        return value.clone() if whole else value
+    if isinstance(value, dict):
+        out = copy.copy(value)
+        for k, v in value.items():
+            out[k] = _own_storage(v)
+        return out
+    if isinstance(value, list):
+        return [_own_storage(v) for v in value]
+    return value
 
 
 def load(path: Path) -> dict[str, Any]:

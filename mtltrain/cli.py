@@ -41,6 +41,15 @@ def _main(cfg: DictConfig) -> float:
     from mtltrain.run import run  # after Hydra has parsed the command line: `--help` stays fast
 
     hc = HydraConfig.get()
+    try:
+        return run(cfg, *job_arguments(hc))
+    except MtlError as e:
+        return failed_job(e, hc)
+
+
+def job_arguments(hc: DictConfig) -> tuple[Path, list[str], dict[str, str], str | None]:
+    """`run`'s arguments besides the config for the job Hydra configured: its folder, its
+    overrides, its config choices and, in a sweep, its name."""
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
     # resume_sweep is how the sweep was started, not a setting of its runs
     overrides = [
@@ -50,22 +59,26 @@ def _main(cfg: DictConfig) -> float:
     ]
     run_dir = Path(hc.runtime.output_dir)
     job = f"job {run_dir.name}" if hc.mode == RunMode.MULTIRUN else None
-    try:
-        return run(cfg, run_dir, overrides, choices, job)
-    except MtlError as e:
-        if rundir.rank() == 0:
-            print(f"mtltrain: error: {e}", file=sys.stderr)
-        else:  # a rank of torchrun's besides 0, whose log is not kept
-            print(f"mtltrain: rank {rundir.rank()}: error: {e}", file=sys.stderr)
-            if isinstance(e, UnexpectedError):
-                traceback.print_exception(e.__cause__, file=sys.stderr)
-        if isinstance(e, Interrupted) and e.signal_number == signal.SIGUSR2:
-            _pass_on(signal.SIGUSR2)
-        if hc.mode == RunMode.MULTIRUN and str(hc.sweeper._target_).endswith("BasicSweeper"):
-            return float("nan")  # the job's folder says it failed; the sweep goes on
-        if hc.mode == RunMode.MULTIRUN:  # Optuna's and other sweepers record a failed trial
-            raise
-        raise SystemExit(e.exit_code) from None
+    return run_dir, overrides, choices, job
+
+
+def failed_job(e: MtlError, hc: DictConfig) -> float:
+    """A run's error, printed in one line: in a sweep of the basic sweeper NaN (the job's
+    folder says it failed, the sweep goes on); other sweepers (Optuna) get the error, to record
+    a failed trial; a single run exits with the error's code."""
+    if rundir.rank() == 0:
+        print(f"mtltrain: error: {e}", file=sys.stderr)
+    else:  # a rank of torchrun's besides 0, whose log is not kept
+        print(f"mtltrain: rank {rundir.rank()}: error: {e}", file=sys.stderr)
+        if isinstance(e, UnexpectedError):
+            traceback.print_exception(e.__cause__, file=sys.stderr)
+    if isinstance(e, Interrupted) and e.signal_number == signal.SIGUSR2:
+        _pass_on(signal.SIGUSR2)
+    if hc.mode == RunMode.MULTIRUN and str(hc.sweeper._target_).endswith("BasicSweeper"):
+        return float("nan")
+    if hc.mode == RunMode.MULTIRUN:
+        raise e
+    raise SystemExit(e.exit_code) from None
 
 
 def _pass_on(signum: int) -> None:

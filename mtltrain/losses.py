@@ -30,9 +30,13 @@ class MeanLogVar(NamedTuple):
     log_var: Tensor
 
     @classmethod
-    def split(cls, output: Tensor) -> MeanLogVar:
-        """A head's output of 2·k values per sample: the first k the mean, the rest s."""
-        return cls(*output.chunk(2, dim=1))
+    def split(cls, output: Tensor, dim: int = 1) -> MeanLogVar:
+        """A head's output of 2·k values per sample (along `dim`): the first k the mean, the
+        rest s."""
+        return cls(*output.chunk(2, dim=dim))
+
+
+GAUSSIAN_VAR_FLOOR = 1e-6  # F.gaussian_nll_loss's eps
 
 
 def point(output: Tensor | MeanLogVar) -> Tensor:
@@ -72,7 +76,15 @@ def dice(output: Tensor, target: Tensor, dice_smooth: float) -> Tensor:
 
 def gaussian_nll(output: MeanLogVar, target: Tensor) -> Tensor:
     """Full Gaussian NLL, mean ½·(log σ² + (y − μ)²/σ² + log 2π) (Kendall & Gal 2017)."""
-    return F.gaussian_nll_loss(output.mean, target, output.log_var.exp(), full=True)
+    return _gaussian_nll(output.mean, output.log_var.exp(), target).mean()
+
+
+def _gaussian_nll(mean: Tensor, var: Tensor, target: Tensor) -> Tensor:
+    """Per sample ½·(log σ² + (y − μ)²/σ² + log 2π), σ² at least 1e-6 in value with its
+    gradient passed through, as F.gaussian_nll_loss does (without its data-dependent check of
+    σ², which vmap cannot run)."""
+    var = var + (var.clamp_min(GAUSSIAN_VAR_FLOOR) - var).detach()
+    return 0.5 * (var.log() + (target - mean) ** 2 / var) + 0.5 * math.log(2 * math.pi)
 
 
 def laplace_nll(output: MeanLogVar, target: Tensor) -> Tensor:
@@ -84,8 +96,7 @@ def laplace_nll(output: MeanLogVar, target: Tensor) -> Tensor:
 def beta_nll(output: MeanLogVar, target: Tensor, beta: float) -> Tensor:
     """β-NLL (Seitzer et al., ICLR 2022): mean stop-grad(σ²)^β · Gaussian NLL per sample."""
     var = output.log_var.exp()
-    nll = F.gaussian_nll_loss(output.mean, target, var, full=True, reduction="none")
-    return (var.detach() ** beta * nll).mean()
+    return (var.detach() ** beta * _gaussian_nll(output.mean, var, target)).mean()
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ import contextlib
 import errno
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -30,14 +30,14 @@ from mtltrain.errors import (
 from mtltrain.losses import LossTerm
 from mtltrain.metrics import main_metric
 from mtltrain.results import RESULTS_FILE, read_results, summary_table, write_json
+from mtltrain.stacked import StackedTrainer, unstackable
 from mtltrain.tblog import TensorBoardLog
 from mtltrain.train import Trainer, evaluate
 
 log = logging.getLogger("mtltrain.train")
-# what goes to the run's log file only (`run` adds the file): summaries, errors, tracebacks
-file_log = logging.getLogger("mtltrain.logfile")
-file_log.propagate = False
 LOG_FILE = "mtltrain.log"
+# a job of `run_stacked`: the arguments of `run`
+Job = tuple[DictConfig, Path, Sequence[str], dict[str, str] | None, str | None]
 UNWRITABLE = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
 
 
@@ -68,9 +68,121 @@ def run(
     UnexpectedError, their traceback in the run's log); a failure of a fresh run leaves a
     results.json that says so; nothing a run wrote before is ever replaced by a failure.
     """
+    steps = job_run(cfg, run_dir, overrides, choices, job)
+    with logging_redirect_tqdm():
+        try:
+            trainer = next(steps)
+        except StopIteration as done:  # a finished run kept as it is
+            return done.value
+        return finish(steps, trainer.fit)
+
+
+def finish(steps: Generator[Trainer, None, float], fit: Callable[[], object]) -> float:
+    """Fit the trainer `steps` yielded with `fit` and let the run write its results; an error
+    of `fit` goes back into the run, which records it and raises it as an MtlError."""
+    try:
+        fit()
+    except Exception as e:
+        steps.throw(e)  # raises: the run records the failure and raises it again
+    try:
+        steps.send(None)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("a run yields its trainer once")
+
+
+def run_stacked(jobs: Sequence[Job]) -> list[float | MtlError]:
+    """`run` for each of `jobs` ((cfg, run_dir, overrides, choices, job) each): those that can
+    train stacked in one process (`mtltrain.stacked`), each in its own folder as alone; the
+    others one after another, each from the random state its build left, with a log line
+    that says why. Returns per job its objective, or the error that stopped it."""
+    outcomes: list[float | MtlError] = [float("nan")] * len(jobs)
+    started: dict[tuple[int, int, int], list[_Started]] = {}
+    with logging_redirect_tqdm():
+        for i, job in enumerate(jobs):
+            steps = job_run(*job)
+            try:
+                trainer = next(steps)
+            except StopIteration as done:  # finished already: kept as it is
+                outcomes[i] = done.value
+            except MtlError as e:
+                outcomes[i] = e
+            else:  # jobs resumed at other steps than the rest train in a stack of their own
+                position = (trainer.epoch, trainer.batch, trainer.step)
+                started.setdefault(position, []).append(
+                    _Started(i, steps, trainer, checkpoint.rng_states())
+                )
+        for group in started.values():
+            for job, outcome in zip(group, _fitted(group), strict=True):
+                outcomes[job.index] = outcome
+    return outcomes
+
+
+class _Started(NamedTuple):
+    """A job of `run_stacked` built (or resumed) and waiting to be fitted."""
+
+    index: int
+    steps: Generator[Trainer, None, float]
+    trainer: Trainer
+    rng: dict[str, Any]  # the random state its build (or its checkpoint) left
+
+
+def _fitted(group: Sequence[_Started]) -> list[float | MtlError]:
+    """Fit the group's trainers stacked where they can be, else one after another; each job's
+    objective or error."""
+    trainers = [job.trainer for job in group]
+    why = unstackable(trainers) if len(trainers) > 1 else "it is alone"
+    if not why:
+        try:
+            fits = [_raiser(e) for e in StackedTrainer(trainers).fit()]
+        except Exception as e:  # not any one job's: every job of the stack gets it
+            fits = [_raiser(e)] * len(group)
+    else:
+        if len(trainers) > 1:
+            log.info("%d jobs run one after another: %s", len(trainers), why)
+        fits = [_alone(job) for job in group]
+    outcomes: list[float | MtlError] = []
+    for job, fit in zip(group, fits, strict=True):
+        try:
+            outcomes.append(finish(job.steps, fit))
+        except MtlError as e:
+            outcomes.append(e)
+    return outcomes
+
+
+def _alone(job: _Started) -> Callable[[], object]:
+    """The job's own fit, from the random state it was built (or resumed) with."""
+
+    def fit() -> object:
+        checkpoint.set_rng_states(job.rng)
+        return job.trainer.fit()
+
+    return fit
+
+
+def _raiser(error: BaseException | None) -> Callable[[], None]:
+    """A fit that has happened: it raises the error that stopped it, if any."""
+
+    def fitted() -> None:
+        if error is not None:
+            raise error
+
+    return fitted
+
+
+def job_run(
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides: Sequence[str] = (),
+    choices: dict[str, str] | None = None,
+    job: str | None = None,
+) -> Generator[Trainer, None, float]:
+    """`run` in steps: yields its built (or resumed) trainer, to be fitted alone or stacked
+    with others' (`mtltrain.stacked`); sent None once it is fitted (or thrown the error that
+    stopped it), it writes the run's results and returns the objective, as `run` does."""
     info = {"choices": choices or {}, "overrides": list(overrides)}
     owned, resume = False, None  # owned: past the folder's checks, this run's to write into
-    with _log_file(run_dir / LOG_FILE):
+    with _log_file(run_dir / LOG_FILE) as file_log:
         try:
             with rundir.lock(run_dir):
                 resume = _resume_from(cfg, run_dir)
@@ -81,29 +193,32 @@ def run(
                     return read_results(run_dir)["objective"]["value"]
                 owned = True
                 check(cfg)  # a sweep's job was not checked before Hydra made its folder
-                return _run(cfg, run_dir, info, resume, job)
+                return (yield from _run(cfg, run_dir, info, resume, job, file_log))
         except Exception as e:
             error = _as_mtl_error(e, run_dir)
             if owned:
                 file_log.error("error: %s", error, exc_info=None if error is e else e)
                 if resume is None or isinstance(error, Interrupted):
                     status = "interrupted" if isinstance(error, Interrupted) else "failed"
-                    _record_failure(run_dir, {"status": status, "error": str(error), **info})
+                    results = {"status": status, "error": str(error), **info}
+                    _record_failure(run_dir, results, file_log)
             if error is e:
                 raise
             raise error from e
 
 
 @contextlib.contextmanager
-def _log_file(path: Path) -> Iterator[None]:
-    """`file_log` into the run's log file (beside Hydra's own lines, if it writes that file)."""
+def _log_file(path: Path) -> Iterator[logging.Logger]:
+    """A logger of what goes to the run's log file only (summaries, errors, tracebacks),
+    beside Hydra's own lines if it writes that file; one per run, as runs stacked in one
+    process are open at once."""
+    file_log = logging.Logger("mtltrain.logfile")
     handler = logging.FileHandler(path, delay=True)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     file_log.addHandler(handler)
     try:
-        yield
+        yield file_log
     finally:
-        file_log.removeHandler(handler)
         handler.close()
 
 
@@ -132,7 +247,7 @@ def _as_mtl_error(e: Exception, run_dir: Path) -> MtlError:
     )
 
 
-def _record_failure(run_dir: Path, results: dict[str, Any]) -> None:
+def _record_failure(run_dir: Path, results: dict[str, Any], file_log: logging.Logger) -> None:
     """results.json of a failed run, where the folder can still be written."""
     try:
         write_json(run_dir / RESULTS_FILE, results)
@@ -141,17 +256,22 @@ def _record_failure(run_dir: Path, results: dict[str, Any]) -> None:
 
 
 def _run(
-    cfg: DictConfig, run_dir: Path, info: dict[str, Any], resume: Path | None, job: str | None
-) -> float:
-    """Train and write the run's folder; under torchrun every rank trains and rank 0 alone
-    writes (the others' `run_dir` is a scratch folder)."""
+    cfg: DictConfig,
+    run_dir: Path,
+    info: dict[str, Any],
+    resume: Path | None,
+    job: str | None,
+    file_log: logging.Logger,
+) -> Generator[Trainer, None, float]:
+    """Build the trainer, yield it to be fitted, and write the run's folder; under torchrun
+    every rank trains and rank 0 alone writes (the others' `run_dir` is a scratch folder)."""
     started = time.perf_counter()
     state = checkpoint.load(resume) if resume is not None else None
     purge = state["trainer"]["position"]["step"] + 1 if state else None
     run_info = {**info, "config": OmegaConf.to_container(cfg, resolve=True)}
     lead = rundir.rank() == 0  # the trainer's ranks are joined only when it is built
     logs = TensorBoardLog(run_dir / "tb", purge_step=purge) if lead else contextlib.nullcontext()
-    with logs as tb, logging_redirect_tqdm():
+    with logs as tb:
         trainer = build_trainer(
             cfg, run_dir if lead else None, tb, run_info, resumed=state is not None
         )
@@ -172,7 +292,7 @@ def _run(
             file_log.info("resumed at step %d", trainer.step)
         fit_started = time.perf_counter()
         try:
-            trainer.fit()
+            yield trainer
         except Interrupted as e:
             raise Interrupted(
                 f"{e}; checkpoint written to {rundir.checkpoint_file(run_dir)}; continue with: "

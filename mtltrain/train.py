@@ -241,13 +241,18 @@ class Trainer:
 
     # -- epochs --------------------------------------------------------------------------
 
-    def train_epoch(self) -> None:
-        """The rest of the current epoch over the shuffled train split."""
+    def epoch_order(self) -> Tensor:
+        """The current epoch's order of the train split, drawn from the run's generator (drawn
+        again when resuming mid-epoch), on the data's device."""
         if self.batch == 0:
             self.shuffle_state = self.generator.get_state()
         else:  # resuming mid-epoch: draw the epoch's order again
             self.generator.set_state(self.shuffle_state)
-        split = self.train_split.shuffled(self.generator)
+        return self.train_split.order(self.generator)
+
+    def train_epoch(self) -> None:
+        """The rest of the current epoch over the shuffled train split."""
+        split = self.train_split.take(self.epoch_order())
         if not self.on_device:
             split = split.map(torch.Tensor.pin_memory)
         for batch in split.batches(self.batch_size, start=self.batch):

@@ -60,10 +60,14 @@ class Split:
         """The samples at `index`."""
         return self.map(lambda t: t[index])
 
+    def order(self, generator: torch.Generator) -> Tensor:
+        """A random order of the samples drawn from `generator`, on the split's device."""
+        perm = torch.randperm(len(self), generator=generator, device=generator.device)
+        return perm.to(self.inputs.device)
+
     def shuffled(self, generator: torch.Generator) -> Split:
         """The split gathered once in a random order drawn from `generator`."""
-        perm = torch.randperm(len(self), generator=generator, device=generator.device)
-        return self.take(perm.to(self.inputs.device))
+        return self.take(self.order(generator))
 
     def batches(self, batch_size: int, start: int = 0) -> Iterator[Split]:
         """Consecutive batches, from batch number `start` on; each is a view, not a copy."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import pairwise
 
 import torch
@@ -87,16 +87,34 @@ class SeparateMLPs(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Outputs, Tensor]:
         h = x.flatten(1).expand(len(self.tasks), -1, -1)
-        last = len(self.weights) - 1
-        for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+        return self.outputs(self.layers(h, self.weights, self.biases)), x
+
+    def forward_stacked(self, state: Mapping[str, Tensor], x: Tensor) -> tuple[Outputs, Tensor]:
+        """N copies at once (`mtltrain.stacked`): `state` holds each tensor stacked over the
+        copies, x is [N, batch, …]: the copies' tasks' networks run as one batched product."""
+        n, k = x.shape[0], len(self.tasks)
+        h = x.flatten(2).unsqueeze(1).expand(-1, k, -1, -1).flatten(0, 1)
+        weights = [state[f"weights.{i}"].flatten(0, 1) for i in range(len(self.weights))]
+        biases = [state[f"biases.{i}"].flatten(0, 1) for i in range(len(self.biases))]
+        h = self.layers(h, weights, biases)
+        return self.outputs(h.unflatten(0, (n, k)).transpose(0, 1)), x
+
+    def layers(self, h: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> Tensor:
+        """[networks, batch, in] through the stacked layers."""
+        last = len(weights) - 1
+        for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
             h = torch.baddbmm(bias, h, weight)
             if i < last:
                 h = self.activation(h)
+        return h
+
+    def outputs(self, h: Tensor) -> Outputs:
+        """Each task's outputs from its network's row of `h` ([tasks, …, widest])."""
         outputs: Outputs = {}
         for k, (task, width) in enumerate(zip(self.tasks, self.widths, strict=True)):
-            out = h[k, :, :width]
-            outputs[task.name] = MeanLogVar.split(out) if task.heteroscedastic else out
-        return outputs, x
+            out = h[k, ..., :width]
+            outputs[task.name] = MeanLogVar.split(out, dim=-1) if task.heteroscedastic else out
+        return outputs
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """None: every parameter belongs to one task's network."""

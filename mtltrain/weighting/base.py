@@ -93,6 +93,11 @@ class Weighting(nn.Module):
 
     level: Level | None = None
     RANGES: ClassVar[Mapping[str, Range]] = {}
+    # why runs of this strategy cannot be trained stacked (mtltrain.stacked); "" where they can
+    unstackable: ClassVar[str] = ""
+    # `contributions` takes each term from its loss and the strategy's tensors elementwise, so
+    # stacked runs' [N, K] losses and [N, K] tensors go through it at once (else it is vmapped)
+    elementwise: ClassVar[bool] = False
 
     @classmethod
     def check_settings(cls, settings: Mapping[str, Any]) -> None:
@@ -189,6 +194,7 @@ class GradientWeighting(Weighting):
     """
 
     level: Level | None = "parameters"
+    unstackable: ClassVar[str] = "it combines per-task gradients, which are not batched over jobs"
     solves: ClassVar[bool] = False
     # the direction is Σ_k weight_k·row_k of this step's Jacobian (not so: masks, averages)
     weighted_rows: ClassVar[bool] = True

@@ -22,6 +22,8 @@ from mtltrain.weighting.base import Range, Weighting
 class DynamicWeightAverage(Weighting):
     """Σ_k K·softmax(r/T)_k·L_k, r the ratio of the last two epochs' mean losses."""
 
+    elementwise = True
+
     RANGES: ClassVar[Mapping[str, Range]] = {"temperature": (lambda v: v > 0, "it must be > 0")}
 
     def __init__(self, terms: Sequence[LossTerm], temperature: float = 2.0) -> None:

@@ -30,6 +30,8 @@ EPS = 1e-8
 class FAMO(Weighting):
     """Σ_k z_k·log(L_k − b_k)/c, z = softmax(ξ), ξ updated from the losses after the step."""
 
+    elementwise = True
+
     RANGES: ClassVar[Mapping[str, Range]] = {
         "lr": (lambda v: v > 0, "it must be > 0"),
         "weight_decay": (lambda v: v >= 0, "it must be >= 0"),

@@ -17,6 +17,8 @@ from mtltrain.weighting.base import Values, Weighting, named_values, numbers_of
 class FixedWeighting(Weighting):
     """Σ_k w_k·L_k; the usual hand-tuned baseline (default: all w_k = 1)."""
 
+    elementwise = True
+
     @classmethod
     def check_settings(cls, settings: Mapping[str, Any]) -> None:
         weights = settings.get("weights")

@@ -42,6 +42,7 @@ def last_shared_layer(model: MultiTaskNet) -> nn.Parameter:
 class GradNorm(Weighting):
     """Σ_k w_k·L_k, w_k learned to equalise ‖∇_W w_k L_k‖·r_k^−α (Chen et al. 2018)."""
 
+    unstackable: ClassVar[str] = "it differentiates each loss by its own model's shared layer"
     RANGES: ClassVar[Mapping[str, Range]] = {
         "alpha": (lambda v: v >= 0, "it must be >= 0"),
         "lr": (lambda v: v > 0, "it must be > 0"),

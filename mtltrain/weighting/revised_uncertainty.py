@@ -21,6 +21,8 @@ from mtltrain.weighting.base import Range, Weighting
 class RevisedUncertaintyWeighting(Weighting):
     """Σ_k L_k/(2·c_k²) + ln(1 + c_k²) (Liebel & Körner 2018)."""
 
+    elementwise = True
+
     RANGES: ClassVar[Mapping[str, Range]] = {
         "init_c": (lambda v: v > 0, "it must be > 0 (the weight is 1/(2c²))")
     }

@@ -21,6 +21,8 @@ from mtltrain.weighting.base import Seeded, Weighting
 class RandomLossWeighting(Seeded, Weighting):
     """Σ_k softmax(ε)_k·L_k, ε ~ N(0, I) every step (Lin et al. 2022)."""
 
+    elementwise = True
+
     def __init__(self, terms: Sequence[LossTerm], seed: int = 0) -> None:
         super().__init__(terms)
         self.seed_draws(seed)

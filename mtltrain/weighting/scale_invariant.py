@@ -19,6 +19,8 @@ EPS = 1e-8
 class ScaleInvariant(Weighting):
     """Σ_k log(L_k + ε)."""
 
+    elementwise = True
+
     def __init__(self, terms: Sequence[LossTerm]) -> None:
         super().__init__(terms)
         self.require_nonnegative_losses("takes the log of each loss")

@@ -41,6 +41,8 @@ def initial_log_var(n: int, init: float | Sequence[float]) -> Tensor:
 class UncertaintyWeighting(Weighting):
     """Σ_k a_k·exp(−s_k)·L_k + b·s_k, s_k = log σ_k² (Kendall et al. 2018)."""
 
+    elementwise = True
+
     RANGES: ClassVar[Mapping[str, Range]] = {"form": (FORMS.__contains__, f"choose one of {FORMS}")}
 
     @classmethod

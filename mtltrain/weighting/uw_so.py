@@ -25,6 +25,8 @@ EPS = 1e-8
 class SoftOptimalUncertainty(Weighting):
     """Σ_k softmax(1/(T·L))_k·L_k (Kirchdorfer et al. 2024)."""
 
+    elementwise = True
+
     RANGES: ClassVar[Mapping[str, Range]] = {"temperature": (lambda v: v > 0, "it must be > 0")}
 
     def __init__(self, terms: Sequence[LossTerm], temperature: float = 1.0) -> None:

@@ -1,0 +1,1 @@
+"""mtltrain's Hydra launcher: `hydra/launcher=vectorized` (see vectorized_launcher)."""

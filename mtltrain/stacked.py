@@ -1,0 +1,834 @@
+"""Many runs trained as one: N jobs of the same shapes, their models and strategies stacked.
+
+Each job keeps its own `Trainer` (built by `build_trainer`, with its run folder, callbacks,
+checkpoints and generator); `StackedTrainer` takes over their steps, and the trainers are its
+own from then on (their engines and optimizers' old parameters are no longer the model's).
+Every parameter and buffer of the jobs' models and strategies becomes row i of one stacked
+tensor, and job i's module holds that row (a Parameter sharing its storage), so whatever reads
+or writes a job's module (evaluation, checkpoints, figures, the strategy's own hooks) reads
+and writes the stacked tensors. A step runs:
+
+- the forward pass and term losses of every job at once: the model's `forward_stacked` where
+  it has one (one batched product of every job's layers), else `torch.func.vmap` over its
+  `functional_call`; each job on its own batch (its own shuffle, from its own generator);
+- each strategy's `observe` per job, on its job's rows;
+- the contributions of every job at once where the strategies differ only in their tensors
+  (`Weighting.elementwise` ones directly, others vmapped; else per job), one backward pass;
+- one step of torch's own optimizer: over the stacked tensors where every job's optimizer is
+  an elementwise one with the same settings (its state is then stacked too), else over each
+  job's rows with their groups of equal settings merged; either way each job's update is its
+  own optimizer's, and its optimizer gets its state back for its checkpoints.
+
+Epoch ends, evaluations, checkpoints and every callback run per job through its own Trainer.
+A job's callbacks are asked `allows_update` only for a step that is not finite (the one veto
+there is, the non-finite policy): that job skips the update alone (its rows and optimizer
+state kept) or stops alone; the others go on. Only strategies whose state is each job's own
+stack (`Weighting.unstackable` says why not), on models that draw no random numbers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from functools import cached_property
+from typing import Any, cast
+
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+from torch.utils._pytree import tree_leaves, tree_map
+
+from mtltrain.data.base import Split
+from mtltrain.errors import first_line
+from mtltrain.interrupts import StopSignals
+from mtltrain.losses import compute_losses
+from mtltrain.models.base import Outputs
+from mtltrain.runtime import STARTING_THREADS, settle_threads
+from mtltrain.step import Step
+from mtltrain.train import Trainer
+from mtltrain.weighting.base import Weighting
+
+log = logging.getLogger(__name__)
+
+# Settings that may differ between jobs trained together: they end up in tensors of their own
+# (data, initial weights, optimizer settings, a strategy's settings), not in the shapes.
+STACKABLE = (
+    "seed",
+    "dataset.seed",
+    "trainer.validation_seed",
+    "trainer.optimizer",
+    "weighting",
+    "resume",
+    # what each job's own callbacks and evaluations do, not the stack's step
+    "trainer.eval_every",
+    "trainer.eval_batch_size",
+    "trainer.figure_every",
+    "trainer.log_every",
+    "trainer.progress",
+    "trainer.checkpoint_interval",
+    "trainer.checkpoint_every",
+    "trainer.nonfinite",
+    "trainer.max_skipped",
+    "trainer.select",
+    "objective",
+)
+# pending train outputs are added into the jobs' running metrics once they hold this many bytes
+FLUSH_BYTES = 64 * 2**20
+_NO_INPUTS = torch.empty(0)
+# optimizers whose update of a tensor is elementwise, so one step over the stacked tensors is
+# every job's own; others (Adafactor's norms, LAMB's trust ratios) step each job's rows
+ELEMENTWISE_OPTIMIZERS = tuple(
+    getattr(torch.optim, name)
+    for name in ("SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad",
+                 "Adadelta", "Rprop", "ASGD")
+)  # fmt: skip  # the running metrics read a batch's targets only
+
+
+def stack_key(cfg: DictConfig) -> str:
+    """What must be equal for two jobs to train stacked: their config without the STACKABLE
+    settings (the optimizer's and the strategy's classes stay), as written, before
+    interpolation (`dataset.seed: ${seed}` is the same text in every job)."""
+    config = OmegaConf.to_container(cfg, resolve=False)
+    config.pop("hydra", None)
+    for dotted in STACKABLE:
+        *path, last = dotted.split(".")
+        node = config
+        for key in path:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        value = node.pop(last, None) if isinstance(node, dict) else None
+        if isinstance(value, dict) and "_target_" in value:
+            node[last] = {"_target_": value["_target_"]}
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def groups_of(configs: Sequence[DictConfig], size: int) -> list[tuple[list[int], str]]:
+    """The jobs (their positions in `configs`) that train together, at most `size` at a time,
+    each group with "" or why its jobs run one after another instead."""
+    by_key: dict[str, list[int]] = {}
+    for i, cfg in enumerate(configs):
+        by_key.setdefault(stack_key(cfg), []).append(i)
+    groups: list[tuple[list[int], str]] = []
+    for members in by_key.values():
+        why = _strategy_unstackable(configs[members[0]])
+        for start in range(0, len(members), size):
+            chunk = members[start : start + size]
+            alone = "no other job differs from it in stackable settings only"
+            groups.append((chunk, why or (alone if len(chunk) == 1 else "")))
+    return groups
+
+
+def _strategy_unstackable(cfg: DictConfig) -> str:
+    """Why the config's strategy cannot stack ("" where it can, or where its class cannot be
+    loaded: the job then fails alone, as it would on any launcher)."""
+    target = str(cfg.weighting._target_)
+    try:
+        why = getattr(get_class(target), "unstackable", "")
+    except Exception:
+        return "its weighting._target_ cannot be loaded"
+    return f"{target.rpartition('.')[2]}: {why}" if why else ""
+
+
+def unstackable(trainers: Sequence[Trainer]) -> str:
+    """Why these trainers cannot train stacked; "" where they can."""
+    first = trainers[0]
+    kinds = {type(t.strategy) for t in trainers}
+    checks: list[tuple[bool, Callable[[], str]]] = [
+        (len(kinds) > 1, lambda: "their strategies differ"),
+        (
+            bool(first.strategy.unstackable),
+            lambda: f"{type(first.strategy).__name__}: {first.strategy.unstackable}",
+        ),
+        (first.ranks.size > 1, lambda: "they run under torchrun"),
+        (first.forward is not first.model, lambda: "trainer.compile is set"),
+        (_draws_random(first.model), lambda: "the model draws dropout masks (not each job's own)"),
+        (
+            len({(t.epoch, t.batch, t.step) for t in trainers}) > 1,
+            lambda: "they are at different steps (some resumed)",
+        ),
+        (
+            len({(t.epochs, t.batches_per_epoch, t.batch_size, t.device) for t in trainers}) > 1,
+            lambda: "their epochs, batches or devices differ",
+        ),
+        (
+            any(_shapes(t.model) != _shapes(first.model) for t in trainers)
+            or any(_shapes(t.strategy) != _shapes(first.strategy) for t in trainers),
+            lambda: "their models or strategies differ in shape",
+        ),
+        (
+            any(_optimizer_kinds(t) != _optimizer_kinds(first) for t in trainers),
+            lambda: "their optimizers differ",
+        ),
+        (
+            any(_split_shapes(t.train_split) != _split_shapes(first.train_split) for t in trainers),
+            lambda: "their training sets differ in shape",
+        ),
+        (
+            first.device.type == "cpu"
+            and _has_convolutions(first.model)
+            and not hasattr(first.model, "forward_stacked"),
+            lambda: (
+                "vmapped convolutions run as grouped ones, slower per job than one job at a "
+                "time on a CPU (scripts/bench_stacked.py)"
+            ),
+        ),
+    ]
+    return next((why() for failed, why in checks if failed), "")
+
+
+class StackedTrainer:
+    """Trains the jobs' trainers together (see the module); `fit()` returns, per job, the
+    error that stopped it, or None."""
+
+    def __init__(self, trainers: Sequence[Trainer]) -> None:
+        self.jobs = list(trainers)
+        first = self.jobs[0]
+        self.first, self.n = first, len(self.jobs)
+        self.device, self.precision = first.device, first.precision
+        stacks: dict[int, tuple[Tensor, int]] = {}  # id(a job's row): (stacked tensor, job)
+        self.model_state, model_rows = _stack([t.model for t in self.jobs], stacks)
+        self.strategy_state, strategy_rows = _stack([t.strategy for t in self.jobs], stacks)
+        rows = {**model_rows, **strategy_rows}
+        self.optimizer = JobsOptimizer([t.optimizer for t in self.jobs], rows, stacks)
+        # a strategy's own optimizers step rows: their gradients come per job (after_step)
+        self.strategy_optimizers = [
+            JobsOptimizer([t.strategy_optimizers[j] for t in self.jobs], rows)
+            for j in range(len(first.strategy_optimizers))
+        ]
+        own_params = [p for o in self.strategy_optimizers for p in o.rows_params()]
+        # (stacked parameter, each job's row of it); their gradients are set up at the first step
+        self.leaves = [
+            (stacked, [module(t).get_parameter(name) for t in self.jobs])
+            for module, state in (
+                (lambda t: t.model, self.model_state),
+                (lambda t: t.strategy, self.strategy_state),
+            )
+            for name, stacked in state.items()
+            if stacked.requires_grad
+        ]
+        self.reached: list[tuple[Tensor, list[nn.Parameter]]] | None = None
+        # rows whose gradient is their own, not a row of a stacked one: set to None every step
+        self.apart: list[Tensor] = own_params
+        self.without_update: set[int] = set()
+        self.job_losses = vmap(self.losses_of)
+        self.job_forwards = vmap(self.job_forward)
+        self.contributor = _Contributions(first.strategy)
+        self.contributors = [_Contributions(t.strategy) for t in self.jobs]
+        self.prefixed = {f"strategy.{k}": v for k, v in self.strategy_state.items()}
+        self.together = all(_same_settings(t.strategy, first.strategy) for t in self.jobs)
+        self.contributions_of = vmap(self.job_contributions)
+        self.broadcast = (
+            _holding(first.strategy, self.strategy_state)
+            if self.together and first.strategy.elementwise
+            else None
+        )
+        self.observing = _overrides(first.strategy, "observe")
+        self.acting_after = _overrides(first.strategy, "after_step")
+        shared = all(_same_split(t.train_split, first.train_split) for t in self.jobs)
+        self.train = (
+            first.train_split if shared else _stacked_split([t.train_split for t in self.jobs])
+        )
+        self.shared_data = shared
+        self.job_rows = torch.arange(self.n, device=first.train_split.inputs.device)[:, None]
+        self.stop = StopSignals()
+        self.errors: list[BaseException | None] = [None] * self.n
+        self.running_loss = torch.zeros(self.n, device=self.device)
+        self.term_losses = torch.zeros(self.n, len(first.terms), device=self.device)
+        self.steps_since, self.missed = 0, [0] * self.n  # since the last hand-over
+        self.pending: list[tuple[Outputs, Split, Tensor | None]] = []
+        self.pending_bytes = self.step_bytes = 0
+        self.recomputed: Tensor | None = None
+        self.step, self.epoch, self.batch = first.step, first.epoch, first.batch
+        self.set_threads()
+
+    # -- set up --------------------------------------------------------------------------
+
+    def set_threads(self) -> None:
+        """trainer.threads for the stack: "auto" takes the cores torch started with, as the
+        stack is the sweep's one process and its step is N jobs' (measured here: two threads
+        beat one from N = 4 on for the §5A model, 0.94 against 1.11 ms a step)."""
+        if self.device.type != "cpu":
+            return
+        setting = self.first.cfg.threads
+        threads = STARTING_THREADS if setting == "auto" else int(setting)
+        log.info("%d jobs stacked, on %d CPU thread(s)", self.n, threads)
+        settle_threads(threads)
+
+    def active(self) -> list[int]:
+        return [i for i, e in enumerate(self.errors) if e is None]
+
+    # -- one step ------------------------------------------------------------------------
+
+    def forward(
+        self, state: dict[str, Tensor], inputs: Tensor, targets: dict[str, Tensor]
+    ) -> tuple[Outputs, Tensor]:
+        """Every job's outputs and [N, K] term losses: by the model's own `forward_stacked`
+        where it has one (a batched product of all jobs' layers), else vmapped."""
+        stacked = getattr(self.first.model, "forward_stacked", None)
+        if stacked is None:
+            return self.job_forwards(state, inputs, targets)
+        outputs, _ = stacked(state, inputs)
+        return outputs, self.job_losses(outputs, targets)
+
+    def job_forward(
+        self, state: dict[str, Tensor], inputs: Tensor, targets: dict[str, Tensor]
+    ) -> tuple[Outputs, Tensor]:
+        outputs, _ = functional_call(self.first.model, state, (inputs,))
+        return outputs, self.losses_of(outputs, targets)
+
+    def losses_of(self, outputs: Outputs, targets: dict[str, Tensor]) -> Tensor:
+        return compute_losses(self.first.terms, outputs, targets)
+
+    def job_contributions(self, state: dict[str, Tensor], losses: Tensor) -> Tensor:
+        return functional_call(self.contributor, state, (losses,))
+
+    def contributions(self, losses: Tensor) -> Tensor:
+        """Each job's contributions: at once where the jobs' strategies differ only in their
+        tensors, else each by its own strategy."""
+        if self.broadcast is not None:
+            return self.broadcast.contributions(losses)
+        if self.together:
+            return self.contributions_of(self.prefixed, losses)
+        rows = losses.unbind(0)  # each job's strategy on its rows of the stacked tensors
+        return torch.stack(
+            [
+                functional_call(
+                    self.contributors[i], {k: v[i] for k, v in self.prefixed.items()}, (row,)
+                )
+                for i, row in enumerate(rows)
+            ]
+        )
+
+    def train_step(self, index: Tensor) -> None:
+        """One step of every job, job i on the samples `index[i]` of its training set."""
+        batch = self.train.map(
+            (lambda t: t[index]) if self.shared_data else (lambda t: t[self.job_rows, index])
+        )
+        if not self.first.on_device:
+            batch = batch.map(lambda t: t.to(self.device, non_blocking=True))
+        with self.precision:
+            outputs, losses = self.forward(self.model_state, batch.inputs, batch.targets)
+        seen = tree_map(torch.Tensor.detach, outputs)
+        self.step += 1
+        self.recomputed = None
+        rows = losses.unbind(0)
+        steps = [JobStep(self.step, self.epoch, batch, seen, rows[i], i) for i in range(self.n)]
+        active = self.active()
+        self.clear_gradients()
+        if self.observing:
+            for i in active:
+                self.guarded(i, lambda i=i: self.jobs[i].strategy.observe(steps[i]))
+        contributions = self.contributions(losses)
+        totals = contributions.sum(1)
+        totals.sum().backward()
+        parts, totals = contributions.detach(), totals.detach()
+        for step, part, total in zip(steps, parts.unbind(0), totals.unbind(0), strict=True):
+            step.parts, step.total = part, total
+        if self.reached is None:
+            self.share_gradients()
+        updated = self.vetted(steps, active, totals)
+        self.optimizer.step()
+        if self.acting_after:
+            for i in updated:
+                after = self.jobs[i].strategy.after_step
+                self.guarded(i, lambda i=i, after=after: after(steps[i], self.recompute))
+        for opt in self.strategy_optimizers:
+            opt.step()
+        self.account(seen, batch, losses.detach(), totals, updated)
+        for i in self.active():  # not those the step stopped
+            trainer = self.jobs[i]
+            trainer.step = self.step
+            try:
+                for cb in trainer.step_ends:
+                    cb.on_step_end(trainer, steps[i])
+            except Exception as e:
+                self.stopped(i, e)
+
+    def clear_gradients(self) -> None:
+        """Zero the stacked gradients, which each job's rows share (after the first step: the
+        backward pass adds into them in place); the strategies' own optimizers' are None, as
+        alone."""
+        if self.reached is None:
+            for leaf, _ in self.leaves:
+                leaf.grad = None
+        else:
+            torch._foreach_zero_([leaf.grad for leaf, _ in self.reached])
+            for i in self.without_update:  # a job skipped or stopped last step: rows back
+                for leaf, views in self.reached:
+                    views[i].grad = leaf.grad[i]
+            self.without_update = set()
+        for p in self.apart:
+            p.grad = None
+
+    def share_gradients(self) -> None:
+        """After the first backward pass: each job's parameter rows take their rows of the
+        stacked gradients, for good (the parameters it did not reach keep None, as alone)."""
+        self.reached = [(leaf, views) for leaf, views in self.leaves if leaf.grad is not None]
+        reached = {id(leaf) for leaf, _ in self.reached}
+        self.apart.extend(
+            v for leaf, views in self.leaves if id(leaf) not in reached for v in views
+        )
+        for leaf, views in self.reached:
+            for view, grad in zip(views, leaf.grad.unbind(0), strict=True):
+                view.grad = grad
+
+    def vetted(self, steps: Sequence[JobStep], active: list[int], totals: Tensor) -> list[int]:
+        """The jobs whose update goes ahead. A job whose step is not finite asks its callbacks
+        (the non-finite policy), which skip it or stop the job; a job that is not updated
+        keeps its parameters and optimizer state (its rows get no gradient)."""
+        finite = torch.isfinite(totals).tolist()
+        updated = []
+        for i in active:
+            trainer = self.jobs[i]
+            if finite[i] or self.guarded(
+                i, lambda t=trainer, s=steps[i]: all(cb.allows_update(t, s) for cb in t.vetoes)
+            ):
+                updated.append(i)
+            elif self.errors[i] is None:
+                trainer.skipped_steps += 1
+        self.without_update = set(range(self.n)) - set(updated)
+        if any(self.errors[i] is None for i in self.without_update):
+            self.optimizer.per_row()  # a skipped job's rows must stay as they are
+        for i in self.without_update:
+            for _, views in self.leaves:
+                views[i].grad = None
+        return updated
+
+    def recompute(self, step: Step) -> Tensor:
+        """A job's term losses of its step's batch under the updated model (every job's at
+        once, the first time a job asks)."""
+        if self.recomputed is None:
+            assert isinstance(step, JobStep)
+            batch = step.stacked_batch
+            with torch.no_grad(), self.precision:
+                _, self.recomputed = self.forward(self.model_state, batch.inputs, batch.targets)
+        return self.recomputed[step.index]
+
+    def account(
+        self, seen: Outputs, batch: Split, losses: Tensor, totals: Tensor, updated: list[int]
+    ) -> None:
+        """Add the updated jobs' step to their running train metrics and losses."""
+        self.steps_since += 1
+        mask = None
+        if len(updated) == self.n:
+            self.running_loss += totals
+            self.term_losses += losses
+        else:
+            mask = torch.zeros(self.n, dtype=torch.bool)
+            mask[updated] = True
+            for i in set(range(self.n)) - set(updated):
+                self.missed[i] += 1
+            kept = mask.to(self.device)
+            self.running_loss += torch.where(kept, totals, 0.0)
+            self.term_losses += torch.where(kept[:, None], losses, 0.0)
+        scored = Split(_NO_INPUTS, batch.targets, batch.noise_std)  # what the metrics read
+        self.pending.append((seen, scored, mask))
+        if not self.step_bytes:  # the same every step
+            held = [*scored.tensors(), *tree_leaves(seen)]
+            self.step_bytes = sum(t.nbytes for t in held)
+        self.pending_bytes += self.step_bytes
+        if self.pending_bytes > FLUSH_BYTES:
+            self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        """The pending steps' outputs into each job's running train metrics."""
+        if not self.pending:
+            return
+        batches = [b for _, b, _ in self.pending]
+        joined_batch = Split(
+            _NO_INPUTS,
+            {k: torch.cat([b.targets[k] for b in batches], 1) for k in batches[0].targets},
+            {k: torch.cat([b.noise_std[k] for b in batches], 1) for k in batches[0].noise_std},
+        )
+        joined_seen = {
+            k: tree_map(lambda *ts: torch.cat(ts, 1), *[s[k] for s, _, _ in self.pending])
+            for k in self.pending[0][0]
+        }
+        masks = [m for _, _, m in self.pending]
+        sizes = [next(iter(b.targets.values())).shape[1] for b in batches]
+        for i in self.active():
+            keep = _kept_samples(masks, sizes, i, self.device)
+            if keep is not None and not bool(keep.any()):  # skipped every pending step
+                continue
+            row = lambda t, i=i, keep=keep: t[i] if keep is None else t[i][keep]  # noqa: E731
+            outputs = {k: tree_map(row, v) for k, v in joined_seen.items()}
+            part = Split(
+                _NO_INPUTS,
+                {k: row(v) for k, v in joined_batch.targets.items()},
+                {k: row(v) for k, v in joined_batch.noise_std.items()},
+            )
+            self.jobs[i].train_metrics.update(outputs, part)
+        self.pending, self.pending_bytes = [], 0
+
+    def hand_over(self) -> None:
+        """Everything the jobs' trainers hold of the steps since the last hand-over: running
+        metrics and losses, epoch losses, optimizer state (what a checkpoint writes)."""
+        self.flush_metrics()
+        counts = [self.steps_since - missed for missed in self.missed]
+        for i in self.active():
+            trainer = self.jobs[i]
+            trainer.train_loss = trainer.train_loss + self.running_loss[i]
+            trainer.train_batches += counts[i]
+            trainer.epoch_losses = trainer.epoch_losses + self.term_losses[i]
+            trainer.epoch_batches += counts[i]
+            trainer.batch, trainer.step = self.batch, self.step
+        for opt in (self.optimizer, *self.strategy_optimizers):
+            opt.hand_over(self.active())
+        self.running_loss.zero_()
+        self.term_losses.zero_()
+        self.steps_since, self.missed = 0, [0] * self.n
+
+    # -- epochs --------------------------------------------------------------------------
+
+    def train_epoch(self) -> None:
+        orders = torch.stack([t.epoch_order() for t in self.jobs])
+        size = self.first.batch_size
+        for b in range(self.batch, self.first.batches_per_epoch):
+            self.train_step(orders[:, b * size : (b + 1) * size])
+            self.batch = b + 1
+            if self.stop.received is not None:
+                self.interrupt(self.stop.received)
+                return
+
+    def interrupt(self, signum: int) -> None:
+        self.hand_over()
+        for i in self.active():
+            self.guarded(i, lambda t=self.jobs[i]: t.interrupt(signum))
+
+    def end_epoch(self) -> None:
+        self.hand_over()
+        for i in self.active():
+            self.guarded(i, self.jobs[i].end_epoch)
+        self.epoch, self.batch = self.epoch + 1, 0
+
+    def fit(self) -> list[BaseException | None]:
+        """Train every job to the last epoch (see `Trainer.fit`); a signal stops every job
+        after a step, each with a checkpoint. Returns each job's error, or None."""
+        for i in self.active():
+            self.guarded(i, lambda t=self.jobs[i]: t.notify("on_fit_start"))
+        with self.stop:
+            while self.epoch < self.first.epochs and self.active():
+                self.train_epoch()
+                if self.stop.received is not None:
+                    break
+                self.end_epoch()
+        for i in self.active():
+            trainer = self.jobs[i]
+            self.guarded(i, lambda t=trainer: t.notify("on_fit_end"))
+            trainer.selection.restore(trainer.model, trainer.strategy)
+        return self.errors
+
+    def guarded(self, i: int, call: Callable[[], Any]) -> Any:
+        """`call` for job i; an error stops that job alone."""
+        try:
+            return call()
+        except Exception as e:
+            self.stopped(i, e)
+            return False
+
+    def stopped(self, i: int, error: Exception) -> None:
+        """Job i stops with `error` (kept for its run); the others go on."""
+        if self.errors[i] is None:
+            log.info("job %d of the stack stopped: %s", i, first_line(error))
+        self.errors[i] = error
+
+
+class JobStep(Step):
+    """Job i's view of a stacked step, given its row of the losses: its batch and outputs are
+    taken from the stacked ones when first read."""
+
+    def __init__(
+        self, number: int, epoch: int, batch: Split, outputs: Outputs, losses: Tensor, index: int
+    ) -> None:
+        self.number, self.epoch, self.index = number, epoch, index
+        self.stacked_batch, self.stacked_outputs = batch, outputs
+        self.losses = losses
+        self.parts = self.total = None
+        self.share = 1.0
+        self.ranks = Step.ranks
+
+    @cached_property
+    def batch(self) -> Split:  # type: ignore[override]
+        return self.stacked_batch.map(lambda t: t[self.index])
+
+    @cached_property
+    def outputs(self) -> Outputs:  # type: ignore[override]
+        return tree_map(lambda t: t[self.index], self.stacked_outputs)
+
+
+class _Contributions(nn.Module):
+    """A strategy's `contributions` as a module call, for `functional_call`."""
+
+    def __init__(self, strategy: Weighting) -> None:
+        super().__init__()
+        self.strategy = strategy
+
+    def forward(self, losses: Tensor) -> Tensor:
+        return self.strategy.contributions(losses)
+
+
+def _stack(
+    modules: Sequence[nn.Module], stacks: dict[int, tuple[Tensor, int]]
+) -> tuple[dict[str, Tensor], dict[int, nn.Parameter]]:
+    """Stack the parameters and buffers of same-shaped `modules`, each module then holding its
+    rows. Returns {name: stacked tensor} and {id(old parameter): the row that replaced it};
+    `stacks` gets {id(row): (stacked tensor, module number)} of each parameter row."""
+    stacked: dict[str, Tensor] = {}
+    replaced: dict[int, nn.Parameter] = {}
+    for name, first in modules[0].named_parameters():
+        olds = [m.get_parameter(name) for m in modules]
+        stacked[name] = torch.stack([p.detach() for p in olds]).requires_grad_(first.requires_grad)
+        rows = stacked[name].detach().unbind(0)
+        for i, (m, old, row) in enumerate(zip(modules, olds, rows, strict=True)):
+            new = nn.Parameter(row, requires_grad=old.requires_grad)
+            _put(m, name, new)
+            replaced[id(old)] = new
+            stacks[id(new)] = (stacked[name], i)
+    for name, _ in modules[0].named_buffers():
+        stacked[name] = torch.stack([m.get_buffer(name) for m in modules])
+        for m, row in zip(modules, stacked[name].unbind(0), strict=True):
+            _put(m, name, row)
+    return stacked, replaced
+
+
+def _holding(strategy: Weighting, state: dict[str, Tensor]) -> Weighting:
+    """A copy of `strategy` whose parameters and buffers are the stacked tensors themselves
+    (an `elementwise` strategy's contributions of every job at once)."""
+    copy = cast(Weighting, object.__new__(type(strategy)))
+    copy.__dict__.update(strategy.__dict__)
+    copy._parameters = {k: v for k, v in state.items() if k in strategy._parameters}
+    copy._buffers = {k: v for k, v in state.items() if k in strategy._buffers}
+    return copy
+
+
+def _put(module: nn.Module, name: str, value: Tensor) -> None:
+    owner, _, leaf = name.rpartition(".")
+    setattr(module.get_submodule(owner), leaf, value)
+
+
+class JobsOptimizer:
+    """One optimizer kind's step for every job, by torch's own optimizer: over the stacked
+    tensors themselves where every job's optimizer has the same settings (its state is then
+    stacked too; `stacks` maps a row to its stacked tensor), else over each job's rows, the
+    groups of equal settings merged. Each job's optimizer keeps its groups, over its rows, and
+    gets its state back (`hand_over`) for its checkpoints."""
+
+    def __init__(
+        self,
+        optimizers: Sequence[torch.optim.Optimizer],
+        rows: dict[int, nn.Parameter],
+        stacks: dict[int, tuple[Tensor, int]] | None = None,
+    ) -> None:
+        self.jobs = list(optimizers)
+        for opt in self.jobs:  # each job's optimizer over its rows, its state kept
+            for group in opt.param_groups:
+                group["params"] = [rows[id(p)] for p in group["params"]]
+            opt.state = defaultdict(dict, {rows[id(p)]: s for p, s in opt.state.items()})
+        self.stacks = stacks or {}
+        elementwise = isinstance(self.jobs[0], ELEMENTWISE_OPTIMIZERS)
+        self.over_stacks = _over_stacks(self.jobs, self.stacks) if stacks and elementwise else None
+        self.over_rows = None if self.over_stacks else _over_rows(self.jobs)
+
+    def step(self) -> None:
+        (self.over_stacks or self.over_rows).step()
+
+    def rows_params(self) -> list[Tensor]:
+        return [p for opt in self.jobs for p in _params(opt)]
+
+    def per_row(self) -> None:
+        """From now on over each job's rows (a job is to skip an update alone)."""
+        if self.over_stacks is not None:
+            self.hand_over(range(len(self.jobs)))
+            self.over_stacks, self.over_rows = None, _over_rows(self.jobs)
+
+    def hand_over(self, jobs: Sequence[int]) -> None:
+        """Each of `jobs`' optimizers its state, as its own optimizer would hold it."""
+        for i in jobs:
+            opt = self.jobs[i]
+            if self.over_stacks is None:
+                assert self.over_rows is not None
+                held = self.over_rows.state
+                opt.state = defaultdict(dict, {p: held[p] for p in _params(opt) if p in held})
+                continue
+            state: dict[Tensor, Any] = defaultdict(dict)
+            for p in _params(opt):
+                stacked, row = self.stacks[id(p)]
+                if stacked in self.over_stacks.state:
+                    state[p] = {
+                        k: v[row] if v.shape == stacked.shape else v.clone()
+                        for k, v in self.over_stacks.state[stacked].items()
+                    }
+            opt.state = state
+
+
+def _over_stacks(
+    optimizers: Sequence[torch.optim.Optimizer], stacks: dict[int, tuple[Tensor, int]]
+) -> torch.optim.Optimizer | None:
+    """One optimizer over the stacked tensors, where job i's optimizer holds row i of the
+    same stacked tensors as job 0's, group for group, with the same settings; None where not."""
+    first = optimizers[0]
+    groups = []
+    for g, group in enumerate(first.param_groups):
+        settings = {k: v for k, v in group.items() if k != "params"}
+        params = [stacks[id(p)][0] for p in group["params"]]
+        for i, opt in enumerate(optimizers):
+            theirs = opt.param_groups[g]
+            same_rows = [stacks[id(p)] for p in theirs["params"]] == [(q, i) for q in params]
+            if not (same_rows and _equal_settings(theirs, settings)):
+                return None
+        same = next((g for g in groups if _equal_settings(g, settings)), None)
+        if same is None:
+            groups.append({**settings, "params": params})
+        else:
+            same["params"].extend(params)
+    state: dict[Tensor, dict[str, Tensor]] = {}
+    for group in first.param_groups:
+        for p in group["params"]:
+            stacked, _ = stacks[id(p)]
+            held = [
+                opt.state.get(q)
+                for opt in optimizers
+                for q in _params(opt)
+                if stacks[id(q)][0] is stacked
+            ]
+            if not any(held):
+                continue
+            if not all(held) or any(h.keys() != held[0].keys() for h in held):
+                return None
+            state[stacked] = {}
+            for k, v in held[0].items():
+                values = [h[k] for h in held]
+                if v.shape == p.shape:
+                    state[stacked][k] = torch.stack(values)
+                elif all(torch.equal(x, v) for x in values):
+                    state[stacked][k] = v.clone()
+                else:
+                    return None
+    return _optimizer_like(first, groups, state)
+
+
+def _over_rows(optimizers: Sequence[torch.optim.Optimizer]) -> torch.optim.Optimizer:
+    """One optimizer over every job's rows, the groups of equal settings merged, its state
+    each job's."""
+    groups: list[dict[str, Any]] = []
+    state: dict[Tensor, Any] = {}
+    for opt in optimizers:
+        for group in opt.param_groups:
+            settings = {k: v for k, v in group.items() if k != "params"}
+            same = next((g for g in groups if _equal_settings(g, settings)), None)
+            if same is None:
+                groups.append({**settings, "params": list(group["params"])})
+            else:
+                same["params"].extend(group["params"])
+        state.update(opt.state)
+    return _optimizer_like(optimizers[0], groups, state)
+
+
+def _optimizer_like(
+    opt: torch.optim.Optimizer, groups: list[dict[str, Any]], state: dict[Tensor, Any]
+) -> torch.optim.Optimizer:
+    """An optimizer of `opt`'s kind over `groups` (each with all its settings), holding
+    `state`; its constructor gets those of `opt`'s defaults that it takes by name."""
+    takes = inspect.signature(type(opt)).parameters
+    merged = type(opt)(groups, **{k: v for k, v in opt.defaults.items() if k in takes})
+    merged.state.update(state)
+    return merged
+
+
+def _equal_settings(group: dict[str, Any], settings: dict[str, Any]) -> bool:
+    theirs = {k: v for k, v in group.items() if k != "params"}
+    if theirs.keys() != settings.keys():
+        return False
+    return all(
+        not isinstance(v, Tensor) and not isinstance(theirs[k], Tensor) and theirs[k] == v
+        for k, v in settings.items()
+    )
+
+
+def _params(opt: torch.optim.Optimizer) -> list[Tensor]:
+    return [p for g in opt.param_groups for p in g["params"]]
+
+
+def _same_settings(a: Weighting, b: Weighting) -> bool:
+    """Whether two strategies differ in their tensors only (the one's `contributions` can run
+    with the other's tensors)."""
+
+    def plain(s: Weighting) -> dict[str, Any]:
+        # the terms hold loss functions built per job from the same settings (stack_key)
+        return {
+            k: v
+            for k, v in vars(s).items()
+            if not k.startswith("_")
+            and k != "terms"
+            and not isinstance(v, (torch.Generator, torch.optim.Optimizer))
+        }
+
+    pa, pb = plain(a), plain(b)
+    if pa.keys() != pb.keys():
+        return False
+    try:
+        return all(bool(pa[k] == pb[k]) for k in pa)
+    except (RuntimeError, TypeError):  # a tensor kept as a plain attribute
+        return False
+
+
+def _overrides(strategy: Weighting, hook: str) -> bool:
+    return getattr(type(strategy), hook) is not getattr(Weighting, hook)
+
+
+def _draws_random(model: nn.Module) -> bool:
+    return any(
+        isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 and m.training
+        for m in model.modules()
+    )
+
+
+def _has_convolutions(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+
+
+def _shapes(module: nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    return [(k, tuple(v.shape), v.dtype) for k, v in tensors]
+
+
+def _optimizer_kinds(trainer: Trainer) -> list[type]:
+    return [type(o) for o in (trainer.optimizer, *trainer.strategy_optimizers)]
+
+
+def _split_shapes(split: Split) -> list[tuple[int, ...]]:
+    return [tuple(t.shape) for t in split.tensors()]
+
+
+def _same_split(a: Split, b: Split) -> bool:
+    ta, tb = a.tensors(), b.tensors()
+    return len(ta) == len(tb) and all(
+        x is y or torch.equal(x, y) for x, y in zip(ta, tb, strict=True)
+    )
+
+
+def _stacked_split(splits: Sequence[Split]) -> Split:
+    """The jobs' training sets as one Split of [N, samples, …] tensors."""
+    first = splits[0]
+    return Split(
+        torch.stack([s.inputs for s in splits]),
+        {k: torch.stack([s.targets[k] for s in splits]) for k in first.targets},
+        {k: torch.stack([s.noise_std[k] for s in splits]) for k in first.noise_std},
+    )
+
+
+def _kept_samples(
+    masks: Sequence[Tensor | None], sizes: Sequence[int], job: int, device: torch.device
+) -> Tensor | None:
+    """Which of the pending samples job `job` trained on (None: all)."""
+    if all(m is None for m in masks):
+        return None
+    keep = [
+        torch.full((size,), m is None or bool(m[job]), device=device)
+        for m, size in zip(masks, sizes, strict=True)
+    ]
+    return torch.cat(keep)

@@ -1,0 +1,194 @@
+"""Stacked sweeps (`hydra/launcher=vectorized`) against the same sweeps on Hydra's default
+launcher, on this machine, in one run.
+
+    python scripts/bench_stacked.py [--epochs 1500] [--publish]
+
+1. Whole sweeps of the §5A two-slope model (seeds 0…N−1, the default strategy), each a whole
+   `mtltrain -m` process: N = 16 on the default launcher (one job after another, each on the
+   thread count its own run picks) and stacked with N = 4, 16 and 64. Runs per second, and
+   the ratio to the default launcher's.
+2. Steps: one training step of a job alone (`Trainer.train_step`) against a stacked step of N
+   jobs (`StackedTrainer.train_step`) per job, for the §5A, sin-curve (§5C) and §5B MNIST
+   models at N = 4 and 16: medians of interleaved rounds. The §5B model reads the shared
+   MNIST copy where it is present, else random images of MNIST's shape.
+
+`--publish` writes docs/results/stacked.md (and the README section that embeds it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from bench import interleave, timed_process
+from repro_common import MNIST_ROOT
+from update_readme import update
+
+from mtltrain.build import build_trainer
+from mtltrain.config import compose_checked
+from mtltrain.data.mnist_mtl import write_random
+from mtltrain.runtime import machine
+from mtltrain.stacked import StackedTrainer
+
+REPO = Path(__file__).resolve().parent.parent
+MTLTRAIN = str(Path(sys.executable).with_name("mtltrain"))
+
+
+def sweep_seconds(jobs: int, epochs: int, stacked: bool, folder: Path) -> float:
+    launcher = ["hydra/launcher=vectorized", f"hydra.launcher.group_size={jobs}"]
+    command = [
+        MTLTRAIN,
+        "-m",
+        f"seed=range({jobs})",
+        f"trainer.epochs={epochs}",
+        f"hydra.sweep.dir={folder}",
+        *(launcher if stacked else []),
+        "trainer.progress=false",
+    ]
+    return timed_process(command)
+
+
+def whole_sweeps(epochs: int, tmp: Path) -> dict:
+    default = sweep_seconds(16, epochs, False, tmp / "default16")
+    rows = {"default launcher, 16 jobs": {"jobs": 16, "seconds": default}}
+    for n in (4, 16, 64):
+        rows[f"stacked, N = {n}"] = {
+            "jobs": n,
+            "seconds": sweep_seconds(n, epochs, True, tmp / f"stacked{n}"),
+        }
+    base = 16 / default
+    for row in rows.values():
+        row["runs_per_s"] = row["jobs"] / row["seconds"]
+        row["ratio"] = row["runs_per_s"] / base
+    return {"epochs": epochs, "rows": rows}
+
+
+def trainers(overrides: list[str], n: int) -> list:
+    return [
+        build_trainer(compose_checked([*overrides, f"seed={s}", "trainer.device=cpu"]))
+        for s in range(n)
+    ]
+
+
+def step_rates(name: str, overrides: list[str], rounds: int) -> dict:
+    """Per job and step: µs alone (on the threads its run picks) and stacked at N = 4 and 16
+    (on every core, as a stack runs; built directly, so a model the launcher would run alone
+    on a CPU is measured stacked too); medians of interleaved rounds."""
+    alone = trainers(overrides, 1)[0]
+    alone_threads = torch.get_num_threads()
+    batch = alone.train_split.take(slice(0, alone.batch_size))
+    stacks = {n: StackedTrainer(trainers(overrides, n)) for n in (4, 16)}
+    stacked_threads = torch.get_num_threads()
+    steps = 10 if "mnist" in name else 200
+
+    def block_alone() -> float:
+        torch.set_num_threads(alone_threads)
+        start = time.perf_counter()
+        for _ in range(steps):
+            alone.train_step(batch)
+        return (time.perf_counter() - start) / steps
+
+    def stacked_block(stack: StackedTrainer) -> float:
+        torch.set_num_threads(stacked_threads)
+        order = torch.arange(stack.first.batch_size)[None].expand(stack.n, -1)
+        start = time.perf_counter()
+        for _ in range(steps):
+            stack.train_step(order)
+        return (time.perf_counter() - start) / steps / stack.n
+
+    blocks = {"alone": block_alone} | {
+        f"N = {n}": (lambda s=s: stacked_block(s)) for n, s in stacks.items()
+    }
+    medians = interleave(blocks, rounds)
+    return {**{k: v * 1e6 for k, v in medians.items()}, "alone threads": alone_threads}
+
+
+def markdown(report: dict) -> str:
+    sweeps, m = report["sweeps"], report["machine"]
+    lines = [
+        "# Stacked sweeps",
+        "",
+        f"Measured by `python scripts/bench_stacked.py --epochs {sweeps['epochs']} --publish` "
+        f"on {m['cpu']} ({m['cores']} cores), torch {m['torch']}, {report['threads']} CPU "
+        "threads for the stacks and the step measurements.",
+        "",
+        f"**Whole sweeps** of the §5A two-slope model ({sweeps['epochs']} epochs a job, the "
+        "default strategy, seeds 0…N−1), each a whole `mtltrain -m` process: the default "
+        "launcher runs one job after another (each run picks one thread, its step being "
+        "small); `hydra/launcher=vectorized` trains the N jobs stacked in one process, on "
+        "every core, each in its own folder.",
+        "",
+        "| sweep | jobs | wall time | runs per second | × default launcher |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in sweeps["rows"].items():
+        lines.append(
+            f"| {name} | {row['jobs']} | {row['seconds']:.1f} s | {row['runs_per_s']:.3f} | "
+            f"{row['ratio']:.1f}× |"
+        )
+    lines += [
+        "",
+        "**Steps**: µs of training step per job, alone (`Trainer.train_step`) and stacked "
+        "(`StackedTrainer.train_step` over N jobs, divided by N); medians of "
+        f"{report['rounds']} interleaved rounds.",
+        "",
+        "| model | alone (its threads) | stacked N = 4 | stacked N = 16 |",
+        "|---|---|---|---|",
+    ]
+    for name, rates in report["steps"].items():
+        a = rates["alone"]
+        cells = [f"{rates[k]:.0f} µs ({a / rates[k]:.2g}×)" for k in ("N = 4", "N = 16")]
+        alone = f"{a:.0f} µs ({rates['alone threads']})"
+        lines.append(f"| {name} | {alone} | {' | '.join(cells)} |")
+    lines += [
+        "",
+        "On this CPU a stack of the §5B conv net is slower per job than one job at a time "
+        "(vmap runs its convolutions as grouped ones), so the launcher runs such jobs one "
+        "after another on a CPU, with a log line that says so.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=1500)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--mnist-root", default=MNIST_ROOT)
+    parser.add_argument("--publish", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("bench_stacked.json"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        root = args.mnist_root
+        if not (Path(root) / "MNIST" / "raw").is_dir():
+            root = str(write_random(tmp / "mnist", 60000, 10000, 0))
+        mnist = ["dataset=mnist_mtl", f"dataset.root={root}", "dataset.download=false"]
+        steps = {
+            "§5A two-slope MLPs (forward_stacked)": step_rates("two_slope", [], args.rounds),
+            "§5C sin-curve shared MLP (vmap)": step_rates(
+                "sin", ["dataset=sin_hetero"], args.rounds
+            ),
+            "§5B MNIST conv net (vmap)": step_rates("mnist", mnist, args.rounds),
+        }
+        report = {
+            "machine": machine(torch.device("cpu")),
+            "threads": torch.get_num_threads(),
+            "rounds": args.rounds,
+            "steps": steps,
+            "sweeps": whole_sweeps(args.epochs, tmp),
+        }
+    args.out.write_text(json.dumps(report, indent=2))
+    text = markdown(report)
+    print(text)
+    if args.publish:
+        (REPO / "docs" / "results" / "stacked.md").write_text(text)
+        update()
+
+
+if __name__ == "__main__":
+    main()

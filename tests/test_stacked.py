@@ -1,0 +1,298 @@
+"""Stacked runs (mtltrain.stacked, hydra/launcher=vectorized): each job of a stack ends where
+it would alone, in a folder like its own run's; faults stay per job; resume works per job.
+
+Tolerance: every metric, learned quantity and TensorBoard scalar of a stacked job equals the
+same job run alone to a relative 1e-5 (measured: 2.5e-7 at most, after 20 epochs of §5A);
+the batched matrix products and vmapped reductions add in another order than one run's.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_config, run_cli, write_fake_mnist
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mtltrain import checkpoint
+from mtltrain.errors import Interrupted, TrainingError
+from mtltrain.run import run, run_stacked
+from mtltrain.stacked import StackedTrainer, groups_of, stack_key
+
+REL = 1e-5
+SHORT = [
+    "trainer.epochs=4",
+    "trainer.eval_every=2",
+    "trainer.log_every=10",
+    "trainer.figure_every=0",
+    "trainer.progress=false",
+    "trainer.deterministic=true",
+    "trainer.checkpoint_interval=0",
+]
+
+
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    root = write_fake_mnist(tmp_path_factory.mktemp("mnist"), n_train=64, n_test=32)
+    return ["dataset=mnist_mtl", f"dataset.root={root}", "dataset.download=false"]
+
+
+def jobs_of(base: Path, common: Sequence[str], per_job: Sequence[Sequence[str]]) -> list:
+    return [
+        (make_config([*SHORT, *common, *own]), base / f"job{i}", list(own), {}, None)
+        for i, own in enumerate(per_job)
+    ]
+
+
+def results(folder: Path) -> dict:
+    return json.loads((folder / "results.json").read_text())
+
+
+def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(str(folder / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def assert_same_run(stacked: Path, alone: Path) -> None:
+    """Same results (to REL), same TensorBoard series at the same steps, same checkpoint."""
+    a, b = results(stacked), results(alone)
+    assert a["status"] == b["status"] == "completed"
+    assert a.keys() == b.keys()
+    assert a["steps"] == b["steps"] and a["selected"] == b["selected"]
+    assert a["metrics"].keys() == b["metrics"].keys()
+    for k, v in b["metrics"].items():
+        assert a["metrics"][k] == pytest.approx(v, rel=REL, abs=1e-7), k
+    assert a["weighting"].keys() == b["weighting"].keys()
+    for q, values in b["weighting"].items():
+        assert a["weighting"][q] == pytest.approx(values, rel=REL, abs=1e-7), q
+    sa, sb = scalars(stacked), scalars(alone)
+    assert sa.keys() == sb.keys()
+    for tag, series in sb.items():
+        assert [s for s, _ in sa[tag]] == [s for s, _ in series], tag
+        assert [v for _, v in sa[tag]] == pytest.approx([v for _, v in series], rel=REL, abs=1e-6)
+    ca = checkpoint.load(stacked / "checkpoints" / "last.pt")["trainer"]
+    cb = checkpoint.load(alone / "checkpoints" / "last.pt")["trainer"]
+    assert ca["position"] == cb["position"]
+    assert ca["optimizer"]["param_groups"] == cb["optimizer"]["param_groups"]
+    for key, value in cb["model"].items():
+        torch.testing.assert_close(ca["model"][key], value, rtol=REL, atol=1e-6)
+
+
+def check_against_alone(tmp_path: Path, common: Sequence[str], per_job: Sequence[Sequence[str]]):
+    stacked = run_stacked(jobs_of(tmp_path / "stacked", common, per_job))
+    for job in jobs_of(tmp_path / "alone", common, per_job):
+        run(*job)
+    for i, value in enumerate(stacked):
+        assert not isinstance(value, Exception), value
+        assert_same_run(tmp_path / "stacked" / f"job{i}", tmp_path / "alone" / f"job{i}")
+
+
+SEEDS = [["seed=0"], ["seed=1"], ["seed=2"]]
+SMALL = ["dataset.n_train=96", "dataset.n_test=200"]  # §5A's data, 6 batches an epoch
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    ["fixed", "uncertainty", "revised_uncertainty", "uw_so", "geometric", "scale_invariant",
+     "rlw", "dwa", "famo"],
+)  # fmt: skip
+def test_each_stacked_job_ends_where_it_would_alone(tmp_path: Path, strategy: str) -> None:
+    check_against_alone(tmp_path, [*SMALL, f"weighting={strategy}"], SEEDS)
+
+
+def test_dtp_stacks_on_the_vmapped_conv_model(
+    tmp_path: Path, mnist: list[str], monkeypatch
+) -> None:
+    """MNIST's model has no forward_stacked: torch.func.vmap runs it; DTP reads KPIs per job.
+    (On a CPU such a model runs alone for speed: stacked here to check it is exact.)"""
+    monkeypatch.setattr("mtltrain.stacked._has_convolutions", lambda model: False)
+    check_against_alone(tmp_path, [*mnist, "weighting=dtp", "trainer.epochs=2"], SEEDS[:2])
+
+
+def test_conv_models_run_alone_on_a_cpu(tmp_path: Path, mnist: list[str], caplog) -> None:
+    with caplog.at_level("INFO"):
+        run_stacked(jobs_of(tmp_path, [*mnist, "trainer.epochs=1"], SEEDS[:2]))
+    assert "2 jobs run one after another: vmapped convolutions" in caplog.text
+
+
+def test_heteroscedastic_outputs_stack(tmp_path: Path) -> None:
+    common = ["dataset=sin_hetero", "dataset.n_train=600", "dataset.n_test=200"]
+    check_against_alone(tmp_path, [*common, "dataset.losses.y=[beta_nll]"], SEEDS[:2])
+
+
+def test_settings_that_live_in_tensors_stack(tmp_path: Path) -> None:
+    """Per-job learning rates (the optimizer then steps each job's rows), initial log σ² (the
+    contributions still at once) and a form that changes a plain number (then per job)."""
+    per_job = [
+        ["seed=0", "trainer.optimizer.lr=1e-3", "weighting.init_log_var=0.5"],
+        ["seed=0", "trainer.optimizer.lr=3e-4", "weighting.form=unit"],
+        ["seed=3", "+trainer.optimizer.weight_decay=0.01"],
+    ]
+    check_against_alone(tmp_path, [*SMALL, "weighting=uncertainty"], per_job)
+
+
+def test_forms_that_differ_in_a_number_stack_on_one_optimizer(tmp_path: Path) -> None:
+    """Equal optimizer settings (one step over the stacked tensors), contributions per job."""
+    per_job = [["seed=0", "weighting.form=unit"], ["seed=1"]]
+    check_against_alone(tmp_path, [*SMALL, "weighting=uncertainty"], per_job)
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        "AdamW",
+        pytest.param("SGD", marks=pytest.mark.slow),
+        pytest.param("Adafactor", marks=pytest.mark.slow),
+    ],
+)
+def test_other_optimizers_stack(tmp_path: Path, optimizer: str) -> None:
+    """Elementwise ones step the stacked tensors, Adafactor (norms per tensor) each job's."""
+    common = [*SMALL, f"trainer.optimizer._target_=torch.optim.{optimizer}"]
+    check_against_alone(tmp_path, common, SEEDS[:2])
+
+
+def test_stack_key_ignores_only_stackable_settings() -> None:
+    base = stack_key(make_config(["seed=0"]))
+    same = [
+        ["seed=5"],
+        ["trainer.optimizer.lr=0.1"],
+        ["weighting.init_log_var=2"],
+        ["trainer.validation_seed=3"],
+    ]
+    for overrides in same:
+        assert stack_key(make_config(overrides)) == base, overrides
+    for overrides in (["trainer.epochs=3"], ["weighting=fixed"], ["dataset.n_train=100"]):
+        assert stack_key(make_config(overrides)) != base, overrides
+
+
+def test_groups_hold_at_most_group_size_and_say_why_others_run_alone() -> None:
+    configs = [make_config([f"seed={s}"]) for s in range(5)]
+    configs += [make_config(["weighting=mgda"])]
+    configs += [make_config(["trainer.epochs=7"])]
+    groups = groups_of(configs, 2)
+    assert [g for g, _ in groups] == [[0, 1], [2, 3], [4], [5], [6]]
+    whys = [why for _, why in groups]
+    assert whys[:2] == ["", ""]
+    assert "stackable settings only" in whys[2] and "stackable settings only" in whys[4]
+    assert whys[3].startswith("MGDA: it combines per-task gradients")
+
+
+def test_unstackable_groups_run_one_after_another(tmp_path: Path, caplog) -> None:
+    """A model that draws dropout masks cannot stack: its jobs run alone, with the reason."""
+    common = ["dataset=sin_hetero", "+model.encoder.dropout=0.2", "dataset.n_train=200"]
+    with caplog.at_level("INFO"):
+        outcomes = run_stacked(jobs_of(tmp_path, common, SEEDS[:2]))
+    assert all(isinstance(v, float) for v in outcomes)
+    assert "2 jobs run one after another: the model draws dropout masks" in caplog.text
+    for i, job in enumerate(jobs_of(tmp_path / "alone", common, SEEDS[:2])):
+        run(*job)  # each from the random state its own build left: its own dropout masks
+        assert_same_run(tmp_path / f"job{i}", tmp_path / "alone" / f"job{i}")
+
+
+def test_a_diverging_job_stops_alone(tmp_path: Path) -> None:
+    """A job whose loss overflows fails with the one-line error it would have alone, at the
+    same step; the others go on and end as alone."""
+    per_job = [["seed=0"], ["seed=1", "trainer.optimizer.lr=1e30"], ["seed=2"]]
+    common = [*SMALL, "weighting=fixed"]
+    outcomes = run_stacked(jobs_of(tmp_path / "stacked", common, per_job))
+    assert isinstance(outcomes[1], TrainingError)
+    assert "non-finite loss" in str(outcomes[1])
+    with pytest.raises(TrainingError) as alone:
+        run(*jobs_of(tmp_path / "alone", common, per_job)[1])
+    assert str(alone.value) == str(outcomes[1]).replace("stacked", "alone")
+    assert results(tmp_path / "stacked" / "job1")["status"] == "failed"
+    for i in (0, 2):
+        run(*jobs_of(tmp_path / "alone", common, per_job)[i])
+        assert_same_run(tmp_path / "stacked" / f"job{i}", tmp_path / "alone" / f"job{i}")
+
+
+def test_a_job_that_skips_steps_skips_them_alone(tmp_path: Path) -> None:
+    """trainer.nonfinite=skip: the job with a NaN step keeps its rows and optimizer state
+    (the stack then steps each job's rows) and ends where it would alone; so do the others."""
+    per_job = [["seed=0"], ["seed=1", "weighting.weights=[1e38,1e38]"], ["seed=2"]]
+    common = [*SMALL, "weighting=fixed", "trainer.nonfinite=skip", "trainer.max_skipped=1"]
+    check_against_alone(tmp_path, common, per_job)
+    assert results(tmp_path / "stacked" / "job1")["nonfinite_steps"] > 0
+    assert results(tmp_path / "stacked" / "job0")["nonfinite_steps"] == 0
+
+
+def test_a_signal_checkpoints_every_job_and_each_resumes(tmp_path: Path, monkeypatch) -> None:
+    """SIGTERM mid-epoch: every job writes its checkpoint and is marked interrupted; one job
+    then resumes alone, the other two stacked, and all end as uninterrupted runs do."""
+    step = StackedTrainer.train_step
+
+    def stopping(self, index):  # the signal arrives during step 7
+        step(self, index)
+        if self.step == 7:
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(StackedTrainer, "train_step", stopping)
+    common = [*SMALL, "weighting=uncertainty"]
+    outcomes = run_stacked(jobs_of(tmp_path / "stacked", common, SEEDS))
+    monkeypatch.undo()
+    assert all(isinstance(v, Interrupted) for v in outcomes)
+    for i in range(3):
+        folder = tmp_path / "stacked" / f"job{i}"
+        assert results(folder)["status"] == "interrupted"
+        state = checkpoint.load(folder / "checkpoints" / "last.pt")
+        assert state["trainer"]["position"]["step"] == 7
+    resumed = jobs_of(tmp_path / "stacked", [*common, "resume_sweep=true"], SEEDS)
+    run(*resumed[0])
+    assert all(isinstance(v, float) for v in run_stacked(resumed[1:]))
+    for i, job in enumerate(jobs_of(tmp_path / "alone", common, SEEDS)):
+        run(*job)
+        assert_same_run(tmp_path / "stacked" / f"job{i}", tmp_path / "alone" / f"job{i}")
+
+
+def test_vectorized_launcher_sweep(tmp_path: Path) -> None:
+    """The installed CLI: loss-based jobs stack, MGDA's run one after another (a log line
+    says why), and mtltrain-report reads every job's folder."""
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m",
+        "hydra/launcher=vectorized",
+        "hydra.launcher.group_size=2",
+        "dataset=sin_hetero",
+        "dataset.n_train=200",
+        "dataset.n_test=100",
+        "weighting=uncertainty,mgda",
+        "seed=0,1,2",
+        f"hydra.sweep.dir={sweep}",
+        *SHORT,
+    ]
+    done = run_cli(args, tmp_path)
+    assert done.returncode == 0, done.stderr
+    logged = done.stdout + done.stderr
+    assert "jobs #0, #1: stacked" in logged
+    assert "#2 run one after another: no other job" in logged
+    assert "#3, #4 run one after another: MGDA: it combines per-task gradients" in logged
+    folders = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert len(folders) == 6
+    for folder in folders:
+        assert results(folder)["status"] == "completed"
+        assert (folder / ".hydra" / "config.yaml").is_file()
+        assert (folder / "checkpoints" / "last.pt").is_file()
+    report = run_cli_report(sweep, tmp_path)
+    assert "| weighting=uncertainty | 3 |" in report and "| weighting=mgda | 3 |" in report
+
+
+def run_cli_report(sweep: Path, cwd: Path) -> str:
+    import subprocess
+    import sys
+
+    report = str(Path(sys.executable).with_name("mtltrain-report"))
+    done = subprocess.run([report, str(sweep)], cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_group_size_must_be_a_positive_integer(tmp_path: Path) -> None:
+    args = ["-m", "hydra/launcher=vectorized", "hydra.launcher.group_size=0", "seed=0,1"]
+    done = run_cli([*args, f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path)
+    assert done.returncode != 0
+    assert "hydra.launcher.group_size=0 is not allowed" in done.stderr
