@@ -3,7 +3,7 @@
 `Optimizer.step()` of a fused Adam spends most of a small model's step outside the kernel
 (hooks, grouping by device and dtype, per-group checks: 21 µs of kernel in a 292 µs §5A
 step). `direct_step(optimizer)` gives a step that calls the same kernel on the optimizer's own
-state tensors, one call per parameter group, so the update and the state are
+state tensors, one call per set of groups with equal settings, so the update and the state are
 bit for bit the optimizer's own and its `state_dict()` stays the checkpoint's; it falls back
 to `optimizer.step()` for any step it does not cover (a parameter without a gradient, an
 optimizer not yet stepped once, another optimizer).
@@ -49,13 +49,11 @@ class _DirectStep:
         if any(p.grad is None or p not in opt.state for p in params):
             opt.step()  # the first step makes the state; a missing gradient: torch's rules
             return
-        for group in opt.param_groups:
-            self.update(group)
+        for settings, params in _by_settings(opt.param_groups):
+            self.update(settings, params)
 
-    def update(self, group: dict[str, Any]) -> None:
-        state = self.optimizer.state
-        params = group["params"]
-        held = [state[p] for p in params]
+    def update(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        held = [self.optimizer.state[p] for p in params]
         steps = [s["step"] for s in held]
         beta1, beta2 = group["betas"]
         torch._foreach_add_(steps, 1)
@@ -76,3 +74,16 @@ class _DirectStep:
             grad_scale=None,
             found_inf=None,
         )
+
+
+def _by_settings(groups: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[Tensor]]]:
+    """The parameters of groups with equal settings together (one kernel call each)."""
+    merged: list[tuple[dict[str, Any], list[Tensor]]] = []
+    for group in groups:
+        settings = {k: v for k, v in group.items() if k != "params"}
+        same = next((params for s, params in merged if s == settings), None)
+        if same is None:
+            merged.append((settings, list(group["params"])))
+        else:
+            same.extend(group["params"])
+    return merged

@@ -48,6 +48,7 @@ from mtltrain.errors import first_line
 from mtltrain.interrupts import StopSignals
 from mtltrain.losses import compute_losses
 from mtltrain.models.base import Outputs
+from mtltrain.optim import direct_step
 from mtltrain.runtime import STARTING_THREADS, settle_threads
 from mtltrain.step import Step
 from mtltrain.train import Trainer
@@ -632,9 +633,10 @@ class JobsOptimizer:
         elementwise = isinstance(self.jobs[0], ELEMENTWISE_OPTIMIZERS)
         self.over_stacks = _over_stacks(self.jobs, self.stacks) if stacks and elementwise else None
         self.over_rows = None if self.over_stacks else _over_rows(self.jobs)
+        self.stepping = direct_step(self.over_stacks or self.over_rows)
 
     def step(self) -> None:
-        (self.over_stacks or self.over_rows).step()
+        self.stepping()
 
     def rows_params(self) -> list[Tensor]:
         return [p for opt in self.jobs for p in _params(opt)]
@@ -644,6 +646,7 @@ class JobsOptimizer:
         if self.over_stacks is not None:
             self.hand_over(range(len(self.jobs)))
             self.over_stacks, self.over_rows = None, _over_rows(self.jobs)
+            self.stepping = direct_step(self.over_rows)
 
     def hand_over(self, jobs: Sequence[int]) -> None:
         """Each of `jobs`' optimizers its state, as its own optimizer would hold it."""

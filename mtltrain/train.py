@@ -29,6 +29,7 @@ from mtltrain.interrupts import StopSignals
 from mtltrain.losses import compute_losses, detach
 from mtltrain.metrics import TaskMetrics
 from mtltrain.models.base import MultiTaskNet, predict
+from mtltrain.optim import direct_step
 from mtltrain.schema import TrainerConfig
 from mtltrain.selection import Metrics, Selection
 from mtltrain.step import Step
@@ -91,6 +92,7 @@ class Trainer:
         self.forward = model if forward is None else forward
         self.callbacks = list(callbacks)
         self.strategy_optimizers = strategy.optimizers()
+        self.optimizer_step = direct_step(optimizer)
         self.terms = strategy.terms
         self.generator = torch.Generator(device=data.train.inputs.device).manual_seed(seed)
         # Training batches carry what training reads: inputs, targets, and the true σ where
@@ -216,7 +218,7 @@ class Trainer:
         step.parts, step.total = self.backward(losses, features)
         self.step = step.number
         if all(cb.allows_update(self, step) for cb in self.vetoes):
-            self.optimizer.step()
+            self.optimizer_step()
             self.strategy.after_step(step, self.recompute_losses)
             for opt in self.strategy_optimizers:
                 opt.step()

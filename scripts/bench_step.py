@@ -1,0 +1,50 @@
+"""One §5A training step of a single run, with the optimizer stepped by `torch.optim` (as
+before `mtltrain.optim.direct_step`) and by the direct fused kernel call, on one thread.
+
+    python scripts/bench_step.py [--rounds 7] [--steps 1000]
+
+Medians of interleaved rounds, in the same process; prints µs per step and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from mtltrain.build import build_trainer
+from mtltrain.config import compose_checked
+from mtltrain.optim import direct_step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--weighting", default="uncertainty")
+    args = parser.parse_args()
+    cfg = compose_checked([f"weighting={args.weighting}", "trainer.device=cpu"])
+    trainer = build_trainer(cfg)
+    torch.set_num_threads(1)
+    batch = trainer.train_split.take(slice(0, trainer.batch_size))
+    ways = {"torch.optim step": trainer.optimizer.step, "direct": direct_step(trainer.optimizer)}
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    for _ in range(args.rounds):
+        for name, step in ways.items():
+            trainer.optimizer_step = step
+            for _ in range(50):
+                trainer.train_step(batch)
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                trainer.train_step(batch)
+            times[name].append((time.perf_counter() - start) / args.steps * 1e6)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    for name, value in medians.items():
+        print(f"{name}: {value:.0f} µs a step")
+    print(f"ratio: {medians['direct'] / medians['torch.optim step']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""The direct fused Adam(W) step is the optimizer's own step, bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtltrain.optim import direct_step
+
+
+def stepped(kind, direct: bool, **settings) -> tuple[list[torch.Tensor], dict]:
+    torch.manual_seed(0)
+    params = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
+    extra = [torch.randn(2, requires_grad=True)]
+    opt = kind([{"params": params}, {"params": extra, "weight_decay": 0.0}], fused=True, **settings)
+    step = direct_step(opt) if direct else opt.step
+    for i in range(6):
+        for p in [*params, *extra]:
+            p.grad = torch.randn_like(p) * (10.0**i)
+        if i == 3:  # a step with a parameter without a gradient: torch's own rules
+            extra[0].grad = None
+        step()
+    return [*params, *extra], opt.state_dict()
+
+
+@pytest.mark.parametrize("kind", [torch.optim.Adam, torch.optim.AdamW])
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"weight_decay": 0.1}, {"amsgrad": True}, {"maximize": True, "lr": 0.01}],
+)
+def test_direct_step_equals_the_optimizers_step(kind, settings: dict) -> None:
+    ours, our_state = stepped(kind, True, **settings)
+    theirs, their_state = stepped(kind, False, **settings)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    assert our_state["param_groups"] == their_state["param_groups"]
+    for k, state in their_state["state"].items():
+        for name, value in state.items():
+            assert torch.equal(our_state["state"][k][name], value), name
+
+
+def test_other_optimizers_keep_their_own_step() -> None:
+    sgd = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1)
+    assert direct_step(sgd) == sgd.step
+    unfused = torch.optim.Adam([torch.zeros(2, requires_grad=True)], foreach=True)
+    assert direct_step(unfused) == unfused.step
