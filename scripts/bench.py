@@ -6,24 +6,26 @@
 Every comparison interleaves blocks of steps of the contenders (A, B, A, B, ...) in one process
 and reports the median over blocks, so a machine that is busy for a while slows both. The
 baseline is written the way these experiments usually are: torchvision's MNIST with
-ToTensor/Normalize through a DataLoader (batch 256, shuffled, default workers), a
-TensorDataset through a DataLoader for the toy data, the same model and batch size, the same
+ToTensor/Normalize through a DataLoader (batch 256, shuffled, one worker process per core), the
+toy data as a TensorDataset through a DataLoader into two nn.Sequential networks, the same
+architecture and batch size, the same
 Kendall uncertainty weighting written inline, torch.optim.Adam with its defaults, and the
 running loss read with .item() every step. It runs with the C library's allocator defaults,
 set again before each of its blocks; the project's blocks run with its own settings
 (conf/trainer/default.yaml: fused optimizer, channels-last images, host memory kept).
 
-Sections: MNIST samples/s (§5B model, batch 256); two-slope steps/s (§5A, batch 16, two 1→512→1
-networks); the per-step time of every weighting strategy in conf/weighting/ (or those
---strategies names) against `fixed` on the MNIST model and on a 3-task regression model with
-10⁶ shared parameters (a 1→1000→1000 tanh encoder, batch 16); the backward engine of a
-gradient-based strategy (MGDA) against the two other ways to get its Jacobian (one vmapped pass
-for all tasks; torchjd's mtl_backward, where torchjd is installed: `pip install torchjd`); the
-step time with each speed setting of conf/trainer/default.yaml undone; the share of an epoch
-spent on evaluation and logging; the wall time of a whole `mtltrain` run of each default
-configuration, start-up included, and of the two-slope run against the same run as a plain
-script (scripts/usual/two_slope.py); and a short two-slope run on a machine whose every core
-another process keeps busy.
+Sections: MNIST samples/s (§5B model, batch 256) and two-slope steps/s (§5A, batch 16, two
+1→512→1 networks), each contender at 1 and at 2 threads against the usual way at as many; the
+per-step time of every weighting strategy in conf/weighting/ (or those --strategies names)
+against `fixed` on the MNIST model and on a 3-task regression model with 10⁶ shared parameters
+(a 1→1000→1000 tanh encoder, batch 16); the backward engine of a gradient-based strategy (MGDA)
+against the two other ways to get its Jacobian (one vmapped pass for all tasks; torchjd's
+mtl_backward, where torchjd is installed: `pip install torchjd`); the step time with each speed
+setting of conf/trainer/default.yaml undone; the share of an epoch spent on evaluation and
+logging; the wall time of a whole `mtltrain` run of each default configuration, start-up
+included, and of the two-slope run against the same run as a plain script
+(scripts/usual/two_slope.py); and a short two-slope run on a machine whose every core another
+process keeps busy.
 """
 
 from __future__ import annotations
@@ -178,8 +180,25 @@ def usual_mnist(root: str, model: nn.Module, device: torch.device) -> UsualRun:
 
     to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
     train = datasets.MNIST(root, train=True, transform=to_tensor)
-    loader = torch.utils.data.DataLoader(train, batch_size=256, shuffle=True)
+    # as such scripts are written: worker processes decode the batches (one per core here)
+    workers = usable_cores()
+    loader = torch.utils.data.DataLoader(
+        train, batch_size=256, shuffle=True, num_workers=workers, persistent_workers=True
+    )
     return UsualRun(model, loader, device, mnist_losses, (1.0, 1.0, 0.5))
+
+
+class TwoSequentials(nn.Module):
+    """§5A's two networks as such a script writes them: one nn.Sequential per task."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(
+            [nn.Sequential(nn.Linear(1, 512), nn.ReLU(), nn.Linear(512, 1)) for _ in range(2)]
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return {"y1": self.nets[0](x), "y2": self.nets[1](x)}, x
 
 
 def usual_two_slope(data, model: nn.Module, device: torch.device) -> UsualRun:
@@ -198,6 +217,35 @@ def usual_two_slope(data, model: nn.Module, device: torch.device) -> UsualRun:
 # ---- sections -----------------------------------------------------------------------------
 
 
+THREADS = (1, 2)  # the loop-level comparisons run at each
+
+
+def at_threads(rate: Callable[[], float], threads: int) -> Callable[[], float]:
+    def measured() -> float:
+        settle_threads(threads)
+        return rate()
+
+    return measured
+
+
+def by_threads(runs: dict[str, Callable[[], float]], rounds: int) -> dict:
+    """Each contender's rate at 1 and 2 threads, interleaved; ratios to the usual way's at the
+    same thread count."""
+    blocks = {
+        f"{name}, {n} thread{'s' if n > 1 else ''}": at_threads(rate, n)
+        for n in THREADS
+        for name, rate in runs.items()
+    }
+    rates = interleave(blocks, rounds)
+    settle_threads()
+    out: dict[str, float] = {}
+    for n in THREADS:
+        suffix = f", {n} thread{'s' if n > 1 else ''}"
+        base = rates[f"usual way{suffix}"]
+        out.update({k: v / base for k, v in rates.items() if k.endswith(suffix)})
+    return {"rates": rates, "ratios": out}
+
+
 def bench_mnist(root: str, device: torch.device, rounds: int, tmp: Path) -> dict:
     steps = MNIST_STEPS
     runs = {"mtltrain": ProjectRun(mnist_overrides(root), device, tmp / "mnist")}
@@ -209,24 +257,19 @@ def bench_mnist(root: str, device: torch.device, rounds: int, tmp: Path) -> dict
     usual = usual_mnist(root, build(project.cfg.model, tasks=project.data.tasks), device)
     blocks = {name: (lambda r=r: 256 * steps / r.block(steps)) for name, r in runs.items()}
     blocks["usual way"] = lambda: 256 * steps / usual.block(steps)
-    rates = interleave(blocks, rounds)
-    return {"unit": "samples/s", "rates": rates, "ratios": ratios(rates, "usual way")}
+    return {"unit": "samples/s", **by_threads(blocks, rounds)}
 
 
 def bench_two_slope(device: torch.device, rounds: int, tmp: Path) -> dict:
     steps = TWO_SLOPE_STEPS
     project = ProjectRun([], device, tmp / "two_slope")
     torch.manual_seed(0)
-    model = build(project.cfg.model, tasks=project.data.tasks)
-    usual = usual_two_slope(project.data, model, device)
-    rates = interleave(
-        {
-            "mtltrain": lambda: steps / project.block(steps),
-            "usual way": lambda: steps / usual.block(steps),
-        },
-        rounds,
-    )
-    return {"unit": "steps/s", "rates": rates, "ratios": ratios(rates, "usual way")}
+    usual = usual_two_slope(project.data, TwoSequentials(), device)
+    blocks = {
+        "mtltrain": lambda: steps / project.block(steps),
+        "usual way": lambda: steps / usual.block(steps),
+    }
+    return {"unit": "steps/s", **by_threads(blocks, rounds)}
 
 
 def step_times(runs: dict[str, ProjectRun], steps: int, rounds: int, baseline: str) -> dict:

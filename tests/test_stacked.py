@@ -102,7 +102,7 @@ SMALL = ["dataset.n_train=96", "dataset.n_test=200"]  # §5A's data, 6 batches a
      "rlw", "dwa", "famo"],
 )  # fmt: skip
 def test_each_stacked_job_ends_where_it_would_alone(tmp_path: Path, strategy: str) -> None:
-    check_against_alone(tmp_path, [*SMALL, f"weighting={strategy}"], SEEDS)
+    check_against_alone(tmp_path, [*SMALL, f"weighting={strategy}"], SEEDS[:2])
 
 
 def test_dtp_stacks_on_the_vmapped_conv_model(
