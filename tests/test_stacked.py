@@ -25,8 +25,8 @@ from mtltrain.stacked import StackedTrainer, groups_of, stack_key
 
 REL = 1e-5
 SHORT = [
-    "trainer.epochs=4",
-    "trainer.eval_every=2",
+    "trainer.epochs=2",
+    "trainer.eval_every=1",
     "trainer.log_every=10",
     "trainer.figure_every=0",
     "trainer.progress=false",
