@@ -96,9 +96,13 @@ SEEDS = [["seed=0"], ["seed=1"], ["seed=2"]]
 SMALL = ["dataset.n_train=96", "dataset.n_test=200"]  # §5A's data, 6 batches an epoch
 
 
+SLOW = pytest.mark.slow  # the default suite is at its 10 minutes: these run under -m slow
+
+
 @pytest.mark.parametrize(
     "strategy",
-    ["fixed", "uncertainty", "revised_uncertainty", "uw_so", "geometric", "scale_invariant",
+    ["fixed", "uncertainty", pytest.param("revised_uncertainty", marks=SLOW),
+     pytest.param("uw_so", marks=SLOW), "geometric", pytest.param("scale_invariant", marks=SLOW),
      "rlw", "dwa", "famo"],
 )  # fmt: skip
 def test_each_stacked_job_ends_where_it_would_alone(tmp_path: Path, strategy: str) -> None:
@@ -114,6 +118,7 @@ def test_dtp_stacks_on_the_vmapped_conv_model(
     check_against_alone(tmp_path, [*mnist, "weighting=dtp", "trainer.epochs=2"], SEEDS[:2])
 
 
+@SLOW
 def test_conv_models_run_alone_on_a_cpu(tmp_path: Path, mnist: list[str], caplog) -> None:
     with caplog.at_level("INFO"):
         run_stacked(jobs_of(tmp_path, [*mnist, "trainer.epochs=1"], SEEDS[:2]))
