@@ -217,6 +217,7 @@ class StackedTrainer:
         self.without_update: set[int] = set()
         self.job_losses = vmap(self.losses_of)
         self.job_forwards = vmap(self.job_forward)
+        self.stacked_forward = getattr(first.model, "forward_stacked", None)
         self.contributor = _Contributions(first.strategy)
         self.contributors = [_Contributions(t.strategy) for t in self.jobs]
         self.prefixed = {f"strategy.{k}": v for k, v in self.strategy_state.items()}
@@ -269,10 +270,9 @@ class StackedTrainer:
     ) -> tuple[Outputs, Tensor]:
         """Every job's outputs and [N, K] term losses: by the model's own `forward_stacked`
         where it has one (a batched product of all jobs' layers), else vmapped."""
-        stacked = getattr(self.first.model, "forward_stacked", None)
-        if stacked is None:
+        if self.stacked_forward is None:
             return self.job_forwards(state, inputs, targets)
-        outputs, _ = stacked(state, inputs)
+        outputs, _ = self.stacked_forward(state, inputs)
         return outputs, self.job_losses(outputs, targets)
 
     def job_forward(
