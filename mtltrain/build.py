@@ -56,7 +56,8 @@ def configure_process(trainer: TrainerConfig, device: torch.device) -> None:
         keep_host_memory(trainer.keep_host_memory)
     if trainer.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(trainer.deterministic)
+    if torch.are_deterministic_algorithms_enabled() != trainer.deterministic:
+        torch.use_deterministic_algorithms(trainer.deterministic)  # imports inductor: ~1 s
     torch.backends.cudnn.benchmark = trainer.cudnn_benchmark and not trainer.deterministic
 
 

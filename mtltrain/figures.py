@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.image import imsave
 
 from mtltrain.data.base import Split
 from mtltrain.losses import MeanLogVar, point
@@ -136,5 +137,6 @@ def to_rgb(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
 
 
-def save_png(fig: Figure, path: Path) -> None:
-    FigureCanvasAgg(fig).print_png(str(path))
+def save_png(image: np.ndarray, path: Path) -> None:
+    """A rendered figure (`to_rgb`) as a PNG file, without drawing it again."""
+    imsave(path, image)

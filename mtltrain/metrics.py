@@ -11,7 +11,6 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mtltrain.data.base import Split
@@ -107,7 +106,7 @@ class RegressionScorer(Scorer):
     def batch_sums(
         self, output: Tensor | MeanLogVar, target: Tensor, noise_std: Tensor | None
     ) -> Tensor:
-        return F.mse_loss(point(output).float(), target, reduction="sum").reshape(1)
+        return (point(output).float() - target).square().sum().reshape(1)  # F.mse_loss's value
 
     def finish(self, sums: Tensor, count: int) -> dict[str, Tensor]:
         mse = sums[0] / count

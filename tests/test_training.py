@@ -1,5 +1,6 @@
 """Training in-process: σ recovery, determinism, the task function's return value."""
 
+import io
 import json
 import math
 import re
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_config
+from matplotlib.image import imread
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtltrain.build import build_trainer
@@ -78,7 +80,12 @@ def test_sin_hetero_gaussian_nll_recovers_sigma_of_x(tmp_path):
                        "trainer.optimizer.lr=3e-3", "trainer.figure_every=0"])  # fmt: skip
     run(cfg, tmp_path)
     check_sigma_recovery(results_of(tmp_path))
-    assert (tmp_path / "figures" / "fit_y.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = tmp_path / "figures" / "fit_y.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    logged = acc.Images("figures/fit_y")[-1].encoded_image_string
+    assert (imread(io.BytesIO(logged)) == imread(png)[:, :, :3]).all()  # one drawing, both places
 
 
 @pytest.mark.slow

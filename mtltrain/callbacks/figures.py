@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mtltrain import figures
 from mtltrain.callbacks import Callback
 from mtltrain.tblog import TensorBoardLog
 
@@ -31,10 +30,13 @@ class FiguresCallback(Callback):
         self.draw(trainer, self.folder)
 
     def draw(self, trainer: Trainer, folder: Path | None) -> None:
+        from mtltrain import figures  # matplotlib loads with the first figure (0.6 s)
+
         rendered = figures.render(trainer.model, trainer.data.test, trainer.data.tasks)
         if rendered and folder is not None:
             folder.mkdir(exist_ok=True)
         for name, fig in rendered.items():
-            self.tb.image(f"figures/{name}", figures.to_rgb(fig), trainer.step)
+            image = figures.to_rgb(fig)
+            self.tb.image(f"figures/{name}", image, trainer.step)
             if folder is not None:
-                figures.save_png(fig, folder / f"{name}.png")
+                figures.save_png(image, folder / f"{name}.png")

@@ -111,8 +111,8 @@ class SeparateMLPs(nn.Module):
     def outputs(self, h: Tensor) -> Outputs:
         """Each task's outputs from its network's row of `h` ([tasks, …, widest])."""
         outputs: Outputs = {}
-        for k, (task, width) in enumerate(zip(self.tasks, self.widths, strict=True)):
-            out = h[k, ..., :width]
+        for task, width, rows in zip(self.tasks, self.widths, h.unbind(0), strict=True):
+            out = rows[..., :width]
             outputs[task.name] = MeanLogVar.split(out, dim=-1) if task.heteroscedastic else out
         return outputs
 
