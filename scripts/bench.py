@@ -15,7 +15,8 @@ set again before each of its blocks; the project's blocks run with its own setti
 (conf/trainer/default.yaml: fused optimizer, channels-last images, host memory kept).
 
 Sections: MNIST samples/s (§5B model, batch 256) and two-slope steps/s (§5A, batch 16, two
-1→512→1 networks), each contender at 1 and at 2 threads against the usual way at as many; the
+1→512→1 networks), each contender at 1 and at 2 threads against the usual way at as many, and
+for MNIST the share each reaches of the model's convolutions alone (`ConvCeiling`); the
 per-step time of every weighting strategy in conf/weighting/ (or those --strategies names)
 against `fixed` on the MNIST model and on a 3-task regression model with 10⁶ shared parameters
 (a 1→1000→1000 tanh encoder, batch 16); the backward engine of a gradient-based strategy (MGDA)
@@ -24,7 +25,8 @@ mtl_backward, where torchjd is installed: `pip install torchjd`); the step time 
 setting of conf/trainer/default.yaml undone; the share of an epoch spent on evaluation and
 logging; the wall time of a whole `mtltrain` run of each default configuration, start-up
 included, and of the two-slope run against the same run as a plain script
-(scripts/usual/two_slope.py); and a short two-slope run on a machine whose every core another
+(scripts/usual/two_slope.py); one §5B epoch as a whole process against scripts/usual/mnist.py,
+at 1 and 2 threads; and a short two-slope run on a machine whose every core another
 process keeps busy.
 """
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import itertools
 import json
@@ -218,6 +221,7 @@ def usual_two_slope(data, model: nn.Module, device: torch.device) -> UsualRun:
 
 
 THREADS = (1, 2)  # the loop-level comparisons run at each
+CEILING = "convolutions alone (ceiling)"
 
 
 def at_threads(rate: Callable[[], float], threads: int) -> Callable[[], float]:
@@ -246,6 +250,42 @@ def by_threads(runs: dict[str, Callable[[], float]], rounds: int) -> dict:
     return {"rates": rates, "ratios": out}
 
 
+class ConvCeiling:
+    """The model's convolutions alone: each Conv2d and ConvTranspose2d of a training step,
+    forward and backward on inputs of the shapes and memory format the step gives it (the
+    first one without an input gradient, as in training). A step of the whole model cannot
+    be faster than these on this machine."""
+
+    def __init__(self, run: ProjectRun) -> None:
+        self.convs: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+        kinds = (nn.Conv2d, nn.ConvTranspose2d)
+        seen: list[tuple[nn.Module, torch.Tensor]] = []
+        hooks = [
+            m.register_forward_hook(lambda m, inputs, _: seen.append((m, inputs[0].detach())))
+            for m in run.model.modules()
+            if isinstance(m, kinds)
+        ]
+        run.step(next(run.batches))
+        for hook in hooks:
+            hook.remove()
+        for i, (module, x) in enumerate(seen):
+            conv = copy.deepcopy(module)
+            x = x.clone(memory_format=torch.preserve_format).requires_grad_(i > 0)
+            self.convs.append((conv, x, torch.randn_like(conv(x))))
+        self.device = run.device
+
+    def block(self, steps: int) -> float:
+        sync(self.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            for conv, x, grad in self.convs:
+                conv.zero_grad(set_to_none=True)
+                x.grad = None
+                conv(x).backward(grad)
+        sync(self.device)
+        return time.perf_counter() - start
+
+
 def bench_mnist(root: str, device: torch.device, rounds: int, tmp: Path) -> dict:
     steps = MNIST_STEPS
     runs = {"mtltrain": ProjectRun(mnist_overrides(root), device, tmp / "mnist")}
@@ -255,8 +295,12 @@ def bench_mnist(root: str, device: torch.device, rounds: int, tmp: Path) -> dict
         )
     project = runs["mtltrain"]
     usual = usual_mnist(root, build(project.cfg.model, tasks=project.data.tasks), device)
-    blocks = {name: (lambda r=r: 256 * steps / r.block(steps)) for name, r in runs.items()}
+    blocks: dict[str, Callable[[], float]] = {
+        name: (lambda r=r: 256 * steps / r.block(steps)) for name, r in runs.items()
+    }
     blocks["usual way"] = lambda: 256 * steps / usual.block(steps)
+    ceiling = ConvCeiling(project)
+    blocks[CEILING] = lambda: 256 * steps / ceiling.block(steps)
     return {"unit": "samples/s", **by_threads(blocks, rounds)}
 
 
@@ -492,6 +536,30 @@ def whole_runs(root: str, device: torch.device, tmp: Path) -> dict:
     return out
 
 
+USUAL_MNIST = Path(__file__).resolve().parent / "usual" / "mnist.py"
+
+
+def mnist_processes(root: str, tmp: Path, epochs: int = 1) -> dict:
+    """§5B as whole processes on the CPU, start-up and test pass included: `mtltrain
+    dataset=mnist_mtl` against scripts/usual/mnist.py for `epochs`, at 1 and 2 threads, the two
+    taken in turn, 3 times; medians."""
+    rows = {}
+    for n in THREADS:
+        ours, usual = [], []
+        for i in range(3):
+            settings = [f"trainer.epochs={epochs}", f"trainer.threads={n}", "trainer.device=cpu"]
+            folder = tmp / f"mnist_process_{n}_{i}"
+            run = [MTLTRAIN, *mnist_overrides(root), *settings, f"hydra.run.dir={folder}"]
+            ours.append(timed_process(run))
+            script = [sys.executable, str(USUAL_MNIST), "--root", root, "--epochs", str(epochs)]
+            usual.append(timed_process([*script, "--threads", str(n)]))
+        rows[f"{n} thread{'s' if n > 1 else ''}"] = {
+            "mtltrain_s": statistics.median(ours),
+            "usual_s": statistics.median(usual),
+        }
+    return {"epochs": epochs, "rows": rows}
+
+
 def busy_machine(tmp: Path) -> dict:
     """100 epochs of the two-slope run while every core is kept busy by another process:
     trainer.threads=auto (one thread for this small step), every core (what a run took before
@@ -588,6 +656,23 @@ def ratios(rates: dict[str, float], baseline: str) -> dict[str, float]:
     return {name: rate / rates[baseline] for name, rate in rates.items()}
 
 
+def ceiling_table(mnist: dict) -> list[str]:
+    """Each float32 MNIST contender's rate as a share of the convolutions-alone ceiling's (a
+    float32 one: bf16 runs are not bounded by it)."""
+    rates = mnist["rates"]
+    suffixes = [f", {n} thread{'s' if n > 1 else ''}" for n in THREADS]
+    if not all(f"{CEILING}{s}" in rates for s in suffixes):  # a report from before the ceiling
+        return []
+    names = [k.removesuffix(suffixes[0]) for k in rates if k.endswith(suffixes[0])]
+    lines = ["", "| MNIST, float32: share of the convolutions-alone ceiling | "
+             + " | ".join(f"{n} thread{'s' if n > 1 else ''}" for n in THREADS) + " |",
+             "|---|" + "---|" * len(THREADS)]  # fmt: skip
+    for name in (n for n in names if n != CEILING and "precision" not in n):
+        shares = [rates[f"{name}{s}"] / rates[f"{CEILING}{s}"] for s in suffixes]
+        lines.append(f"| {name} | " + " | ".join(f"{100 * x:.0f}%" for x in shares) + " |")
+    return lines
+
+
 def strategy_table(strategies: dict) -> list[str]:
     """One row per strategy: its kind and its step time on each model, and × fixed."""
     mnist, wide = strategies["mnist_mtl"], strategies["wide"]
@@ -617,6 +702,7 @@ def markdown(report: dict) -> str:
         for name, rate in data["rates"].items():
             ratio = data["ratios"][name]
             lines.append(f"| {section} | {name} | {rate:,.0f} {data['unit']} | {ratio:.2f} |")
+    lines += ceiling_table(report["mnist"])
     lines += strategy_table(report["strategies"])
     lines += ["", "| backward of a gradient-based strategy (MNIST model) | ms/step | × fixed |"]
     lines += ["|---|---|---|"]
@@ -646,6 +732,14 @@ def markdown(report: dict) -> str:
         ours_name = "`mtltrain experiment=two_slope_source`"
         lines.append(f"| {ours_name} | {ours:.1f} s | {ours / usual:.2f} |")
         lines.append(f"| scripts/usual/two_slope.py | {usual:.1f} s | 1.00 |")
+    if report.get("mnist_process"):
+        section = report["mnist_process"]
+        lines += ["", f"| whole §5B run on the CPU ({section['epochs']} epoch, start-up and test "
+                  "pass included), median of 3 | mtltrain | scripts/usual/mnist.py | usual ÷ "
+                  "mtltrain |", "|---|---|---|---|"]  # fmt: skip
+        for threads, r in section["rows"].items():
+            ours, usual = r["mtltrain_s"], r["usual_s"]
+            lines.append(f"| {threads} | {ours:.1f} s | {usual:.1f} s | {usual / ours:.2f}× |")
     if report.get("busy"):
         busy = report["busy"]
         lines += ["", f"| 100 two-slope epochs, {busy['cores']} cores kept busy by other "
@@ -736,6 +830,7 @@ def main() -> None:
         }
         if not args.skip_runs:
             sections["runs"] = lambda: whole_runs(root, device, tmp)
+            sections["mnist_process"] = lambda: mnist_processes(root, tmp)
             sections["busy"] = lambda: busy_machine(tmp)
             sections["distributed"] = lambda: distributed(root, tmp)
         if args.only:
