@@ -56,7 +56,8 @@ def configure_process(trainer: TrainerConfig, device: torch.device) -> None:
         keep_host_memory(trainer.keep_host_memory)
     if trainer.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    if torch.are_deterministic_algorithms_enabled() != trainer.deterministic:
+    enabled = torch.are_deterministic_algorithms_enabled()
+    if enabled != trainer.deterministic or torch.is_deterministic_algorithms_warn_only_enabled():
         torch.use_deterministic_algorithms(trainer.deterministic)  # imports inductor: ~1 s
     torch.backends.cudnn.benchmark = trainer.cudnn_benchmark and not trainer.deterministic
 

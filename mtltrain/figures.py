@@ -139,4 +139,4 @@ def to_rgb(fig: Figure) -> np.ndarray:
 
 def save_png(image: np.ndarray, path: Path) -> None:
     """A rendered figure (`to_rgb`) as a PNG file, without drawing it again."""
-    imsave(path, image)
+    imsave(path, image, format="png", origin="upper")  # whatever the user's matplotlibrc says

@@ -29,8 +29,11 @@ def test_bench_writes_json_and_markdown(tmp_path):
     assert report["mnist_data"] == "real" and report["machine"]["torch"]
     for section in ("mnist", "two_slope"):
         rates = report[section]["rates"]
-        assert {"mtltrain", "usual way"} <= set(rates) == set(report[section]["ratios"])
+        for threads in ("1 thread", "2 threads"):
+            assert {f"mtltrain, {threads}", f"usual way, {threads}"} <= set(rates)
+        assert set(rates) == set(report[section]["ratios"])
         assert all(rate > 0 for rate in rates.values())
+    assert "convolutions alone (ceiling), 2 threads" in report["mnist"]["rates"]
     for model in ("mnist_mtl", "wide"):
         strategies = report["strategies"][model]
         timed = {"fixed", "mgda", "rlw", "graddrop"}
@@ -43,8 +46,22 @@ def test_bench_writes_json_and_markdown(tmp_path):
     assert {"fixed", "mgda: one pass per task (mtltrain)", "mgda: one vmapped pass"} <= set(engine)
     assert all(s["share"] > 0 for s in report["eval_logging"].values())
     text = table.read_text()
-    assert "| mnist | usual way |" in text and "Reproduce: `python scripts/bench.py" in text
+    assert (
+        "| mnist | usual way, 1 thread |" in text and "Reproduce: `python scripts/bench.py" in text
+    )
+    assert "share of its channels-last convolutions alone" in text
     assert "| mgda: one vmapped pass |" in text and "| graddrop | representation |" in text
+
+
+def test_the_usual_mnist_script_trains_and_scores(tmp_path):
+    """scripts/usual/mnist.py, the whole-process baseline, runs on torchvision's layout."""
+    root = write_fake_mnist(tmp_path / "mnist", n_train=512, n_test=256)
+    script = [sys.executable, str(REPO / "scripts" / "usual" / "mnist.py"), "--root", str(root)]
+    done = subprocess.run([*script, "--epochs", "1", "--threads", "1"], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    accuracies = done.stdout.split("test accuracy cls3, cls10:")[1].splitlines()[0]
+    assert all(0 <= a <= 1 for a in json.loads(accuracies))
 
 
 def test_bench_names_a_strategy_it_has_no_config_for():

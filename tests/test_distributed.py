@@ -21,6 +21,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mtltrain.errors import RunFolderError
 from mtltrain.rundir import follower_arguments, rank
 
+# one worker builds this module's costly module-scoped fixture for all its tests
+pytestmark = pytest.mark.xdist_group("distributed")
+
 HERE = Path(__file__).resolve().parent
 TOLERANCE = 1e-6
 # <strategy>:<global batch>: 15 splits 7 / 8; 1 leaves rank 0 an empty shard

@@ -15,6 +15,9 @@ from matplotlib.image import imread
 
 from mtltrain.report import main, seed_curve
 
+# one worker builds this module's costly module-scoped fixture for all its tests
+pytestmark = pytest.mark.xdist_group("report")
+
 REPORT = str(Path(sys.executable).with_name("mtltrain-report"))
 TINY = ["trainer.epochs=3", "trainer.log_every=1", "dataset.n_train=64", "dataset.n_test=32"]
 REPORT_FILES = {"report.md", "report.csv", "learned_sigma.png", "learned_weight.png",

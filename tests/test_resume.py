@@ -24,6 +24,9 @@ from mtltrain.errors import TrainingError
 from mtltrain.run import run
 from mtltrain.tblog import TensorBoardLog
 
+# one worker builds this module's costly module-scoped fixture for all its tests
+pytestmark = pytest.mark.xdist_group("resume")
+
 # ~1500 steps, a checkpoint every epoch: long enough to be stopped in the middle
 RUN = [
     "trainer.epochs=80",

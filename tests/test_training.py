@@ -85,7 +85,8 @@ def test_sin_hetero_gaussian_nll_recovers_sigma_of_x(tmp_path):
     acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
     acc.Reload()
     logged = acc.Images("figures/fit_y")[-1].encoded_image_string
-    assert (imread(io.BytesIO(logged)) == imread(png)[:, :, :3]).all()  # one drawing, both places
+    # the PNG is what TensorBoard shows
+    assert (imread(io.BytesIO(logged)) == imread(png)[:, :, :3]).all()
 
 
 @pytest.mark.slow
