@@ -1,9 +1,9 @@
 """A fused Adam or AdamW step without `torch.optim`'s Python around its kernel.
 
 `Optimizer.step()` of a fused Adam spends most of a small model's step outside the kernel
-(hooks, grouping by device and dtype, per-group checks: 21 µs of kernel in a 292 µs §5A
-step). `direct_step(optimizer)` gives a step that calls the same kernel on the optimizer's own
-state tensors, one call per set of groups with equal settings, so the update and the state are
+(hooks, grouping by device and dtype, per-group checks). `direct_step(optimizer)` gives a step
+that calls the same kernel on the optimizer's own state tensors, one call per set of groups
+with equal settings, so the update and the state are
 bit for bit the optimizer's own and its `state_dict()` stays the checkpoint's; it falls back
 to `optimizer.step()` for any step it does not cover (a parameter without a gradient, an
 optimizer not yet stepped once, another optimizer).
@@ -49,6 +49,7 @@ class _DirectStep:
         if any(p.grad is None or p not in opt.state for p in params):
             opt.step()  # the first step makes the state; a missing gradient: torch's rules
             return
+        # grouped each step: a resumed optimizer's load_state_dict replaces its groups
         for settings, params in _by_settings(opt.param_groups):
             self.update(settings, params)
 

@@ -74,16 +74,15 @@ def run(
             trainer = next(steps)
         except StopIteration as done:  # a finished run kept as it is
             return done.value
-        return finish(steps, trainer.fit)
+        return finish(steps, _fit(trainer.fit))
 
 
-def finish(steps: Generator[Trainer, None, float], fit: Callable[[], object]) -> float:
-    """Fit the trainer `steps` yielded with `fit` and let the run write its results; an error
-    of `fit` goes back into the run, which records it and raises it as an MtlError."""
-    try:
-        fit()
-    except Exception as e:
-        steps.throw(e)  # raises: the run records the failure and raises it again
+def finish(steps: Generator[Trainer, None, float], error: BaseException | None) -> float:
+    """Let the run whose trainer `steps` yielded write its results, now it is fitted; the
+    error that stopped its fit, if any, goes back into the run, which records it and raises
+    it as an MtlError."""
+    if error is not None:
+        steps.throw(error)  # raises: the run records the failure and raises it again
     try:
         steps.send(None)
     except StopIteration as done:
@@ -131,43 +130,39 @@ def _fitted(group: Sequence[_Started]) -> list[float | MtlError]:
     """Fit the group's trainers stacked where they can be, else one after another; each job's
     objective or error."""
     trainers = [job.trainer for job in group]
-    why = unstackable(trainers) if len(trainers) > 1 else "it is alone"
-    if not why:
+    why = unstackable(trainers) if len(trainers) > 1 else ""
+    errors: list[BaseException | None]
+    if len(trainers) > 1 and not why:
         try:
-            fits = [_raiser(e) for e in StackedTrainer(trainers).fit()]
+            errors = StackedTrainer(trainers).fit()
         except Exception as e:  # not any one job's: every job of the stack gets it
-            fits = [_raiser(e)] * len(group)
+            errors = [e] * len(group)
     else:
-        if len(trainers) > 1:
+        if why:
             log.info("%d jobs run one after another: %s", len(trainers), why)
-        fits = [_alone(job) for job in group]
+        errors = [_alone(job) for job in group]
     outcomes: list[float | MtlError] = []
-    for job, fit in zip(group, fits, strict=True):
+    for job, error in zip(group, errors, strict=True):
         try:
-            outcomes.append(finish(job.steps, fit))
+            outcomes.append(finish(job.steps, error))
         except MtlError as e:
             outcomes.append(e)
     return outcomes
 
 
-def _alone(job: _Started) -> Callable[[], object]:
-    """The job's own fit, from the random state it was built (or resumed) with."""
-
-    def fit() -> object:
-        checkpoint.set_rng_states(job.rng)
-        return job.trainer.fit()
-
-    return fit
+def _alone(job: _Started) -> Exception | None:
+    """The job's own fit, from the random state it was built (or resumed) with: its error."""
+    checkpoint.set_rng_states(job.rng)
+    return _fit(job.trainer.fit)
 
 
-def _raiser(error: BaseException | None) -> Callable[[], None]:
-    """A fit that has happened: it raises the error that stopped it, if any."""
-
-    def fitted() -> None:
-        if error is not None:
-            raise error
-
-    return fitted
+def _fit(fit: Callable[[], object]) -> Exception | None:
+    """The error that stopped `fit`, or None."""
+    try:
+        fit()
+    except Exception as e:
+        return e
+    return None
 
 
 def job_run(

@@ -45,7 +45,7 @@ from mtltrain.data.base import Split
 from mtltrain.errors import first_line
 from mtltrain.interrupts import StopSignals
 from mtltrain.jobs_optimizer import JobsOptimizer
-from mtltrain.losses import compute_losses
+from mtltrain.losses import compute_losses, detach
 from mtltrain.models.base import Outputs
 from mtltrain.runtime import STARTING_THREADS, settle_threads
 from mtltrain.step import Step
@@ -126,50 +126,40 @@ def _strategy_unstackable(cfg: DictConfig) -> str:
 
 
 def unstackable(trainers: Sequence[Trainer]) -> str:
-    """Why these trainers cannot train stacked; "" where they can."""
+    """Why these trainers (at the same step: `run.run_stacked` groups them so) cannot train
+    stacked; "" where they can."""
     first = trainers[0]
-    kinds = {type(t.strategy) for t in trainers}
-    checks: list[tuple[bool, Callable[[], str]]] = [
-        (len(kinds) > 1, lambda: "their strategies differ"),
-        (
-            bool(first.strategy.unstackable),
-            lambda: f"{type(first.strategy).__name__}: {first.strategy.unstackable}",
-        ),
-        (first.ranks.size > 1, lambda: "they run under torchrun"),
-        (first.forward is not first.model, lambda: "trainer.compile is set"),
-        (_draws_random(first.model), lambda: "the model draws dropout masks (not each job's own)"),
-        (
-            len({(t.epoch, t.batch, t.step) for t in trainers}) > 1,
-            lambda: "they are at different steps (some resumed)",
-        ),
-        (
-            len({(t.epochs, t.batches_per_epoch, t.batch_size, t.device) for t in trainers}) > 1,
-            lambda: "their epochs, batches or devices differ",
-        ),
-        (
-            any(_shapes(t.model) != _shapes(first.model) for t in trainers)
-            or any(_shapes(t.strategy) != _shapes(first.strategy) for t in trainers),
-            lambda: "their models or strategies differ in shape",
-        ),
-        (
-            any(_optimizer_kinds(t) != _optimizer_kinds(first) for t in trainers),
-            lambda: "their optimizers differ",
-        ),
-        (
-            any(_split_shapes(t.train_split) != _split_shapes(first.train_split) for t in trainers),
-            lambda: "their training sets differ in shape",
-        ),
-        (
-            first.device.type == "cpu"
-            and _has_convolutions(first.model)
-            and not hasattr(first.model, "forward_stacked"),
-            lambda: (
-                "vmapped convolutions run as grouped ones, slower per job than one job at a "
-                "time on a CPU (scripts/bench_stacked.py)"
-            ),
-        ),
-    ]
-    return next((why() for failed, why in checks if failed), "")
+    if len({type(t.strategy) for t in trainers}) > 1:
+        return "their strategies differ"
+    if first.strategy.unstackable:
+        return f"{type(first.strategy).__name__}: {first.strategy.unstackable}"
+    if first.ranks.size > 1:
+        return "they run under torchrun"
+    if first.forward is not first.model:
+        return "trainer.compile is set"
+    if _draws_random(first.model):
+        return "the model draws dropout masks (not each job's own)"
+    if len({(t.epochs, t.batches_per_epoch, t.batch_size, t.device) for t in trainers}) > 1:
+        return "their epochs, batches or devices differ"
+    if any(
+        _shapes(t.model) != _shapes(first.model) or _shapes(t.strategy) != _shapes(first.strategy)
+        for t in trainers
+    ):
+        return "their models or strategies differ in shape"
+    if any(_optimizer_kinds(t) != _optimizer_kinds(first) for t in trainers):
+        return "their optimizers differ"
+    if any(_split_shapes(t.train_split) != _split_shapes(first.train_split) for t in trainers):
+        return "their training sets differ in shape"
+    if (
+        first.device.type == "cpu"
+        and _has_convolutions(first.model)
+        and not hasattr(first.model, "forward_stacked")
+    ):
+        return (
+            "vmapped convolutions run as grouped ones, slower per job than one job at a time "
+            "on a CPU (scripts/bench_stacked.py)"
+        )
+    return ""
 
 
 class StackedTrainer:
@@ -209,7 +199,6 @@ class StackedTrainer:
         self.job_losses = vmap(self.losses_of)
         self.job_forwards = vmap(self.job_forward)
         self.stacked_forward = getattr(first.model, "forward_stacked", None)
-        self.contributor = _Contributions(first.strategy)
         self.contributors = [_Contributions(t.strategy) for t in self.jobs]
         self.prefixed = {f"strategy.{k}": v for k, v in self.strategy_state.items()}
         self.together = all(_same_settings(t.strategy, first.strategy) for t in self.jobs)
@@ -276,7 +265,7 @@ class StackedTrainer:
         return compute_losses(self.first.terms, outputs, targets)
 
     def job_contributions(self, state: dict[str, Tensor], losses: Tensor) -> Tensor:
-        return functional_call(self.contributor, state, (losses,))
+        return functional_call(self.contributors[0], state, (losses,))
 
     def contributions(self, losses: Tensor) -> Tensor:
         """Each job's contributions: at once where the jobs' strategies differ only in their
@@ -304,7 +293,7 @@ class StackedTrainer:
             batch = batch.map(lambda t: t.to(self.device, non_blocking=True))
         with self.precision:
             outputs, losses = self.forward(self.model_state, batch.inputs, batch.targets)
-        seen = tree_map(torch.Tensor.detach, outputs)
+        seen = {name: detach(out) for name, out in outputs.items()}
         self.step += 1
         self.recomputed = None
         rows = losses.unbind(0)

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from bench import interleave, timed_process
-from repro_common import MNIST_ROOT
+from bench import MTLTRAIN, interleave, timed_process
+from repro_common import MNIST_ROOT, REPO, mnist_overrides
 from update_readme import update
 
 from mtltrain.build import build_trainer
@@ -34,9 +33,6 @@ from mtltrain.config import compose_checked
 from mtltrain.data.mnist_mtl import write_random
 from mtltrain.runtime import machine
 from mtltrain.stacked import StackedTrainer
-
-REPO = Path(__file__).resolve().parent.parent
-MTLTRAIN = str(Path(sys.executable).with_name("mtltrain"))
 
 
 def sweep_seconds(jobs: int, epochs: int, stacked: bool, folder: Path) -> float:
@@ -167,7 +163,7 @@ def main() -> None:
         root = args.mnist_root
         if not (Path(root) / "MNIST" / "raw").is_dir():
             root = str(write_random(tmp / "mnist", 60000, 10000, 0))
-        mnist = ["dataset=mnist_mtl", f"dataset.root={root}", "dataset.download=false"]
+        mnist = mnist_overrides(root)
         steps = {
             "§5A two-slope MLPs (forward_stacked)": step_rates("two_slope", [], args.rounds),
             "§5C sin-curve shared MLP (vmap)": step_rates(

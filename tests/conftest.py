@@ -18,6 +18,7 @@ from mtltrain.config import compose_checked
 from mtltrain.data import mnist_mtl
 
 MTLTRAIN = str(Path(sys.executable).with_name("mtltrain"))
+REPORT = str(Path(sys.executable).with_name("mtltrain-report"))
 
 
 class StopAt(Callback):
@@ -48,6 +49,13 @@ def run_cli(args: Sequence[str], cwd: Path, timeout: float = 300) -> subprocess.
     """Run the installed `mtltrain` console script."""
     return subprocess.run(
         [MTLTRAIN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def run_report(args: Sequence[object], cwd: Path) -> subprocess.CompletedProcess:
+    """Run the installed `mtltrain-report` console script."""
+    return subprocess.run(
+        [REPORT, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
     )
 
 

@@ -14,6 +14,7 @@ def stepped(kind, direct: bool, **settings) -> tuple[list[torch.Tensor], dict]:
     extra = [torch.randn(2, requires_grad=True)]
     opt = kind([{"params": params}, {"params": extra, "weight_decay": 0.0}], fused=True, **settings)
     step = direct_step(opt) if direct else opt.step
+    assert (step != opt.step) == direct  # the direct kernel call, not a fallback to torch's
     for i in range(6):
         for p in [*params, *extra]:
             p.grad = torch.randn_like(p) * (10.0**i)

@@ -4,13 +4,10 @@ import csv
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli, run_report
 from matplotlib.image import imread
 
 from mtltrain.report import main, seed_curve
@@ -18,16 +15,9 @@ from mtltrain.report import main, seed_curve
 # one worker builds this module's costly module-scoped fixture for all its tests
 pytestmark = pytest.mark.xdist_group("report")
 
-REPORT = str(Path(sys.executable).with_name("mtltrain-report"))
 TINY = ["trainer.epochs=3", "trainer.log_every=1", "dataset.n_train=64", "dataset.n_test=32"]
 REPORT_FILES = {"report.md", "report.csv", "learned_sigma.png", "learned_weight.png",
                 "main_metrics.png"}  # fmt: skip
-
-
-def run_report(args, cwd):
-    return subprocess.run(
-        [REPORT, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
-    )
 
 
 def snapshot(folder):

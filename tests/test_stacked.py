@@ -2,24 +2,24 @@
 it would alone, in a folder like its own run's; faults stay per job; resume works per job.
 
 Tolerance: every metric, learned quantity and TensorBoard scalar of a stacked job equals the
-same job run alone to a relative 1e-5 (measured: 2.5e-7 at most, after 20 epochs of §5A);
-the batched matrix products and vmapped reductions add in another order than one run's.
+same job run alone to a relative 1e-5; the batched matrix products and vmapped reductions
+add in another order than one run's.
 """
 
 from __future__ import annotations
 
-import json
 import signal
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_config, run_cli, write_fake_mnist
+from conftest import make_config, run_cli, run_report, write_fake_mnist
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtltrain import checkpoint
 from mtltrain.errors import Interrupted, TrainingError
+from mtltrain.results import read_results
 from mtltrain.run import run, run_stacked
 from mtltrain.stacked import StackedTrainer, groups_of, stack_key
 
@@ -48,10 +48,6 @@ def jobs_of(base: Path, common: Sequence[str], per_job: Sequence[Sequence[str]])
     ]
 
 
-def results(folder: Path) -> dict:
-    return json.loads((folder / "results.json").read_text())
-
-
 def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(folder / "tb"), size_guidance={"scalars": 0})
     acc.Reload()
@@ -60,7 +56,7 @@ def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 def assert_same_run(stacked: Path, alone: Path) -> None:
     """Same results (to REL), same TensorBoard series at the same steps, same checkpoint."""
-    a, b = results(stacked), results(alone)
+    a, b = read_results(stacked), read_results(alone)
     assert a["status"] == b["status"] == "completed"
     assert a.keys() == b.keys()
     assert a["steps"] == b["steps"] and a["selected"] == b["selected"]
@@ -210,7 +206,7 @@ def test_a_diverging_job_stops_alone(tmp_path: Path) -> None:
     with pytest.raises(TrainingError) as alone:
         run(*jobs_of(tmp_path / "alone", common, per_job)[1])
     assert str(alone.value) == str(outcomes[1]).replace("stacked", "alone")
-    assert results(tmp_path / "stacked" / "job1")["status"] == "failed"
+    assert read_results(tmp_path / "stacked" / "job1")["status"] == "failed"
     for i in (0, 2):
         run(*jobs_of(tmp_path / "alone", common, per_job)[i])
         assert_same_run(tmp_path / "stacked" / f"job{i}", tmp_path / "alone" / f"job{i}")
@@ -222,8 +218,8 @@ def test_a_job_that_skips_steps_skips_them_alone(tmp_path: Path) -> None:
     per_job = [["seed=0"], ["seed=1", "weighting.weights=[1e38,1e38]"], ["seed=2"]]
     common = [*SMALL, "weighting=fixed", "trainer.nonfinite=skip", "trainer.max_skipped=1"]
     check_against_alone(tmp_path, common, per_job)
-    assert results(tmp_path / "stacked" / "job1")["nonfinite_steps"] > 0
-    assert results(tmp_path / "stacked" / "job0")["nonfinite_steps"] == 0
+    assert read_results(tmp_path / "stacked" / "job1")["nonfinite_steps"] > 0
+    assert read_results(tmp_path / "stacked" / "job0")["nonfinite_steps"] == 0
 
 
 def test_a_signal_checkpoints_every_job_and_each_resumes(tmp_path: Path, monkeypatch) -> None:
@@ -243,7 +239,7 @@ def test_a_signal_checkpoints_every_job_and_each_resumes(tmp_path: Path, monkeyp
     assert all(isinstance(v, Interrupted) for v in outcomes)
     for i in range(3):
         folder = tmp_path / "stacked" / f"job{i}"
-        assert results(folder)["status"] == "interrupted"
+        assert read_results(folder)["status"] == "interrupted"
         state = checkpoint.load(folder / "checkpoints" / "last.pt")
         assert state["trainer"]["position"]["step"] == 7
     resumed = jobs_of(tmp_path / "stacked", [*common, "resume_sweep=true"], SEEDS)
@@ -279,21 +275,13 @@ def test_vectorized_launcher_sweep(tmp_path: Path) -> None:
     folders = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(folders) == 6
     for folder in folders:
-        assert results(folder)["status"] == "completed"
+        assert read_results(folder)["status"] == "completed"
         assert (folder / ".hydra" / "config.yaml").is_file()
         assert (folder / "checkpoints" / "last.pt").is_file()
-    report = run_cli_report(sweep, tmp_path)
-    assert "| weighting=uncertainty | 3 |" in report and "| weighting=mgda | 3 |" in report
-
-
-def run_cli_report(sweep: Path, cwd: Path) -> str:
-    import subprocess
-    import sys
-
-    report = str(Path(sys.executable).with_name("mtltrain-report"))
-    done = subprocess.run([report, str(sweep)], cwd=cwd, capture_output=True, text=True)
+    done = run_report([sweep], tmp_path)
     assert done.returncode == 0, done.stderr
-    return done.stdout
+    report = done.stdout
+    assert "| weighting=uncertainty | 3 |" in report and "| weighting=mgda | 3 |" in report
 
 
 def test_group_size_must_be_a_positive_integer(tmp_path: Path) -> None:
