@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import forked_cli
 import pytest
 import torch
 from omegaconf import DictConfig
@@ -46,10 +47,9 @@ def make_config(overrides: Sequence[str] = ()) -> DictConfig:
 
 
 def run_cli(args: Sequence[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the installed `mtltrain` console script."""
-    return subprocess.run(
-        [MTLTRAIN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    """Run the `mtltrain` console script (in a process forked from one that has imported it:
+    forked_cli)."""
+    return forked_cli.run([MTLTRAIN, *args], cwd, timeout)
 
 
 def run_report(args: Sequence[object], cwd: Path) -> subprocess.CompletedProcess:
