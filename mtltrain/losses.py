@@ -5,6 +5,9 @@ gives a term named after the task; a task with several gives `<task>_<loss>` ter
 task, two terms" and "two tasks" reach the weighting strategy in the same form.
 
 Heads of heteroscedastic tasks emit `MeanLogVar(mean, log_var)`, log_var = log σ²(x).
+
+Every loss but Dice is the mean of a loss per element; it takes `reduction="none"` for those
+values, which `job_losses` averages per job for a stack of jobs (`mtltrain.stacked`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -51,20 +54,29 @@ def detach(output: Tensor | MeanLogVar) -> Tensor | MeanLogVar:
     return output.detach()
 
 
-def mse(output: Tensor | MeanLogVar, target: Tensor) -> Tensor:
+Reduction = Literal["mean", "none"]
+
+
+def _reduce(per_element: Tensor, reduction: Reduction) -> Tensor:
+    return per_element.mean() if reduction == "mean" else per_element
+
+
+def mse(output: Tensor | MeanLogVar, target: Tensor, reduction: Reduction = "mean") -> Tensor:
     """mean (y − ŷ)²."""
-    return F.mse_loss(point(output), target)
+    return F.mse_loss(point(output), target, reduction=reduction)
 
 
-def cross_entropy(output: Tensor, target: Tensor) -> Tensor:
+def cross_entropy(output: Tensor, target: Tensor, reduction: Reduction = "mean") -> Tensor:
     """mean −log softmax(f)_y, over samples (and pixels)."""
-    return F.cross_entropy(output, target)
+    return F.cross_entropy(output, target, reduction=reduction)
 
 
-def focal(output: Tensor, target: Tensor, focal_gamma: float) -> Tensor:
+def focal(
+    output: Tensor, target: Tensor, focal_gamma: float, reduction: Reduction = "mean"
+) -> Tensor:
     """Example-level focal loss, mean −(1 − p_y)^γ0·log p_y (Lin et al. 2017; used by DTP)."""
     log_p = F.log_softmax(output, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
-    return (-((1 - log_p.exp()) ** focal_gamma) * log_p).mean()
+    return _reduce(-((1 - log_p.exp()) ** focal_gamma) * log_p, reduction)
 
 
 def dice(output: Tensor, target: Tensor, dice_smooth: float) -> Tensor:
@@ -74,9 +86,9 @@ def dice(output: Tensor, target: Tensor, dice_smooth: float) -> Tensor:
     return 1 - (2 * (p * t).sum() + dice_smooth) / (p.sum() + t.sum() + dice_smooth)
 
 
-def gaussian_nll(output: MeanLogVar, target: Tensor) -> Tensor:
+def gaussian_nll(output: MeanLogVar, target: Tensor, reduction: Reduction = "mean") -> Tensor:
     """Full Gaussian NLL, mean ½·(log σ² + (y − μ)²/σ² + log 2π) (Kendall & Gal 2017)."""
-    return _gaussian_nll(output.mean, output.log_var.exp(), target).mean()
+    return _reduce(_gaussian_nll(output.mean, output.log_var.exp(), target), reduction)
 
 
 def _gaussian_nll(mean: Tensor, var: Tensor, target: Tensor) -> Tensor:
@@ -87,16 +99,19 @@ def _gaussian_nll(mean: Tensor, var: Tensor, target: Tensor) -> Tensor:
     return 0.5 * (var.log() + (target - mean) ** 2 / var) + 0.5 * math.log(2 * math.pi)
 
 
-def laplace_nll(output: MeanLogVar, target: Tensor) -> Tensor:
+def laplace_nll(output: MeanLogVar, target: Tensor, reduction: Reduction = "mean") -> Tensor:
     """Laplace NLL, mean |y − μ|/b + log 2b, with scale b = σ/√2 (variance σ² = 2b²)."""
     log_b = 0.5 * output.log_var - 0.5 * math.log(2)
-    return ((target - output.mean).abs() * torch.exp(-log_b) + log_b + math.log(2)).mean()
+    per_element = (target - output.mean).abs() * torch.exp(-log_b) + log_b + math.log(2)
+    return _reduce(per_element, reduction)
 
 
-def beta_nll(output: MeanLogVar, target: Tensor, beta: float) -> Tensor:
+def beta_nll(
+    output: MeanLogVar, target: Tensor, beta: float, reduction: Reduction = "mean"
+) -> Tensor:
     """β-NLL (Seitzer et al., ICLR 2022): mean stop-grad(σ²)^β · Gaussian NLL per sample."""
     var = output.log_var.exp()
-    return (var.detach() ** beta * _gaussian_nll(output.mean, var, target)).mean()
+    return _reduce(var.detach() ** beta * _gaussian_nll(output.mean, var, target), reduction)
 
 
 @dataclass(frozen=True)
@@ -104,20 +119,22 @@ class Loss:
     """A loss function, the task kinds it fits, and the `loss.*` settings it takes.
 
     `heteroscedastic`: it reads a predicted σ(x); such a loss is a negative log-likelihood
-    and can be negative, every other loss here is ≥ 0.
+    and can be negative, every other loss here is ≥ 0. `per_element`: it is the mean of a
+    loss per element, which `fn(…, reduction="none")` returns.
     """
 
     fn: Callable[..., Tensor]
     kinds: tuple[TaskKind, ...]
     heteroscedastic: bool = False
     settings: tuple[str, ...] = ()
+    per_element: bool = True
 
 
 LOSSES: dict[str, Loss] = {
     "mse": Loss(mse, ("regression",)),
     "cross_entropy": Loss(cross_entropy, ("classification", "segmentation")),
     "focal": Loss(focal, ("classification", "segmentation"), settings=("focal_gamma",)),
-    "dice": Loss(dice, ("segmentation",), settings=("dice_smooth",)),
+    "dice": Loss(dice, ("segmentation",), settings=("dice_smooth",), per_element=False),
     "gaussian_nll": Loss(gaussian_nll, ("regression",), heteroscedastic=True),
     "laplace_nll": Loss(laplace_nll, ("regression",), heteroscedastic=True),
     "beta_nll": Loss(beta_nll, ("regression",), heteroscedastic=True, settings=("beta",)),
@@ -144,7 +161,7 @@ class LossTerm:
     loss: str
     kind: TaskKind
     heteroscedastic: bool
-    fn: Callable[[Tensor | MeanLogVar, Tensor], Tensor]
+    fn: Callable[..., Tensor]  # (output, target, reduction="mean")
 
     @property
     def nonnegative(self) -> bool:
@@ -156,7 +173,7 @@ def loss_terms(tasks: Sequence[TaskSpec], settings: object) -> tuple[LossTerm, .
     """The loss terms of `tasks`, in task order, with each loss's `loss.*` settings bound
     (`settings`: a `schema.LossConfig`)."""
 
-    def bind(name: str) -> Callable[[Tensor | MeanLogVar, Tensor], Tensor]:
+    def bind(name: str) -> Callable[..., Tensor]:
         loss = LOSSES[name]
         return functools.partial(loss.fn, **{k: getattr(settings, k) for k in loss.settings})
 
@@ -181,3 +198,33 @@ def compute_losses(
 ) -> Tensor:
     """Each term's loss on a batch, as one vector in term order."""
     return torch.stack([t.fn(outputs[t.task], targets[t.task]) for t in terms])
+
+
+def per_element(terms: Sequence[LossTerm]) -> bool:
+    """Whether every term is the mean of a loss per element (`job_losses` can take them)."""
+    return all(LOSSES[t.loss].per_element for t in terms)
+
+
+def job_losses(
+    terms: Sequence[LossTerm],
+    outputs: Mapping[str, Tensor | MeanLogVar],
+    targets: Mapping[str, Tensor],
+) -> Tensor:
+    """[jobs, terms]: `compute_losses` of each job, for outputs and targets stacked over jobs
+    (dimension 0; terms that are `per_element`): each term's loss per element of every job at
+    once, averaged per job."""
+
+    def jobs_as_samples(t: Tensor) -> Tensor:
+        return t.flatten(0, 1)
+
+    def per_job(term: LossTerm) -> Tensor:
+        output = outputs[term.task]
+        flat = (
+            MeanLogVar(*map(jobs_as_samples, output))
+            if isinstance(output, MeanLogVar)
+            else jobs_as_samples(output)
+        )
+        values = term.fn(flat, jobs_as_samples(targets[term.task]), reduction="none")
+        return values.reshape(len(point(output)), -1).mean(1)
+
+    return torch.stack([per_job(t) for t in terms], 1)

@@ -11,6 +11,8 @@ and writes the stacked tensors. A step runs:
 - the forward pass and term losses of every job at once: the model's `forward_stacked` where
   it has one (one batched product of every job's layers), else `torch.func.vmap` over its
   `functional_call`; each job on its own batch (its own shuffle, from its own generator);
+  the losses per element of every job at once, averaged per job (`losses.job_losses`; vmapped
+  where a loss is not a mean per element, Dice);
 - each strategy's `observe` per job, on its job's rows;
 - the contributions of every job at once where the strategies differ only in their tensors
   (`Weighting.elementwise` ones directly, others vmapped; else per job), one backward pass;
@@ -28,6 +30,7 @@ stack (`Weighting.unstackable` says why not), on models that draw no random numb
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -45,7 +48,7 @@ from mtltrain.data.base import Split
 from mtltrain.errors import first_line
 from mtltrain.interrupts import StopSignals
 from mtltrain.jobs_optimizer import JobsOptimizer
-from mtltrain.losses import compute_losses, detach
+from mtltrain.losses import compute_losses, detach, job_losses, per_element
 from mtltrain.models.base import Outputs
 from mtltrain.runtime import STARTING_THREADS, settle_threads
 from mtltrain.step import Step
@@ -196,8 +199,12 @@ class StackedTrainer:
         # rows whose gradient is their own, not a row of a stacked one: set to None every step
         self.apart: list[Tensor] = own_params
         self.without_update: set[int] = set()
-        self.job_losses = vmap(self.losses_of)
-        self.job_forwards = vmap(self.job_forward)
+        self.job_losses = (
+            functools.partial(job_losses, first.terms)
+            if per_element(first.terms)
+            else vmap(functools.partial(compute_losses, first.terms))
+        )
+        self.job_outputs = vmap(self.job_output)
         self.stacked_forward = getattr(first.model, "forward_stacked", None)
         self.contributors = [_Contributions(t.strategy) for t in self.jobs]
         self.prefixed = {f"strategy.{k}": v for k, v in self.strategy_state.items()}
@@ -248,21 +255,18 @@ class StackedTrainer:
     def forward(
         self, state: dict[str, Tensor], inputs: Tensor, targets: dict[str, Tensor]
     ) -> tuple[Outputs, Tensor]:
-        """Every job's outputs and [N, K] term losses: by the model's own `forward_stacked`
-        where it has one (a batched product of all jobs' layers), else vmapped."""
+        """Every job's outputs, by the model's own `forward_stacked` where it has one (a
+        batched product of all jobs' layers) else vmapped, and their [N, K] term losses (per
+        element of every job at once where the losses allow, else vmapped)."""
         if self.stacked_forward is None:
-            return self.job_forwards(state, inputs, targets)
-        outputs, _ = self.stacked_forward(state, inputs)
+            outputs = self.job_outputs(state, inputs)
+        else:
+            outputs, _ = self.stacked_forward(state, inputs)
         return outputs, self.job_losses(outputs, targets)
 
-    def job_forward(
-        self, state: dict[str, Tensor], inputs: Tensor, targets: dict[str, Tensor]
-    ) -> tuple[Outputs, Tensor]:
+    def job_output(self, state: dict[str, Tensor], inputs: Tensor) -> Outputs:
         outputs, _ = functional_call(self.first.model, state, (inputs,))
-        return outputs, self.losses_of(outputs, targets)
-
-    def losses_of(self, outputs: Outputs, targets: dict[str, Tensor]) -> Tensor:
-        return compute_losses(self.first.terms, outputs, targets)
+        return outputs
 
     def job_contributions(self, state: dict[str, Tensor], losses: Tensor) -> Tensor:
         return functional_call(self.contributors[0], state, (losses,))

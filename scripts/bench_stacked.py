@@ -11,6 +11,9 @@ launcher, on this machine, in one run.
    jobs (`StackedTrainer.train_step`) per job, for the §5A, sin-curve (§5C) and §5B MNIST
    models at N = 4 and 16: medians of interleaved rounds. The §5B model reads the shared
    MNIST copy where it is present, else random images of MNIST's shape.
+3. The arithmetic's floor: 16 §5A jobs stacked by hand in plain torch (`HandStacked`, the
+   issue's prototype, with no metrics, logging or checks), in the same rounds as the §5A
+   steps; and the whole-sweep ratio the stacked sweep would have if every step took only that.
 
 `--publish` writes docs/results/stacked.md (and the README section that embeds it).
 """
@@ -33,6 +36,8 @@ from mtltrain.config import compose_checked
 from mtltrain.data.mnist_mtl import write_random
 from mtltrain.runtime import machine
 from mtltrain.stacked import StackedTrainer
+
+FORWARD_STACKED = "§5A two-slope MLPs (forward_stacked)"
 
 
 def sweep_seconds(jobs: int, epochs: int, stacked: bool, folder: Path) -> float:
@@ -64,6 +69,38 @@ def whole_sweeps(epochs: int, tmp: Path) -> dict:
     return {"epochs": epochs, "rows": rows}
 
 
+class HandStacked:
+    """N §5A jobs stacked by hand, as a user who writes the loop would: each job's two
+    1→512→1 ReLU networks as batched products over jobs and tasks, each job on its own random
+    batch of its own data, MSE per job and task, likelihood-form uncertainty weighting, one
+    backward pass and one fused Adam over the stacked tensors. Nothing else: no metrics,
+    logging, checks or evaluation."""
+
+    def __init__(self, n: int, tasks: int = 2, hidden: int = 512, batch_size: int = 16) -> None:
+        self.n, self.tasks, self.batch_size = n, tasks, batch_size
+        nets = n * tasks
+        shapes = [(nets, 1, hidden), (nets, 1, hidden), (nets, hidden, 1), (nets, 1, 1)]
+        self.layers = [(torch.rand(s) - 0.5).requires_grad_() for s in shapes]
+        self.log_var = torch.zeros(n, tasks, requires_grad=True)
+        self.optimizer = torch.optim.Adam([*self.layers, self.log_var], lr=3e-4, fused=True)
+        self.x = torch.randn(n, 300, 1)
+        self.y = torch.randn(n, tasks, 300, 1)
+        self.jobs = torch.arange(n)[:, None]
+
+    def step(self) -> None:
+        w1, b1, w2, b2 = self.layers
+        index = torch.randint(self.x.shape[1], (self.n, self.batch_size))
+        x, y = self.x[self.jobs, index], self.y[self.jobs, :, index].transpose(1, 2)
+        h = x.unsqueeze(1).expand(-1, self.tasks, -1, -1).flatten(0, 1)
+        h = torch.relu(torch.baddbmm(b1, h, w1))
+        out = torch.baddbmm(b2, h, w2).unflatten(0, (self.n, self.tasks))
+        losses = (out - y).square().mean(dim=(2, 3))
+        total = 0.5 * torch.exp(-self.log_var) * losses + 0.5 * self.log_var
+        self.optimizer.zero_grad()
+        total.sum().backward()
+        self.optimizer.step()
+
+
 def trainers(overrides: list[str], n: int) -> list:
     return [
         build_trainer(compose_checked([*overrides, f"seed={s}", "trainer.device=cpu"]))
@@ -71,10 +108,11 @@ def trainers(overrides: list[str], n: int) -> list:
     ]
 
 
-def step_rates(name: str, overrides: list[str], rounds: int) -> dict:
+def step_rates(name: str, overrides: list[str], rounds: int, hand: bool = False) -> dict:
     """Per job and step: µs alone (on the threads its run picks) and stacked at N = 4 and 16
     (on every core, as a stack runs; built directly, so a model the launcher would run alone
-    on a CPU is measured stacked too); medians of interleaved rounds."""
+    on a CPU is measured stacked too), and with `hand` 16 jobs `HandStacked`; medians of
+    interleaved rounds."""
     alone = trainers(overrides, 1)[0]
     alone_threads = torch.get_num_threads()
     batch = alone.train_split.take(slice(0, alone.batch_size))
@@ -97,11 +135,25 @@ def step_rates(name: str, overrides: list[str], rounds: int) -> dict:
             stack.train_step(order)
         return (time.perf_counter() - start) / steps / stack.n
 
+    def hand_block(stack: HandStacked) -> float:
+        torch.set_num_threads(stacked_threads)
+        start = time.perf_counter()
+        for _ in range(steps):
+            stack.step()
+        return (time.perf_counter() - start) / steps / stack.n
+
     blocks = {"alone": block_alone} | {
         f"N = {n}": (lambda s=s: stacked_block(s)) for n, s in stacks.items()
     }
+    if hand:
+        by_hand = HandStacked(16)
+        blocks["by hand, N = 16"] = lambda: hand_block(by_hand)
     medians = interleave(blocks, rounds)
-    return {**{k: v * 1e6 for k, v in medians.items()}, "alone threads": alone_threads}
+    return {
+        **{k: v * 1e6 for k, v in medians.items()},
+        "alone threads": alone_threads,
+        "batches per epoch": alone.batches_per_epoch,
+    }
 
 
 def markdown(report: dict) -> str:
@@ -141,6 +193,7 @@ def markdown(report: dict) -> str:
         cells = [f"{rates[k]:.0f} µs ({a / rates[k]:.2g}×)" for k in ("N = 4", "N = 16")]
         alone = f"{a:.0f} µs ({rates['alone threads']})"
         lines.append(f"| {name} | {alone} | {' | '.join(cells)} |")
+    lines += floor(report)
     lines += [
         "",
         "On this CPU a stack of the §5B conv net is slower per job than one job at a time "
@@ -148,6 +201,26 @@ def markdown(report: dict) -> str:
         "after another on a CPU, with a log line that says so.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def floor(report: dict) -> list[str]:
+    """The hand-stacked step against mtltrain's, and the sweep ratio its speed would give."""
+    rates, sweeps = report["steps"][FORWARD_STACKED], report["sweeps"]
+    hand, stacked, alone = rates["by hand, N = 16"], rates["N = 16"], rates["alone"]
+    steps = sweeps["epochs"] * rates["batches per epoch"]
+    default = sweeps["rows"]["default launcher, 16 jobs"]["seconds"]
+    ratio = default / (16 * steps * hand * 1e-6)
+    return [
+        "",
+        "**The arithmetic's floor**: 16 §5A jobs stacked by hand in plain torch (`HandStacked`: "
+        "the batched products, MSE, uncertainty weighting, one backward pass and one fused "
+        "Adam, nothing else: no metrics, logging, checks or evaluation) take "
+        f"{hand:.0f} µs per job and step, in the same rounds as the steps above: mtltrain's "
+        f"stack ({stacked:.0f} µs) runs at {hand / stacked:.0%} of that speed, a job alone "
+        f"({alone:.0f} µs) at {hand / alone:.0%}. A 16-job sweep whose {steps} steps a job "
+        f"each took only that, with no start-up, evaluation, figures or checkpoints, would run "
+        f"{ratio:.1f}× the default launcher's sweep above.",
+    ]
 
 
 def main() -> None:
@@ -165,7 +238,7 @@ def main() -> None:
             root = str(write_random(tmp / "mnist", 60000, 10000, 0))
         mnist = mnist_overrides(root)
         steps = {
-            "§5A two-slope MLPs (forward_stacked)": step_rates("two_slope", [], args.rounds),
+            FORWARD_STACKED: step_rates("two_slope", [], args.rounds, hand=True),
             "§5C sin-curve shared MLP (vmap)": step_rates(
                 "sin", ["dataset=sin_hetero"], args.rounds
             ),

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import write_fake_mnist
 
 from mtltrain.config import config_dir
@@ -84,3 +85,33 @@ def test_the_data_parallel_bench_worker_times_steps_and_counts_nothing_sent_alon
     result = json.loads(out.read_text())
     assert result["ms_per_step"] > 0 and result["processes"] == 1
     assert result["bytes_per_step"] == 0 and result["collectives_per_step"] == 0
+
+
+def test_the_hand_stacked_floor_trains_each_job_on_its_own_rows():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from bench_stacked import HandStacked
+
+    torch.manual_seed(0)
+    stack = HandStacked(3, hidden=8)
+    before = [p.detach().clone() for p in (*stack.layers, stack.log_var)]
+    stack.step()
+    moved = [(p.detach() - b).abs().flatten(1).amax(1) for p, b in zip(
+        (*stack.layers, stack.log_var), before, strict=True)]  # fmt: skip
+    assert all(bool((m > 0).all()) for m in moved)  # every job's and task's rows stepped
+    stack.log_var.data[1] = float("nan")  # one job's state cannot reach the others'
+    stack.step()
+    assert stack.log_var[[0, 2]].isfinite().all() and stack.log_var[1].isnan().all()
+
+
+def test_the_floor_paragraph_gives_the_sweep_ratio_at_the_hand_stacked_speed():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from bench_stacked import FORWARD_STACKED, floor
+
+    rates = {"by hand, N = 16": 50.0, "N = 16": 100.0, "alone": 400.0, "batches per epoch": 19}
+    report = {
+        "steps": {FORWARD_STACKED: rates},
+        "sweeps": {"epochs": 1500, "rows": {"default launcher, 16 jobs": {"seconds": 456.0}}},
+    }
+    text = "".join(floor(report))
+    # 16 jobs × 28500 steps × 50 µs = 22.8 s against 456 s
+    assert "28500 steps" in text and "20.0×" in text and "at 50% of that" in text

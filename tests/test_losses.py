@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._pytree import tree_leaves, tree_map
 
 from mtltrain.errors import ConfigError
 from mtltrain.losses import (
@@ -14,9 +15,11 @@ from mtltrain.losses import (
     dice,
     focal,
     gaussian_nll,
+    job_losses,
     laplace_nll,
     loss_terms,
     mse,
+    per_element,
 )
 from mtltrain.schema import LossConfig
 from mtltrain.tasks import TaskSpec
@@ -162,3 +165,73 @@ def test_loss_terms_of_one_task_with_two_losses():
 def test_loss_settings_are_checked(settings, message):
     with pytest.raises(ConfigError, match=message):
         LossConfig(**{**vars(SETTINGS), **settings})
+
+
+# a stack of 3 jobs, 4 samples each: every loss that is per element, on a task it fits
+JOB_TASKS = (
+    TaskSpec("reg", "regression", 2, ("mse",)),
+    TaskSpec("var", "regression", 2, ("gaussian_nll", "laplace_nll", "beta_nll"), True),
+    TaskSpec("cls", "classification", 5, ("cross_entropy", "focal")),
+    TaskSpec("seg", "segmentation", 2 * 36, ("cross_entropy",)),
+)
+
+
+def job_batches(jobs=3, batch=4):
+    g = torch.Generator().manual_seed(0)
+    outputs = {
+        "reg": torch.randn(jobs, batch, 2, generator=g, dtype=torch.float64),
+        "var": MeanLogVar(*torch.randn(2, jobs, batch, 2, generator=g, dtype=torch.float64)),
+        "cls": torch.randn(jobs, batch, 5, generator=g, dtype=torch.float64),
+        "seg": torch.randn(jobs, batch, 2, 6, 6, generator=g, dtype=torch.float64),
+    }
+    targets = {
+        "reg": torch.randn(jobs, batch, 2, generator=g, dtype=torch.float64),
+        "var": torch.randn(jobs, batch, 2, generator=g, dtype=torch.float64),
+        "cls": torch.randint(0, 5, (jobs, batch), generator=g),
+        "seg": torch.randint(0, 2, (jobs, batch, 6, 6), generator=g),
+    }
+    return outputs, targets
+
+
+def test_the_per_element_losses_average_to_the_loss():
+    outputs, targets = job_batches()
+    for term in loss_terms(JOB_TASKS, SETTINGS):
+        output = tree_map(lambda t: t[0], outputs[term.task])
+        per_element = term.fn(output, targets[term.task][0], reduction="none")
+        assert per_element.shape == targets[term.task][0].shape
+        torch.testing.assert_close(
+            per_element.mean(), term.fn(output, targets[term.task][0]), rtol=1e-15, atol=0
+        )
+
+
+def test_job_losses_are_each_jobs_losses_and_their_gradients():
+    terms = loss_terms(JOB_TASKS, SETTINGS)
+    assert per_element(terms)
+    outputs, targets = job_batches()
+    leaves = [t.requires_grad_() for t in tree_leaves(outputs) if t.is_floating_point()]
+    stacked = job_losses(terms, outputs, targets)
+    assert stacked.shape == (3, len(terms))
+    weights = torch.rand(3, len(terms), dtype=torch.float64)
+    stacked_grads = torch.autograd.grad((weights * stacked).sum(), leaves)
+    for job in range(3):
+        alone = compute_losses(
+            terms,
+            {k: tree_map(lambda t, j=job: t[j], v) for k, v in outputs.items()},
+            {k: v[job] for k, v in targets.items()},
+        )
+        torch.testing.assert_close(stacked[job], alone, rtol=1e-14, atol=0)
+    alone_total = sum(
+        (weights[j] * compute_losses(
+            terms,
+            {k: tree_map(lambda t, j=j: t[j], v) for k, v in outputs.items()},
+            {k: v[j] for k, v in targets.items()},
+        )).sum()
+        for j in range(3)
+    )  # fmt: skip
+    for got, want in zip(stacked_grads, torch.autograd.grad(alone_total, leaves), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+
+
+def test_dice_is_no_mean_per_element():
+    tasks = (TaskSpec("seg", "segmentation", 2 * 36, ("cross_entropy", "dice")),)
+    assert not per_element(loss_terms(tasks, SETTINGS))

@@ -114,6 +114,16 @@ def test_dtp_stacks_on_the_vmapped_conv_model(
     check_against_alone(tmp_path, [*mnist, "weighting=dtp", "trainer.epochs=2"], SEEDS[:2])
 
 
+def test_a_loss_that_is_no_mean_per_element_is_vmapped(
+    tmp_path: Path, mnist: list[str], monkeypatch
+) -> None:
+    """Dice sums over a job's whole batch: its losses are vmapped, not averaged per element."""
+    monkeypatch.setattr("mtltrain.stacked._has_convolutions", lambda model: False)
+    check_against_alone(
+        tmp_path, [*mnist, "dataset.tasks=[cls3,seg]", "trainer.epochs=1"], SEEDS[:2]
+    )
+
+
 @SLOW
 def test_conv_models_run_alone_on_a_cpu(tmp_path: Path, mnist: list[str], caplog) -> None:
     with caplog.at_level("INFO"):
