@@ -57,8 +57,10 @@ def detach(output: Tensor | MeanLogVar) -> Tensor | MeanLogVar:
 Reduction = Literal["mean", "none"]
 
 
-def _reduce(per_element: Tensor, reduction: Reduction) -> Tensor:
-    return per_element.mean() if reduction == "mean" else per_element
+def _reduce(values: Tensor, reduction: Reduction) -> Tensor:
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction={reduction!r}: choose 'mean' or 'none'")
+    return values.mean() if reduction == "mean" else values
 
 
 def mse(output: Tensor | MeanLogVar, target: Tensor, reduction: Reduction = "mean") -> Tensor:
@@ -102,8 +104,8 @@ def _gaussian_nll(mean: Tensor, var: Tensor, target: Tensor) -> Tensor:
 def laplace_nll(output: MeanLogVar, target: Tensor, reduction: Reduction = "mean") -> Tensor:
     """Laplace NLL, mean |y − μ|/b + log 2b, with scale b = σ/√2 (variance σ² = 2b²)."""
     log_b = 0.5 * output.log_var - 0.5 * math.log(2)
-    per_element = (target - output.mean).abs() * torch.exp(-log_b) + log_b + math.log(2)
-    return _reduce(per_element, reduction)
+    values = (target - output.mean).abs() * torch.exp(-log_b) + log_b + math.log(2)
+    return _reduce(values, reduction)
 
 
 def beta_nll(
@@ -120,7 +122,8 @@ class Loss:
 
     `heteroscedastic`: it reads a predicted σ(x); such a loss is a negative log-likelihood
     and can be negative, every other loss here is ≥ 0. `per_element`: it is the mean of a
-    loss per element, which `fn(…, reduction="none")` returns.
+    loss per element, which `fn(…, reduction="none")` returns (for cross-entropy: while no
+    target is ignored, which no data set here does).
     """
 
     fn: Callable[..., Tensor]
@@ -161,7 +164,7 @@ class LossTerm:
     loss: str
     kind: TaskKind
     heteroscedastic: bool
-    fn: Callable[..., Tensor]  # (output, target, reduction="mean")
+    fn: Callable[..., Tensor]  # (output, target), and reduction= where `per_element`
 
     @property
     def nonnegative(self) -> bool:
@@ -200,7 +203,7 @@ def compute_losses(
     return torch.stack([t.fn(outputs[t.task], targets[t.task]) for t in terms])
 
 
-def per_element(terms: Sequence[LossTerm]) -> bool:
+def all_per_element(terms: Sequence[LossTerm]) -> bool:
     """Whether every term is the mean of a loss per element (`job_losses` can take them)."""
     return all(LOSSES[t.loss].per_element for t in terms)
 

@@ -48,7 +48,7 @@ from mtltrain.data.base import Split
 from mtltrain.errors import first_line
 from mtltrain.interrupts import StopSignals
 from mtltrain.jobs_optimizer import JobsOptimizer
-from mtltrain.losses import compute_losses, detach, job_losses, per_element
+from mtltrain.losses import all_per_element, compute_losses, detach, job_losses
 from mtltrain.models.base import Outputs
 from mtltrain.runtime import STARTING_THREADS, settle_threads
 from mtltrain.step import Step
@@ -201,7 +201,7 @@ class StackedTrainer:
         self.without_update: set[int] = set()
         self.job_losses = (
             functools.partial(job_losses, first.terms)
-            if per_element(first.terms)
+            if all_per_element(first.terms)
             else vmap(functools.partial(compute_losses, first.terms))
         )
         self.job_outputs = vmap(self.job_output)

@@ -9,6 +9,7 @@ from mtltrain.errors import ConfigError
 from mtltrain.losses import (
     LOSSES,
     MeanLogVar,
+    all_per_element,
     beta_nll,
     check_losses,
     compute_losses,
@@ -19,7 +20,6 @@ from mtltrain.losses import (
     laplace_nll,
     loss_terms,
     mse,
-    per_element,
 )
 from mtltrain.schema import LossConfig
 from mtltrain.tasks import TaskSpec
@@ -172,7 +172,7 @@ JOB_TASKS = (
     TaskSpec("reg", "regression", 2, ("mse",)),
     TaskSpec("var", "regression", 2, ("gaussian_nll", "laplace_nll", "beta_nll"), True),
     TaskSpec("cls", "classification", 5, ("cross_entropy", "focal")),
-    TaskSpec("seg", "segmentation", 2 * 36, ("cross_entropy",)),
+    TaskSpec("seg", "segmentation", 2 * 36, ("cross_entropy", "focal")),
 )
 
 
@@ -193,45 +193,40 @@ def job_batches(jobs=3, batch=4):
     return outputs, targets
 
 
+def job(batches, j):
+    """Job j's outputs or targets, from a stack."""
+    return {k: tree_map(lambda t: t[j], v) for k, v in batches.items()}
+
+
 def test_the_per_element_losses_average_to_the_loss():
-    outputs, targets = job_batches()
+    outputs, targets = map(lambda b: job(b, 0), job_batches())
     for term in loss_terms(JOB_TASKS, SETTINGS):
-        output = tree_map(lambda t: t[0], outputs[term.task])
-        per_element = term.fn(output, targets[term.task][0], reduction="none")
-        assert per_element.shape == targets[term.task][0].shape
-        torch.testing.assert_close(
-            per_element.mean(), term.fn(output, targets[term.task][0]), rtol=1e-15, atol=0
-        )
+        output, target = outputs[term.task], targets[term.task]
+        values = term.fn(output, target, reduction="none")
+        assert values.shape == target.shape
+        torch.testing.assert_close(values.mean(), term.fn(output, target), rtol=1e-15, atol=0)
 
 
 def test_job_losses_are_each_jobs_losses_and_their_gradients():
     terms = loss_terms(JOB_TASKS, SETTINGS)
-    assert per_element(terms)
+    assert all_per_element(terms)
     outputs, targets = job_batches()
     leaves = [t.requires_grad_() for t in tree_leaves(outputs) if t.is_floating_point()]
     stacked = job_losses(terms, outputs, targets)
-    assert stacked.shape == (3, len(terms))
+    alone = torch.stack([compute_losses(terms, job(outputs, j), job(targets, j)) for j in range(3)])
+    torch.testing.assert_close(stacked, alone, rtol=1e-14, atol=0)
     weights = torch.rand(3, len(terms), dtype=torch.float64)
-    stacked_grads = torch.autograd.grad((weights * stacked).sum(), leaves)
-    for job in range(3):
-        alone = compute_losses(
-            terms,
-            {k: tree_map(lambda t, j=job: t[j], v) for k, v in outputs.items()},
-            {k: v[job] for k, v in targets.items()},
-        )
-        torch.testing.assert_close(stacked[job], alone, rtol=1e-14, atol=0)
-    alone_total = sum(
-        (weights[j] * compute_losses(
-            terms,
-            {k: tree_map(lambda t, j=j: t[j], v) for k, v in outputs.items()},
-            {k: v[j] for k, v in targets.items()},
-        )).sum()
-        for j in range(3)
-    )  # fmt: skip
-    for got, want in zip(stacked_grads, torch.autograd.grad(alone_total, leaves), strict=True):
+    stacked_grads = torch.autograd.grad((weights * stacked).sum(), leaves, retain_graph=True)
+    alone_grads = torch.autograd.grad((weights * alone).sum(), leaves)
+    for got, want in zip(stacked_grads, alone_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
 
 
 def test_dice_is_no_mean_per_element():
     tasks = (TaskSpec("seg", "segmentation", 2 * 36, ("cross_entropy", "dice")),)
-    assert not per_element(loss_terms(tasks, SETTINGS))
+    assert not all_per_element(loss_terms(tasks, SETTINGS))
+
+
+def test_a_reduction_other_than_mean_or_none_is_refused():
+    with pytest.raises(ValueError, match="reduction='sum'"):
+        laplace_nll(hetero([0.0], [0.0]), torch.tensor([1.0]), reduction="sum")
