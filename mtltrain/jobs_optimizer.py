@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtltrain.optim import direct_step
+from mtltrain.optim import by_settings, direct_step, equal_settings, settings_of
 
 # optimizers whose update of a tensor is elementwise, so one step over the stacked tensors is
 # every job's own; others (Adafactor's norms, LAMB's trust ratios) step each job's rows
@@ -44,9 +44,11 @@ class JobsOptimizer:
             opt.state = defaultdict(dict, {rows[id(p)]: s for p, s in opt.state.items()})
         self.stacks = stacks or {}
         elementwise = isinstance(self.jobs[0], ELEMENTWISE_OPTIMIZERS)
-        self.over_stacks = _over_stacks(self.jobs, self.stacks) if stacks and elementwise else None
-        self.over_rows = None if self.over_stacks else _over_rows(self.jobs)
-        self.stepping = direct_step(self.over_stacks or self.over_rows)
+        over_stacks = _over_stacks(self.jobs, self.stacks) if stacks and elementwise else None
+        # over the stacked tensors, or over every job's rows
+        self.stacked = over_stacks is not None
+        self.merged = over_stacks or _over_rows(self.jobs)
+        self.stepping = direct_step(self.merged)
 
     def step(self) -> None:
         self.stepping()
@@ -56,27 +58,26 @@ class JobsOptimizer:
 
     def per_row(self) -> None:
         """From now on over each job's rows (a job is to skip an update alone)."""
-        if self.over_stacks is not None:
+        if self.stacked:
             self.hand_over(range(len(self.jobs)))
-            self.over_stacks, self.over_rows = None, _over_rows(self.jobs)
-            self.stepping = direct_step(self.over_rows)
+            self.stacked, self.merged = False, _over_rows(self.jobs)
+            self.stepping = direct_step(self.merged)
 
     def hand_over(self, jobs: Sequence[int]) -> None:
         """Each of `jobs`' optimizers its state, as its own optimizer would hold it."""
+        held = self.merged.state
         for i in jobs:
             opt = self.jobs[i]
-            if self.over_stacks is None:
-                assert self.over_rows is not None
-                held = self.over_rows.state
+            if not self.stacked:
                 opt.state = defaultdict(dict, {p: held[p] for p in _params(opt) if p in held})
                 continue
             state: dict[Tensor, Any] = defaultdict(dict)
             for p in _params(opt):
                 stacked, row = self.stacks[id(p)]
-                if stacked in self.over_stacks.state:
+                if stacked in held:
                     state[p] = {
                         k: v[row] if v.shape == stacked.shape else v.clone()
-                        for k, v in self.over_stacks.state[stacked].items()
+                        for k, v in held[stacked].items()
                     }
             opt.state = state
 
@@ -87,20 +88,16 @@ def _over_stacks(
     """One optimizer over the stacked tensors, where job i's optimizer holds row i of the
     same stacked tensors as job 0's, group for group, with the same settings; None where not."""
     first = optimizers[0]
-    groups = []
+    stacked_groups = []
     for g, group in enumerate(first.param_groups):
-        settings = {k: v for k, v in group.items() if k != "params"}
+        settings = settings_of(group)
         params = [stacks[id(p)][0] for p in group["params"]]
         for i, opt in enumerate(optimizers):
             theirs = opt.param_groups[g]
             same_rows = [stacks[id(p)] for p in theirs["params"]] == [(q, i) for q in params]
-            if not (same_rows and _equal_settings(theirs, settings)):
+            if not (same_rows and equal_settings(settings_of(theirs), settings)):
                 return None
-        same = next((g for g in groups if _equal_settings(g, settings)), None)
-        if same is None:
-            groups.append({**settings, "params": params})
-        else:
-            same["params"].extend(params)
+        stacked_groups.append({**settings, "params": params})
     state: dict[Tensor, dict[str, Tensor]] = {}
     for group in first.param_groups:
         for p in group["params"]:
@@ -124,45 +121,30 @@ def _over_stacks(
                     state[stacked][k] = v.clone()
                 else:
                     return None
-    return _optimizer_like(first, groups, state)
+    return _optimizer_like(first, stacked_groups, state)
 
 
 def _over_rows(optimizers: Sequence[torch.optim.Optimizer]) -> torch.optim.Optimizer:
     """One optimizer over every job's rows, the groups of equal settings merged, its state
     each job's."""
-    groups: list[dict[str, Any]] = []
     state: dict[Tensor, Any] = {}
     for opt in optimizers:
-        for group in opt.param_groups:
-            settings = {k: v for k, v in group.items() if k != "params"}
-            same = next((g for g in groups if _equal_settings(g, settings)), None)
-            if same is None:
-                groups.append({**settings, "params": list(group["params"])})
-            else:
-                same["params"].extend(group["params"])
         state.update(opt.state)
+    groups = [g for opt in optimizers for g in opt.param_groups]
     return _optimizer_like(optimizers[0], groups, state)
 
 
 def _optimizer_like(
     opt: torch.optim.Optimizer, groups: list[dict[str, Any]], state: dict[Tensor, Any]
 ) -> torch.optim.Optimizer:
-    """An optimizer of `opt`'s kind over `groups` (each with all its settings), holding
-    `state`; its constructor gets those of `opt`'s defaults that it takes by name."""
+    """An optimizer of `opt`'s kind over `groups` (each with all its settings), those of equal
+    settings merged, holding `state`; its constructor gets those of `opt`'s defaults that it
+    takes by name."""
     takes = inspect.signature(type(opt)).parameters
-    merged = type(opt)(groups, **{k: v for k, v in opt.defaults.items() if k in takes})
+    merged_groups = [{**s, "params": params} for s, params in by_settings(groups)]
+    merged = type(opt)(merged_groups, **{k: v for k, v in opt.defaults.items() if k in takes})
     merged.state.update(state)
     return merged
-
-
-def _equal_settings(group: dict[str, Any], settings: dict[str, Any]) -> bool:
-    theirs = {k: v for k, v in group.items() if k != "params"}
-    if theirs.keys() != settings.keys():
-        return False
-    return all(
-        not isinstance(v, Tensor) and not isinstance(theirs[k], Tensor) and theirs[k] == v
-        for k, v in settings.items()
-    )
 
 
 def _params(opt: torch.optim.Optimizer) -> list[Tensor]:

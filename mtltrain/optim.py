@@ -3,15 +3,15 @@
 `Optimizer.step()` of a fused Adam spends most of a small model's step outside the kernel
 (hooks, grouping by device and dtype, per-group checks). `direct_step(optimizer)` gives a step
 that calls the same kernel on the optimizer's own state tensors, one call per set of groups
-with equal settings, so the update and the state are
-bit for bit the optimizer's own and its `state_dict()` stays the checkpoint's; it falls back
-to `optimizer.step()` for any step it does not cover (a parameter without a gradient, an
+with equal settings (`by_settings`), so the update and the state are bit for bit the
+optimizer's own and its `state_dict()` stays the checkpoint's; it falls back to
+`optimizer.step()` for any step it does not cover (a parameter without a gradient, an
 optimizer not yet stepped once, another optimizer).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -50,7 +50,7 @@ class _DirectStep:
             opt.step()  # the first step makes the state; a missing gradient: torch's rules
             return
         # grouped each step: a resumed optimizer's load_state_dict replaces its groups
-        for settings, params in _by_settings(opt.param_groups):
+        for settings, params in by_settings(opt.param_groups):
             self.update(settings, params)
 
     def update(self, group: dict[str, Any], params: list[Tensor]) -> None:
@@ -77,12 +77,25 @@ class _DirectStep:
         )
 
 
-def _by_settings(groups: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[Tensor]]]:
+def settings_of(group: dict[str, Any]) -> dict[str, Any]:
+    """A parameter group's settings: everything but its parameters."""
+    return {k: v for k, v in group.items() if k != "params"}
+
+
+def equal_settings(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two groups' settings are equal; a tensor setting never is (it may change)."""
+    return a.keys() == b.keys() and all(
+        not isinstance(v, Tensor) and not isinstance(b[k], Tensor) and b[k] == v
+        for k, v in a.items()
+    )
+
+
+def by_settings(groups: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], list[Tensor]]]:
     """The parameters of groups with equal settings together (one kernel call each)."""
     merged: list[tuple[dict[str, Any], list[Tensor]]] = []
     for group in groups:
-        settings = {k: v for k, v in group.items() if k != "params"}
-        same = next((params for s, params in merged if s == settings), None)
+        settings = settings_of(group)
+        same = next((params for s, params in merged if equal_settings(s, settings)), None)
         if same is None:
             merged.append((settings, list(group["params"])))
         else:

@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import update_readme
-from repro_common import MNIST_ROOT, mnist_overrides
+from repro_common import MNIST_ROOT, mnist_overrides, threads_label
 from torch import nn
 
 from mtltrain.build import build_trainer
@@ -236,7 +236,7 @@ def by_threads(runs: dict[str, Callable[[], float]], rounds: int) -> dict:
     """Each contender's rate at 1 and 2 threads, interleaved; ratios to the usual way's at the
     same thread count."""
     blocks = {
-        f"{name}, {n} thread{'s' if n > 1 else ''}": at_threads(rate, n)
+        f"{name}, {threads_label(n)}": at_threads(rate, n)
         for n in THREADS
         for name, rate in runs.items()
     }
@@ -244,7 +244,7 @@ def by_threads(runs: dict[str, Callable[[], float]], rounds: int) -> dict:
     settle_threads()
     out: dict[str, float] = {}
     for n in THREADS:
-        suffix = f", {n} thread{'s' if n > 1 else ''}"
+        suffix = f", {threads_label(n)}"
         base = rates[f"usual way{suffix}"]
         out.update({k: v / base for k, v in rates.items() if k.endswith(suffix)})
     return {"rates": rates, "ratios": out}
@@ -252,9 +252,9 @@ def by_threads(runs: dict[str, Callable[[], float]], rounds: int) -> dict:
 
 class ConvCeiling:
     """The model's convolutions alone: each Conv2d and ConvTranspose2d of a training step,
-    forward and backward on inputs of the shapes and memory format the step gives it (the
-    first one without an input gradient, as in training). A step of the whole model cannot
-    be faster than these on this machine."""
+    forward and backward on inputs of the shapes and memory format the step gives it, with an
+    input gradient where the step takes one (not for the image). A step of the whole model
+    cannot be faster than these on this machine."""
 
     def __init__(self, run: ProjectRun) -> None:
         self.convs: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
@@ -557,7 +557,7 @@ def mnist_processes(root: str, tmp: Path, epochs: int = 1) -> dict:
             ours.append(timed_process(run))
             script = [sys.executable, str(USUAL_MNIST), "--root", root, "--epochs", str(epochs)]
             usual.append(timed_process([*script, "--threads", str(n)]))
-        rows[f"{n} thread{'s' if n > 1 else ''}"] = {
+        rows[threads_label(n)] = {
             "mtltrain_s": statistics.median(ours),
             "usual_s": statistics.median(usual),
         }
@@ -665,11 +665,11 @@ def ceiling_table(mnist: dict) -> list[str]:
     project's own convolutions (channels-last), so neither a bf16 run nor the usual way's
     NCHW ones are bounded by it."""
     rates = mnist["rates"]
-    suffixes = [f", {n} thread{'s' if n > 1 else ''}" for n in THREADS]
+    suffixes = [f", {threads_label(n)}" for n in THREADS]
     if not all(f"{CEILING}{s}" in rates for s in suffixes):  # a report from before the ceiling
         return []
     lines = ["", "| MNIST, float32: share of its channels-last convolutions alone | "
-             + " | ".join(f"{n} thread{'s' if n > 1 else ''}" for n in THREADS) + " |",
+             + " | ".join(map(threads_label, THREADS)) + " |",
              "|---|" + "---|" * len(THREADS)]  # fmt: skip
     shares = [rates[f"mtltrain{s}"] / rates[f"{CEILING}{s}"] for s in suffixes]
     return [*lines, "| mtltrain | " + " | ".join(f"{100 * x:.0f}%" for x in shares) + " |"]

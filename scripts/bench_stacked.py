@@ -25,6 +25,7 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -127,34 +128,24 @@ def step_rates(name: str, overrides: list[str], rounds: int, hand: bool = False)
     stacked_threads = torch.get_num_threads()
     steps = 10 if "mnist" in name else 200
 
-    def block_alone() -> float:
-        torch.set_num_threads(alone_threads)
-        start = time.perf_counter()
-        for _ in range(steps):
-            alone.train_step(batch)
-        return (time.perf_counter() - start) / steps
+    def per_job(step: Callable[[], object], threads: int, jobs: int) -> Callable[[], float]:
+        """A block of `steps` calls of `step`, on `threads`: seconds per job and step."""
 
-    def stacked_block(stack: StackedTrainer) -> float:
-        torch.set_num_threads(stacked_threads)
-        order = torch.arange(stack.first.batch_size)[None].expand(stack.n, -1)
-        start = time.perf_counter()
-        for _ in range(steps):
-            stack.train_step(order)
-        return (time.perf_counter() - start) / steps / stack.n
+        def block() -> float:
+            torch.set_num_threads(threads)
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            return (time.perf_counter() - start) / steps / jobs
 
-    def hand_block(stack: HandStacked) -> float:
-        torch.set_num_threads(stacked_threads)
-        start = time.perf_counter()
-        for _ in range(steps):
-            stack.step()
-        return (time.perf_counter() - start) / steps / stack.n
+        return block
 
-    blocks = {"alone": block_alone} | {
-        f"N = {n}": (lambda s=s: stacked_block(s)) for n, s in stacks.items()
-    }
+    blocks = {"alone": per_job(lambda: alone.train_step(batch), alone_threads, 1)}
+    for n, stack in stacks.items():
+        order = torch.arange(stack.first.batch_size)[None].expand(n, -1)
+        blocks[f"N = {n}"] = per_job(lambda s=stack, o=order: s.train_step(o), stacked_threads, n)
     if hand:
-        by_hand = HandStacked(SWEEP_JOBS)
-        blocks[HAND] = lambda: hand_block(by_hand)
+        blocks[HAND] = per_job(HandStacked(SWEEP_JOBS).step, stacked_threads, SWEEP_JOBS)
     medians = interleave(blocks, rounds)
     return {
         **{k: v * 1e6 for k, v in medians.items()},
@@ -200,7 +191,7 @@ def markdown(report: dict) -> str:
         cells = [f"{rates[k]:.0f} µs ({a / rates[k]:.2g}×)" for k in ("N = 4", "N = 16")]
         alone = f"{a:.0f} µs ({rates['alone threads']})"
         lines.append(f"| {name} | {alone} | {' | '.join(cells)} |")
-    lines += floor(report)
+    lines += hand_written(report)
     lines += [
         "",
         "On this CPU a stack of the §5B conv net is slower per job than one job at a time "
@@ -210,7 +201,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def floor(report: dict) -> list[str]:
+def hand_written(report: dict) -> list[str]:
     """The hand-written stacked loop against mtltrain's stack, and the sweep ratio its step
     speed alone would give."""
     rates, sweeps = report["steps"][FORWARD_STACKED], report["sweeps"]

@@ -66,10 +66,15 @@ def tool(name: str) -> str:
     return found
 
 
+def threads_label(n: int) -> str:
+    """ "1 thread", "2 threads"."""
+    return f"{n} thread{'s' if n != 1 else ''}"
+
+
 def machine(threads: int | None) -> str:
     """CPU model, cores, threads per run, GPU, torch and Python versions, in one line."""
     m = runtime.machine(runtime.select_device("auto"))
-    per_run = f"{threads} thread{'s' if threads != 1 else ''}" if threads else "torch's threads"
+    per_run = threads_label(threads) if threads else "torch's threads"
     gpu = m["gpu"] or "no GPU"
     return (
         f"{m['cpu']}, {m['cores']} CPU cores ({per_run} per run), {gpu}, "

@@ -110,13 +110,13 @@ def test_the_hand_written_stack_is_each_jobs_two_networks_on_its_own_batch():
 
 
 def test_the_paragraph_gives_the_sweep_ratio_at_the_hand_written_stacks_speed():
-    from bench_stacked import DEFAULT, FORWARD_STACKED, HAND, floor
+    from bench_stacked import DEFAULT, FORWARD_STACKED, HAND, hand_written
 
     rates = {HAND: 50.0, "N = 16": 100.0, "alone": 400.0, "batches per epoch": 19}
     report = {
         "steps": {FORWARD_STACKED: rates},
         "sweeps": {"epochs": 1500, "rows": {DEFAULT: {"seconds": 456.0}}},
     }
-    text = "".join(floor(report))
+    text = "".join(hand_written(report))
     # 16 jobs × 28500 steps × 50 µs = 22.8 s against 456 s
     assert "28500 steps" in text and "20.0× as fast" in text and "at 50% of its" in text
