@@ -242,7 +242,7 @@ def run_callbacks(
         config = OmegaConf.to_yaml(cfg, resolve=True)
         callbacks.append(TensorBoardCallback(tb, trainer.log_every, skipped, hparams, config, tags))
         if run_dir is not None:
-            callbacks.append(FiguresCallback(tb, trainer.figure_every, run_dir / "figures"))
+            callbacks.append(FiguresCallback(tb, trainer.figure_every, run_dir / rundir.FIGURES))
     lines_every = max(1, trainer.epochs // trainer.eval_every // 10)  # about ten lines
     show = None if trainer.progress and parallel_launcher() is None else False
     callbacks.append(ProgressCallback(show, trainer.log_every, lines_every))

@@ -11,13 +11,14 @@ from __future__ import annotations
 import copy
 import pickle
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from mtltrain.atomic import write_atomically
+from mtltrain.atomic import torch_bytes, write_atomically
 from mtltrain.errors import CheckpointError
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -32,7 +33,7 @@ FIXED = ("trainer.validation", "trainer.validation_seed", "trainer.select")
 def save(path: Path, state: dict[str, Any]) -> None:
     """Write `state` atomically to `path`."""
     compact = _own_storage(state)
-    write_atomically(path, lambda f: torch.save({"format": FORMAT, **compact}, f))
+    write_atomically(path, torch_bytes({"format": FORMAT, **compact}))
 
 
 def _own_storage(value: Any) -> Any:
@@ -58,16 +59,18 @@ def load(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {path}")
     with path.open("rb") as f:
         is_zip = f.read(4) == ZIP_MAGIC  # torch.save writes a zip archive
+    size = f"{path.stat().st_size:,} bytes"
+    if not is_zip:  # a pickle, text, another format: not read at all
+        raise CheckpointError(f"{path} is not a readable checkpoint: not a torch file ({size})")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about what it then refuses
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip, pickle and weights-only errors: not a checkpoint of ours
-        if not is_zip:
-            what = "not a torch file"
-        elif isinstance(e, pickle.UnpicklingError):
+        if isinstance(e, pickle.UnpicklingError):
             what = "it holds objects mtltrain never writes (a checkpoint of another program?)"
         else:
             what = "truncated or corrupt"
-        size = f"{path.stat().st_size:,} bytes"
         raise CheckpointError(f"{path} is not a readable checkpoint: {what} ({size})") from None
     mark = state.get("format") if isinstance(state, dict) else None
     if isinstance(mark, str) and mark.startswith("mtltrain-checkpoint/") and mark != FORMAT:

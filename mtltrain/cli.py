@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -30,10 +31,22 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mtltrain import rundir
 from mtltrain.config import check, config_dir, config_error
-from mtltrain.errors import Interrupted, MtlError, RunFolderError, UnexpectedError, first_line
+from mtltrain.errors import (
+    UNWRITABLE,
+    Interrupted,
+    MtlError,
+    OutputError,
+    RunFolderError,
+    UnexpectedError,
+    first_line,
+)
 from mtltrain.schema import register
+from mtltrain.sweep import check_sweep
 
 register()
+# conf/hydra/launcher/ presets take the names of the launcher plugins' schemas, which validate
+# them: Hydra 1.3 does so and warns, in every job's process, that the matching is deprecated
+warnings.filterwarnings("ignore", message=r"\n'hydra/launcher/\w+' is validated against")
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
@@ -63,22 +76,46 @@ def job_arguments(hc: DictConfig) -> tuple[Path, list[str], dict[str, str], str 
 
 
 def failed_job(e: MtlError, hc: DictConfig) -> float:
-    """A run's error, printed in one line: in a sweep of the basic sweeper NaN (the job's
-    folder says it failed, the sweep goes on); other sweepers (Optuna) get the error, to record
-    a failed trial; a single run exits with the error's code."""
+    """A run's error, printed in one line (in a sweep, naming the job): in a sweep of the
+    basic sweeper NaN (the job's folder says it failed, the sweep goes on); other sweepers
+    (Optuna) get the error, to record a failed trial; a single run exits with the error's code.
+    A signal stops a sweep whose jobs run in this process (SystemExit: Hydra would catch an
+    error and start the next job), with one line that says how to continue it."""
+    if isinstance(e, Interrupted) and e.signal_number == signal.SIGUSR2:
+        _pass_on(signal.SIGUSR2)
+    multirun = hc.mode == RunMode.MULTIRUN
+    if multirun and isinstance(e, Interrupted) and _in_process(hc.launcher):
+        _fail(sweep_stopped(e, hc))
+    job = f"job {Path(hc.runtime.output_dir).name}: " if multirun else ""
     if rundir.rank() == 0:
-        print(f"mtltrain: error: {e}", file=sys.stderr)
+        print(f"mtltrain: error: {job}{e}", file=sys.stderr)
     else:  # a rank of torchrun's besides 0, whose log is not kept
         print(f"mtltrain: rank {rundir.rank()}: error: {e}", file=sys.stderr)
         if isinstance(e, UnexpectedError):
             traceback.print_exception(e.__cause__, file=sys.stderr)
-    if isinstance(e, Interrupted) and e.signal_number == signal.SIGUSR2:
-        _pass_on(signal.SIGUSR2)
-    if hc.mode == RunMode.MULTIRUN and str(hc.sweeper._target_).endswith("BasicSweeper"):
+    if multirun and str(hc.sweeper._target_).endswith("BasicSweeper"):
         return float("nan")
-    if hc.mode == RunMode.MULTIRUN:
+    if multirun:
         raise e
     raise SystemExit(e.exit_code) from None
+
+
+def _in_process(launcher: DictConfig) -> bool:
+    """Whether a sweep's launcher runs its jobs in this process, one after another or stacked
+    (a signal then stops the sweep, not one job)."""
+    return str(launcher._target_).endswith(("BasicLauncher", "VectorizedLauncher"))
+
+
+def sweep_stopped(e: Interrupted, hc: DictConfig) -> Interrupted:
+    """The one line of a sweep a signal stopped: where, and the command that continues it."""
+    name = signal.Signals(e.signal_number).name
+    job = Path(hc.runtime.output_dir).name
+    command = rundir.resume_sweep_command(sys.argv[1:], Path(hc.sweep.dir))
+    return Interrupted(
+        f"{name} stopped the sweep in job {job}, which wrote its checkpoint; continue the "
+        f"sweep with: {command}",
+        e.signal_number,
+    )
 
 
 def _pass_on(signum: int) -> None:
@@ -99,8 +136,9 @@ class CheckBeforeRun(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run_dir = Path(config.hydra.run.dir)
         with _exit_on_error():  # Hydra turns a callback's exception into a warning
-            check(config)
+            check(config, config.hydra.overrides.task)
             rundir.check_writable(run_dir, "hydra.run.dir")
+            rundir.check_space(run_dir, "hydra.run.dir")
             rundir.check_not_in_use(run_dir)
             if not config.resume:
                 rundir.check_fresh(run_dir)  # before a lock file would change the folder
@@ -114,7 +152,9 @@ class CheckBeforeRun(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         with _exit_on_error():
+            check_sweep(config.hydra, rundir.parse_overrides(config.hydra.overrides.task))
             rundir.check_writable(sweep_dir, "hydra.sweep.dir")
+            rundir.check_space(sweep_dir, "hydra.sweep.dir")
             jobs = rundir.jobs_in(sweep_dir)
             if jobs and not config.resume_sweep:
                 raise RunFolderError(
@@ -157,7 +197,17 @@ def main() -> None:
         except MtlError as e:
             _fail(e)
         except (HydraException, OmegaConfBaseException) as e:
-            _fail(config_error(e))
+            _fail(config_error(e, [a for a in sys.argv[1:] if "=" in a and a[0] != "-"]))
+        except OSError as e:  # Hydra's own files (.hydra/, multirun.yaml) could not be written
+            _fail(file_error(e))
+
+
+def file_error(e: OSError) -> MtlError:
+    """An OSError outside a run's own handling, as one line naming the file."""
+    where = f" {e.filename}" if e.filename else ""
+    if e.errno in UNWRITABLE:
+        return OutputError(f"could not write{where} ({e.strerror})")
+    return UnexpectedError(f"{type(e).__name__}:{where} {e.strerror or first_line(e)}")
 
 
 def _fail(e: MtlError) -> None:

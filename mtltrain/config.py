@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
-import collections.abc
+import contextlib
+import dataclasses
+import difflib
 import functools
+import importlib
 import inspect
-import math
-import types
-import typing
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException, InstantiationException, MissingConfigException
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import (
+    ConfigCompositionException,
+    HydraException,
+    InstantiationException,
+    MissingConfigException,
+    OverrideParseException,
+)
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mtltrain.constraints import closest, mismatch, type_hints
 from mtltrain.errors import ConfigError, MtlError, first_line
 
 
@@ -38,20 +47,28 @@ def compose_checked(overrides: Sequence[str]) -> DictConfig:
     register()
     task = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
     try:
-        with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            cfg = compose("config", overrides=task)
+        cfg = _compose(task)
     except (HydraException, OmegaConfBaseException) as e:
-        raise config_error(e) from None
-    check(cfg)
+        raise config_error(e, task) from None
+    check(cfg, task)
     return cfg
 
 
-def check(cfg: DictConfig) -> None:
-    """The settings' types and ranges (trainer, loss, seed), and the dataset, model, weighting
-    and optimizer settings against their targets' signatures (numbers must be finite); a
-    problem is a one-line ConfigError."""
-    from mtltrain.schema import check_seed, settings
+def _compose(overrides: Sequence[str]) -> DictConfig:
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
 
+
+def check(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Every setting is one mtltrain reads (`check_keys`) and every override changes what it
+    says (`check_overrides`); the settings' types and ranges (trainer, loss, seed), and the
+    dataset, model, weighting and optimizer settings against their targets' signatures
+    (numbers must be finite); a problem is a one-line ConfigError."""
+    from mtltrain.schema import check_boolean, check_seed, settings
+
+    check_keys(cfg)
+    check_overrides(overrides, cfg)
+    check_boolean("resume_sweep", cfg.resume_sweep)
     try:
         settings(cfg.trainer)
         settings(cfg.loss)
@@ -61,6 +78,72 @@ def check(cfg: DictConfig) -> None:
     for group in ("dataset", "model", "weighting"):
         check_node(cfg[group])
     check_optimizer(check_node(cfg.trainer.optimizer).func, cfg.trainer.optimizer._target_)
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Refuse a key of a schema-typed node (the top level, trainer, loss) that its schema does
+    not have: Hydra lets `+trainer.epoch=5` add one, which nothing would read. The keys of
+    `_target_` nodes are checked against their targets' signatures (`check_node`)."""
+    from mtltrain.schema import LossConfig, RunConfig, TrainerConfig
+
+    schemas = {"": RunConfig, "trainer": TrainerConfig, "loss": LossConfig}
+    for name, schema in schemas.items():
+        allowed = {f.name for f in dataclasses.fields(schema)} | ({"hydra"} if not name else set())
+        node = cfg[name] if name else cfg
+        for key in node:
+            if key not in allowed:
+                setting = f"{name}.{key}" if name else str(key)
+                raise ConfigError(unknown_setting(setting, setting_keys(cfg)))
+
+
+def check_overrides(overrides: Sequence[str], cfg: DictConfig) -> None:
+    """Refuse `key={}` where the config has entries at `key`: Hydra merges a mapping into the
+    one there, so the override changes nothing, though it reads as "none"."""
+    from mtltrain.rundir import parse_overrides
+
+    for o in parse_overrides([o for o in overrides if not o.startswith("hydra")]):
+        if o.is_delete() or o.value() != {}:
+            continue
+        there = OmegaConf.select(cfg, o.key_or_group)
+        if isinstance(there, DictConfig) and len(there) > 0:
+            raise ConfigError(
+                f"{o.input_line} is not allowed: Hydra merges a mapping into the one there, so "
+                f"{o.key_or_group} would keep {list(there)}; remove entries with "
+                f"~{o.key_or_group}.<name>"
+            )
+
+
+def setting_keys(cfg: DictConfig) -> list[str]:
+    """The dotted keys of every setting and group of settings in a config (Hydra's own left
+    out), as a user writes them."""
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    plain.pop("hydra", None)
+    return list(_keys(plain, ""))
+
+
+def _keys(value: Any, key: str) -> Iterator[str]:
+    if key:
+        yield key
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _keys(v, f"{key}.{k}" if key else str(k))
+
+
+def unknown_setting(key: str, known: Iterable[str], owner: str = "mtltrain") -> str:
+    """The one line for a setting nothing reads, with the closest known one."""
+    known = [k for k in known if k != key]
+    guess = closest(key, known)
+    if guess:
+        return f"{key} is not a setting of {owner}: did you mean {guess}?"
+    parent = key.rpartition(".")[0]
+    siblings = [
+        name
+        for k in known
+        if k.rpartition(".")[0] == parent and not (name := k.rpartition(".")[2]).startswith("_")
+    ]
+    if parent and siblings:
+        return f"{key} is not a setting of {owner}: {parent} takes {', '.join(siblings)}"
+    return f"{key} is not a setting of {owner}: `mtltrain --cfg job` lists the settings"
 
 
 def check_optimizer(optimizer: Any, name: str) -> None:
@@ -76,13 +159,45 @@ def check_optimizer(optimizer: Any, name: str) -> None:
         )
 
 
-def config_error(e: BaseException) -> ConfigError:
-    """Hydra's or OmegaConf's error about composing a config, as one line; an unknown choice
-    lists the options."""
+def config_error(e: BaseException, overrides: Sequence[str] = ()) -> ConfigError:
+    """Hydra's or OmegaConf's error about composing a config (with `overrides`), as one line:
+    an unknown choice lists the options and the closest, an unknown key names the closest
+    known one, an override Hydra cannot parse shows the form it takes."""
     if isinstance(e, MissingConfigException):
-        options = f": choose one of {', '.join(e.options)}" if e.options else ""
-        return ConfigError(f"{first_line(e, 1000)}{options}")
+        return ConfigError(_missing_option(e))
+    if isinstance(e, OverrideParseException):
+        return ConfigError(
+            f"{e.override} cannot be read ({first_line(e)}): write key=value, a list as "
+            "key=[1,2], a mapping as key={a:1,b:2}, and quote values with spaces or brackets"
+        )
+    bad = re.match(r"Could not (?:override|delete) '([^']+)'", str(e))
+    if isinstance(e, ConfigCompositionException) and bad:
+        return ConfigError(unknown_setting(bad.group(1), _known_without(bad.group(1), overrides)))
     return ConfigError(_one_line(e))
+
+
+def _missing_option(e: MissingConfigException) -> str:
+    """An unknown choice of a config group: the options, and the closest of them."""
+    if not e.options:
+        return first_line(e, 1000)
+    group, _, choice = (e.missing_cfg_file or "").rpartition("/")
+    near = difflib.get_close_matches(choice, e.options, n=1, cutoff=0.5)
+    guess = f"did you mean {group}={near[0]}? " if near else ""
+    return f"{group}={choice} is not an option: {guess}choose one of {', '.join(e.options)}"
+
+
+def _known_without(key: str, overrides: Sequence[str]) -> list[str]:
+    """The settings of the config composed from `overrides` less those naming `key` (else
+    from their group choices alone, else from the defaults)."""
+    kept = [o for o in overrides if o.lstrip("+~").partition("=")[0] != key]
+    choices = [o for o in kept if "." not in o.partition("=")[0]]
+    GlobalHydra.instance().clear()  # a failed hydra.main leaves its own initialised
+    for attempt in (kept, choices, []):
+        try:
+            return setting_keys(_compose(attempt))
+        except (HydraException, OmegaConfBaseException):
+            continue
+    return []
 
 
 def _one_line(e: BaseException) -> str:
@@ -105,7 +220,23 @@ def build_partial(node: DictConfig) -> functools.partial:
         cause = e.__cause__ or e
         if isinstance(cause, MtlError):
             raise cause from None
+        if isinstance(cause, ImportError) and cause.__cause__ is not None:
+            raise ConfigError(_unloadable(node, cause.__cause__)) from None
         raise ConfigError(f"{_where(node)}: {type(cause).__name__}: {first_line(cause)}") from None
+
+
+def _unloadable(node: DictConfig, cause: BaseException) -> str:
+    """Why a `_target_` could not be loaded: the error its import raised, and for a name its
+    module lacks, the closest one it has."""
+    target = str(node._target_)
+    line = f"{_where(node)}._target_={target} cannot be loaded: {type(cause).__name__}: "
+    line += first_line(cause)
+    if isinstance(cause, (AttributeError, ModuleNotFoundError)):
+        module, _, name = target.rpartition(".")
+        with contextlib.suppress(ImportError):  # the module itself cannot be imported
+            near = difflib.get_close_matches(name, dir(importlib.import_module(module)), n=1)
+            line += f"; did you mean {module}.{near[0]}?" if near else ""
+    return line
 
 
 def build(node: DictConfig, **kwargs: Any) -> Any:
@@ -124,78 +255,30 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
 
 def check_node(node: DictConfig) -> functools.partial:
     """A `_target_` node as a partial, its settings checked against the target's signature
-    and, where the target has one, its `check_settings`: names it does not take, values of the
-    wrong type and values out of range are ConfigErrors."""
+    (names it does not take, values of the wrong type or outside the hint's constraints), its
+    `check_settings` where it has one, and the same for every `_target_` node inside it; a
+    problem is a one-line ConfigError."""
+    for _, child in node.items_ex(resolve=False):  # inner nodes first: they are built below
+        if isinstance(child, DictConfig) and "_target_" in child:
+            check_node(child)
     factory = build_partial(node)
     target = factory.func
-    try:
-        inspect.signature(target).bind_partial(*factory.args, **factory.keywords)
-    except TypeError as e:
-        raise ConfigError(f"{_where(node)} ({node._target_}): {e}") from None
-    try:
-        hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
-    except (NameError, TypeError):  # annotations the checker cannot resolve: nothing to check
-        hints = {}
+    where = _where(node)
+    parameters = inspect.signature(target).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        for name in factory.keywords:
+            if name not in parameters:
+                known = [f"{where}.{p}" for p in parameters]
+                raise ConfigError(unknown_setting(f"{where}.{name}", known, node._target_))
+    hints = type_hints(target)
     for name, value in factory.keywords.items():
-        if name in hints and (bad := _mismatch(value, hints[name], name)) is not None:
-            where, found, hint = bad
-            raise ConfigError(
-                f"{_where(node)}.{where}={found!r} is not allowed: it must be {_describe(hint)}"
-            )
-    validate = getattr(target, "check_settings", None)  # a strategy's ranges, before any data
+        if name in hints and (bad := mismatch(value, hints[name], name)) is not None:
+            raise ConfigError(f"{where}.{bad.where}{bad.text}")
+    validate = getattr(target, "check_settings", None)  # ranges and rules, before any data
     if callable(validate):
-        validate(factory.keywords)
+        defaults = {n: p.default for n, p in parameters.items() if p.default is not p.empty}
+        validate({**defaults, **factory.keywords})
     return factory
-
-
-def _mismatch(value: object, hint: object, where: str) -> tuple[str, object, object] | None:
-    """The first part of a config value that does not fit the type hint, as (dotted key,
-    value, hint); None when it all fits (plain types, unions, sequences, mappings)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is typing.Any or isinstance(hint, typing.TypeVar):
-        return None
-    if origin in (typing.Union, types.UnionType):
-        fits = any(_mismatch(value, a, where) is None for a in args)
-        return None if fits else (where, value, hint)
-    if origin in (collections.abc.Sequence, list, tuple):
-        if not isinstance(value, (list, tuple)):
-            return where, value, hint
-        parts = (
-            (_mismatch(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)) if args else ()
-        )
-        return next((p for p in parts if p is not None), None)
-    if origin in (collections.abc.Mapping, dict):
-        if not isinstance(value, dict):
-            return where, value, hint
-        parts = (_mismatch(v, args[1], f"{where}.{k}") for k, v in value.items()) if args else ()
-        return next((p for p in parts if p is not None), None)
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    plain = {
-        type(None): value is None,
-        float: number and math.isfinite(value),
-        int: isinstance(value, int) and not isinstance(value, bool),
-    }
-    if hint in plain:
-        return None if plain[hint] else (where, value, hint)
-    if isinstance(hint, type) and not isinstance(value, hint):
-        return where, value, hint
-    return None  # other typing constructs (callables, literals): left to the target
-
-
-def _describe(hint: object, many: bool = False) -> str:
-    """A type hint in words: "a number", "a list of strings or null", ..."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a, many) for a in args)
-    if origin in (collections.abc.Sequence, list, tuple):
-        return f"a list of {_describe(args[0], True) if args else 'values'}"
-    if origin in (collections.abc.Mapping, dict):
-        return f"a mapping to {_describe(args[1], True) if len(args) == 2 else 'values'}"
-    one = {float: "a finite number", int: "a whole number", bool: "true or false", str: "a string"}
-    several = {float: "finite numbers", int: "whole numbers", bool: "booleans", str: "strings"}
-    if hint is type(None):
-        return "null"
-    return (several if many else one).get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def _where(node: DictConfig) -> str:

@@ -1,5 +1,10 @@
 """Errors a user can act on: the CLI prints them as one line and exits with their code."""
 
+import errno
+
+# OSError numbers that mean a file cannot be written (a full or read-only disk, no permission)
+UNWRITABLE = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
+
 
 def first_line(e: BaseException, limit: int = 160) -> str:
     """The first line of an exception's message (at most `limit` characters), or its type's

@@ -18,7 +18,7 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     Numbers that are not finite (a σ that overflowed) are written as null, so the file is
     always valid JSON."""
     text = json.dumps(_finite(data), indent=2, allow_nan=False) + "\n"
-    write_atomically(path, lambda f: f.write(text.encode()))
+    write_atomically(path, text.encode())
 
 
 def _finite(value: Any) -> Any:

@@ -4,7 +4,6 @@ figures and results.json behind; continue the run of `cfg.resume` where it stopp
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -19,6 +18,7 @@ from mtltrain.build import build_trainer
 from mtltrain.config import check
 from mtltrain.data.base import Split
 from mtltrain.errors import (
+    UNWRITABLE,
     CheckpointError,
     Interrupted,
     MtlError,
@@ -35,10 +35,8 @@ from mtltrain.tblog import TensorBoardLog
 from mtltrain.train import Trainer, evaluate
 
 log = logging.getLogger("mtltrain.train")
-LOG_FILE = "mtltrain.log"
 # a job of `run_stacked`: the arguments of `run`
 Job = tuple[DictConfig, Path, Sequence[str], dict[str, str] | None, str | None]
-UNWRITABLE = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
 
 
 def true_sigma(split: Split, terms: Sequence[LossTerm]) -> dict[str, float | None]:
@@ -177,7 +175,7 @@ def job_run(
     stopped it), it writes the run's results and returns the objective, as `run` does."""
     info = {"choices": choices or {}, "overrides": list(overrides)}
     owned, resume = False, None  # owned: past the folder's checks, this run's to write into
-    with _log_file(run_dir / LOG_FILE) as file_log:
+    with _log_file(run_dir / rundir.LOG_FILE) as file_log:
         try:
             with rundir.lock(run_dir):
                 resume = _resume_from(cfg, run_dir)
@@ -187,7 +185,7 @@ def job_run(
                     log.info("%s already holds a finished run: kept as it is", run_dir)
                     return read_results(run_dir)["objective"]["value"]
                 owned = True
-                check(cfg)  # a sweep's job was not checked before Hydra made its folder
+                check(cfg, overrides)  # a sweep's job was not checked before Hydra made its folder
                 return (yield from _run(cfg, run_dir, info, resume, job, file_log))
         except Exception as e:
             error = _as_mtl_error(e, run_dir)
@@ -232,14 +230,21 @@ def _as_mtl_error(e: Exception, run_dir: Path) -> MtlError:
     error outside the tool's checks (its traceback goes to the run's log)."""
     if isinstance(e, MtlError):
         return e
-    if isinstance(e, OSError) and e.errno in UNWRITABLE:
+    if isinstance(e, OSError) and e.errno in UNWRITABLE and _inside(e.filename, run_dir):
         return OutputError(f"could not write into {run_dir} ({e.strerror})")
     # torchrun's ranks 1… log into a scratch folder that is removed: their traceback is printed
-    where = f"in {run_dir / LOG_FILE}" if rundir.rank() == 0 else "printed below"
+    where = f"in {run_dir / rundir.LOG_FILE}" if rundir.rank() == 0 else "printed below"
     return UnexpectedError(
         f"{type(e).__name__}: {first_line(e)} (not an error mtltrain checks for: the "
         f"traceback is {where}; please report it)"
     )
+
+
+def _inside(filename: object, run_dir: Path) -> bool:
+    """Whether an OSError's file (None: unknown, taken as the run's) is in the run folder."""
+    if not filename:
+        return True
+    return Path(str(filename)).resolve().is_relative_to(run_dir.resolve())
 
 
 def _record_failure(run_dir: Path, results: dict[str, Any], file_log: logging.Logger) -> None:
@@ -265,7 +270,9 @@ def _run(
     purge = state["trainer"]["position"]["step"] + 1 if state else None
     run_info = {**info, "config": OmegaConf.to_container(cfg, resolve=True)}
     lead = rundir.rank() == 0  # the trainer's ranks are joined only when it is built
-    logs = TensorBoardLog(run_dir / "tb", purge_step=purge) if lead else contextlib.nullcontext()
+    logs = (
+        TensorBoardLog(run_dir / rundir.TB, purge_step=purge) if lead else contextlib.nullcontext()
+    )
     with logs as tb:
         trainer = build_trainer(
             cfg, run_dir if lead else None, tb, run_info, resumed=state is not None

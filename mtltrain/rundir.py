@@ -13,13 +13,16 @@ import fcntl
 import os
 import re
 import shlex
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
+from omegaconf import OmegaConf
 
+from mtltrain.atomic import byte_size
 from mtltrain.errors import RunFolderError
 from mtltrain.results import RESULTS_FILE, read_results
 
@@ -34,6 +37,10 @@ def status(run_dir: Path) -> str | None:
 
 LOCK = ".mtltrain.lock"
 CHECKPOINTS, LAST, BEST = "checkpoints", "last.pt", "best.pt"
+LOG_FILE, TB, FIGURES = "mtltrain.log", "tb", "figures"
+# what a run, and Hydra for it, writes into a run folder: nothing else may be there
+RUN_ENTRIES = frozenset({".hydra", LOCK, CHECKPOINTS, LOG_FILE, TB, FIGURES, RESULTS_FILE})
+STATUSES = ("completed", "interrupted", "failed")
 
 
 def checkpoint_file(run_dir: Path) -> Path:
@@ -99,17 +106,39 @@ def check_not_in_use(run_dir: Path) -> None:
         os.close(fd)
 
 
+def _existing(folder: Path) -> Path:
+    """`folder`, or its nearest ancestor that exists."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
 def check_writable(folder: Path, setting: str) -> None:
     """Refuse a folder that cannot be made or written into: under a file, or read-only."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = _existing(folder)
     if not existing.is_dir():
         raise RunFolderError(f"{setting}={folder} cannot be made: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise RunFolderError(
             f"{setting}={folder} cannot be written: {existing} is read-only for this user; "
             f"choose another {setting}"
+        )
+
+
+# the least free space a run starts with: its config, log, TensorBoard events, figures and the
+# checkpoint of a model of this tool's size take a few MiB
+MIN_FREE = 16 * 2**20
+
+
+def check_space(folder: Path, setting: str) -> None:
+    """Refuse a folder on a disk with less than MIN_FREE bytes free, saying how much is
+    missing."""
+    free = shutil.disk_usage(_existing(folder)).free
+    if free < MIN_FREE:
+        raise RunFolderError(
+            f"{setting}={folder} is on a disk with {byte_size(free)} free: a run needs at least "
+            f"{byte_size(MIN_FREE)} (config, log, TensorBoard events, checkpoints), "
+            f"{byte_size(MIN_FREE - free)} more; free some space or choose another {setting}"
         )
 
 
@@ -136,8 +165,21 @@ def natural_key(name: str) -> tuple[tuple[str, int], ...]:
     )
 
 
+def foreign_entries(run_dir: Path) -> list[str]:
+    """What a folder holds that no mtltrain run wrote: names outside RUN_ENTRIES, and a
+    results.json that is not a run's."""
+    if not run_dir.is_dir():
+        return []
+    names = sorted(p.name for p in run_dir.iterdir())
+    foreign = [n for n in names if n not in RUN_ENTRIES]
+    if RESULTS_FILE in names and status(run_dir) not in STATUSES:
+        foreign.append(RESULTS_FILE)
+    return foreign
+
+
 def check_fresh(run_dir: Path) -> None:
-    """Refuse a folder that holds a finished or an unfinished run."""
+    """Refuse a folder that holds a finished or an unfinished run, or files mtltrain did not
+    write (a new run would write over them)."""
     if status(run_dir) == "completed":
         raise RunFolderError(
             f"{run_dir} already holds a finished run ({RESULTS_FILE}): it is not overwritten; "
@@ -147,6 +189,14 @@ def check_fresh(run_dir: Path) -> None:
         raise RunFolderError(
             f"{run_dir} holds an unfinished run ({CHECKPOINTS}/{LAST}): "
             f"continue it with {resume_command(run_dir)}, or choose another hydra.run.dir"
+        )
+    foreign = foreign_entries(run_dir)
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        shown = ", ".join(foreign[:3]) + more
+        raise RunFolderError(
+            f"{run_dir} holds files mtltrain did not write ({shown}): it is left as it is; a "
+            "new run needs a new or empty folder: choose one with hydra.run.dir=..."
         )
 
 
@@ -194,13 +244,42 @@ def prepare_arguments(argv: Sequence[str]) -> list[str]:
             f"{CHECKPOINTS}/{LAST}, and this file is not one; copy it to {CHECKPOINTS}/{LAST} "
             "of a folder (a new one is fine) and resume that folder"
         )
+    check_own_run(folder, state["config"])
     if status(folder) == "completed":
-        raise RunFolderError(f"{folder} already holds a finished run: there is nothing to resume")
+        check_trains_longer(folder, state["config"]["trainer"]["epochs"], given)
     *_, saved = _overrides(state["overrides"])
     merged = {_key(o): o.input_line for o in saved if o.key_or_group != "resume"}
     merged.update({_key(o): o.input_line for o in given})
     merged.pop(("hydra.run.dir", None), None)
     return [*flags, *merged.values(), f"hydra.run.dir={hydra_quoted(folder)}"]
+
+
+def check_own_run(folder: Path, saved: dict) -> None:
+    """Refuse a checkpoint whose settings are not those of the run its folder holds (its
+    .hydra/config.yaml): one copied in from another run would train as that run, in a folder
+    whose config says otherwise."""
+    from mtltrain.checkpoint import changed_settings
+
+    own = folder / ".hydra" / "config.yaml"
+    if not own.is_file():  # a new folder a checkpoint was copied into: the checkpoint's run
+        return
+    changed = changed_settings(OmegaConf.to_container(OmegaConf.load(own), resolve=True), saved)
+    if changed:
+        raise RunFolderError(
+            f"{folder / CHECKPOINTS / LAST} is a checkpoint of other settings than the run in "
+            f"{folder} ({changed}): it is not resumed there; resume it from its own folder, "
+            "or copy it into a new folder"
+        )
+
+
+def check_trains_longer(folder: Path, done: int, given: Sequence[Override]) -> None:
+    """A finished run resumes only to train longer: trainer.epochs above the `done` it ran."""
+    asked = next((o.value() for o in given if o.key_or_group == "trainer.epochs"), done)
+    if not (isinstance(asked, int) and asked > done):
+        raise RunFolderError(
+            f"{folder} holds a run that finished its {done} epochs: there is nothing to resume; "
+            f"give trainer.epochs=N with N > {done} beside resume= to train it longer"
+        )
 
 
 def launched() -> bool:
@@ -242,6 +321,15 @@ def hydra_quoted(path: Path) -> str:
     if re.fullmatch(r"[A-Za-z0-9._/+-]+", text):
         return text
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def resume_sweep_command(argv: Sequence[str], sweep_dir: Path) -> str:
+    """The command that continues the sweep `mtltrain <argv>` started in `sweep_dir`."""
+    flags, _, given = _overrides(argv)
+    replaced = ("hydra.sweep.dir", "resume_sweep")
+    kept = [o.input_line for o in given if o.key_or_group not in replaced]
+    words = [*flags, *kept, f"hydra.sweep.dir={hydra_quoted(sweep_dir)}", "resume_sweep=true"]
+    return shlex.join(["mtltrain", *words])
 
 
 def resume_command(run_dir: Path) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -41,6 +41,27 @@ def _finite_positive(key: str, value: object) -> None:
 def _complete(obj: object) -> bool:
     """False for the schema's own blank instance (values still MISSING): nothing to check."""
     return not any(isinstance(v, str) and v == MISSING for v in vars(obj).values())
+
+
+def check_boolean(key: str, value: object) -> None:
+    """Refuse what is not true or false (OmegaConf would read 42 or "yes" as true)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} is not allowed: give true or false")
+
+
+def _validation_size(value: object) -> None:
+    """A fraction in [0, 1) or a whole count written without a decimal point: 1.0 could mean
+    either, so it is refused."""
+    fraction = isinstance(value, float) and 0 <= value < 1
+    count = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if fraction or count:
+        return
+    whole = isinstance(value, float) and value.is_integer() and value >= 1
+    ambiguous = f" ({value} reads as a fraction or as a count of {int(value)})" if whole else ""
+    raise ConfigError(
+        f"trainer.validation={value!r} is not allowed{ambiguous}: give a fraction below 1 "
+        "(0.1) or a whole count of samples without a decimal point (5000); 0: none"
+    )
 
 
 def _one_of(key: str, value: object, allowed: tuple) -> None:
@@ -79,20 +100,31 @@ class TrainerConfig:
     checkpoint_interval: float = MISSING
     device: str = MISSING
     threads: Any = MISSING
-    progress: bool = MISSING
+    # the switches (BOOLEANS) and validation are typed Any and checked in __post_init__:
+    # OmegaConf would read progress=42 as true and validation=1 as 1.0
+    progress: Any = MISSING
     optimizer: Any = MISSING
     nonfinite: str = MISSING
     max_skipped: float = MISSING
-    deterministic: bool = MISSING
+    deterministic: Any = MISSING
     precision: str = MISSING
-    channels_last: bool = MISSING
+    channels_last: Any = MISSING
     compile: str | None = MISSING
-    fused_optimizer: bool = MISSING
-    keep_host_memory: bool = MISSING
-    cudnn_benchmark: bool = MISSING
-    validation: float = MISSING
+    fused_optimizer: Any = MISSING
+    keep_host_memory: Any = MISSING
+    cudnn_benchmark: Any = MISSING
+    validation: Any = MISSING
     validation_seed: int = MISSING
     select: str = MISSING
+
+    BOOLEANS: ClassVar[tuple[str, ...]] = (
+        "progress",
+        "deterministic",
+        "channels_last",
+        "fused_optimizer",
+        "keep_host_memory",
+        "cudnn_benchmark",
+    )
 
     def __post_init__(self) -> None:
         if not _complete(self):
@@ -111,7 +143,9 @@ class TrainerConfig:
         _one_of("trainer.compile", self.compile, (None, *COMPILE_MODES))
         _one_of("trainer.nonfinite", self.nonfinite, NONFINITE)
         _one_of("trainer.select", self.select, SELECT)
-        _at_least("trainer.validation", self.validation, 0)
+        _validation_size(self.validation)
+        for key in self.BOOLEANS:
+            check_boolean(f"trainer.{key}", getattr(self, key))
         if not 0 <= self.max_skipped <= 1:
             raise ConfigError(
                 f"trainer.max_skipped={self.max_skipped} is not allowed: it is a share of the "
@@ -137,7 +171,7 @@ class RunConfig:
     seed: int = MISSING
     objective: str | None = None
     resume: str | None = None
-    resume_sweep: bool = False
+    resume_sweep: Any = False  # true | false (checked, as TrainerConfig's switches)
     loss: LossConfig = field(default_factory=LossConfig)
 
 

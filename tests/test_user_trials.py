@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,15 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import MTLTRAIN, make_config, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from mtltrain import checkpoint, rundir
+from mtltrain import atomic, checkpoint, cli, rundir
 from mtltrain.callbacks.checkpoint import CheckpointCallback
 from mtltrain.callbacks.progress import ProgressCallback
-from mtltrain.errors import OutputError, RunFolderError
+from mtltrain.config import config_dir
+from mtltrain.errors import ConfigError, OutputError, RunFolderError
 from mtltrain.results import write_json
 from mtltrain.run import run
 from mtltrain.runtime import SMALL_STEP_FLOPS, choose_threads, usable_cores
@@ -79,6 +82,86 @@ def test_a_finished_sweep_folder_is_refused_or_continued(tmp_path):
     assert not any("resume_sweep" in o for o in new)  # how the sweep ran, not a setting
 
 
+def test_a_signal_stops_a_sweep_with_the_command_that_continues_it(tmp_path):
+    """SIGTERM in job 0: it checkpoints, no later job starts, exit 143, and the printed
+    command (resume_sweep=true) resumes job 0 and runs job 1."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "seed=0,1", "trainer.epochs=2000", "dataset.n_train=32", "dataset.n_test=16",
+            f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    first = subprocess.Popen(
+        [MTLTRAIN, *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not list(sweep.glob("0_*/tb")):  # job 0 is training
+        assert first.poll() is None and time.monotonic() < deadline, first.stderr
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)
+    _, stderr = first.communicate(timeout=60)
+    assert first.returncode == 128 + signal.SIGTERM
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("mtltrain: error: SIGTERM stopped the sweep in job 0_seed-0"), line
+    assert [rundir.status(j) for j in rundir.jobs_in(sweep)] == ["interrupted"]  # no job 1
+    command = shlex.split(line.partition("continue the sweep with: ")[2])
+    assert command[0] == "mtltrain" and "resume_sweep=true" in command
+    more = run_cli(command[1:], cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert [rundir.status(j) for j in rundir.jobs_in(sweep)] == ["completed", "completed"]
+
+
+def test_a_failed_stacked_job_is_one_line_and_the_others_finish(tmp_path):
+    """hydra/launcher=vectorized: one job with a setting refused, one whose loss goes NaN."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=vectorized", "trainer.optimizer.lr=1e-3,1e30",
+            "weighting.init_log_var=0,1e6", *TINY, f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert "HydraConfig" not in proc.stderr and len(lines) == 4, proc.stderr
+    jobs = rundir.jobs_in(sweep)
+    assert [rundir.status(j) for j in jobs] == ["completed", "failed", "failed", "failed"]
+    for job, line in zip(jobs[1:], lines, strict=False):
+        assert line.startswith(f"mtltrain: error: job {job.name}: "), line
+    assert "weighting.init_log_var=1000000.0 is not allowed" in lines[0]
+    assert "non-finite loss" in lines[1]
+    assert lines[3].startswith("mtltrain: 3 of 4 jobs did not finish")
+
+
+def test_a_finished_run_resumed_with_more_epochs_trains_on(tmp_path):
+    done = tmp_path / "done"
+    assert run_cli([*TINY, f"hydra.run.dir={done}"], cwd=tmp_path).returncode == 0
+    steps = strict_json(done / "results.json")["steps"]
+    proc = run_cli([f"resume={done}", "trainer.epochs=4"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = strict_json(done / "results.json")
+    assert results["status"] == "completed" and results["epochs"] == 4
+    assert results["steps"] == 2 * steps
+
+
+def test_help_says_what_mtltrain_is_how_to_compare_and_what_each_group_chooses(tmp_path):
+    proc = run_cli(["--help"], cwd=tmp_path)
+    assert proc.returncode == 0
+    text = proc.stdout
+    assert text.startswith("mtltrain: train multi-task networks") and "mtltrain-report" in text
+    conf = config_dir()
+    groups = sorted(p.name for p in conf.iterdir() if p.is_dir() and p.name != "hydra")
+    for group in [*groups, "hydra/launcher", "hydra/sweeper"]:
+        assert f"\n  {group} " in text, group  # its line on what it chooses
+    for option in (conf / "hydra" / "launcher").glob("*.yaml"):
+        assert option.stem in text
+
+
+def test_an_import_error_in_a_users_target_shows_its_cause(tmp_path, monkeypatch):
+    package = tmp_path / "mytab"
+    package.mkdir()
+    (package / "__init__.py").write_text("import pandas_that_is_not_installed\n")
+    (package / "data.py").write_text("def build(**settings): ...\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"mytab.data.build cannot be loaded: Module.*"
+                       r"No module named 'pandas_that_is_not_installed'"):  # fmt: skip
+        make_config(["dataset._target_=mytab.data.build"])
+
+
 # ---- errors outside the tool's own checks ---------------------------------------------------
 
 
@@ -95,15 +178,52 @@ def test_an_unexpected_error_is_one_line_with_a_failed_results_json(tmp_path):
     assert "Traceback" in log and "IndexError" in log
 
 
-def test_a_full_disk_is_one_line_and_leaves_no_stray_file(tmp_path, monkeypatch):
-    def no_space(obj, f):
-        raise OSError(28, "No space left on device")
+def test_a_disk_that_fills_during_a_run_is_one_line_and_leaves_no_stray_file(tmp_path, monkeypatch):
+    """The checkpoint is the first file a run writes whole; torch's own zip writer is not in
+    the way (it would say "unexpected pos"): the bytes are written by write_atomically."""
 
-    monkeypatch.setattr(torch, "save", no_space)
-    with pytest.raises(OutputError, match=r"last.pt \(No space left on device\)"):
-        run(make_config(TINY), tmp_path)
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", no_space)
+    with pytest.raises(OutputError, match=r"last.pt \(No space left on device: it needs \d+"):
+        run(make_config(TINY), tmp_path / "run")
     assert not list(tmp_path.rglob("*.tmp"))
-    assert strict_json(tmp_path / "results.json")["status"] == "failed"
+    assert strict_json(tmp_path / "run" / "results.json")["status"] == "failed"
+
+
+def test_a_full_disk_at_the_start_is_one_line_naming_the_folder_and_the_space(
+    tmp_path, monkeypatch, capsys
+):
+    full = shutil._ntuple_diskusage(total=10**9, used=10**9 - 4096, free=4096)
+    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda path: full)
+    for args in ([f"hydra.run.dir={tmp_path / 'run'}"], ["-m", f"hydra.sweep.dir={tmp_path}/s"]):
+        monkeypatch.setattr(sys, "argv", ["mtltrain", *TINY, *args])
+        with pytest.raises(SystemExit) as stop:
+            cli.main()
+        assert stop.value.code == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert str(tmp_path) in line and "4 KiB free" in line and "16.0 MiB" in line, line
+    assert list(tmp_path.iterdir()) == []  # nothing made
+
+
+def test_a_real_full_disk_at_the_start_is_one_line(tmp_path):
+    """The same on a full tmpfs, where this machine lets a test mount one (root)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+                             capture_output=True, check=False)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (the test above covers the check)")
+    try:
+        (disk / "filler").write_bytes(b"\0" * 60_000)
+        proc = run_cli([*TINY, f"hydra.run.dir={disk}/run"], cwd=tmp_path)
+        assert proc.returncode == 2
+        (line,) = proc.stderr.strip().splitlines()
+        assert f"hydra.run.dir={disk}/run is on a disk with" in line and "MiB" in line
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
 
 
 def test_a_read_only_folder_is_refused_before_anything_is_written(tmp_path, monkeypatch):

@@ -35,13 +35,7 @@ log = logging.getLogger(__name__)
 
 class VectorizedLauncher(Launcher):
     def __init__(self, group_size: int = 16) -> None:
-        if not isinstance(group_size, int) or group_size < 1:
-            from mtltrain.errors import ConfigError
-
-            raise ConfigError(
-                f"hydra.launcher.group_size={group_size!r} is not allowed: it must be an "
-                "integer >= 1 (jobs trained together in one process)"
-            )
+        # group_size is checked with the sweep's other settings (mtltrain.sweep)
         self.group_size = group_size
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
@@ -108,9 +102,11 @@ class VectorizedLauncher(Launcher):
 
         assert self.hydra_context is not None and self.config is not None
         jobs: list[Job] = []
+        hydra_of_job: list[DictConfig] = []
 
         def prepare(cfg: DictConfig) -> None:
-            jobs.append((cfg, *job_arguments(HydraConfig.get())))
+            hydra_of_job.append(HydraConfig.get())
+            jobs.append((cfg, *job_arguments(hydra_of_job[-1])))
 
         returns = [
             run_job(
@@ -125,14 +121,13 @@ class VectorizedLauncher(Launcher):
         # the jobs' lines go to the sweep's log, not to the last prepared job's file
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         prepared = [r for r in returns if r.status == JobStatus.COMPLETED]
-        outcomes = iter(run_stacked(jobs))
-        for ret in prepared:
-            outcome = next(outcomes)
+        outcomes = run_stacked(jobs)
+        for ret, outcome, hydra in zip(prepared, outcomes, hydra_of_job, strict=True):
             ret.return_value, ret.status = outcome, JobStatus.COMPLETED
             if isinstance(outcome, MtlError):
                 try:
-                    ret.return_value = failed_job(outcome, HydraConfig.get())
-                except Exception as e:  # a sweeper that records failed trials
+                    ret.return_value = failed_job(outcome, hydra)
+                except MtlError as e:  # a sweeper that records failed trials
                     ret.return_value, ret.status = e, JobStatus.FAILED
         return returns
 

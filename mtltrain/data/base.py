@@ -133,11 +133,13 @@ def validation_count(size: float, n: int) -> int:
     return int(count)
 
 
-def check_sizes(**sizes: int) -> None:
-    """Sample counts must be at least 1: `check_sizes(n_train=..., n_test=...)`."""
-    for name, value in sizes.items():
-        if value < 1:
-            raise ConfigError(f"dataset.{name}={value} is not allowed: it must be >= 1")
+def check_tasks(tasks: Sequence[str], available: Mapping[str, object]) -> None:
+    """`dataset.tasks` must name distinct tasks among the data set's `available`, at least one."""
+    if not tasks or any(t not in available for t in tasks) or len(set(tasks)) != len(tasks):
+        raise ConfigError(
+            f"dataset.tasks={list(tasks)} is not allowed: choose distinct tasks among "
+            f"{list(available)}"
+        )
 
 
 def task_specs(

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from mtltrain.data.base import MultiTaskData, Split, task_specs
-from mtltrain.errors import ConfigError, DataError
+from mtltrain.constraints import checked
+from mtltrain.data.base import MultiTaskData, Split, check_tasks, task_specs
+from mtltrain.errors import DataError
 
 AVAILABLE = {  # task → (kind, values its head emits per sample)
     "cls3": ("classification", 3),
@@ -31,12 +33,20 @@ _UBYTE = 0x08  # the IDX type code of unsigned bytes, the only one MNIST uses
 _FIX = "point dataset.root at the folder that holds MNIST/raw, or set dataset.download=true"
 
 
-def read_idx(path: Path, ndim: int) -> np.ndarray:
-    """Read an uncompressed IDX file of unsigned bytes, checking magic number and length."""
+def read_file(path: Path) -> bytes:
+    """The bytes of an MNIST file, or a DataError naming it and why it cannot be read."""
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"MNIST file missing: {path}; {_FIX}") from None
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise DataError(f"MNIST file {path} cannot be read ({reason}); {_FIX}") from None
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Read an uncompressed IDX file of unsigned bytes, checking magic number and length."""
+    raw = read_file(path)
     if len(raw) < 4 + 4 * ndim or raw[:2] != b"\0\0" or raw[2] != _UBYTE or raw[3] != ndim:
         magic = raw[:4].hex() if len(raw) >= 4 else "none"
         raise DataError(
@@ -90,14 +100,26 @@ def _download(root: Path) -> None:
 
 
 def read_split(raw_dir: Path, which: str) -> tuple[np.ndarray, np.ndarray]:
-    """The images (N × 28 × 28) and labels (N) of split `which` ("train" or "test")."""
+    """The images (N × 28 × 28) and labels (N, digits 0–9) of split `which` ("train" or
+    "test"); files of another shape or with other labels are a DataError naming the file."""
     images_file, labels_file = FILES[which]
     images = read_idx(raw_dir / images_file, 3)
     labels = read_idx(raw_dir / labels_file, 1)
+    if images.shape[1:] != (28, 28):
+        raise DataError(
+            f"{raw_dir / images_file} holds images of {images.shape[1]}×{images.shape[2]} "
+            f"pixels; MNIST's are 28×28: {_FIX}"
+        )
     if len(images) != len(labels):
         raise DataError(
             f"{raw_dir / images_file} holds {len(images)} images but {raw_dir / labels_file} "
             f"holds {len(labels)} labels; {_FIX}"
+        )
+    if len(labels) and labels.max() > 9:
+        first = int(np.argmax(labels > 9))
+        raise DataError(
+            f"{raw_dir / labels_file} holds label {labels[first]} (sample {first}); MNIST's "
+            f"labels are the digits 0 to 9: {_FIX}"
         )
     return images, labels
 
@@ -134,6 +156,11 @@ def cls3_labels(digit: Tensor) -> Tensor:
     return torch.where(digit == 2, 0, torch.where(digit == 6, 1, 2))
 
 
+def check_settings(settings: Mapping[str, Any]) -> None:
+    check_tasks(settings["tasks"], AVAILABLE)
+
+
+@checked("dataset", check_settings)
 def build(
     losses: Mapping[str, Sequence[str]],
     root: str = "data",
@@ -141,12 +168,6 @@ def build(
     tasks: Sequence[str] = ("cls3", "cls10", "recon"),
 ) -> MultiTaskData:
     """Load MNIST from `root`/MNIST/raw (torchvision's layout), downloading it when allowed."""
-    unknown = [t for t in tasks if t not in AVAILABLE]
-    if unknown or not tasks or len(set(tasks)) != len(tasks):
-        raise ConfigError(
-            f"dataset.tasks={list(tasks)} is not allowed: choose distinct tasks among "
-            f"{list(AVAILABLE)}"
-        )
     specs = task_specs(tasks, AVAILABLE, losses)
     raw_dir = find_raw(Path(root).expanduser(), download)
     return MultiTaskData(specs, _split(raw_dir, "train", tasks), _split(raw_dir, "test", tasks))

@@ -22,15 +22,16 @@ import hashlib
 import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.nn import functional
 
-from mtltrain.atomic import write_atomically
-from mtltrain.data.base import MultiTaskData, Split, held_out, task_specs
-from mtltrain.data.mnist_mtl import FILES, find_raw, read_split
+from mtltrain.atomic import torch_bytes, write_atomically
+from mtltrain.constraints import checked
+from mtltrain.data.base import MultiTaskData, Split, check_tasks, held_out, task_specs
+from mtltrain.data.mnist_mtl import FILES, find_raw, read_file, read_split
 from mtltrain.errors import ConfigError, OutputError
 
 AVAILABLE = {"left": ("classification", 10), "right": ("classification", 10)}
@@ -61,7 +62,10 @@ def pairs(
     return overlay(images, images[partner], canvas, shift), labels, labels[partner]
 
 
-def check_geometry(canvas: int, shift: int) -> None:
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """Distinct tasks among `left` and `right`, and a second digit that fits on the canvas."""
+    check_tasks(settings["tasks"], AVAILABLE)
+    canvas, shift = settings["canvas"], settings["shift"]
     if not 0 <= shift <= canvas - DIGIT:
         raise ConfigError(
             f"dataset.shift={shift} is not allowed with dataset.canvas={canvas}: the second digit "
@@ -69,6 +73,7 @@ def check_geometry(canvas: int, shift: int) -> None:
         )
 
 
+@checked("dataset", check_settings)
 def build(
     losses: Mapping[str, Sequence[str]],
     root: str = "data",
@@ -86,12 +91,6 @@ def build(
     them. `validation` MNIST training images (a fraction or a count, drawn by
     `validation_seed`) are held out before pairing and paired among themselves, so no digit
     of a validation image is in a training image."""
-    if not tasks or any(t not in AVAILABLE for t in tasks) or len(set(tasks)) != len(tasks):
-        raise ConfigError(
-            f"dataset.tasks={list(tasks)} is not allowed: choose distinct tasks among "
-            f"{list(AVAILABLE)}"
-        )
-    check_geometry(canvas, shift)
     specs = task_specs(tasks, AVAILABLE, losses)
     raw_dir = find_raw(Path(root).expanduser(), download)
     folder = raw_dir.parent.parent / "MultiMNIST" if cache is None else Path(cache).expanduser()
@@ -128,7 +127,7 @@ def _cached(raw_dir: Path, folder: Path, settings: Pairing) -> dict[str, Tensor]
         pass
     built = _build_pairs(raw_dir, settings)
     with contextlib.suppress(OutputError):  # a read-only data folder: rebuilt every time
-        write_atomically(path, lambda f: torch.save(built, f))
+        write_atomically(path, torch_bytes(built))
     return built
 
 
@@ -163,9 +162,10 @@ def _key(raw_dir: Path, settings: Pairing) -> str:
     digest = hashlib.sha256()
     for pair in FILES.values():
         for name in pair:
-            digest.update((raw_dir / name).read_bytes())
+            digest.update(read_file(raw_dir / name))
     canvas, shift, pair_seed, validation, validation_seed = settings
+    held = float(validation)  # a count 5000 and 5000.0 hold out the same
     return (
-        f"v2-canvas{canvas}-shift{shift}-pairs{pair_seed}-validation{validation}-{validation_seed}"
+        f"v2-canvas{canvas}-shift{shift}-pairs{pair_seed}-validation{held}-{validation_seed}"
         f"-{digest.hexdigest()[:16]}"
     )

@@ -7,12 +7,16 @@ y = f(x) + σ(x)·ε with σ(x) rising linearly from noise_min at x_min to noise
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor
 
-from mtltrain.data.base import MultiTaskData, Split, check_sizes, task_specs
+from mtltrain.constraints import Count, at_least, checked
+from mtltrain.data.base import MultiTaskData, Split, task_specs
 from mtltrain.errors import ConfigError
+
+NoiseStd = Annotated[float, at_least(0)]
 
 
 def curve(x: Tensor) -> Tensor:
@@ -25,22 +29,33 @@ def noise_std(x: Tensor, x_min: float, x_max: float, noise_min: float, noise_max
     return noise_min + (noise_max - noise_min) * (x - x_min) / (x_max - x_min)
 
 
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """x_min < x_max and noise_min <= noise_max: σ(x) rises from the one to the other."""
+    x_min, x_max = settings["x_min"], settings["x_max"]
+    if not x_min < x_max:
+        raise ConfigError(
+            f"dataset.x_min={x_min} is not allowed: it must be below dataset.x_max={x_max}"
+        )
+    low, high = settings["noise_min"], settings["noise_max"]
+    if not low <= high:
+        raise ConfigError(
+            f"dataset.noise_min={low} is not allowed: it must be at most dataset.noise_max={high} "
+            "(σ(x) rises from noise_min at x_min to noise_max at x_max)"
+        )
+
+
+@checked("dataset", check_settings)
 def build(
     losses: Mapping[str, Sequence[str]],
-    n_train: int = 20_000,
-    n_test: int = 2_000,
+    n_train: Count = 20_000,
+    n_test: Count = 2_000,
     x_min: float = 50.0,
     x_max: float = 151.0,
-    noise_min: float = 0.1,
-    noise_max: float = 0.6,
+    noise_min: NoiseStd = 0.1,
+    noise_max: NoiseStd = 0.6,
     seed: int = 0,
 ) -> MultiTaskData:
     """One regression task `y`; inputs are standardised with the train split's mean and std."""
-    check_sizes(n_train=n_train, n_test=n_test)
-    if not x_min < x_max:
-        raise ConfigError(f"dataset.x_min={x_min} must be below dataset.x_max={x_max}")
-    if noise_min < 0 or noise_max < 0:
-        raise ConfigError(f"dataset noise_min={noise_min}, noise_max={noise_max} must be >= 0")
     specs = task_specs(["y"], {"y": ("regression", 1)}, losses)
     g = torch.Generator().manual_seed(seed)
 

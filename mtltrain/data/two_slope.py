@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Annotated, TypedDict
 
 import torch
 
-from mtltrain.data.base import MultiTaskData, Split, check_sizes, task_specs
-from mtltrain.errors import ConfigError
+from mtltrain.constraints import NON_EMPTY, Count, at_least, checked
+from mtltrain.data.base import MultiTaskData, Split, task_specs
 
 
-def _draw(tasks: Mapping[str, Mapping[str, float]], n: int, g: torch.Generator) -> Split:
+class SlopeTask(TypedDict):
+    """One two-slope task: y = slope·x + intercept + noise_std·ε."""
+
+    slope: float
+    intercept: float
+    noise_std: Annotated[float, at_least(0)]
+
+
+def _draw(tasks: Mapping[str, SlopeTask], n: int, g: torch.Generator) -> Split:
     x = torch.randn(n, 1, generator=g)
     split = Split(x, {})
     for name, p in tasks.items():
@@ -21,27 +30,18 @@ def _draw(tasks: Mapping[str, Mapping[str, float]], n: int, g: torch.Generator) 
     return split
 
 
+@checked("dataset")
 def build(
-    tasks: Mapping[str, Mapping[str, float]],
+    tasks: Annotated[Mapping[str, SlopeTask], NON_EMPTY],
     losses: Mapping[str, Sequence[str]],
-    n_train: int = 300,
-    n_test: int = 1000,
+    n_train: Count = 300,
+    n_test: Count = 1000,
     seed: int = 0,
 ) -> MultiTaskData:
     """x ~ N(0, 1); one regression task per entry of `tasks` ({slope, intercept, noise_std}).
 
     The test split is drawn the same way, after the train split, from the same seed.
     """
-    check_sizes(n_train=n_train, n_test=n_test)
-    for name, p in tasks.items():
-        missing = {"slope", "intercept", "noise_std"} - set(p)
-        if missing:
-            raise ConfigError(
-                f"dataset.tasks.{name} lacks {sorted(missing)}: each two-slope task needs "
-                "slope, intercept and noise_std"
-            )
-        if p["noise_std"] < 0:
-            raise ConfigError(f"dataset.tasks.{name}.noise_std={p['noise_std']} must be >= 0")
     specs = task_specs(list(tasks), {name: ("regression", 1) for name in tasks}, losses)
     g = torch.Generator().manual_seed(seed)
     train, test = _draw(tasks, n_train, g), _draw(tasks, n_test, g)

@@ -5,15 +5,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
+from typing import Annotated
 
 import torch
 from torch import Tensor, nn
 
+from mtltrain.constraints import DropoutRate, Width, one_of
 from mtltrain.losses import MeanLogVar
 from mtltrain.models.base import Outputs
 from mtltrain.tasks import TaskSpec
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+Activation = Annotated[str, one_of(ACTIVATIONS)]
 
 
 def make_activation(name: str) -> nn.Module:
@@ -32,13 +35,13 @@ class MLP(nn.Sequential):
 
     def __init__(
         self,
-        in_features: int,
-        out_features: int,
-        hidden: Sequence[int] = (),
-        activation: str = "relu",
+        in_features: Width,
+        out_features: Width,
+        hidden: Sequence[Width] = (),
+        activation: Activation = "relu",
         activate_output: bool = False,
         flatten: bool = False,
-        dropout: float = 0.0,
+        dropout: DropoutRate = 0.0,
     ) -> None:
         make_activation(activation)  # a bad name fails here, before any layer is built
         if not 0 <= dropout < 1:
@@ -69,9 +72,9 @@ class SeparateMLPs(nn.Module):
     def __init__(
         self,
         tasks: Sequence[TaskSpec],
-        in_features: int,
-        hidden: Sequence[int] = (),
-        activation: str = "relu",
+        in_features: Width,
+        hidden: Sequence[Width] = (),
+        activation: Activation = "relu",
     ) -> None:
         super().__init__()
         self.activation = make_activation(activation)

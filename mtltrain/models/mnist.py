@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from mtltrain.constraints import Width
+
 
 def _same_pad_2x2() -> nn.ZeroPad2d:
     """Keras' "same" padding for a 2×2 kernel: one extra row and column at the bottom/right."""
@@ -44,7 +46,7 @@ class MnistDecoder(nn.Sequential):
         self,
         out_features: int = 28 * 28,
         tanh: bool = True,
-        hidden: Sequence[int] = (8, 4, 2),
+        hidden: Sequence[Width] = (8, 4, 2),
     ) -> None:
         channels, rest = divmod(out_features, 28 * 28)
         if rest or not channels:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from torch import nn
 
+from mtltrain.constraints import DropoutRate
+
 
 class MultiLeNetEncoder(nn.Sequential):
     """1×28×28 → 50 features, shared by the tasks."""
 
-    def __init__(self, dropout: float = 0.5) -> None:
+    def __init__(self, dropout: DropoutRate = 0.5) -> None:
         super().__init__(
             nn.Conv2d(1, 10, 5), nn.MaxPool2d(2), nn.ReLU(),  # 10×12×12
             nn.Conv2d(10, 20, 5), nn.Dropout2d(dropout), nn.MaxPool2d(2), nn.ReLU(),  # 20×4×4

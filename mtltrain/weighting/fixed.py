@@ -22,6 +22,11 @@ class FixedWeighting(Weighting):
     @classmethod
     def check_settings(cls, settings: Mapping[str, Any]) -> None:
         weights = settings.get("weights")
+        if weights is not None and all(w == 0 for w in numbers_of(weights)):
+            raise ConfigError(
+                f"weighting.weights={weights} is not allowed: with every weight 0 the total loss "
+                "is 0 and nothing trains; give at least one weight that is not 0"
+            )
         if any(w < 0 for w in numbers_of(weights)) and not settings.get("allow_negative"):
             raise ConfigError(
                 f"weighting.weights={weights} is not allowed: a negative weight maximises its "

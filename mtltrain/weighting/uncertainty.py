@@ -24,10 +24,12 @@ from torch import Tensor, nn
 
 from mtltrain.errors import ConfigError
 from mtltrain.losses import LossTerm
-from mtltrain.weighting.base import Range, Weighting
+from mtltrain.weighting.base import Range, Weighting, numbers_of
 
 KIND_FACTOR = {"regression": 0.5, "classification": 1.0, "segmentation": 1.0}
 FORMS = ("likelihood", "unit", "half")
+# |s| beyond this: the weight exp(−s) leaves float32's normal range (0 or inf), nothing trains
+LOG_VAR_LIMIT = 87
 
 
 def initial_log_var(n: int, init: float | Sequence[float]) -> Tensor:
@@ -52,6 +54,12 @@ class UncertaintyWeighting(Weighting):
         if isinstance(init, (list, tuple)) and (len(init) != 2 or not init[0] <= init[1]):
             raise ConfigError(
                 f"weighting.init_log_var={list(init)}: give a number or a [low, high] range"
+            )
+        if any(abs(s) > LOG_VAR_LIMIT for s in numbers_of(init)):
+            raise ConfigError(
+                f"weighting.init_log_var={init} is not allowed: it must be in "
+                f"[-{LOG_VAR_LIMIT}, {LOG_VAR_LIMIT}], where the weight exp(−s) is a float32 "
+                "between 0 and infinity (beyond, every weight is 0 or inf and nothing trains)"
             )
 
     def __init__(

@@ -1,0 +1,90 @@
+"""A sweep's own settings, checked before its first job: the launcher's and the sweeper's, and
+the values each swept setting takes. Hydra and its plugins check them only once they run (a
+traceback from joblib, Optuna or the sweeper, or a sweep of no jobs)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep
+from omegaconf import DictConfig
+
+from mtltrain.errors import ConfigError
+
+# per launcher or sweeper (the end of its _target_): its settings that must be whole numbers
+# >= 1 when set, and the words for what they count
+COUNTS = {
+    "VectorizedLauncher": {"group_size": "jobs trained together in one process"},
+    "LocalLauncher": {"cpus_per_task": "threads per job", "timeout_min": "minutes a job may run"},
+    "SlurmLauncher": {
+        "cpus_per_task": "threads per job",
+        "timeout_min": "minutes a job may run",
+        "nodes": "nodes per job",
+        "tasks_per_node": "processes per node",
+        "max_num_timeout": "requeues after the time limit",
+    },
+    "OptunaSweeper": {"n_trials": "trials", "n_jobs": "trials handed to the launcher at once"},
+}
+
+
+def check_sweep(hydra: DictConfig, overrides: Iterable[Override]) -> None:
+    """The launcher's and sweeper's settings, and every swept value, as a one-line ConfigError."""
+    for kind in ("launcher", "sweeper"):
+        _check_counts(f"hydra.{kind}", hydra[kind])
+    if str(hydra.launcher._target_).endswith("JoblibLauncher"):
+        _check_joblib_jobs(hydra.launcher.n_jobs)
+    if str(hydra.sweeper._target_).endswith("OptunaSweeper"):
+        rate = hydra.sweeper.get("max_failure_rate")
+        if rate is not None and not 0 <= rate <= 1:
+            raise ConfigError(
+                f"hydra.sweeper.max_failure_rate={rate} is not allowed: it is a share of a "
+                "batch of trials, in [0, 1]"
+            )
+    for o in overrides:
+        if o.is_sweep_override():
+            check_swept(o)
+
+
+def _check_counts(where: str, node: DictConfig) -> None:
+    target = str(node.get("_target_", ""))
+    counts = next((c for end, c in COUNTS.items() if target.endswith(end)), {})
+    for key, what in counts.items():
+        value = node.get(key)
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if value is not None and not (whole and value >= 1):
+            raise ConfigError(
+                f"{where}.{key}={value!r} is not allowed: it counts {what}, a whole number >= 1"
+            )
+
+
+def _check_joblib_jobs(n_jobs: object) -> None:
+    """joblib's n_jobs: how many at once (>= 1), or all cores but |n_jobs| − 1 (< 0); not 0."""
+    if not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs == 0:
+        raise ConfigError(
+            f"hydra.launcher.n_jobs={n_jobs!r} is not allowed: give the jobs to run at once, a "
+            "whole number >= 1, or -1 for one per core (-2: all cores but one)"
+        )
+
+
+def check_swept(o: Override) -> None:
+    """A swept setting must take at least one value: a range that is not empty, an interval
+    whose low end is not above its high end (and above 0 on a log scale)."""
+    sweep = o.value()
+    if isinstance(sweep, RangeSweep) and _range_length(sweep) < 1:
+        raise ConfigError(
+            f"{o.input_line} sweeps no value: range(start, stop, step) counts from start up to "
+            "stop, stop left out; give start < stop for a step > 0"
+        )
+    if isinstance(sweep, IntervalSweep):
+        if not sweep.start <= sweep.end:
+            raise ConfigError(
+                f"{o.input_line} is not allowed: interval(low, high) needs low <= high"
+            )
+        if "log" in sweep.tags and not sweep.start > 0:
+            raise ConfigError(f"{o.input_line} is not allowed: a log-scale interval needs low > 0")
+
+
+def _range_length(sweep: RangeSweep) -> int:
+    """How many values range(start, stop, step) takes (start, stop and step may be floats)."""
+    return math.ceil((sweep.stop - sweep.start) / (sweep.step or 1))
