@@ -28,6 +28,7 @@ folder).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -338,6 +339,25 @@ def last_line(log: Path) -> str:
     return next((line for line in reversed(lines) if line), "(no output)")[:300]
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes that `pid` started, and theirs, ... (Linux's /proc)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            children += [int(c) for c in (task / "children").read_text().split()]
+    return children + [d for c in children for d in descendants(c)]
+
+
+def kill_all(pid: int) -> None:
+    """SIGKILL to `pid`'s process group and to every process below it, also those in sessions
+    of their own (torchrun's workers: with its agent gone they would wait forever)."""
+    below = descendants(pid)
+    os.killpg(pid, signal.SIGKILL)
+    for other in below:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(other, signal.SIGKILL)
+
+
 def run_command(command: Command, seconds: float, env: dict[str, str], log: Path) -> str | None:
     """Run `command` in the repository, its output appended to `log`, for at most `seconds`
     (then it and every process it started are killed): why it failed, or None."""
@@ -354,7 +374,7 @@ def run_command(command: Command, seconds: float, env: dict[str, str], log: Path
             try:
                 status = proc.wait(timeout=max(seconds, 0))
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                kill_all(proc.pid)
                 proc.wait()
                 return "stopped at the part's time limit"
     return f"exit status {status}: {last_line(log)}" if status else None

@@ -77,9 +77,10 @@ def gone(pid: int) -> bool:
     return False
 
 
+# a process that starts another in a session of its own, as torchrun starts its workers
 HANGS = """import subprocess, sys, time
 grandchild = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(300)"
-subprocess.Popen([sys.executable, "-c", grandchild, sys.argv[1]])
+subprocess.Popen([sys.executable, "-c", grandchild, sys.argv[1]], start_new_session=True)
 time.sleep(300)
 """
 
