@@ -377,6 +377,9 @@ def run_command(command: Command, seconds: float, env: dict[str, str], log: Path
                 kill_all(proc.pid)
                 proc.wait()
                 return "stopped at the part's time limit"
+            except KeyboardInterrupt:  # Ctrl-C reaches this process alone: stop the command too
+                kill_all(proc.pid)
+                raise
     return f"exit status {status}: {last_line(log)}" if status else None
 
 

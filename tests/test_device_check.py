@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -133,6 +135,26 @@ def test_a_failing_part_is_reported_and_the_others_still_run(tmp_path, monkeypat
     assert "| a | 0 |" in section(page, "wrong") and "| a | 1 |" in section(page, "fine")
     said = capsys.readouterr().err
     assert "device_check: fine: passed" in said and "device_check: wrong: a rate" in said
+
+
+def test_ctrl_c_stops_the_running_command_and_what_it_started(tmp_path):
+    import device_check as dc
+
+    (tmp_path / "hangs.py").write_text(HANGS)
+    command = dc.python(str(tmp_path / "hangs.py"), str(tmp_path / "grandchild.pid"))
+    pid_file = tmp_path / "grandchild.pid"
+
+    def interrupt_once_it_runs() -> None:
+        for _ in range(600):
+            if pid_file.exists():
+                break
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_it_runs, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        dc.run_command(command, 120, {}, tmp_path / "log")
+    assert gone(int(pid_file.read_text()))
 
 
 def test_a_dry_run_never_writes_the_published_page(capsys):
