@@ -2,6 +2,7 @@
 
     python scripts/bench.py --publish       # docs/results/bench.{json,md}, table into README.md
     python scripts/bench.py --mnist-root DIR --out bench.json --markdown bench.md
+    python scripts/bench.py --device cuda --only mnist,two_slope --out gpu.json  # two sections
 
 Every comparison interleaves blocks of steps of the contenders (A, B, A, B, ...) in one process
 and reports the median over blocks, so a machine that is busy for a while slows both. The
@@ -46,6 +47,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import torch
@@ -73,7 +75,21 @@ from mtltrain.train import Trainer
 
 PUBLISHED = update_readme.REPO / "docs/results/bench"  # --publish: bench.json and .md
 STRATEGIES = sorted(p.stem for p in (config_dir() / "weighting").glob("*.yaml"))
-MNIST_STEPS, TWO_SLOPE_STEPS, WIDE_STEPS = 20, 400, 40  # steps per timed block
+
+
+@dataclass(frozen=True)
+class BlockSteps:
+    """Steps per timed block, per model."""
+
+    mnist: int = 20
+    two_slope: int = 400
+    wide: int = 40
+
+    def scaled(self, factor: float) -> BlockSteps:
+        """Each count × `factor`, at least 1 (`--block-scale`)."""
+        return BlockSteps(*(max(1, round(n * factor)) for n in astuple(self)))
+
+
 # three regression tasks on a shared 1→1000→1000 encoder: 1,003,000 shared parameters
 WIDE_MODEL = [
     "dataset=two_slope",
@@ -290,8 +306,10 @@ class ConvCeiling:
         return time.perf_counter() - start
 
 
-def bench_mnist(root: str, device: torch.device, rounds: int, tmp: Path) -> dict:
-    steps = MNIST_STEPS
+def bench_mnist(
+    root: str, device: torch.device, rounds: int, tmp: Path, blocks: BlockSteps
+) -> dict:
+    steps = blocks.mnist
     runs = {"mtltrain": ProjectRun(mnist_overrides(root), device, tmp / "mnist")}
     if device.type == "cuda" or torch.backends.mkldnn.is_available():
         runs["mtltrain, precision=bf16"] = ProjectRun(
@@ -299,25 +317,25 @@ def bench_mnist(root: str, device: torch.device, rounds: int, tmp: Path) -> dict
         )
     project = runs["mtltrain"]
     usual = usual_mnist(root, build(project.cfg.model, tasks=project.data.tasks), device)
-    blocks: dict[str, Callable[[], float]] = {
+    rates: dict[str, Callable[[], float]] = {
         name: (lambda r=r: 256 * steps / r.block(steps)) for name, r in runs.items()
     }
-    blocks["usual way"] = lambda: 256 * steps / usual.block(steps)
+    rates["usual way"] = lambda: 256 * steps / usual.block(steps)
     ceiling = ConvCeiling(project)
-    blocks[CEILING] = lambda: 256 * steps / ceiling.block(steps)
-    return {"unit": "samples/s", **by_threads(blocks, rounds)}
+    rates[CEILING] = lambda: 256 * steps / ceiling.block(steps)
+    return {"unit": "samples/s", **by_threads(rates, rounds)}
 
 
-def bench_two_slope(device: torch.device, rounds: int, tmp: Path) -> dict:
-    steps = TWO_SLOPE_STEPS
+def bench_two_slope(device: torch.device, rounds: int, tmp: Path, blocks: BlockSteps) -> dict:
+    steps = blocks.two_slope
     project = ProjectRun([], device, tmp / "two_slope")
     torch.manual_seed(0)
     usual = usual_two_slope(project.data, TwoSequentials(), device)
-    blocks = {
+    rates = {
         "mtltrain": lambda: steps / project.block(steps),
         "usual way": lambda: steps / usual.block(steps),
     }
-    return {"unit": "steps/s", **by_threads(blocks, rounds)}
+    return {"unit": "steps/s", **by_threads(rates, rounds)}
 
 
 def step_times(runs: dict[str, ProjectRun], steps: int, rounds: int, baseline: str) -> dict:
@@ -396,7 +414,9 @@ def torchjd_jacobian(run: ProjectRun) -> Callable[[Split], None]:
     return step
 
 
-def bench_engine(root: str, device: torch.device, rounds: int, tmp: Path) -> dict:
+def bench_engine(
+    root: str, device: torch.device, rounds: int, tmp: Path, blocks: BlockSteps
+) -> dict:
     """MGDA on the MNIST model: the engine's one pass per task against the other two ways."""
     overrides = [*mnist_overrides(root), "weighting=mgda"]
     runs = {"fixed": ProjectRun(mnist_overrides(root), device, tmp / "engine_fixed")}
@@ -412,7 +432,7 @@ def bench_engine(root: str, device: torch.device, rounds: int, tmp: Path) -> dic
         run = ProjectRun(overrides, device, tmp / f"engine_{len(runs)}")
         run.step = contender(run)
         runs[name] = run
-    return {"unit": "ms/step", **step_times(runs, MNIST_STEPS, rounds, "fixed")}
+    return {"unit": "ms/step", **step_times(runs, blocks.mnist, rounds, "fixed")}
 
 
 LEVERS = {  # data set → {contender: overrides}: the defaults against each speed setting undone
@@ -429,12 +449,14 @@ LEVERS = {  # data set → {contender: overrides}: the defaults against each spe
 }
 
 
-def bench_levers(root: str, device: torch.device, rounds: int, tmp: Path) -> dict:
+def bench_levers(
+    root: str, device: torch.device, rounds: int, tmp: Path, blocks: BlockSteps
+) -> dict:
     """Step time of the defaults and of each speed setting undone, per data set."""
     out = {}
     for data, levers in LEVERS.items():
         base, steps = (
-            (mnist_overrides(root), MNIST_STEPS) if data == "mnist" else ([], TWO_SLOPE_STEPS)
+            (mnist_overrides(root), blocks.mnist) if data == "mnist" else ([], blocks.two_slope)
         )
         runs = {"defaults": ProjectRun(base, device, tmp / f"{data}_defaults")}
         for name, overrides in levers.items():
@@ -689,36 +711,48 @@ def strategy_table(strategies: dict) -> list[str]:
     return lines
 
 
+def rate_table(report: dict) -> list[str]:
+    """The MNIST and two-slope rates of the report (those of its sections it has): a row per
+    contender, with its ratio to the usual way's."""
+    lines = ["| benchmark | contender | rate | × usual way |", "|---|---|---|---|"]
+    for section in ("mnist", "two_slope"):
+        data = report.get(section, {"rates": {}})
+        for name, rate in data["rates"].items():
+            ratio = data["ratios"][name]
+            lines.append(f"| {section} | {name} | {rate:,.0f} {data['unit']} | {ratio:.2f} |")
+    return lines
+
+
 def markdown(report: dict) -> str:
+    """The report's tables, of the sections it has."""
     m = report["machine"]
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores"
         + (f", {m['gpu']}" if m["gpu"] else "")
         + f"; torch {m['torch']}; device {m['device']}.",
         "",
-        "| benchmark | contender | rate | × usual way |",
-        "|---|---|---|---|",
+        *rate_table(report),
     ]
-    for section in ("mnist", "two_slope"):
-        data = report[section]
-        for name, rate in data["rates"].items():
-            ratio = data["ratios"][name]
-            lines.append(f"| {section} | {name} | {rate:,.0f} {data['unit']} | {ratio:.2f} |")
-    lines += ceiling_table(report["mnist"])
-    lines += strategy_table(report["strategies"])
-    lines += ["", "| backward of a gradient-based strategy (MNIST model) | ms/step | × fixed |"]
-    lines += ["|---|---|---|"]
-    e = report["engine"]
-    for name, ms in e["ms_per_step"].items():
-        lines.append(f"| {name} | {ms:.1f} | {e['vs_fixed'][name]:.2f} |")
-    lines += ["", "| speed setting undone | ms/step | × defaults |", "|---|---|---|"]
-    for data, section in report["levers"].items():
-        for name, ms in section["ms_per_step"].items():
-            ratio = section["vs_defaults"][name]
-            lines.append(f"| {data}: {name} | {ms:.3g} | {ratio:.2f} |")
-    lines += ["", "| epoch share of evaluation + logging | epoch | share |", "|---|---|---|"]
-    for name, share in report["eval_logging"].items():
-        lines.append(f"| {name} | {share['epoch_s']:.2f} s | {100 * share['share']:.1f}% |")
+    if "mnist" in report:
+        lines += ceiling_table(report["mnist"])
+    if "strategies" in report:
+        lines += strategy_table(report["strategies"])
+    if "engine" in report:
+        lines += ["", "| backward of a gradient-based strategy (MNIST model) | ms/step | × fixed |"]
+        lines += ["|---|---|---|"]
+        e = report["engine"]
+        for name, ms in e["ms_per_step"].items():
+            lines.append(f"| {name} | {ms:.1f} | {e['vs_fixed'][name]:.2f} |")
+    if "levers" in report:
+        lines += ["", "| speed setting undone | ms/step | × defaults |", "|---|---|---|"]
+        for data, section in report["levers"].items():
+            for name, ms in section["ms_per_step"].items():
+                ratio = section["vs_defaults"][name]
+                lines.append(f"| {data}: {name} | {ms:.3g} | {ratio:.2f} |")
+    if "eval_logging" in report:
+        lines += ["", "| epoch share of evaluation + logging | epoch | share |", "|---|---|---|"]
+        for name, share in report["eval_logging"].items():
+            lines.append(f"| {name} | {share['epoch_s']:.2f} s | {100 * share['share']:.1f}% |")
     if report.get("runs"):
         runs = dict(report["runs"])
         versus = runs.pop("two_slope, mtltrain vs usual script")
@@ -771,6 +805,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument(
+        "--block-scale",
+        type=float,
+        default=1.0,
+        help="each timed block runs this many times its steps, at least one (default: 1)",
+    )
+    parser.add_argument(
         "--skip-runs", action="store_true", help="skip the whole-run and busy-machine timings"
     )
     parser.add_argument(
@@ -782,7 +822,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         type=lambda text: text.split(","),
-        help="comma-separated sections to run again, the others kept from --out",
+        help="comma-separated sections to run (again), the others kept from --out if it exists",
     )
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     parser.add_argument("--markdown", type=Path, default=None)
@@ -797,6 +837,7 @@ def main() -> None:
     command = shlex.join(["python", "scripts/bench.py", *sys.argv[1:]])
     settle_threads()
     device = select_device(args.device)
+    blocks = BlockSteps().scaled(args.block_scale)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         root = args.mnist_root
@@ -808,23 +849,23 @@ def main() -> None:
             "mnist_data": "real" if root == args.mnist_root else "random",
         }
         sections = {
-            "mnist": lambda: bench_mnist(root, device, args.rounds, tmp),
-            "two_slope": lambda: bench_two_slope(device, args.rounds, tmp),
+            "mnist": lambda: bench_mnist(root, device, args.rounds, tmp, blocks),
+            "two_slope": lambda: bench_two_slope(device, args.rounds, tmp, blocks),
             "strategies": lambda: {
                 "mnist_mtl": bench_strategies(
                     mnist_overrides(root),
-                    MNIST_STEPS,
+                    blocks.mnist,
                     args.strategies,
                     device,
                     args.rounds,
                     tmp / "mnist_mtl",
                 ),
                 "wide": bench_strategies(
-                    WIDE_MODEL, WIDE_STEPS, args.strategies, device, args.rounds, tmp / "wide"
+                    WIDE_MODEL, blocks.wide, args.strategies, device, args.rounds, tmp / "wide"
                 ),
             },
-            "engine": lambda: bench_engine(root, device, args.rounds, tmp),
-            "levers": lambda: bench_levers(root, device, args.rounds, tmp),
+            "engine": lambda: bench_engine(root, device, args.rounds, tmp, blocks),
+            "levers": lambda: bench_levers(root, device, args.rounds, tmp, blocks),
             "eval_logging": lambda: {
                 "mnist_mtl": eval_and_logging_share(
                     mnist_overrides(root), device, tmp / "share_mnist"
@@ -837,12 +878,14 @@ def main() -> None:
             sections["mnist_process"] = lambda: mnist_processes(root, tmp)
             sections["busy"] = lambda: busy_machine(tmp)
             sections["distributed"] = lambda: distributed(root, tmp)
+        rerunning = bool(args.only) and args.out.exists()
         if args.only:
             unknown = set(args.only) - set(sections)
             if unknown:
                 parser.error(f"--only {sorted(unknown)}: choose among {list(sections)}")
-            report = {**json.loads(args.out.read_text()), **report}  # the others as they were
             sections = {name: sections[name] for name in args.only}
+        if rerunning:
+            report = {**json.loads(args.out.read_text()), **report}  # the others as they were
             rerun = {"finished": time.strftime("%Y-%m-%d %H:%M"), "command": command}
             report["sections_rerun"] = {**report.get("sections_rerun", {}),
                                         **dict.fromkeys(args.only, rerun)}  # fmt: skip
@@ -850,7 +893,7 @@ def main() -> None:
             print(f"running {name} ...", file=sys.stderr, flush=True)
             report[name] = section()
             print(json.dumps(report[name], indent=2), file=sys.stderr, flush=True)
-    if not args.only:
+    if not rerunning:
         report["finished"] = time.strftime("%Y-%m-%d %H:%M")
         report["command"] = command
     args.out.write_text(json.dumps(report, indent=2) + "\n")

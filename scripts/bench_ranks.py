@@ -3,9 +3,12 @@
     python scripts/bench_ranks.py OUT.json STEPS OVERRIDE...              # one process
     torchrun --nproc_per_node=2 scripts/bench_ranks.py OUT.json STEPS ... # data-parallel
 
-Run by `scripts/bench.py` (section "distributed"). The trainer is built as a run builds it and
-stepped on the global batches of its data set; the median of 5 blocks of STEPS steps after a
-warm-up block. Each collective's payload is counted by wrapping torch.distributed's functions.
+Run by `scripts/bench.py` (section "distributed") and `scripts/device_check.py` (part
+ranks). The trainer is built as a run builds it and stepped on the global batches of its data
+set: first one step, whose global losses and total go into OUT.json and the model's
+parameters after it into OUT.pt (to compare ways of running), then the median of 5 blocks of
+STEPS steps after a warm-up block. Each collective's payload is counted by wrapping
+torch.distributed's functions.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +27,7 @@ import torch.distributed as dist
 
 from mtltrain.build import build_trainer
 from mtltrain.config import compose_checked
+from mtltrain.data.base import Split
 
 sent = {"bytes": 0, "calls": 0}
 
@@ -48,17 +53,28 @@ def main(out: str, steps: str, *overrides: str) -> None:
     size, split = trainer.batch_size, trainer.train_split
     batches = iter(())
 
-    def block(n: int) -> float:
+    def next_batch() -> Split:
         nonlocal batches
+        batch = next(batches, None)
+        if batch is None:
+            batches = split.shuffled(trainer.generator).batches(size)
+            batch = next(batches)
+        return batch
+
+    def sync() -> None:
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize(trainer.device)
+
+    def block(n: int) -> float:
+        sync()
         start = time.perf_counter()
         for _ in range(n):
-            batch = next(batches, None)
-            if batch is None:
-                batches = split.shuffled(trainer.generator).batches(size)
-                batch = next(batches)
-            trainer.train_step(batch)
+            trainer.train_step(next_batch())
+        sync()
         return time.perf_counter() - start
 
+    first = trainer.train_step(next_batch())
+    after_first = {name: p.detach().cpu().clone() for name, p in trainer.model.named_parameters()}
     n = int(steps)
     block(n)
     sent.update(bytes=0, calls=0)
@@ -69,10 +85,13 @@ def main(out: str, steps: str, *overrides: str) -> None:
             "bytes_per_step": sent["bytes"] / (5 * n),
             "collectives_per_step": sent["calls"] / (5 * n),
             "processes": trainer.ranks.size,
+            "backend": dist.get_backend() if dist.is_initialized() else None,
             "threads": torch.get_num_threads(),
+            "first_step": {"losses": first.losses.tolist(), "total": first.total.item()},
         }
         with open(out, "w") as f:
             json.dump(result, f)
+        torch.save(after_first, Path(out).with_suffix(".pt"))
     trainer.ranks.close()
 
 

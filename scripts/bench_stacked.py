@@ -2,6 +2,7 @@
 launcher, on this machine, in one run.
 
     python scripts/bench_stacked.py [--epochs 1500] [--publish]
+    python scripts/bench_stacked.py --device cuda --jobs 16 --epochs 50   # one N, on a GPU
 
 1. Whole sweeps of the §5A two-slope model (seeds 0…N−1, the default strategy), each a whole
    `mtltrain -m` process: N = 16 on the default launcher (one job after another, each on the
@@ -16,12 +17,16 @@ launcher, on this machine, in one run.
    the same rounds as the §5A steps; and the whole-sweep ratio a sweep of its step speed,
    with nothing else, would reach.
 
+`--jobs N` measures one N instead: the default launcher's sweep of N jobs against the
+stacked sweep of N, the steps at N and the hand-written loop of N. `--device` picks where
+every run and step trains (default: the CPU, which `--publish` requires).
 `--publish` writes docs/results/stacked.md (and the README section that embeds it).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 import time
@@ -29,29 +34,37 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from bench import MTLTRAIN, interleave, timed_process
+from bench import MTLTRAIN, interleave, sync, timed_process
 from repro_common import MNIST_ROOT, REPO, mnist_overrides
 from update_readme import update
 
 from mtltrain.build import build_trainer
 from mtltrain.config import compose_checked
 from mtltrain.data.mnist_mtl import write_random
-from mtltrain.runtime import machine
+from mtltrain.runtime import machine, select_device
 from mtltrain.stacked import StackedTrainer
 
 FORWARD_STACKED = "§5A two-slope MLPs (forward_stacked)"
 SWEEP_JOBS = 16  # the default launcher's sweep, and the hand-written stack
-HAND = f"by hand, N = {SWEEP_JOBS}"
-DEFAULT = f"default launcher, {SWEEP_JOBS} jobs"
+SWEEP_SIZES, STEP_SIZES = (4, 16, 64), (4, 16)  # the N of the stacked sweeps and steps
 
 
-def sweep_seconds(jobs: int, epochs: int, stacked: bool, folder: Path) -> float:
+def hand_label(jobs: int) -> str:
+    return f"by hand, N = {jobs}"
+
+
+def default_label(jobs: int) -> str:
+    return f"default launcher, {jobs} jobs"
+
+
+def sweep_seconds(jobs: int, epochs: int, stacked: bool, folder: Path, device: str) -> float:
     launcher = ["hydra/launcher=vectorized", f"hydra.launcher.group_size={jobs}"]
     command = [
         MTLTRAIN,
         "-m",
         f"seed=range({jobs})",
         f"trainer.epochs={epochs}",
+        f"trainer.device={device}",
         f"hydra.sweep.dir={folder}",
         *(launcher if stacked else []),
         "trainer.progress=false",
@@ -59,15 +72,16 @@ def sweep_seconds(jobs: int, epochs: int, stacked: bool, folder: Path) -> float:
     return timed_process(command)
 
 
-def whole_sweeps(epochs: int, tmp: Path) -> dict:
-    default = sweep_seconds(SWEEP_JOBS, epochs, False, tmp / "default")
-    rows = {DEFAULT: {"jobs": SWEEP_JOBS, "seconds": default}}
-    for n in (4, 16, 64):
+def whole_sweeps(epochs: int, tmp: Path, device: str, jobs: int, sizes: tuple[int, ...]) -> dict:
+    """The default launcher's sweep of `jobs` jobs, then a stacked sweep of each N in `sizes`."""
+    default = sweep_seconds(jobs, epochs, False, tmp / "default", device)
+    rows = {default_label(jobs): {"jobs": jobs, "seconds": default}}
+    for n in sizes:
         rows[f"stacked, N = {n}"] = {
             "jobs": n,
-            "seconds": sweep_seconds(n, epochs, True, tmp / f"stacked{n}"),
+            "seconds": sweep_seconds(n, epochs, True, tmp / f"stacked{n}", device),
         }
-    base = SWEEP_JOBS / default
+    base = jobs / default
     for row in rows.values():
         row["runs_per_s"] = row["jobs"] / row["seconds"]
         row["ratio"] = row["runs_per_s"] / base
@@ -81,16 +95,23 @@ class HandStacked:
     backward pass and one fused Adam over the stacked tensors. Nothing else: no metrics,
     logging, checks or evaluation."""
 
-    def __init__(self, n: int, tasks: int = 2, hidden: int = 512, batch_size: int = 16) -> None:
+    def __init__(
+        self,
+        n: int,
+        tasks: int = 2,
+        hidden: int = 512,
+        batch_size: int = 16,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.n, self.tasks, self.batch_size = n, tasks, batch_size
         nets = n * tasks
         shapes = [(nets, 1, hidden), (nets, 1, hidden), (nets, hidden, 1), (nets, 1, 1)]
-        self.layers = [(torch.rand(s) - 0.5).requires_grad_() for s in shapes]
-        self.log_var = torch.zeros(n, tasks, requires_grad=True)
+        self.layers = [(torch.rand(s, device=device) - 0.5).requires_grad_() for s in shapes]
+        self.log_var = torch.zeros(n, tasks, device=device, requires_grad=True)
         self.optimizer = torch.optim.Adam([*self.layers, self.log_var], lr=3e-4, fused=True)
-        self.x = torch.randn(n, 300, 1)
-        self.y = torch.randn(n, tasks, 300, 1)
-        self.jobs = torch.arange(n)[:, None]
+        self.x = torch.randn(n, 300, 1, device=device)
+        self.y = torch.randn(n, tasks, 300, 1, device=device)
+        self.jobs = torch.arange(n, device=device)[:, None]
 
     def losses(self, index: torch.Tensor) -> torch.Tensor:
         """[jobs, tasks] MSE, job i on its samples index[i]."""
@@ -102,50 +123,62 @@ class HandStacked:
         return (out - y).square().mean(dim=(2, 3))
 
     def step(self) -> None:
-        index = torch.randint(self.x.shape[1], (self.n, self.batch_size))
+        index = torch.randint(self.x.shape[1], (self.n, self.batch_size), device=self.x.device)
         total = 0.5 * torch.exp(-self.log_var) * self.losses(index) + 0.5 * self.log_var
         self.optimizer.zero_grad()
         total.sum().backward()
         self.optimizer.step()
 
 
-def trainers(overrides: list[str], n: int) -> list:
+def trainers(overrides: list[str], n: int, device: str) -> list:
     return [
-        build_trainer(compose_checked([*overrides, f"seed={s}", "trainer.device=cpu"]))
+        build_trainer(compose_checked([*overrides, f"seed={s}", f"trainer.device={device}"]))
         for s in range(n)
     ]
 
 
-def step_rates(name: str, overrides: list[str], rounds: int, hand: bool = False) -> dict:
-    """Per job and step: µs alone (on the threads its run picks) and stacked at N = 4 and 16
-    (on every core, as a stack runs; built directly, so a model the launcher would run alone
-    on a CPU is measured stacked too), and with `hand` SWEEP_JOBS `HandStacked`; medians of
-    interleaved rounds."""
-    alone = trainers(overrides, 1)[0]
+def step_rates(
+    name: str,
+    overrides: list[str],
+    rounds: int,
+    device: str = "cpu",
+    sizes: tuple[int, ...] = STEP_SIZES,
+    hand: int = 0,
+    block_scale: float = 1.0,
+) -> dict:
+    """Per job and step: µs alone (on the threads its run picks) and stacked at each N in
+    `sizes` (on every core, as a stack runs; built directly, so a model the launcher would run
+    alone on a CPU is measured stacked too), and with `hand` a `HandStacked` of that many
+    jobs; medians of interleaved rounds of blocks of 10 (MNIST) or 200 steps × `block_scale`."""
+    alone = trainers(overrides, 1, device)[0]
     alone_threads = torch.get_num_threads()
     batch = alone.train_split.take(slice(0, alone.batch_size))
-    stacks = {n: StackedTrainer(trainers(overrides, n)) for n in (4, 16)}
+    stacks = {n: StackedTrainer(trainers(overrides, n, device)) for n in sizes}
     stacked_threads = torch.get_num_threads()
-    steps = 10 if "mnist" in name else 200
+    steps = max(1, round((10 if "mnist" in name else 200) * block_scale))
 
     def per_job(step: Callable[[], object], threads: int, jobs: int) -> Callable[[], float]:
         """A block of `steps` calls of `step`, on `threads`: seconds per job and step."""
 
         def block() -> float:
             torch.set_num_threads(threads)
+            sync(alone.device)
             start = time.perf_counter()
             for _ in range(steps):
                 step()
+            sync(alone.device)
             return (time.perf_counter() - start) / steps / jobs
 
         return block
 
     blocks = {"alone": per_job(lambda: alone.train_step(batch), alone_threads, 1)}
     for n, stack in stacks.items():
-        order = torch.arange(stack.first.batch_size)[None].expand(n, -1)
+        order = torch.arange(stack.first.batch_size, device=stack.train.inputs.device)
+        order = order[None].expand(n, -1)
         blocks[f"N = {n}"] = per_job(lambda s=stack, o=order: s.train_step(o), stacked_threads, n)
     if hand:
-        blocks[HAND] = per_job(HandStacked(SWEEP_JOBS).step, stacked_threads, SWEEP_JOBS)
+        hand_step = HandStacked(hand, device=alone.device).step
+        blocks[hand_label(hand)] = per_job(hand_step, stacked_threads, hand)
     medians = interleave(blocks, rounds)
     return {
         **{k: v * 1e6 for k, v in medians.items()},
@@ -155,6 +188,7 @@ def step_rates(name: str, overrides: list[str], rounds: int, hand: bool = False)
 
 
 def markdown(report: dict) -> str:
+    """The page docs/results/stacked.md (a CPU's measurements)."""
     sweeps, m = report["sweeps"], report["machine"]
     lines = [
         "# Stacked sweeps",
@@ -169,29 +203,15 @@ def markdown(report: dict) -> str:
         "small); `hydra/launcher=vectorized` trains the N jobs stacked in one process, on "
         "every core, each in its own folder.",
         "",
-        "| sweep | jobs | wall time | runs per second | × default launcher |",
-        "|---|---|---|---|---|",
-    ]
-    for name, row in sweeps["rows"].items():
-        lines.append(
-            f"| {name} | {row['jobs']} | {row['seconds']:.1f} s | {row['runs_per_s']:.3f} | "
-            f"{row['ratio']:.1f}× |"
-        )
-    lines += [
+        *sweep_table(sweeps),
         "",
         "**Steps**: µs of training step per job, alone (`Trainer.train_step`) and stacked "
         "(`StackedTrainer.train_step` over N jobs, divided by N); medians of "
         f"{report['rounds']} interleaved rounds.",
         "",
-        "| model | alone (its threads) | stacked N = 4 | stacked N = 16 |",
-        "|---|---|---|---|",
+        *step_table(report["steps"]),
+        *hand_written(report),
     ]
-    for name, rates in report["steps"].items():
-        a = rates["alone"]
-        cells = [f"{rates[k]:.0f} µs ({a / rates[k]:.2g}×)" for k in ("N = 4", "N = 16")]
-        alone = f"{a:.0f} µs ({rates['alone threads']})"
-        lines.append(f"| {name} | {alone} | {' | '.join(cells)} |")
-    lines += hand_written(report)
     lines += [
         "",
         "On this CPU a stack of the §5B conv net is slower per job than one job at a time "
@@ -201,16 +221,45 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sweep_table(sweeps: dict) -> list[str]:
+    """A row per whole sweep: its wall time, runs per second and ratio to the default's."""
+    lines = [
+        "| sweep | jobs | wall time | runs per second | × default launcher |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in sweeps["rows"].items():
+        lines.append(
+            f"| {name} | {row['jobs']} | {row['seconds']:.1f} s | {row['runs_per_s']:.3f} | "
+            f"{row['ratio']:.1f}× |"
+        )
+    return lines
+
+
+def step_table(steps: dict) -> list[str]:
+    """A row per model: µs per job and step alone and at each stacked N (× alone)."""
+    sizes = [k for k in next(iter(steps.values())) if k.startswith("N = ")]
+    lines = [
+        "| model | alone (its threads) | " + " | ".join(f"stacked {n}" for n in sizes) + " |",
+        "|---|---|" + "---|" * len(sizes),
+    ]
+    for name, rates in steps.items():
+        a = rates["alone"]
+        cells = [f"{rates[k]:.0f} µs ({a / rates[k]:.2g}×)" for k in sizes]
+        alone = f"{a:.0f} µs ({rates['alone threads']})"
+        lines.append(f"| {name} | {alone} | {' | '.join(cells)} |")
+    return lines
+
+
 def hand_written(report: dict) -> list[str]:
     """The hand-written stacked loop against mtltrain's stack, and the sweep ratio its step
     speed alone would give."""
-    rates, sweeps = report["steps"][FORWARD_STACKED], report["sweeps"]
-    hand, stacked, alone = rates[HAND], rates["N = 16"], rates["alone"]
+    rates, sweeps, jobs = report["steps"][FORWARD_STACKED], report["sweeps"], report["jobs"]
+    hand, stacked, alone = rates[hand_label(jobs)], rates[f"N = {jobs}"], rates["alone"]
     steps = sweeps["epochs"] * rates["batches per epoch"]
-    ratio = sweeps["rows"][DEFAULT]["seconds"] / (SWEEP_JOBS * steps * hand * 1e-6)
+    ratio = sweeps["rows"][default_label(jobs)]["seconds"] / (jobs * steps * hand * 1e-6)
     return [
         "",
-        f"**A hand-written stacked loop**: the {SWEEP_JOBS} §5A jobs stacked by hand in plain "
+        f"**A hand-written stacked loop**: the {jobs} §5A jobs stacked by hand in plain "
         "torch, as a user would write it (`HandStacked`: the batched products, MSE, "
         "uncertainty weighting, one backward pass and torch's fused Adam; no metrics, logging, "
         f"checks or evaluation) take {hand:.0f} µs per job and step, in the same rounds as "
@@ -226,9 +275,28 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1500)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--mnist-root", default=MNIST_ROOT)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--jobs", type=int, help="measure only this N (default: all)")
+    parser.add_argument(
+        "--block-scale",
+        type=float,
+        default=1.0,
+        help="each timed block of steps runs this many times its steps, at least one",
+    )
     parser.add_argument("--publish", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("bench_stacked.json"))
     args = parser.parse_args()
+    if args.publish and args.device != "cpu":
+        parser.error("--publish writes the CPU's page docs/results/stacked.md: use --device cpu")
+    jobs = args.jobs or SWEEP_JOBS
+    sweep_sizes, step_sizes = ((jobs,), (jobs,)) if args.jobs else (SWEEP_SIZES, STEP_SIZES)
+    rates = functools.partial(
+        step_rates,
+        rounds=args.rounds,
+        device=args.device,
+        sizes=step_sizes,
+        block_scale=args.block_scale,
+    )
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         root = args.mnist_root
@@ -236,18 +304,17 @@ def main() -> None:
             root = str(write_random(tmp / "mnist", 60000, 10000, 0))
         mnist = mnist_overrides(root)
         steps = {
-            FORWARD_STACKED: step_rates("two_slope", [], args.rounds, hand=True),
-            "§5C sin-curve shared MLP (vmap)": step_rates(
-                "sin", ["dataset=sin_hetero"], args.rounds
-            ),
-            "§5B MNIST conv net (vmap)": step_rates("mnist", mnist, args.rounds),
+            FORWARD_STACKED: rates("two_slope", [], hand=jobs),
+            "§5C sin-curve shared MLP (vmap)": rates("sin", ["dataset=sin_hetero"]),
+            "§5B MNIST conv net (vmap)": rates("mnist", mnist),
         }
         report = {
-            "machine": machine(torch.device("cpu")),
+            "machine": machine(select_device(args.device)),
             "threads": torch.get_num_threads(),
             "rounds": args.rounds,
+            "jobs": jobs,
             "steps": steps,
-            "sweeps": whole_sweeps(args.epochs, tmp),
+            "sweeps": whole_sweeps(args.epochs, tmp, args.device, jobs, sweep_sizes),
         }
     args.out.write_text(json.dumps(report, indent=2))
     text = markdown(report)

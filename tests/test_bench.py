@@ -87,6 +87,9 @@ def test_the_data_parallel_bench_worker_times_steps_and_counts_nothing_sent_alon
     result = json.loads(out.read_text())
     assert result["ms_per_step"] > 0 and result["processes"] == 1
     assert result["bytes_per_step"] == 0 and result["collectives_per_step"] == 0
+    assert result["backend"] is None and len(result["first_step"]["losses"]) == 2
+    after_first = torch.load(tmp_path / "ranks.pt")  # the parameters after the first step
+    assert after_first.keys() and all(p.isfinite().all() for p in after_first.values())
 
 
 def test_the_hand_written_stack_is_each_jobs_two_networks_on_its_own_batch():
@@ -110,12 +113,13 @@ def test_the_hand_written_stack_is_each_jobs_two_networks_on_its_own_batch():
 
 
 def test_the_paragraph_gives_the_sweep_ratio_at_the_hand_written_stacks_speed():
-    from bench_stacked import DEFAULT, FORWARD_STACKED, HAND, hand_written
+    from bench_stacked import FORWARD_STACKED, default_label, hand_label, hand_written
 
-    rates = {HAND: 50.0, "N = 16": 100.0, "alone": 400.0, "batches per epoch": 19}
+    rates = {hand_label(16): 50.0, "N = 16": 100.0, "alone": 400.0, "batches per epoch": 19}
     report = {
+        "jobs": 16,
         "steps": {FORWARD_STACKED: rates},
-        "sweeps": {"epochs": 1500, "rows": {DEFAULT: {"seconds": 456.0}}},
+        "sweeps": {"epochs": 1500, "rows": {default_label(16): {"seconds": 456.0}}},
     }
     text = "".join(hand_written(report))
     # 16 jobs × 28500 steps × 50 µs = 22.8 s against 456 s
