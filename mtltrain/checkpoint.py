@@ -120,6 +120,16 @@ def changed_settings(saved: dict[str, Any], current: dict[str, Any], shown: int 
     return ", ".join(changes) + extra
 
 
+def refuse_other_settings(changed: str) -> None:
+    """A resume whose settings differ from its checkpoint's (`changed_settings`) is refused."""
+    if changed:
+        raise CheckpointError(
+            f"resume= continues a run with its own settings, and these differ from its "
+            f"checkpoint's: {changed}; only trainer.* may change on resume: start a new run "
+            "for other settings"
+        )
+
+
 def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(config, dict):
         return {prefix: config}

@@ -327,12 +327,7 @@ def _load(trainer: Trainer, state: dict[str, Any], config: dict[str, Any]) -> No
     except CheckpointError as e:
         settings = f"; settings that differ: {changed}" if changed else ""
         raise CheckpointError(f"{e}{settings}") from None
-    if changed:
-        raise CheckpointError(
-            f"resume= continues a run with its own settings, and these differ from its "
-            f"checkpoint's: {changed}; only trainer.* may change on resume: start a new run "
-            "for other settings"
-        )
+    checkpoint.refuse_other_settings(changed)
 
 
 def _results(cfg: DictConfig, trainer: Trainer, info: dict[str, Any]) -> dict[str, Any]:

@@ -251,7 +251,19 @@ def prepare_arguments(argv: Sequence[str]) -> list[str]:
     merged = {_key(o): o.input_line for o in saved if o.key_or_group != "resume"}
     merged.update({_key(o): o.input_line for o in given})
     merged.pop(("hydra.run.dir", None), None)
+    check_settings_kept(state["config"], list(merged.values()))
     return [*flags, *merged.values(), f"hydra.run.dir={hydra_quoted(folder)}"]
+
+
+def check_settings_kept(saved: dict, overrides: Sequence[str]) -> None:
+    """Refuse a resume whose settings (the checkpoint's overrides and those given beside
+    resume=, composed and checked) differ from its checkpoint's beyond trainer.*, before Hydra
+    writes anything into the run's folder."""
+    from mtltrain.checkpoint import changed_settings, refuse_other_settings
+    from mtltrain.config import compose_checked
+
+    config = OmegaConf.to_container(compose_checked(overrides), resolve=True)
+    refuse_other_settings(changed_settings(saved, config))
 
 
 def check_own_run(folder: Path, saved: dict) -> None:
