@@ -48,6 +48,7 @@ from mtltrain.train import Trainer
 from mtltrain.weighting.base import Weighting
 
 log = logging.getLogger(__name__)
+SWEEP_FILE = "multirun.yaml"  # a Hydra sweep's settings, in its folder
 
 
 def configure_process(trainer: TrainerConfig, device: torch.device) -> None:
@@ -188,16 +189,34 @@ def build_trainer(
     )
 
 
-def run_hparams(cfg: DictConfig, run_info: dict[str, Any]) -> dict[str, Any]:
-    """What sets a run apart, as HParams columns: its config choices, seed and overrides."""
-    params: dict[str, Any] = {
-        group: choice for group, choice in run_info.get("choices", {}).items() if choice
-    }
-    params["seed"] = int(cfg.seed)
+def run_hparams(
+    cfg: DictConfig, run_info: dict[str, Any], run_dir: Path | None = None
+) -> dict[str, str]:
+    """A run's HParams columns, {name: value as given}: in a sweep, the settings the sweep
+    varies (`swept_keys`), which are what sets its runs apart; otherwise its config choices,
+    overrides and seed (TensorBoard marks those that differ between the runs it shows)."""
+    params = {group: choice for group, choice in run_info.get("choices", {}).items() if choice}
     for o in rundir.parse_overrides(run_info.get("overrides", [])):
-        if o.key_or_group != "seed":
-            params[o.key_or_group] = o.get_value_element_as_str()
-    return params
+        params[o.key_or_group] = o.get_value_element_as_str()
+    params["seed"] = str(int(cfg.seed))
+    swept = None if run_dir is None else swept_keys(run_dir.parent / SWEEP_FILE)
+    return params if swept is None else {k: v for k, v in params.items() if k in swept}
+
+
+def swept_keys(sweep_file: Path) -> set[str] | None:
+    """The keys (and config groups) a Hydra sweep varies, as its `sweep_file` has them: its
+    sweep overrides (`seed=0,1,2`, `weighting=fixed,uncertainty`, `seed=range(3)`, glob(...))
+    and its sweeper's params. Hydra's basic sweeper writes that file into the sweep's folder,
+    the parent of its jobs' folders, before it launches them, whatever the launcher (read here,
+    not from HydraConfig, which the vectorized launcher's jobs are built without). None where
+    there is no such file: a single run, or a sweeper that writes none (Optuna)."""
+    try:
+        sweep = OmegaConf.load(sweep_file)
+    except OSError:
+        return None
+    overrides = rundir.parse_overrides(OmegaConf.select(sweep, "hydra.overrides.task") or [])
+    params = OmegaConf.select(sweep, "hydra.sweeper.params") or {}
+    return {o.key_or_group for o in overrides if o.is_sweep_override()} | set(params)
 
 
 def run_callbacks(
@@ -236,11 +255,12 @@ def run_callbacks(
     callbacks: list[Callback] = [guard] if saver is None else [guard, saver]
     if tb is not None:
         names = metric_names(data.tasks, data.test.noise_std)
-        tags = [f"{split}/{m}" for split in data.splits() for m in names]
-        hparams = None if resumed else run_hparams(cfg, run_info or {})
+        hparams = None if resumed else run_hparams(cfg, run_info or {}, run_dir)
         skipped = trainer.nonfinite == "skip"
         config = OmegaConf.to_yaml(cfg, resolve=True)
-        callbacks.append(TensorBoardCallback(tb, trainer.log_every, skipped, hparams, config, tags))
+        callbacks.append(
+            TensorBoardCallback(tb, trainer.log_every, skipped, hparams, config, names)
+        )
         if run_dir is not None:
             callbacks.append(FiguresCallback(tb, trainer.figure_every, run_dir / rundir.FIGURES))
     lines_every = max(1, trainer.epochs // trainer.eval_every // 10)  # about ten lines

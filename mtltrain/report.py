@@ -46,14 +46,20 @@ Plots
   setting with ±std error bars.
 
 Errors
-  A FOLDER that does not exist or holds no runs, an --out that is not a folder, or a --baseline
-  that is neither single_task nor key=value[,key=value]: one line on stderr and exit code 2.
+  A FOLDER that does not exist or holds no runs, a finished run whose results.json has a
+  metric, learned quantity or true σ that is not a number (or null), an --out that is not a
+  folder, a --baseline that is neither single_task nor key=value[,key=value] or, given, names
+  no setting of the runs (the default, weighting=fixed, may be missing: Δm% is then blank), or
+  a folder the report cannot be written into: one line on stderr and exit code 2. The report's
+  files are written all or none (each into a temporary file first), after every check: a
+  report that fails leaves the folder as it was.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -69,7 +75,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mtltrain.errors import MtlError
+from mtltrain.atomic import write_all_atomically
+from mtltrain.errors import MtlError, OutputError
 from mtltrain.results import RESULTS_FILE
 from mtltrain.rundir import natural_key
 from mtltrain.tasks import DIRECTION
@@ -82,6 +89,8 @@ REPORT_MD, REPORT_CSV, MAIN_PNG = "report.md", "report.csv", "main_metrics.png"
 SYMBOL = {"sigma": "σ", "c": "c", "weight": "weight", "kpi": "κ̄"}
 PANEL_COLUMNS = 3
 SINGLE_TASK = "single_task"  # --baseline: each task's model trained alone
+DEFAULT_BASELINE = "weighting=fixed"
+NUMBERS = ("metrics", "weighting", "true_sigma")  # results.json's numbers the report reads
 
 Scalars = dict[str, dict[int, float]]  # {tag: {step: value}}
 
@@ -204,7 +213,39 @@ def load_run(path: Path, root: Path) -> Run:
         return Run(path, name, f"unreadable {RESULTS_FILE} ({type(e).__name__})", {})
     if not isinstance(results, dict):
         return Run(path, name, f"unreadable {RESULTS_FILE} (not an object)", {})
-    return Run(path, name, str(results.get("status", "no status")), results)
+    run = Run(path, name, str(results.get("status", "no status")), results)
+    if run.finished:
+        check_results(results, path / RESULTS_FILE)
+    return run
+
+
+def check_results(results: Mapping[str, Any], file: Path) -> None:
+    """What the report reads of a finished run: its overrides, a list of strings; its metrics,
+    true σ and learned quantities (NUMBERS), objects of {name: number or null}, a learned
+    quantity's value also {term: number or null}."""
+    overrides = results.get("overrides", [])
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise ReportError(f'{file}: "overrides" is {overrides!r}: it must be a list of strings')
+    for section in NUMBERS:
+        values = results.get(section, {})
+        if not isinstance(values, dict):
+            raise ReportError(
+                f'{file}: "{section}" is {values!r}: it must be an object of {{name: number}}'
+            )
+        for name, value in values.items():
+            per_term = section == "weighting" and isinstance(value, dict)
+            for key, number in value.items() if per_term else [(name, value)]:
+                if not is_number(number):
+                    shown = f"{name}/{key}" if per_term else name
+                    raise ReportError(
+                        f'{file}: "{section}" has {shown} = {number!r}: it must be a number '
+                        "(or null)"
+                    )
+
+
+def is_number(value: object) -> bool:
+    """A JSON number or null (true and false are not numbers)."""
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 
 def read_learned(run: Run) -> Scalars:
@@ -482,7 +523,7 @@ def _baseline_words(baseline: str) -> str:
 
 
 def unfinished_section(runs: Sequence[Run]) -> str:
-    rows = ([f"`{run.name}`", run.status, run.results.get("error", "")] for run in runs)
+    rows = ([f"`{run.name}`", run.status, str(run.results.get("error", ""))] for run in runs)
     return "## Runs that did not finish\n\n" + markdown_table(["run", "status", "error"], rows)
 
 
@@ -500,17 +541,18 @@ def csv_cell(value: float | None) -> str:
     return "" if value is None else repr(value)
 
 
-def write_csv(path: Path, settings: Sequence[Setting], deltas: Sequence[Stat | None]) -> None:
+def csv_text(settings: Sequence[Setting], deltas: Sequence[Stat | None]) -> str:
     """Every metric and quantity as <name>_mean, <name>_std at full precision, n, Δm%."""
     names = ordered_union(s.stats for s in settings)
     header = ["setting", "n", *(f"{n}_{part}" for n in names for part in ("mean", "std"))]
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([*header, "delta_m_pct", "delta_m_pct_std"])
-        for setting, delta in zip(settings, deltas, strict=True):
-            cells = [csv_cell(part) for n in names for part in csv_pair(setting.stats.get(n))]
-            spread = map(csv_cell, csv_pair(delta))
-            writer.writerow([setting.label, len(setting.runs), *cells, *spread])
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow([*header, "delta_m_pct", "delta_m_pct_std"])
+    for setting, delta in zip(settings, deltas, strict=True):
+        cells = [csv_cell(part) for n in names for part in csv_pair(setting.stats.get(n))]
+        spread = map(csv_cell, csv_pair(delta))
+        writer.writerow([setting.label, len(setting.runs), *cells, *spread])
+    return text.getvalue()
 
 
 # --- plots ----------------------------------------------------------------------------------
@@ -553,14 +595,15 @@ def panels(count: int) -> tuple[Figure, list[Any]]:
     return fig, list(axes[:count])
 
 
-def save(fig: Figure, path: Path) -> None:
-    FigureCanvasAgg(fig).print_png(str(path))
+def png(fig: Figure) -> bytes:
+    data = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(data)
+    return data.getvalue()
 
 
 def plot_learned(
-    quantity: str, per_term: Mapping[str, Mapping[str, Curve]], colors: Mapping[str, str],
-    path: Path,
-) -> None:  # fmt: skip
+    quantity: str, per_term: Mapping[str, Mapping[str, Curve]], colors: Mapping[str, str]
+) -> bytes:
     """One panel per loss term: the quantity against step, one line per setting."""
     fig, axes = panels(len(per_term))
     handles = {}
@@ -574,10 +617,10 @@ def plot_learned(
         ax.set_ylabel(SYMBOL[quantity])
     fig.legend(list(handles.values()), list(handles), loc="outside lower center",
                title="setting (mean over seeds, min–max shaded)")  # fmt: skip
-    save(fig, path)
+    return png(fig)
 
 
-def plot_main_metrics(settings: Sequence[Setting], colors: Mapping[str, str], path: Path) -> None:
+def plot_main_metrics(settings: Sequence[Setting], colors: Mapping[str, str]) -> bytes:
     """One panel per task main metric: mean per setting with ±std error bars."""
     metrics = ordered_union(s.main.values() for s in settings)
     fig, axes = panels(len(metrics))
@@ -594,32 +637,31 @@ def plot_main_metrics(settings: Sequence[Setting], colors: Mapping[str, str], pa
         )
         ax.set_title(f"{name} ({direction})")
     fig.suptitle("mean ± std over seeds")
-    save(fig, path)
+    return png(fig)
 
 
-def write_plots(settings: Sequence[Setting], runs: Sequence[Run], out: Path) -> list[str]:
-    """The PNG files, returning their names."""
+def plots(settings: Sequence[Setting], runs: Sequence[Run]) -> tuple[dict[str, bytes], list[str]]:
+    """{file name: PNG}, and a notice for each run without learned quantities to plot."""
     colors = {s.label: f"C{i % 10}" for i, s in enumerate(settings)}
     scalars = {run.path: read_learned(run) for run in runs}
-    for run in runs:
-        if not scalars[run.path]:
-            print(f"{PROG}: no learned quantities in {run.name}/tb: not plotted", file=sys.stderr)
-    written = []
-    for quantity, per_term in learned_curves(settings, scalars).items():
-        name = f"learned_{quantity}.png"
-        plot_learned(quantity, per_term, colors, out / name)
-        written.append(name)
+    pictures = {
+        f"learned_{quantity}.png": plot_learned(quantity, per_term, colors)
+        for quantity, per_term in learned_curves(settings, scalars).items()
+    }
     if any(s.main for s in settings):
-        plot_main_metrics(settings, colors, out / MAIN_PNG)
-        written.append(MAIN_PNG)
-    return written
+        pictures[MAIN_PNG] = plot_main_metrics(settings, colors)
+    unplotted = [
+        f"no learned quantities in {r.name}/tb: not plotted" for r in runs if not scalars[r.path]
+    ]
+    return pictures, unplotted
 
 
 # --- the command ----------------------------------------------------------------------------
 
 
-def read_sweep(folder: Path, baseline: str) -> Sweep:
-    """The runs under `folder`, their settings and Δm% against `baseline` (key=value[,…])."""
+def read_sweep(folder: Path, baseline: str, chosen: bool = False) -> Sweep:
+    """The runs under `folder`, their settings and Δm% against `baseline` (key=value[,…]);
+    a `chosen` baseline must name a setting of the runs."""
     pairs = parse_baseline(baseline)
     if not folder.is_dir():
         raise ReportError(f"no such folder: {folder}")
@@ -628,31 +670,53 @@ def read_sweep(folder: Path, baseline: str) -> Sweep:
         raise ReportError(f"no runs in {folder}: no folder with {RESULTS_FILE} or .hydra/")
     finished = [run for run in runs if run.finished]
     settings = group_settings(finished) if finished else []
+    if chosen and settings:
+        check_baseline(baseline, pairs, settings, folder)
     return Sweep(folder, runs, settings, pairs, delta_ms(settings, pairs))
 
 
-def report(folder: Path, out: Path, baseline: str) -> None:
+def check_baseline(
+    text: str, baseline: Baseline, settings: Sequence[Setting], folder: Path
+) -> None:
+    """--baseline names a setting: one with every key=value it gives, or for single_task one
+    that trains a single task."""
+    if baseline is None:
+        if not any(len(s.main) == 1 for s in settings):
+            raise ReportError(
+                f"--baseline {SINGLE_TASK}: no setting in {folder} trains one task alone (sweep "
+                "dataset.tasks=[<task>] beside the strategies, see --help)"
+            )
+    elif not any(all(s.pairs.get(k) == v for k, v in baseline.items()) for s in settings):
+        keys = differing_keys([run for s in settings for run in s.runs]) or {
+            key for s in settings for key in s.pairs
+        }
+        options = sorted({f"{k}={v}" for s in settings for k, v in s.pairs.items() if k in keys})
+        raise ReportError(
+            f"--baseline {text} names no setting of the runs in {folder}: choose from "
+            f"{', '.join(options) or '(no overrides but seed)'}, or {SINGLE_TASK}"
+        )
+
+
+def report(folder: Path, out: Path, baseline: str, chosen: bool = False) -> None:
     """Read the runs under `folder`, write the report files into `out`, print the table."""
-    write_report(read_sweep(folder, baseline), out, baseline)
+    write_report(read_sweep(folder, baseline, chosen), out, baseline)
 
 
 def write_report(sweep: Sweep, out: Path, baseline: str) -> None:
-    """report.md, report.csv and the plots of `sweep` into `out`; the table printed."""
+    """report.md, report.csv and the plots of `sweep` into `out`, all or none; then the table
+    printed, and on stderr the runs that did not finish."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ReportError(f"cannot write into --out {out}: {e.strerror}") from None
     finished, unfinished = sweep.finished, sweep.unfinished
-    for run in unfinished:
-        print(f"{PROG}: run did not finish: {run.name} ({run.status})", file=sys.stderr)
+    notices = [f"run did not finish: {run.name} ({run.status})" for run in unfinished]
 
     settings, deltas = sweep.settings, sweep.deltas
     matched = any(baseline_means(s, settings, sweep.baseline) is not None for s in settings)
     notes = table_notes(settings, deltas, baseline, matched)
     table = results_table(settings, deltas) + "\n\n" + notes
-    print(table)
-    write_csv(out / REPORT_CSV, settings, deltas)
-    pictures = write_plots(settings, finished, out)
+    pictures, unplotted = plots(settings, finished)
 
     counts = f"{count(len(finished), 'finished run')} in {count(len(settings), 'setting')}"
     title = f"# mtltrain report: {sweep.folder.name}"
@@ -661,7 +725,18 @@ def write_report(sweep: Sweep, out: Path, baseline: str) -> None:
         parts.append(unfinished_section(unfinished))
     if pictures:
         parts.append("## Plots\n\n" + "\n\n".join(f"![{p}]({p})" for p in pictures))
-    (out / REPORT_MD).write_text("\n\n".join(parts) + "\n")
+    files = {
+        REPORT_MD: ("\n\n".join(parts) + "\n").encode(),
+        REPORT_CSV: csv_text(settings, deltas).encode(),
+        **pictures,
+    }
+    try:
+        write_all_atomically({out / name: data for name, data in files.items()})
+    except OutputError as e:
+        raise ReportError(f"{e}: write the report elsewhere with --out DIR") from None
+    for notice in [*notices, *unplotted]:
+        print(f"{PROG}: {notice}", file=sys.stderr)
+    print(table)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -674,10 +749,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--baseline",
-        default="weighting=fixed",
         help=(
             "the setting Δm%% compares with, key=value[,key=value], or single_task: each task "
-            "trained alone (default: %(default)s)"
+            f"trained alone (default: {DEFAULT_BASELINE}, where the runs have it)"
         ),
     )
     return p
@@ -686,7 +760,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
-        report(args.folder, args.out or args.folder, args.baseline)
+        baseline = args.baseline or DEFAULT_BASELINE
+        report(args.folder, args.out or args.folder, baseline, chosen=args.baseline is not None)
     except ReportError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -1,48 +1,64 @@
 """TensorBoard: one writer per run, scalars read from the device in one sync, a custom-scalars
-layout with one chart per learned quantity, and hyper-parameters without a stray extra run."""
+layout, and the run's HParams entry in a sub-run of its own.
+
+HParams. TensorBoard's hparams plugin takes its columns either from an experiment summary
+(`hparams_config`) or, where no run has one, from the session start infos of all runs it sees,
+marking each column `differs` where its values differ between them; the HParams tab puts the
+differing columns first, each group in order of name, and ticks the first five. A run knows
+only itself, and the plugin takes the experiment summary of whichever run it reads first, so a
+run here writes none: TensorBoard works out what differs across the runs under its --logdir.
+The plugin then reads as metrics every scalar in the session's run and the runs below it, so
+the session is a sub-run, tb/hparams/, that holds only the HParams metrics (one point each, at
+the run's last step): a session in tb/ itself would make every logged series a metric. Values
+are written as strings, shown as given (TensorBoard shows a number to 5 significant digits: the
+seed 3 as 3.0000). No trial (group) name is set: TensorBoard averages the runs of one group
+into one row, so each run is its own trial, named by its folder.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
+
+HPARAMS_RUN = "hparams"  # the sub-run of tb/ with the run's HParams session and metrics
 
 
 class TensorBoardLog:
-    """Writes a run's event files into `log_dir`, made at the first write (a run that fails
-    before training leaves none); use as a context manager so it always closes."""
+    """Writes a run's event files into `log_dir` (its HParams entry into log_dir/hparams),
+    made at the first write (a run that fails before training leaves none); use as a context
+    manager so it always closes."""
 
     def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
         self.log_dir, self.purge_step = log_dir, purge_step
-        self._writer: SummaryWriter | None = None
+        self._writers: dict[Path, SummaryWriter] = {}
 
     @property
     def writer(self) -> SummaryWriter:
-        if self._writer is None:
-            self._writer = SummaryWriter(str(self.log_dir), purge_step=self.purge_step)
-        return self._writer
+        return self._writer(self.log_dir)
+
+    def _writer(self, folder: Path) -> SummaryWriter:
+        if folder not in self._writers:
+            self._writers[folder] = SummaryWriter(str(folder), purge_step=self.purge_step)
+        return self._writers[folder]
 
     def __enter__(self) -> TensorBoardLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        for writer in self._writers.values():
+            writer.close()
 
     def scalars(self, values: Mapping[str, Tensor | float], step: int) -> None:
         """Log {tag: value}; tensor values are moved to the host together, in one sync."""
-        tags = [k for k, v in values.items() if isinstance(v, Tensor)]
-        if tags:
-            host = torch.stack([values[k].float().reshape(()) for k in tags]).tolist()
-            values = {**values, **dict(zip(tags, host, strict=True))}
-        for tag, value in values.items():
-            self.writer.add_scalar(tag, value, step)
+        _add_scalars(self.writer, values, step)
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
         """Log an H×W×3 uint8 image."""
@@ -52,19 +68,49 @@ class TensorBoardLog:
         """Log Markdown text (the Text tab)."""
         self.writer.add_text(tag, text)
 
-    def layout(self, charts: Mapping[str, Sequence[str]]) -> None:
-        """Custom-scalars dashboard: one multi-line chart per {title: [tag regex, ...]}."""
+    def layout(self, categories: Mapping[str, Mapping[str, Sequence[str]]]) -> None:
+        """Custom-scalars dashboard: {category: {chart title: [tag regex, ...]}}, one
+        multi-line chart each. TensorBoard merges the layouts of all runs, category by title,
+        and a chart draws every tag its regexes match in every run shown."""
         self.writer.add_custom_scalars(
-            {"mtltrain": {title: ["Multiline", list(tags)] for title, tags in charts.items()}}
+            {
+                category: {title: ["Multiline", list(tags)] for title, tags in charts.items()}
+                for category, charts in categories.items()
+            }
         )
 
-    def hparams(self, params: Mapping[str, Any], metric_tags: Sequence[str]) -> None:
-        """Register the run in the HParams dashboard; metrics are read from the scalar tags.
+    def session_start(self, params: Mapping[str, str]) -> None:
+        """The run's HParams session, in the sub-run: {column: value}."""
+        start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+        for name, value in params.items():
+            start.hparams[name].string_value = value
+        data = plugin_data_pb2.HParamsPluginData(session_start_info=start)
+        self._hparams_summary(metadata.SESSION_START_INFO_TAG, data, 0)
 
-        SummaryWriter.add_hparams would write into a new sub-run; writing the three summaries
-        into this run's own file keeps one run per job.
-        """
-        exp, ssi, sei = hparams(dict(params), {tag: float("nan") for tag in metric_tags})
-        file_writer = self.writer._get_file_writer()
-        for summary in (exp, ssi, sei):
-            file_writer.add_summary(summary)
+    def session_end(self, metrics: Mapping[str, Tensor | float], step: int) -> None:
+        """The run's HParams metrics, one point each at `step`, and its session's end."""
+        _add_scalars(self._writer(self.log_dir / HPARAMS_RUN), metrics, step)
+        end = plugin_data_pb2.SessionEndInfo(
+            status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time()
+        )
+        data = plugin_data_pb2.HParamsPluginData(session_end_info=end)
+        self._hparams_summary(metadata.SESSION_END_INFO_TAG, data, step)
+
+    def _hparams_summary(
+        self, tag: str, data: plugin_data_pb2.HParamsPluginData, step: int
+    ) -> None:
+        summary = Summary()
+        summary.value.add(
+            tag=tag, metadata=metadata.create_summary_metadata(data), tensor=metadata.NULL_TENSOR
+        )
+        self._writer(self.log_dir / HPARAMS_RUN)._get_file_writer().add_summary(summary, step)
+
+
+def _add_scalars(writer: SummaryWriter, values: Mapping[str, Tensor | float], step: int) -> None:
+    """{tag: value} at `step`; tensor values are moved to the host together, in one sync."""
+    tags = [k for k, v in values.items() if isinstance(v, Tensor)]
+    if tags:
+        host = torch.stack([values[k].float().reshape(()) for k in tags]).tolist()
+        values = {**values, **dict(zip(tags, host, strict=True))}
+    for tag, value in values.items():
+        writer.add_scalar(tag, value, step)

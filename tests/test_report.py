@@ -1,9 +1,12 @@
 """`mtltrain-report` on real sweeps (subprocesses) and on hand-written run folders."""
 
 import csv
+import errno
 import hashlib
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,10 +244,107 @@ def test_negative_nll_baseline_and_missing_baseline(tmp_path, capsys):
     fake_run(tmp_path / "1_x", ["weighting=dtp"], {"test/y/nll": -1.5, "test/y/rmse": 1.0})
     main([str(tmp_path)])
     assert [r["Δm%"] for r in table(capsys.readouterr().out)] == ["0.000 ± –", "50.00 ± –"]
-    main([str(tmp_path), "--baseline", "weighting=uncertainty"])
+    # without --baseline, runs that have no weighting=fixed get a blank Δm% and a note
+    shutil.rmtree(tmp_path / "0_x")
+    main([str(tmp_path)])
     out = capsys.readouterr().out
-    assert [r["Δm%"] for r in table(out)] == ["", ""]
-    assert "No setting has weighting=uncertainty" in out
+    assert [r["Δm%"] for r in table(out)] == [""]
+    assert "No setting has weighting=fixed" in out
+
+
+def refused(args, capsys):
+    """`mtltrain-report args` ends with exit code 2 and one line on stderr, printing nothing
+    else; returns that line."""
+    with pytest.raises(SystemExit) as stop:
+        main(list(map(str, args)))
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.err.startswith("mtltrain-report: error: ")
+    assert not captured.out
+    return captured.err
+
+
+def test_a_baseline_that_names_no_setting_is_refused(tmp_path, capsys):
+    fake_run(tmp_path / "0_x", ["weighting=fixed", "seed=0"], {"test/a/rmse": 1, "test/b/rmse": 1})
+    fake_run(tmp_path / "1_x", ["weighting=dtp", "seed=0"], {"test/a/rmse": 2, "test/b/rmse": 1})
+    before = snapshot(tmp_path)
+    err = refused([tmp_path, "--baseline", "weighting=uncertainty"], capsys)
+    assert "--baseline weighting=uncertainty names no setting" in err
+    assert "choose from weighting=dtp, weighting=fixed, or single_task" in err
+    err = refused([tmp_path, "--baseline", "weigthing=fixed"], capsys)  # a misspelt key
+    assert "weigthing=fixed" in err and "weighting=fixed" in err
+    err = refused([tmp_path, "--baseline", "single_task"], capsys)
+    assert "no setting in" in err and "trains one task alone" in err
+    assert snapshot(tmp_path) == before  # nothing written
+    main([str(tmp_path), "--baseline", "weighting=dtp"])  # one that is there
+    assert [r["Δm%"] for r in table(capsys.readouterr().out)] == ["25.00 ± –", "0.000 ± –"]
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"metrics": {"test/y/rmse": "abc"}}, ["\"metrics\" has test/y/rmse = 'abc'", "a number"]),
+        ({"metrics": {"test/y/rmse": True}}, ["test/y/rmse = True", "a number"]),
+        ({"metrics": {"test/y/rmse": [1.0]}}, ["test/y/rmse = [1.0]", "a number"]),
+        ({"metrics": [1.0]}, ['"metrics" is [1.0]', "an object"]),
+        ({"weighting": {"sigma": {"a": "x"}}}, ["\"weighting\" has sigma/a = 'x'", "a number"]),
+        ({"true_sigma": {"a": "3"}}, ["\"true_sigma\" has a = '3'"]),
+        ({"overrides": ["weighting=dtp", 3]}, ['"overrides" is', "a list of strings"]),
+    ],
+)
+def test_a_results_file_with_a_value_that_is_not_a_number_is_refused(
+    tmp_path, capsys, change, words
+):
+    fake_run(tmp_path / "0_x", ["weighting=fixed"], {"test/y/rmse": 1.0})
+    fake_run(tmp_path / "1_x", ["weighting=dtp"], {"test/y/rmse": 2.0})
+    bad = tmp_path / "1_x" / "results.json"
+    bad.write_text(json.dumps(json.loads(bad.read_text()) | change))
+    before = snapshot(tmp_path)
+    err = refused([tmp_path], capsys)
+    assert str(bad) in err and all(w in err for w in words), err
+    assert snapshot(tmp_path) == before
+
+
+def test_a_non_numeric_metric_is_one_line_from_the_command(tmp_path):
+    fake_run(tmp_path / "0_x", ["weighting=fixed"], {"test/y1/rmse": "abc"})
+    proc = run_report([tmp_path], cwd=tmp_path)
+    assert proc.returncode == 2 and not proc.stdout
+    assert proc.stderr.count("\n") == 1 and "test/y1/rmse = 'abc'" in proc.stderr
+    assert not list(tmp_path.glob("report.*"))
+
+
+def failing_writes(monkeypatch, folder, errno_, after=0):
+    """Opening a file of `folder` for writing fails with `errno_` after `after` such opens
+    (0: a read-only folder; more: a disk that fills up)."""
+    real_open, opened = Path.open, []
+
+    def open_(path, mode="r", *args, **kwargs):
+        if "w" in mode and path.parent == folder:
+            if len(opened) >= after:
+                raise OSError(errno_, os.strerror(errno_))
+            opened.append(path)
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_)
+
+
+@pytest.mark.parametrize(("errno_", "after"), [(errno.EROFS, 0), (errno.ENOSPC, 2)])
+def test_a_folder_that_cannot_take_the_report_keeps_the_one_it_has(
+    tmp_path, capsys, monkeypatch, errno_, after
+):
+    """A read-only folder, and a disk that fills up after two of the report's files: one line,
+    and the earlier report (and everything else) as it was, no temporary file left."""
+    fake_run(tmp_path / "0_x", ["weighting=fixed"], {"test/y/rmse": 1.0})
+    main([str(tmp_path)])
+    fake_run(tmp_path / "1_x", ["weighting=dtp"], {"test/y/rmse": 2.0})  # a report to update
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    failing_writes(monkeypatch, tmp_path, errno_, after)
+    err = refused([tmp_path], capsys)
+    assert f"({os.strerror(errno_)}); no file was changed" in err and "--out DIR" in err
+    assert str(tmp_path) in err
+    assert snapshot(tmp_path) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_seed_curve_is_mean_and_range_at_the_steps_every_seed_logged():

@@ -360,8 +360,8 @@ def test_the_cli_starts_without_torch_and_runs_as_a_module(tmp_path):
 # ---- what users see -------------------------------------------------------------------------
 
 
-def tensorboard(run_dir: Path) -> EventAccumulator:
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+def tensorboard(run_dir: Path, run: str = "tb") -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir / run), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     return acc
 
@@ -373,17 +373,17 @@ def test_tensorboard_shows_what_sets_the_run_apart_and_its_last_step(tmp_path):
     scalars = set(acc.Tags()["scalars"])
     assert [e.step for e in acc.Scalars("sigma/y1")] == [4]  # the last step, though 4 < 1000
     assert "lr" not in scalars and "nonfinite_steps" not in scalars  # constant series
-    assert {"final/sigma/y1", "final/weight/y2"} <= scalars
-    content = acc.PluginTagToContent("hparams")
+    assert "config/text_summary" in acc.Tags()["tensors"]
+    hparams = tensorboard(tmp_path / "r", "tb/hparams")  # the HParams entry: its own sub-run
+    assert {"test/y1/rmse", "weighting/sigma/y1", "weighting/weight/y2"} <= set(
+        hparams.Tags()["scalars"]
+    )
+    content = hparams.PluginTagToContent("hparams")
     infos = [plugin_data_pb2.HParamsPluginData.FromString(c) for c in content.values()]
     (start,) = (i.session_start_info for i in infos if i.HasField("session_start_info"))
     assert set(start.hparams) == {"dataset", "model", "trainer", "weighting", "seed",
                                   "trainer.epochs", "dataset.n_train", "dataset.n_test",
                                   "trainer.log_every"}  # fmt: skip
-    (experiment,) = (i.experiment for i in infos if i.HasField("experiment"))
-    metrics = {m.name.tag for m in experiment.metric_infos}
-    assert {"test/y1/rmse", "final/sigma/y1"} <= metrics
-    assert "config/text_summary" in acc.Tags()["tensors"]
 
 
 def test_the_log_file_holds_the_summary_and_the_error(tmp_path):

@@ -1,13 +1,31 @@
 """TensorBoard of a run: losses, weights and what the strategy learns every `log_every` steps
 and at the last step, the metrics of every split at each evaluation; for a fresh run a
-custom-scalars layout, the config as text, and an HParams entry whose columns are the run's
-choices and overrides and whose metrics are the validation and test metrics and the final
-learned quantities (`final/<quantity>/<term>`)."""
+custom-scalars layout, the config as text and an HParams session whose columns are the settings
+that set the run apart (`mtltrain.build.run_hparams`); at the end the run's HParams metrics.
+
+HParams metrics (in the sub-run tb/hparams, see `mtltrain.tblog`): the reported evaluation's
+validation and test metrics (the last one, or with trainer.select=best the selected one: what
+results.json has) under their own tags, and what the strategy learned where training ended as
+`weighting/<quantity>/<term>`. They are one point each at the last step. The learned ones are
+named so that their one-point charts sort after the losses, metrics and weights in the Scalars
+tab (weighting/ after loss…/, test/, train/, validation/, weight/: at the top they would come
+before the curves to read) and after the test and validation metrics among the HParams
+metrics, of which TensorBoard ticks the first five. (They are the last points of the learned
+series in tb/; they are written again because a metric must be in the session's own run.)
+
+Custom Scalars: a chart draws every tag its regexes match in every run shown, so each chart
+holds one quantity that means the same in every run that logs it: per task metric, its train,
+validation and test curves; per quantity a strategy learns (σ, log σ², c, κ̄, FAMO's z, ...),
+its curves for every loss term. Weights are left out: every strategy has them, each on its own
+scale (fixed weights 1, uncertainty weighting's 1/(2σ²), FAMO's sum to 1), so a sweep's chart
+of them would put those on one axis; each term's weight is in the Scalars tab.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -20,23 +38,28 @@ if TYPE_CHECKING:
     from mtltrain.step import Step
     from mtltrain.train import Trainer
 
+METRIC_CHARTS = "each metric: train, validation, test"
+LEARNED_CHARTS = "what strategies learn, by quantity (weights: Scalars tab)"
+LEARNED = "weighting"  # the HParams metrics of the learned quantities: weighting/<quantity>/…
+SHARED = "weight"  # the quantity every strategy reports, each on its own scale
+
 
 class TensorBoardCallback(Callback):
     """Logs into `tb`; `skipped` adds the count of skipped steps (trainer.nonfinite=skip). A
-    fresh run (`hparams` given: {setting: value}) also writes its layout, `config` as text and
-    its HParams entry, with `metric_tags` and the final learned quantities as its metrics."""
+    fresh run (`hparams` given: {column: value}) also writes its layout (with a chart for each
+    of `metrics`, "<task>/<metric>"), `config` as text and its HParams session."""
 
     def __init__(
         self,
         tb: TensorBoardLog,
         log_every: int,
         skipped: bool = False,
-        hparams: Mapping[str, Any] | None = None,
+        hparams: Mapping[str, str] | None = None,
         config: str = "",
-        metric_tags: Sequence[str] = (),
+        metrics: Sequence[str] = (),
     ) -> None:
         self.tb, self.every, self.skipped = tb, log_every, skipped
-        self.hparams, self.config, self.metric_tags = hparams, config, metric_tags
+        self.hparams, self.config, self.metrics = hparams, config, metrics
         self.last: Step | None = None
         self.logged = 0
         self.previous: dict[str, Tensor] = {}
@@ -46,11 +69,17 @@ class TensorBoardCallback(Callback):
         if self.hparams is None:
             return
         report = trainer.strategy.report()
-        per_term = [q for q, v in report.items() if v.dim() == 1]
-        self.tb.layout({q: [f"^{q}/"] for q in ("loss_raw", "loss_weighted", *per_term)})
+        learned = [q for q, v in report.items() if v.dim() == 1 and q != SHARED]
+        self.tb.layout(
+            {
+                METRIC_CHARTS: {
+                    m: [f"^(train|validation|test)/{re.escape(m)}$"] for m in self.metrics
+                },
+                LEARNED_CHARTS: {q: [f"^{re.escape(q)}/"] for q in learned},
+            }
+        )
         self.tb.text("config", f"```yaml\n{self.config}```")
-        finals = list(self.final_values(trainer))
-        self.tb.hparams(self.hparams, [*self.metric_tags, *finals])
+        self.tb.session_start(self.hparams)
 
     def on_step_end(self, trainer: Trainer, step: Step) -> None:
         self.last = step
@@ -62,14 +91,19 @@ class TensorBoardCallback(Callback):
             if self.logged != self.last.number:
                 self.log_step(trainer, self.last)
             self.log_unchanged(trainer, self.last.number)
-        self.tb.scalars(self.final_values(trainer), trainer.step)
+        self.tb.session_end(self.hparams_metrics(trainer), trainer.step)
 
-    def final_values(self, trainer: Trainer) -> dict[str, Tensor]:
-        """{final/<quantity>/<term> or final/<quantity>: value} of what the strategy learned."""
-        values: dict[str, Tensor] = {}
+    def hparams_metrics(self, trainer: Trainer) -> dict[str, Tensor | float]:
+        """The reported evaluation's {<split>/<task>/<metric>: value} and what the strategy
+        learned, {weighting/<quantity>/<term> or weighting/<quantity>: value}."""
+        chosen = trainer.selection.chosen
+        evaluated = chosen["metrics"] if chosen is not None else {}
+        values: dict[str, Tensor | float] = {
+            f"{split}/{k}": v for split, metrics in evaluated.items() for k, v in metrics.items()
+        }
         for quantity, value in trainer.strategy.report().items():
             values.update(
-                {f"final/{tag}": v for tag, v in self.tags(trainer, quantity, value).items()}
+                {f"{LEARNED}/{tag}": v for tag, v in self.tags(trainer, quantity, value).items()}
             )
         return values
 
