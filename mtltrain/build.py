@@ -163,7 +163,7 @@ def build_trainer(
     """
     trainer_cfg = settings(cfg.trainer)
     device = select_device(trainer_cfg.device)
-    ranks = join(device)
+    ranks = join(device, run_dir)
     configure_process(trainer_cfg, device)
     seed_everything(cfg.seed)
     data, model, strategy, optimizer = build_objects(cfg, trainer_cfg, device)

@@ -14,7 +14,6 @@ import contextlib
 import os
 import signal
 import sys
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -28,7 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from mtltrain import rundir
+from mtltrain import rundir, torchrun
 from mtltrain.config import check, config_dir, config_error
 from mtltrain.errors import Interrupted, MtlError, RunFolderError, UnexpectedError, first_line
 from mtltrain.schema import register
@@ -66,12 +65,7 @@ def failed_job(e: MtlError, hc: DictConfig) -> float:
     """A run's error, printed in one line: in a sweep of the basic sweeper NaN (the job's
     folder says it failed, the sweep goes on); other sweepers (Optuna) get the error, to record
     a failed trial; a single run exits with the error's code."""
-    if rundir.rank() == 0:
-        print(f"mtltrain: error: {e}", file=sys.stderr)
-    else:  # a rank of torchrun's besides 0, whose log is not kept
-        print(f"mtltrain: rank {rundir.rank()}: error: {e}", file=sys.stderr)
-        if isinstance(e, UnexpectedError):
-            traceback.print_exception(e.__cause__, file=sys.stderr)
+    _print_error(e)
     if isinstance(e, Interrupted) and e.signal_number == signal.SIGUSR2:
         _pass_on(signal.SIGUSR2)
     if hc.mode == RunMode.MULTIRUN and str(hc.sweeper._target_).endswith("BasicSweeper"):
@@ -161,8 +155,16 @@ def main() -> None:
 
 
 def _fail(e: MtlError) -> None:
-    print(f"mtltrain: error: {e}", file=sys.stderr)
+    _print_error(e)
     raise SystemExit(e.exit_code) from None
+
+
+def _print_error(e: MtlError) -> None:
+    """The error's one line on stderr; under torchrun, once for all its processes."""
+    if rundir.launched():
+        torchrun.report(e)
+    else:
+        print(f"mtltrain: error: {e}", file=sys.stderr)
 
 
 @contextlib.contextmanager
