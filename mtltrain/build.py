@@ -64,15 +64,19 @@ def configure_process(trainer: TrainerConfig, device: torch.device) -> None:
 
 
 def set_threads(
-    setting: int | str, model: MultiTaskNet, split: Split, batch_size: int, device: torch.device
+    trainer: TrainerConfig, model: MultiTaskNet, split: Split, device: torch.device
 ) -> None:
     """The intra-op threads `trainer.threads` asks for (on CUDA, "auto" keeps torch's)."""
     if device.type == "cpu":
-        threads, why = choose_threads(setting, lambda: forward_flops(model, split, batch_size))
+        threads, why = choose_threads(
+            trainer.threads,
+            lambda: forward_flops(model, split, trainer.batch_size),
+            steady=trainer.deterministic,
+        )
         log.info("%d CPU thread%s (%s)", threads, "" if threads == 1 else "s", why)
         settle_threads(threads)
     else:
-        settle_threads(None if setting == "auto" else int(setting))
+        settle_threads(None if trainer.threads == "auto" else int(trainer.threads))
 
 
 def forward_flops(model: MultiTaskNet, split: Split, batch_size: int) -> float:
@@ -160,13 +164,13 @@ def build_trainer(
     """
     trainer_cfg = settings(cfg.trainer)
     device = select_device(trainer_cfg.device)
-    ranks = join(device)
+    ranks = join(device, run_dir)
     configure_process(trainer_cfg, device)
     seed_everything(cfg.seed)
     data, model, strategy, optimizer = build_objects(cfg, trainer_cfg, device)
     ranks.broadcast([model, strategy])
     selection = Selection(trainer_cfg.select, resolve_objective(cfg.objective, data))
-    set_threads(trainer_cfg.threads, model, data.train, trainer_cfg.batch_size, device)
+    set_threads(trainer_cfg, model, data.train, device)
     callbacks = [
         *run_callbacks(cfg, trainer_cfg, data, strategy, device, run_dir, tb, run_info, resumed),
         *extra_callbacks,

@@ -14,7 +14,6 @@ import contextlib
 import os
 import signal
 import sys
-import traceback
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from mtltrain import rundir
+from mtltrain import rundir, torchrun
 from mtltrain.config import check, config_dir, config_error
 from mtltrain.errors import (
     UNWRITABLE,
@@ -81,18 +80,12 @@ def failed_job(e: MtlError, hc: DictConfig) -> float:
     (Optuna) get the error, to record a failed trial; a single run exits with the error's code.
     A signal stops a sweep whose jobs run in this process (SystemExit: Hydra would catch an
     error and start the next job), with one line that says how to continue it."""
-    if isinstance(e, Interrupted) and e.signal_number == signal.SIGUSR2:
-        _pass_on(signal.SIGUSR2)
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun and isinstance(e, Interrupted) and _in_process(hc.launcher):
         _fail(sweep_stopped(e, hc))
-    job = f"job {Path(hc.runtime.output_dir).name}: " if multirun else ""
-    if rundir.rank() == 0:
-        print(f"mtltrain: error: {job}{e}", file=sys.stderr)
-    else:  # a rank of torchrun's besides 0, whose log is not kept
-        print(f"mtltrain: rank {rundir.rank()}: error: {e}", file=sys.stderr)
-        if isinstance(e, UnexpectedError):
-            traceback.print_exception(e.__cause__, file=sys.stderr)
+    _print_error(e, f"job {Path(hc.runtime.output_dir).name}: " if multirun else "")
+    if isinstance(e, Interrupted) and e.signal_number == signal.SIGUSR2:
+        _pass_on(signal.SIGUSR2)
     if multirun and str(hc.sweeper._target_).endswith("BasicSweeper"):
         return float("nan")
     if multirun:
@@ -211,8 +204,17 @@ def file_error(e: OSError) -> MtlError:
 
 
 def _fail(e: MtlError) -> None:
-    print(f"mtltrain: error: {e}", file=sys.stderr)
+    _print_error(e)
     raise SystemExit(e.exit_code) from None
+
+
+def _print_error(e: MtlError, job: str = "") -> None:
+    """The error's one line on stderr (after `job`, a sweep's job's name); under torchrun, once
+    for all its processes."""
+    if rundir.launched():
+        torchrun.report(e)
+    else:
+        print(f"mtltrain: error: {job}{e}", file=sys.stderr)
 
 
 @contextlib.contextmanager

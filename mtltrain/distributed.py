@@ -13,17 +13,22 @@ Jacobian is summed (or, at the representation, gathered) before it is aggregated
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-from collections.abc import Iterable
+import re
+import signal
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from mtltrain.data.base import Split
-from mtltrain.errors import ConfigError, TrainingError
+from mtltrain.errors import ConfigError, RankLost, TrainingError, first_line
 from mtltrain.interrupts import SIGNALS
-from mtltrain.rundir import launched
+from mtltrain.rundir import checkpoint_file, launched, resume_command
 
 
 class Ranks:
@@ -86,12 +91,47 @@ class _SumOverRanks(torch.autograd.Function):
 
 
 class ProcessGroup(Ranks):
-    """The ranks of a `torch.distributed` process group (one per process under torchrun)."""
+    """The ranks of a `torch.distributed` process group (one per process under torchrun), and
+    the folder rank 0 writes the run into (None: a run without one)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, run_dir: Path | None) -> None:
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        self.run_dir = run_dir
         # stop flags go over the CPU: reading them must not wait for a GPU's step
         self.signals = dist.new_group(backend="gloo") if device.type == "cuda" else None
+
+    @contextlib.contextmanager
+    def collective(self) -> Iterator[None]:
+        """Where the ranks exchange tensors: a failure there (a rank is gone: killed, or its
+        machine lost) stops this rank with `RankLost`, and SIGTERM is ignored from then on:
+        torchrun sends it to the ranks left as soon as one is gone, which would cut short the
+        failure's one line and results.json (torchrun sends SIGKILL 30 s later if need be)."""
+        try:
+            yield
+        except RuntimeError as e:  # gloo and NCCL raise RuntimeError (DistError is one)
+            if threading.current_thread() is threading.main_thread():  # handlers live there
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            raise self.lost(e) from e
+
+    def lost(self, e: RuntimeError) -> RankLost:
+        """The error of a collective that failed: which rank is gone, the backend's words, and
+        how the run continues from its last checkpoint."""
+        if self.size == 2:
+            who, gone = f"rank {1 - self.rank} of the 2 processes", 1 - self.rank
+        else:  # the collective does not say which
+            who, gone = f"one of the other {self.size - 1} processes", None
+        # the backend's first sentence, without its source location: "[pair.cc:545] Read ..."
+        words = re.sub(r"^\[[^\]]*\]\s*", "", first_line(e, limit=400)).split(". ")[0]
+        message = f"{who} stopped mid-run ({dist.get_backend()}: {words})"
+        if self.run_dir is None:
+            return RankLost(f"{message}; the run cannot go on without it", gone)
+        if not checkpoint_file(self.run_dir).exists():
+            return RankLost(f"{message}; no checkpoint was written yet: start the run again", gone)
+        return RankLost(
+            f"{message}; its last checkpoint, {checkpoint_file(self.run_dir)}, is kept: "
+            f"continue with: {resume_command(self.run_dir)}",
+            gone,
+        )
 
     def shard(self, batch: Split) -> tuple[Split, float]:
         """This rank's consecutive rows of a global batch (sizes differ by at most one), and
@@ -107,11 +147,13 @@ class ProcessGroup(Ranks):
             part = local * share
         else:  # an empty shard's mean is NaN; its part is 0, still on the graph (grads of 0)
             part = torch.where(torch.zeros_like(local, dtype=torch.bool), local, 0.0)
-        return _SumOverRanks.apply(part)
+        with self.collective():
+            return _SumOverRanks.apply(part)
 
     def sum(self, tensor: Tensor) -> Tensor:
         total = tensor.clone()
-        dist.all_reduce(total)
+        with self.collective():
+            dist.all_reduce(total)
         return total
 
     def sum_gradients(self, params: Iterable[Tensor]) -> None:
@@ -120,7 +162,8 @@ class ProcessGroup(Ranks):
         if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
+        with self.collective():
+            dist.all_reduce(flat)
         for g, piece in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
             g.copy_(piece.view_as(g))
 
@@ -129,12 +172,14 @@ class ProcessGroup(Ranks):
         (padded to the widest for the collective), and the columns that are this rank's."""
         width = torch.tensor([rows.shape[1]], device=rows.device)
         widths = [torch.empty_like(width) for _ in range(self.size)]
-        dist.all_gather(widths, width)
+        with self.collective():
+            dist.all_gather(widths, width)
         sizes = [int(w) for w in widths]
         padded = rows.new_zeros(rows.shape[0], max(sizes))
         padded[:, : rows.shape[1]] = rows
         pieces = [torch.empty_like(padded) for _ in range(self.size)]
-        dist.all_gather(pieces, padded)
+        with self.collective():
+            dist.all_gather(pieces, padded)
         first = sum(sizes[: self.rank])
         gathered = torch.cat([p[:, :n] for p, n in zip(pieces, sizes, strict=True)], dim=1)
         return gathered, slice(first, first + rows.shape[1])
@@ -142,17 +187,20 @@ class ProcessGroup(Ranks):
     def agreed_signal(self, received: int | None) -> int | None:
         """The stop signal any rank received, the same on every rank (SIGINT before SIGTERM)."""
         flags = torch.tensor([float(received == s) for s in SIGNALS])
-        dist.all_reduce(flags, group=self.signals)
+        with self.collective():
+            dist.all_reduce(flags, group=self.signals)
         return next((int(s) for s, f in zip(SIGNALS, flags.tolist(), strict=True) if f), None)
 
     def broadcast(self, modules: Iterable[nn.Module]) -> None:
         """Rank 0's parameters and buffers to every rank: all start from one model."""
-        for module in modules:
-            for t in (*module.parameters(), *module.buffers()):
-                dist.broadcast(t.data, src=0)
+        with self.collective():
+            for module in modules:
+                for t in (*module.parameters(), *module.buffers()):
+                    dist.broadcast(t.data, src=0)
 
     def barrier(self) -> None:
-        dist.barrier()
+        with self.collective():
+            dist.barrier()
 
     def check_same(self, modules: Iterable[nn.Module], step: int) -> None:
         """Stop if the ranks' parameters and buffers differ: each rank applies the update it
@@ -161,7 +209,8 @@ class ProcessGroup(Ranks):
             [t.detach().double().sum() for m in modules for t in (*m.parameters(), *m.buffers())]
         ).nan_to_num()
         bounds = torch.cat([sums, -sums])
-        dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+        with self.collective():
+            dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
         spread = (bounds[: len(sums)] + bounds[len(sums) :]).max().item()  # max − min
         if spread > 0:
             raise TrainingError(
@@ -181,9 +230,10 @@ class ProcessGroup(Ranks):
             torch.manual_seed(hash((seed, self.rank, step)) % 2**63)
 
 
-def join(device: torch.device) -> Ranks:
+def join(device: torch.device, run_dir: Path | None = None) -> Ranks:
     """This run's ranks: the process group torchrun set up in the environment (NCCL on CUDA,
-    gloo on the CPU), or one process."""
+    gloo on the CPU), which learns rank 0's `run_dir` (the others' errors name it), or one
+    process."""
     if not launched():
         return ONE_PROCESS
     if not dist.is_initialized():
@@ -193,4 +243,6 @@ def join(device: torch.device) -> Ranks:
             torch.cuda.set_device(device)  # NCCL's collectives run on the current device
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=10))
-    return ProcessGroup(device)
+    folder = [None if run_dir is None else str(run_dir)]
+    dist.broadcast_object_list(folder, src=0)
+    return ProcessGroup(device, None if folder[0] is None else Path(folder[0]))

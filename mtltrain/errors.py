@@ -51,6 +51,15 @@ class TrainingError(MtlError):
     exit_code = 3
 
 
+class RankLost(TrainingError):
+    """Under torchrun: a rank stopped without a word (killed, or its machine lost) and the
+    others cannot go on; `rank` is the one gone, where known."""
+
+    def __init__(self, message: str, rank: int | None) -> None:
+        super().__init__(message)
+        self.rank = rank
+
+
 class Interrupted(MtlError):
     """SIGINT, SIGTERM or SIGUSR2 stopped the run after a checkpoint; exit 128 + the signal
     number."""

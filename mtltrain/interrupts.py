@@ -29,5 +29,7 @@ class StopSignals:
         signal.signal(signum, self.previous[signum])
 
     def __exit__(self, *exc: object) -> None:
+        """The handlers it replaced again, except where another was set meanwhile."""
         for s, handler in self.previous.items():
-            signal.signal(s, handler)
+            if signal.getsignal(s) in (self.handle, handler):
+                signal.signal(s, handler)

@@ -345,5 +345,12 @@ def resume_sweep_command(argv: Sequence[str], sweep_dir: Path) -> str:
 
 
 def resume_command(run_dir: Path) -> str:
-    """The command that continues the run in `run_dir`, ready for a shell."""
-    return f"mtltrain {shlex.quote('resume=' + hydra_quoted(run_dir))}"
+    """The command that continues the run in `run_dir`, ready for a shell; under torchrun, on
+    as many processes (over several machines: with the options it was started with)."""
+    resume = shlex.quote("resume=" + hydra_quoted(run_dir))
+    if not launched():
+        return f"mtltrain {resume}"
+    local, world = os.environ.get("LOCAL_WORLD_SIZE"), os.environ.get("WORLD_SIZE")
+    if local == world:
+        return f"torchrun --nproc_per_node={local} -m mtltrain {resume}"
+    return f"torchrun <the options it was started with> -m mtltrain {resume}"

@@ -9,9 +9,10 @@ import inspect
 import os
 import platform
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -117,20 +118,103 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def choose_threads(setting: int | str, forward_flops: Callable[[], float]) -> tuple[int, str]:
+def cpu_ticks(stat: str, cpus: set[int]) -> tuple[int, int]:
+    """(not idle, all) clock ticks since boot of the CPUs numbered `cpus`, read from the text
+    of /proc/stat (not idle: all but idle and iowait)."""
+    busy = total = 0
+    for line in stat.splitlines():
+        name, *fields = line.split()
+        if name[:3] == "cpu" and name[3:].isdigit() and int(name[3:]) in cpus:
+            ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
+            total += sum(ticks)
+            busy += sum(ticks) - ticks[3] - ticks[4]
+    return busy, total
+
+
+class CpuSample(NamedTuple):
+    """One reading of the CPUs' clock ticks since boot (`cpu_ticks`), the wall clock and this
+    process's CPU time."""
+
+    busy_ticks: int
+    all_ticks: int
+    wall_s: float
+    own_s: float
+
+
+def sample_cpus(cpus: set[int]) -> CpuSample:
+    busy, total = cpu_ticks(Path("/proc/stat").read_text(), cpus)
+    return CpuSample(busy, total, time.perf_counter(), time.process_time())
+
+
+def other_work(before: CpuSample, after: CpuSample, cores: int) -> float:
+    """Cores kept busy by other processes between two samples of `cores` CPUs: cores × (not
+    idle ticks ÷ all ticks) − this process's CPU seconds ÷ wall seconds, at least 0."""
+    ticks = after.all_ticks - before.all_ticks
+    if ticks <= 0:
+        return 0.0
+    busy = cores * (after.busy_ticks - before.busy_ticks) / ticks
+    own = (after.own_s - before.own_s) / (after.wall_s - before.wall_s)
+    return max(0.0, busy - own)
+
+
+def busy_cores(window_s: float = 0.05) -> float:
+    """Cores of this process's CPUs that other work keeps busy, over the next `window_s` (50 ms:
+    5 ticks a CPU); 0 where /proc/stat cannot be read. This process's own time is left out: its
+    threads may still be spinning after a parallel region."""
+    if not hasattr(os, "sched_getaffinity"):  # nor /proc/stat (macOS)
+        return 0.0
+    cpus = os.sched_getaffinity(0)
+    try:
+        before = sample_cpus(cpus)
+        time.sleep(window_s)
+        after = sample_cpus(cpus)
+    except OSError:
+        return 0.0
+    return other_work(before, after, len(cpus))
+
+
+def spare_threads(wanted: int, cores: int, busy: float) -> int:
+    """The threads a run takes of the `wanted` when other work keeps `busy` of its `cores` busy:
+    min(wanted, cores − round(busy)), at least 1 (a thread that waits for a busy core holds up
+    every parallel region: README, *Performance*, measures a stacked sweep)."""
+    return max(1, min(wanted, cores - round(busy)))
+
+
+def auto_threads(wanted: int, why: str, steady: bool = False) -> tuple[int, str]:
+    """`wanted` threads, fewer when other work keeps the cores busy (`spare_threads` of the load
+    `busy_cores` reads), and why. `steady` runs take `wanted` whatever the load: a deterministic
+    run, to give the same numbers on a busy machine as on an idle one; so do torchrun's ranks,
+    which must take the same threads (each applies its own update, and they are compared)."""
+    if wanted == 1:
+        return 1, why
+    if steady or launched():
+        reason = "trainer.deterministic" if steady else "torchrun"
+        return wanted, f"{why}, other work not measured ({reason})"
+    load, cores = busy_cores(), usable_cores()
+    threads = spare_threads(wanted, cores, load)
+    return threads, f"{why}, {load:.1f} of {cores} cores busy with other work"
+
+
+def choose_threads(
+    setting: int | str,
+    forward_flops: Callable[[], float],
+    steady: bool = False,
+) -> tuple[int, str]:
     """The intra-op threads of a CPU run and why: `setting` itself, or for "auto" one thread
     when a step's forward pass (`forward_flops()`) is small, else the threads torch chose when
-    the process started (which OMP_NUM_THREADS sets)."""
+    the process started (which OMP_NUM_THREADS sets), at most the launcher's cpus_per_task, and
+    fewer when other work keeps the cores busy (`auto_threads`)."""
     if setting != "auto":
         return int(setting), "trainer.threads"
     flops = forward_flops()
-    threads = 1 if flops < SMALL_STEP_FLOPS else STARTING_THREADS
     why = f"auto: {flops / 1e6:.3g} MFLOP per forward pass"
+    if flops < SMALL_STEP_FLOPS:
+        return 1, why
     launcher = parallel_launcher()
     cap = launcher.get("cpus_per_task") if launcher is not None else None
-    if cap and threads > cap:  # jobs beside this one share the cores
-        return int(cap), f"{why}, hydra.launcher.cpus_per_task={cap}"
-    return threads, why
+    if cap and cap < STARTING_THREADS:  # jobs beside this one share the cores
+        return auto_threads(int(cap), f"{why}, hydra.launcher.cpus_per_task={cap}", steady)
+    return auto_threads(STARTING_THREADS, why, steady)
 
 
 def optimizer_factory(factory: Callable[..., torch.optim.Optimizer], fused: bool) -> Callable:

@@ -50,7 +50,7 @@ from mtltrain.interrupts import StopSignals
 from mtltrain.jobs_optimizer import JobsOptimizer
 from mtltrain.losses import all_per_element, compute_losses, detach, job_losses
 from mtltrain.models.base import Outputs
-from mtltrain.runtime import STARTING_THREADS, settle_threads
+from mtltrain.runtime import STARTING_THREADS, auto_threads, settle_threads
 from mtltrain.step import Step
 from mtltrain.train import Trainer
 from mtltrain.weighting.base import Weighting
@@ -239,12 +239,16 @@ class StackedTrainer:
     def set_threads(self) -> None:
         """trainer.threads for the stack: "auto" takes the cores torch started with, as the
         stack is the sweep's one process and its step is N jobs' (measured here: two threads
-        beat one from N = 4 on for the §5A model, 0.94 against 1.11 ms a step)."""
+        beat one from N = 4 on for the §5A model, 0.94 against 1.11 ms a step), less those
+        other work keeps busy (`auto_threads`)."""
         if self.device.type != "cpu":
             return
-        setting = self.first.cfg.threads
-        threads = STARTING_THREADS if setting == "auto" else int(setting)
-        log.info("%d jobs stacked, on %d CPU thread(s)", self.n, threads)
+        cfg = self.first.cfg
+        if cfg.threads == "auto":
+            threads, why = auto_threads(STARTING_THREADS, "auto", steady=cfg.deterministic)
+        else:
+            threads, why = int(cfg.threads), "trainer.threads"
+        log.info("%d jobs stacked, on %d CPU thread(s) (%s)", self.n, threads, why)
         settle_threads(threads)
 
     def active(self) -> list[int]:

@@ -17,9 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
-from mtltrain.errors import RunFolderError
-from mtltrain.rundir import follower_arguments, rank
+import mtltrain.torchrun
+from mtltrain.errors import ConfigError, RankLost, RunFolderError
+from mtltrain.interrupts import StopSignals
+from mtltrain.rundir import follower_arguments, rank, resume_command
 
 # one worker builds this module's costly module-scoped fixture for all its tests
 pytestmark = pytest.mark.xdist_group("distributed")
@@ -32,10 +35,12 @@ CASES = ["fixed:15", "uncertainty:15", "mgda:15", "mgda_ub:15", "pcgrad:15", "na
          "mgda_ub:1"]  # fmt: skip
 
 
-def torchrun(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+def torchrun(
+    *args: str, cwd: Path, timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node=2", *args]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)  # fmt: skip
 
@@ -202,3 +207,133 @@ def test_the_command_lines_of_torchruns_processes(tmp_path, monkeypatch):
     assert rank() == 0  # without torchrun's WORLD_SIZE, a stray RANK changes nothing
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert rank() == 3
+
+
+# ---- what a user reads when a run under torchrun fails ---------------------------------------
+
+
+def mtltrain_lines(stderr: str) -> list[str]:
+    """mtltrain's own lines (torchrun's failure table quotes them indented)."""
+    return [line for line in stderr.splitlines() if line.startswith("mtltrain:")]
+
+
+def root_cause(stderr: str) -> str:
+    """The "Root Cause" entry of torchrun's failure table."""
+    return stderr.split("Root Cause (first observed failure):", 1)[1]
+
+
+def test_a_bad_setting_under_torchrun_is_one_line_and_torchruns_table_names_it(tmp_path):
+    missing = tmp_path / "no_mnist"
+    args = ["dataset=mnist_mtl", "dataset.download=false", f"dataset.root={missing}"]
+    quiet = {"LOGLEVEL": "ERROR", "TORCH_LOGS": "-distributed"}  # torch's, as the README says
+    done = torchrun("-m", "mtltrain", *args, "hydra.run.dir=run", cwd=tmp_path, env=quiet)
+    assert done.returncode == 1, done.stderr[-3000:]  # torchrun's own, whatever its workers'
+    (line,) = mtltrain_lines(done.stderr)  # once, not once per rank
+    assert line.startswith("mtltrain: error: MNIST not found: ") and str(missing) in line
+    assert done.stderr.splitlines()[0] == line  # what the user reads first
+    assert not [x for x in done.stderr.splitlines() if x.startswith("W")]  # torchrun's warnings
+    cause = root_cause(done.stderr)
+    assert "exitcode  : 2 " in cause  # a single process's code
+    assert f"traceback : {line}" in cause  # torchrun's table names the error, not "<N/A>"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("killed", [1, 0])
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds workers through /proc")
+def test_a_rank_killed_mid_run_is_named_in_one_line_with_the_resume_command(tmp_path, killed):
+    args = [*RUN, "trainer.epochs=60", "trainer.checkpoint_every=10",
+            "trainer.checkpoint_interval=0"]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", "-m", "mtltrain", *args, "hydra.run.dir=two"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    checkpoint = tmp_path / "two" / "checkpoints" / "last.pt"
+    with subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as launcher:  # fmt: skip
+        worker = worker_of_rank(launcher, killed)
+        while not checkpoint.exists() and launcher.poll() is None:
+            time.sleep(0.05)
+        os.kill(worker, signal.SIGKILL)
+        _, stderr = launcher.communicate(timeout=240)
+    assert launcher.returncode == 1, stderr[-3000:]
+    (line,) = mtltrain_lines(stderr)
+    prefix = "mtltrain: error: " if killed else "mtltrain: rank 1: error: "
+    assert line.startswith(f"{prefix}rank {killed} of the 2 processes stopped mid-run (gloo: ")
+    resume = f"torchrun --nproc_per_node=2 -m mtltrain resume={tmp_path / 'two'}"
+    assert line.endswith(f"its last checkpoint, {checkpoint}, is kept: continue with: {resume}")
+    resumed = torchrun(*resume.split()[2:], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed at step" in resumed.stdout
+    alone = subprocess.run([sys.executable, "-m", "mtltrain", *args, "hydra.run.dir=one"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert_same_run(results_of(tmp_path / "two"), results_of(tmp_path / "one"))
+
+
+@pytest.fixture
+def rank_1(monkeypatch, tmp_path) -> Path:
+    """This process as torchrun's rank 1 of 2; the error file torchrun would read."""
+    error_file = tmp_path / "error.json"
+    for name, value in [("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "2"), ("RANK", "1"),
+                        ("TORCHELASTIC_ERROR_FILE", str(error_file))]:  # fmt: skip
+        monkeypatch.setenv(name, value)
+    return error_file
+
+
+def table_of(error_file: Path, rank: int, exitcode: int) -> str:
+    """torchrun's failure table for one rank that failed with this error file."""
+    failure = ProcessFailure(local_rank=rank, pid=1, exitcode=exitcode, error_file=str(error_file))
+    return str(ChildFailedError("mtltrain", {rank: failure}))
+
+
+def test_rank_0_prints_its_error_and_torchruns_table_shows_it(rank_1, monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "0")
+    mtltrain.torchrun.report(ConfigError("trainer.epochs=0 is not allowed"))
+    assert capsys.readouterr().err == "mtltrain: error: trainer.epochs=0 is not allowed\n"
+    assert "traceback : mtltrain: error: trainer.epochs=0 is not allowed" in table_of(rank_1, 0, 2)
+
+
+def test_the_other_ranks_leave_an_error_of_every_rank_to_rank_0(rank_1, monkeypatch, capsys):
+    """torchrun stops them (SIGTERM) once rank 0 has ended: they exit with its code, silent."""
+    monkeypatch.setattr(mtltrain.torchrun, "sleep", lambda s: signal.raise_signal(signal.SIGTERM))
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        mtltrain.torchrun.report(ConfigError("trainer.epochs=0 is not allowed"))
+    assert stopped.value.code == 2 and capsys.readouterr().err == ""
+    assert signal.getsignal(signal.SIGTERM) is before
+    table = table_of(rank_1, 1, 2)
+    assert "traceback : mtltrain: rank 1: error: trainer.epochs=0 is not allowed" in table
+
+
+def test_a_rank_that_rank_0_did_not_stop_prints_its_own_error(rank_1, monkeypatch, capsys):
+    waited = []
+    monkeypatch.setattr(mtltrain.torchrun, "sleep", waited.append)
+    mtltrain.torchrun.report(ConfigError("only here"))
+    assert waited == [mtltrain.torchrun.WAIT_FOR_RANK_0_S]
+    assert capsys.readouterr().err == "mtltrain: rank 1: error: only here\n"
+    monkeypatch.setattr(mtltrain.torchrun, "sleep", lambda s: pytest.fail("waited for rank 0"))
+    mtltrain.torchrun.report(
+        RankLost("rank 0 of the 2 processes stopped mid-run", 0)
+    )  # rank 0 gone
+    assert capsys.readouterr().err.startswith("mtltrain: rank 1: error: rank 0 of the 2")
+
+
+def test_the_resume_command_under_torchrun_starts_as_many_processes(rank_1, monkeypatch):
+    assert resume_command(Path("runs/a")) == "torchrun --nproc_per_node=2 -m mtltrain resume=runs/a"
+    monkeypatch.setenv("WORLD_SIZE", "8")  # 2 machines of 4
+    assert resume_command(Path("runs/a")).startswith("torchrun <the options it was started with>")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert resume_command(Path("runs/a")) == "mtltrain resume=runs/a"
+
+
+def test_stop_signals_leave_a_handler_set_while_they_were_active():
+    """A rank that lost another ignores SIGTERM from then on, past the end of training."""
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with StopSignals():
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        with StopSignals():
+            pass
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before)
