@@ -6,8 +6,10 @@ run's, so a stacked job equals the same job alone to rounding, and rounding diff
 with the steps trained. After the short runs here (SHORT: 2 epochs), every metric, learned
 quantity, TensorBoard scalar and checkpoint tensor of a stacked job is within REL = 1e-5 of the
 job's own value alone (where that value is near 0: 1e-7 absolute for results, 1e-6 for series
-and tensors); measured, they differ by at most 2.1e-7. After the default run's 1500 epochs,
-the final metrics and learned quantities are within FULL_REL (a slow test).
+and tensors); measured over 5 seeds of every strategy, they differ by at most 2.1e-7. After
+the default run's 1500 epochs, the final metrics are within FULL_REL and the learned quantities
+within FULL_LEARNED_REL (slow tests, uncertainty weighting and FAMO; measured with the CLI's
+sweeps on 3 seeds: metrics 5.3e-4, learned quantities 2.4e-3 at most, both with FAMO).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from mtltrain.stacked import StackedTrainer, groups_of, stack_key
 
 REL = 1e-5
 FULL_REL = 2e-3
+FULL_LEARNED_REL = 1e-2
 SHORT = [
     "trainer.epochs=2",
     "trainer.eval_every=1",
@@ -47,7 +50,10 @@ def mnist(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 
 def jobs_of(
-    base: Path, common: Sequence[str], per_job: Sequence[Sequence[str]], length=SHORT
+    base: Path,
+    common: Sequence[str],
+    per_job: Sequence[Sequence[str]],
+    length: Sequence[str] = SHORT,
 ) -> list:
     return [
         (make_config([*length, *common, *own]), base / f"job{i}", list(own), {}, None)
@@ -61,8 +67,9 @@ def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
-def assert_same_results(stacked: Path, alone: Path, rel: float) -> None:
-    """Same steps and selection; metrics and learned quantities within `rel` of alone's."""
+def assert_same_results(stacked: Path, alone: Path, rel: float, learned_rel: float) -> None:
+    """Same steps and selection; metrics within `rel` of alone's, learned quantities within
+    `learned_rel`."""
     a, b = read_results(stacked), read_results(alone)
     assert a["status"] == b["status"] == "completed"
     assert a.keys() == b.keys()
@@ -72,12 +79,12 @@ def assert_same_results(stacked: Path, alone: Path, rel: float) -> None:
         assert a["metrics"][k] == pytest.approx(v, rel=rel, abs=1e-7), k
     assert a["weighting"].keys() == b["weighting"].keys()
     for q, values in b["weighting"].items():
-        assert a["weighting"][q] == pytest.approx(values, rel=rel, abs=1e-7), q
+        assert a["weighting"][q] == pytest.approx(values, rel=learned_rel, abs=1e-7), q
 
 
 def assert_same_run(stacked: Path, alone: Path) -> None:
     """Same results (to REL), same TensorBoard series at the same steps, same checkpoint."""
-    assert_same_results(stacked, alone, REL)
+    assert_same_results(stacked, alone, REL, REL)
     sa, sb = scalars(stacked), scalars(alone)
     assert sa.keys() == sb.keys()
     for tag, series in sb.items():
@@ -118,17 +125,19 @@ def test_each_stacked_job_ends_where_it_would_alone(tmp_path: Path, strategy: st
 
 
 @SLOW
-def test_full_length_stacked_jobs_end_within_full_rel(tmp_path: Path) -> None:
-    """The default run (1500 epochs, 28,500 steps) of 3 seeds, stacked and alone: rounding
-    differences grow with the steps, and the final metrics and learned σ stay within FULL_REL
-    (measured: 3.7e-4 at most)."""
+@pytest.mark.parametrize("strategy", ["uncertainty", "famo"])
+def test_full_length_stacked_jobs_end_within_full_rel(tmp_path: Path, strategy: str) -> None:
+    """The default data, model and trainer (1500 epochs, 28,500 steps), 3 seeds stacked and
+    alone: rounding differences grow with the steps; the final metrics stay within FULL_REL,
+    the learned quantities (σ; FAMO's softmax z) within FULL_LEARNED_REL."""
     full = ["trainer.progress=false"]
-    stacked = run_stacked(jobs_of(tmp_path / "stacked", [], SEEDS, length=full))
+    common = [f"weighting={strategy}"]
+    stacked = run_stacked(jobs_of(tmp_path / "stacked", common, SEEDS, length=full))
     assert all(isinstance(v, float) for v in stacked), stacked
-    for i, job in enumerate(jobs_of(tmp_path / "alone", [], SEEDS, length=full)):
+    for i, job in enumerate(jobs_of(tmp_path / "alone", common, SEEDS, length=full)):
         run(*job)
-        name = f"job{i}"
-        assert_same_results(tmp_path / "stacked" / name, tmp_path / "alone" / name, FULL_REL)
+        stacked_job, alone_job = tmp_path / "stacked" / f"job{i}", tmp_path / "alone" / f"job{i}"
+        assert_same_results(stacked_job, alone_job, FULL_REL, FULL_LEARNED_REL)
 
 
 def test_dtp_stacks_on_the_vmapped_conv_model(
@@ -204,7 +213,8 @@ def test_readme_states_the_tolerances_proven_here() -> None:
     assert "after 2 epochs" in claim and "trainer.epochs=2" in SHORT
     assert f"within a relative {written(REL)} of" in claim
     assert f"on {len(SEEDS)} seeds: the final" in claim
-    assert f"within a relative {written(FULL_REL)} of" in claim
+    assert f"within a relative {written(FULL_REL)}," in claim
+    assert f"learned quantities within {written(FULL_LEARNED_REL)} of" in claim
 
 
 def test_stack_key_ignores_only_stackable_settings() -> None:
