@@ -1,4 +1,4 @@
-"""Reproduce BACKGROUND §5B: MNIST with 3-class, 10-class and reconstruction tasks.
+"""Reproduce docs/theory.md §5B: MNIST with 3-class, 10-class and reconstruction tasks.
 
     python scripts/reproduce_mnist.py --mnist-root ../shared/data/mnist
 
@@ -27,7 +27,7 @@ STRATEGIES = {  # experiment: (row label, the source's label or None)
     "mnist_revised_uncertainty": ("revised_uncertainty, c = 1", None),
     "mnist_dtp": ("dtp, γ = 1, α = 0.1", None),
 }
-SOURCE = {  # BACKGROUND §5B, one run each, TRAINING-set accuracy: (3-class, 10-class)
+SOURCE = {  # docs/theory.md §5B, one run each, TRAINING-set accuracy: (3-class, 10-class)
     ("learnable", True): (0.9669, 0.8988),
     ("fixed", True): (0.9675, 0.8904),
     ("learnable", False): (0.9735, 0.8852),

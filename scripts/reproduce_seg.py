@@ -1,4 +1,4 @@
-"""Reproduce BACKGROUND §5D: one task, two losses: MNIST segmentation, cross-entropy + Dice.
+"""Reproduce docs/theory.md §5D: one task, two losses: MNIST segmentation, cross-entropy + Dice.
 
     python scripts/reproduce_seg.py --mnist-root ../shared/data/mnist
 
@@ -24,7 +24,7 @@ STRATEGIES = {
     "mnist_seg_revised": "revised_uncertainty (learned c)",
 }
 TERMS = ("seg_cross_entropy", "seg_dice")
-SOURCE = (  # BACKGROUND §2: PaddleSeg HarDNet on OpticDiscSeg, 10k iterations, one run each
+SOURCE = (  # docs/theory.md §5D: PaddleSeg HarDNet on OpticDiscSeg, 10k iterations, one run each
     ("fixed 0.8 : 0.2", "0.8752", "0.9291", "–"),
     ("revised uncertainty", "0.8883", "0.9374", "c = 0.253, 0.458"),
 )
@@ -96,7 +96,7 @@ def body(sweep: rc.Sweep) -> str:
         "(the same seed starts both "
         f"strategies from the same network):\n\n{per_seed}\n\n"
         "For context only, NOT comparable (another data set, model, metric averaging and "
-        "training length): the source's numbers (BACKGROUND §2, PaddleSeg HarDNet on "
+        "training length): the source's numbers (docs/theory.md §5D, PaddleSeg HarDNet on "
         "OpticDiscSeg, 10k iterations, one run each; its mIoU averages over both classes).\n\n"
         f"{source}\n\n"
         "![learned c against step, mean over seeds, min–max shaded](seg_c.png)\n\n"

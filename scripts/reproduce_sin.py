@@ -1,4 +1,4 @@
-"""Reproduce BACKGROUND §5C: the heteroscedastic sin curve with each heteroscedastic loss.
+"""Reproduce docs/theory.md §5C: the heteroscedastic sin curve with each heteroscedastic loss.
 
     python scripts/reproduce_sin.py
 

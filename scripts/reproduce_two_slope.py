@@ -1,4 +1,4 @@
-"""Reproduce BACKGROUND §5A: the two-slope toy regression as the source ran it.
+"""Reproduce docs/theory.md §5A: the two-slope toy regression as the source ran it.
 
     python scripts/reproduce_two_slope.py
 
@@ -15,7 +15,7 @@ import argparse
 import repro_common as rc
 
 TASKS = ("y1", "y2")
-SOURCE_SIGMA = {"y1": 2.83, "y2": 0.48}  # BACKGROUND §5A: the source's learned σ
+SOURCE_SIGMA = {"y1": 2.83, "y2": 0.48}  # docs/theory.md §5A: the source's learned σ
 SOURCE_RESIDUAL = {"y1": 2.92, "y2": 0.50}  # and its training-residual std
 
 

@@ -67,7 +67,7 @@ def test_every_experiment_composes_and_passes_the_checks(experiment):
     cfg = compose_checked([f"experiment={experiment}"])
     data_set = "two_slope" if experiment.startswith("two_slope") else "mnist_mtl"
     assert cfg.dataset._target_.endswith(f"{data_set}.build")
-    if "seg" in experiment:  # one task, two loss terms (BACKGROUND §5D)
+    if "seg" in experiment:  # one task, two loss terms (docs/theory.md §5D)
         assert list(cfg.dataset.tasks) == ["seg"]
         assert list(cfg.dataset.losses.seg) == ["cross_entropy", "dice"]
 

@@ -1,12 +1,14 @@
-"""The README's results and benchmark tables are the files the scripts wrote, not typed in, and
-its example commands run."""
+"""The README's results and benchmark tables are the files the scripts wrote, not typed in, its
+first output is what the default command prints, and its example commands run."""
 
+import re
 import shlex
 import sys
 from itertools import product
 from pathlib import Path
 
-from conftest import write_fake_mnist
+import pytest
+from conftest import run_cli, write_fake_mnist
 
 from mtltrain.build import build_trainer
 from mtltrain.config import compose_checked
@@ -49,6 +51,35 @@ def test_update_embeds_the_file_with_deeper_titles_and_picture_links(tmp_path):
     assert readme.read_text() == want
     update_readme.update(tmp_path)
     assert readme.read_text() == want  # a second pass changes nothing
+
+
+FENCED = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+
+
+def run_it() -> tuple[str, str]:
+    """README's *Run it* section, and the output shown in it: the table the default run ends
+    with."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Run it\n", 1)[1].split("\n## ", 1)[0]
+    output = next(body for language, body in FENCED.findall(section) if not language)
+    return section, output.rstrip("\n")
+
+
+def test_run_it_quotes_its_own_table():
+    section, table = run_it()
+    header, *rows = table.splitlines()
+    assert header.split()[-2:] == ["train", "test"] and len(rows) == 2
+    train = [row.split()[-2] for row in rows]
+    assert f"`train` column: {train[0]} and {train[1]}" in section
+
+
+@pytest.mark.slow  # the default run: 1500 epochs, half a minute to a minute
+def test_run_it_shows_what_the_default_command_prints(tmp_path):
+    done = run_cli([], tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip("\n").endswith("\n" + run_it()[1]), (
+        f"README.md's *Run it* table is not what `mtltrain` printed:\n{done.stdout[-400:]}"
+    )
 
 
 def example_commands() -> list[list[str]]:

@@ -1,9 +1,15 @@
 """Stacked runs (mtltrain.stacked, hydra/launcher=vectorized): each job of a stack ends where
 it would alone, in a folder like its own run's; faults stay per job; resume works per job.
 
-Tolerance: every metric, learned quantity and TensorBoard scalar of a stacked job equals the
-same job run alone to a relative 1e-5; the batched matrix products and vmapped reductions
-add in another order than one run's.
+Tolerance: the batched matrix products and vmapped reductions add in another order than one
+run's, so a stacked job equals the same job alone to rounding, and rounding differences grow
+with the steps trained. After the short runs here (SHORT: 2 epochs), every metric, learned
+quantity, TensorBoard scalar and checkpoint tensor of a stacked job is within REL = 1e-5 of the
+job's own value alone (where that value is near 0: 1e-7 absolute for results, 1e-6 for series
+and tensors); measured over 5 seeds of every strategy, they differ by at most 2.1e-7. After
+the default run's 1500 epochs, the final metrics are within FULL_REL and the learned quantities
+within FULL_LEARNED_REL (slow tests, uncertainty weighting and FAMO; measured with the CLI's
+sweeps on 3 seeds: metrics 5.3e-4, learned quantities 2.4e-3 at most, both with FAMO).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from mtltrain.run import run, run_stacked
 from mtltrain.stacked import StackedTrainer, groups_of, stack_key
 
 REL = 1e-5
+FULL_REL = 2e-3
+FULL_LEARNED_REL = 1e-2
 SHORT = [
     "trainer.epochs=2",
     "trainer.eval_every=1",
@@ -41,9 +49,14 @@ def mnist(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return ["dataset=mnist_mtl", f"dataset.root={root}", "dataset.download=false"]
 
 
-def jobs_of(base: Path, common: Sequence[str], per_job: Sequence[Sequence[str]]) -> list:
+def jobs_of(
+    base: Path,
+    common: Sequence[str],
+    per_job: Sequence[Sequence[str]],
+    length: Sequence[str] = SHORT,
+) -> list:
     return [
-        (make_config([*SHORT, *common, *own]), base / f"job{i}", list(own), {}, None)
+        (make_config([*length, *common, *own]), base / f"job{i}", list(own), {}, None)
         for i, own in enumerate(per_job)
     ]
 
@@ -54,18 +67,24 @@ def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
-def assert_same_run(stacked: Path, alone: Path) -> None:
-    """Same results (to REL), same TensorBoard series at the same steps, same checkpoint."""
+def assert_same_results(stacked: Path, alone: Path, rel: float, learned_rel: float) -> None:
+    """Same steps and selection; metrics within `rel` of alone's, learned quantities within
+    `learned_rel`."""
     a, b = read_results(stacked), read_results(alone)
     assert a["status"] == b["status"] == "completed"
     assert a.keys() == b.keys()
     assert a["steps"] == b["steps"] and a["selected"] == b["selected"]
     assert a["metrics"].keys() == b["metrics"].keys()
     for k, v in b["metrics"].items():
-        assert a["metrics"][k] == pytest.approx(v, rel=REL, abs=1e-7), k
+        assert a["metrics"][k] == pytest.approx(v, rel=rel, abs=1e-7), k
     assert a["weighting"].keys() == b["weighting"].keys()
     for q, values in b["weighting"].items():
-        assert a["weighting"][q] == pytest.approx(values, rel=REL, abs=1e-7), q
+        assert a["weighting"][q] == pytest.approx(values, rel=learned_rel, abs=1e-7), q
+
+
+def assert_same_run(stacked: Path, alone: Path) -> None:
+    """Same results (to REL), same TensorBoard series at the same steps, same checkpoint."""
+    assert_same_results(stacked, alone, REL, REL)
     sa, sb = scalars(stacked), scalars(alone)
     assert sa.keys() == sb.keys()
     for tag, series in sb.items():
@@ -102,7 +121,23 @@ SLOW = pytest.mark.slow  # the default suite is at its 10 minutes: these run und
      "rlw", "dwa", "famo"],
 )  # fmt: skip
 def test_each_stacked_job_ends_where_it_would_alone(tmp_path: Path, strategy: str) -> None:
-    check_against_alone(tmp_path, [*SMALL, f"weighting={strategy}"], SEEDS[:2])
+    check_against_alone(tmp_path, [*SMALL, f"weighting={strategy}"], SEEDS)
+
+
+@SLOW
+@pytest.mark.parametrize("strategy", ["uncertainty", "famo"])
+def test_full_length_stacked_jobs_end_within_full_rel(tmp_path: Path, strategy: str) -> None:
+    """The default data, model and trainer (1500 epochs, 28,500 steps), 3 seeds stacked and
+    alone: rounding differences grow with the steps; the final metrics stay within FULL_REL,
+    the learned quantities (σ; FAMO's softmax z) within FULL_LEARNED_REL."""
+    full = ["trainer.progress=false"]
+    common = [f"weighting={strategy}"]
+    stacked = run_stacked(jobs_of(tmp_path / "stacked", common, SEEDS, length=full))
+    assert all(isinstance(v, float) for v in stacked), stacked
+    for i, job in enumerate(jobs_of(tmp_path / "alone", common, SEEDS, length=full)):
+        run(*job)
+        stacked_job, alone_job = tmp_path / "stacked" / f"job{i}", tmp_path / "alone" / f"job{i}"
+        assert_same_results(stacked_job, alone_job, FULL_REL, FULL_LEARNED_REL)
 
 
 def test_dtp_stacks_on_the_vmapped_conv_model(
@@ -165,6 +200,21 @@ def test_other_optimizers_stack(tmp_path: Path, optimizer: str) -> None:
     """Elementwise ones step the stacked tensors, Adafactor (norms per tensor) each job's."""
     common = [*SMALL, f"trainer.optimizer._target_=torch.optim.{optimizer}"]
     check_against_alone(tmp_path, common, SEEDS[:2])
+
+
+def test_readme_states_the_tolerances_proven_here() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    claim = " ".join(readme.split("**Same results as alone")[1].split("\n- ")[0].split())
+
+    def written(x: float) -> str:
+        return f"{x:.0e}".replace("e-0", "e-")
+
+    assert f"every stackable strategy on {len(SEEDS)} seeds" in claim
+    assert "after 2 epochs" in claim and "trainer.epochs=2" in SHORT
+    assert f"within a relative {written(REL)} of" in claim
+    assert f"on {len(SEEDS)} seeds: the final" in claim
+    assert f"within a relative {written(FULL_REL)}," in claim
+    assert f"learned quantities within {written(FULL_LEARNED_REL)} of" in claim
 
 
 def test_stack_key_ignores_only_stackable_settings() -> None:

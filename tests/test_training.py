@@ -197,7 +197,7 @@ def test_one_task_two_loss_terms_fixed_against_learned(tmp_path, mnist_root):
 
 @pytest.mark.slow
 def test_source_two_slope_run_learns_the_residual_rmse(tmp_path):
-    """BACKGROUND §5A as published: 300 samples, batch 16, Adam 3e-4, 1500 epochs."""
+    """docs/theory.md §5A as published: 300 samples, batch 16, Adam 3e-4, 1500 epochs."""
     run(make_config(["weighting.form=unit"]), tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
     for task, true in (("y1", 3.0), ("y2", 0.5)):

@@ -1,4 +1,4 @@
-"""MNIST as several tasks from one image (BACKGROUND §5B, §5D).
+"""MNIST as several tasks from one image (docs/theory.md §5B, §5D).
 
 cls3: digit 2 → 0, digit 6 → 1, any other digit → 2; cls10: the digit; recon: the input image;
 seg: foreground segmentation, pixel on (value > 127) or off. Inputs are scaled to [−1, 1].

@@ -1,4 +1,4 @@
-"""Heteroscedastic sin curve (BACKGROUND §5C) with label noise whose σ(x) is known exactly.
+"""Heteroscedastic sin curve (docs/theory.md §5C) with label noise whose σ(x) is known exactly.
 
 f(x) = sin(x/15 − 4) + 2 + sin(x/10 − 5), x ~ U[x_min, x_max);
 y = f(x) + σ(x)·ε with σ(x) rising linearly from noise_min at x_min to noise_max at x_max.

@@ -1,4 +1,4 @@
-"""Two-slope toy regression (BACKGROUND §5A): y_k = slope_k·x + intercept_k + noise_std_k·ε."""
+"""Two-slope toy regression, docs/theory.md §5A: y_k = slope_k·x + intercept_k + noise_std_k·ε."""
 
 from __future__ import annotations
 

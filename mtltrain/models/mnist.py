@@ -1,4 +1,4 @@
-"""The MNIST encoder and decoder of BACKGROUND §5B.
+"""The MNIST encoder and decoder of docs/theory.md §5B.
 
 Padding is "same" where the source's shapes need it, so the bottleneck is 2×2×8 and the
 reconstruction 28×28.

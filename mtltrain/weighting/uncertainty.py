@@ -3,7 +3,7 @@
 term_k = a_k·exp(−s_k)·L_k + b·s_k with s_k = log σ_k² learned. The forms:
 
 - `likelihood` (default): a_k = c_k (1/2 for regression, 1 for classification), b = 1/2; the
-  negative log-likelihood of BACKGROUND §1.
+  negative log-likelihood of docs/theory.md §1.
 - `unit`: a_k = 1, b = 1 for every task, as one source snippet writes it (twice the regression
   NLL; same optimum exp(s) = L for regression, classification treated like regression).
 - `half`: a_k = 1/2, b = 1/2 for every task, as the other source snippet (and the §5B MNIST run)

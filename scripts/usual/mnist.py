@@ -1,4 +1,4 @@
-"""BACKGROUND §5B written the way such an experiment usually is: the baseline whose whole-run
+"""docs/theory.md §5B written the way such an experiment usually is: the baseline whose whole-run
 time scripts/bench.py puts beside `mtltrain dataset=mnist_mtl` (the same network, tasks cls3,
 cls10 and recon, uncertainty weighting c·exp(−s)·L + s/2, Adam 1e-4, batch 256; torchvision's
 dataset through a DataLoader with one worker process per core; test accuracy at the end).

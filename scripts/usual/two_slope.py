@@ -1,4 +1,4 @@
-"""BACKGROUND §5A written the way such an experiment usually is: the baseline whose whole-run
+"""docs/theory.md §5A written the way such an experiment usually is: the baseline whose whole-run
 time scripts/bench.py puts beside `mtltrain experiment=two_slope_source` (the same model, loss
 exp(−s)·MSE + s, optimizer, batch size and epochs; its own draw of the data).
 
