@@ -78,10 +78,12 @@ def failed_job(e: MtlError, hc: DictConfig) -> float:
     """A run's error, printed in one line (in a sweep, naming the job): in a sweep of the
     basic sweeper NaN (the job's folder says it failed, the sweep goes on); other sweepers
     (Optuna) get the error, to record a failed trial; a single run exits with the error's code.
-    A signal stops a sweep whose jobs run in this process (SystemExit: Hydra would catch an
-    error and start the next job), with one line that says how to continue it."""
+    SIGINT or SIGTERM stops a sweep whose jobs run in this process (SystemExit: Hydra would
+    catch an error and start the next job), with one line that says how to continue it;
+    SIGUSR2 (SLURM's warning) goes on to whoever handled it before (submitit requeues)."""
     multirun = hc.mode == RunMode.MULTIRUN
-    if multirun and isinstance(e, Interrupted) and _in_process(hc.launcher):
+    stop = isinstance(e, Interrupted) and e.signal_number in (signal.SIGINT, signal.SIGTERM)
+    if multirun and stop and _in_process(hc.launcher):
         _fail(sweep_stopped(e, hc))
     _print_error(e, f"job {Path(hc.runtime.output_dir).name}: " if multirun else "")
     if isinstance(e, Interrupted) and e.signal_number == signal.SIGUSR2:

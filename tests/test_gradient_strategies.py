@@ -138,7 +138,7 @@ def test_cagrad_solves_its_inner_problem_exactly(case, g, c):
         expected = (g0 + radius / np.linalg.norm(gw) * gw) / (1 + c**2)
         assert converged and strategy.unsolved.item() == 0
         assert_same_point(d, expected, g, floor=3e-8)
-    elif not converged:
+    elif strategy.unsolved.item() > 0:  # its own Gramian's search, not this one's: rounding
         assert_same_point(d, g0 / (1 + c**2), g, floor=3e-8)
         assert strategy.unsolved.item() == 1
 
