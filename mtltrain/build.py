@@ -28,6 +28,7 @@ from mtltrain.config import build, build_partial
 from mtltrain.data.base import MultiTaskData, Split, hold_out
 from mtltrain.distributed import join
 from mtltrain.engine import engine_for
+from mtltrain.errors import ConfigError, first_line
 from mtltrain.losses import loss_terms
 from mtltrain.metrics import metric_names
 from mtltrain.models.base import MultiTaskNet
@@ -77,6 +78,24 @@ def set_threads(
         settle_threads(threads)
     else:
         settle_threads(None if trainer.threads == "auto" else int(trainer.threads))
+
+
+def check_fits(model: MultiTaskNet, split: Split) -> None:
+    """The model takes the data set's inputs: a forward pass on two samples (in eval mode, the
+    random generators left as they were), or a ConfigError saying what does not fit."""
+    sample = split.take(slice(0, 2)).inputs
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model(sample)
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        raise ConfigError(
+            f"the model does not take the data set's inputs (each of shape "
+            f"{list(sample.shape[1:])}): {type(e).__name__}: {first_line(e)}; check the "
+            "model's input size (model.in_features, or its encoder's)"
+        ) from None
+    finally:
+        model.train()
 
 
 def forward_flops(model: MultiTaskNet, split: Split, batch_size: int) -> float:
@@ -139,6 +158,7 @@ def build_objects(
     model = build(cfg.model, tasks=data.tasks).to(device)
     if trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    check_fits(model, data.train)
     strategy = build(cfg.weighting, terms=loss_terms(data.tasks, settings(cfg.loss))).to(device)
     strategy.setup(model)
     factory = build_partial(cfg.trainer.optimizer)

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -25,13 +25,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mtltrain import rundir, torchrun
 from mtltrain.config import check, config_dir, config_error
 from mtltrain.errors import (
     UNWRITABLE,
+    ConfigError,
     Interrupted,
     MtlError,
     OutputError,
@@ -39,8 +40,8 @@ from mtltrain.errors import (
     UnexpectedError,
     first_line,
 )
-from mtltrain.schema import register
-from mtltrain.sweep import check_sweep
+from mtltrain.schema import check_boolean, register
+from mtltrain.sweep import check_subdir, check_sweep, log_optuna_as_hydra
 
 register()
 # conf/hydra/launcher/ presets take the names of the launcher plugins' schemas, which validate
@@ -148,8 +149,12 @@ class CheckBeforeRun(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         with _exit_on_error():
             check_sweep(config.hydra, rundir.parse_overrides(config.hydra.overrides.task))
+            check_boolean("resume_sweep", config.resume_sweep)
+            if str(config.hydra.sweeper._target_).endswith("OptunaSweeper"):
+                log_optuna_as_hydra()
             rundir.check_writable(sweep_dir, "hydra.sweep.dir")
             rundir.check_space(sweep_dir, "hydra.sweep.dir")
+            check_subdir(OmegaConf.to_container(config.hydra.sweep, resolve=False)["subdir"])
             jobs = rundir.jobs_in(sweep_dir)
             if jobs and not config.resume_sweep:
                 raise RunFolderError(
@@ -157,6 +162,8 @@ class CheckBeforeRun(Callback):
                     "written into; choose another hydra.sweep.dir, or continue it with "
                     "resume_sweep=true (finished jobs are kept, stopped ones resumed)"
                 )
+            if jobs:
+                rundir.check_same_sweep(sweep_dir, config.hydra.overrides.task)
 
 
 class SweepSummary(Callback):
@@ -183,6 +190,7 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     with contextlib.ExitStack() as scratch:
         try:
+            check_command_line(sys.argv[1:])
             sys.argv[1:] = rundir.prepare_arguments(sys.argv[1:])
             if rundir.launched():  # under torchrun: rank 0 writes, the others use a scratch folder
                 own = rundir.rank() == 0
@@ -195,6 +203,48 @@ def main() -> None:
             _fail(config_error(e, [a for a in sys.argv[1:] if "=" in a and a[0] != "-"]))
         except OSError as e:  # Hydra's own files (.hydra/, multirun.yaml) could not be written
             _fail(file_error(e))
+        except KeyboardInterrupt:  # before the run took over Ctrl-C, or a second Ctrl-C
+            _fail(Interrupted("stopped by Ctrl-C before training began", signal.SIGINT))
+        except Exception as e:  # raised by Hydra or a plugin (a launcher, a sweeper)
+            _fail(outside_error(e))
+
+
+def check_command_line(argv: Sequence[str]) -> None:
+    """Refuse what Hydra would take with a traceback or without a word: a flag it does not
+    know, a config group set to something other than an option's name, and a sweep's
+    settings (launcher, sweeper, resume_sweep) on a command without -m, which ignores them."""
+    _, multirun, given = rundir.command_line(argv)
+    groups = {f"{p.parent.name}/{p.name}" if p.parent.name == "hydra" else p.name: p
+              for p in [*config_dir().iterdir(), *(config_dir() / "hydra").iterdir()]
+              if p.is_dir() and p.name != "hydra"}  # fmt: skip
+    for o in given:
+        if o.key_or_group in groups and not (isinstance(o.value(), str) or o.is_sweep_override()):
+            options = sorted(f.stem for f in groups[o.key_or_group].glob("*.yaml"))
+            raise ConfigError(
+                f"{o.input_line} is not allowed: {o.key_or_group} takes the name of one of its "
+                f"options: {', '.join(options)} (leave it out for the default)"
+            )
+        sweep_only = o.key_or_group.startswith(SWEEP_SETTINGS) and o.value() is not False
+        if not multirun and sweep_only:
+            raise ConfigError(
+                f"{o.input_line} sets how a sweep runs, and this command is a single run, "
+                "which would ignore it: add -m to sweep"
+            )
+
+
+def outside_error(e: Exception) -> MtlError:
+    """An error raised by Hydra or one of its plugins outside any run, as one line."""
+    if isinstance(e, ValueError) and "No trials are completed yet" in str(e):
+        return MtlError(
+            "no trial of the Optuna study finished, so it has no best one: each trial's error "
+            "is above and in its folder's results.json (mtltrain-report <sweep folder> lists them)"
+        )
+    return UnexpectedError(f"{type(e).__name__}: {first_line(e)} (raised outside any run)")
+
+
+# settings that only a sweep (-m) reads
+SWEEP_SETTINGS = ("hydra/launcher", "hydra/sweeper", "hydra.launcher.", "hydra.sweeper.",
+                  "hydra.sweep.", "resume_sweep")  # fmt: skip
 
 
 def file_error(e: OSError) -> MtlError:

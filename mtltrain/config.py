@@ -23,11 +23,14 @@ from hydra.errors import (
     OverrideParseException,
 )
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mtltrain.constraints import closest, mismatch, type_hints
 from mtltrain.errors import ConfigError, MtlError, first_line
+
+# the config groups whose choice is a `_target_` node a run builds
+TARGET_GROUPS = ("dataset", "model", "weighting")
 
 
 def config_dir() -> Path:
@@ -67,6 +70,7 @@ def check(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     from mtltrain.schema import check_boolean, check_seed, settings
 
     check_keys(cfg)
+    check_target_nodes(cfg)
     check_overrides(overrides, cfg)
     check_boolean("resume_sweep", cfg.resume_sweep)
     try:
@@ -75,9 +79,9 @@ def check(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     except OmegaConfBaseException as e:
         raise config_error(e) from None
     check_seed(cfg.seed)
-    for group in ("dataset", "model", "weighting"):
+    for group in TARGET_GROUPS:
         check_node(cfg[group])
-    check_optimizer(check_node(cfg.trainer.optimizer).func, cfg.trainer.optimizer._target_)
+    check_optimizer(check_node(cfg.trainer.optimizer), cfg.trainer.optimizer._target_)
 
 
 def check_keys(cfg: DictConfig) -> None:
@@ -96,6 +100,19 @@ def check_keys(cfg: DictConfig) -> None:
                 raise ConfigError(unknown_setting(setting, setting_keys(cfg)))
 
 
+def check_target_nodes(cfg: DictConfig) -> None:
+    """The groups a run builds from (dataset, model, weighting, trainer.optimizer) are each a
+    mapping with a `_target_`, not a plain value put in their place."""
+    for key in (*TARGET_GROUPS, "trainer.optimizer"):
+        node = OmegaConf.select(cfg, key)
+        if not (isinstance(node, DictConfig) and "_target_" in node):
+            raise ConfigError(
+                f"{key}={OmegaConf.to_container(node) if isinstance(node, DictConfig) else node!r}"
+                f" is not allowed: it is a mapping with a _target_ (the class or function that "
+                f"builds it) and its settings, e.g. {key}._target_=<module.Name>"
+            )
+
+
 def check_overrides(overrides: Sequence[str], cfg: DictConfig) -> None:
     """Refuse `key={}` where the config has entries at `key`: Hydra merges a mapping into the
     one there, so the override changes nothing, though it reads as "none"."""
@@ -109,8 +126,11 @@ def check_overrides(overrides: Sequence[str], cfg: DictConfig) -> None:
             raise ConfigError(
                 f"{o.input_line} is not allowed: Hydra merges a mapping into the one there, so "
                 f"{o.key_or_group} would keep {list(there)}; remove entries with "
-                f"~{o.key_or_group}.<name>"
+                f"~{o.key_or_group}.<name>{_TASK_LOSSES.get(o.key_or_group, '')}"
             )
+
+
+_TASK_LOSSES = {"dataset.tasks": " (and a task's losses with ~dataset.losses.<name>)"}
 
 
 def setting_keys(cfg: DictConfig) -> list[str]:
@@ -146,10 +166,22 @@ def unknown_setting(key: str, known: Iterable[str], owner: str = "mtltrain") -> 
     return f"{key} is not a setting of {owner}: `mtltrain --cfg job` lists the settings"
 
 
-def check_optimizer(optimizer: Any, name: str) -> None:
+def _targets_within(node: DictConfig | ListConfig) -> Iterator[DictConfig]:
+    """The outermost `_target_` nodes inside `node`, at any depth of mappings and lists
+    (`model.heads.recon` as well as `model.head`)."""
+    children = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
+    for _, child in children:
+        if isinstance(child, DictConfig) and "_target_" in child:
+            yield child
+        elif isinstance(child, (DictConfig, ListConfig)):
+            yield from _targets_within(child)
+
+
+def check_optimizer(factory: functools.partial, name: str) -> None:
     """Refuse an optimizer whose step needs a closure (it evaluates the loss itself, several
-    times a step), which a training step of mtltrain does not hand it."""
-    step = getattr(optimizer, "step", None)
+    times a step), which a training step of mtltrain does not hand it, and one that refuses
+    its settings when it is made (torch checks lr, betas, weight_decay... there)."""
+    step = getattr(factory.func, "step", None)
     closure = inspect.signature(step).parameters.get("closure") if callable(step) else None
     if closure is not None and closure.default is inspect.Parameter.empty:
         raise ConfigError(
@@ -157,6 +189,15 @@ def check_optimizer(optimizer: Any, name: str) -> None:
             "re-evaluates the loss, which mtltrain's step does not give; choose an optimizer "
             "such as torch.optim.Adam"
         )
+    import torch  # imported already: the factory is torch's
+
+    try:
+        factory(params=[torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError, IndexError, RuntimeError) as e:
+        raise ConfigError(
+            f"trainer.optimizer ({name}) refuses its settings {factory.keywords}: "
+            f"{type(e).__name__}: {first_line(e)}"
+        ) from None
 
 
 def config_error(e: BaseException, overrides: Sequence[str] = ()) -> ConfigError:
@@ -170,10 +211,35 @@ def config_error(e: BaseException, overrides: Sequence[str] = ()) -> ConfigError
             f"{e.override} cannot be read ({first_line(e)}): write key=value, a list as "
             "key=[1,2], a mapping as key={a:1,b:2}, and quote values with spaces or brackets"
         )
-    bad = re.match(r"Could not (?:override|delete) '([^']+)'", str(e))
+    text = str(e)
+    ours = re.match(r"(?:Config|Mtl)Error raised while resolving interpolation: (.*)", text)
+    if ours:  # raised by a resolver of ours (mtltrain.direction) while Hydra composed
+        return ConfigError(ours.group(1).splitlines()[0])
+    bad = re.match(r"Could not override '([^']+)'", text) or re.search(
+        r"Could not delete from config. '([^']+)' does not exist", text
+    )
     if isinstance(e, ConfigCompositionException) and bad:
         return ConfigError(unknown_setting(bad.group(1), _known_without(bad.group(1), overrides)))
+    chosen = re.match(r"Multiple values for ([\w/]+)", text)
+    if chosen:
+        return ConfigError(
+            f"+{chosen.group(1)}=... is not allowed: {chosen.group(1)} is chosen already (by "
+            f"default); drop the + to choose another: {chosen.group(1)}=<option>"
+        )
+    deleted = re.match(r"Error merging override (~\S+)", text)
+    if deleted and "does not support deletion" in str(_cause(e)):
+        return ConfigError(
+            f"{deleted.group(1)} is not allowed: a setting of the trainer or of the losses "
+            "cannot be removed; set another value instead"
+        )
     return ConfigError(_one_line(e))
+
+
+def _cause(e: BaseException) -> BaseException:
+    """The innermost exception of a chain."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return e
 
 
 def _missing_option(e: MissingConfigException) -> str:
@@ -258,9 +324,8 @@ def check_node(node: DictConfig) -> functools.partial:
     (names it does not take, values of the wrong type or outside the hint's constraints), its
     `check_settings` where it has one, and the same for every `_target_` node inside it; a
     problem is a one-line ConfigError."""
-    for _, child in node.items_ex(resolve=False):  # inner nodes first: they are built below
-        if isinstance(child, DictConfig) and "_target_" in child:
-            check_node(child)
+    for inner in _targets_within(node):  # inner nodes first: they are built below
+        check_node(inner)
     factory = build_partial(node)
     target = factory.func
     where = _where(node)

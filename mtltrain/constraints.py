@@ -55,6 +55,8 @@ NON_EMPTY = Constraint(_has_entries, "with at least one entry")
 Width = Annotated[int, at_least(1)]
 # a number of samples to draw
 Count = Annotated[int, at_least(1)]
+# a seed of torch's generators (torch.manual_seed takes [0, 2**63); a negative one wraps round)
+Seed = Annotated[int, Constraint(lambda v: 0 <= v < 2**63, "in [0, 2**63)")]
 # the probability that dropout zeroes a unit
 DropoutRate = Annotated[float, Constraint(lambda v: 0 <= v < 1, "in [0, 1)")]
 

@@ -68,7 +68,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -719,7 +719,7 @@ def write_report(sweep: Sweep, out: Path, baseline: str) -> None:
     pictures, unplotted = plots(settings, finished)
 
     counts = f"{count(len(finished), 'finished run')} in {count(len(settings), 'setting')}"
-    title = f"# mtltrain report: {sweep.folder.name}"
+    title = f"{TITLE} {sweep.folder.name}"
     parts = [title, f"{counts}, {len(unfinished)} did not finish.", table]
     if unfinished:
         parts.append(unfinished_section(unfinished))
@@ -730,6 +730,7 @@ def write_report(sweep: Sweep, out: Path, baseline: str) -> None:
         REPORT_CSV: csv_text(settings, deltas).encode(),
         **pictures,
     }
+    check_own_files(out, files)
     try:
         write_all_atomically({out / name: data for name, data in files.items()})
     except OutputError as e:
@@ -737,6 +738,28 @@ def write_report(sweep: Sweep, out: Path, baseline: str) -> None:
     for notice in [*notices, *unplotted]:
         print(f"{PROG}: {notice}", file=sys.stderr)
     print(table)
+
+
+TITLE = "# mtltrain report:"
+
+
+def check_own_files(out: Path, names: Iterable[str]) -> None:
+    """Files the report would replace must be an earlier report's: a folder's report.md that
+    does not begin with the report's title is a user's own, and so are its other files."""
+    there = [name for name in names if (out / name).exists()]
+    md = out / REPORT_MD
+    ours = md.is_file() and md.read_text(errors="replace").startswith(TITLE)
+    if there and not ours:
+        raise ReportError(
+            f"{out} holds {', '.join(there)}, which mtltrain-report did not write: they are left "
+            "as they are; write the report elsewhere with --out DIR"
+        )
+
+
+def _refuse_arguments(message: str) -> NoReturn:
+    """argparse's error in one line, without its usage block."""
+    print(f"{PROG}: error: {message}: {PROG} --help says what it takes", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -758,7 +781,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    arguments = parser()
+    arguments.error = _refuse_arguments  # type: ignore[method-assign]
+    args = arguments.parse_args(argv)
     try:
         baseline = args.baseline or DEFAULT_BASELINE
         report(args.folder, args.out or args.folder, baseline, chosen=args.baseline is not None)

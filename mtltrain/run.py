@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
@@ -155,9 +156,12 @@ def _alone(job: _Started) -> Exception | None:
 
 
 def _fit(fit: Callable[[], object]) -> Exception | None:
-    """The error that stopped `fit`, or None."""
+    """The error that stopped `fit`, or None; a second Ctrl-C (KeyboardInterrupt, raised
+    mid-step) as an Interrupted whose step and checkpoint are lost."""
     try:
         fit()
+    except KeyboardInterrupt:
+        return Interrupted("stopped at once by a second Ctrl-C, mid-step", signal.SIGINT)
     except Exception as e:
         return e
     return None
@@ -180,14 +184,14 @@ def job_run(
             with rundir.lock(run_dir):
                 resume = _resume_from(cfg, run_dir)
                 if resume is None:
-                    rundir.check_fresh(run_dir)
+                    rundir.check_fresh(run_dir, hydra_wrote=True)
                 elif not cfg.resume and rundir.status(run_dir) == "completed":
                     log.info("%s already holds a finished run: kept as it is", run_dir)
                     return read_results(run_dir)["objective"]["value"]
                 owned = True
                 check(cfg, overrides)  # a sweep's job was not checked before Hydra made its folder
                 return (yield from _run(cfg, run_dir, info, resume, job, file_log))
-        except Exception as e:
+        except (Exception, KeyboardInterrupt) as e:
             error = _as_mtl_error(e, run_dir)
             if owned:
                 file_log.error("error: %s", error, exc_info=None if error is e else e)
@@ -225,11 +229,14 @@ def _resume_from(cfg: DictConfig, run_dir: Path) -> Path | None:
     return None
 
 
-def _as_mtl_error(e: Exception, run_dir: Path) -> MtlError:
-    """The one-line error of a failure: the tool's own, a folder that cannot be written, or an
-    error outside the tool's checks (its traceback goes to the run's log)."""
+def _as_mtl_error(e: BaseException, run_dir: Path) -> MtlError:
+    """The one-line error of a failure: the tool's own, Ctrl-C before training, a folder that
+    cannot be written, or an error outside the tool's checks (its traceback goes to the run's
+    log)."""
     if isinstance(e, MtlError):
         return e
+    if isinstance(e, KeyboardInterrupt):
+        return Interrupted("stopped by Ctrl-C before training started", signal.SIGINT)
     if isinstance(e, OSError) and e.errno in UNWRITABLE and _inside(e.filename, run_dir):
         return OutputError(f"could not write into {run_dir} ({e.strerror})")
     # torchrun's ranks 1… log into a scratch folder that is removed: their traceback is printed
@@ -297,7 +304,7 @@ def _run(
             yield trainer
         except Interrupted as e:
             raise Interrupted(
-                f"{e}; checkpoint written to {rundir.checkpoint_file(run_dir)}; continue with: "
+                f"{e}; last checkpoint: {rundir.checkpoint_file(run_dir)}; continue with: "
                 f"{rundir.resume_command(run_dir)}",
                 e.signal_number,
             ) from None

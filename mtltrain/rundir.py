@@ -16,6 +16,7 @@ import shlex
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -23,7 +24,7 @@ from hydra.core.override_parser.types import Override
 from omegaconf import OmegaConf
 
 from mtltrain.atomic import byte_size
-from mtltrain.errors import RunFolderError
+from mtltrain.errors import ConfigError, RunFolderError
 from mtltrain.results import RESULTS_FILE, read_results
 
 
@@ -40,7 +41,6 @@ CHECKPOINTS, LAST, BEST = "checkpoints", "last.pt", "best.pt"
 LOG_FILE, TB, FIGURES = "mtltrain.log", "tb", "figures"
 # what a run, and Hydra for it, writes into a run folder: nothing else may be there
 RUN_ENTRIES = frozenset({".hydra", LOCK, CHECKPOINTS, LOG_FILE, TB, FIGURES, RESULTS_FILE})
-STATUSES = ("completed", "interrupted", "failed")
 
 
 def checkpoint_file(run_dir: Path) -> Path:
@@ -157,6 +157,39 @@ def jobs_in(sweep_dir: Path) -> list[Path]:
     return sorted(jobs, key=lambda p: natural_key(str(p.relative_to(sweep_dir))))
 
 
+def check_same_sweep(sweep_dir: Path, overrides: Sequence[str]) -> None:
+    """resume_sweep=true continues the sweep its folder holds (its multirun.yaml's overrides):
+    the same settings, each with the values it had and possibly more (a sweep extended with
+    seeds); other ones would mix two sweeps in one folder."""
+    saved = sweep_dir / "multirun.yaml"
+    if not saved.is_file():
+        return
+    before = _swept_values(OmegaConf.load(saved).hydra.overrides.task)
+    now = _swept_values(overrides)
+    if set(before) != set(now) or any(not before[k] <= now[k] for k in before):
+        raise RunFolderError(
+            f"{sweep_dir} holds a sweep of other settings: resume_sweep=true continues it with "
+            "the same settings, each with its values and possibly more; start this sweep in "
+            f"another hydra.sweep.dir (that one: {_sweep_words(before)})"
+        )
+
+
+def _swept_values(overrides: Sequence[str]) -> dict[str, set[str]]:
+    """Per overridden setting (resume_sweep aside), the values a sweep gives it."""
+    values = {}
+    for o in parse_overrides(overrides):
+        if o.key_or_group != "resume_sweep":
+            many = o.is_discrete_sweep()
+            values[o.key_or_group] = (
+                set(o.sweep_string_iterator()) if many else {o.get_value_element_as_str()}
+            )
+    return values
+
+
+def _sweep_words(values: dict[str, set[str]]) -> str:
+    return " ".join(f"{k}={','.join(sorted(v))}" for k, v in values.items())
+
+
 def natural_key(name: str) -> tuple[tuple[str, int], ...]:
     """Sort key that puts job 10 after job 9: digit runs compare as numbers."""
     return tuple(
@@ -165,21 +198,23 @@ def natural_key(name: str) -> tuple[tuple[str, int], ...]:
     )
 
 
-def foreign_entries(run_dir: Path) -> list[str]:
-    """What a folder holds that no mtltrain run wrote: names outside RUN_ENTRIES, and a
-    results.json that is not a run's."""
+def foreign_entries(run_dir: Path, hydra_wrote: bool) -> list[str]:
+    """What a folder holds that a new run may not write over: anything but the lock (and
+    Hydra's files for this run, `hydra_wrote`), unless the folder holds a failed run of
+    mtltrain's, whose files the new run replaces (then names outside RUN_ENTRIES)."""
     if not run_dir.is_dir():
         return []
     names = sorted(p.name for p in run_dir.iterdir())
-    foreign = [n for n in names if n not in RUN_ENTRIES]
-    if RESULTS_FILE in names and status(run_dir) not in STATUSES:
-        foreign.append(RESULTS_FILE)
-    return foreign
+    if status(run_dir) in ("failed", "interrupted"):  # and no checkpoint: nothing to resume
+        return [n for n in names if n not in RUN_ENTRIES]
+    ours = {LOCK, *((".hydra", LOG_FILE) if hydra_wrote else ())}
+    return [n for n in names if n not in ours]
 
 
-def check_fresh(run_dir: Path) -> None:
-    """Refuse a folder that holds a finished or an unfinished run, or files mtltrain did not
-    write (a new run would write over them)."""
+def check_fresh(run_dir: Path, hydra_wrote: bool = False) -> None:
+    """Refuse a folder that holds a finished or an unfinished run, or other files than a
+    failed run's (`foreign_entries`): a new run would write over them. `hydra_wrote`: Hydra has
+    made this run's .hydra/ and log file in it already."""
     if status(run_dir) == "completed":
         raise RunFolderError(
             f"{run_dir} already holds a finished run ({RESULTS_FILE}): it is not overwritten; "
@@ -190,13 +225,13 @@ def check_fresh(run_dir: Path) -> None:
             f"{run_dir} holds an unfinished run ({CHECKPOINTS}/{LAST}): "
             f"continue it with {resume_command(run_dir)}, or choose another hydra.run.dir"
         )
-    foreign = foreign_entries(run_dir)
+    foreign = foreign_entries(run_dir, hydra_wrote)
     if foreign:
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
         shown = ", ".join(foreign[:3]) + more
         raise RunFolderError(
-            f"{run_dir} holds files mtltrain did not write ({shown}): it is left as it is; a "
-            "new run needs a new or empty folder: choose one with hydra.run.dir=..."
+            f"{run_dir} holds files of its own ({shown}): it is left as it is; a new run "
+            "needs a new or empty folder (or one of a failed run): choose another"
         )
 
 
@@ -205,12 +240,19 @@ def checkpoint_of(target: Path) -> Path:
     return target if target.is_file() else checkpoint_file(target)
 
 
-def _overrides(argv: Sequence[str]) -> tuple[list[str], bool, list[Override]]:
+def command_line(argv: Sequence[str]) -> tuple[list[str], bool, list[Override]]:
     """The command line as Hydra reads it: its flags, whether it is a multirun, and its
-    overrides parsed (with the parser `hydra.main` itself uses; Hydra has no public one)."""
-    args = get_args_parser().parse_args(list(argv))
+    overrides parsed (with the parser `hydra.main` itself uses; Hydra has no public one); a
+    flag it does not know is a one-line ConfigError, not argparse's usage block."""
+    parser = get_args_parser()
+    parser.error = _refuse_flag  # type: ignore[method-assign]
+    args = parser.parse_args(list(argv))
     flags = [a for a in argv if a not in args.overrides]
     return flags, args.multirun, parse_overrides(args.overrides)
+
+
+def _refuse_flag(message: str) -> NoReturn:
+    raise ConfigError(f"{message}: `mtltrain --help` lists the flags and the settings")
 
 
 def parse_overrides(overrides: Sequence[str]) -> list[Override]:
@@ -227,12 +269,14 @@ def prepare_arguments(argv: Sequence[str]) -> list[str]:
     checkpoint), those given beside resume= winning, and the run's own folder."""
     if not any("resume=" in a for a in argv):
         return list(argv)
-    flags, multirun, given = _overrides(argv)
+    flags, multirun, given = command_line(argv)
     resume = next((o.value() for o in given if o.key_or_group == "resume"), None)
     if resume is None:
         return list(argv)
     if multirun:
         raise RunFolderError("resume= continues one run: drop -m/--multirun")
+    if not str(resume):
+        raise RunFolderError("resume='' names no run: give resume=<run folder>")
     from mtltrain import checkpoint  # torch: only for a resume
 
     path = checkpoint_of(Path(str(resume)))
@@ -244,10 +288,17 @@ def prepare_arguments(argv: Sequence[str]) -> list[str]:
             f"{CHECKPOINTS}/{LAST}, and this file is not one; copy it to {CHECKPOINTS}/{LAST} "
             "of a folder (a new one is fine) and resume that folder"
         )
+    elsewhere = next((o for o in given if _key(o) == ("hydra.run.dir", None)), None)
+    if elsewhere is not None and Path(str(elsewhere.value())).resolve() != folder.resolve():
+        raise RunFolderError(
+            f"{elsewhere.input_line} is not allowed with resume=: a run continues in its own "
+            f"folder, {folder}; to continue it elsewhere, copy {CHECKPOINTS}/{LAST} into that "
+            "folder and resume it there"
+        )
     check_own_run(folder, state["config"])
     if status(folder) == "completed":
         check_trains_longer(folder, state["config"]["trainer"]["epochs"], given)
-    *_, saved = _overrides(state["overrides"])
+    *_, saved = command_line(state["overrides"])
     merged = {_key(o): o.input_line for o in saved if o.key_or_group != "resume"}
     merged.update({_key(o): o.input_line for o in given})
     merged.pop(("hydra.run.dir", None), None)
@@ -287,7 +338,9 @@ def check_own_run(folder: Path, saved: dict) -> None:
 def check_trains_longer(folder: Path, done: int, given: Sequence[Override]) -> None:
     """A finished run resumes only to train longer: trainer.epochs above the `done` it ran."""
     asked = next((o.value() for o in given if o.key_or_group == "trainer.epochs"), done)
-    if not (isinstance(asked, int) and asked > done):
+    if not isinstance(asked, int) or isinstance(asked, bool):
+        raise ConfigError(f"trainer.epochs={asked!r} is not allowed: give a whole number")
+    if asked <= done:
         raise RunFolderError(
             f"{folder} holds a run that finished its {done} epochs: there is nothing to resume; "
             f"give trainer.epochs=N with N > {done} beside resume= to train it longer"
@@ -314,7 +367,7 @@ def follower_arguments(argv: Sequence[str], scratch: Path | None) -> list[str]:
     """Under torchrun: the command line of one of the processes of a single run. Rank 0 (no
     `scratch`) writes the run folder; the others keep their Hydra files and logs in `scratch`,
     a folder of their own that is removed after the run."""
-    flags, multirun, given = _overrides(argv)
+    flags, multirun, given = command_line(argv)
     if multirun:
         raise RunFolderError(
             "torchrun trains one run over its processes: drop -m/--multirun, and sweep with a "
@@ -337,7 +390,7 @@ def hydra_quoted(path: Path) -> str:
 
 def resume_sweep_command(argv: Sequence[str], sweep_dir: Path) -> str:
     """The command that continues the sweep `mtltrain <argv>` started in `sweep_dir`."""
-    flags, _, given = _overrides(argv)
+    flags, _, given = command_line(argv)
     replaced = ("hydra.sweep.dir", "resume_sweep")
     kept = [o.input_line for o in given if o.key_or_group not in replaced]
     words = [*flags, *kept, f"hydra.sweep.dir={hydra_quoted(sweep_dir)}", "resume_sweep=true"]

@@ -64,6 +64,14 @@ def _validation_size(value: object) -> None:
     )
 
 
+SEEDS = range(2**63)  # what torch.manual_seed takes (a negative seed wraps round)
+
+
+def check_seed(seed: int, key: str = "seed") -> None:
+    if seed not in SEEDS:
+        raise ConfigError(f"{key}={seed} is not allowed: it must be a whole number in [0, 2**63)")
+
+
 def _one_of(key: str, value: object, allowed: tuple) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not allowed: choose one of {list(allowed)}")
@@ -144,6 +152,7 @@ class TrainerConfig:
         _one_of("trainer.nonfinite", self.nonfinite, NONFINITE)
         _one_of("trainer.select", self.select, SELECT)
         _validation_size(self.validation)
+        check_seed(self.validation_seed, "trainer.validation_seed")
         for key in self.BOOLEANS:
             check_boolean(f"trainer.{key}", getattr(self, key))
         if not 0 <= self.max_skipped <= 1:
@@ -173,14 +182,6 @@ class RunConfig:
     resume: str | None = None
     resume_sweep: Any = False  # true | false (checked, as TrainerConfig's switches)
     loss: LossConfig = field(default_factory=LossConfig)
-
-
-SEEDS = range(2**63)  # what torch.manual_seed takes
-
-
-def check_seed(seed: int) -> None:
-    if seed not in SEEDS:
-        raise ConfigError(f"seed={seed} is not allowed: it must be a whole number in [0, 2**63)")
 
 
 def folder_name(text: str) -> str:

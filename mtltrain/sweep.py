@@ -8,10 +8,11 @@ import math
 from collections.abc import Iterable
 
 from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from mtltrain.errors import ConfigError
 
+DIRECTIONS = ("minimize", "maximize")
 # per launcher or sweeper (the end of its _target_): its settings that must be whole numbers
 # >= 1 when set, and the words for what they count
 COUNTS = {
@@ -34,16 +35,49 @@ def check_sweep(hydra: DictConfig, overrides: Iterable[Override]) -> None:
         _check_counts(f"hydra.{kind}", hydra[kind])
     if str(hydra.launcher._target_).endswith("JoblibLauncher"):
         _check_joblib_jobs(hydra.launcher.n_jobs)
-    if str(hydra.sweeper._target_).endswith("OptunaSweeper"):
-        rate = hydra.sweeper.get("max_failure_rate")
-        if rate is not None and not 0 <= rate <= 1:
-            raise ConfigError(
-                f"hydra.sweeper.max_failure_rate={rate} is not allowed: it is a share of a "
-                "batch of trials, in [0, 1]"
-            )
+    optuna = str(hydra.sweeper._target_).endswith("OptunaSweeper")
+    if optuna:
+        _check_optuna(hydra.sweeper)
     for o in overrides:
         if o.is_sweep_override():
-            check_swept(o)
+            check_swept(o, optuna)
+
+
+def check_subdir(subdir: str) -> None:
+    """hydra.sweep.subdir (unresolved) must tell the jobs apart: with one folder for all, each
+    job would be refused the folder the one before it wrote."""
+    if not any(key in str(subdir) for key in ("hydra.job.num", "hydra.job.id", "override_dirname")):
+        raise ConfigError(
+            f"hydra.sweep.subdir={subdir} is not allowed: it names one folder for every job; "
+            "keep ${hydra.job.num} (or ${hydra.job.override_dirname}) in it"
+        )
+
+
+def log_optuna_as_hydra() -> None:
+    """Optuna's lines (the study, each trial's value) through Python's logging, where Hydra
+    sends its own (stdout and the sweep's log), instead of Optuna's own stderr handler: stderr
+    keeps the one-line errors."""
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+
+
+def _check_optuna(sweeper: DictConfig) -> None:
+    """The Optuna sweeper's direction and failure rate."""
+    rate = sweeper.get("max_failure_rate")
+    if rate is not None and not 0 <= rate <= 1:
+        raise ConfigError(
+            f"hydra.sweeper.max_failure_rate={rate} is not allowed: it is a share of a "
+            "batch of trials, in [0, 1]"
+        )
+    direction = sweeper.get("direction")
+    directions = list(direction) if isinstance(direction, ListConfig) else [direction]
+    if not all(d in DIRECTIONS for d in directions):
+        raise ConfigError(
+            f"hydra.sweeper.direction={direction} is not allowed: choose one of {DIRECTIONS} "
+            "(mtltrain_optuna sets it from the objective's metric)"
+        )
 
 
 def _check_counts(where: str, node: DictConfig) -> None:
@@ -67,10 +101,23 @@ def _check_joblib_jobs(n_jobs: object) -> None:
         )
 
 
-def check_swept(o: Override) -> None:
+def check_swept(o: Override, optuna: bool) -> None:
     """A swept setting must take at least one value: a range that is not empty, an interval
-    whose low end is not above its high end (and above 0 on a log scale)."""
+    whose low end is not above its high end (and above 0 on a log scale); intervals and tags
+    are Optuna's (its only tag: log, on an interval)."""
     sweep = o.value()
+    if not optuna and isinstance(sweep, IntervalSweep):
+        raise ConfigError(
+            f"{o.input_line} is not allowed: interval() is sampled by hydra/sweeper="
+            "mtltrain_optuna; the default sweeper takes a list (a,b), range() or choice()"
+        )
+    tags = set(sweep.tags) - ({"log"} if optuna and isinstance(sweep, IntervalSweep) else set())
+    if tags:
+        raise ConfigError(
+            f"{o.input_line} is not allowed: the tag {sorted(tags)[0]!r} means nothing here; "
+            "the one tag read is log, as in tag(log, interval(1e-4, 1e-1)) with "
+            "hydra/sweeper=mtltrain_optuna"
+        )
     if isinstance(sweep, RangeSweep) and _range_length(sweep) < 1:
         raise ConfigError(
             f"{o.input_line} sweeps no value: range(start, stop, step) counts from start up to "

@@ -119,7 +119,7 @@ CASES = [
      ["unfinished", "resume=", "unfinished run"]),
     ("run folder under a file", ["hydra.run.dir={root}/a_file/run"], ["a_file", "is a file"]),
     ("run folder with a user's file", ["hydra.run.dir={root}/users"],
-     ["users", "did not write (results.json)"]),
+     ["users", "holds files of its own (results.json)"]),
     # values outside the tool's own checks until now (issue: "what users hit")
     ("learning rate nan", ["trainer.optimizer.lr=nan"], ["lr=nan", "finite number > 0"]),
     ("seed too large", ["seed=99999999999999999999"], ["seed=99999999999999999999", "2**63"]),

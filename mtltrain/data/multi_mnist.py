@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.nn import functional
 
 from mtltrain.atomic import torch_bytes, write_atomically
-from mtltrain.constraints import checked
+from mtltrain.constraints import Seed, checked
 from mtltrain.data.base import MultiTaskData, Split, check_tasks, held_out, task_specs
 from mtltrain.data.mnist_mtl import FILES, find_raw, read_file, read_split
 from mtltrain.errors import ConfigError, OutputError
@@ -81,10 +81,10 @@ def build(
     tasks: Sequence[str] = ("left", "right"),
     canvas: int = 36,
     shift: int = 6,
-    pair_seed: int = 0,
+    pair_seed: Seed = 0,
     cache: str | None = None,
     validation: float = 0,
-    validation_seed: int = 0,
+    validation_seed: Seed = 0,
 ) -> MultiTaskData:
     """MultiMNIST from MNIST in `root`/MNIST/raw (torchvision's layout), downloading it when
     allowed; the pairs come from the cache (`cache`, default `root`/MultiMNIST) when it holds

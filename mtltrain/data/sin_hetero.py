@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import torch
 from torch import Tensor
 
-from mtltrain.constraints import Count, at_least, checked
+from mtltrain.constraints import Count, Seed, at_least, checked
 from mtltrain.data.base import MultiTaskData, Split, task_specs
 from mtltrain.errors import ConfigError
 
@@ -53,7 +53,7 @@ def build(
     x_max: float = 151.0,
     noise_min: NoiseStd = 0.1,
     noise_max: NoiseStd = 0.6,
-    seed: int = 0,
+    seed: Seed = 0,
 ) -> MultiTaskData:
     """One regression task `y`; inputs are standardised with the train split's mean and std."""
     specs = task_specs(["y"], {"y": ("regression", 1)}, losses)

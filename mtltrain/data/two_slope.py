@@ -7,7 +7,7 @@ from typing import Annotated, TypedDict
 
 import torch
 
-from mtltrain.constraints import NON_EMPTY, Count, at_least, checked
+from mtltrain.constraints import NON_EMPTY, Count, Seed, at_least, checked
 from mtltrain.data.base import MultiTaskData, Split, task_specs
 
 
@@ -36,7 +36,7 @@ def build(
     losses: Mapping[str, Sequence[str]],
     n_train: Count = 300,
     n_test: Count = 1000,
-    seed: int = 0,
+    seed: Seed = 0,
 ) -> MultiTaskData:
     """x ~ N(0, 1); one regression task per entry of `tasks` ({slope, intercept, noise_std}).
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from mtltrain.constraints import Seed
 from mtltrain.losses import LossTerm
 from mtltrain.weighting.base import GradientWeighting, Seeded
 
@@ -29,7 +30,7 @@ class GradDrop(Seeded, GradientWeighting):
     weighted_rows = False
 
     def __init__(
-        self, terms: Sequence[LossTerm], representation: bool = True, seed: int = 0
+        self, terms: Sequence[LossTerm], representation: bool = True, seed: Seed = 0
     ) -> None:
         super().__init__(terms)
         self.seed_draws(seed)

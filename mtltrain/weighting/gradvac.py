@@ -20,6 +20,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from mtltrain.constraints import Seed
 from mtltrain.losses import LossTerm
 from mtltrain.weighting.base import GradientWeighting, Range, Seeded
 
@@ -29,7 +30,7 @@ class GradVac(Seeded, GradientWeighting):
 
     RANGES: ClassVar[Mapping[str, Range]] = {"beta": (lambda v: 0 < v <= 1, "it must be in (0, 1]")}
 
-    def __init__(self, terms: Sequence[LossTerm], beta: float = 0.5, seed: int = 0) -> None:
+    def __init__(self, terms: Sequence[LossTerm], beta: float = 0.5, seed: Seed = 0) -> None:
         super().__init__(terms)
         self.seed_draws(seed)
         self.check_settings({"beta": beta})

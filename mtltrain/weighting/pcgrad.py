@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from mtltrain.constraints import Seed
 from mtltrain.losses import LossTerm
 from mtltrain.weighting.base import GradientWeighting, Seeded
 
@@ -24,7 +25,7 @@ from mtltrain.weighting.base import GradientWeighting, Seeded
 class PCGrad(Seeded, GradientWeighting):
     """d = Σ_i g_i, each g_i projected off every g_j it conflicts with, in a random order."""
 
-    def __init__(self, terms: Sequence[LossTerm], seed: int = 0) -> None:
+    def __init__(self, terms: Sequence[LossTerm], seed: Seed = 0) -> None:
         super().__init__(terms)
         self.seed_draws(seed)
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from mtltrain.constraints import Seed
 from mtltrain.losses import LossTerm
 from mtltrain.step import Step
 from mtltrain.weighting.base import Seeded, Weighting
@@ -23,7 +24,7 @@ class RandomLossWeighting(Seeded, Weighting):
 
     elementwise = True
 
-    def __init__(self, terms: Sequence[LossTerm], seed: int = 0) -> None:
+    def __init__(self, terms: Sequence[LossTerm], seed: Seed = 0) -> None:
         super().__init__(terms)
         self.seed_draws(seed)
         self.register_buffer("weight", torch.full((len(terms),), 1.0 / len(terms)))
