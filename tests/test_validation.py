@@ -37,6 +37,8 @@ def folders(tmp_path_factory):
     shutil.copy(root / "narrow" / "checkpoints" / "last.pt", root / "swapped" / "checkpoints")
     (root / "users").mkdir()
     (root / "users" / "results.json").write_text('{"mine": 1}\n')  # a user's own file
+    (root / "users_log").mkdir()
+    (root / "users_log" / "mtltrain.log").write_text("my own notes\n")  # named as a run's
     (root / "a_file").write_text("not a folder\n")
     for name, file, mangle in [
         ("mnist_ok", None, None),
@@ -120,6 +122,14 @@ CASES = [
     ("run folder under a file", ["hydra.run.dir={root}/a_file/run"], ["a_file", "is a file"]),
     ("run folder with a user's file", ["hydra.run.dir={root}/users"],
      ["users", "holds files of its own (results.json)"]),
+    ("run folder with a user's log", ["hydra.run.dir={root}/users_log"],
+     ["users_log", "holds files of its own (mtltrain.log)"]),
+    ("resume into another folder",
+     ["resume={root}/done", "trainer.epochs=3", "hydra.run.dir={root}/other"],
+     ["hydra.run.dir=", "own folder"]),
+    ("resume of nothing", ["resume="], ["resume=''", "names no run"]),
+    ("finished run, epochs not a number", ["resume={root}/done", "trainer.epochs=abc"],
+     ["trainer.epochs='abc'", "whole number"]),
     # values outside the tool's own checks until now (issue: "what users hit")
     ("learning rate nan", ["trainer.optimizer.lr=nan"], ["lr=nan", "finite number > 0"]),
     ("seed too large", ["seed=99999999999999999999"], ["seed=99999999999999999999", "2**63"]),
@@ -170,6 +180,25 @@ CASES = [
     ("switch not a boolean", ["trainer.progress=42"], ["trainer.progress=42", "true or false"]),
     ("validation 1.0", ["trainer.validation=1.0"], ["trainer.validation=1.0", "fraction below 1"]),
     ("override syntax", ["trainer.epochs=[1,"], ["trainer.epochs=[1,", "key=[1,2]"]),
+    ("experiment misspelt", ["experiment=two_slope_sourc"],
+     ["did you mean experiment=two_slope_source?"]),
+    ("group set to null", ["weighting=null"], ["weighting=null", "uncertainty"]),
+    ("group removed", ["~weighting"], ["~weighting", "uncertainty"]),
+    ("group added again", ["+weighting=fixed"], ["weighting is chosen already", "drop the +"]),
+    ("flag unknown", ["--hlep"], ["--hlep", "mtltrain --help"]),
+    ("launcher without -m", ["hydra/launcher=joblib"], ["hydra/launcher=joblib", "add -m"]),
+    ("resume_sweep without -m", ["resume_sweep=true"], ["resume_sweep=true", "add -m"]),
+    ("trainer setting removed", ["~trainer.epochs"], ["~trainer.epochs", "cannot be removed"]),
+    ("optimizer as a name", ["trainer.optimizer=adam"], ["trainer.optimizer='adam'", "_target_"]),
+    ("optimizer setting torch refuses", ["+trainer.optimizer.weight_decay=-1"],
+     ["'weight_decay': -1", "Invalid weight_decay value: -1"]),
+    ("model input of another size", ["model.in_features=2"],
+     ["does not take the data set's inputs", "in_features"]),
+    ("decoder width zero", [*mnist("mnist_ok"), "model.heads.recon.hidden=[0,4,2]"],
+     ["model.heads.recon.hidden[0]=0", ">= 1"]),
+    ("data seed negative", ["dataset.seed=-1"], ["dataset.seed=-1", "[0, 2**63)"]),
+    ("validation seed negative", ["trainer.validation_seed=-1"],
+     ["trainer.validation_seed=-1", "[0, 2**63)"]),
     # a sweep's own settings
     ("joblib with no jobs", ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0"],
      ["hydra.launcher.n_jobs=0", "-1 for one per core"]),
@@ -179,6 +208,15 @@ CASES = [
                               "trainer.optimizer.lr=interval(1e-1,1e-4)"],
      ["trainer.optimizer.lr=interval(1e-1,1e-4)", "low <= high"]),
     ("empty range", ["-m", "seed=range(5,0)"], ["seed=range(5,0)", "sweeps no value"]),
+    ("resume_sweep not a boolean", ["-m", "resume_sweep=maybe"], ["resume_sweep='maybe'"]),
+    ("optuna direction", ["-m", "hydra/sweeper=mtltrain_optuna", "objective=test/y1/rmse",
+                          "hydra.sweeper.direction=up"], ["hydra.sweeper.direction=up"]),
+    ("tag unknown", ["-m", "hydra/sweeper=mtltrain_optuna", "objective=test/y1/rmse",
+                     "trainer.optimizer.lr=tag(lg,interval(1e-4,1e-1))"], ["'lg'", "log"]),
+    ("interval without optuna", ["-m", "trainer.optimizer.lr=interval(1e-4,1e-1)"],
+     ["interval() is sampled by hydra/sweeper=mtltrain_optuna"]),
+    ("one folder for every job", ["-m", "seed=0,1", "hydra.sweep.subdir=x"],
+     ["hydra.sweep.subdir=x", "${hydra.job.num}"]),
     # data faults name the file
     ("mnist images of another size", mnist("mnist_size"), ["train-images-idx3-ubyte", "28×28"]),
     ("mnist label out of range", mnist("mnist_label"), ["t10k-labels-idx1-ubyte", "label 20"]),
@@ -193,7 +231,7 @@ CHECKED_BEFORE_THE_FOLDER = {
     c[0] for c in CASES
     if not any(a.startswith(("dataset=mnist", "resume=", "hydra.run.dir")) for a in c[1])
 } - {"fixed weights count", "fixed weights names", "losses of a task it lacks",
-     "loss of another kind", "objective"}  # fmt: skip
+     "loss of another kind", "objective", "model input of another size"}  # fmt: skip
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
