@@ -76,9 +76,16 @@ def _output_error(path: Path, e: OSError, size: int, consequence: str) -> Output
     """The one line of a write that failed; on a full disk, with the bytes it needed."""
     reason = e.strerror or type(e).__name__
     if e.errno == errno.ENOSPC:
-        free = shutil.disk_usage(path.parent).free
+        free = shutil.disk_usage(existing_folder(path.parent)).free
         reason += f": it needs {byte_size(size)}, {byte_size(free)} are free"
     return OutputError(f"could not write {path} ({reason}); {consequence}")
+
+
+def existing_folder(folder: Path) -> Path:
+    """`folder`, or its nearest ancestor that exists."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
 
 
 def _temporary(path: Path) -> Path:

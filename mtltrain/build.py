@@ -32,6 +32,7 @@ from mtltrain.errors import ConfigError, first_line
 from mtltrain.losses import loss_terms
 from mtltrain.metrics import metric_names
 from mtltrain.models.base import MultiTaskNet
+from mtltrain.overrides import parse_overrides
 from mtltrain.runtime import (
     autocast,
     choose_threads,
@@ -220,11 +221,11 @@ def run_hparams(
     varies (`swept_keys`), which are what sets its runs apart; otherwise its config choices,
     overrides and seed (TensorBoard marks those that differ between the runs it shows)."""
     params = {group: choice for group, choice in run_info.get("choices", {}).items() if choice}
-    for o in rundir.parse_overrides(run_info.get("overrides", [])):
-        params[o.key_or_group] = o.get_value_element_as_str()
+    for o in parse_overrides(run_info.get("overrides", [])):
+        params[o.key_or_group] = o.input_line.partition("=")[2]  # as the command line wrote it
     params["seed"] = str(int(cfg.seed))
     swept = None if run_dir is None else swept_keys(run_dir.parent / SWEEP_FILE)
-    return params if swept is None else {k: v for k, v in params.items() if k in swept}
+    return {k: v for k, v in params.items() if k in swept} if swept else params
 
 
 def swept_keys(sweep_file: Path) -> set[str] | None:
@@ -238,7 +239,7 @@ def swept_keys(sweep_file: Path) -> set[str] | None:
         sweep = OmegaConf.load(sweep_file)
     except OSError:
         return None
-    overrides = rundir.parse_overrides(OmegaConf.select(sweep, "hydra.overrides.task") or [])
+    overrides = parse_overrides(OmegaConf.select(sweep, "hydra.overrides.task") or [])
     params = OmegaConf.select(sweep, "hydra.sweeper.params") or {}
     return {o.key_or_group for o in overrides if o.is_sweep_override()} | set(params)
 

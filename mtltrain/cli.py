@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mtltrain import rundir, torchrun
-from mtltrain.config import check, config_dir, config_error
+from mtltrain.config import check, config_dir, config_error, config_groups
 from mtltrain.errors import (
     UNWRITABLE,
     ConfigError,
@@ -40,12 +40,14 @@ from mtltrain.errors import (
     UnexpectedError,
     first_line,
 )
+from mtltrain.overrides import command_line, parse_overrides
 from mtltrain.schema import check_boolean, register
 from mtltrain.sweep import check_subdir, check_sweep, log_optuna_as_hydra
 
 register()
 # conf/hydra/launcher/ presets take the names of the launcher plugins' schemas, which validate
-# them: Hydra 1.3 does so and warns, in every job's process, that the matching is deprecated
+# them: Hydra 1.3 does so and warns, in every job's process, that the matching is deprecated.
+# Set at import, process-wide, on purpose: joblib's workers import this module, not main().
 warnings.filterwarnings("ignore", message=r"\n'hydra/launcher/\w+' is validated against")
 
 
@@ -60,19 +62,21 @@ def _main(cfg: DictConfig) -> float:
         return failed_job(e, hc)
 
 
-def job_arguments(hc: DictConfig) -> tuple[Path, list[str], dict[str, str], str | None]:
+def job_arguments(
+    hc: DictConfig,
+) -> tuple[Path, list[str], dict[str, str], str | None, list[str]]:
     """`run`'s arguments besides the config for the job Hydra configured: its folder, its
-    overrides, its config choices and, in a sweep, its name."""
+    overrides, its config choices, in a sweep its name, and the files Hydra made in its folder
+    (its output subfolder, .hydra/ by default, and its log, <job name>.log)."""
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
     # resume_sweep is how the sweep was started, not a setting of its runs
     overrides = [
-        o.input_line
-        for o in rundir.parse_overrides(hc.overrides.task)
-        if o.key_or_group != "resume_sweep"
+        o.input_line for o in parse_overrides(hc.overrides.task) if o.key_or_group != "resume_sweep"
     ]
     run_dir = Path(hc.runtime.output_dir)
     job = f"job {run_dir.name}" if hc.mode == RunMode.MULTIRUN else None
-    return run_dir, overrides, choices, job
+    hydra_files = [f"{hc.job.name}.log", *([hc.output_subdir] if hc.output_subdir else [])]
+    return run_dir, overrides, choices, job, hydra_files
 
 
 def failed_job(e: MtlError, hc: DictConfig) -> float:
@@ -148,7 +152,7 @@ class CheckBeforeRun(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         with _exit_on_error():
-            check_sweep(config.hydra, rundir.parse_overrides(config.hydra.overrides.task))
+            check_sweep(config.hydra, parse_overrides(config.hydra.overrides.task))
             check_boolean("resume_sweep", config.resume_sweep)
             if str(config.hydra.sweeper._target_).endswith("OptunaSweeper"):
                 log_optuna_as_hydra()
@@ -203,23 +207,26 @@ def main() -> None:
             _fail(config_error(e, [a for a in sys.argv[1:] if "=" in a and a[0] != "-"]))
         except OSError as e:  # Hydra's own files (.hydra/, multirun.yaml) could not be written
             _fail(file_error(e))
-        except KeyboardInterrupt:  # before the run took over Ctrl-C, or a second Ctrl-C
-            _fail(Interrupted("stopped by Ctrl-C before training began", signal.SIGINT))
+        except KeyboardInterrupt:  # outside a run's own handling of Ctrl-C
+            _fail(Interrupted("stopped by Ctrl-C", signal.SIGINT))
         except Exception as e:  # raised by Hydra or a plugin (a launcher, a sweeper)
             _fail(outside_error(e))
+
+
+# settings that only a sweep (-m) reads
+SWEEP_SETTINGS = ("hydra/launcher", "hydra/sweeper", "hydra.launcher.", "hydra.sweeper.",
+                  "hydra.sweep.", "resume_sweep")  # fmt: skip
 
 
 def check_command_line(argv: Sequence[str]) -> None:
     """Refuse what Hydra would take with a traceback or without a word: a flag it does not
     know, a config group set to something other than an option's name, and a sweep's
     settings (launcher, sweeper, resume_sweep) on a command without -m, which ignores them."""
-    _, multirun, given = rundir.command_line(argv)
-    groups = {f"{p.parent.name}/{p.name}" if p.parent.name == "hydra" else p.name: p
-              for p in [*config_dir().iterdir(), *(config_dir() / "hydra").iterdir()]
-              if p.is_dir() and p.name != "hydra"}  # fmt: skip
+    _, multirun, given = command_line(argv)
+    groups = config_groups()
     for o in given:
         if o.key_or_group in groups and not (isinstance(o.value(), str) or o.is_sweep_override()):
-            options = sorted(f.stem for f in groups[o.key_or_group].glob("*.yaml"))
+            options = groups[o.key_or_group]
             raise ConfigError(
                 f"{o.input_line} is not allowed: {o.key_or_group} takes the name of one of its "
                 f"options: {', '.join(options)} (leave it out for the default)"
@@ -240,11 +247,6 @@ def outside_error(e: Exception) -> MtlError:
             "is above and in its folder's results.json (mtltrain-report <sweep folder> lists them)"
         )
     return UnexpectedError(f"{type(e).__name__}: {first_line(e)} (raised outside any run)")
-
-
-# settings that only a sweep (-m) reads
-SWEEP_SETTINGS = ("hydra/launcher", "hydra/sweeper", "hydra.launcher.", "hydra.sweeper.",
-                  "hydra.sweep.", "resume_sweep")  # fmt: skip
 
 
 def file_error(e: OSError) -> MtlError:

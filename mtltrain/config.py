@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mtltrain.constraints import closest, mismatch, type_hints
 from mtltrain.errors import ConfigError, MtlError, first_line
+from mtltrain.overrides import parse_overrides
 
 # the config groups whose choice is a `_target_` node a run builds
 TARGET_GROUPS = ("dataset", "model", "weighting")
@@ -40,6 +41,18 @@ def config_dir() -> Path:
         if (candidate / "config.yaml").is_file():
             return candidate
     raise FileNotFoundError(f"no config.yaml in {package / 'conf'} or {package.parent / 'conf'}")
+
+
+def config_groups() -> dict[str, list[str]]:
+    """The config groups mtltrain ships (hydra/launcher and hydra/sweeper too), each with its
+    options' names."""
+    root = config_dir()
+    folders = [p for p in (*root.iterdir(), *(root / "hydra").iterdir()) if p.is_dir()]
+    return {
+        str(p.relative_to(root)): sorted(f.stem for f in p.glob("*.yaml"))
+        for p in folders
+        if p.name != "hydra"
+    }
 
 
 def compose_checked(overrides: Sequence[str]) -> DictConfig:
@@ -116,8 +129,6 @@ def check_target_nodes(cfg: DictConfig) -> None:
 def check_overrides(overrides: Sequence[str], cfg: DictConfig) -> None:
     """Refuse `key={}` where the config has entries at `key`: Hydra merges a mapping into the
     one there, so the override changes nothing, though it reads as "none"."""
-    from mtltrain.rundir import parse_overrides
-
     for o in parse_overrides([o for o in overrides if not o.startswith("hydra")]):
         if o.is_delete() or o.value() != {}:
             continue

@@ -55,6 +55,8 @@ NON_EMPTY = Constraint(_has_entries, "with at least one entry")
 Width = Annotated[int, at_least(1)]
 # a number of samples to draw
 Count = Annotated[int, at_least(1)]
+# a number that cannot be negative (a standard deviation)
+NonNegative = Annotated[float, at_least(0)]
 # a seed of torch's generators (torch.manual_seed takes [0, 2**63); a negative one wraps round)
 Seed = Annotated[int, Constraint(lambda v: 0 <= v < 2**63, "in [0, 2**63)")]
 # the probability that dropout zeroes a unit
@@ -73,13 +75,15 @@ def checked(
     def wrap(builder: Builder) -> Builder:
         signature = inspect.signature(builder)
 
+        hints = functools.cache(lambda: type_hints(builder))  # once the module is loaded
+
         @functools.wraps(builder)
         def build(*args: Any, **kwargs: Any) -> Any:
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
-            hints = type_hints(builder)
             for name, value in bound.arguments.items():
-                if name in hints and (bad := mismatch(value, hints[name], name)) is not None:
+                hint = hints().get(name)
+                if hint is not None and (bad := mismatch(value, hint, name)) is not None:
                     raise ConfigError(f"{prefix}.{bad.where}{bad.text}")
             if rules is not None:
                 rules(bound.arguments)

@@ -756,14 +756,18 @@ def check_own_files(out: Path, names: Iterable[str]) -> None:
         )
 
 
-def _refuse_arguments(message: str) -> NoReturn:
-    """argparse's error in one line, without its usage block."""
-    print(f"{PROG}: error: {message}: {PROG} --help says what it takes", file=sys.stderr)
-    raise SystemExit(2)
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's errors in one line, without its usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        print(
+            f"{self.prog}: error: {message}: {self.prog} --help says what it takes", file=sys.stderr
+        )
+        raise SystemExit(2)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("folder", type=Path, help="a run folder or a multirun (sweep) folder")
@@ -781,10 +785,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    arguments = parser()
-    arguments.error = _refuse_arguments  # type: ignore[method-assign]
-    args = arguments.parse_args(argv)
+    args = parser().parse_args(argv)
     try:
+        if args.baseline == "":
+            raise ReportError("--baseline='' names no setting: give key=value or single_task")
         baseline = args.baseline or DEFAULT_BASELINE
         report(args.folder, args.out or args.folder, baseline, chosen=args.baseline is not None)
     except ReportError as e:

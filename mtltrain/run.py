@@ -37,7 +37,7 @@ from mtltrain.train import Trainer, evaluate
 
 log = logging.getLogger("mtltrain.train")
 # a job of `run_stacked`: the arguments of `run`
-Job = tuple[DictConfig, Path, Sequence[str], dict[str, str] | None, str | None]
+Job = tuple[DictConfig, Path, Sequence[str], dict[str, str] | None, str | None, Sequence[str]]
 
 
 def true_sigma(split: Split, terms: Sequence[LossTerm]) -> dict[str, float | None]:
@@ -56,18 +56,20 @@ def run(
     overrides: Sequence[str] = (),
     choices: dict[str, str] | None = None,
     job: str | None = None,
+    hydra_files: Sequence[str] = (),
 ) -> float:
     """Train as `cfg` says, write TensorBoard logs, checkpoints and results.json into
     `run_dir`; continue the run of `cfg.resume` where it stopped, and with `resume_sweep` (or
     in a job SLURM requeued) the run already in `run_dir` (a finished one is left as it is).
-    `job` names the sweep's job in its summary, where parallel jobs print side by side.
+    `job` names the sweep's job in its summary, where parallel jobs print side by side;
+    `hydra_files` are the files Hydra made in `run_dir` for this run (.hydra/, its log).
 
     Returns the objective metric, for Hydra sweepers. The folder is locked for the run's life.
     Every failure raises an MtlError (errors the tool does not check for become an
     UnexpectedError, their traceback in the run's log); a failure of a fresh run leaves a
     results.json that says so; nothing a run wrote before is ever replaced by a failure.
     """
-    steps = job_run(cfg, run_dir, overrides, choices, job)
+    steps = job_run(cfg, run_dir, overrides, choices, job, hydra_files)
     with logging_redirect_tqdm():
         try:
             trainer = next(steps)
@@ -173,6 +175,7 @@ def job_run(
     overrides: Sequence[str] = (),
     choices: dict[str, str] | None = None,
     job: str | None = None,
+    hydra_files: Sequence[str] = (),
 ) -> Generator[Trainer, None, float]:
     """`run` in steps: yields its built (or resumed) trainer, to be fitted alone or stacked
     with others' (`mtltrain.stacked`); sent None once it is fitted (or thrown the error that
@@ -184,7 +187,7 @@ def job_run(
             with rundir.lock(run_dir):
                 resume = _resume_from(cfg, run_dir)
                 if resume is None:
-                    rundir.check_fresh(run_dir, hydra_wrote=True)
+                    rundir.check_fresh(run_dir, hydra_files)
                 elif not cfg.resume and rundir.status(run_dir) == "completed":
                     log.info("%s already holds a finished run: kept as it is", run_dir)
                     return read_results(run_dir)["objective"]["value"]
@@ -236,7 +239,7 @@ def _as_mtl_error(e: BaseException, run_dir: Path) -> MtlError:
     if isinstance(e, MtlError):
         return e
     if isinstance(e, KeyboardInterrupt):
-        return Interrupted("stopped by Ctrl-C before training started", signal.SIGINT)
+        return Interrupted("stopped by Ctrl-C", signal.SIGINT)
     if isinstance(e, OSError) and e.errno in UNWRITABLE and _inside(e.filename, run_dir):
         return OutputError(f"could not write into {run_dir} ({e.strerror})")
     # torchrun's ranks 1… log into a scratch folder that is removed: their traceback is printed

@@ -14,17 +14,15 @@ import os
 import re
 import shlex
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
 
-from hydra._internal.utils import get_args_parser
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from omegaconf import OmegaConf
 
-from mtltrain.atomic import byte_size
+from mtltrain.atomic import byte_size, existing_folder
 from mtltrain.errors import ConfigError, RunFolderError
+from mtltrain.overrides import command_line, parse_overrides
 from mtltrain.results import RESULTS_FILE, read_results
 
 
@@ -106,16 +104,9 @@ def check_not_in_use(run_dir: Path) -> None:
         os.close(fd)
 
 
-def _existing(folder: Path) -> Path:
-    """`folder`, or its nearest ancestor that exists."""
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder
-
-
 def check_writable(folder: Path, setting: str) -> None:
     """Refuse a folder that cannot be made or written into: under a file, or read-only."""
-    existing = _existing(folder)
+    existing = existing_folder(folder)
     if not existing.is_dir():
         raise RunFolderError(f"{setting}={folder} cannot be made: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -133,7 +124,7 @@ MIN_FREE = 16 * 2**20
 def check_space(folder: Path, setting: str) -> None:
     """Refuse a folder on a disk with less than MIN_FREE bytes free, saying how much is
     missing."""
-    free = shutil.disk_usage(_existing(folder)).free
+    free = shutil.disk_usage(existing_folder(folder)).free
     if free < MIN_FREE:
         raise RunFolderError(
             f"{setting}={folder} is on a disk with {byte_size(free)} free: a run needs at least "
@@ -179,9 +170,9 @@ def _swept_values(overrides: Sequence[str]) -> dict[str, set[str]]:
     values = {}
     for o in parse_overrides(overrides):
         if o.key_or_group != "resume_sweep":
-            many = o.is_discrete_sweep()
+            listed = o.is_discrete_sweep() and not o.is_glob()  # a glob is read as written
             values[o.key_or_group] = (
-                set(o.sweep_string_iterator()) if many else {o.get_value_element_as_str()}
+                set(o.sweep_string_iterator()) if listed else {o.input_line.partition("=")[2]}
             )
     return values
 
@@ -198,23 +189,22 @@ def natural_key(name: str) -> tuple[tuple[str, int], ...]:
     )
 
 
-def foreign_entries(run_dir: Path, hydra_wrote: bool) -> list[str]:
-    """What a folder holds that a new run may not write over: anything but the lock (and
-    Hydra's files for this run, `hydra_wrote`), unless the folder holds a failed run of
+def foreign_entries(run_dir: Path, hydra_files: Collection[str]) -> list[str]:
+    """What a folder holds that a new run may not write over: anything but the lock and the
+    files Hydra made for this very run (`hydra_files`), unless the folder holds a failed run of
     mtltrain's, whose files the new run replaces (then names outside RUN_ENTRIES)."""
     if not run_dir.is_dir():
         return []
     names = sorted(p.name for p in run_dir.iterdir())
     if status(run_dir) in ("failed", "interrupted"):  # and no checkpoint: nothing to resume
-        return [n for n in names if n not in RUN_ENTRIES]
-    ours = {LOCK, *((".hydra", LOG_FILE) if hydra_wrote else ())}
-    return [n for n in names if n not in ours]
+        return [n for n in names if n not in {*RUN_ENTRIES, *hydra_files}]
+    return [n for n in names if n not in {LOCK, *hydra_files}]
 
 
-def check_fresh(run_dir: Path, hydra_wrote: bool = False) -> None:
+def check_fresh(run_dir: Path, hydra_files: Collection[str] = ()) -> None:
     """Refuse a folder that holds a finished or an unfinished run, or other files than a
-    failed run's (`foreign_entries`): a new run would write over them. `hydra_wrote`: Hydra has
-    made this run's .hydra/ and log file in it already."""
+    failed run's (`foreign_entries`): a new run would write over them. `hydra_files`: what
+    Hydra made in it for this run already (its .hydra/ and log file)."""
     if status(run_dir) == "completed":
         raise RunFolderError(
             f"{run_dir} already holds a finished run ({RESULTS_FILE}): it is not overwritten; "
@@ -225,7 +215,13 @@ def check_fresh(run_dir: Path, hydra_wrote: bool = False) -> None:
             f"{run_dir} holds an unfinished run ({CHECKPOINTS}/{LAST}): "
             f"continue it with {resume_command(run_dir)}, or choose another hydra.run.dir"
         )
-    foreign = foreign_entries(run_dir, hydra_wrote)
+    foreign = foreign_entries(run_dir, hydra_files)
+    if foreign and set(foreign) <= RUN_ENTRIES and status(run_dir) is None:
+        raise RunFolderError(
+            f"{run_dir} holds a run that stopped before its first checkpoint "
+            f"({', '.join(foreign)}): there is nothing to resume; delete it, or choose another "
+            "folder"
+        )
     if foreign:
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
         shown = ", ".join(foreign[:3]) + more
@@ -240,26 +236,6 @@ def checkpoint_of(target: Path) -> Path:
     return target if target.is_file() else checkpoint_file(target)
 
 
-def command_line(argv: Sequence[str]) -> tuple[list[str], bool, list[Override]]:
-    """The command line as Hydra reads it: its flags, whether it is a multirun, and its
-    overrides parsed (with the parser `hydra.main` itself uses; Hydra has no public one); a
-    flag it does not know is a one-line ConfigError, not argparse's usage block."""
-    parser = get_args_parser()
-    parser.error = _refuse_flag  # type: ignore[method-assign]
-    args = parser.parse_args(list(argv))
-    flags = [a for a in argv if a not in args.overrides]
-    return flags, args.multirun, parse_overrides(args.overrides)
-
-
-def _refuse_flag(message: str) -> NoReturn:
-    raise ConfigError(f"{message}: `mtltrain --help` lists the flags and the settings")
-
-
-def parse_overrides(overrides: Sequence[str]) -> list[Override]:
-    """Overrides as Hydra reads them."""
-    return OverridesParser.create().parse_overrides(list(overrides))
-
-
 def _key(override: Override) -> tuple[str, str | None]:
     return override.key_or_group, override.package
 
@@ -270,7 +246,7 @@ def prepare_arguments(argv: Sequence[str]) -> list[str]:
     if not any("resume=" in a for a in argv):
         return list(argv)
     flags, multirun, given = command_line(argv)
-    resume = next((o.value() for o in given if o.key_or_group == "resume"), None)
+    resume = _last(given, "resume")
     if resume is None:
         return list(argv)
     if multirun:
@@ -288,10 +264,10 @@ def prepare_arguments(argv: Sequence[str]) -> list[str]:
             f"{CHECKPOINTS}/{LAST}, and this file is not one; copy it to {CHECKPOINTS}/{LAST} "
             "of a folder (a new one is fine) and resume that folder"
         )
-    elsewhere = next((o for o in given if _key(o) == ("hydra.run.dir", None)), None)
-    if elsewhere is not None and Path(str(elsewhere.value())).resolve() != folder.resolve():
+    elsewhere = _last(given, "hydra.run.dir")
+    if elsewhere is not None and Path(str(elsewhere)).resolve() != folder.resolve():
         raise RunFolderError(
-            f"{elsewhere.input_line} is not allowed with resume=: a run continues in its own "
+            f"hydra.run.dir={elsewhere} is not allowed with resume=: a run continues in its own "
             f"folder, {folder}; to continue it elsewhere, copy {CHECKPOINTS}/{LAST} into that "
             "folder and resume it there"
         )
@@ -317,6 +293,12 @@ def check_settings_kept(saved: dict, overrides: Sequence[str]) -> None:
     refuse_other_settings(changed_settings(saved, config))
 
 
+def _last(given: Sequence[Override], key: str, default: object = None) -> object:
+    """The value of `key` in `given` (the last one where it is given twice, as Hydra takes)."""
+    values = [o.value() for o in given if o.key_or_group == key]
+    return values[-1] if values else default
+
+
 def check_own_run(folder: Path, saved: dict) -> None:
     """Refuse a checkpoint whose settings are not those of the run its folder holds (its
     .hydra/config.yaml): one copied in from another run would train as that run, in a folder
@@ -337,7 +319,7 @@ def check_own_run(folder: Path, saved: dict) -> None:
 
 def check_trains_longer(folder: Path, done: int, given: Sequence[Override]) -> None:
     """A finished run resumes only to train longer: trainer.epochs above the `done` it ran."""
-    asked = next((o.value() for o in given if o.key_or_group == "trainer.epochs"), done)
+    asked = _last(given, "trainer.epochs", done)
     if not isinstance(asked, int) or isinstance(asked, bool):
         raise ConfigError(f"trainer.epochs={asked!r} is not allowed: give a whole number")
     if asked <= done:

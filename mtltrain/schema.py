@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from mtltrain.constraints import Seed, mismatch
 from mtltrain.errors import ConfigError
 from mtltrain.tasks import DIRECTION
 
@@ -64,12 +65,11 @@ def _validation_size(value: object) -> None:
     )
 
 
-SEEDS = range(2**63)  # what torch.manual_seed takes (a negative seed wraps round)
-
-
 def check_seed(seed: int, key: str = "seed") -> None:
-    if seed not in SEEDS:
-        raise ConfigError(f"{key}={seed} is not allowed: it must be a whole number in [0, 2**63)")
+    """A seed as the data sets' and strategies' seeds are checked (`constraints.Seed`)."""
+    bad = mismatch(seed, Seed, key)
+    if bad is not None:
+        raise ConfigError(f"{bad.where}{bad.text}")
 
 
 def _one_of(key: str, value: object, allowed: tuple) -> None:

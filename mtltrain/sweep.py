@@ -44,9 +44,10 @@ def check_sweep(hydra: DictConfig, overrides: Iterable[Override]) -> None:
 
 
 def check_subdir(subdir: str) -> None:
-    """hydra.sweep.subdir (unresolved) must tell the jobs apart: with one folder for all, each
-    job would be refused the folder the one before it wrote."""
-    if not any(key in str(subdir) for key in ("hydra.job.num", "hydra.job.id", "override_dirname")):
+    """hydra.sweep.subdir (unresolved) must tell the jobs apart, so it interpolates something
+    (the job's number, a swept setting): with one folder for all, each job would be refused the
+    folder the one before it wrote."""
+    if "${" not in str(subdir):
         raise ConfigError(
             f"hydra.sweep.subdir={subdir} is not allowed: it names one folder for every job; "
             "keep ${hydra.job.num} (or ${hydra.job.override_dirname}) in it"
@@ -111,13 +112,17 @@ def check_swept(o: Override, optuna: bool) -> None:
             f"{o.input_line} is not allowed: interval() is sampled by hydra/sweeper="
             "mtltrain_optuna; the default sweeper takes a list (a,b), range() or choice()"
         )
-    tags = set(sweep.tags) - ({"log"} if optuna and isinstance(sweep, IntervalSweep) else set())
+    tags = set(getattr(sweep, "tags", ())) - (
+        {"log"} if optuna and isinstance(sweep, IntervalSweep) else set()
+    )
     if tags:
         raise ConfigError(
             f"{o.input_line} is not allowed: the tag {sorted(tags)[0]!r} means nothing here; "
             "the one tag read is log, as in tag(log, interval(1e-4, 1e-1)) with "
             "hydra/sweeper=mtltrain_optuna"
         )
+    if isinstance(sweep, RangeSweep) and sweep.step == 0:
+        raise ConfigError(f"{o.input_line} is not allowed: range()'s step must not be 0")
     if isinstance(sweep, RangeSweep) and _range_length(sweep) < 1:
         raise ConfigError(
             f"{o.input_line} sweeps no value: range(start, stop, step) counts from start up to "
@@ -134,4 +139,4 @@ def check_swept(o: Override, optuna: bool) -> None:
 
 def _range_length(sweep: RangeSweep) -> int:
     """How many values range(start, stop, step) takes (start, stop and step may be floats)."""
-    return math.ceil((sweep.stop - sweep.start) / (sweep.step or 1))
+    return math.ceil((sweep.stop - sweep.start) / sweep.step)

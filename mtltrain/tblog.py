@@ -103,7 +103,7 @@ class TensorBoardLog:
         summary.value.add(
             tag=tag, metadata=metadata.create_summary_metadata(data), tensor=metadata.NULL_TENSOR
         )
-        self._writer(self.log_dir / HPARAMS_RUN)._get_file_writer().add_summary(summary, step)
+        self._writer(self.log_dir / HPARAMS_RUN).file_writer.add_summary(summary, step)
 
 
 def _add_scalars(writer: SummaryWriter, values: Mapping[str, Tensor | float], step: int) -> None:

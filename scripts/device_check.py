@@ -384,10 +384,12 @@ def run_command(command: Command, seconds: float, env: dict[str, str], log: Path
 
 
 def script(command: Command) -> str:
-    """What `command` runs: its script, else the module after -m, else the program."""
+    """What `command` runs: the module after -m, else its script, else the program."""
+    if "-m" in command:
+        return command[command.index("-m") + 1]
     if any(a.endswith(".py") for a in command):
         return next(a for a in command if a.endswith(".py"))
-    return command[command.index("-m") + 1] if "-m" in command else Path(command[0]).name
+    return Path(command[0]).name
 
 
 def run_part(part: Part, check: Check) -> Outcome:

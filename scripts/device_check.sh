@@ -23,7 +23,11 @@ installed() {
 }
 
 if ! installed; then
-    venv=${DEVICE_CHECK_VENV:-$(mktemp -d)/venv}
+    if [ -z "${DEVICE_CHECK_VENV:-}" ]; then
+        scratch=$(mktemp -d)
+        trap 'rm -rf "$scratch"' EXIT
+    fi
+    venv=${DEVICE_CHECK_VENV:-$scratch/venv}
     echo "device_check: installing mtltrain into the virtual environment $venv" >&2
     "$python" -m venv --without-pip "$venv"
     own=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
@@ -40,4 +44,4 @@ for folder in site.getsitepackages():
     fi
     python=$venv/bin/python
 fi
-exec "$python" "$repo/scripts/device_check.py" "$@"
+"$python" "$repo/scripts/device_check.py" "$@"

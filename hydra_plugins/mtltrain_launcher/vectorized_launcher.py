@@ -105,8 +105,9 @@ class VectorizedLauncher(Launcher):
         hydra_of_job: list[DictConfig] = []
 
         def prepare(cfg: DictConfig) -> None:
-            hydra_of_job.append(HydraConfig.get())
-            jobs.append((cfg, *job_arguments(hydra_of_job[-1])))
+            hydra = HydraConfig.get()
+            jobs.append((cfg, *job_arguments(hydra)))
+            hydra_of_job.append(hydra)
 
         returns = [
             run_job(

@@ -7,16 +7,14 @@ y = f(x) + σ(x)·ε with σ(x) rising linearly from noise_min at x_min to noise
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from mtltrain.constraints import Count, Seed, at_least, checked
+from mtltrain.constraints import Count, NonNegative, Seed, checked
 from mtltrain.data.base import MultiTaskData, Split, task_specs
 from mtltrain.errors import ConfigError
-
-NoiseStd = Annotated[float, at_least(0)]
 
 
 def curve(x: Tensor) -> Tensor:
@@ -51,8 +49,8 @@ def build(
     n_test: Count = 2_000,
     x_min: float = 50.0,
     x_max: float = 151.0,
-    noise_min: NoiseStd = 0.1,
-    noise_max: NoiseStd = 0.6,
+    noise_min: NonNegative = 0.1,
+    noise_max: NonNegative = 0.6,
     seed: Seed = 0,
 ) -> MultiTaskData:
     """One regression task `y`; inputs are standardised with the train split's mean and std."""

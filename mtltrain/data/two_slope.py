@@ -7,7 +7,7 @@ from typing import Annotated, TypedDict
 
 import torch
 
-from mtltrain.constraints import NON_EMPTY, Count, Seed, at_least, checked
+from mtltrain.constraints import NON_EMPTY, Count, NonNegative, Seed, checked
 from mtltrain.data.base import MultiTaskData, Split, task_specs
 
 
@@ -16,7 +16,7 @@ class SlopeTask(TypedDict):
 
     slope: float
     intercept: float
-    noise_std: Annotated[float, at_least(0)]
+    noise_std: NonNegative
 
 
 def _draw(tasks: Mapping[str, SlopeTask], n: int, g: torch.Generator) -> Split:

@@ -44,8 +44,6 @@ class MLP(nn.Sequential):
         dropout: DropoutRate = 0.0,
     ) -> None:
         make_activation(activation)  # a bad name fails here, before any layer is built
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout={dropout}: it must be in [0, 1)")
         sizes = [in_features, *hidden, out_features]
         layers: list[nn.Module] = [nn.Flatten()] if flatten else []
         for i, (a, b) in enumerate(pairwise(sizes)):
