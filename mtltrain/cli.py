@@ -40,6 +40,7 @@ from mtltrain.errors import (
     UnexpectedError,
     first_line,
 )
+from mtltrain.interrupts import Stopped, raise_stopped, signal_of, stopped_by
 from mtltrain.overrides import command_line, parse_overrides
 from mtltrain.schema import check_boolean, register
 from mtltrain.sweep import check_subdir, check_sweep, log_optuna_as_hydra
@@ -89,7 +90,7 @@ def failed_job(e: MtlError, hc: DictConfig) -> float:
     multirun = hc.mode == RunMode.MULTIRUN
     stop = isinstance(e, Interrupted) and e.signal_number in (signal.SIGINT, signal.SIGTERM)
     if multirun and stop and _in_process(hc.launcher):
-        _fail(sweep_stopped(e, hc))
+        _fail(sweep_stopped(e, Path(hc.sweep.dir), Path(hc.runtime.output_dir)))
     _print_error(e, f"job {Path(hc.runtime.output_dir).name}: " if multirun else "")
     if isinstance(e, Interrupted) and e.signal_number == signal.SIGUSR2:
         _pass_on(signal.SIGUSR2)
@@ -106,16 +107,26 @@ def _in_process(launcher: DictConfig) -> bool:
     return str(launcher._target_).endswith(("BasicLauncher", "VectorizedLauncher"))
 
 
-def sweep_stopped(e: Interrupted, hc: DictConfig) -> Interrupted:
-    """The one line of a sweep a signal stopped: where, and the command that continues it."""
+def sweep_stopped(e: Interrupted, sweep_dir: Path, job: Path | None = None) -> Interrupted:
+    """The one line of a sweep a signal stopped (in `job`, if one was running): where, and the
+    command that continues it."""
     name = signal.Signals(e.signal_number).name
-    job = Path(hc.runtime.output_dir).name
-    command = rundir.resume_sweep_command(sys.argv[1:], Path(hc.sweep.dir))
+    where = f"job {job.name}" if job else str(sweep_dir)
+    kept = ", which wrote its checkpoint" if job and rundir.unfinished(job) else ""
+    command = rundir.resume_sweep_command(sys.argv[1:], sweep_dir)
     return Interrupted(
-        f"{name} stopped the sweep in job {job}, which wrote its checkpoint; continue the "
-        f"sweep with: {command}",
+        f"{name} stopped the sweep in {where}{kept}; continue the sweep with: {command}",
         e.signal_number,
     )
+
+
+def stopped(e: KeyboardInterrupt) -> Interrupted:
+    """The one line of Ctrl-C or SIGTERM outside a run's own handling of it (a run setting up,
+    Hydra between a sweep's jobs): a sweep in this process says how to continue it."""
+    stop = Interrupted(stopped_by(e), signal_of(e))
+    if isinstance(e, Stopped) and e.sweep_dir is not None:
+        return sweep_stopped(stop, e.sweep_dir)
+    return stop
 
 
 def _pass_on(signum: int) -> None:
@@ -168,6 +179,8 @@ class CheckBeforeRun(Callback):
                 )
             if jobs:
                 rundir.check_same_sweep(sweep_dir, config.hydra.overrides.task)
+        if _in_process(config.hydra.launcher) and not rundir.launched():
+            raise_stopped(sweep_dir)  # a signal between its jobs says how to continue it
 
 
 class SweepSummary(Callback):
@@ -192,6 +205,8 @@ class SweepSummary(Callback):
 def main() -> None:
     # Hydra then lets errors through instead of printing them with a hint of its own
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    if not rundir.launched():  # under torchrun, the ranks its agent stops end without a word
+        raise_stopped()
     with contextlib.ExitStack() as scratch:
         try:
             check_command_line(sys.argv[1:])
@@ -207,8 +222,8 @@ def main() -> None:
             _fail(config_error(e, [a for a in sys.argv[1:] if "=" in a and a[0] != "-"]))
         except OSError as e:  # Hydra's own files (.hydra/, multirun.yaml) could not be written
             _fail(file_error(e))
-        except KeyboardInterrupt:  # outside a run's own handling of Ctrl-C
-            _fail(Interrupted("stopped by Ctrl-C", signal.SIGINT))
+        except KeyboardInterrupt as e:  # outside a run's own handling of Ctrl-C or SIGTERM
+            _fail(stopped(e))
         except Exception as e:  # raised by Hydra or a plugin (a launcher, a sweeper)
             _fail(outside_error(e))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from mtltrain.errors import (
     UnexpectedError,
     first_line,
 )
+from mtltrain.interrupts import signal_of, stopped_by
 from mtltrain.losses import LossTerm
 from mtltrain.metrics import main_metric
 from mtltrain.results import RESULTS_FILE, read_results, summary_table, write_json
@@ -158,12 +158,12 @@ def _alone(job: _Started) -> Exception | None:
 
 
 def _fit(fit: Callable[[], object]) -> Exception | None:
-    """The error that stopped `fit`, or None; a second Ctrl-C (KeyboardInterrupt, raised
-    mid-step) as an Interrupted whose step and checkpoint are lost."""
+    """The error that stopped `fit`, or None; a second Ctrl-C or SIGTERM (raised mid-step) as
+    an Interrupted whose step and checkpoint are lost."""
     try:
         fit()
-    except KeyboardInterrupt:
-        return Interrupted("stopped at once by a second Ctrl-C, mid-step", signal.SIGINT)
+    except KeyboardInterrupt as e:
+        return Interrupted(f"{stopped_by(e, 'at once ')} (a second signal), mid-step", signal_of(e))
     except Exception as e:
         return e
     return None
@@ -239,7 +239,7 @@ def _as_mtl_error(e: BaseException, run_dir: Path) -> MtlError:
     if isinstance(e, MtlError):
         return e
     if isinstance(e, KeyboardInterrupt):
-        return Interrupted("stopped by Ctrl-C", signal.SIGINT)
+        return Interrupted(stopped_by(e), signal_of(e))
     if isinstance(e, OSError) and e.errno in UNWRITABLE and _inside(e.filename, run_dir):
         return OutputError(f"could not write into {run_dir} ({e.strerror})")
     # torchrun's ranks 1… log into a scratch folder that is removed: their traceback is printed

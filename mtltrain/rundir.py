@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
-from hydra.core.override_parser.types import Override
+from hydra.core.override_parser.types import Glob, Override
 from omegaconf import OmegaConf
 
 from mtltrain.atomic import byte_size, existing_folder
@@ -170,7 +170,7 @@ def _swept_values(overrides: Sequence[str]) -> dict[str, set[str]]:
     values = {}
     for o in parse_overrides(overrides):
         if o.key_or_group != "resume_sweep":
-            listed = o.is_discrete_sweep() and not o.is_glob()  # a glob is read as written
+            listed = o.is_discrete_sweep() and not isinstance(o.value(), Glob)  # read as written
             values[o.key_or_group] = (
                 set(o.sweep_string_iterator()) if listed else {o.input_line.partition("=")[2]}
             )
@@ -216,7 +216,7 @@ def check_fresh(run_dir: Path, hydra_files: Collection[str] = ()) -> None:
             f"continue it with {resume_command(run_dir)}, or choose another hydra.run.dir"
         )
     foreign = foreign_entries(run_dir, hydra_files)
-    if foreign and set(foreign) <= RUN_ENTRIES and status(run_dir) is None:
+    if ".hydra" in foreign and set(foreign) <= RUN_ENTRIES and status(run_dir) is None:
         raise RunFolderError(
             f"{run_dir} holds a run that stopped before its first checkpoint "
             f"({', '.join(foreign)}): there is nothing to resume; delete it, or choose another "

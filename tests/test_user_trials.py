@@ -118,6 +118,33 @@ def test_a_signal_stops_a_sweep_with_the_command_that_continues_it(tmp_path):
     assert [rundir.status(j) for j in rundir.jobs_in(sweep)] == ["completed", "completed"]
 
 
+@pytest.mark.parametrize("sweep", [False, True], ids=["run", "sweep"])
+def test_sigterm_before_training_is_one_line_too(tmp_path, sweep):
+    """SIGTERM while the run sets up (its folder made, training not begun): exit 143 with one
+    line, as during training, not a process killed without a word (-15)."""
+    folder = tmp_path / "out"
+    where = f"hydra.sweep.dir={folder}" if sweep else f"hydra.run.dir={folder}"
+    args = [*(["-m", "seed=0,1"] if sweep else []), "trainer.epochs=2000", "dataset.n_train=32",
+            "dataset.n_test=16", where]  # fmt: skip
+    proc = subprocess.Popen(
+        [MTLTRAIN, *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not list(folder.rglob(".hydra")):  # Hydra has made the run's folder
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("mtltrain: error: ") and "SIGTERM" in line, line
+    if sweep:  # the command it prints finishes the sweep
+        command = shlex.split(line.partition("continue the sweep with: ")[2])
+        assert run_cli(command[1:], cwd=tmp_path).returncode == 0
+        assert [rundir.status(j) for j in rundir.jobs_in(folder)] == ["completed"] * 2
+
+
 def test_a_failed_stacked_job_is_one_line_and_the_others_finish(tmp_path):
     """hydra/launcher=vectorized: one job with a setting refused, one whose loss goes NaN."""
     sweep = tmp_path / "sweep"
