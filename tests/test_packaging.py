@@ -37,3 +37,10 @@ def test_installed_package_finds_its_configs(installed, tmp_path):
         assert sorted(p.name for p in (configs / group).glob("*.yaml")) == sorted(
             p.name for p in (ROOT / "conf" / group).glob("*.yaml")
         )
+
+
+def test_installed_package_has_every_module(installed):
+    """Every module of the source tree is in the install (a subpackage missing from
+    pyproject.toml's `packages` would be left out)."""
+    source = {p.relative_to(ROOT).as_posix() for p in (ROOT / "mtltrain").rglob("*.py")}
+    assert source <= {p.relative_to(installed).as_posix() for p in installed.rglob("*.py")}

@@ -13,7 +13,8 @@ import pytest
 from conftest import run_cli, run_report
 from matplotlib.image import imread
 
-from mtltrain.report import main, seed_curve
+from mtltrain.report import main
+from mtltrain.report.plots import seed_curve
 
 # one worker builds this module's costly module-scoped fixture for all its tests
 pytestmark = pytest.mark.xdist_group("report")
@@ -113,7 +114,8 @@ def test_table_is_mean_and_std_over_seeds(sweep):
 
 
 def test_cells_round_the_mean_to_the_spread():
-    from mtltrain.report import Stat, fmt_stat
+    from mtltrain.report import Stat
+    from mtltrain.report.tables import fmt_stat
 
     assert fmt_stat(Stat(2.94183, 0.21134)) == "2.94 ± 0.21"
     assert fmt_stat(Stat(0.49961, 0.018942)) == "0.500 ± 0.019"
