@@ -19,7 +19,6 @@ from hard_gradients import (
 from mtltrain.errors import ConfigError
 from mtltrain.losses import LossTerm, mse
 from mtltrain.weighting.aligned_mtl import AlignedMTL
-from mtltrain.weighting.bargaining import fair_weights
 from mtltrain.weighting.cagrad import CAGrad, conflict_averse
 from mtltrain.weighting.conflict_free import ConFIG
 from mtltrain.weighting.db_mtl import DBMTL
@@ -30,6 +29,7 @@ from mtltrain.weighting.gradvac import GradVac
 from mtltrain.weighting.imtl import IMTL
 from mtltrain.weighting.nash_mtl import NashMTL
 from mtltrain.weighting.pcgrad import PCGrad
+from mtltrain.weighting.solvers import fair_weights
 from mtltrain.weighting.upgrad import UPGrad
 
 CASES = hard_cases()

@@ -18,7 +18,7 @@ from mtltrain.build import build_trainer
 from mtltrain.errors import ConfigError
 from mtltrain.losses import LossTerm, mse
 from mtltrain.weighting.mgda import MGDA
-from mtltrain.weighting.min_norm import min_norm_point
+from mtltrain.weighting.solvers import min_norm_point
 
 
 def cases_with_a_pareto_stationary_one():

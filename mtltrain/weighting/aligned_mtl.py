@@ -17,7 +17,7 @@ from torch import Tensor
 
 from mtltrain.losses import LossTerm
 from mtltrain.weighting.base import GradientWeighting
-from mtltrain.weighting.min_norm import EPS
+from mtltrain.weighting.solvers import EPS
 
 
 class AlignedMTL(GradientWeighting):

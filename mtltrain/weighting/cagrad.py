@@ -26,7 +26,7 @@ from torch import Tensor
 
 from mtltrain.losses import LossTerm
 from mtltrain.weighting.base import PRECISION, GradientWeighting, Range, resolved_rows
-from mtltrain.weighting.min_norm import EPS, min_norm_point
+from mtltrain.weighting.solvers import EPS, min_norm_point
 
 
 class CAGrad(GradientWeighting):

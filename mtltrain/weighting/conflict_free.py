@@ -18,7 +18,7 @@ from torch import Tensor
 
 from mtltrain.losses import LossTerm
 from mtltrain.weighting.base import GradientWeighting, resolved_rows
-from mtltrain.weighting.min_norm import EPS
+from mtltrain.weighting.solvers import EPS
 
 
 class ConFIG(GradientWeighting):

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from mtltrain.losses import LossTerm
 from mtltrain.weighting.base import PRECISION, GradientWeighting, Range, resolved_rows
-from mtltrain.weighting.min_norm import EPS
+from mtltrain.weighting.solvers import EPS
 
 VARIANTS = ("gradient", "loss", "hybrid")
 

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from mtltrain.losses import LossTerm
 from mtltrain.weighting.base import GradientWeighting, Range
-from mtltrain.weighting.min_norm import min_norm_point
+from mtltrain.weighting.solvers import min_norm_point
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 

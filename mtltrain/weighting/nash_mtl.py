@@ -20,9 +20,8 @@ import torch
 from torch import Tensor
 
 from mtltrain.losses import LossTerm
-from mtltrain.weighting.bargaining import fair_weights
 from mtltrain.weighting.base import GradientWeighting, resolved_rows
-from mtltrain.weighting.min_norm import EPS
+from mtltrain.weighting.solvers import EPS, fair_weights
 
 
 class FairWeighting(GradientWeighting):

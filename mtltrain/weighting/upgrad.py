@@ -16,7 +16,7 @@ from torch import Tensor
 
 from mtltrain.losses import LossTerm
 from mtltrain.weighting.base import GradientWeighting
-from mtltrain.weighting.dual_cone import project_to_dual_cone
+from mtltrain.weighting.solvers import project_to_dual_cone
 
 
 class UPGrad(GradientWeighting):

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from mtltrain.weighting.base import resolved_rows
-from mtltrain.weighting.min_norm import EPS
+from mtltrain.weighting.solvers.min_norm import EPS
 
 TOLERANCE = 1e-9  # on |w_k^(1/p)·(Mw)_k − 1|, the equations made scale-free, above rounding
 # ρ = ‖Σ w_k g_k‖ / Σ w_k‖g_k‖ below this: a float64 Gramian knows ‖d‖² only to ε/ρ² > 2e-6

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from mtltrain.weighting.base import resolved_rows
-from mtltrain.weighting.min_norm import EPS
+from mtltrain.weighting.solvers.min_norm import EPS
 
 
 class Projection(NamedTuple):
