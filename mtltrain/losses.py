@@ -54,6 +54,26 @@ def detach(output: Tensor | MeanLogVar) -> Tensor | MeanLogVar:
     return output.detach()
 
 
+Heads = Mapping[str, Tensor | MeanLogVar]
+
+
+def map_heads(fn: Callable[..., Tensor], *heads: Heads) -> dict[str, Tensor | MeanLogVar]:
+    """{name: `fn` of that name's outputs in every one of `heads`}, a MeanLogVar's mean and
+    log_var each apart (the heads' outputs, or targets, of a step or of a stack of jobs)."""
+
+    def one(*outputs: Tensor | MeanLogVar) -> Tensor | MeanLogVar:
+        if isinstance(outputs[0], MeanLogVar):
+            return MeanLogVar(*map(fn, *outputs))
+        return fn(*outputs)
+
+    return {name: one(*(h[name] for h in heads)) for name in heads[0]}
+
+
+def head_tensors(heads: Heads) -> list[Tensor]:
+    """Every tensor of the heads' outputs."""
+    return [t for out in heads.values() for t in (out if isinstance(out, MeanLogVar) else [out])]
+
+
 Reduction = Literal["mean", "none"]
 
 

@@ -35,20 +35,26 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from functools import cached_property
-from typing import Any, cast
+from typing import Any
 
 import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
-from torch.utils._pytree import tree_leaves, tree_map
 
 from mtltrain.data.base import Split
 from mtltrain.errors import first_line
 from mtltrain.interrupts import StopSignals
 from mtltrain.jobs_optimizer import JobsOptimizer
-from mtltrain.losses import all_per_element, compute_losses, detach, job_losses
+from mtltrain.losses import (
+    all_per_element,
+    compute_losses,
+    detach,
+    head_tensors,
+    job_losses,
+    map_heads,
+)
 from mtltrain.models.base import Outputs
 from mtltrain.runtime import STARTING_THREADS, auto_threads, settle_threads
 from mtltrain.step import Step
@@ -210,11 +216,8 @@ class StackedTrainer:
         self.prefixed = {f"strategy.{k}": v for k, v in self.strategy_state.items()}
         self.together = all(_same_settings(t.strategy, first.strategy) for t in self.jobs)
         self.contributions_of = vmap(self.job_contributions)
-        self.broadcast = (
-            _holding(first.strategy, self.strategy_state)
-            if self.together and first.strategy.elementwise
-            else None
-        )
+        # an elementwise strategy's contributions of every job at once, on the stacked tensors
+        self.broadcast = self.together and first.strategy.elementwise
         self.observing = _overrides(first.strategy, "observe")
         self.acting_after = _overrides(first.strategy, "after_step")
         shared = all(_same_split(t.train_split, first.train_split) for t in self.jobs)
@@ -278,8 +281,8 @@ class StackedTrainer:
     def contributions(self, losses: Tensor) -> Tensor:
         """Each job's contributions: at once where the jobs' strategies differ only in their
         tensors, else each by its own strategy."""
-        if self.broadcast is not None:
-            return self.broadcast.contributions(losses)
+        if self.broadcast:
+            return functional_call(self.contributors[0], self.prefixed, (losses,))
         if self.together:
             return self.contributions_of(self.prefixed, losses)
         rows = losses.unbind(0)  # each job's strategy on its rows of the stacked tensors
@@ -417,7 +420,7 @@ class StackedTrainer:
         scored = Split(_NO_INPUTS, batch.targets, batch.noise_std)  # what the metrics read
         self.pending.append((seen, scored, mask))
         if not self.step_bytes:  # the same every step
-            held = [*scored.tensors(), *tree_leaves(seen)]
+            held = [*scored.tensors(), *head_tensors(seen)]
             self.step_bytes = sum(t.nbytes for t in held)
         self.pending_bytes += self.step_bytes
         if self.pending_bytes > FLUSH_BYTES:
@@ -433,10 +436,7 @@ class StackedTrainer:
             {k: torch.cat([b.targets[k] for b in batches], 1) for k in batches[0].targets},
             {k: torch.cat([b.noise_std[k] for b in batches], 1) for k in batches[0].noise_std},
         )
-        joined_seen = {
-            k: tree_map(lambda *ts: torch.cat(ts, 1), *[s[k] for s, _, _ in self.pending])
-            for k in self.pending[0][0]
-        }
+        joined_seen = map_heads(lambda *ts: torch.cat(ts, 1), *[s for s, _, _ in self.pending])
         masks = [m for _, _, m in self.pending]
         sizes = [next(iter(b.targets.values())).shape[1] for b in batches]
         for i in self.active():
@@ -444,7 +444,7 @@ class StackedTrainer:
             if keep is not None and not bool(keep.any()):  # skipped every pending step
                 continue
             row = lambda t, i=i, keep=keep: t[i] if keep is None else t[i][keep]  # noqa: E731
-            outputs = {k: tree_map(row, v) for k, v in joined_seen.items()}
+            outputs = map_heads(row, joined_seen)
             part = Split(
                 _NO_INPUTS,
                 {k: row(v) for k, v in joined_batch.targets.items()},
@@ -546,7 +546,7 @@ class JobStep(Step):
 
     @cached_property
     def outputs(self) -> Outputs:  # type: ignore[override]
-        return tree_map(lambda t: t[self.index], self.stacked_outputs)
+        return map_heads(lambda t: t[self.index], self.stacked_outputs)
 
 
 class _Contributions(nn.Module):
@@ -584,16 +584,6 @@ def _stack(
     return stacked, replaced
 
 
-def _holding(strategy: Weighting, state: dict[str, Tensor]) -> Weighting:
-    """A copy of `strategy` whose parameters and buffers are the stacked tensors themselves
-    (an `elementwise` strategy's contributions of every job at once)."""
-    copy = cast(Weighting, object.__new__(type(strategy)))
-    copy.__dict__.update(strategy.__dict__)
-    copy._parameters = {k: v for k, v in state.items() if k in strategy._parameters}
-    copy._buffers = {k: v for k, v in state.items() if k in strategy._buffers}
-    return copy
-
-
 def _put(module: nn.Module, name: str, value: Tensor) -> None:
     owner, _, leaf = name.rpartition(".")
     setattr(module.get_submodule(owner), leaf, value)
@@ -626,15 +616,19 @@ def _overrides(strategy: Weighting, hook: str) -> bool:
     return getattr(type(strategy), hook) is not getattr(Weighting, hook)
 
 
+# torch's dropout and convolution layers (and their subclasses: the lazy convolutions)
+DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+            nn.FeatureAlphaDropout)  # fmt: skip
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                nn.ConvTranspose3d)  # fmt: skip
+
+
 def _draws_random(model: nn.Module) -> bool:
-    return any(
-        isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 and m.training
-        for m in model.modules()
-    )
+    return any(isinstance(m, DROPOUTS) and m.p > 0 and m.training for m in model.modules())
 
 
 def _has_convolutions(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    return any(isinstance(m, CONVOLUTIONS) for m in model.modules())
 
 
 def _shapes(module: nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype]]:

@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._pytree import tree_leaves, tree_map
 
 from mtltrain.errors import ConfigError
 from mtltrain.losses import (
@@ -16,9 +15,11 @@ from mtltrain.losses import (
     dice,
     focal,
     gaussian_nll,
+    head_tensors,
     job_losses,
     laplace_nll,
     loss_terms,
+    map_heads,
     mse,
 )
 from mtltrain.schema import LossConfig
@@ -195,7 +196,7 @@ def job_batches(jobs=3, batch=4):
 
 def job(batches, j):
     """Job j's outputs or targets, from a stack."""
-    return {k: tree_map(lambda t: t[j], v) for k, v in batches.items()}
+    return map_heads(lambda t: t[j], batches)
 
 
 def test_the_per_element_losses_average_to_the_loss():
@@ -211,7 +212,7 @@ def test_job_losses_are_each_jobs_losses_and_their_gradients():
     terms = loss_terms(JOB_TASKS, SETTINGS)
     assert all_per_element(terms)
     outputs, targets = job_batches()
-    leaves = [t.requires_grad_() for t in tree_leaves(outputs) if t.is_floating_point()]
+    leaves = [t.requires_grad_() for t in head_tensors(outputs) if t.is_floating_point()]
     stacked = job_losses(terms, outputs, targets)
     alone = torch.stack([compute_losses(terms, job(outputs, j), job(targets, j)) for j in range(3)])
     torch.testing.assert_close(stacked, alone, rtol=1e-14, atol=0)
