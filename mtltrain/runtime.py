@@ -176,7 +176,7 @@ def busy_cores(window_s: float = 0.05) -> float:
 def spare_threads(wanted: int, cores: int, busy: float) -> int:
     """The threads a run takes of the `wanted` when other work keeps `busy` of its `cores` busy:
     min(wanted, cores − round(busy)), at least 1 (a thread that waits for a busy core holds up
-    every parallel region: README, *Performance*, measures a stacked sweep)."""
+    every parallel region: docs/performance.md, *Threads*, measures a stacked sweep)."""
     return max(1, min(wanted, cores - round(busy)))
 
 

@@ -1,6 +1,6 @@
 """Benchmark mtltrain's training step against the usual PyTorch way, in one process.
 
-    python scripts/bench.py --publish       # docs/results/bench.{json,md}, table into README.md
+    python scripts/bench.py --publish       # docs/results/bench.{json,md}, and into the pages
     python scripts/bench.py --mnist-root DIR --out bench.json --markdown bench.md
     python scripts/bench.py --device cuda --only mnist,two_slope --out gpu.json  # two sections
 
@@ -829,7 +829,7 @@ def main() -> None:
     parser.add_argument(
         "--publish",
         action="store_true",
-        help="write docs/results/bench.json and .md and copy the table into README.md",
+        help="write docs/results/bench.json and .md and copy them into the pages that embed them",
     )
     args = parser.parse_args()
     if args.publish:

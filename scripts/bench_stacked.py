@@ -20,7 +20,7 @@ launcher, on this machine, in one run.
 `--jobs N` measures one N instead: the default launcher's sweep of N jobs against the
 stacked sweep of N, the steps at N and the hand-written loop of N. `--device` picks where
 every run and step trains (default: the CPU, which `--publish` requires).
-`--publish` writes docs/results/stacked.md (and the README section that embeds it).
+`--publish` writes docs/results/stacked.md (and the section of docs/scaling-out.md that embeds it).
 """
 
 from __future__ import annotations

@@ -207,9 +207,7 @@ def parse_args(experiment: Experiment, argv: Sequence[str] | None) -> argparse.N
     if experiment.mnist:
         p.add_argument("--mnist-root", default=MNIST_ROOT, help="default: %(default)s")
     p.add_argument("--threads", type=int, help="intra-op threads per run (default: torch's)")
-    p.add_argument(
-        "--no-docs", action="store_true", help="write nothing into docs/results/ or README.md"
-    )
+    p.add_argument("--no-docs", action="store_true", help="write nothing into docs/ or README.md")
     p.add_argument("--tables-only", action="store_true", help="reuse the sweep in --runs")
     p.add_argument(
         "--override",

@@ -182,14 +182,14 @@ def test_without_a_gpu_only_the_dry_run_runs(capsys):
     )
 
 
-def test_the_readme_and_the_docstring_give_the_checks_sizes_and_limits():
+def test_the_docs_and_the_docstring_give_the_checks_sizes_and_limits():
     import device_check as dc
 
     limits = dc.duration(sum(part.limit_s for part in dc.PARTS))
-    readme = " ".join((REPO / "README.md").read_text().split())
+    page = " ".join((REPO / "docs" / "performance.md").read_text().split())
     sizes = dc.GPU_SIZES
-    assert f"({limits} in all;" in readme
-    assert f"N = {sizes.stacked_jobs} ({sizes.stacked_epochs} epochs a job)" in readme
+    assert f"({limits} in all;" in page
+    assert f"N = {sizes.stacked_jobs} ({sizes.stacked_epochs} epochs a job)" in page
     docstring = " ".join(dc.__doc__.split())
     assert f"The limits add up to {limits}." in docstring
     assert f"N = {sizes.stacked_jobs} on the GPU, {sizes.stacked_epochs} epochs a job" in docstring

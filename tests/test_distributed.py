@@ -225,7 +225,7 @@ def root_cause(stderr: str) -> str:
 def test_a_bad_setting_under_torchrun_is_one_line_and_torchruns_table_names_it(tmp_path):
     missing = tmp_path / "no_mnist"
     args = ["dataset=mnist_mtl", "dataset.download=false", f"dataset.root={missing}"]
-    quiet = {"LOGLEVEL": "ERROR", "TORCH_LOGS": "-distributed"}  # torch's, as the README says
+    quiet = {"LOGLEVEL": "ERROR", "TORCH_LOGS": "-distributed"}  # torch's, as docs/scaling-out.md says
     done = torchrun("-m", "mtltrain", *args, "hydra.run.dir=run", cwd=tmp_path, env=quiet)
     assert done.returncode == 1, done.stderr[-3000:]  # torchrun's own, whatever its workers'
     (line,) = mtltrain_lines(done.stderr)  # once, not once per rank

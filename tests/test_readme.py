@@ -1,5 +1,6 @@
-"""The README's results and benchmark tables are the files the scripts wrote, not typed in, its
-first output is what the default command prints, and its example commands run."""
+"""The results and benchmark tables of the README and the documentation pages are the files the
+scripts wrote, not typed in, the README's first output is what the default command prints, and
+the example commands of *Getting started* run."""
 
 import re
 import shlex
@@ -19,38 +20,49 @@ sys.path.insert(0, str(REPO / "scripts"))
 import update_readme  # noqa: E402
 
 
-def test_readme_sections_are_the_generated_files():
-    readme = (REPO / "README.md").read_text()
-    sections = list(update_readme.SECTION.finditer(readme))
-    assert {m["source"] for m in sections} >= {
-        "docs/results/bench.md", "docs/results/two_slope.md", "docs/results/mnist.md",
-        "docs/results/sin.md", "docs/results/seg.md",
-    }  # fmt: skip
-    for match in sections:
-        source = REPO / match["source"]
-        assert source.is_file(), f"{match['source']} is missing: run the script that writes it"
-        assert match["body"] == update_readme.embedded(source) + "\n", (
-            f"README.md differs from {match['source']}: run python scripts/update_readme.py"
-        )
+def test_generated_sections_are_the_generated_files():
+    sources = []
+    for page in update_readme.pages():
+        for match in update_readme.SECTION.finditer(page.read_text()):
+            name = page.relative_to(REPO)
+            source = REPO / match["source"]
+            assert source.is_file(), f"{match['source']} is missing: run the script that writes it"
+            assert match["body"] == update_readme.expected(match, page), (
+                f"{name} differs from {match['source']}: run python scripts/update_readme.py"
+            )
+            sources.append((name.as_posix(), match["source"]))
+    assert {
+        ("README.md", "docs/results/bench.md"),
+        ("docs/performance.md", "docs/results/bench.md"),
+        ("docs/scaling-out.md", "docs/results/stacked.md"),
+    } <= set(sources)
 
 
 def test_update_embeds_the_file_with_deeper_titles_and_picture_links(tmp_path):
-    (tmp_path / "docs").mkdir()
-    (tmp_path / "docs" / "a.md").write_text("# Title\n\n| x |\n| 1 |\n\n![plot](a.png)\n")
-    readme = tmp_path / "README.md"
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    (tmp_path / "docs" / "results" / "a.md").write_text(
+        "# Title\n\n| x |\n| 1 |\n\n![plot](a.png)\n\n| y |\n| 2 |\n"
+    )
+    readme, page = tmp_path / "README.md", tmp_path / "docs" / "page.md"
     readme.write_text(
-        "intro\n<!-- generated: docs/a.md -->\nold\n<!-- end generated -->\n"
+        "intro\n<!-- generated: docs/results/a.md -->\nold\n<!-- end generated -->\n"
         "<!-- generated: docs/missing.md -->\nkept\n<!-- end generated -->\nend\n"
     )
-    assert update_readme.update(tmp_path) == ["docs/a.md"]
+    page.write_text("<!-- generated: docs/results/a.md tables=1 -->\n<!-- end generated -->\n")
+    assert update_readme.update(tmp_path) == ["docs/results/a.md", "docs/results/a.md"]
     want = (
-        "intro\n<!-- generated: docs/a.md -->\n### Title\n\n| x |\n| 1 |\n\n"
-        "![plot](docs/a.png)\n<!-- end generated -->\n"
+        "intro\n<!-- generated: docs/results/a.md -->\n### Title\n\n| x |\n| 1 |\n\n"
+        "![plot](docs/results/a.png)\n\n| y |\n| 2 |\n<!-- end generated -->\n"
         "<!-- generated: docs/missing.md -->\nkept\n<!-- end generated -->\nend\n"
+    )
+    want_page = (
+        "<!-- generated: docs/results/a.md tables=1 -->\n### Title\n\n| x |\n| 1 |\n"
+        "<!-- end generated -->\n"
     )
     assert readme.read_text() == want
+    assert page.read_text() == want_page  # the first table only, links from docs/
     update_readme.update(tmp_path)
-    assert readme.read_text() == want  # a second pass changes nothing
+    assert readme.read_text() == want and page.read_text() == want_page  # a second pass: same
 
 
 FENCED = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
@@ -83,10 +95,10 @@ def test_run_it_shows_what_the_default_command_prints(tmp_path):
 
 
 def example_commands() -> list[list[str]]:
-    """The overrides of every `mtltrain` line of the README's Examples, one list per run (a
-    sweep's comma lists expanded)."""
-    readme = (REPO / "README.md").read_text()
-    block = readme.split("## Examples", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    """The overrides of every `mtltrain` line of the Examples of *Getting started*, one list
+    per run (a sweep's comma lists expanded)."""
+    page = (REPO / "docs" / "getting-started.md").read_text()
+    block = page.split("## Examples", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     runs = []
     for line in block.splitlines():
         words = shlex.split(line.split("#", 1)[0])

@@ -3,7 +3,7 @@
 import io
 import json
 import math
-import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,10 @@ from mtltrain.errors import ConfigError
 from mtltrain.run import run
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+import strategy_pages  # noqa: E402
+
 TINY = ["trainer.epochs=2", "dataset.n_train=64", "dataset.n_test=32"]
 
 
@@ -154,28 +158,20 @@ def test_every_strategy_on_every_data_set(tmp_path, mnist_root, strategy, data):
     assert bool(pictures) == (data != "mnist_focal")  # classification alone has no picture
 
 
-def readme_strategy_rows() -> dict[str, list[str]]:
-    """The README's table of weighting strategies: name → cells."""
-    section = (REPO / "README.md").read_text().split("## Weighting strategies", 1)[1]
-    table = [line for line in section.split("\n\n", 3)[2].splitlines() if line.startswith("|")]
-    rows = table[2:]  # under the header and its rule
-    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]] for row in rows]
-    return {c[0].strip("`"): c for c in cells}
-
-
-def test_the_readme_says_what_each_strategy_is_and_logs(tmp_path, mnist_root):
-    """Every weighting config has a row in the README's table whose kind is the strategy's and
-    whose last column names what it logs besides `weight`, as a run writes it."""
-    rows = readme_strategy_rows()
-    assert set(rows) == set(STRATEGIES)
+def test_the_strategy_page_says_what_each_strategy_is_and_logs(tmp_path, mnist_root):
+    """Every weighting config has a section on the generated strategy page whose kind is the
+    strategy's and whose `Logs:` line (its class docstring's) names what it logs besides
+    `weight`, as a run writes it."""
+    sections = {s.name: s for s in strategy_pages.strategies()}
+    assert set(sections) == set(STRATEGIES)
     kinds = {None: "loss", "parameters": "gradient", "representation": "representation"}
-    for strategy, cells in rows.items():
+    for strategy, section in sections.items():
         overrides = [*TINY_SETS["mnist_focal"], f"dataset.root={mnist_root}", "trainer.epochs=1"]
         cfg = make_config([*overrides, f"weighting={strategy}"])
-        assert cells[1] == kinds[build_trainer(cfg).strategy.level], strategy
+        assert section.kind == kinds[build_trainer(cfg).strategy.level], strategy
         run(cfg, tmp_path / strategy)
         logged = set(results_of(tmp_path / strategy)["weighting"])
-        assert logged == {"weight", *re.findall(r"`(\w+)`", cells[-1])}, strategy
+        assert logged == {"weight", *section.logs}, strategy
 
 
 def test_one_task_two_loss_terms_fixed_against_learned(tmp_path, mnist_root):

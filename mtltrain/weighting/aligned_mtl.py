@@ -21,7 +21,14 @@ from mtltrain.weighting.solvers import EPS
 
 
 class AlignedMTL(GradientWeighting):
-    """d = Σ α_k g_k, α = B·1, B = √λ_min·V·Λ^(−1/2)·Vᵀ from M = VΛVᵀ (Senushkin et al. 2023)."""
+    """d = Σ α_k g_k, α = B·1, B = √λ_min·V·Λ^(−1/2)·Vᵀ from M = VΛVᵀ (Senushkin et al. 2023).
+
+    The task gradients made orthogonal and of equal norm (aligned), then summed.
+
+    Paper: Senushkin et al., CVPR 2023.
+    Scale: sum (torchjd: the mean, 1/K of it).
+    Logs: `direction_norm`.
+    """
 
     def __init__(self, terms: Sequence[LossTerm], representation: bool = False) -> None:
         super().__init__(terms)

@@ -30,7 +30,17 @@ from mtltrain.weighting.solvers import EPS, min_norm_point
 
 
 class CAGrad(GradientWeighting):
-    """d = (g₀ + √φ·g_w/‖g_w‖)/(1 + c²), w the exact minimiser of g_w·g₀ + √φ·‖g_w‖."""
+    """d = (g₀ + √φ·g_w/‖g_w‖)/(1 + c²), w the exact minimiser of g_w·g₀ + √φ·‖g_w‖.
+
+    g₀ is the mean gradient, √φ = c‖g₀‖, and w = argmin g_w·g₀ + c‖g₀‖‖g_w‖ is solved exactly
+    (min-norm points of shifted gradients and a safeguarded root search, not a fixed number of
+    optimizer steps); `rescale=true` divides by 1 + c² as the authors' code does (false: the
+    paper's formula).
+
+    Paper: Liu et al., NeurIPS 2021.
+    Scale: mean (g₀ the mean gradient).
+    Logs: `direction_norm`, `solver_unconverged`.
+    """
 
     solves = True
     RANGES: ClassVar[Mapping[str, Range]] = {"c": (lambda v: v >= 0, "it must be >= 0")}

@@ -22,7 +22,12 @@ from mtltrain.weighting.solvers import EPS
 
 
 class ConFIG(GradientWeighting):
-    """d = (Σ_k g_k·û)·û, û ∝ U⁺·1 the direction of equal cosine with every task gradient."""
+    """d = (Σ_k g_k·û)·û, û ∝ U⁺·1 the direction of equal cosine with every task gradient.
+
+    Paper: Liu et al. 2024.
+    Scale: sum of the projections.
+    Logs: `direction_norm`.
+    """
 
     def __init__(self, terms: Sequence[LossTerm], representation: bool = False) -> None:
         super().__init__(terms)

@@ -23,7 +23,17 @@ EPS = 1e-8
 
 
 class DBMTL(GradientWeighting):
-    """d = Σ_k (max‖ĝ‖/‖ĝ_k‖)·ĝ_k, ĝ_k a moving average of ∇log L_k (Lin et al. 2023)."""
+    """d = Σ_k (max‖ĝ‖/‖ĝ_k‖)·ĝ_k, ĝ_k a moving average of ∇log L_k (Lin et al. 2023).
+
+    It takes the log of each loss, then scales each task's moving-average gradient ĝ_k to the
+    largest norm. Some surveys list it among the loss-based strategies because it transforms the
+    losses, but its second half scales each task's gradient, so it needs them all: it is
+    gradient-based here.
+
+    Paper: Lin et al. 2023.
+    Scale: sum of K gradients of equal norm.
+    Logs: `direction_norm`.
+    """
 
     weighted_rows = False
 

@@ -38,7 +38,20 @@ def kpi(
 
 
 class DynamicTaskPrioritization(Weighting):
-    """Σ_t −(1 − κ̄_t)^γ_t·log κ̄_t · L_t, κ̄ a moving average of each task's KPI (Guo et al.)."""
+    """Σ_t −(1 − κ̄_t)^γ_t·log κ̄_t · L_t, κ̄ a moving average of each task's KPI (Guo et al.).
+
+    κ_t is each task's key performance indicator on the training batch, measured before the
+    step's update: accuracy (classification), foreground IoU (segmentation),
+    exp(−RMSE/`kpi_scale`) (regression). κ̄_t ← α·κ_t + (1 − α)·κ̄_t starts at the first κ_t and
+    is clamped to [ε, 1 − ε] (`kpi_eps`, 1e-3). The weight is computed from measurements and
+    carries no gradient. `gamma` and `kpi_scale` take a number, a list in task order or `{task:
+    value}`; α = `alpha` (0.1). The paper's example-level focal loss is the loss `focal`:
+    `weighting=dtp dataset.losses.cls3=[focal]`.
+
+    Paper: Guo et al., ECCV 2018.
+    Scale: sum.
+    Logs: `kpi`.
+    """
 
     RANGES: ClassVar[Mapping[str, Range]] = {
         "alpha": (lambda v: 0 < v <= 1, "it must be in (0, 1]"),

@@ -20,7 +20,16 @@ from mtltrain.weighting.base import Range, Weighting
 
 
 class DynamicWeightAverage(Weighting):
-    """Σ_k K·softmax(r/T)_k·L_k, r the ratio of the last two epochs' mean losses."""
+    """Σ_k K·softmax(r/T)_k·L_k, r the ratio of the last two epochs' mean losses.
+
+    w_k = K·softmax(r/T)_k, r_k the ratio of the task's mean training loss in the last two
+    epochs; w = 1 in the first two epochs. It takes ratios of losses, so it refuses a term whose
+    loss can be negative (`gaussian_nll`, `laplace_nll`, `beta_nll`) with one line.
+
+    Paper: Liu, Johns & Davison, CVPR 2019.
+    Scale: Σ w = K.
+    Logs: nothing else.
+    """
 
     elementwise = True
 

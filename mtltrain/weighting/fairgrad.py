@@ -18,7 +18,14 @@ from mtltrain.weighting.nash_mtl import FairWeighting
 
 
 class FairGrad(FairWeighting):
-    """d = Σ w_k g_k, GᵀG·w = w^(−1/α) (Ban & Ji 2024)."""
+    """d = Σ w_k g_k, GᵀG·w = w^(−1/α) (Ban & Ji 2024).
+
+    The α-fair allocation (α = 1: Nash-MTL), solved by Newton's method to rounding.
+
+    Paper: Ban & Ji, ICML 2024.
+    Scale: w unnormalised.
+    Logs: `direction_norm`, `solver_unconverged`.
+    """
 
     RANGES: ClassVar[Mapping[str, Range]] = {"alpha": (lambda v: v > 0, "it must be > 0")}
 

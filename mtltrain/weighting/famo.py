@@ -28,7 +28,19 @@ EPS = 1e-8
 
 
 class FAMO(Weighting):
-    """Σ_k z_k·log(L_k − b_k)/c, z = softmax(ξ), ξ updated from the losses after the step."""
+    """Σ_k z_k·log(L_k − b_k)/c, z = softmax(ξ), ξ updated from the losses after the step.
+
+    The step's gradient is Σ_k w_k·∇L_k with w_k ∝ z_k/(L_k − b_k): its contributions are
+    w_k·L_k (the gradient of Σ_k z_k·log(L_k − b_k)/c with c held constant). ξ is stepped by its
+    own Adam optimizer (`lr`, `weight_decay`) on each batch's log-loss decrease, so its update
+    needs the batch's losses after the step: one more forward pass per step. The lower bounds
+    b_k are `min_losses` (0). It takes logarithms of losses, so it refuses a term whose loss can
+    be negative (`gaussian_nll`, `laplace_nll`, `beta_nll`) with one line.
+
+    Paper: Liu et al., NeurIPS 2023.
+    Scale: Σ w = 1.
+    Logs: `z`.
+    """
 
     elementwise = True
 

@@ -15,7 +15,11 @@ from mtltrain.weighting.base import Values, Weighting, named_values, numbers_of
 
 
 class FixedWeighting(Weighting):
-    """Σ_k w_k·L_k; the usual hand-tuned baseline (default: all w_k = 1)."""
+    """Σ_k w_k·L_k; the usual hand-tuned baseline (default: all w_k = 1).
+
+    Scale: sum (for the mean, 1/K each: `weighting=fixed weighting.weights=0.333` with K = 3).
+    Logs: nothing else.
+    """
 
     elementwise = True
 

@@ -17,7 +17,12 @@ EPS = 1e-8
 
 
 class GeometricMean(Weighting):
-    """(Π_k L_k)^(1/K)."""
+    """(Π_k L_k)^(1/K).
+
+    Paper: Chennupati et al. 2019.
+    Scale: weight total/(K·L_k).
+    Logs: nothing else.
+    """
 
     def __init__(self, terms: Sequence[LossTerm]) -> None:
         super().__init__(terms)

@@ -25,7 +25,16 @@ from mtltrain.weighting.base import GradientWeighting, Seeded
 
 
 class GradDrop(Seeded, GradientWeighting):
-    """d = Σ_k ∇_A L_k·mask_k, the masks keeping one sign of G_k per feature with probability P."""
+    """d = Σ_k ∇_A L_k·mask_k, the masks keeping one sign of G_k per feature with probability P.
+
+    Per feature of the representation A, one sign of G_k = Σ_batch sgn(A)·∇_A L_k is kept for
+    the whole batch with probability its purity P = ½(1 + ΣG/Σ|G|); d is the sum of what is
+    kept. Its `weight` is the share of each gradient it kept.
+
+    Paper: Chen et al., NeurIPS 2020.
+    Scale: sum.
+    Logs: `direction_norm`.
+    """
 
     weighted_rows = False
 

@@ -40,7 +40,19 @@ def last_shared_layer(model: MultiTaskNet) -> nn.Parameter:
 
 
 class GradNorm(Weighting):
-    """Σ_k w_k·L_k, w_k learned to equalise ‖∇_W w_k L_k‖·r_k^−α (Chen et al. 2018)."""
+    """Σ_k w_k·L_k, w_k learned to equalise ‖∇_W w_k L_k‖·r_k^−α (Chen et al. 2018).
+
+    w is learned so that ‖∇_W w_k·L_k‖ at the last shared weight matrix W follows the mean norm
+    times r_k^α, r the relative inverse training rate. W is the last shared parameter with two
+    or more dimensions (the last shared layer's weights); L_k(0) is the run's first finite loss;
+    w is clamped at 1e-6 and renormalised to Σw = K before each step uses it; w has its own Adam
+    optimizer (`lr`). It takes ratios of losses, so it refuses a term whose loss can be negative
+    (`gaussian_nll`, `laplace_nll`, `beta_nll`) with one line.
+
+    Paper: Chen et al., ICML 2018.
+    Scale: Σ w = K.
+    Logs: nothing else.
+    """
 
     unstackable: ClassVar[str] = "it differentiates each loss by its own model's shared layer"
     RANGES: ClassVar[Mapping[str, Range]] = {

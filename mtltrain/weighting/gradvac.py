@@ -26,7 +26,15 @@ from mtltrain.weighting.base import GradientWeighting, Range, Seeded
 
 
 class GradVac(Seeded, GradientWeighting):
-    """d = Σ_i g_i, each g_i moved along g_j up to the moving target cosine φ̂_ij."""
+    """d = Σ_i g_i, each g_i moved along g_j up to the moving target cosine φ̂_ij.
+
+    φ̂_ij is a moving average (`beta`) of the cosines; the order is drawn from a generator of
+    its own (`seed`).
+
+    Paper: Wang et al., ICLR 2021.
+    Scale: sum.
+    Logs: `direction_norm`.
+    """
 
     RANGES: ClassVar[Mapping[str, Range]] = {"beta": (lambda v: 0 < v <= 1, "it must be in (0, 1]")}
 

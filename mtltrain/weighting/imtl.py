@@ -30,7 +30,16 @@ VARIANTS = ("gradient", "loss", "hybrid")
 
 
 class IMTL(GradientWeighting):
-    """IMTL-G: equal projections on the unit gradients; IMTL-L: e^s·L − s; or both."""
+    """IMTL-G: equal projections on the unit gradients; IMTL-L: e^s·L − s; or both.
+
+    IMTL-G: α with equal projections of d on every unit gradient, closed form α ∝ M⁺‖g‖; IMTL-L:
+    e^s·L − s learned, logged as `scale` (e^s); `variant` chooses `hybrid` (both), `gradient` or
+    `loss`.
+
+    Paper: Liu et al., ICLR 2021.
+    Scale: Σ α = 1.
+    Logs: `direction_norm`, `scale`, `solver_unconverged`.
+    """
 
     solves = True
     RANGES: ClassVar[Mapping[str, Range]] = {

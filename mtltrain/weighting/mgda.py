@@ -30,7 +30,24 @@ NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
 
 class MGDA(GradientWeighting):
-    """d = Σ α_k·g_k, α the exact min-norm point of the (normalised) gradients' hull."""
+    """d = Σ α_k·g_k, α the exact min-norm point of the (normalised) gradients' hull.
+
+    Per step the engine takes one backward pass per task to get each task's gradient of the
+    shared parameters, or with `representation=true` (MGDA-UB) of the shared representation, the
+    encoder's output for the batch: the passes then stop there, so they run through the heads
+    only, and one more pass carries the combined gradient through the encoder. α solves min ‖Σ_k
+    α_k·ĝ_k‖² over the simplex exactly (Wolfe's min-norm-point algorithm on the float64
+    Gramian). The normalisation (ĝ = g/‖g‖, g/L, g/(L·‖g‖)) only chooses α, as in the paper's
+    code; d combines the raw gradients. The task heads get their own, unweighted gradients (the
+    paper's Algorithm 2). Where the gradients conflict so that 0 is in their hull (a
+    Pareto-stationary point), d = 0 and the shared layers do not move: that is MGDA's answer. A
+    model without shared layers (`dataset=two_slope`'s one network per task) is refused in one
+    line naming the model.
+
+    Paper: Sener & Koltun, NeurIPS 2018.
+    Scale: Σ α = 1.
+    Logs: `direction_norm`, `solver_unconverged`.
+    """
 
     solves = True
 

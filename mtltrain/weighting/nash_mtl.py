@@ -56,7 +56,14 @@ class FairWeighting(GradientWeighting):
 
 
 class NashMTL(FairWeighting):
-    """d = Σ α_k g_k, GᵀGα = 1/α: the Nash bargaining solution (Navon et al. 2022)."""
+    """d = Σ α_k g_k, GᵀGα = 1/α: the Nash bargaining solution (Navon et al. 2022).
+
+    Solved by Newton's method to rounding.
+
+    Paper: Navon et al., ICML 2022.
+    Scale: α unnormalised (d invariant to a common scale).
+    Logs: `direction_norm`, `solver_unconverged`.
+    """
 
     def __init__(self, terms: Sequence[LossTerm], representation: bool = False) -> None:
         super().__init__(terms, power=1.0, representation=representation)

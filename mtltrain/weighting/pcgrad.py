@@ -23,7 +23,14 @@ from mtltrain.weighting.base import GradientWeighting, Seeded
 
 
 class PCGrad(Seeded, GradientWeighting):
-    """d = Σ_i g_i, each g_i projected off every g_j it conflicts with, in a random order."""
+    """d = Σ_i g_i, each g_i projected off every g_j it conflicts with, in a random order.
+
+    The order is drawn from a generator of its own (`seed`).
+
+    Paper: Yu et al., NeurIPS 2020.
+    Scale: sum.
+    Logs: `direction_norm`.
+    """
 
     def __init__(self, terms: Sequence[LossTerm], seed: Seed = 0) -> None:
         super().__init__(terms)

@@ -19,7 +19,15 @@ from mtltrain.weighting.base import Range, Weighting
 
 
 class RevisedUncertaintyWeighting(Weighting):
-    """Σ_k L_k/(2·c_k²) + ln(1 + c_k²) (Liebel & Körner 2018)."""
+    """Σ_k L_k/(2·c_k²) + ln(1 + c_k²) (Liebel & Körner 2018).
+
+    The regulariser ln(1 + c²) is positive, so the total stays ≥ 0 and c → 0 is not rewarded;
+    the optimum at a fixed loss is c² = (L + √(L² + 8L))/4.
+
+    Paper: Liebel & Körner 2018.
+    Scale: weight 1/(2c_k²).
+    Logs: `c`.
+    """
 
     elementwise = True
 

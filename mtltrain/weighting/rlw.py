@@ -20,7 +20,15 @@ from mtltrain.weighting.base import Seeded, Weighting
 
 
 class RandomLossWeighting(Seeded, Weighting):
-    """Σ_k softmax(ε)_k·L_k, ε ~ N(0, I) every step (Lin et al. 2022)."""
+    """Σ_k softmax(ε)_k·L_k, ε ~ N(0, I) every step (Lin et al. 2022).
+
+    ε is drawn from a generator of its own, seeded by `weighting.seed` (the run's seed by
+    default) and saved in the checkpoint.
+
+    Paper: Lin et al., TMLR 2022.
+    Scale: Σ w = 1.
+    Logs: nothing else.
+    """
 
     elementwise = True
 

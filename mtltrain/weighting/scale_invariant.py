@@ -17,7 +17,13 @@ EPS = 1e-8
 
 
 class ScaleInvariant(Weighting):
-    """Σ_k log(L_k + ε)."""
+    """Σ_k log(L_k + ε).
+
+    Each task's gradient is divided by its loss.
+
+    Scale: weight 1/L_k.
+    Logs: nothing else.
+    """
 
     elementwise = True
 

@@ -41,7 +41,23 @@ def initial_log_var(n: int, init: float | Sequence[float]) -> Tensor:
 
 
 class UncertaintyWeighting(Weighting):
-    """Σ_k a_k·exp(−s_k)·L_k + b·s_k, s_k = log σ_k² (Kendall et al. 2018)."""
+    """Σ_k a_k·exp(−s_k)·L_k + b·s_k, s_k = log σ_k² (Kendall et al. 2018).
+
+    With `form=likelihood` (the default) a_k = c_k, b = ½: c_k = ½ for a regression term, 1 for
+    classification and segmentation, as the paper derives them (the Gaussian likelihood gives c
+    = ½, the softmax-temperature classification likelihood c = 1). The two forms the source
+    snippets use are kept so that their runs can be reproduced: `unit`, exp(−s)·L + s for every
+    task (twice the regression NLL; same optimum for regression, but classification is treated
+    like regression), and `half`, ½·exp(−s)·L + ½·s for every task (the §5B MNIST run; it
+    ignores the classification factor). At a fixed loss the optimum is exp(s_k) = 2·c_k·L_k, so
+    a regression task's σ_k² goes to its MSE, i.e. σ_k to its residual RMSE. `init_log_var` is a
+    number or `[low, high]` for U(low, high) (§5B uses `[0.2,1.0]`). The total loss goes
+    negative once some σ_k < 1: expected and harmless, only its gradients matter.
+
+    Paper: Kendall, Gal & Cipolla, CVPR 2018.
+    Scale: weight c_k·exp(−s_k).
+    Logs: `sigma`, `log_var`.
+    """
 
     elementwise = True
 

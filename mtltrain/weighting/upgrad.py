@@ -20,7 +20,14 @@ from mtltrain.weighting.solvers import project_to_dual_cone
 
 
 class UPGrad(GradientWeighting):
-    """d = mean_k π(g_k), π the projection onto the dual cone of the task gradients."""
+    """d = mean_k π(g_k), π the projection onto the dual cone of the task gradients.
+
+    π is the exact projection onto the dual cone {x : g_j·x ≥ 0 ∀j}.
+
+    Paper: Quinton & Rey 2024.
+    Scale: mean.
+    Logs: `direction_norm`, `solver_unconverged`.
+    """
 
     solves = True
 

@@ -23,7 +23,15 @@ EPS = 1e-8
 
 
 class SoftOptimalUncertainty(Weighting):
-    """Σ_k softmax(1/(T·L))_k·L_k (Kirchdorfer et al. 2024)."""
+    """Σ_k softmax(1/(T·L))_k·L_k (Kirchdorfer et al. 2024).
+
+    The weights are uncertainty weighting's optimum at fixed losses, detached; T =
+    `temperature`.
+
+    Paper: Kirchdorfer et al., GCPR 2024.
+    Scale: Σ w = 1.
+    Logs: nothing else.
+    """
 
     elementwise = True
 
