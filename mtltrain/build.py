@@ -17,23 +17,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from mtltrain import rundir
-from mtltrain.callbacks import Callback
-from mtltrain.callbacks.checkpoint import CheckpointCallback
-from mtltrain.callbacks.figures import FiguresCallback
-from mtltrain.callbacks.nonfinite import NonfiniteGuard, NonfiniteWatch
-from mtltrain.callbacks.progress import ProgressCallback
-from mtltrain.callbacks.tensorboard import TensorBoardCallback
-from mtltrain.config import build, build_partial
+from mtltrain.config._compose import build, build_partial
+from mtltrain.config._overrides import parse_overrides
+from mtltrain.config._schema import TrainerConfig, settings
 from mtltrain.data.base import MultiTaskData, Split, hold_out
 from mtltrain.distributed import join
-from mtltrain.engine import engine_for
 from mtltrain.errors import ConfigError, first_line
-from mtltrain.losses import loss_terms
-from mtltrain.metrics import metric_names
-from mtltrain.models.base import MultiTaskNet
-from mtltrain.overrides import parse_overrides
-from mtltrain.runtime import (
+from mtltrain.loop._callbacks import Callback
+from mtltrain.loop._engine import engine_for
+from mtltrain.loop._nonfinite import NonfiniteGuard, NonfiniteWatch
+from mtltrain.loop._runtime import (
     autocast,
     choose_threads,
     keep_host_memory,
@@ -43,10 +36,17 @@ from mtltrain.runtime import (
     select_device,
     settle_threads,
 )
-from mtltrain.schema import TrainerConfig, settings
-from mtltrain.selection import Selection, resolve_objective
-from mtltrain.tblog import TensorBoardLog
-from mtltrain.train import Trainer
+from mtltrain.loop._selection import Selection, resolve_objective
+from mtltrain.loop._trainer import Trainer
+from mtltrain.losses import loss_terms
+from mtltrain.metrics import metric_names
+from mtltrain.models.base import MultiTaskNet
+from mtltrain.outputs import _run_folder as rundir
+from mtltrain.outputs._checkpoints import CheckpointCallback
+from mtltrain.outputs._event_writer import TensorBoardLog
+from mtltrain.outputs._figures import FiguresCallback
+from mtltrain.outputs._progress import ProgressCallback
+from mtltrain.outputs._tensorboard import TensorBoardCallback
 from mtltrain.weighting.base import Weighting
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mtltrain import rundir, torchrun
-from mtltrain.config import check, config_dir, config_error, config_groups
+from mtltrain import torchrun
+from mtltrain.config._compose import check, config_dir, config_error, config_groups
+from mtltrain.config._overrides import command_line, parse_overrides
+from mtltrain.config._schema import check_boolean, register
+from mtltrain.config._sweep import check_subdir, check_sweep, log_optuna_as_hydra
+from mtltrain.distributed import launched, rank
 from mtltrain.errors import (
     UNWRITABLE,
     ConfigError,
@@ -41,9 +45,7 @@ from mtltrain.errors import (
     first_line,
 )
 from mtltrain.interrupts import Stopped, raise_stopped, signal_of, stopped_by
-from mtltrain.overrides import command_line, parse_overrides
-from mtltrain.schema import check_boolean, register
-from mtltrain.sweep import check_subdir, check_sweep, log_optuna_as_hydra
+from mtltrain.outputs import _run_folder as rundir
 
 register()
 # conf/hydra/launcher/ presets take the names of the launcher plugins' schemas, which validate
@@ -179,7 +181,7 @@ class CheckBeforeRun(Callback):
                 )
             if jobs:
                 rundir.check_same_sweep(sweep_dir, config.hydra.overrides.task)
-        if _in_process(config.hydra.launcher) and not rundir.launched():
+        if _in_process(config.hydra.launcher) and not launched():
             raise_stopped(sweep_dir)  # a signal between its jobs says how to continue it
 
 
@@ -205,14 +207,14 @@ class SweepSummary(Callback):
 def main() -> None:
     # Hydra then lets errors through instead of printing them with a hint of its own
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    if not rundir.launched():  # under torchrun, the ranks its agent stops end without a word
+    if not launched():  # under torchrun, the ranks its agent stops end without a word
         raise_stopped()
     with contextlib.ExitStack() as scratch:
         try:
             check_command_line(sys.argv[1:])
             sys.argv[1:] = rundir.prepare_arguments(sys.argv[1:])
-            if rundir.launched():  # under torchrun: rank 0 writes, the others use a scratch folder
-                own = rundir.rank() == 0
+            if launched():  # under torchrun: rank 0 writes, the others use a scratch folder
+                own = rank() == 0
                 folder = None if own else Path(scratch.enter_context(TemporaryDirectory()))
                 sys.argv[1:] = rundir.follower_arguments(sys.argv[1:], folder)
             _main()
@@ -280,7 +282,7 @@ def _fail(e: MtlError) -> None:
 def _print_error(e: MtlError, job: str = "") -> None:
     """The error's one line on stderr (after `job`, a sweep's job's name); under torchrun, once
     for all its processes."""
-    if rundir.launched():
+    if launched():
         torchrun.report(e)
     else:
         print(f"mtltrain: error: {job}{e}", file=sys.stderr)

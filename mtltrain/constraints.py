@@ -1,12 +1,11 @@
 """What a setting's value must be, written into the signature that takes it, and the check.
 
-A data set's, model's or strategy's parameter says `hidden: Sequence[Width]` with
-`Width = Annotated[int, at_least(1)]`; the config check (`mtltrain.config.check_node`) reads
-the type and the constraint from the hint (`mismatch`) and refuses a value outside them,
-naming the value and what is allowed, before anything is built or written. Rules that tie
-several settings together are a builder's `check_settings(settings)`, which the config check
-calls too; `checked` gives a builder function one, and checks its arguments when it is called
-from Python as well.
+A data set's, model's or strategy's parameter says `hidden: Sequence[Width]` with `Width =
+Annotated[int, at_least(1)]`; the config check (`mtltrain.config._compose.check_node`) reads the
+type and the constraint from the hint (`mismatch`) and refuses a value outside them, naming the
+value and what is allowed, before anything is built or written. Rules that tie several settings
+together are a builder's `check_settings(settings)`, which the config check calls too; `checked`
+gives a builder function one, and checks its arguments when it is called from Python as well.
 """
 
 from __future__ import annotations

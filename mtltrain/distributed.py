@@ -8,13 +8,14 @@ identically on every rank. Each rank back-propagates only its own share of those
 gradients of the model are then summed over ranks (`sum_gradients`), which gives the global
 batch's gradient for any strategy, however non-linear in the losses. A gradient-based strategy's
 Jacobian is summed (or, at the representation, gathered) before it is aggregated
-(`mtltrain.engine`), since aggregating per rank and averaging would be another method.
+(`mtltrain.loop._engine`), since aggregating per rank and averaging would be another method.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 import re
 import signal
 import threading
@@ -28,7 +29,17 @@ from torch import Tensor, nn
 from mtltrain.data.base import Split
 from mtltrain.errors import ConfigError, RankLost, TrainingError, first_line
 from mtltrain.interrupts import SIGNALS
-from mtltrain.rundir import checkpoint_file, launched, resume_command
+
+
+def launched() -> bool:
+    """Whether this process is one of several that torchrun (or a like launcher) started for
+    one run."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def rank() -> int:
+    """This process's rank under torchrun (0 alone): rank 0 alone writes the run folder."""
+    return int(os.environ.get("RANK", "0")) if launched() else 0
 
 
 class Ranks:
@@ -125,6 +136,8 @@ class ProcessGroup(Ranks):
         message = f"{who} stopped mid-run ({dist.get_backend()}: {words})"
         if self.run_dir is None:
             return RankLost(f"{message}; the run cannot go on without it", gone)
+        from mtltrain.outputs._run_folder import checkpoint_file, resume_command  # a layer up
+
         if not checkpoint_file(self.run_dir).exists():
             return RankLost(f"{message}; no checkpoint was written yet: start the run again", gone)
         return RankLost(

@@ -7,7 +7,7 @@ task, two terms" and "two tasks" reach the weighting strategy in the same form.
 Heads of heteroscedastic tasks emit `MeanLogVar(mean, log_var)`, log_var = log σ²(x).
 
 Every loss but Dice is the mean of a loss per element; it takes `reduction="none"` for those
-values, which `job_losses` averages per job for a stack of jobs (`mtltrain.stacked`).
+values, which `job_losses` averages per job for a stack of jobs (`mtltrain.loop._stacked`).
 """
 
 from __future__ import annotations

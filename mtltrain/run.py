@@ -13,10 +13,10 @@ from typing import Any, NamedTuple
 from omegaconf import DictConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from mtltrain import checkpoint, rundir
 from mtltrain.build import build_trainer
-from mtltrain.config import check
+from mtltrain.config._compose import check
 from mtltrain.data.base import Split
+from mtltrain.distributed import rank
 from mtltrain.errors import (
     UNWRITABLE,
     CheckpointError,
@@ -28,14 +28,16 @@ from mtltrain.errors import (
     first_line,
 )
 from mtltrain.interrupts import signal_of, stopped_by
+from mtltrain.loop._stacked import StackedTrainer, unstackable
+from mtltrain.loop._trainer import Trainer, evaluate
 from mtltrain.losses import LossTerm
 from mtltrain.metrics import main_metric
-from mtltrain.results import RESULTS_FILE, read_results, summary_table, write_json
-from mtltrain.stacked import StackedTrainer, unstackable
-from mtltrain.tblog import TensorBoardLog
-from mtltrain.train import Trainer, evaluate
+from mtltrain.outputs import _checkpoint_file as checkpoint
+from mtltrain.outputs import _run_folder as rundir
+from mtltrain.outputs._event_writer import TensorBoardLog
+from mtltrain.outputs._results import RESULTS_FILE, read_results, summary_table, write_json
 
-log = logging.getLogger("mtltrain.train")
+log = logging.getLogger("mtltrain.loop._trainer")
 # a job of `run_stacked`: the arguments of `run`
 Job = tuple[DictConfig, Path, Sequence[str], dict[str, str] | None, str | None, Sequence[str]]
 
@@ -93,7 +95,7 @@ def finish(steps: Generator[Trainer, None, float], error: BaseException | None) 
 
 def run_stacked(jobs: Sequence[Job]) -> list[float | MtlError]:
     """`run` for each of `jobs` ((cfg, run_dir, overrides, choices, job) each): those that can
-    train stacked in one process (`mtltrain.stacked`), each in its own folder as alone; the
+    train stacked in one process (`mtltrain.loop._stacked`), each in its own folder as alone; the
     others one after another, each from the random state its build left, with a log line
     that says why. Returns per job its objective, or the error that stopped it."""
     outcomes: list[float | MtlError] = [float("nan")] * len(jobs)
@@ -178,7 +180,7 @@ def job_run(
     hydra_files: Sequence[str] = (),
 ) -> Generator[Trainer, None, float]:
     """`run` in steps: yields its built (or resumed) trainer, to be fitted alone or stacked
-    with others' (`mtltrain.stacked`); sent None once it is fitted (or thrown the error that
+    with others' (`mtltrain.loop._stacked`); sent None once it is fitted (or thrown the error that
     stopped it), it writes the run's results and returns the objective, as `run` does."""
     info = {"choices": choices or {}, "overrides": list(overrides)}
     owned, resume = False, None  # owned: past the folder's checks, this run's to write into
@@ -243,7 +245,7 @@ def _as_mtl_error(e: BaseException, run_dir: Path) -> MtlError:
     if isinstance(e, OSError) and e.errno in UNWRITABLE and _inside(e.filename, run_dir):
         return OutputError(f"could not write into {run_dir} ({e.strerror})")
     # torchrun's ranks 1… log into a scratch folder that is removed: their traceback is printed
-    where = f"in {run_dir / rundir.LOG_FILE}" if rundir.rank() == 0 else "printed below"
+    where = f"in {run_dir / rundir.LOG_FILE}" if rank() == 0 else "printed below"
     return UnexpectedError(
         f"{type(e).__name__}: {first_line(e)} (not an error mtltrain checks for: the "
         f"traceback is {where}; please report it)"
@@ -279,7 +281,7 @@ def _run(
     state = checkpoint.load(resume) if resume is not None else None
     purge = state["trainer"]["position"]["step"] + 1 if state else None
     run_info = {**info, "config": OmegaConf.to_container(cfg, resolve=True)}
-    lead = rundir.rank() == 0  # the trainer's ranks are joined only when it is built
+    lead = rank() == 0  # the trainer's ranks are joined only when it is built
     logs = (
         TensorBoardLog(run_dir / rundir.TB, purge_step=purge) if lead else contextlib.nullcontext()
     )

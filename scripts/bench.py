@@ -57,21 +57,21 @@ from repro_common import MNIST_ROOT, mnist_overrides, threads_label
 from torch import nn
 
 from mtltrain.build import build_trainer
-from mtltrain.callbacks.figures import FiguresCallback
-from mtltrain.callbacks.tensorboard import TensorBoardCallback
-from mtltrain.config import build, compose_checked, config_dir
+from mtltrain.config._compose import build, compose_checked, config_dir
 from mtltrain.data import mnist_mtl
 from mtltrain.data.base import Split
-from mtltrain.losses import compute_losses
-from mtltrain.runtime import (
+from mtltrain.loop._runtime import (
     keep_host_memory,
     machine,
     select_device,
     settle_threads,
     usable_cores,
 )
-from mtltrain.tblog import TensorBoardLog
-from mtltrain.train import Trainer
+from mtltrain.loop._trainer import Trainer
+from mtltrain.losses import compute_losses
+from mtltrain.outputs._event_writer import TensorBoardLog
+from mtltrain.outputs._figures import FiguresCallback
+from mtltrain.outputs._tensorboard import TensorBoardCallback
 
 PUBLISHED = update_readme.REPO / "docs/results/bench"  # --publish: bench.json and .md
 STRATEGIES = sorted(p.stem for p in (config_dir() / "weighting").glob("*.yaml"))

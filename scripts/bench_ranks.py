@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from mtltrain.build import build_trainer
-from mtltrain.config import compose_checked
+from mtltrain.config._compose import compose_checked
 from mtltrain.data.base import Split
 
 sent = {"bytes": 0, "calls": 0}

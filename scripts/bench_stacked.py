@@ -39,10 +39,10 @@ from repro_common import MNIST_ROOT, REPO, mnist_overrides
 from update_readme import update
 
 from mtltrain.build import build_trainer
-from mtltrain.config import compose_checked
+from mtltrain.config._compose import compose_checked
 from mtltrain.data.mnist_mtl import write_random
-from mtltrain.runtime import machine, select_device
-from mtltrain.stacked import StackedTrainer
+from mtltrain.loop._runtime import machine, select_device
+from mtltrain.loop._stacked import StackedTrainer
 
 FORWARD_STACKED = "§5A two-slope MLPs (forward_stacked)"
 SWEEP_JOBS = 16  # the default launcher's sweep, and the hand-written stack

@@ -1,6 +1,6 @@
 """One §5A training step of a single run, with the optimizer stepped by `torch.optim` (as
-before `mtltrain.optim.direct_step`) and by `direct_step` (torch's functional fused Adam on
-the optimizer's state), on one thread.
+before `mtltrain.loop._direct_step.direct_step`) and by `direct_step` (torch's functional
+fused Adam on the optimizer's state), on one thread.
 
     python scripts/bench_step.py [--rounds 7] [--steps 1000]
 
@@ -16,8 +16,8 @@ import time
 import torch
 
 from mtltrain.build import build_trainer
-from mtltrain.config import compose_checked
-from mtltrain.optim import direct_step
+from mtltrain.config._compose import compose_checked
+from mtltrain.loop._direct_step import direct_step
 
 
 def main() -> None:

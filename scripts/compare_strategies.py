@@ -30,8 +30,8 @@ import update_readme
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mtltrain import rundir
-from mtltrain.config import compose_checked, config_dir
+from mtltrain.config._compose import compose_checked, config_dir
+from mtltrain.outputs import _run_folder as rundir
 from mtltrain.report import SINGLE_TASK, Setting, Stat, read_sweep, write_report
 
 QUICK_EPOCHS = 5

@@ -28,7 +28,7 @@ from typing import Any
 
 import update_readme
 
-from mtltrain import runtime
+from mtltrain.loop import _runtime as runtime
 from mtltrain.report import ReportError, Run, Stat, Sweep, markdown_table, read_sweep, write_report
 
 __all__ = ["Run", "Sweep", "markdown_table"]  # for the reproduce_* scripts

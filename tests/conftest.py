@@ -14,9 +14,9 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from mtltrain.callbacks import Callback
-from mtltrain.config import compose_checked
+from mtltrain.config._compose import compose_checked
 from mtltrain.data import mnist_mtl
+from mtltrain.loop._callbacks import Callback
 
 MTLTRAIN = str(Path(sys.executable).with_name("mtltrain"))
 REPORT = str(Path(sys.executable).with_name("mtltrain-report"))

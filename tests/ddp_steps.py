@@ -10,7 +10,7 @@ import sys
 import torch
 
 from mtltrain.build import build_trainer
-from mtltrain.config import compose_checked
+from mtltrain.config._compose import compose_checked
 from mtltrain.errors import TrainingError
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from conftest import write_fake_mnist
 
-from mtltrain.config import config_dir
+from mtltrain.config._compose import config_dir
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))  # bench_stacked

@@ -3,7 +3,7 @@ import itertools
 import pytest
 from conftest import make_config
 
-from mtltrain.config import compose_checked, config_dir
+from mtltrain.config._compose import compose_checked, config_dir
 from mtltrain.errors import ConfigError
 
 GROUPS = ("dataset", "model", "trainer", "weighting")

@@ -20,9 +20,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 import mtltrain.torchrun
+from mtltrain.distributed import rank
 from mtltrain.errors import ConfigError, RankLost, RunFolderError
 from mtltrain.interrupts import StopSignals
-from mtltrain.rundir import follower_arguments, rank, resume_command
+from mtltrain.outputs._run_folder import follower_arguments, resume_command
 
 # one worker builds this module's costly module-scoped fixture for all its tests
 pytestmark = pytest.mark.xdist_group("distributed")
@@ -225,7 +226,10 @@ def root_cause(stderr: str) -> str:
 def test_a_bad_setting_under_torchrun_is_one_line_and_torchruns_table_names_it(tmp_path):
     missing = tmp_path / "no_mnist"
     args = ["dataset=mnist_mtl", "dataset.download=false", f"dataset.root={missing}"]
-    quiet = {"LOGLEVEL": "ERROR", "TORCH_LOGS": "-distributed"}  # torch's, as docs/scaling-out.md says
+    quiet = {
+        "LOGLEVEL": "ERROR",
+        "TORCH_LOGS": "-distributed",
+    }  # torch's, as docs/scaling-out.md says
     done = torchrun("-m", "mtltrain", *args, "hydra.run.dir=run", cwd=tmp_path, env=quiet)
     assert done.returncode == 1, done.stderr[-3000:]  # torchrun's own, whatever its workers'
     (line,) = mtltrain_lines(done.stderr)  # once, not once per rank

@@ -21,10 +21,10 @@ from omegaconf import OmegaConf
 
 from mtltrain import build
 from mtltrain.build import build_trainer
-from mtltrain.callbacks.progress import ProgressCallback
 from mtltrain.errors import RunFolderError
+from mtltrain.loop._runtime import spare_threads, usable_cores
+from mtltrain.outputs._progress import ProgressCallback
 from mtltrain.run import run
-from mtltrain.runtime import spare_threads, usable_cores
 
 BIG_STEP = ["dataset=mnist_mtl", "dataset.download=false", "trainer.epochs=1"]  # auto: > 1 thread
 
@@ -140,7 +140,7 @@ def test_slurm_warning_checkpoints_passes_on_to_submitit_and_the_requeued_job_re
     with pytest.raises(RunFolderError):  # what a job that was not requeued does with it
         run(cfg, folder, stopped["overrides"], stopped["choices"])
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    caplog.set_level(logging.INFO, logger="mtltrain.train")
+    caplog.set_level(logging.INFO, logger="mtltrain.loop._trainer")
     run(cfg, folder, stopped["overrides"], stopped["choices"])
     finished = json.loads((folder / "results.json").read_text())
     assert finished["status"] == "completed" and finished["steps"] == 600 * 19

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import make_config
 
-from mtltrain.config import build
+from mtltrain.config._compose import build
 from mtltrain.data.base import Split
 from mtltrain.errors import ConfigError
 from mtltrain.losses import LossTerm, gaussian_nll, mse

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mtltrain.config._schema import LossConfig
 from mtltrain.errors import ConfigError
 from mtltrain.losses import (
     LOSSES,
@@ -22,7 +23,6 @@ from mtltrain.losses import (
     map_heads,
     mse,
 )
-from mtltrain.schema import LossConfig
 from mtltrain.tasks import TaskSpec
 
 SETTINGS = LossConfig(beta=0.5, focal_gamma=2.0, dice_smooth=1.0)

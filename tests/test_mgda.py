@@ -182,7 +182,7 @@ class MixedPrecisionModel(torch.nn.Module):
 
 
 def test_shared_parameters_of_two_dtypes_get_gradients_of_their_own_dtypes():
-    from mtltrain.engine import engine_for
+    from mtltrain.loop._engine import engine_for
 
     model = MixedPrecisionModel()
     strategy = MGDA(

@@ -2,7 +2,7 @@ import pytest
 import torch
 from conftest import make_config
 
-from mtltrain.config import build
+from mtltrain.config._compose import build
 from mtltrain.errors import ConfigError
 from mtltrain.losses import MeanLogVar
 from mtltrain.models.mlp import MLP, SeparateMLPs
@@ -101,7 +101,7 @@ def test_a_bounded_head_cannot_predict_a_variance():
 
 
 def model_options() -> list[str]:
-    from mtltrain.config import config_dir
+    from mtltrain.config._compose import config_dir
 
     return sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtltrain.optim import direct_step
+from mtltrain.loop._direct_step import direct_step
 
 
 def stepped(kind, direct: bool, **settings) -> tuple[list[torch.Tensor], dict]:

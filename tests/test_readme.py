@@ -12,7 +12,7 @@ import pytest
 from conftest import run_cli, write_fake_mnist
 
 from mtltrain.build import build_trainer
-from mtltrain.config import compose_checked
+from mtltrain.config._compose import compose_checked
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))

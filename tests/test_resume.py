@@ -16,13 +16,14 @@ import torch
 from conftest import MTLTRAIN, make_config, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mtltrain import checkpoint, rundir
 from mtltrain.build import build_trainer
-from mtltrain.callbacks.nonfinite import NonfiniteGuard, NonfiniteWatch, nonfinite_error
 from mtltrain.data import two_slope
 from mtltrain.errors import TrainingError
+from mtltrain.loop._nonfinite import NonfiniteGuard, NonfiniteWatch, nonfinite_error
+from mtltrain.outputs import _checkpoint_file as checkpoint
+from mtltrain.outputs import _run_folder as rundir
+from mtltrain.outputs._event_writer import TensorBoardLog
 from mtltrain.run import run
-from mtltrain.tblog import TensorBoardLog
 from mtltrain.weighting import uncertainty
 
 # one worker builds this module's costly module-scoped fixture for all its tests

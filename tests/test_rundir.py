@@ -3,8 +3,8 @@
 import pytest
 from omegaconf import OmegaConf
 
-from mtltrain import rundir
 from mtltrain.errors import RunFolderError
+from mtltrain.outputs import _run_folder as rundir
 
 
 def test_a_folder_a_run_left_before_its_first_checkpoint_is_named_so(tmp_path):

@@ -11,14 +11,14 @@ import torch
 from conftest import StopAt, make_config, through_disk
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mtltrain import checkpoint
 from mtltrain.build import build_trainer
-from mtltrain.config import build
+from mtltrain.config._compose import build
 from mtltrain.data.base import hold_out
 from mtltrain.errors import CheckpointError, ConfigError, Interrupted
+from mtltrain.loop._selection import Selection
+from mtltrain.loop._trainer import evaluate
+from mtltrain.outputs import _checkpoint_file as checkpoint
 from mtltrain.run import run
-from mtltrain.selection import Selection
-from mtltrain.train import evaluate
 
 TINY = ["dataset.n_train=64", "dataset.n_test=32", "trainer.batch_size=16"]
 

@@ -7,7 +7,7 @@ import torch
 from conftest import make_config
 
 from mtltrain.build import build_trainer
-from mtltrain.runtime import keep_host_memory, optimizer_factory
+from mtltrain.loop._runtime import keep_host_memory, optimizer_factory
 
 PLAIN = [
     "trainer.channels_last=false",

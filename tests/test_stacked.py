@@ -1,4 +1,4 @@
-"""Stacked runs (mtltrain.stacked, hydra/launcher=vectorized): each job of a stack ends where
+"""Stacked runs (mtltrain.loop._stacked, hydra/launcher=vectorized): each job of a stack ends where
 it would alone, in a folder like its own run's; faults stay per job; resume works per job.
 
 Tolerance: the batched matrix products and vmapped reductions add in another order than one
@@ -23,11 +23,11 @@ import torch
 from conftest import make_config, run_cli, run_report, write_fake_mnist
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mtltrain import checkpoint
 from mtltrain.errors import Interrupted, TrainingError
-from mtltrain.results import read_results
+from mtltrain.loop._stacked import StackedTrainer, groups_of, stack_key
+from mtltrain.outputs import _checkpoint_file as checkpoint
+from mtltrain.outputs._results import read_results
 from mtltrain.run import run, run_stacked
-from mtltrain.stacked import StackedTrainer, groups_of, stack_key
 
 REL = 1e-5
 FULL_REL = 2e-3
@@ -145,7 +145,7 @@ def test_dtp_stacks_on_the_vmapped_conv_model(
 ) -> None:
     """MNIST's model has no forward_stacked: torch.func.vmap runs it; DTP reads KPIs per job.
     (On a CPU such a model runs alone for speed: stacked here to check it is exact.)"""
-    monkeypatch.setattr("mtltrain.stacked._has_convolutions", lambda model: False)
+    monkeypatch.setattr("mtltrain.loop._stacked._has_convolutions", lambda model: False)
     check_against_alone(tmp_path, [*mnist, "weighting=dtp", "trainer.epochs=2"], SEEDS[:2])
 
 
@@ -153,7 +153,7 @@ def test_a_loss_that_is_no_mean_per_element_is_vmapped(
     tmp_path: Path, mnist: list[str], monkeypatch
 ) -> None:
     """Dice sums over a job's whole batch: its losses are vmapped, not averaged per element."""
-    monkeypatch.setattr("mtltrain.stacked._has_convolutions", lambda model: False)
+    monkeypatch.setattr("mtltrain.loop._stacked._has_convolutions", lambda model: False)
     check_against_alone(
         tmp_path, [*mnist, "dataset.tasks=[cls3,seg]", "trainer.epochs=1"], SEEDS[:2]
     )

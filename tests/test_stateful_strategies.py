@@ -10,9 +10,9 @@ from conftest import make_config
 from torch import nn
 
 from mtltrain.build import build_trainer
-from mtltrain.callbacks import Callback
 from mtltrain.data.base import Split
 from mtltrain.errors import ConfigError
+from mtltrain.loop._callbacks import Callback
 from mtltrain.losses import LossTerm, gaussian_nll, mse
 from mtltrain.models.mlp import SeparateMLPs
 from mtltrain.step import Step

@@ -21,9 +21,9 @@ from conftest import StopAt, make_config, through_disk
 from hard_gradients import unresolved_cases
 
 from mtltrain.build import build_trainer
-from mtltrain.callbacks import Callback
-from mtltrain.config import config_dir
+from mtltrain.config._compose import config_dir
 from mtltrain.errors import Interrupted
+from mtltrain.loop._callbacks import Callback
 from mtltrain.losses import compute_losses
 
 STRATEGIES = sorted(p.stem for p in (config_dir() / "weighting").glob("*.yaml"))

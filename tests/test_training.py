@@ -13,7 +13,7 @@ from matplotlib.image import imread
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtltrain.build import build_trainer
-from mtltrain.config import config_dir
+from mtltrain.config._compose import config_dir
 from mtltrain.errors import ConfigError
 from mtltrain.run import run
 

@@ -18,15 +18,13 @@ from conftest import MTLTRAIN, make_config, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from mtltrain import atomic, checkpoint, rundir, runtime, stacked
+from mtltrain import atomic
 from mtltrain.build import build_trainer
-from mtltrain.callbacks.checkpoint import CheckpointCallback
-from mtltrain.callbacks.progress import ProgressCallback
-from mtltrain.config import config_dir
+from mtltrain.config._compose import config_dir
 from mtltrain.errors import ConfigError, OutputError, RunFolderError
-from mtltrain.results import write_json
-from mtltrain.run import run
-from mtltrain.runtime import (
+from mtltrain.loop import _runtime as runtime
+from mtltrain.loop import _stacked as stacked
+from mtltrain.loop._runtime import (
     SMALL_STEP_FLOPS,
     CpuSample,
     choose_threads,
@@ -34,7 +32,13 @@ from mtltrain.runtime import (
     other_work,
     spare_threads,
 )
-from mtltrain.stacked import StackedTrainer
+from mtltrain.loop._stacked import StackedTrainer
+from mtltrain.outputs import _checkpoint_file as checkpoint
+from mtltrain.outputs import _run_folder as rundir
+from mtltrain.outputs._checkpoints import CheckpointCallback
+from mtltrain.outputs._progress import ProgressCallback
+from mtltrain.outputs._results import write_json
+from mtltrain.run import run
 
 TINY = ["trainer.epochs=2", "dataset.n_train=32", "dataset.n_test=16"]
 
@@ -405,7 +409,7 @@ def test_a_stack_on_a_busy_machine_takes_the_cores_left(four_cores, caplog):
     jobs = [build_trainer(make_config([*TINY, f"seed={s}"])) for s in (0, 1)]
     for load, threads in [(4.0, 1), (0.0, 4)]:
         four_cores[0] = load
-        with caplog.at_level("INFO", logger="mtltrain.stacked"):
+        with caplog.at_level("INFO", logger="mtltrain.loop._stacked"):
             StackedTrainer(jobs)
         assert torch.get_num_threads() == threads
         line = f"2 jobs stacked, on {threads} CPU thread(s) (auto, {load:.1f} of 4 cores busy"

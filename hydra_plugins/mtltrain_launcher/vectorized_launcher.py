@@ -1,6 +1,6 @@
 """`hydra/launcher=vectorized`: a sweep's jobs that differ only in what lives in tensors (seed,
-learning rate, a strategy's settings: `mtltrain.stacked.STACKABLE`) train together in one
-process, `group_size` at a time (`mtltrain.stacked`); each job still gets its own folder,
+learning rate, a strategy's settings: `mtltrain.loop._stacked.STACKABLE`) train together in one
+process, `group_size` at a time (`mtltrain.loop._stacked`); each job still gets its own folder,
 .hydra files, TensorBoard events, checkpoints and results.json. Jobs of no group, or of a
 group that cannot stack (a gradient-based strategy, a model with dropout), run one after
 another, as the basic launcher runs them, with a log line that says why.
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 class VectorizedLauncher(Launcher):
     def __init__(self, group_size: int = 16) -> None:
-        # group_size is checked with the sweep's other settings (mtltrain.sweep)
+        # group_size is checked with the sweep's other settings (mtltrain.config._sweep)
         self.group_size = group_size
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
@@ -49,7 +49,7 @@ class VectorizedLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from mtltrain.stacked import groups_of
+        from mtltrain.loop._stacked import groups_of
 
         assert self.config is not None and self.hydra_context is not None
         setup_globals()

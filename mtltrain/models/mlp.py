@@ -91,7 +91,7 @@ class SeparateMLPs(nn.Module):
         return self.outputs(self.layers(h, self.weights, self.biases)), x
 
     def forward_stacked(self, state: Mapping[str, Tensor], x: Tensor) -> tuple[Outputs, Tensor]:
-        """N copies at once (`mtltrain.stacked`): `state` holds each tensor stacked over the
+        """N copies at once (`mtltrain.loop._stacked`): `state` holds each tensor stacked over the
         copies, x is [N, batch, …]: the copies' tasks' networks run as one batched product."""
         n, k = x.shape[0], len(self.tasks)
         h = x.flatten(2).unsqueeze(1).expand(-1, k, -1, -1).flatten(0, 1)

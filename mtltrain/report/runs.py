@@ -13,8 +13,8 @@ from typing import Any
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtltrain.errors import MtlError
-from mtltrain.results import RESULTS_FILE
-from mtltrain.rundir import natural_key
+from mtltrain.outputs._results import RESULTS_FILE
+from mtltrain.outputs._run_folder import natural_key
 
 COMPLETED = "completed"
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtltrain.outputs._results import RESULTS_FILE
 from mtltrain.report.runs import (
     ReportError,
     Run,
@@ -22,7 +23,6 @@ from mtltrain.report.statistics import (
     group_settings,
     parse_baseline,
 )
-from mtltrain.results import RESULTS_FILE
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """What the training loop calls besides the strategy: TensorBoard, checkpoints, the progress
 bar, figures and the non-finite policy, each a `Callback` with the hooks it needs.
 
-The loop (`mtltrain.train.Trainer`) calls, in list order: `on_fit_start`; per step
+The loop (`mtltrain.loop._trainer.Trainer`) calls, in list order: `on_fit_start`; per step
 `allows_update` (False skips the optimizer step) and `on_step_end`; per epoch
 `on_train_epoch_end` (before evaluating), `on_evaluation(metrics)` when it evaluates (metrics
 by split: train, validation where held out, test),
@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mtltrain.selection import Metrics
+    from mtltrain.loop._selection import Metrics
+    from mtltrain.loop._trainer import Trainer
     from mtltrain.step import Step
-    from mtltrain.train import Trainer
 
 
 class Callback:

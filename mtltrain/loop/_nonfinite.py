@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mtltrain.callbacks import Callback
 from mtltrain.errors import TrainingError
+from mtltrain.loop._callbacks import Callback
 from mtltrain.losses import LossTerm
 
 if TYPE_CHECKING:
+    from mtltrain.loop._trainer import Trainer
     from mtltrain.step import Step
-    from mtltrain.train import Trainer
 
 LastCheckpoint = Callable[[], tuple[Path, int] | None]
 

@@ -1,4 +1,4 @@
-"""Pictures of the model on the test split (`mtltrain.figures`): into TensorBoard every
+"""Pictures of the model on the test split (`mtltrain.outputs._pictures`): into TensorBoard every
 `figure_every` evaluations, and once at the end into TensorBoard and the run's figures/."""
 
 from __future__ import annotations
@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mtltrain.callbacks import Callback
-from mtltrain.tblog import TensorBoardLog
+from mtltrain.loop._callbacks import Callback
+from mtltrain.outputs._event_writer import TensorBoardLog
 
 if TYPE_CHECKING:
-    from mtltrain.selection import Metrics
-    from mtltrain.train import Trainer
+    from mtltrain.loop._selection import Metrics
+    from mtltrain.loop._trainer import Trainer
 
 
 class FiguresCallback(Callback):
@@ -30,7 +30,9 @@ class FiguresCallback(Callback):
         self.draw(trainer, self.folder)
 
     def draw(self, trainer: Trainer, folder: Path | None) -> None:
-        from mtltrain import figures  # matplotlib loads with the first figure (0.6 s)
+        from mtltrain.outputs import (
+            _pictures as figures,  # matplotlib loads with the first figure (0.6 s)
+        )
 
         rendered = figures.render(trainer.model, trainer.data.test, trainer.data.tasks)
         if rendered and folder is not None:

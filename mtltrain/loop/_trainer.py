@@ -6,7 +6,7 @@ may veto the update (the non-finite policy) → the model's optimizer steps →
 epoch ends with `on_train_epoch_end` callbacks, `strategy.on_epoch_end` with the epoch's mean
 term losses, an evaluation when one is due (`on_evaluation`), then `on_epoch_end` callbacks
 (checkpoints). Which strategy, model or callbacks the loop holds it never asks: everything
-else is a callback (`mtltrain.callbacks`).
+else is a callback (`mtltrain.loop._callbacks`).
 """
 
 from __future__ import annotations
@@ -19,19 +19,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtltrain import checkpoint
-from mtltrain.callbacks import Callback, hooked
+from mtltrain.config._schema import TrainerConfig
 from mtltrain.data.base import MultiTaskData, Split
 from mtltrain.distributed import ONE_PROCESS, Ranks
-from mtltrain.engine import Backward
 from mtltrain.errors import CheckpointError, ConfigError, Interrupted
 from mtltrain.interrupts import StopSignals
+from mtltrain.loop._callbacks import Callback, hooked
+from mtltrain.loop._direct_step import direct_step
+from mtltrain.loop._engine import Backward
+from mtltrain.loop._selection import Metrics, Selection
 from mtltrain.losses import compute_losses, detach
 from mtltrain.metrics import TaskMetrics
 from mtltrain.models.base import MultiTaskNet, predict
-from mtltrain.optim import direct_step
-from mtltrain.schema import TrainerConfig
-from mtltrain.selection import Metrics, Selection
+from mtltrain.outputs import _checkpoint_file as checkpoint
 from mtltrain.step import Step
 from mtltrain.tasks import TaskSpec
 from mtltrain.weighting.base import Weighting

@@ -6,12 +6,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mtltrain import checkpoint
-from mtltrain.callbacks import Callback
+from mtltrain.loop._callbacks import Callback
+from mtltrain.outputs import _checkpoint_file as checkpoint
 
 if TYPE_CHECKING:
-    from mtltrain.selection import Metrics
-    from mtltrain.train import Trainer
+    from mtltrain.loop._selection import Metrics
+    from mtltrain.loop._trainer import Trainer
 
 
 class CheckpointCallback(Callback):

@@ -26,9 +26,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mtltrain.config._overrides import parse_overrides
 from mtltrain.constraints import closest, mismatch, type_hints
 from mtltrain.errors import ConfigError, MtlError, first_line
-from mtltrain.overrides import parse_overrides
 
 # the config groups whose choice is a `_target_` node a run builds
 TARGET_GROUPS = ("dataset", "model", "weighting")
@@ -36,7 +36,7 @@ TARGET_GROUPS = ("dataset", "model", "weighting")
 
 def config_dir() -> Path:
     """The Hydra configs: shipped inside the installed package, or the checkout's conf/."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # mtltrain/
     for candidate in (package / "conf", package.parent / "conf"):
         if (candidate / "config.yaml").is_file():
             return candidate
@@ -58,7 +58,7 @@ def config_groups() -> dict[str, list[str]]:
 def compose_checked(overrides: Sequence[str]) -> DictConfig:
     """The config `mtltrain <overrides>` runs with, checked as `check` does; any problem is a
     one-line ConfigError. Hydra's own overrides (hydra.*) are left out."""
-    from mtltrain.schema import register
+    from mtltrain.config._schema import register
 
     register()
     task = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
@@ -80,7 +80,7 @@ def check(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     says (`check_overrides`); the settings' types and ranges (trainer, loss, seed), and the
     dataset, model, weighting and optimizer settings against their targets' signatures
     (numbers must be finite); a problem is a one-line ConfigError."""
-    from mtltrain.schema import check_boolean, check_seed, settings
+    from mtltrain.config._schema import check_boolean, check_seed, settings
 
     check_keys(cfg)
     check_target_nodes(cfg)
@@ -101,7 +101,7 @@ def check_keys(cfg: DictConfig) -> None:
     """Refuse a key of a schema-typed node (the top level, trainer, loss) that its schema does
     not have: Hydra lets `+trainer.epoch=5` add one, which nothing would read. The keys of
     `_target_` nodes are checked against their targets' signatures (`check_node`)."""
-    from mtltrain.schema import LossConfig, RunConfig, TrainerConfig
+    from mtltrain.config._schema import LossConfig, RunConfig, TrainerConfig
 
     schemas = {"": RunConfig, "trainer": TrainerConfig, "loss": LossConfig}
     for name, schema in schemas.items():

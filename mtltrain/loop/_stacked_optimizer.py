@@ -1,4 +1,4 @@
-"""One optimizer step for N stacked jobs (`mtltrain.stacked`), by torch's own optimizer:
+"""One optimizer step for N stacked jobs (`mtltrain.loop._stacked`), by torch's own optimizer:
 over the stacked tensors where every job's optimizer is an elementwise one with the same
 settings, else over each job's rows; each job's optimizer gets its state back for its
 checkpoints."""
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtltrain.optim import by_settings, direct_step, equal_settings, settings_of
+from mtltrain.loop._direct_step import by_settings, direct_step, equal_settings, settings_of
 
 # optimizers whose update of a tensor is elementwise, so one step over the stacked tensors is
 # every job's own; others (Adafactor's norms, LAMB's trust ratios) step each job's rows

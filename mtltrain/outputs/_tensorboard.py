@@ -3,13 +3,13 @@ and at the last step, the metrics of every split at each evaluation; for a fresh
 custom-scalars layout, the config as text and an HParams session whose columns are the settings
 that set the run apart (`mtltrain.build.run_hparams`); at the end the run's HParams metrics.
 
-HParams metrics (in the sub-run tb/hparams, see `mtltrain.tblog`): the reported evaluation's
-validation and test metrics (the last one, or with trainer.select=best the selected one: what
-results.json has) under their own tags, and what the strategy learned where training ended as
-`weighting/<quantity>/<term>`. They are one point each at the last step. The learned ones are
-named so that their one-point charts sort after the losses, metrics and weights in the Scalars
-tab (weighting/ after loss…/, test/, train/, validation/, weight/: at the top they would come
-before the curves to read) and after the test and validation metrics among the HParams
+HParams metrics (in the sub-run tb/hparams, see `mtltrain.outputs._event_writer`): the reported
+evaluation's validation and test metrics (the last one, or with trainer.select=best the selected
+one: what results.json has) under their own tags, and what the strategy learned where training
+ended as `weighting/<quantity>/<term>`. They are one point each at the last step. The learned
+ones are named so that their one-point charts sort after the losses, metrics and weights in the
+Scalars tab (weighting/ after loss…/, test/, train/, validation/, weight/: at the top they would
+come before the curves to read) and after the test and validation metrics among the HParams
 metrics, of which TensorBoard ticks the first five. (They are the last points of the learned
 series in tb/; they are written again because a metric must be in the session's own run.)
 
@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from mtltrain.callbacks import Callback
-from mtltrain.tblog import TensorBoardLog
+from mtltrain.loop._callbacks import Callback
+from mtltrain.outputs._event_writer import TensorBoardLog
 
 if TYPE_CHECKING:
-    from mtltrain.selection import Metrics
+    from mtltrain.loop._selection import Metrics
+    from mtltrain.loop._trainer import Trainer
     from mtltrain.step import Step
-    from mtltrain.train import Trainer
 
 METRIC_CHARTS = "each metric: train, validation, test"
 LEARNED_CHARTS = "what strategies learn, by quantity (weights: Scalars tab)"

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from mtltrain.callbacks import Callback
+from mtltrain.loop._callbacks import Callback
 
 if TYPE_CHECKING:
-    from mtltrain.selection import Metrics
+    from mtltrain.loop._selection import Metrics
+    from mtltrain.loop._trainer import Trainer
     from mtltrain.step import Step
-    from mtltrain.train import Trainer
 
-log = logging.getLogger("mtltrain.train")
+log = logging.getLogger("mtltrain.loop._trainer")
 
 
 class ProgressCallback(Callback):

@@ -21,9 +21,10 @@ from hydra.core.override_parser.types import Glob, Override
 from omegaconf import OmegaConf
 
 from mtltrain.atomic import byte_size, existing_folder
+from mtltrain.config._overrides import command_line, parse_overrides
+from mtltrain.distributed import launched
 from mtltrain.errors import ConfigError, RunFolderError
-from mtltrain.overrides import command_line, parse_overrides
-from mtltrain.results import RESULTS_FILE, read_results
+from mtltrain.outputs._results import RESULTS_FILE, read_results
 
 
 def status(run_dir: Path) -> str | None:
@@ -253,7 +254,7 @@ def prepare_arguments(argv: Sequence[str]) -> list[str]:
         raise RunFolderError("resume= continues one run: drop -m/--multirun")
     if not str(resume):
         raise RunFolderError("resume='' names no run: give resume=<run folder>")
-    from mtltrain import checkpoint  # torch: only for a resume
+    from mtltrain.outputs import _checkpoint_file as checkpoint  # torch: only for a resume
 
     path = checkpoint_of(Path(str(resume)))
     state = checkpoint.load(path)
@@ -286,8 +287,8 @@ def check_settings_kept(saved: dict, overrides: Sequence[str]) -> None:
     """Refuse a resume whose settings (the checkpoint's overrides and those given beside
     resume=, composed and checked) differ from its checkpoint's beyond trainer.*, before Hydra
     writes anything into the run's folder."""
-    from mtltrain.checkpoint import changed_settings, refuse_other_settings
-    from mtltrain.config import compose_checked
+    from mtltrain.config._compose import compose_checked
+    from mtltrain.outputs._checkpoint_file import changed_settings, refuse_other_settings
 
     config = OmegaConf.to_container(compose_checked(overrides), resolve=True)
     refuse_other_settings(changed_settings(saved, config))
@@ -303,7 +304,7 @@ def check_own_run(folder: Path, saved: dict) -> None:
     """Refuse a checkpoint whose settings are not those of the run its folder holds (its
     .hydra/config.yaml): one copied in from another run would train as that run, in a folder
     whose config says otherwise."""
-    from mtltrain.checkpoint import changed_settings
+    from mtltrain.outputs._checkpoint_file import changed_settings
 
     own = folder / ".hydra" / "config.yaml"
     if not own.is_file():  # a new folder a checkpoint was copied into: the checkpoint's run
@@ -327,17 +328,6 @@ def check_trains_longer(folder: Path, done: int, given: Sequence[Override]) -> N
             f"{folder} holds a run that finished its {done} epochs: there is nothing to resume; "
             f"give trainer.epochs=N with N > {done} beside resume= to train it longer"
         )
-
-
-def launched() -> bool:
-    """Whether this process is one of several that torchrun (or a like launcher) started for
-    one run."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def rank() -> int:
-    """This process's rank under torchrun (0 alone): rank 0 alone writes the run folder."""
-    return int(os.environ.get("RANK", "0")) if launched() else 0
 
 
 def requeued() -> bool:

@@ -46,7 +46,9 @@ from torch.func import functional_call, vmap
 from mtltrain.data.base import Split
 from mtltrain.errors import first_line
 from mtltrain.interrupts import StopSignals
-from mtltrain.jobs_optimizer import JobsOptimizer
+from mtltrain.loop._runtime import STARTING_THREADS, auto_threads, settle_threads
+from mtltrain.loop._stacked_optimizer import JobsOptimizer
+from mtltrain.loop._trainer import Trainer
 from mtltrain.losses import (
     all_per_element,
     compute_losses,
@@ -56,9 +58,7 @@ from mtltrain.losses import (
     map_heads,
 )
 from mtltrain.models.base import Outputs
-from mtltrain.runtime import STARTING_THREADS, auto_threads, settle_threads
 from mtltrain.step import Step
-from mtltrain.train import Trainer
 from mtltrain.weighting.base import Weighting
 
 log = logging.getLogger(__name__)
