@@ -1,5 +1,57 @@
-"""Loss-weighting strategies: one class per module behind the `Weighting` interface."""
+"""Loss-weighting strategies: one class per module behind the `Weighting` interface
+(`mtltrain.weighting.base`), usable in any training loop; the solvers several share are in
+`mtltrain.weighting.solvers`."""
 
+from mtltrain.weighting.aligned_mtl import AlignedMTL
 from mtltrain.weighting.base import Weighting
+from mtltrain.weighting.cagrad import CAGrad
+from mtltrain.weighting.conflict_free import ConFIG
+from mtltrain.weighting.db_mtl import DBMTL
+from mtltrain.weighting.dtp import DynamicTaskPrioritization
+from mtltrain.weighting.dualproj import DualProj
+from mtltrain.weighting.dwa import DynamicWeightAverage
+from mtltrain.weighting.fairgrad import FairGrad
+from mtltrain.weighting.famo import FAMO
+from mtltrain.weighting.fixed import FixedWeighting
+from mtltrain.weighting.geometric import GeometricMean
+from mtltrain.weighting.graddrop import GradDrop
+from mtltrain.weighting.gradnorm import GradNorm
+from mtltrain.weighting.gradvac import GradVac
+from mtltrain.weighting.imtl import IMTL
+from mtltrain.weighting.mgda import MGDA
+from mtltrain.weighting.nash_mtl import NashMTL
+from mtltrain.weighting.pcgrad import PCGrad
+from mtltrain.weighting.revised_uncertainty import RevisedUncertaintyWeighting
+from mtltrain.weighting.rlw import RandomLossWeighting
+from mtltrain.weighting.scale_invariant import ScaleInvariant
+from mtltrain.weighting.uncertainty import UncertaintyWeighting
+from mtltrain.weighting.upgrad import UPGrad
+from mtltrain.weighting.uw_so import SoftOptimalUncertainty
 
-__all__ = ["Weighting"]
+__all__ = [
+    "DBMTL",
+    "FAMO",
+    "IMTL",
+    "MGDA",
+    "AlignedMTL",
+    "CAGrad",
+    "ConFIG",
+    "DualProj",
+    "DynamicTaskPrioritization",
+    "DynamicWeightAverage",
+    "FairGrad",
+    "FixedWeighting",
+    "GeometricMean",
+    "GradDrop",
+    "GradNorm",
+    "GradVac",
+    "NashMTL",
+    "PCGrad",
+    "RandomLossWeighting",
+    "RevisedUncertaintyWeighting",
+    "ScaleInvariant",
+    "SoftOptimalUncertainty",
+    "UPGrad",
+    "UncertaintyWeighting",
+    "Weighting",
+]
