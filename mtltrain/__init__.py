@@ -1,18 +1,25 @@
 """mtltrain: train multi-task networks and learn how to weigh their losses.
 
 The public surface: what this module and each package's `__init__` export. A run from Python
-is `run(compose_checked(overrides), run_dir)`, the same call the `mtltrain` command makes."""
+is `run(compose_checked(overrides), run_dir)`, the same call the `mtltrain` command makes.
+Each name is imported when first used, so that the command starts (and says what is wrong with
+its arguments) without importing torch."""
 
-from mtltrain.build import build_trainer
-from mtltrain.config import compose_checked
-from mtltrain.data import MultiTaskData, Split
-from mtltrain.loop import Callback, Trainer
-from mtltrain.models import MultiTaskModel
-from mtltrain.models.base import MultiTaskNet
-from mtltrain.run import run
-from mtltrain.step import Step
-from mtltrain.tasks import TaskSpec
-from mtltrain.weighting import Weighting
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mtltrain.build import build_trainer
+    from mtltrain.config import compose_checked
+    from mtltrain.data import MultiTaskData, Split
+    from mtltrain.loop import Callback, Trainer
+    from mtltrain.models import MultiTaskModel, MultiTaskNet
+    from mtltrain.run import run
+    from mtltrain.step import Step
+    from mtltrain.tasks import TaskSpec
+    from mtltrain.weighting import Weighting
 
 __version__ = "0.1.0"
 __all__ = [
@@ -29,3 +36,23 @@ __all__ = [
     "compose_checked",
     "run",
 ]
+_HOME = {
+    "Callback": "mtltrain.loop",
+    "MultiTaskData": "mtltrain.data",
+    "MultiTaskModel": "mtltrain.models",
+    "MultiTaskNet": "mtltrain.models",
+    "Split": "mtltrain.data",
+    "Step": "mtltrain.step",
+    "TaskSpec": "mtltrain.tasks",
+    "Trainer": "mtltrain.loop",
+    "Weighting": "mtltrain.weighting",
+    "build_trainer": "mtltrain.build",
+    "compose_checked": "mtltrain.config",
+    "run": "mtltrain.run",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _HOME:
+        raise AttributeError(f"module 'mtltrain' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOME[name]), name)

@@ -33,7 +33,6 @@ from mtltrain.config._compose import check, config_dir, config_error, config_gro
 from mtltrain.config._overrides import command_line, parse_overrides
 from mtltrain.config._schema import check_boolean, register
 from mtltrain.config._sweep import check_subdir, check_sweep, log_optuna_as_hydra
-from mtltrain.distributed import launched, rank
 from mtltrain.errors import (
     UNWRITABLE,
     ConfigError,
@@ -46,6 +45,7 @@ from mtltrain.errors import (
 )
 from mtltrain.interrupts import Stopped, raise_stopped, signal_of, stopped_by
 from mtltrain.outputs import _run_folder as rundir
+from mtltrain.processes import launched, rank
 
 register()
 # conf/hydra/launcher/ presets take the names of the launcher plugins' schemas, which validate

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import os
 import re
 import signal
 import threading
@@ -29,17 +28,7 @@ from torch import Tensor, nn
 from mtltrain.data.base import Split
 from mtltrain.errors import ConfigError, RankLost, TrainingError, first_line
 from mtltrain.interrupts import SIGNALS
-
-
-def launched() -> bool:
-    """Whether this process is one of several that torchrun (or a like launcher) started for
-    one run."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def rank() -> int:
-    """This process's rank under torchrun (0 alone): rank 0 alone writes the run folder."""
-    return int(os.environ.get("RANK", "0")) if launched() else 0
+from mtltrain.processes import launched
 
 
 class Ranks:

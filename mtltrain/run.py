@@ -16,7 +16,6 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from mtltrain.build import build_trainer
 from mtltrain.config._compose import check
 from mtltrain.data.base import Split
-from mtltrain.distributed import rank
 from mtltrain.errors import (
     UNWRITABLE,
     CheckpointError,
@@ -36,6 +35,7 @@ from mtltrain.outputs import _checkpoint_file as checkpoint
 from mtltrain.outputs import _run_folder as rundir
 from mtltrain.outputs._event_writer import TensorBoardLog
 from mtltrain.outputs._results import RESULTS_FILE, read_results, summary_table, write_json
+from mtltrain.processes import rank, requeued
 
 log = logging.getLogger("mtltrain.loop._trainer")
 # a job of `run_stacked`: the arguments of `run`
@@ -228,7 +228,7 @@ def _resume_from(cfg: DictConfig, run_dir: Path) -> Path | None:
     """The checkpoint this run continues from, if any."""
     if cfg.resume:
         return rundir.checkpoint_of(Path(cfg.resume))
-    continuing = cfg.resume_sweep or rundir.requeued()
+    continuing = cfg.resume_sweep or requeued()
     if continuing and (rundir.status(run_dir) == "completed" or rundir.unfinished(run_dir)):
         return rundir.checkpoint_file(run_dir)
     return None

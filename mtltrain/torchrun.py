@@ -21,8 +21,8 @@ import traceback
 from time import sleep, time
 from types import FrameType
 
-from mtltrain.distributed import rank
 from mtltrain.errors import MtlError, RankLost, UnexpectedError
+from mtltrain.processes import rank
 
 WAIT_FOR_RANK_0_S = 15.0
 

@@ -20,10 +20,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 import mtltrain.torchrun
-from mtltrain.distributed import rank
 from mtltrain.errors import ConfigError, RankLost, RunFolderError
 from mtltrain.interrupts import StopSignals
 from mtltrain.outputs._run_folder import follower_arguments, resume_command
+from mtltrain.processes import rank
 
 # one worker builds this module's costly module-scoped fixture for all its tests
 pytestmark = pytest.mark.xdist_group("distributed")

@@ -13,7 +13,8 @@ LAYERS = {
     "building blocks": (
         "mtltrain.atomic", "mtltrain.constraints", "mtltrain.data", "mtltrain.distributed",
         "mtltrain.errors", "mtltrain.interrupts", "mtltrain.losses", "mtltrain.metrics",
-        "mtltrain.models", "mtltrain.step", "mtltrain.tasks", "mtltrain.weighting",
+        "mtltrain.models", "mtltrain.processes", "mtltrain.step", "mtltrain.tasks",
+        "mtltrain.weighting",
     ),
     "config": ("mtltrain.config",),
     "loop": ("mtltrain.loop",),

@@ -1,14 +1,21 @@
 """What runs leave behind, and the callbacks that write it: the run folder and its checks,
 `results.json`, TensorBoard event files, checkpoints, figures and the progress bar.
 
-What is exported here is public; the underscore modules are this package's own."""
+What is exported here is public; the underscore modules are this package's own. Each name is
+imported when first used: the command checks its run folder before it imports torch."""
 
-from mtltrain.outputs._checkpoints import CheckpointCallback
-from mtltrain.outputs._event_writer import TensorBoardLog
-from mtltrain.outputs._figures import FiguresCallback
-from mtltrain.outputs._progress import ProgressCallback
-from mtltrain.outputs._results import RESULTS_FILE, read_results
-from mtltrain.outputs._tensorboard import TensorBoardCallback
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mtltrain.outputs._checkpoints import CheckpointCallback
+    from mtltrain.outputs._event_writer import TensorBoardLog
+    from mtltrain.outputs._figures import FiguresCallback
+    from mtltrain.outputs._progress import ProgressCallback
+    from mtltrain.outputs._results import RESULTS_FILE, read_results
+    from mtltrain.outputs._tensorboard import TensorBoardCallback
 
 __all__ = [
     "RESULTS_FILE",
@@ -19,3 +26,18 @@ __all__ = [
     "TensorBoardLog",
     "read_results",
 ]
+_HOME = {
+    "RESULTS_FILE": "_results",
+    "CheckpointCallback": "_checkpoints",
+    "FiguresCallback": "_figures",
+    "ProgressCallback": "_progress",
+    "TensorBoardCallback": "_tensorboard",
+    "TensorBoardLog": "_event_writer",
+    "read_results": "_results",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _HOME:
+        raise AttributeError(f"module 'mtltrain.outputs' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"mtltrain.outputs.{_HOME[name]}"), name)

@@ -22,9 +22,9 @@ from omegaconf import OmegaConf
 
 from mtltrain.atomic import byte_size, existing_folder
 from mtltrain.config._overrides import command_line, parse_overrides
-from mtltrain.distributed import launched
 from mtltrain.errors import ConfigError, RunFolderError
 from mtltrain.outputs._results import RESULTS_FILE, read_results
+from mtltrain.processes import launched
 
 
 def status(run_dir: Path) -> str | None:
@@ -328,11 +328,6 @@ def check_trains_longer(folder: Path, done: int, given: Sequence[Override]) -> N
             f"{folder} holds a run that finished its {done} epochs: there is nothing to resume; "
             f"give trainer.epochs=N with N > {done} beside resume= to train it longer"
         )
-
-
-def requeued() -> bool:
-    """Whether SLURM started this job again (pre-empted or out of time, and requeued)."""
-    return int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
 
 
 def follower_arguments(argv: Sequence[str], scratch: Path | None) -> list[str]:
