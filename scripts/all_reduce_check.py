@@ -6,7 +6,7 @@ the backend, the processes, whether the sum was right and the median µs of 20 a
     torchrun --standalone --nproc_per_node=1 scripts/all_reduce_check.py OUT.json cuda
 
 Run by scripts/device_check.py (part ranks): a run of one process joins no process group
-(mtltrain.distributed.launched), so on a one-GPU machine this is what shows that NCCL works there.
+(mtltrain.processes.launched), so on a one-GPU machine this is what shows that NCCL works there.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ still run, and the script exits with status 1.
   docs/results/stacked.md has 1500) so that the part fits its limit.
 - ranks: scripts/bench_ranks.py as one process and under torchrun with one process per GPU
   (NCCL), its first step compared and its step times; and scripts/all_reduce_check.py under
-  the same torchrun. A run of one process joins no process group (mtltrain.distributed.launched),
+  the same torchrun. A run of one process joins no process group (mtltrain.processes.launched),
   so on one GPU the all_reduce check is what shows that NCCL works.
 
 The limits add up to 7 min 15 s. MNIST: --mnist-root (a folder holding MNIST/raw), else
