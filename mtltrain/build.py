@@ -1,7 +1,8 @@
-"""Config → built objects: data, model, strategy, optimizer, engine, callbacks and the trainer.
+"""Config → built objects: data, model, strategy, optimizer, callbacks: a run's job.
 
-`build_trainer` is the one wiring of a run: the CLI's runs, the benchmark and the tests all get
-their trainer from it, so the three cannot drift apart.
+`build_job` is the one wiring of a run: the CLI's runs, the benchmark and the tests all get
+their job from it, so the three cannot drift apart (the loop, `mtltrain.train.Trainer`, then
+trains one job or several stacked).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from mtltrain.callbacks.tensorboard import TensorBoardCallback
 from mtltrain.config import build, build_partial
 from mtltrain.data.base import MultiTaskData, Split, hold_out
 from mtltrain.distributed import join
-from mtltrain.engine import engine_for
 from mtltrain.errors import ConfigError, first_line
+from mtltrain.job import Job
 from mtltrain.losses import loss_terms
 from mtltrain.metrics import metric_names
 from mtltrain.models.base import MultiTaskNet
@@ -46,7 +47,6 @@ from mtltrain.runtime import (
 from mtltrain.schema import TrainerConfig, settings
 from mtltrain.selection import Selection, resolve_objective
 from mtltrain.tblog import TensorBoardLog
-from mtltrain.train import Trainer
 from mtltrain.weighting.base import Weighting
 
 log = logging.getLogger(__name__)
@@ -169,15 +169,15 @@ def build_objects(
     return data, model, strategy, optimizer
 
 
-def build_trainer(
+def build_job(
     cfg: DictConfig,
     run_dir: Path | None = None,
     tb: TensorBoardLog | None = None,
     run_info: dict[str, Any] | None = None,
     resumed: bool = False,
     extra_callbacks: Sequence[Callback] = (),
-) -> Trainer:
-    """The trainer `cfg` describes, with the process set up as a run sets it up.
+) -> Job:
+    """The job `cfg` describes, with the process set up as a run sets it up.
 
     With `run_dir` it checkpoints there (`run_info` goes into each checkpoint) and draws its
     final figures into run_dir/figures; with `tb` it logs to TensorBoard (a run that is not
@@ -197,11 +197,10 @@ def build_trainer(
         *extra_callbacks,
     ]
     compiled = torch.compile(model, mode=trainer_cfg.compile) if trainer_cfg.compile else None
-    return Trainer(
+    return Job(
         model,
         strategy,
         optimizer,
-        engine_for(strategy, model, ranks),
         data,
         trainer_cfg,
         device,

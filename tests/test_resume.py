@@ -17,12 +17,13 @@ from conftest import MTLTRAIN, make_config, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtltrain import checkpoint, rundir
-from mtltrain.build import build_trainer
+from mtltrain.build import build_job
 from mtltrain.callbacks.nonfinite import NonfiniteGuard, NonfiniteWatch, nonfinite_error
 from mtltrain.data import two_slope
 from mtltrain.errors import TrainingError
 from mtltrain.run import run
 from mtltrain.tblog import TensorBoardLog
+from mtltrain.train import train_alone
 from mtltrain.weighting import uncertainty
 
 # one worker builds this module's costly module-scoped fixture for all its tests
@@ -273,17 +274,17 @@ def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path, watched):
     cfg = make_config([*TINY, "trainer.nonfinite=stop"])
     ckpt = rundir.checkpoint_file(tmp_path)
     with TensorBoardLog(tmp_path / "tb") as tb:
-        trainer = build_trainer(cfg, tmp_path, tb)
+        job = build_job(cfg, tmp_path, tb)
         if watched:
-            (guard,) = (cb for cb in trainer.callbacks if isinstance(cb, NonfiniteGuard))
-            guard.watch = NonfiniteWatch(len(trainer.terms), torch.device("cpu"))
-        trainer.epochs = 2
-        trainer.fit()  # two good epochs, checkpointed
+            (guard,) = (cb for cb in job.callbacks if isinstance(cb, NonfiniteGuard))
+            guard.watch = NonfiniteWatch(len(job.terms), torch.device("cpu"))
+        job.epochs = 2
+        train_alone(job)  # two good epochs, checkpointed
         with torch.no_grad():
-            trainer.model.weights[0][0, 0, 0] = math.nan  # y1's network breaks
-        trainer.epochs = 4
+            job.model.weights[0][0, 0, 0] = math.nan  # y1's network breaks
+        job.epochs = 4
         with pytest.raises(TrainingError) as err:
-            trainer.fit()
+            train_alone(job)
     message = str(err.value)
     assert "task y1" in message and f"{ckpt} (step 8)" in message and "at step 9," in message
     assert checkpoint.load(ckpt)["trainer"]["position"]["step"] == 8  # still the good one

@@ -27,7 +27,8 @@ from mtltrain import checkpoint
 from mtltrain.errors import Interrupted, TrainingError
 from mtltrain.results import read_results
 from mtltrain.run import run, run_stacked
-from mtltrain.stacked import StackedTrainer, groups_of, stack_key
+from mtltrain.stacked import StackedStep
+from mtltrain.stacking import groups_of, stack_key
 
 REL = 1e-5
 FULL_REL = 2e-3
@@ -145,7 +146,7 @@ def test_dtp_stacks_on_the_vmapped_conv_model(
 ) -> None:
     """MNIST's model has no forward_stacked: torch.func.vmap runs it; DTP reads KPIs per job.
     (On a CPU such a model runs alone for speed: stacked here to check it is exact.)"""
-    monkeypatch.setattr("mtltrain.stacked._has_convolutions", lambda model: False)
+    monkeypatch.setattr("mtltrain.stacking._has_convolutions", lambda model: False)
     check_against_alone(tmp_path, [*mnist, "weighting=dtp", "trainer.epochs=2"], SEEDS[:2])
 
 
@@ -153,7 +154,7 @@ def test_a_loss_that_is_no_mean_per_element_is_vmapped(
     tmp_path: Path, mnist: list[str], monkeypatch
 ) -> None:
     """Dice sums over a job's whole batch: its losses are vmapped, not averaged per element."""
-    monkeypatch.setattr("mtltrain.stacked._has_convolutions", lambda model: False)
+    monkeypatch.setattr("mtltrain.stacking._has_convolutions", lambda model: False)
     check_against_alone(
         tmp_path, [*mnist, "dataset.tasks=[cls3,seg]", "trainer.epochs=1"], SEEDS[:2]
     )
@@ -285,14 +286,14 @@ def test_a_job_that_skips_steps_skips_them_alone(tmp_path: Path) -> None:
 def test_a_signal_checkpoints_every_job_and_each_resumes(tmp_path: Path, monkeypatch) -> None:
     """SIGTERM mid-epoch: every job writes its checkpoint and is marked interrupted; one job
     then resumes alone, the other two stacked, and all end as uninterrupted runs do."""
-    step = StackedTrainer.train_step
+    step = StackedStep.train_step
 
     def stopping(self, index):  # the signal arrives during step 7
         step(self, index)
-        if self.step == 7:
+        if self.number == 7:
             signal.raise_signal(signal.SIGTERM)
 
-    monkeypatch.setattr(StackedTrainer, "train_step", stopping)
+    monkeypatch.setattr(StackedStep, "train_step", stopping)
     common = [*SMALL, "weighting=uncertainty"]
     outcomes = run_stacked(jobs_of(tmp_path / "stacked", common, SEEDS))
     monkeypatch.undo()

@@ -12,10 +12,11 @@ from conftest import make_config
 from matplotlib.image import imread
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mtltrain.build import build_trainer
+from mtltrain.build import build_job
 from mtltrain.config import config_dir
 from mtltrain.errors import ConfigError
 from mtltrain.run import run
+from mtltrain.train import train_alone
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
@@ -168,7 +169,7 @@ def test_the_strategy_page_says_what_each_strategy_is_and_logs(tmp_path, mnist_r
     for strategy, section in sections.items():
         overrides = [*TINY_SETS["mnist_focal"], f"dataset.root={mnist_root}", "trainer.epochs=1"]
         cfg = make_config([*overrides, f"weighting={strategy}"])
-        assert section.kind == kinds[build_trainer(cfg).strategy.level], strategy
+        assert section.kind == kinds[build_job(cfg).strategy.level], strategy
         run(cfg, tmp_path / strategy)
         logged = set(results_of(tmp_path / strategy)["weighting"])
         assert logged == {"weight", *section.logs}, strategy
@@ -209,7 +210,7 @@ def test_data_on_the_training_device_is_recognised_by_its_type(monkeypatch):
 
     # the same mismatch on the CPU: tensors report "cpu", the device is "cpu:0"
     monkeypatch.setattr(mtltrain.build, "select_device", lambda name: torch.device("cpu", 0))
-    trainer = build_trainer(make_config(TINY))
-    assert trainer.device == torch.device("cpu", 0) and trainer.on_device
-    trainer.fit()
-    assert trainer.step == 2 * 4
+    job = build_job(make_config(TINY))
+    assert job.device == torch.device("cpu", 0) and job.on_device
+    train_alone(job)
+    assert job.step == 2 * 4
