@@ -24,11 +24,14 @@ from conftest import make_config, run_cli, run_report, write_fake_mnist
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtltrain import checkpoint
+from mtltrain.build import build_job
+from mtltrain.callbacks import Callback
 from mtltrain.errors import Interrupted, TrainingError
 from mtltrain.results import read_results
 from mtltrain.run import run, run_stacked
 from mtltrain.stacked import StackedStep
 from mtltrain.stacking import groups_of, stack_key
+from mtltrain.train import Trainer, train_alone
 
 REL = 1e-5
 FULL_REL = 2e-3
@@ -350,3 +353,23 @@ def test_group_size_must_be_a_positive_integer(tmp_path: Path) -> None:
     done = run_cli([*args, f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path)
     assert done.returncode != 0
     assert "hydra.launcher.group_size=0 is not allowed" in done.stderr
+
+
+def test_the_loop_stops_a_job_whose_epoch_end_fails_and_the_others_go_on() -> None:
+    """Two jobs through the one Trainer, on the stacked step: job 0's callback fails at its
+    first epoch end; job 0 stops there, job 1 trains on and ends as it would alone."""
+
+    class Broken(Callback):
+        def on_epoch_end(self, job) -> None:
+            raise RuntimeError("job 0's callback broke")
+
+    configs = [make_config([*SHORT, *SMALL, f"seed={s}"]) for s in (0, 1)]
+    jobs = [build_job(configs[0], extra_callbacks=[Broken()]), build_job(configs[1])]
+    trainer = Trainer(jobs)
+    assert isinstance(trainer.runner, StackedStep)
+    errors = trainer.fit()
+    assert isinstance(errors[0], RuntimeError) and errors[1] is None
+    assert jobs[0].epoch == 1 and jobs[1].epoch == 2 and jobs[1].step == 2 * 6
+    alone = build_job(configs[1])
+    train_alone(alone)
+    assert jobs[1].test_metrics == pytest.approx(alone.test_metrics, rel=REL, abs=1e-7)
