@@ -442,13 +442,13 @@ def test_checkpoints_come_by_the_clock_and_at_the_end(monkeypatch, tmp_path):
         checkpoint, "save", lambda path, state: written.append(state["trainer"]["epoch"])
     )
 
-    class Trainer:
+    class Job:
         step, epochs, epoch = 0, 6, 0
 
         def state_dict(self) -> dict:
             return {"epoch": self.epoch}
 
-    job = Trainer()
+    job = Job()
     saver = CheckpointCallback(tmp_path / "last.pt", every=0, interval=60, run_info={})
     saver.on_fit_start(job)
     for epoch, now in zip(range(1, 7), [20, 50, 70, 100, 135, 140], strict=True):
