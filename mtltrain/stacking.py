@@ -90,7 +90,7 @@ def unstackable(jobs: Sequence[Job]) -> str:
     """Why these jobs (at the same step: `run.run_stacked` groups them so) cannot train
     stacked; "" where they can."""
     first = jobs[0]
-    if len({type(t.strategy) for t in jobs}) > 1:
+    if len({type(job.strategy) for job in jobs}) > 1:
         return "their strategies differ"
     if first.strategy.unstackable:
         return f"{type(first.strategy).__name__}: {first.strategy.unstackable}"
@@ -100,16 +100,14 @@ def unstackable(jobs: Sequence[Job]) -> str:
         return "trainer.compile is set"
     if _draws_random(first.model):
         return "the model draws dropout masks (not each job's own)"
-    if len({(t.epochs, t.batches_per_epoch, t.batch_size, t.device) for t in jobs}) > 1:
+    if len({(job.epochs, job.batches_per_epoch, job.batch_size, job.device) for job in jobs}) > 1:
         return "their epochs, batches or devices differ"
-    if any(
-        _shapes(t.model) != _shapes(first.model) or _shapes(t.strategy) != _shapes(first.strategy)
-        for t in jobs
-    ):
+    shapes = [(_shapes(job.model), _shapes(job.strategy)) for job in jobs]
+    if any(shape != shapes[0] for shape in shapes):
         return "their models or strategies differ in shape"
-    if any(_optimizer_kinds(t) != _optimizer_kinds(first) for t in jobs):
+    if any(_optimizer_kinds(job) != _optimizer_kinds(first) for job in jobs):
         return "their optimizers differ"
-    if any(_split_shapes(t.train_split) != _split_shapes(first.train_split) for t in jobs):
+    if any(_split_shapes(job.train_split) != _split_shapes(first.train_split) for job in jobs):
         return "their training sets differ in shape"
     if (
         first.device.type == "cpu"
