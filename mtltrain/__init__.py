@@ -11,42 +11,46 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mtltrain.build import build_trainer
+    from mtltrain.build import build_job
     from mtltrain.config import compose_checked
     from mtltrain.data import MultiTaskData, Split
-    from mtltrain.loop import Callback, Trainer
+    from mtltrain.loop import Callback, Job, Trainer
     from mtltrain.models import MultiTaskModel, MultiTaskNet
     from mtltrain.run import run
-    from mtltrain.step import Step
+    from mtltrain.step import Step, StepRunner
     from mtltrain.tasks import TaskSpec
     from mtltrain.weighting import Weighting
 
 __version__ = "0.1.0"
 __all__ = [
     "Callback",
+    "Job",
     "MultiTaskData",
     "MultiTaskModel",
     "MultiTaskNet",
     "Split",
     "Step",
+    "StepRunner",
     "TaskSpec",
     "Trainer",
     "Weighting",
-    "build_trainer",
+    "build_job",
     "compose_checked",
     "run",
 ]
 _HOME = {
     "Callback": "mtltrain.loop",
+    "Job": "mtltrain.loop",
     "MultiTaskData": "mtltrain.data",
     "MultiTaskModel": "mtltrain.models",
     "MultiTaskNet": "mtltrain.models",
     "Split": "mtltrain.data",
     "Step": "mtltrain.step",
+    "StepRunner": "mtltrain.step",
     "TaskSpec": "mtltrain.tasks",
     "Trainer": "mtltrain.loop",
     "Weighting": "mtltrain.weighting",
-    "build_trainer": "mtltrain.build",
+    "build_job": "mtltrain.build",
     "compose_checked": "mtltrain.config",
     "run": "mtltrain.run",
 }

@@ -1,7 +1,8 @@
-"""Config → built objects: data, model, strategy, optimizer, engine, callbacks and the trainer.
+"""Config → built objects: data, model, strategy, optimizer, callbacks: a run's job.
 
-`build_trainer` is the one wiring of a run: the CLI's runs, the benchmark and the tests all get
-their trainer from it, so the three cannot drift apart.
+`build_job` is the one wiring of a run: the CLI's runs, the benchmark and the tests all get
+their job from it, so the three cannot drift apart (the loop, `mtltrain.loop._trainer.Trainer`, then
+trains one job or several stacked).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from mtltrain.data.base import MultiTaskData, Split, hold_out
 from mtltrain.distributed import join
 from mtltrain.errors import ConfigError, first_line
 from mtltrain.loop._callbacks import Callback
-from mtltrain.loop._engine import engine_for
+from mtltrain.loop._job import Job
 from mtltrain.loop._nonfinite import NonfiniteGuard, NonfiniteWatch
 from mtltrain.loop._runtime import (
     autocast,
@@ -37,7 +38,6 @@ from mtltrain.loop._runtime import (
     settle_threads,
 )
 from mtltrain.loop._selection import Selection, resolve_objective
-from mtltrain.loop._trainer import Trainer
 from mtltrain.losses import loss_terms
 from mtltrain.metrics import metric_names
 from mtltrain.models.base import MultiTaskNet
@@ -169,15 +169,15 @@ def build_objects(
     return data, model, strategy, optimizer
 
 
-def build_trainer(
+def build_job(
     cfg: DictConfig,
     run_dir: Path | None = None,
     tb: TensorBoardLog | None = None,
     run_info: dict[str, Any] | None = None,
     resumed: bool = False,
     extra_callbacks: Sequence[Callback] = (),
-) -> Trainer:
-    """The trainer `cfg` describes, with the process set up as a run sets it up.
+) -> Job:
+    """The job `cfg` describes, with the process set up as a run sets it up.
 
     With `run_dir` it checkpoints there (`run_info` goes into each checkpoint) and draws its
     final figures into run_dir/figures; with `tb` it logs to TensorBoard (a run that is not
@@ -197,11 +197,10 @@ def build_trainer(
         *extra_callbacks,
     ]
     compiled = torch.compile(model, mode=trainer_cfg.compile) if trainer_cfg.compile else None
-    return Trainer(
+    return Job(
         model,
         strategy,
         optimizer,
-        engine_for(strategy, model, ranks),
         data,
         trainer_cfg,
         device,

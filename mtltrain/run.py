@@ -1,19 +1,22 @@
-"""One run in its folder: build the trainer, fit, and leave TensorBoard logs, checkpoints,
-figures and results.json behind; continue the run of `cfg.resume` where it stopped."""
+"""One run in its folder: open it (lock, checks, its job built or resumed: `open_run`), fit
+its job alone or stacked with other runs' (`mtltrain.loop._trainer.Trainer`), and close it with the
+error that stopped the fit, if any (`OpenRun.close`), which leaves results.json beside the
+TensorBoard logs, checkpoints and figures the job's callbacks wrote; continue the run of
+`cfg.resume` where it stopped."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from mtltrain.build import build_trainer
+from mtltrain.build import build_job
 from mtltrain.config._compose import check
 from mtltrain.data.base import Split
 from mtltrain.errors import (
@@ -27,8 +30,9 @@ from mtltrain.errors import (
     first_line,
 )
 from mtltrain.interrupts import signal_of, stopped_by
-from mtltrain.loop._stacked import StackedTrainer, unstackable
-from mtltrain.loop._trainer import Trainer, evaluate
+from mtltrain.loop._job import Job, evaluate
+from mtltrain.loop._runtime import rng_states, set_rng_states
+from mtltrain.loop._trainer import Trainer
 from mtltrain.losses import LossTerm
 from mtltrain.metrics import main_metric
 from mtltrain.outputs import _checkpoint_file as checkpoint
@@ -36,10 +40,11 @@ from mtltrain.outputs import _run_folder as rundir
 from mtltrain.outputs._event_writer import TensorBoardLog
 from mtltrain.outputs._results import RESULTS_FILE, read_results, summary_table, write_json
 from mtltrain.processes import rank, requeued
+from mtltrain.stacking import unstackable
 
 log = logging.getLogger("mtltrain.loop._trainer")
-# a job of `run_stacked`: the arguments of `run`
-Job = tuple[DictConfig, Path, Sequence[str], dict[str, str] | None, str | None, Sequence[str]]
+# a run of `run_stacked`: the arguments of `run`
+RunArgs = tuple[DictConfig, Path, Sequence[str], dict[str, str] | None, str | None, Sequence[str]]
 
 
 def true_sigma(split: Split, terms: Sequence[LossTerm]) -> dict[str, float | None]:
@@ -71,139 +76,231 @@ def run(
     UnexpectedError, their traceback in the run's log); a failure of a fresh run leaves a
     results.json that says so; nothing a run wrote before is ever replaced by a failure.
     """
-    steps = job_run(cfg, run_dir, overrides, choices, job, hydra_files)
     with logging_redirect_tqdm():
-        try:
-            trainer = next(steps)
-        except StopIteration as done:  # a finished run kept as it is
-            return done.value
-        return finish(steps, _fit(trainer.fit))
+        handle = open_run(cfg, run_dir, overrides, choices, job, hydra_files)
+        if handle.job is None:  # a finished run kept as it is
+            return handle.objective
+        (error,) = _fit([handle.job])
+        return handle.close(error)
 
 
-def finish(steps: Generator[Trainer, None, float], error: BaseException | None) -> float:
-    """Let the run whose trainer `steps` yielded write its results, now it is fitted; the
-    error that stopped its fit, if any, goes back into the run, which records it and raises
-    it as an MtlError."""
-    if error is not None:
-        steps.throw(error)  # raises: the run records the failure and raises it again
-    try:
-        steps.send(None)
-    except StopIteration as done:
-        return done.value
-    raise AssertionError("a run yields its trainer once")
-
-
-def run_stacked(jobs: Sequence[Job]) -> list[float | MtlError]:
-    """`run` for each of `jobs` ((cfg, run_dir, overrides, choices, job) each): those that can
-    train stacked in one process (`mtltrain.loop._stacked`), each in its own folder as alone; the
-    others one after another, each from the random state its build left, with a log line
-    that says why. Returns per job its objective, or the error that stopped it."""
-    outcomes: list[float | MtlError] = [float("nan")] * len(jobs)
+def run_stacked(runs: Sequence[RunArgs]) -> list[float | MtlError]:
+    """`run` for each of `runs` ((cfg, run_dir, overrides, choices, job, hydra_files) each):
+    those that can train stacked in one process (`mtltrain.loop._stacked`), each in its own folder
+    as alone; the others one after another, each from the random state its build left, with
+    a log line that says why. Returns per run its objective, or the error that stopped it."""
+    outcomes: list[float | MtlError] = [float("nan")] * len(runs)
     started: dict[tuple[int, int, int], list[_Started]] = {}
     with logging_redirect_tqdm():
-        for i, job in enumerate(jobs):
-            steps = job_run(*job)
+        for i, args in enumerate(runs):
             try:
-                trainer = next(steps)
-            except StopIteration as done:  # finished already: kept as it is
-                outcomes[i] = done.value
+                handle = open_run(*args)
             except MtlError as e:
                 outcomes[i] = e
-            else:  # jobs resumed at other steps than the rest train in a stack of their own
-                position = (trainer.epoch, trainer.batch, trainer.step)
-                started.setdefault(position, []).append(
-                    _Started(i, steps, trainer, checkpoint.rng_states())
-                )
+                continue
+            if handle.job is None:  # finished already: kept as it is
+                outcomes[i] = handle.objective
+                continue
+            # runs resumed at other steps than the rest train in a stack of their own
+            job = handle.job
+            started.setdefault((job.epoch, job.batch, job.step), []).append(
+                _Started(i, handle, rng_states())
+            )
         for group in started.values():
-            for job, outcome in zip(group, _fitted(group), strict=True):
-                outcomes[job.index] = outcome
+            for member, error in zip(group, _fitted(group), strict=True):
+                try:
+                    outcomes[member.index] = member.handle.close(error)
+                except MtlError as e:
+                    outcomes[member.index] = e
     return outcomes
 
 
 class _Started(NamedTuple):
-    """A job of `run_stacked` built (or resumed) and waiting to be fitted."""
+    """A run of `run_stacked` opened (built or resumed) and waiting to be fitted."""
 
     index: int
-    steps: Generator[Trainer, None, float]
-    trainer: Trainer
+    handle: OpenRun
     rng: dict[str, Any]  # the random state its build (or its checkpoint) left
 
 
-def _fitted(group: Sequence[_Started]) -> list[float | MtlError]:
-    """Fit the group's trainers stacked where they can be, else one after another; each job's
-    objective or error."""
-    trainers = [job.trainer for job in group]
-    why = unstackable(trainers) if len(trainers) > 1 else ""
-    errors: list[BaseException | None]
-    if len(trainers) > 1 and not why:
-        try:
-            errors = StackedTrainer(trainers).fit()
-        except Exception as e:  # not any one job's: every job of the stack gets it
-            errors = [e] * len(group)
-    else:
-        if why:
-            log.info("%d jobs run one after another: %s", len(trainers), why)
-        errors = [_alone(job) for job in group]
-    outcomes: list[float | MtlError] = []
-    for job, error in zip(group, errors, strict=True):
-        try:
-            outcomes.append(finish(job.steps, error))
-        except MtlError as e:
-            outcomes.append(e)
-    return outcomes
+def _fitted(group: Sequence[_Started]) -> list[BaseException | None]:
+    """Fit the group's jobs stacked where they can be (`stacking.unstackable`), else one
+    after another, each from the random state its build left; each job's error, or None."""
+    jobs = [member.handle.job for member in group]
+    assert all(job is not None for job in jobs)
+    why = unstackable(jobs) if len(jobs) > 1 else ""
+    if len(jobs) > 1 and not why:
+        return _fit(jobs)
+    if why:
+        log.info("%d jobs run one after another: %s", len(jobs), why)
+    errors: list[BaseException | None] = []
+    for member, job in zip(group, jobs, strict=True):
+        set_rng_states(member.rng)
+        errors.extend(_fit([job]))
+    return errors
 
 
-def _alone(job: _Started) -> Exception | None:
-    """The job's own fit, from the random state it was built (or resumed) with: its error."""
-    checkpoint.set_rng_states(job.rng)
-    return _fit(job.trainer.fit)
-
-
-def _fit(fit: Callable[[], object]) -> Exception | None:
-    """The error that stopped `fit`, or None; a second Ctrl-C or SIGTERM (raised mid-step) as
+def _fit(jobs: Sequence[Job]) -> list[BaseException | None]:
+    """One trainer over `jobs`, fitted: each job's error, or None. An error outside every
+    job's (setting the stack up) is each job's; a second Ctrl-C or SIGTERM (raised mid-step)
     an Interrupted whose step and checkpoint are lost."""
     try:
-        fit()
+        return Trainer(jobs).fit()
     except KeyboardInterrupt as e:
-        return Interrupted(f"{stopped_by(e, 'at once ')} (a second signal), mid-step", signal_of(e))
+        lost = Interrupted(f"{stopped_by(e, 'at once ')} (a second signal), mid-step", signal_of(e))
+        return [lost] * len(jobs)
     except Exception as e:
-        return e
-    return None
+        return [e] * len(jobs)
 
 
-def job_run(
+def open_run(
     cfg: DictConfig,
     run_dir: Path,
     overrides: Sequence[str] = (),
     choices: dict[str, str] | None = None,
     job: str | None = None,
     hydra_files: Sequence[str] = (),
-) -> Generator[Trainer, None, float]:
-    """`run` in steps: yields its built (or resumed) trainer, to be fitted alone or stacked
-    with others' (`mtltrain.loop._stacked`); sent None once it is fitted (or thrown the error that
-    stopped it), it writes the run's results and returns the objective, as `run` does."""
-    info = {"choices": choices or {}, "overrides": list(overrides)}
-    owned, resume = False, None  # owned: past the folder's checks, this run's to write into
-    with _log_file(run_dir / rundir.LOG_FILE) as file_log:
+) -> OpenRun:
+    """`run` up to its fit: the folder locked and checked, its log file and TensorBoard log
+    open, its job built (or resumed), to be fitted alone or stacked with others'
+    (`mtltrain.loop._trainer`); `close(error)` then writes its results. A run that finished
+    already is kept as it is: its `job` is None, its `objective` read back. Raises what `run`
+    raises."""
+    handle = OpenRun(cfg, run_dir, overrides, choices, job)
+    handle.open(hydra_files)
+    return handle
+
+
+class OpenRun:
+    """A run between its build and its results (`open_run`); while open it holds its folder's
+    lock, its log file and its TensorBoard log."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        overrides: Sequence[str],
+        choices: dict[str, str] | None,
+        name: str | None,
+    ) -> None:
+        self.cfg, self.run_dir, self.name = cfg, run_dir, name
+        self.info = {"choices": choices or {}, "overrides": list(overrides)}
+        self.overrides = overrides
+        self.job: Job | None = None
+        self.objective = float("nan")
+        self.owned = False  # past the folder's checks: this run's to write into
+        self.resume: Path | None = None
+        self.exits = contextlib.ExitStack()  # the lock and the log file, till `close`
+        self.logs = contextlib.ExitStack()  # the TensorBoard log, till the fit ends
+        self.file_log = self.exits.enter_context(_log_file(run_dir / rundir.LOG_FILE))
+        self.started = self.fit_started = time.perf_counter()
+
+    def open(self, hydra_files: Sequence[str]) -> None:
+        """Lock and check the folder, then build the job (see `open_run`)."""
+        cfg, run_dir = self.cfg, self.run_dir
+        with self.failures():
+            self.exits.enter_context(rundir.lock(run_dir))
+            self.resume = _resume_from(cfg, run_dir)
+            if self.resume is None:
+                rundir.check_fresh(run_dir, hydra_files)
+            elif not cfg.resume and rundir.status(run_dir) == "completed":
+                log.info("%s already holds a finished run: kept as it is", run_dir)
+                self.objective = read_results(run_dir)["objective"]["value"]
+                self.exits.close()
+                return
+            self.owned = True
+            check(cfg, self.overrides)  # a sweep's job was not checked before Hydra made its folder
+            self.job = self.build()
+
+    def build(self) -> Job:
+        """The run's job, resumed from its checkpoint where it continues one; under torchrun
+        every rank trains and rank 0 alone writes (the others' `run_dir` is a scratch folder)."""
+        cfg, run_dir = self.cfg, self.run_dir
+        state = checkpoint.load(self.resume) if self.resume is not None else None
+        purge = state["trainer"]["position"]["step"] + 1 if state else None
+        self.run_info = {**self.info, "config": OmegaConf.to_container(cfg, resolve=True)}
+        self.lead = rank() == 0  # the job's ranks are joined only when it is built
+        self.exits.enter_context(self.logs)
+        tb = (
+            self.logs.enter_context(TensorBoardLog(run_dir / rundir.TB, purge_step=purge))
+            if self.lead
+            else None
+        )
+        job = build_job(cfg, run_dir if self.lead else None, tb, self.run_info, state is not None)
+        data = job.data
+        log.info(
+            "%s: %d train / %d validation / %d test samples, tasks %s, weighting %s, device %s",
+            self.info["choices"].get("dataset", "data"),
+            len(data.train),
+            0 if data.validation is None else len(data.validation),
+            len(data.test),
+            [t.name for t in data.tasks],
+            type(job.strategy).__name__,
+            job.device,
+        )
+        if state:
+            _load(job, state, self.run_info["config"])
+            log.info("resumed at step %d (epoch %d)", job.step, job.epoch + 1)
+            self.file_log.info("resumed at step %d", job.step)
+        self.fit_started = time.perf_counter()
+        return job
+
+    def close(self, error: BaseException | None) -> float:
+        """After the job's fit, with the error that stopped it (None: it finished): write the
+        run's results and return its objective, or record the failure and raise it as an
+        MtlError. The folder is unlocked."""
+        if self.job is None:
+            return self.objective
         try:
-            with rundir.lock(run_dir):
-                resume = _resume_from(cfg, run_dir)
-                if resume is None:
-                    rundir.check_fresh(run_dir, hydra_files)
-                elif not cfg.resume and rundir.status(run_dir) == "completed":
-                    log.info("%s already holds a finished run: kept as it is", run_dir)
-                    return read_results(run_dir)["objective"]["value"]
-                owned = True
-                check(cfg, overrides)  # a sweep's job was not checked before Hydra made its folder
-                return (yield from _run(cfg, run_dir, info, resume, job, file_log))
+            with self.failures():
+                if isinstance(error, Interrupted):
+                    raise Interrupted(
+                        f"{error}; last checkpoint: {rundir.checkpoint_file(self.run_dir)}; "
+                        f"continue with: {rundir.resume_command(self.run_dir)}",
+                        error.signal_number,
+                    ) from None
+                if error is not None:
+                    raise error
+                return self.write_results(self.job)
+        finally:
+            self.exits.close()
+
+    def write_results(self, job: Job) -> float:
+        """results.json and the summary of a run whose fit finished; its objective."""
+        train_time = time.perf_counter() - self.fit_started
+        self.logs.close()
+        results = _results(self.cfg, job, self.info)
+        job.ranks.close()
+        results["wall_time_s"] = round(time.perf_counter() - self.started, 3)
+        results["train_time_s"] = round(train_time, 3)
+        if not self.lead:
+            return results["objective"]["value"]
+        write_json(self.run_dir / RESULTS_FILE, results)
+        tasks = {t.name: t for t in job.data.tasks}
+        terms = job.strategy.terms
+        main = {t.name: main_metric(tasks[t.task]) for t in terms}
+        table = summary_table(results, main, [t.name for t in terms if not t.heteroscedastic])
+        print(table if self.name is None else f"{self.name}\n{table}")
+        self.file_log.info("summary\n%s", table)
+        return results["objective"]["value"]
+
+    @contextlib.contextmanager
+    def failures(self) -> Iterator[None]:
+        """Any error raised in it becomes the run's one-line MtlError: a run past its
+        folder's checks logs it to its file and, if fresh (or interrupted), records it in its
+        results.json; the run is closed (TensorBoard log, lock, log file)."""
+        try:
+            yield
         except (Exception, KeyboardInterrupt) as e:
-            error = _as_mtl_error(e, run_dir)
-            if owned:
-                file_log.error("error: %s", error, exc_info=None if error is e else e)
-                if resume is None or isinstance(error, Interrupted):
+            error = _as_mtl_error(e, self.run_dir)
+            self.logs.close()
+            if self.owned:
+                self.file_log.error("error: %s", error, exc_info=None if error is e else e)
+                if self.resume is None or isinstance(error, Interrupted):
                     status = "interrupted" if isinstance(error, Interrupted) else "failed"
-                    results = {"status": status, "error": str(error), **info}
-                    _record_failure(run_dir, results, file_log)
+                    results = {"status": status, "error": str(error), **self.info}
+                    _record_failure(self.run_dir, results, self.file_log)
+            self.exits.close()
             if error is e:
                 raise
             raise error from e
@@ -267,99 +364,36 @@ def _record_failure(run_dir: Path, results: dict[str, Any], file_log: logging.Lo
         file_log.error("%s", e)
 
 
-def _run(
-    cfg: DictConfig,
-    run_dir: Path,
-    info: dict[str, Any],
-    resume: Path | None,
-    job: str | None,
-    file_log: logging.Logger,
-) -> Generator[Trainer, None, float]:
-    """Build the trainer, yield it to be fitted, and write the run's folder; under torchrun
-    every rank trains and rank 0 alone writes (the others' `run_dir` is a scratch folder)."""
-    started = time.perf_counter()
-    state = checkpoint.load(resume) if resume is not None else None
-    purge = state["trainer"]["position"]["step"] + 1 if state else None
-    run_info = {**info, "config": OmegaConf.to_container(cfg, resolve=True)}
-    lead = rank() == 0  # the trainer's ranks are joined only when it is built
-    logs = (
-        TensorBoardLog(run_dir / rundir.TB, purge_step=purge) if lead else contextlib.nullcontext()
-    )
-    with logs as tb:
-        trainer = build_trainer(
-            cfg, run_dir if lead else None, tb, run_info, resumed=state is not None
-        )
-        data = trainer.data
-        log.info(
-            "%s: %d train / %d validation / %d test samples, tasks %s, weighting %s, device %s",
-            info["choices"].get("dataset", "data"),
-            len(data.train),
-            0 if data.validation is None else len(data.validation),
-            len(data.test),
-            [t.name for t in data.tasks],
-            type(trainer.strategy).__name__,
-            trainer.device,
-        )
-        if state:
-            _load(trainer, state, run_info["config"])
-            log.info("resumed at step %d (epoch %d)", trainer.step, trainer.epoch + 1)
-            file_log.info("resumed at step %d", trainer.step)
-        fit_started = time.perf_counter()
-        try:
-            yield trainer
-        except Interrupted as e:
-            raise Interrupted(
-                f"{e}; last checkpoint: {rundir.checkpoint_file(run_dir)}; continue with: "
-                f"{rundir.resume_command(run_dir)}",
-                e.signal_number,
-            ) from None
-        train_time = time.perf_counter() - fit_started
-    results = _results(cfg, trainer, info)
-    trainer.ranks.close()
-    results["wall_time_s"] = round(time.perf_counter() - started, 3)
-    results["train_time_s"] = round(train_time, 3)
-    if not lead:
-        return results["objective"]["value"]
-    write_json(run_dir / RESULTS_FILE, results)
-    tasks = {t.name: t for t in data.tasks}
-    terms = trainer.strategy.terms
-    main = {t.name: main_metric(tasks[t.task]) for t in terms}
-    table = summary_table(results, main, [t.name for t in terms if not t.heteroscedastic])
-    print(table if job is None else f"{job}\n{table}")
-    file_log.info("summary\n%s", table)
-    return results["objective"]["value"]
-
-
-def _load(trainer: Trainer, state: dict[str, Any], config: dict[str, Any]) -> None:
-    """The checkpoint into the trainer. A run continues with its own settings (trainer.* aside):
+def _load(job: Job, state: dict[str, Any], config: dict[str, Any]) -> None:
+    """The checkpoint into the job. A run continues with its own settings (trainer.* aside):
     other ones, or state that does not fit, are refused with what differs."""
     changed = checkpoint.changed_settings(state.get("config", {}), config)
     try:
-        trainer.load_state_dict(state["trainer"])
+        job.load_state_dict(state["trainer"])
     except CheckpointError as e:
         settings = f"; settings that differ: {changed}" if changed else ""
         raise CheckpointError(f"{e}{settings}") from None
     checkpoint.refuse_other_settings(changed)
 
 
-def _results(cfg: DictConfig, trainer: Trainer, info: dict[str, Any]) -> dict[str, Any]:
+def _results(cfg: DictConfig, job: Job, info: dict[str, Any]) -> dict[str, Any]:
     """What results.json says of a finished run (timings are added by the caller): the
     selected evaluation's metrics, and the train metrics and learned quantities of the model
-    and strategy it evaluated (the trainer ends in that state)."""
-    data, strategy, selection = trainer.data, trainer.strategy, trainer.selection
+    and strategy it evaluated (the job ends in that state)."""
+    data, strategy, selection = job.data, job.strategy, job.selection
     chosen = selection.chosen
     if chosen is None:
         raise TrainingError(
-            f"no evaluation had a finite {selection.objective}, so trainer.select=best has "
+            f"no evaluation had a finite {selection.objective}, so job.select=best has "
             "nothing to report: see the run's TensorBoard for where training diverged"
         )
     train_metrics = evaluate(
-        trainer.forward,
+        job.forward,
         data.train,
         data.tasks,
-        trainer.cfg.eval_batch_size,
-        trainer.precision,
-        trainer.ranks,
+        job.cfg.eval_batch_size,
+        job.precision,
+        job.ranks,
     )
     metrics = {
         f"{split}/{k}": v for split, values in chosen["metrics"].items() for k, v in values.items()
@@ -374,11 +408,11 @@ def _results(cfg: DictConfig, trainer: Trainer, info: dict[str, Any]) -> dict[st
         "status": "completed",
         **info,
         "seed": int(cfg.seed),
-        "epochs": trainer.epochs,
-        "steps": trainer.step,
-        "nonfinite_steps": trainer.skipped_steps,
-        "device": str(trainer.device),
-        "processes": trainer.ranks.size,
+        "epochs": job.epochs,
+        "steps": job.step,
+        "nonfinite_steps": job.skipped_steps,
+        "device": str(job.device),
+        "processes": job.ranks.size,
         "objective": {"name": objective, "value": metrics[objective]},
         "selected": {"by": selection.select, "epoch": chosen["epoch"], "step": chosen["step"]},
         "metrics": metrics,

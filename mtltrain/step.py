@@ -1,8 +1,11 @@
-"""One training step as the strategies and the callbacks see it."""
+"""One training step as the strategies and the callbacks see it (`Step`), and how the loop
+steps its jobs (`StepRunner`: the per-job step, `mtltrain.loop._job_step`, or the stacked step of
+N jobs, `mtltrain.loop._stacked`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from torch import Tensor
 
@@ -31,3 +34,23 @@ class Step:
     total: Tensor | None = None
     share: float = 1.0
     ranks: Ranks = ONE_PROCESS
+
+
+class StepRunner(Protocol):
+    """The steps of the loop's jobs, all at the same position: each active job (its `error`
+    None) takes one step per call of `step`, on its own batch of its own shuffle."""
+
+    def start_epoch(self) -> None:
+        """Draw each job's order of its training set for its current epoch (drawn again when
+        it resumes mid-epoch)."""
+        ...
+
+    def step(self, batch: int) -> None:
+        """One step of every active job on batch number `batch` of its epoch's order."""
+        ...
+
+    def sync(self) -> None:
+        """Hand each job what the steps since the last sync kept for it (running metrics and
+        losses, optimizer state): the loop calls it before epoch ends and interrupts, the
+        only times a job is evaluated or checkpointed."""
+        ...

@@ -56,10 +56,12 @@ import update_readme
 from repro_common import MNIST_ROOT, mnist_overrides, threads_label
 from torch import nn
 
-from mtltrain.build import build_trainer
+from mtltrain.build import build_job
 from mtltrain.config._compose import build, compose_checked, config_dir
 from mtltrain.data import mnist_mtl
 from mtltrain.data.base import Split
+from mtltrain.loop._job import Job
+from mtltrain.loop._job_step import PerJobStep
 from mtltrain.loop._runtime import (
     keep_host_memory,
     machine,
@@ -67,7 +69,6 @@ from mtltrain.loop._runtime import (
     settle_threads,
     usable_cores,
 )
-from mtltrain.loop._trainer import Trainer
 from mtltrain.losses import compute_losses
 from mtltrain.outputs._event_writer import TensorBoardLog
 from mtltrain.outputs._figures import FiguresCallback
@@ -127,17 +128,19 @@ def forever(make: Callable[[], Iterator]) -> Iterator:
 
 
 class ProjectRun:
-    """A trainer built from the project's configs (as a run builds it), stepped in blocks."""
+    """A job built from the project's configs (as a run builds it), stepped in blocks by its
+    per-job step."""
 
     def __init__(self, overrides: list[str], device: torch.device, log_dir: Path) -> None:
         self.cfg = compose_checked([*overrides, f"trainer.device={device.type}"])
         self.device = device
         self.tb = TensorBoardLog(log_dir / "tb")
-        self.trainer = build_trainer(self.cfg, log_dir, self.tb)
-        self.data, self.model = self.trainer.data, self.trainer.model
-        size, split, gen = self.trainer.batch_size, self.trainer.train_split, self.trainer.generator
+        self.job = build_job(self.cfg, log_dir, self.tb)
+        self.data, self.model = self.job.data, self.job.model
+        size, split, gen = self.job.batch_size, self.job.train_split, self.job.generator
         self.batches = forever(lambda: split.shuffled(gen).batches(size))
-        self.step = self.trainer.train_step
+        self.runner = PerJobStep(self.job)
+        self.step = self.runner.train_step
 
     def block(self, steps: int) -> float:
         """Seconds for `steps` training steps."""
@@ -359,31 +362,31 @@ def bench_strategies(
     return {
         "unit": "ms/step",
         "shared_parameters": sum(p.numel() for p in fixed.shared_parameters()),
-        "kind": {n: KINDS[r.trainer.strategy.level] for n, r in runs.items()},
+        "kind": {n: KINDS[r.job.strategy.level] for n, r in runs.items()},
         **step_times(runs, steps, rounds, "fixed"),
     }
 
 
 def vmapped_jacobian(run: ProjectRun) -> Callable[[Split], None]:
     """MGDA's step with its Jacobian from one vmapped backward pass for all tasks."""
-    trainer = run.trainer
-    shared = trainer.model.shared_parameters()
-    others = [p for p in trainer.model.parameters() if all(p is not q for q in shared)]
+    job = run.job
+    shared = job.model.shared_parameters()
+    others = [p for p in job.model.parameters() if all(p is not q for q in shared)]
 
     def step(batch: Split) -> None:
-        outputs, _ = trainer.model(batch.inputs)
-        losses = compute_losses(trainer.terms, outputs, batch.targets)
-        for p in trainer.params:
+        outputs, _ = job.model(batch.inputs)
+        losses = compute_losses(job.terms, outputs, batch.targets)
+        for p in run.runner.params:
             p.grad = None
         eye = torch.eye(len(losses), device=losses.device)
         grads = torch.autograd.grad(losses, [*shared, *others], eye, is_grads_batched=True)
         jacobian = torch.cat([g.flatten(1) for g in grads[: len(shared)]], dim=1)
-        direction, _ = trainer.strategy.aggregate(jacobian, losses.detach())
+        direction, _ = job.strategy.aggregate(jacobian, losses.detach())
         for p, piece in zip(shared, direction.split([p.numel() for p in shared]), strict=True):
             p.grad = torch.empty_like(p).copy_(piece.view_as(p))  # the layout of p
         for p, g in zip(others, grads[len(shared) :], strict=True):
             p.grad = torch.empty_like(p).copy_(g.sum(0))
-        trainer.optimizer.step()
+        job.optimizer.step()
 
     return step
 
@@ -394,22 +397,22 @@ def torchjd_jacobian(run: ProjectRun) -> Callable[[Split], None]:
     from torchjd.aggregation import Aggregator
     from torchjd.autojac import jac_to_grad, mtl_backward
 
-    trainer = run.trainer
+    job = run.job
 
     class SameWeights(Aggregator):
         def forward(self, matrix: torch.Tensor) -> torch.Tensor:
-            return trainer.strategy.aggregate(matrix, torch.ones(len(matrix)))[0]
+            return job.strategy.aggregate(matrix, torch.ones(len(matrix)))[0]
 
     aggregator = SameWeights()
 
     def step(batch: Split) -> None:
-        outputs, features = trainer.model(batch.inputs)
-        losses = [t.fn(outputs[t.task], batch.targets[t.task]) for t in trainer.terms]
-        for p in trainer.params:
+        outputs, features = job.model(batch.inputs)
+        losses = [t.fn(outputs[t.task], batch.targets[t.task]) for t in job.terms]
+        for p in run.runner.params:
             p.grad = None
         mtl_backward(losses, features=features)
-        jac_to_grad(trainer.model.shared_parameters(), aggregator)
-        trainer.optimizer.step()
+        jac_to_grad(job.model.shared_parameters(), aggregator)
+        job.optimizer.step()
 
     return step
 
@@ -470,27 +473,32 @@ def eval_and_logging_share(overrides: list[str], device: torch.device, log_dir: 
     epoch: test metrics and train-metric logs every `eval_every` epochs, figures every
     `figure_every` evaluations (the defaults)."""
     run = ProjectRun(overrides, device, log_dir)
-    trainer = run.trainer
-    (tb,) = (cb for cb in trainer.callbacks if isinstance(cb, TensorBoardCallback))
-    (figures,) = (cb for cb in trainer.callbacks if isinstance(cb, FiguresCallback))
-    trainer.train_epoch()  # warm-up
-    trainer.batch = 0  # the next epoch from its first batch
+    job = run.job
+    (tb,) = (cb for cb in job.callbacks if isinstance(cb, TensorBoardCallback))
+    (figures,) = (cb for cb in job.callbacks if isinstance(cb, FiguresCallback))
+
+    def train_epoch() -> None:
+        run.runner.start_epoch()
+        for b in range(job.batches_per_epoch):
+            run.runner.step(b)
+
+    train_epoch()  # warm-up
     sync(device)
     start = time.perf_counter()
-    trainer.train_epoch()
+    train_epoch()
     sync(device)
     epoch = time.perf_counter() - start
-    step = trainer.train_step(next(run.batches))
+    step = run.step(next(run.batches))
     start = time.perf_counter()
     for _ in range(20):
-        tb.log_step(trainer, step)
+        tb.log_step(job, step)
     per_log = (time.perf_counter() - start) / 20
-    logging = per_log * trainer.batches_per_epoch / trainer.cfg.log_every
-    plain = timed_evaluation(trainer)
+    logging = per_log * job.batches_per_epoch / job.cfg.log_every
+    plain = timed_evaluation(job)
     evaluation = plain
-    if trainer.cfg.figure_every:  # one evaluation in figure_every draws the figures
-        evaluation += timed(lambda: figures.draw(trainer, None)) / trainer.cfg.figure_every
-    evaluation /= trainer.cfg.eval_every
+    if job.cfg.figure_every:  # one evaluation in figure_every draws the figures
+        evaluation += timed(lambda: figures.draw(job, None)) / job.cfg.figure_every
+    evaluation /= job.cfg.eval_every
     return {
         "epoch_s": epoch,
         "logging_s_per_epoch": logging,
@@ -510,16 +518,16 @@ def timed(work: Callable[[], object], repeats: int = 5) -> float:
     return statistics.median(times[1:])
 
 
-def timed_evaluation(trainer: Trainer) -> float:
+def timed_evaluation(job: Job) -> float:
     """Median seconds of an evaluation and what the callbacks do with it, figures aside."""
 
     def evaluation() -> None:
-        metrics = trainer.evaluate()
+        metrics = job.evaluate()
         with contextlib.redirect_stderr(io.StringIO()):
-            for cb in trainer.callbacks:
+            for cb in job.callbacks:
                 if not isinstance(cb, FiguresCallback):
-                    cb.on_evaluation(trainer, metrics)
-        sync(trainer.device)
+                    cb.on_evaluation(job, metrics)
+        sync(job.device)
 
     return timed(evaluation)
 

@@ -25,9 +25,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from mtltrain.build import build_trainer
+from mtltrain.build import build_job
 from mtltrain.config._compose import compose_checked
 from mtltrain.data.base import Split
+from mtltrain.loop._job_step import PerJobStep
 
 sent = {"bytes": 0, "calls": 0}
 
@@ -49,32 +50,33 @@ dist.all_gather = counted(dist.all_gather)
 
 
 def main(out: str, steps: str, *overrides: str) -> None:
-    trainer = build_trainer(compose_checked([*overrides, "trainer.progress=false"]))
-    size, split = trainer.batch_size, trainer.train_split
+    job = build_job(compose_checked([*overrides, "trainer.progress=false"]))
+    train_step = PerJobStep(job).train_step
+    size, split = job.batch_size, job.train_split
     batches = iter(())
 
     def next_batch() -> Split:
         nonlocal batches
         batch = next(batches, None)
         if batch is None:
-            batches = split.shuffled(trainer.generator).batches(size)
+            batches = split.shuffled(job.generator).batches(size)
             batch = next(batches)
         return batch
 
     def sync() -> None:
-        if trainer.device.type == "cuda":
-            torch.cuda.synchronize(trainer.device)
+        if job.device.type == "cuda":
+            torch.cuda.synchronize(job.device)
 
     def block(n: int) -> float:
         sync()
         start = time.perf_counter()
         for _ in range(n):
-            trainer.train_step(next_batch())
+            train_step(next_batch())
         sync()
         return time.perf_counter() - start
 
-    first = trainer.train_step(next_batch())
-    after_first = {name: p.detach().cpu().clone() for name, p in trainer.model.named_parameters()}
+    first = train_step(next_batch())
+    after_first = {name: p.detach().cpu().clone() for name, p in job.model.named_parameters()}
     n = int(steps)
     block(n)
     sent.update(bytes=0, calls=0)
@@ -84,7 +86,7 @@ def main(out: str, steps: str, *overrides: str) -> None:
             "ms_per_step": 1000 * statistics.median(times) / n,
             "bytes_per_step": sent["bytes"] / (5 * n),
             "collectives_per_step": sent["calls"] / (5 * n),
-            "processes": trainer.ranks.size,
+            "processes": job.ranks.size,
             "backend": dist.get_backend() if dist.is_initialized() else None,
             "threads": torch.get_num_threads(),
             "first_step": {"losses": first.losses.tolist(), "total": first.total.item()},
@@ -92,7 +94,7 @@ def main(out: str, steps: str, *overrides: str) -> None:
         with open(out, "w") as f:
             json.dump(result, f)
         torch.save(after_first, Path(out).with_suffix(".pt"))
-    trainer.ranks.close()
+    job.ranks.close()
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ launcher, on this machine, in one run.
    `mtltrain -m` process: N = 16 on the default launcher (one job after another, each on the
    thread count its own run picks) and stacked with N = 4, 16 and 64. Runs per second, and
    the ratio to the default launcher's.
-2. Steps: one training step of a job alone (`Trainer.train_step`) against a stacked step of N
-   jobs (`StackedTrainer.train_step`) per job, for the §5A, sin-curve (§5C) and §5B MNIST
+2. Steps: one training step of a job alone (`PerJobStep.train_step`) against a stacked step of
+   N jobs (`StackedStep.train_step`) per job, for the §5A, sin-curve (§5C) and §5B MNIST
    models at N = 4 and 16: medians of interleaved rounds. The §5B model reads the shared
    MNIST copy where it is present, else random images of MNIST's shape.
 3. A hand-written stacked loop: the 16 §5A jobs stacked by hand in plain torch as a user
@@ -38,11 +38,12 @@ from bench import MTLTRAIN, interleave, sync, timed_process
 from repro_common import MNIST_ROOT, REPO, mnist_overrides
 from update_readme import update
 
-from mtltrain.build import build_trainer
+from mtltrain.build import build_job
 from mtltrain.config._compose import compose_checked
 from mtltrain.data.mnist_mtl import write_random
+from mtltrain.loop._job_step import PerJobStep
 from mtltrain.loop._runtime import machine, select_device
-from mtltrain.loop._stacked import StackedTrainer
+from mtltrain.loop._stacked import StackedStep
 
 FORWARD_STACKED = "§5A two-slope MLPs (forward_stacked)"
 SWEEP_JOBS = 16  # the default launcher's sweep, and the hand-written stack
@@ -130,9 +131,9 @@ class HandStacked:
         self.optimizer.step()
 
 
-def trainers(overrides: list[str], n: int, device: str) -> list:
+def jobs(overrides: list[str], n: int, device: str) -> list:
     return [
-        build_trainer(compose_checked([*overrides, f"seed={s}", f"trainer.device={device}"]))
+        build_job(compose_checked([*overrides, f"seed={s}", f"trainer.device={device}"]))
         for s in range(n)
     ]
 
@@ -150,10 +151,10 @@ def step_rates(
     `sizes` (on every core, as a stack runs; built directly, so a model the launcher would run
     alone on a CPU is measured stacked too), and with `hand` a `HandStacked` of that many
     jobs; medians of interleaved rounds of blocks of 10 (MNIST) or 200 steps × `block_scale`."""
-    alone = trainers(overrides, 1, device)[0]
+    alone = jobs(overrides, 1, device)[0]
     alone_threads = torch.get_num_threads()
     batch = alone.train_split.take(slice(0, alone.batch_size))
-    stacks = {n: StackedTrainer(trainers(overrides, n, device)) for n in sizes}
+    stacks = {n: StackedStep(jobs(overrides, n, device)) for n in sizes}
     stacked_threads = torch.get_num_threads()
     steps = max(1, round((10 if "mnist" in name else 200) * block_scale))
 
@@ -171,7 +172,8 @@ def step_rates(
 
         return block
 
-    blocks = {"alone": per_job(lambda: alone.train_step(batch), alone_threads, 1)}
+    alone_step = PerJobStep(alone).train_step
+    blocks = {"alone": per_job(lambda: alone_step(batch), alone_threads, 1)}
     for n, stack in stacks.items():
         order = torch.arange(stack.first.batch_size, device=stack.train.inputs.device)
         order = order[None].expand(n, -1)
@@ -205,8 +207,8 @@ def markdown(report: dict) -> str:
         "",
         *sweep_table(sweeps),
         "",
-        "**Steps**: µs of training step per job, alone (`Trainer.train_step`) and stacked "
-        "(`StackedTrainer.train_step` over N jobs, divided by N); medians of "
+        "**Steps**: µs of training step per job, alone (`PerJobStep.train_step`) and stacked "
+        "(`StackedStep.train_step` over N jobs, divided by N); medians of "
         f"{report['rounds']} interleaved rounds.",
         "",
         *step_table(report["steps"]),

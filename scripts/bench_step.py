@@ -1,6 +1,6 @@
 """One §5A training step of a single run, with the optimizer stepped by `torch.optim` (as
-before `mtltrain.loop._direct_step.direct_step`) and by `direct_step` (torch's functional
-fused Adam on the optimizer's state), on one thread.
+before `mtltrain.loop._direct_step.direct_step`) and by `direct_step` (torch's functional fused
+Adam on the optimizer's state), on one thread.
 
     python scripts/bench_step.py [--rounds 7] [--steps 1000]
 
@@ -15,9 +15,10 @@ import time
 
 import torch
 
-from mtltrain.build import build_trainer
+from mtltrain.build import build_job
 from mtltrain.config._compose import compose_checked
 from mtltrain.loop._direct_step import direct_step
+from mtltrain.loop._job_step import PerJobStep
 
 
 def main() -> None:
@@ -27,19 +28,20 @@ def main() -> None:
     parser.add_argument("--weighting", default="uncertainty")
     args = parser.parse_args()
     cfg = compose_checked([f"weighting={args.weighting}", "trainer.device=cpu"])
-    trainer = build_trainer(cfg)
+    job = build_job(cfg)
+    runner = PerJobStep(job)
     torch.set_num_threads(1)
-    batch = trainer.train_split.take(slice(0, trainer.batch_size))
-    ways = {"torch.optim step": trainer.optimizer.step, "direct": direct_step(trainer.optimizer)}
+    batch = job.train_split.take(slice(0, job.batch_size))
+    ways = {"torch.optim step": job.optimizer.step, "direct": direct_step(job.optimizer)}
     times: dict[str, list[float]] = {k: [] for k in ways}
     for _ in range(args.rounds):
         for name, step in ways.items():
-            trainer.optimizer_step = step
+            runner.optimizer_step = step
             for _ in range(50):
-                trainer.train_step(batch)
+                runner.train_step(batch)
             start = time.perf_counter()
             for _ in range(args.steps):
-                trainer.train_step(batch)
+                runner.train_step(batch)
             times[name].append((time.perf_counter() - start) / args.steps * 1e6)
     medians = {k: statistics.median(v) for k, v in times.items()}
     for name, value in medians.items():

@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from mtltrain.config._compose import compose_checked
+from mtltrain.config import compose_checked
 from mtltrain.data import mnist_mtl
 from mtltrain.loop._callbacks import Callback
 
@@ -23,14 +23,14 @@ REPORT = str(Path(sys.executable).with_name("mtltrain-report"))
 
 
 class StopAt(Callback):
-    """Sends the run what SIGTERM would, after step `step`."""
+    """Sends the process SIGTERM after step `step`."""
 
     def __init__(self, step: int) -> None:
         self.at = step
 
-    def on_step_end(self, trainer, step) -> None:
+    def on_step_end(self, job, step) -> None:
         if step.number == self.at:
-            trainer.stop.received = signal.SIGTERM
+            signal.raise_signal(signal.SIGTERM)
 
 
 def through_disk(state: dict) -> dict:

@@ -9,9 +9,10 @@ import sys
 
 import torch
 
-from mtltrain.build import build_trainer
+from mtltrain.build import build_job
 from mtltrain.config._compose import compose_checked
 from mtltrain.errors import TrainingError
+from mtltrain.loop._job_step import PerJobStep
 
 
 def one_step(strategy: str, batch_size: int) -> dict[str, torch.Tensor]:
@@ -19,14 +20,14 @@ def one_step(strategy: str, batch_size: int) -> dict[str, torch.Tensor]:
         [f"weighting={strategy}", "model=sin_hetero", f"trainer.batch_size={batch_size}",
          "trainer.deterministic=true", "trainer.progress=false"]
     )  # fmt: skip
-    trainer = build_trainer(cfg)
-    batch = next(trainer.train_split.shuffled(trainer.generator).batches(batch_size))
-    step = trainer.train_step(batch)
+    job = build_job(cfg)
+    batch = next(job.train_split.shuffled(job.generator).batches(batch_size))
+    step = PerJobStep(job).train_step(batch)
     return {
-        **{f"model.{k}": v.clone() for k, v in trainer.model.state_dict().items()},
-        **{f"weighting.{k}": v.clone() for k, v in trainer.strategy.state_dict().items()
+        **{f"model.{k}": v.clone() for k, v in job.model.state_dict().items()},
+        **{f"weighting.{k}": v.clone() for k, v in job.strategy.state_dict().items()
            if isinstance(v, torch.Tensor)},
-        **{f"grad.{n}": p.grad.clone() for n, p in trainer.model.named_parameters()
+        **{f"grad.{n}": p.grad.clone() for n, p in job.model.named_parameters()
            if p.grad is not None},
         "losses": step.losses.detach().clone(),
         "parts": step.parts.clone(),
@@ -36,13 +37,13 @@ def one_step(strategy: str, batch_size: int) -> dict[str, torch.Tensor]:
 
 def drift_is_caught() -> bool:
     """Whether the ranks' check stops a model that rank 1 alone changed."""
-    trainer = build_trainer(compose_checked(["model=sin_hetero", "trainer.progress=false"]))
-    trainer.ranks.check_same([trainer.model], step=0)  # the same: passes
-    if trainer.ranks.rank == 1:
+    job = build_job(compose_checked(["model=sin_hetero", "trainer.progress=false"]))
+    job.ranks.check_same([job.model], step=0)  # the same: passes
+    if job.ranks.rank == 1:
         with torch.no_grad():
-            next(trainer.model.parameters()).view(-1)[0] += 1e-6
+            next(job.model.parameters()).view(-1)[0] += 1e-6
     try:
-        trainer.ranks.check_same([trainer.model], step=0)
+        job.ranks.check_same([job.model], step=0)
     except TrainingError:
         return True
     return False

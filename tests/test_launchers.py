@@ -20,7 +20,7 @@ from conftest import make_config, run_cli, write_fake_mnist
 from omegaconf import OmegaConf
 
 from mtltrain import build
-from mtltrain.build import build_trainer
+from mtltrain.build import build_job
 from mtltrain.errors import RunFolderError
 from mtltrain.loop._runtime import spare_threads, usable_cores
 from mtltrain.outputs._progress import ProgressCallback
@@ -79,8 +79,8 @@ def test_joblib_runs_jobs_side_by_side_on_shared_cores(tmp_path, mnist):
 
 def test_jobs_of_a_parallel_launcher_show_no_progress_bar(monkeypatch):
     def progress_shown() -> bool | None:
-        trainer = build_trainer(make_config(["trainer.progress=true"]))
-        return next(cb for cb in trainer.callbacks if isinstance(cb, ProgressCallback)).show
+        job = build_job(make_config(["trainer.progress=true"]))
+        return next(cb for cb in job.callbacks if isinstance(cb, ProgressCallback)).show
 
     assert progress_shown() is None  # alone: on a terminal
     monkeypatch.setattr(build, "parallel_launcher", lambda: OmegaConf.create({"n_jobs": 2}))

@@ -14,8 +14,9 @@ import torch
 from conftest import make_config
 from hard_gradients import assert_same_point, hard_cases, reference_min_norm
 
-from mtltrain.build import build_trainer
+from mtltrain.build import build_job
 from mtltrain.errors import ConfigError
+from mtltrain.loop._job_step import PerJobStep
 from mtltrain.losses import LossTerm, mse
 from mtltrain.weighting.mgda import MGDA
 from mtltrain.weighting.solvers import min_norm_point
@@ -149,16 +150,16 @@ SMALL = [
 def test_the_weights_are_the_min_norm_point_of_the_right_gradients(strategy):
     """On a real model: mgda solves on the gradients of the shared parameters, mgda_ub on
     those of the shared representation, each taken here one task at a time."""
-    trainer = build_trainer(make_config([*SMALL, f"weighting={strategy}"]))
-    batch = next(trainer.train_split.batches(16))
-    outputs, features = trainer.model(batch.inputs)
-    losses = [t.fn(outputs[t.task], batch.targets[t.task]) for t in trainer.terms]
-    of = [features] if strategy == "mgda_ub" else trainer.model.shared_parameters()
+    job = build_job(make_config([*SMALL, f"weighting={strategy}"]))
+    batch = next(job.train_split.batches(16))
+    outputs, features = job.model(batch.inputs)
+    losses = [t.fn(outputs[t.task], batch.targets[t.task]) for t in job.terms]
+    of = [features] if strategy == "mgda_ub" else job.model.shared_parameters()
     rows = [torch.cat([g.flatten() for g in torch.autograd.grad(loss, of, retain_graph=True)])
             for loss in losses]  # fmt: skip
     g = torch.stack(rows).double().numpy()
-    trainer.train_step(batch)
-    assert_same_point(trainer.strategy.weights().double().numpy() @ g, reference_min_norm(g), g)
+    PerJobStep(job).train_step(batch)
+    assert_same_point(job.strategy.weights().double().numpy() @ g, reference_min_norm(g), g)
 
 
 class MixedPrecisionModel(torch.nn.Module):

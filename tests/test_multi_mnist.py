@@ -8,7 +8,7 @@ import torch
 from conftest import make_config, write_fake_mnist
 from PIL import Image
 
-from mtltrain.build import build_trainer
+from mtltrain.build import build_job
 from mtltrain.data import multi_mnist
 from mtltrain.data.base import held_out
 from mtltrain.data.mnist_mtl import read_idx, write_idx
@@ -115,8 +115,8 @@ def test_one_task_alone(tmp_path):
 
 
 def test_multi_lenet_is_the_papers_network(mnist_root):
-    trainer = build_trainer(make_config(["dataset=multi_mnist", f"dataset.root={mnist_root}"]))
-    model = trainer.model
+    job = build_job(make_config(["dataset=multi_mnist", f"dataset.root={mnist_root}"]))
+    model = job.model
     sizes = [p.numel() for p in model.shared_parameters()]
     assert sizes == [250, 10, 5000, 20, 16000, 50]  # conv 10@5×5, conv 20@5×5, fc 320→50
     assert [p.numel() for p in model.task_parameters("left")] == [2500, 50, 500, 10]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli, write_fake_mnist
 
-from mtltrain.build import build_trainer
+from mtltrain.build import build_job
 from mtltrain.config._compose import compose_checked
 
 REPO = Path(__file__).resolve().parent.parent
@@ -124,4 +124,4 @@ def test_every_example_command_builds(tmp_path):
         kept = [o for o in overrides if not o.startswith(("dataset.root=", "hydra."))]
         if "root" in compose_checked(kept).dataset:  # the MNIST data sets
             kept += [f"dataset.root={root}", "dataset.download=false"]
-        build_trainer(compose_checked(kept))
+        build_job(compose_checked(kept))

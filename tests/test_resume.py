@@ -16,10 +16,11 @@ import torch
 from conftest import MTLTRAIN, make_config, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mtltrain.build import build_trainer
+from mtltrain.build import build_job
 from mtltrain.data import two_slope
 from mtltrain.errors import TrainingError
 from mtltrain.loop._nonfinite import NonfiniteGuard, NonfiniteWatch, nonfinite_error
+from mtltrain.loop._trainer import train_alone
 from mtltrain.outputs import _checkpoint_file as checkpoint
 from mtltrain.outputs import _run_folder as rundir
 from mtltrain.outputs._event_writer import TensorBoardLog
@@ -191,7 +192,8 @@ def test_sigkill_during_checkpoint_writes_never_breaks_the_last_one(tmp_path):
     """A process rewriting a large checkpoint in a loop, killed at random instants."""
     path = tmp_path / "checkpoints" / "last.pt"
     writer = (
-        "import sys, torch; from pathlib import Path; from mtltrain import checkpoint\n"
+        "import sys, torch; from pathlib import Path\n"
+        "from mtltrain.outputs import _checkpoint_file as checkpoint\n"
         "path = Path(sys.argv[1]); big = torch.randn(4_000_000); n = 0\n"
         "while True:\n"
         "    n += 1; checkpoint.save(path, {'n': n, 'big': big})\n"
@@ -274,17 +276,17 @@ def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path, watched):
     cfg = make_config([*TINY, "trainer.nonfinite=stop"])
     ckpt = rundir.checkpoint_file(tmp_path)
     with TensorBoardLog(tmp_path / "tb") as tb:
-        trainer = build_trainer(cfg, tmp_path, tb)
+        job = build_job(cfg, tmp_path, tb)
         if watched:
-            (guard,) = (cb for cb in trainer.callbacks if isinstance(cb, NonfiniteGuard))
-            guard.watch = NonfiniteWatch(len(trainer.terms), torch.device("cpu"))
-        trainer.epochs = 2
-        trainer.fit()  # two good epochs, checkpointed
+            (guard,) = (cb for cb in job.callbacks if isinstance(cb, NonfiniteGuard))
+            guard.watch = NonfiniteWatch(len(job.terms), torch.device("cpu"))
+        job.epochs = 2
+        train_alone(job)  # two good epochs, checkpointed
         with torch.no_grad():
-            trainer.model.weights[0][0, 0, 0] = math.nan  # y1's network breaks
-        trainer.epochs = 4
+            job.model.weights[0][0, 0, 0] = math.nan  # y1's network breaks
+        job.epochs = 4
         with pytest.raises(TrainingError) as err:
-            trainer.fit()
+            train_alone(job)
     message = str(err.value)
     assert "task y1" in message and f"{ckpt} (step 8)" in message and "at step 9," in message
     assert checkpoint.load(ckpt)["trainer"]["position"]["step"] == 8  # still the good one

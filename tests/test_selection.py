@@ -11,12 +11,13 @@ import torch
 from conftest import StopAt, make_config, through_disk
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mtltrain.build import build_trainer
+from mtltrain.build import build_job
 from mtltrain.config._compose import build
 from mtltrain.data.base import hold_out
 from mtltrain.errors import CheckpointError, ConfigError, Interrupted
+from mtltrain.loop._job import evaluate
 from mtltrain.loop._selection import Selection
-from mtltrain.loop._trainer import evaluate
+from mtltrain.loop._trainer import train_alone
 from mtltrain.outputs import _checkpoint_file as checkpoint
 from mtltrain.run import run
 
@@ -76,17 +77,17 @@ def test_the_best_evaluation_is_the_first_with_the_best_value():
 
 def test_select_best_needs_a_validation_metric_with_a_direction():
     with pytest.raises(ConfigError, match=r"trainer.select=best.*objective='test/y1/rmse'"):
-        build_trainer(make_config([*TINY, "trainer.select=best", "objective=test/y1/rmse"]))
+        build_job(make_config([*TINY, "trainer.select=best", "objective=test/y1/rmse"]))
     with pytest.raises(ConfigError, match=r"hold out a validation split \(trainer.validation"):
-        build_trainer(make_config([*TINY, "trainer.select=best"]))  # no validation split
+        build_job(make_config([*TINY, "trainer.select=best"]))  # no validation split
     with pytest.raises(ConfigError, match=r"objective='validation/y1/rmse' is not a metric"):
-        build_trainer(make_config([*TINY, "objective=validation/y1/rmse"]))
+        build_job(make_config([*TINY, "objective=validation/y1/rmse"]))
 
 
 def test_the_objective_defaults_to_validation_where_a_split_is_held_out():
-    with_split = build_trainer(make_config([*TINY, "trainer.validation=16"]))
+    with_split = build_job(make_config([*TINY, "trainer.validation=16"]))
     assert with_split.selection.objective == "validation/y1/rmse"
-    assert build_trainer(make_config(TINY)).selection.objective == "test/y1/rmse"
+    assert build_job(make_config(TINY)).selection.objective == "test/y1/rmse"
 
 
 def scalars(run_dir, tag: str) -> dict[int, float]:
@@ -113,14 +114,14 @@ def test_select_best_reports_the_test_metrics_of_the_best_validation_epoch(tmp_p
     assert (tmp_path / "checkpoints/last.pt").is_file()
     best = checkpoint.load(tmp_path / "checkpoints/best.pt")
     assert best["selected"]["step"] == best_step
-    trainer = build_trainer(make_config(overrides))
-    trainer.model.load_state_dict(best["model"])
-    trainer.strategy.load_state_dict(best["weighting"])
-    again = evaluate(trainer.model, trainer.data.validation, trainer.data.tasks, 64)
+    job = build_job(make_config(overrides))
+    job.model.load_state_dict(best["model"])
+    job.strategy.load_state_dict(best["weighting"])
+    again = evaluate(job.model, job.data.validation, job.data.tasks, 64)
     assert again["y1/rmse"] == pytest.approx(value, rel=1e-6)
-    train = evaluate(trainer.model, trainer.data.train, trainer.data.tasks, 64)
+    train = evaluate(job.model, job.data.train, job.data.tasks, 64)
     assert results["metrics"]["train/y1/rmse"] == pytest.approx(train["y1/rmse"], rel=1e-6)
-    sigma = trainer.strategy.report()["sigma"].tolist()  # what the selected strategy learned
+    sigma = job.strategy.report()["sigma"].tolist()  # what the selected strategy learned
     assert list(results["weighting"]["sigma"].values()) == pytest.approx(sigma, rel=1e-6)
     assert best_step < max(validation)  # at this learning rate the last epoch is not the best
     last = checkpoint.load(tmp_path / "checkpoints/last.pt")["trainer"]["model"]
@@ -162,15 +163,15 @@ def test_a_resumed_run_keeps_its_best_evaluation():
             "trainer.optimizer.lr=3e-2", "trainer.deterministic=true", "trainer.epochs=8",
         ]
     )  # fmt: skip
-    alone = build_trainer(cfg)
-    alone.fit()
-    stopped = build_trainer(cfg, extra_callbacks=[StopAt(19)])
+    alone = build_job(cfg)
+    train_alone(alone)
+    stopped = build_job(cfg, extra_callbacks=[StopAt(19)])
     with pytest.raises(Interrupted):
-        stopped.fit()
+        train_alone(stopped)
     assert stopped.selection.chosen["epoch"] < 7
-    resumed = build_trainer(cfg)
+    resumed = build_job(cfg)
     resumed.load_state_dict(through_disk(stopped.state_dict()))
-    resumed.fit()
+    train_alone(resumed)
     a, b = dict(alone.selection.chosen), dict(resumed.selection.chosen)
     for one, other in zip(a.pop("states"), b.pop("states"), strict=True):
         assert all(torch.equal(one[k], other[k]) for k in one)

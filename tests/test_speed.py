@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import make_config
 
-from mtltrain.build import build_trainer
+from mtltrain.build import build_job
+from mtltrain.loop._job_step import PerJobStep
 from mtltrain.loop._runtime import keep_host_memory, optimizer_factory
 
 PLAIN = [
@@ -19,10 +20,11 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 def loss_curve(overrides, device="cpu"):
     """Total loss of every step of the first epoch, and the final parameters."""
-    trainer = build_trainer(make_config([*overrides, f"trainer.device={device}"]))
-    split = trainer.train_split.shuffled(trainer.generator)
-    curve = [trainer.train_step(b).total.item() for b in split.batches(trainer.batch_size)]
-    params = [p.detach().flatten().cpu() for p in trainer.model.parameters()]
+    job = build_job(make_config([*overrides, f"trainer.device={device}"]))
+    split = job.train_split.shuffled(job.generator)
+    step = PerJobStep(job).train_step
+    curve = [step(b).total.item() for b in split.batches(job.batch_size)]
+    params = [p.detach().flatten().cpu() for p in job.model.parameters()]
     return torch.tensor(curve), torch.cat(params)
 
 
@@ -80,11 +82,11 @@ def test_host_memory_setting_is_accepted_by_glibc():
 
 
 def test_images_go_channels_last(mnist_root):
-    trainer = build_trainer(make_config([*MNIST, f"dataset.root={mnist_root}"]))
-    data = trainer.data
+    job = build_job(make_config([*MNIST, f"dataset.root={mnist_root}"]))
+    data = job.data
     assert data.train.inputs.is_contiguous(memory_format=torch.channels_last)
     assert data.train.targets["recon"] is data.train.inputs
-    conv = trainer.model.encoder[0].weight
+    conv = job.model.encoder[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last)
 
 

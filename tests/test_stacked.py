@@ -23,11 +23,15 @@ import torch
 from conftest import make_config, run_cli, run_report, write_fake_mnist
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mtltrain.build import build_job
 from mtltrain.errors import Interrupted, TrainingError
-from mtltrain.loop._stacked import StackedTrainer, groups_of, stack_key
+from mtltrain.loop._callbacks import Callback
+from mtltrain.loop._stacked import StackedStep
+from mtltrain.loop._trainer import Trainer, train_alone
 from mtltrain.outputs import _checkpoint_file as checkpoint
 from mtltrain.outputs._results import read_results
 from mtltrain.run import run, run_stacked
+from mtltrain.stacking import groups_of, stack_key
 
 REL = 1e-5
 FULL_REL = 2e-3
@@ -145,7 +149,7 @@ def test_dtp_stacks_on_the_vmapped_conv_model(
 ) -> None:
     """MNIST's model has no forward_stacked: torch.func.vmap runs it; DTP reads KPIs per job.
     (On a CPU such a model runs alone for speed: stacked here to check it is exact.)"""
-    monkeypatch.setattr("mtltrain.loop._stacked._has_convolutions", lambda model: False)
+    monkeypatch.setattr("mtltrain.stacking._has_convolutions", lambda model: False)
     check_against_alone(tmp_path, [*mnist, "weighting=dtp", "trainer.epochs=2"], SEEDS[:2])
 
 
@@ -153,7 +157,7 @@ def test_a_loss_that_is_no_mean_per_element_is_vmapped(
     tmp_path: Path, mnist: list[str], monkeypatch
 ) -> None:
     """Dice sums over a job's whole batch: its losses are vmapped, not averaged per element."""
-    monkeypatch.setattr("mtltrain.loop._stacked._has_convolutions", lambda model: False)
+    monkeypatch.setattr("mtltrain.stacking._has_convolutions", lambda model: False)
     check_against_alone(
         tmp_path, [*mnist, "dataset.tasks=[cls3,seg]", "trainer.epochs=1"], SEEDS[:2]
     )
@@ -285,14 +289,14 @@ def test_a_job_that_skips_steps_skips_them_alone(tmp_path: Path) -> None:
 def test_a_signal_checkpoints_every_job_and_each_resumes(tmp_path: Path, monkeypatch) -> None:
     """SIGTERM mid-epoch: every job writes its checkpoint and is marked interrupted; one job
     then resumes alone, the other two stacked, and all end as uninterrupted runs do."""
-    step = StackedTrainer.train_step
+    step = StackedStep.train_step
 
     def stopping(self, index):  # the signal arrives during step 7
         step(self, index)
-        if self.step == 7:
+        if self.number == 7:
             signal.raise_signal(signal.SIGTERM)
 
-    monkeypatch.setattr(StackedTrainer, "train_step", stopping)
+    monkeypatch.setattr(StackedStep, "train_step", stopping)
     common = [*SMALL, "weighting=uncertainty"]
     outcomes = run_stacked(jobs_of(tmp_path / "stacked", common, SEEDS))
     monkeypatch.undo()
@@ -349,3 +353,23 @@ def test_group_size_must_be_a_positive_integer(tmp_path: Path) -> None:
     done = run_cli([*args, f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path)
     assert done.returncode != 0
     assert "hydra.launcher.group_size=0 is not allowed" in done.stderr
+
+
+def test_the_loop_stops_a_job_whose_epoch_end_fails_and_the_others_go_on() -> None:
+    """Two jobs through the one Trainer, on the stacked step: job 0's callback fails at its
+    first epoch end; job 0 stops there, job 1 trains on and ends as it would alone."""
+
+    class Broken(Callback):
+        def on_epoch_end(self, job) -> None:
+            raise RuntimeError("job 0's callback broke")
+
+    configs = [make_config([*SHORT, *SMALL, f"seed={s}"]) for s in (0, 1)]
+    jobs = [build_job(configs[0], extra_callbacks=[Broken()]), build_job(configs[1])]
+    trainer = Trainer(jobs)
+    assert isinstance(trainer.runner, StackedStep)
+    errors = trainer.fit()
+    assert isinstance(errors[0], RuntimeError) and errors[1] is None
+    assert jobs[0].epoch == 1 and jobs[1].epoch == 2 and jobs[1].step == 2 * 6
+    alone = build_job(configs[1])
+    train_alone(alone)
+    assert jobs[1].test_metrics == pytest.approx(alone.test_metrics, rel=REL, abs=1e-7)

@@ -9,10 +9,11 @@ import torch
 from conftest import make_config
 from torch import nn
 
-from mtltrain.build import build_trainer
+from mtltrain.build import build_job
 from mtltrain.data.base import Split
 from mtltrain.errors import ConfigError
 from mtltrain.loop._callbacks import Callback
+from mtltrain.loop._trainer import train_alone
 from mtltrain.losses import LossTerm, gaussian_nll, mse
 from mtltrain.models.mlp import SeparateMLPs
 from mtltrain.step import Step
@@ -169,7 +170,7 @@ class EpochLosses(Callback):
 def test_dwa_gets_each_epochs_mean_losses_from_the_trainer():
     seen = EpochLosses()
     cfg = make_config(["weighting=dwa", "dataset.n_train=64", "trainer.epochs=4"])
-    build_trainer(cfg, extra_callbacks=[seen]).fit()
+    train_alone(build_job(cfg, extra_callbacks=[seen]))
     means = {e: torch.stack(v).mean(0) for e, v in seen.losses.items()}
     for epoch in (2, 3):
         ratio = means[epoch - 1] / means[epoch - 2]

@@ -20,10 +20,12 @@ import torch
 from conftest import StopAt, make_config, through_disk
 from hard_gradients import unresolved_cases
 
-from mtltrain.build import build_trainer
+from mtltrain.build import build_job
 from mtltrain.config._compose import config_dir
 from mtltrain.errors import Interrupted
 from mtltrain.loop._callbacks import Callback
+from mtltrain.loop._engine import engine_for
+from mtltrain.loop._trainer import train_alone
 from mtltrain.losses import compute_losses
 
 STRATEGIES = sorted(p.stem for p in (config_dir() / "weighting").glob("*.yaml"))
@@ -45,7 +47,7 @@ def small(strategy: str, *more: str):
     return make_config([*SMALL, f"weighting={strategy}", *more])
 
 
-GRADIENT_BASED = [s for s in STRATEGIES if build_trainer(small(s)).strategy.level is not None]
+GRADIENT_BASED = [s for s in STRATEGIES if build_job(small(s)).strategy.level is not None]
 
 
 class Probe(Callback):
@@ -55,10 +57,10 @@ class Probe(Callback):
     def __init__(self) -> None:
         self.seen: list[tuple] = []
 
-    def allows_update(self, trainer, step) -> bool:
-        grads = {id(p): p.grad.clone() for p in trainer.model.parameters()}
-        strategy = trainer.strategy
-        self.seen.append((step, grads, strategy.weights().clone(), self.hand(trainer, step)))
+    def allows_update(self, job, step) -> bool:
+        grads = {id(p): p.grad.clone() for p in job.model.parameters()}
+        strategy = job.strategy
+        self.seen.append((step, grads, strategy.weights().clone(), self.hand(job, step)))
         if strategy.level is None:
             self.check_derivatives(strategy, step.losses.detach())
         return True
@@ -74,15 +76,15 @@ class Probe(Callback):
         assert torch.autograd.gradcheck(lambda v: strategy_64.contributions(v).sum(), (at,))
 
     @staticmethod
-    def hand(trainer, step) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
+    def hand(job, step) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
         """The step's losses again, and the gradient of every model parameter of each term's
         loss (of its contribution under a gradient-based strategy: what it aggregates), one
         backward pass per term, independent of the engine's batched pass."""
-        outputs, _ = trainer.model(step.batch.inputs)
-        losses = compute_losses(trainer.terms, outputs, step.batch.targets)
-        strategy = trainer.strategy
+        outputs, _ = job.model(step.batch.inputs)
+        losses = compute_losses(job.terms, outputs, step.batch.targets)
+        strategy = job.strategy
         rows = losses if strategy.level is None else strategy.contributions(losses)
-        params = list(trainer.model.parameters())
+        params = list(job.model.parameters())
         per_term = [
             torch.autograd.grad(row, params, retain_graph=True, allow_unused=True) for row in rows
         ]
@@ -92,14 +94,14 @@ class Probe(Callback):
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_each_step_keeps_the_contract(strategy):
     probe = Probe()
-    trainer = build_trainer(small(strategy), extra_callbacks=[probe])
-    trainer.epochs = 3  # DWA's weights move from the third epoch on
-    trainer.fit()
-    model, engine_level = trainer.model, trainer.strategy.level
+    job = build_job(small(strategy), extra_callbacks=[probe])
+    job.epochs = 3  # DWA's weights move from the third epoch on
+    train_alone(job)
+    model, engine_level = job.model, job.strategy.level
     shared = {id(p) for p in model.shared_parameters()}
     # a direction that is not a weighted sum of this step's rows (masks, moving averages) is
     # checked by its strategy's own tests; here only that it is finite
-    weighted = engine_level is None or trainer.strategy.weighted_rows
+    weighted = engine_level is None or job.strategy.weighted_rows
     for step, grads, weights, (losses, per_term) in probe.seen:
         torch.testing.assert_close(step.losses.detach(), losses, rtol=0, atol=0)
         assert torch.isfinite(step.parts).all() and torch.isfinite(step.total)
@@ -129,26 +131,26 @@ def test_skipped_steps_leave_the_strategy_and_model_finite(strategy, monkeypatch
         return data
 
     monkeypatch.setattr(two_slope, "build", poisoned)
-    trainer = build_trainer(small(strategy, "trainer.nonfinite=skip", "trainer.max_skipped=1"))
-    trainer.fit()
-    assert 4 <= trainer.skipped_steps <= 8 and trainer.step == 16
-    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
-    for quantity, value in trainer.strategy.report().items():
+    job = build_job(small(strategy, "trainer.nonfinite=skip", "trainer.max_skipped=1"))
+    train_alone(job)
+    assert 4 <= job.skipped_steps <= 8 and job.step == 16
+    assert all(torch.isfinite(p).all() for p in job.model.parameters())
+    for quantity, value in job.strategy.report().items():
         assert torch.isfinite(value).all(), quantity
-    assert all(math.isfinite(v) for v in trainer.test_metrics.values())
+    assert all(math.isfinite(v) for v in job.test_metrics.values())
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_a_resumed_run_continues_bit_identically(strategy):
-    alone = build_trainer(small(strategy))
-    alone.fit()
-    stopped = build_trainer(small(strategy), extra_callbacks=[StopAt(10)])  # mid epoch 3
+    alone = build_job(small(strategy))
+    train_alone(alone)
+    stopped = build_job(small(strategy), extra_callbacks=[StopAt(10)])  # mid epoch 3
     with pytest.raises(Interrupted):
-        stopped.fit()
-    resumed = build_trainer(small(strategy))
+        train_alone(stopped)
+    resumed = build_job(small(strategy))
     resumed.load_state_dict(through_disk(stopped.state_dict()))
     assert resumed.step == 10
-    resumed.fit()
+    train_alone(resumed)
     for a, b in zip(alone.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(a, b)
     state, again = alone.strategy.state_dict(), resumed.strategy.state_dict()
@@ -161,14 +163,14 @@ def test_a_resumed_run_continues_bit_identically(strategy):
 @pytest.mark.parametrize("strategy", GRADIENT_BASED)
 def test_an_infinite_gradient_of_finite_losses_gives_a_nan_total(strategy):
     """A loss of 0 whose gradient is infinite (√ at 0): the engine's total says so."""
-    trainer = build_trainer(small(strategy))
-    batch = next(trainer.train_split.batches(16))
-    _, features = trainer.forward(batch.inputs)
+    job = build_job(small(strategy))
+    batch = next(job.train_split.batches(16))
+    _, features = job.forward(batch.inputs)
     corner = features[0, 0]
     losses = torch.stack(
         [torch.sqrt(corner - corner.detach()), features.pow(2).mean(), features.abs().mean()]
     )
-    parts, total = trainer.backward(losses, features)
+    parts, total = engine_for(job.strategy, job.model)(losses, features)
     assert total.isnan() and parts.shape == (3,)
 
 
@@ -180,7 +182,7 @@ def test_gradients_a_gramian_cannot_resolve_give_a_finite_direction(strategy):
     for case, g in unresolved_cases():
         if len(g) != 3:
             continue
-        aggregator = build_trainer(small(strategy)).strategy
+        aggregator = build_job(small(strategy)).strategy
         direction, weights = aggregator.aggregate(torch.from_numpy(g).float(), torch.ones(3))
         assert torch.isfinite(direction).all() and torch.isfinite(weights).all(), case
         if not g.any():
@@ -192,10 +194,10 @@ def test_select_best_ends_in_the_selected_state(strategy):
     """trainer.select=best keeps the model and strategy states of the best evaluation (extra
     state too: generators, histories) and ends training in them."""
     cfg = small(strategy, "trainer.validation=16", "trainer.select=best", "trainer.eval_every=1")
-    trainer = build_trainer(cfg)
-    trainer.fit()
-    chosen = trainer.selection.chosen
+    job = build_job(cfg)
+    train_alone(job)
+    chosen = job.selection.chosen
     model, weighting = chosen["states"]
-    for name, value in trainer.model.state_dict().items():
+    for name, value in job.model.state_dict().items():
         assert torch.equal(value.cpu(), model[name]), name
-    assert list(trainer.strategy.state_dict()) == list(weighting)
+    assert list(job.strategy.state_dict()) == list(weighting)

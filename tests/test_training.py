@@ -12,10 +12,13 @@ from conftest import make_config
 from matplotlib.image import imread
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mtltrain.build import build_trainer
+from mtltrain.build import build_job
 from mtltrain.config._compose import config_dir
 from mtltrain.errors import ConfigError
-from mtltrain.run import run
+from mtltrain.loop._callbacks import Callback
+from mtltrain.loop._job_step import PerJobStep
+from mtltrain.loop._trainer import Trainer, train_alone
+from mtltrain.run import open_run, run
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
@@ -168,7 +171,7 @@ def test_the_strategy_page_says_what_each_strategy_is_and_logs(tmp_path, mnist_r
     for strategy, section in sections.items():
         overrides = [*TINY_SETS["mnist_focal"], f"dataset.root={mnist_root}", "trainer.epochs=1"]
         cfg = make_config([*overrides, f"weighting={strategy}"])
-        assert section.kind == kinds[build_trainer(cfg).strategy.level], strategy
+        assert section.kind == kinds[build_job(cfg).strategy.level], strategy
         run(cfg, tmp_path / strategy)
         logged = set(results_of(tmp_path / strategy)["weighting"])
         assert logged == {"weight", *section.logs}, strategy
@@ -209,7 +212,49 @@ def test_data_on_the_training_device_is_recognised_by_its_type(monkeypatch):
 
     # the same mismatch on the CPU: tensors report "cpu", the device is "cpu:0"
     monkeypatch.setattr(mtltrain.build, "select_device", lambda name: torch.device("cpu", 0))
-    trainer = build_trainer(make_config(TINY))
-    assert trainer.device == torch.device("cpu", 0) and trainer.on_device
-    trainer.fit()
-    assert trainer.step == 2 * 4
+    job = build_job(make_config(TINY))
+    assert job.device == torch.device("cpu", 0) and job.on_device
+    train_alone(job)
+    assert job.step == 2 * 4
+
+
+def test_a_single_run_is_one_job_through_the_one_loop_on_the_per_job_step():
+    """N = 1 runs through the same Trainer as a stack, on the per-job step (no vmap); the
+    callbacks are handed the job, whose position the step moves on."""
+    seen = []
+
+    class Seen(Callback):
+        def on_step_end(self, job, step) -> None:
+            seen.append((job, job.step, job.batch, step.number))
+
+    job = build_job(make_config(TINY), extra_callbacks=[Seen()])
+    trainer = Trainer([job])
+    assert isinstance(trainer.runner, PerJobStep)
+    assert trainer.fit() == [None]
+    assert all(j is job for j, *_ in seen) and len(seen) == 2 * 4
+    assert [(s, b) for _, s, b, _ in seen[:5]] == [(1, 1), (2, 2), (3, 3), (4, 4), (5, 1)]
+    assert [n for *_, n in seen] == list(range(1, 9))
+    assert (job.epoch, job.batch, job.step) == (2, 0, 8)
+
+
+def test_an_error_of_a_single_run_is_its_job_error_not_the_loops():
+    class Broken(Callback):
+        def on_epoch_end(self, job) -> None:
+            raise RuntimeError("a callback broke")
+
+    job = build_job(make_config(TINY), extra_callbacks=[Broken()])
+    (error,) = Trainer([job]).fit()
+    assert isinstance(error, RuntimeError) and job.error is error
+    assert job.epoch == 1  # it stopped at its first epoch end
+    with pytest.raises(RuntimeError, match="a callback broke"):
+        train_alone(build_job(make_config(TINY), extra_callbacks=[Broken()]))
+
+
+def test_an_opened_run_that_finished_already_has_no_job(tmp_path):
+    value = run(make_config(TINY), tmp_path)
+    handle = open_run(make_config([*TINY, "resume_sweep=true"]), tmp_path)
+    assert handle.job is None and handle.objective == value
+    assert handle.close(None) == value
+    again = open_run(make_config(TINY), tmp_path / "again")
+    assert again.job is not None and again.job.step == 0
+    assert again.close(Trainer([again.job]).fit()[0]) == pytest.approx(value)

@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from mtltrain import atomic
-from mtltrain.build import build_trainer
+from mtltrain.build import build_job
 from mtltrain.config._compose import config_dir
 from mtltrain.errors import ConfigError, OutputError, RunFolderError
 from mtltrain.loop import _runtime as runtime
@@ -32,7 +32,8 @@ from mtltrain.loop._runtime import (
     other_work,
     spare_threads,
 )
-from mtltrain.loop._stacked import StackedTrainer
+from mtltrain.loop._stacked import StackedStep
+from mtltrain.loop._trainer import train_alone
 from mtltrain.outputs import _checkpoint_file as checkpoint
 from mtltrain.outputs import _run_folder as rundir
 from mtltrain.outputs._checkpoints import CheckpointCallback
@@ -406,11 +407,11 @@ def test_auto_leaves_the_cores_other_work_keeps_busy(four_cores):
 
 
 def test_a_stack_on_a_busy_machine_takes_the_cores_left(four_cores, caplog):
-    jobs = [build_trainer(make_config([*TINY, f"seed={s}"])) for s in (0, 1)]
+    jobs = [build_job(make_config([*TINY, f"seed={s}"])) for s in (0, 1)]
     for load, threads in [(4.0, 1), (0.0, 4)]:
         four_cores[0] = load
         with caplog.at_level("INFO", logger="mtltrain.loop._stacked"):
-            StackedTrainer(jobs)
+            StackedStep(jobs)
         assert torch.get_num_threads() == threads
         line = f"2 jobs stacked, on {threads} CPU thread(s) (auto, {load:.1f} of 4 cores busy"
         assert line in caplog.text
@@ -445,18 +446,18 @@ def test_checkpoints_come_by_the_clock_and_at_the_end(monkeypatch, tmp_path):
         checkpoint, "save", lambda path, state: written.append(state["trainer"]["epoch"])
     )
 
-    class Trainer:
+    class Job:
         step, epochs, epoch = 0, 6, 0
 
         def state_dict(self) -> dict:
             return {"epoch": self.epoch}
 
-    trainer = Trainer()
+    job = Job()
     saver = CheckpointCallback(tmp_path / "last.pt", every=0, interval=60, run_info={})
-    saver.on_fit_start(trainer)
+    saver.on_fit_start(job)
     for epoch, now in zip(range(1, 7), [20, 50, 70, 100, 135, 140], strict=True):
-        clock[0], trainer.epoch = now, epoch
-        saver.on_epoch_end(trainer)
+        clock[0], job.epoch = now, epoch
+        saver.on_epoch_end(job)
     assert written == [3, 5, 6]  # 70 s ≥ 60 s; 135 − 70 ≥ 60; the end
 
 
@@ -524,7 +525,7 @@ def test_a_users_own_config_group_works_for_a_single_run(tmp_path):
 def test_one_progress_bar_over_the_run_on_a_terminal_and_none_elsewhere(tmp_path, monkeypatch):
     import io
 
-    from mtltrain.build import build_trainer
+    from mtltrain.build import build_job
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -532,12 +533,12 @@ def test_one_progress_bar_over_the_run_on_a_terminal_and_none_elsewhere(tmp_path
 
     screen = Terminal()
     monkeypatch.setattr(sys, "stderr", screen)
-    trainer = build_trainer(make_config([*TINY, "trainer.log_every=1"]))
-    trainer.fit()
+    job = build_job(make_config([*TINY, "trainer.log_every=1"]))
+    train_alone(job)
     shown = screen.getvalue()
     assert "train:" in shown and "0/4 " in shown  # one bar over 2 epochs × 2 steps
     assert "epoch" not in shown  # not one bar per epoch
-    (bar,) = (cb.bar for cb in trainer.callbacks if isinstance(cb, ProgressCallback))
+    (bar,) = (cb.bar for cb in job.callbacks if isinstance(cb, ProgressCallback))
     assert bar.n == bar.total == 4 and "loss=" in bar.postfix
     monkeypatch.undo()
     quiet = run_cli([*TINY, f"hydra.run.dir={tmp_path}/r"], cwd=tmp_path)

@@ -165,15 +165,15 @@ def test_uncertainty_initial_log_var():
 def test_strategy_parameters_are_optimised_without_weight_decay(optimizer):
     """σ is trained by the model's optimizer but never decayed, whatever its default (AdamW
     decays by 0.01 unless told otherwise)."""
-    from mtltrain.build import build_trainer
+    from mtltrain.build import build_job
 
     decay = "+trainer.optimizer.weight_decay=0.01"
     cfg = make_config([f"trainer.optimizer._target_={optimizer}", decay, "dataset.n_train=8"])
-    trainer = build_trainer(cfg)
-    model_group, strategy_group = trainer.optimizer.param_groups
-    assert strategy_group["params"] == [trainer.strategy.log_var]
+    job = build_job(cfg)
+    model_group, strategy_group = job.optimizer.param_groups
+    assert strategy_group["params"] == [job.strategy.log_var]
     assert strategy_group["weight_decay"] == 0.0 and model_group["weight_decay"] == 0.01
-    assert model_group["params"] == list(trainer.model.parameters())
+    assert model_group["params"] == list(job.model.parameters())
 
 
 def test_uncertainty_leaves_terms_that_learn_their_own_noise_at_weight_one():

@@ -1,5 +1,5 @@
 """`hydra/launcher=vectorized`: a sweep's jobs that differ only in what lives in tensors (seed,
-learning rate, a strategy's settings: `mtltrain.loop._stacked.STACKABLE`) train together in one
+learning rate, a strategy's settings: `mtltrain.stacking.STACKABLE`) train together in one
 process, `group_size` at a time (`mtltrain.loop._stacked`); each job still gets its own folder,
 .hydra files, TensorBoard events, checkpoints and results.json. Jobs of no group, or of a
 group that cannot stack (a gradient-based strategy, a model with dropout), run one after
@@ -49,7 +49,7 @@ class VectorizedLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from mtltrain.loop._stacked import groups_of
+        from mtltrain.stacking import groups_of
 
         assert self.config is not None and self.hydra_context is not None
         setup_globals()
@@ -98,10 +98,10 @@ class VectorizedLauncher(Launcher):
         only takes down the job's arguments); then they train together."""
         from mtltrain.cli import failed_job, job_arguments
         from mtltrain.errors import MtlError
-        from mtltrain.run import Job, run_stacked
+        from mtltrain.run import RunArgs, run_stacked
 
         assert self.hydra_context is not None and self.config is not None
-        jobs: list[Job] = []
+        jobs: list[RunArgs] = []
         hydra_of_job: list[DictConfig] = []
 
         def prepare(cfg: DictConfig) -> None:

@@ -20,7 +20,7 @@ from mtltrain.loop._callbacks import Callback
 from mtltrain.losses import LossTerm
 
 if TYPE_CHECKING:
-    from mtltrain.loop._trainer import Trainer
+    from mtltrain.loop._job import Job
     from mtltrain.step import Step
 
 LastCheckpoint = Callable[[], tuple[Path, int] | None]
@@ -101,7 +101,7 @@ class NonfiniteGuard(Callback):
         self.max_skipped = max_skipped
         self.watch, self.last_checkpoint = watch, last_checkpoint
 
-    def allows_update(self, trainer: Trainer, step: Step) -> bool:
+    def allows_update(self, job: Job, step: Step) -> bool:
         if self.watch is not None:
             self.watch.see(step.number, step.losses.detach(), step.parts, step.total)
             return True
@@ -109,33 +109,31 @@ class NonfiniteGuard(Callback):
             return True
         if self.policy == "skip":
             return False
-        raise self.error(trainer, step.number, step.losses.detach(), step.parts)
+        raise self.error(job, step.number, step.losses.detach(), step.parts)
 
-    def on_step_end(self, trainer: Trainer, step: Step) -> None:
+    def on_step_end(self, job: Job, step: Step) -> None:
         if self.watch is not None and step.number % self.log_every == 0:
-            self.check(trainer)
+            self.check(job)
 
-    def on_train_epoch_end(self, trainer: Trainer) -> None:
-        self.check(trainer)
-        steps = trainer.epochs * trainer.batches_per_epoch
-        if trainer.skipped_steps > self.max_skipped * steps:
+    def on_train_epoch_end(self, job: Job) -> None:
+        self.check(job)
+        steps = job.epochs * job.batches_per_epoch
+        if job.skipped_steps > self.max_skipped * steps:
             raise TrainingError(
-                f"{trainer.skipped_steps} of the {trainer.step} steps so far were skipped as "
+                f"{job.skipped_steps} of the {job.step} steps so far were skipped as "
                 f"non-finite, more than trainer.max_skipped={self.max_skipped} of the run's "
                 f"{steps}: the run failed; lower the learning rate, or raise trainer.max_skipped"
             )
 
-    def on_interrupt(self, trainer: Trainer) -> None:
-        self.check(trainer)
+    def on_interrupt(self, job: Job) -> None:
+        self.check(job)
 
-    def check(self, trainer: Trainer) -> None:
+    def check(self, job: Job) -> None:
         """Stop the run if the watch saw a non-finite step."""
         found = self.watch.first_bad() if self.watch is not None else None
         if found is not None:
-            raise self.error(trainer, *found)
+            raise self.error(job, *found)
 
-    def error(
-        self, trainer: Trainer, step: int, raw: torch.Tensor, parts: torch.Tensor
-    ) -> TrainingError:
-        epoch = (step - 1) // trainer.batches_per_epoch + 1
+    def error(self, job: Job, step: int, raw: torch.Tensor, parts: torch.Tensor) -> TrainingError:
+        epoch = (step - 1) // job.batches_per_epoch + 1
         return nonfinite_error(self.terms, raw, parts, step, epoch, self.last_checkpoint())

@@ -254,3 +254,25 @@ def machine(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__.split("+")[0],
         "python": platform.python_version(),
     }
+
+
+def rng_states() -> dict[str, Any]:
+    """Every global random generator's state, in checkpointable types."""
+    key, pos, has_gauss, gauss = np.random.get_state()[1:]
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Every global random generator back to `states` (from `rng_states`)."""
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    key, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state(("MT19937", key.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))

@@ -1,12 +1,11 @@
-"""Many runs trained as one: N jobs of the same shapes, their models and strategies stacked.
+"""The stacked step: N jobs of the same shapes (`mtltrain.stacking` decides which) trained as
+one, their models and strategies stacked; a `StepRunner` of the loop (`mtltrain.loop._trainer`).
 
-Each job keeps its own `Trainer` (built by `build_trainer`, with its run folder, callbacks,
-checkpoints and generator); `StackedTrainer` takes over their steps, and the trainers are its
-own from then on (their engines and optimizers' old parameters are no longer the model's).
 Every parameter and buffer of the jobs' models and strategies becomes row i of one stacked
 tensor, and job i's module holds that row (a Parameter sharing its storage), so whatever reads
 or writes a job's module (evaluation, checkpoints, figures, the strategy's own hooks) reads
-and writes the stacked tensors. A step runs:
+and writes the stacked tensors; the jobs are the stack's from then on (their optimizers step
+rows, their old parameters are no longer the model's). A step runs:
 
 - the forward pass and term losses of every job at once: the model's `forward_stacked` where
   it has one (one batched product of every job's layers), else `torch.func.vmap` over its
@@ -16,39 +15,35 @@ and writes the stacked tensors. A step runs:
 - each strategy's `observe` per job, on its job's rows;
 - the contributions of every job at once where the strategies differ only in their tensors
   (`Weighting.elementwise` ones directly, others vmapped; else per job), one backward pass;
-- one step of torch's own optimizer: over the stacked tensors where every job's optimizer is
-  an elementwise one with the same settings (its state is then stacked too), else over each
-  job's rows with their groups of equal settings merged; either way each job's update is its
-  own optimizer's, and its optimizer gets its state back for its checkpoints.
+- one step of torch's own optimizer (`mtltrain.loop._stacked_optimizer`): over the stacked tensors
+  where every job's optimizer is an elementwise one with the same settings (its state is then
+  stacked too), else over each job's rows with their groups of equal settings merged; either
+  way each job's update is its own optimizer's.
 
-Epoch ends, evaluations, checkpoints and every callback run per job through its own Trainer.
-A job's callbacks are asked `allows_update` only for a step that is not finite (the one veto
-there is, the non-finite policy): that job skips the update alone (its rows and optimizer
-state kept) or stops alone; the others go on. Only strategies whose state is each job's own
-stack (`Weighting.unstackable` says why not), on models that draw no random numbers.
+What the steps sum up for each job (running losses, the outputs its train metrics score, its
+optimizer's state) reaches the job at `sync` (`Job.add_steps`, `Job.add_outputs`,
+`JobsOptimizer.hand_over`), which the loop calls before epoch ends and interrupts. A job's
+callbacks are asked `allows_update` only for a step that is not finite (the one veto there
+is, the non-finite policy): that job skips the update alone (its rows and optimizer state
+kept) or stops alone (`Job.guarded`); the others go on.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
 import torch
-from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from mtltrain.data.base import Split
-from mtltrain.errors import first_line
-from mtltrain.interrupts import StopSignals
+from mtltrain.loop._job import Job
 from mtltrain.loop._runtime import STARTING_THREADS, auto_threads, settle_threads
 from mtltrain.loop._stacked_optimizer import JobsOptimizer
-from mtltrain.loop._trainer import Trainer
 from mtltrain.losses import (
     all_per_element,
     compute_losses,
@@ -62,121 +57,16 @@ from mtltrain.step import Step
 from mtltrain.weighting.base import Weighting
 
 log = logging.getLogger(__name__)
-
-# Settings that may differ between jobs trained together: they end up in tensors of their own
-# (data, initial weights, optimizer settings, a strategy's settings), not in the shapes.
-STACKABLE = (
-    "seed",
-    "dataset.seed",
-    "trainer.validation_seed",
-    "trainer.optimizer",
-    "weighting",
-    "resume",
-    # what each job's own callbacks and evaluations do, not the stack's step
-    "trainer.eval_every",
-    "trainer.eval_batch_size",
-    "trainer.figure_every",
-    "trainer.log_every",
-    "trainer.progress",
-    "trainer.checkpoint_interval",
-    "trainer.checkpoint_every",
-    "trainer.nonfinite",
-    "trainer.max_skipped",
-    "trainer.select",
-    "objective",
-)
 # pending train outputs are added into the jobs' running metrics once they hold this many bytes
 FLUSH_BYTES = 64 * 2**20
 _NO_INPUTS = torch.empty(0)  # the running metrics read a batch's targets only
 
 
-def stack_key(cfg: DictConfig) -> str:
-    """What must be equal for two jobs to train stacked: their config without the STACKABLE
-    settings (the optimizer's and the strategy's classes stay), as written, before
-    interpolation (`dataset.seed: ${seed}` is the same text in every job)."""
-    config = OmegaConf.to_container(cfg, resolve=False)
-    config.pop("hydra", None)
-    for dotted in STACKABLE:
-        *path, last = dotted.split(".")
-        node = config
-        for key in path:
-            node = node.get(key, {}) if isinstance(node, dict) else {}
-        value = node.pop(last, None) if isinstance(node, dict) else None
-        if isinstance(value, dict) and "_target_" in value:
-            node[last] = {"_target_": value["_target_"]}
-    return json.dumps(config, sort_keys=True, default=str)
+class StackedStep:
+    """A `StepRunner` of N jobs stacked (see the module)."""
 
-
-def groups_of(configs: Sequence[DictConfig], size: int) -> list[tuple[list[int], str]]:
-    """The jobs (their positions in `configs`) that train together, at most `size` at a time,
-    each group with "" or why its jobs run one after another instead."""
-    by_key: dict[str, list[int]] = {}
-    for i, cfg in enumerate(configs):
-        by_key.setdefault(stack_key(cfg), []).append(i)
-    groups: list[tuple[list[int], str]] = []
-    for members in by_key.values():
-        why = _strategy_unstackable(configs[members[0]])
-        for start in range(0, len(members), size):
-            chunk = members[start : start + size]
-            alone = "no other job differs from it in stackable settings only"
-            groups.append((chunk, why or (alone if len(chunk) == 1 else "")))
-    return groups
-
-
-def _strategy_unstackable(cfg: DictConfig) -> str:
-    """Why the config's strategy cannot stack ("" where it can, or where its class cannot be
-    loaded: the job then fails alone, as it would on any launcher)."""
-    target = str(cfg.weighting._target_)
-    try:
-        why = getattr(get_class(target), "unstackable", "")
-    except Exception:
-        return "its weighting._target_ cannot be loaded"
-    return f"{target.rpartition('.')[2]}: {why}" if why else ""
-
-
-def unstackable(trainers: Sequence[Trainer]) -> str:
-    """Why these trainers (at the same step: `run.run_stacked` groups them so) cannot train
-    stacked; "" where they can."""
-    first = trainers[0]
-    if len({type(t.strategy) for t in trainers}) > 1:
-        return "their strategies differ"
-    if first.strategy.unstackable:
-        return f"{type(first.strategy).__name__}: {first.strategy.unstackable}"
-    if first.ranks.size > 1:
-        return "they run under torchrun"
-    if first.forward is not first.model:
-        return "trainer.compile is set"
-    if _draws_random(first.model):
-        return "the model draws dropout masks (not each job's own)"
-    if len({(t.epochs, t.batches_per_epoch, t.batch_size, t.device) for t in trainers}) > 1:
-        return "their epochs, batches or devices differ"
-    if any(
-        _shapes(t.model) != _shapes(first.model) or _shapes(t.strategy) != _shapes(first.strategy)
-        for t in trainers
-    ):
-        return "their models or strategies differ in shape"
-    if any(_optimizer_kinds(t) != _optimizer_kinds(first) for t in trainers):
-        return "their optimizers differ"
-    if any(_split_shapes(t.train_split) != _split_shapes(first.train_split) for t in trainers):
-        return "their training sets differ in shape"
-    if (
-        first.device.type == "cpu"
-        and _has_convolutions(first.model)
-        and not hasattr(first.model, "forward_stacked")
-    ):
-        return (
-            "vmapped convolutions run as grouped ones, slower per job than one job at a time "
-            "on a CPU (scripts/bench_stacked.py)"
-        )
-    return ""
-
-
-class StackedTrainer:
-    """Trains the jobs' trainers together (see the module); `fit()` returns, per job, the
-    error that stopped it, or None."""
-
-    def __init__(self, trainers: Sequence[Trainer]) -> None:
-        self.jobs = list(trainers)
+    def __init__(self, jobs: Sequence[Job]) -> None:
+        self.jobs = list(jobs)
         first = self.jobs[0]
         self.first, self.n = first, len(self.jobs)
         self.device, self.precision = first.device, first.precision
@@ -226,15 +116,14 @@ class StackedTrainer:
         )
         self.shared_data = shared
         self.job_rows = torch.arange(self.n, device=first.train_split.inputs.device)[:, None]
-        self.stop = StopSignals()
-        self.errors: list[BaseException | None] = [None] * self.n
         self.running_loss = torch.zeros(self.n, device=self.device)
         self.term_losses = torch.zeros(self.n, len(first.terms), device=self.device)
-        self.steps_since, self.missed = 0, [0] * self.n  # since the last hand-over
+        self.steps_since, self.missed = 0, [0] * self.n  # since the last sync
         self.pending: list[tuple[Outputs, Split, Tensor | None]] = []
         self.pending_bytes = self.step_bytes = 0
         self.recomputed: Tensor | None = None
-        self.step, self.epoch, self.batch = first.step, first.epoch, first.batch
+        self.number, self.epoch = first.step, first.epoch  # of the last step
+        self.orders = torch.empty(0, dtype=torch.long)
         self.set_threads()
 
     # -- set up --------------------------------------------------------------------------
@@ -255,7 +144,7 @@ class StackedTrainer:
         settle_threads(threads)
 
     def active(self) -> list[int]:
-        return [i for i, e in enumerate(self.errors) if e is None]
+        return [i for i, job in enumerate(self.jobs) if job.error is None]
 
     # -- one step ------------------------------------------------------------------------
 
@@ -305,15 +194,15 @@ class StackedTrainer:
         with self.precision:
             outputs, losses = self.forward(self.model_state, batch.inputs, batch.targets)
         seen = {name: detach(out) for name, out in outputs.items()}
-        self.step += 1
+        self.number += 1
         self.recomputed = None
         rows = losses.unbind(0)
-        steps = [JobStep(self.step, self.epoch, batch, seen, rows[i], i) for i in range(self.n)]
+        steps = [JobStep(self.number, self.epoch, batch, seen, rows[i], i) for i in range(self.n)]
         active = self.active()
         self.clear_gradients()
         if self.observing:
             for i in active:
-                self.guarded(i, lambda i=i: self.jobs[i].strategy.observe(steps[i]))
+                self.jobs[i].guarded(lambda i=i: self.jobs[i].strategy.observe(steps[i]))
         contributions = self.contributions(losses)
         totals = contributions.sum(1)
         totals.sum().backward()
@@ -327,18 +216,12 @@ class StackedTrainer:
         if self.acting_after:
             for i in updated:
                 after = self.jobs[i].strategy.after_step
-                self.guarded(i, lambda i=i, after=after: after(steps[i], self.recompute))
+                self.jobs[i].guarded(lambda i=i, after=after: after(steps[i], self.recompute))
         for opt in self.strategy_optimizers:
             opt.step()
         self.account(seen, batch, losses.detach(), totals, updated)
         for i in self.active():  # not those the step stopped
-            trainer = self.jobs[i]
-            trainer.step = self.step
-            try:
-                for cb in trainer.step_ends:
-                    cb.on_step_end(trainer, steps[i])
-            except Exception as e:
-                self.stopped(i, e)
+            self.jobs[i].guarded(lambda i=i: self.jobs[i].end_step(steps[i]))
 
     def clear_gradients(self) -> None:
         """Zero the stacked gradients, which each job's rows share (after the first step: the
@@ -375,15 +258,13 @@ class StackedTrainer:
         finite = torch.isfinite(totals).tolist()
         updated = []
         for i in active:
-            trainer = self.jobs[i]
-            if finite[i] or self.guarded(
-                i, lambda t=trainer, s=steps[i]: all(cb.allows_update(t, s) for cb in t.vetoes)
-            ):
+            job = self.jobs[i]
+            if finite[i] or job.guarded(lambda job=job, s=steps[i]: job.allows_update(s)):
                 updated.append(i)
-            elif self.errors[i] is None:
-                trainer.skipped_steps += 1
+            elif job.error is None:
+                job.skip_step()
         self.without_update = set(range(self.n)) - set(updated)
-        if any(self.errors[i] is None for i in self.without_update):
+        if any(self.jobs[i].error is None for i in self.without_update):
             self.optimizer.per_row()  # a skipped job's rows must stay as they are
         for i in self.without_update:
             for _, views in self.leaves:
@@ -450,21 +331,16 @@ class StackedTrainer:
                 {k: row(v) for k, v in joined_batch.targets.items()},
                 {k: row(v) for k, v in joined_batch.noise_std.items()},
             )
-            self.jobs[i].train_metrics.update(outputs, part)
+            self.jobs[i].add_outputs(outputs, part)
         self.pending, self.pending_bytes = [], 0
 
-    def hand_over(self) -> None:
-        """Everything the jobs' trainers hold of the steps since the last hand-over: running
-        metrics and losses, epoch losses, optimizer state (what a checkpoint writes)."""
+    def sync(self) -> None:
+        """Each active job gets what the steps since the last sync kept for it: its running
+        metrics and losses, its epoch's term losses, its optimizers' state."""
         self.flush_metrics()
         counts = [self.steps_since - missed for missed in self.missed]
         for i in self.active():
-            trainer = self.jobs[i]
-            trainer.train_loss = trainer.train_loss + self.running_loss[i]
-            trainer.train_batches += counts[i]
-            trainer.epoch_losses = trainer.epoch_losses + self.term_losses[i]
-            trainer.epoch_batches += counts[i]
-            trainer.batch, trainer.step = self.batch, self.step
+            self.jobs[i].add_steps(self.running_loss[i], self.term_losses[i], counts[i])
         for opt in (self.optimizer, *self.strategy_optimizers):
             opt.hand_over(self.active())
         self.running_loss.zero_()
@@ -473,57 +349,14 @@ class StackedTrainer:
 
     # -- epochs --------------------------------------------------------------------------
 
-    def train_epoch(self) -> None:
-        orders = torch.stack([t.epoch_order() for t in self.jobs])
+    def start_epoch(self) -> None:
+        lead = self.jobs[self.active()[0]]  # every job is at the same position
+        self.number, self.epoch = lead.step, lead.epoch
+        self.orders = torch.stack([job.epoch_order() for job in self.jobs])
+
+    def step(self, batch: int) -> None:
         size = self.first.batch_size
-        for b in range(self.batch, self.first.batches_per_epoch):
-            self.train_step(orders[:, b * size : (b + 1) * size])
-            self.batch = b + 1
-            if self.stop.received is not None:
-                self.interrupt(self.stop.received)
-                return
-
-    def interrupt(self, signum: int) -> None:
-        self.hand_over()
-        for i in self.active():
-            self.guarded(i, lambda t=self.jobs[i]: t.interrupt(signum))
-
-    def end_epoch(self) -> None:
-        self.hand_over()
-        for i in self.active():
-            self.guarded(i, self.jobs[i].end_epoch)
-        self.epoch, self.batch = self.epoch + 1, 0
-
-    def fit(self) -> list[BaseException | None]:
-        """Train every job to the last epoch (see `Trainer.fit`); a signal stops every job
-        after a step, each with a checkpoint. Returns each job's error, or None."""
-        for i in self.active():
-            self.guarded(i, lambda t=self.jobs[i]: t.notify("on_fit_start"))
-        with self.stop:
-            while self.epoch < self.first.epochs and self.active():
-                self.train_epoch()
-                if self.stop.received is not None:
-                    break
-                self.end_epoch()
-        for i in self.active():
-            trainer = self.jobs[i]
-            self.guarded(i, lambda t=trainer: t.notify("on_fit_end"))
-            trainer.selection.restore(trainer.model, trainer.strategy)
-        return self.errors
-
-    def guarded(self, i: int, call: Callable[[], Any]) -> Any:
-        """`call` for job i; an error stops that job alone."""
-        try:
-            return call()
-        except Exception as e:
-            self.stopped(i, e)
-            return False
-
-    def stopped(self, i: int, error: Exception) -> None:
-        """Job i stops with `error` (kept for its run); the others go on."""
-        if self.errors[i] is None:
-            log.info("job %d of the stack stopped: %s", i, first_line(error))
-        self.errors[i] = error
+        self.train_step(self.orders[:, batch * size : (batch + 1) * size])
 
 
 class JobStep(Step):
@@ -614,34 +447,6 @@ def _same_settings(a: Weighting, b: Weighting) -> bool:
 
 def _overrides(strategy: Weighting, hook: str) -> bool:
     return getattr(type(strategy), hook) is not getattr(Weighting, hook)
-
-
-# torch's dropout and convolution layers (and their subclasses: the lazy convolutions)
-DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-            nn.FeatureAlphaDropout)  # fmt: skip
-CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-                nn.ConvTranspose3d)  # fmt: skip
-
-
-def _draws_random(model: nn.Module) -> bool:
-    return any(isinstance(m, DROPOUTS) and m.p > 0 and m.training for m in model.modules())
-
-
-def _has_convolutions(model: nn.Module) -> bool:
-    return any(isinstance(m, CONVOLUTIONS) for m in model.modules())
-
-
-def _shapes(module: nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
-    tensors = [*module.named_parameters(), *module.named_buffers()]
-    return [(k, tuple(v.shape), v.dtype) for k, v in tensors]
-
-
-def _optimizer_kinds(trainer: Trainer) -> list[type]:
-    return [type(o) for o in (trainer.optimizer, *trainer.strategy_optimizers)]
-
-
-def _split_shapes(split: Split) -> list[tuple[int, ...]]:
-    return [tuple(t.shape) for t in split.tensors()]
 
 
 def _same_split(a: Split, b: Split) -> bool:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import copy
 import pickle
-import random
 import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from mtltrain.atomic import torch_bytes, write_atomically
@@ -83,28 +81,6 @@ def load(path: Path) -> dict[str, Any]:
     return state
 
 
-def mismatch(saved: dict[str, Any], current: dict[str, Any], what: str) -> str | None:
-    """How a saved state dict differs from the run's own, in words: the first tensor of
-    another shape, else the first name only one of them has; None when they fit."""
-    shapes = [
-        (k, v.shape, current[k].shape)
-        for k, v in saved.items()
-        if k in current and isinstance(v, torch.Tensor) and v.shape != current[k].shape
-    ]
-    only_saved = [k for k in saved if k not in current]
-    only_here = [k for k in current if k not in saved]
-    more = len(shapes) + len(only_saved) + len(only_here) - 1
-    tail = f" (and {more} more difference{'s' * (more != 1)})" if more > 0 else ""
-    if shapes:
-        k, there, here = shapes[0]
-        return f"{what} {k} is {list(there)} in the checkpoint but {list(here)} here{tail}"
-    if only_saved:
-        return f"the checkpoint's {what} has {only_saved[0]}, this run's has not{tail}"
-    if only_here:
-        return f"this run's {what} has {only_here[0]}, the checkpoint's has not{tail}"
-    return None
-
-
 def changed_settings(saved: dict[str, Any], current: dict[str, Any], shown: int = 3) -> str:
     """The settings a resume may not change (RESUMABLE, but FIXED) whose values differ between
     two resolved configs, "key=there → here", the first `shown` of them."""
@@ -137,24 +113,3 @@ def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in config.items():
         out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
     return out
-
-
-def rng_states() -> dict[str, Any]:
-    """Every global random generator's state, in checkpointable types."""
-    key, pos, has_gauss, gauss = np.random.get_state()[1:]
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-        "python": random.getstate(),
-    }
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    key, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state(("MT19937", key.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = states["python"]
-    random.setstate((version, tuple(internal), gauss_next))

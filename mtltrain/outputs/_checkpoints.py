@@ -1,4 +1,5 @@
-"""Checkpoints of a run: the trainer's whole state, written atomically to one file."""
+"""Checkpoints of a run: its job's whole state, written atomically to one file (under the
+key "trainer", as checkpoints have always had it)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from mtltrain.loop._callbacks import Callback
 from mtltrain.outputs import _checkpoint_file as checkpoint
 
 if TYPE_CHECKING:
+    from mtltrain.loop._job import Job
     from mtltrain.loop._selection import Metrics
-    from mtltrain.loop._trainer import Trainer
 
 
 class CheckpointCallback(Callback):
@@ -35,28 +36,28 @@ class CheckpointCallback(Callback):
         self.saved_step: int | None = None
         self.saved_at = time.monotonic()
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, job: Job) -> None:
         self.saved_at = time.monotonic()
-        if trainer.step:  # resumed: the checkpoint it came from is the last good one
-            self.saved_step = trainer.step
+        if job.step:  # resumed: the checkpoint it came from is the last good one
+            self.saved_step = job.step
 
-    def on_epoch_end(self, trainer: Trainer) -> None:
-        last = trainer.epoch == trainer.epochs
-        by_epoch = self.every and trainer.epoch % self.every == 0
+    def on_epoch_end(self, job: Job) -> None:
+        last = job.epoch == job.epochs
+        by_epoch = self.every and job.epoch % self.every == 0
         by_time = self.interval and time.monotonic() - self.saved_at >= self.interval
         if last or by_epoch or by_time:
-            self.save(trainer)
+            self.save(job)
 
-    def on_evaluation(self, trainer: Trainer, metrics: Metrics) -> None:
-        if trainer.selection.improved:
-            self.save_best(trainer)
+    def on_evaluation(self, job: Job, metrics: Metrics) -> None:
+        if job.selection.improved:
+            self.save_best(job)
 
-    def on_fit_end(self, trainer: Trainer) -> None:
-        self.save_best(trainer)  # a resumed run may have left a later, lost one behind
+    def on_fit_end(self, job: Job) -> None:
+        self.save_best(job)  # a resumed run may have left a later, lost one behind
 
-    def save_best(self, trainer: Trainer) -> None:
+    def save_best(self, job: Job) -> None:
         """The selected evaluation's model and strategy states into `best`."""
-        chosen = trainer.selection.chosen
+        chosen = job.selection.chosen
         if self.best is None or chosen is None or "states" not in chosen:
             return
         model, weighting = chosen["states"]
@@ -64,12 +65,12 @@ class CheckpointCallback(Callback):
         state = {"model": model, "weighting": weighting, "selected": selected}
         checkpoint.save(self.best, {**state, **self.run_info})
 
-    def on_interrupt(self, trainer: Trainer) -> None:
-        self.save(trainer)
+    def on_interrupt(self, job: Job) -> None:
+        self.save(job)
 
-    def save(self, trainer: Trainer) -> None:
-        checkpoint.save(self.path, {"trainer": trainer.state_dict(), **self.run_info})
-        self.saved_step, self.saved_at = trainer.step, time.monotonic()
+    def save(self, job: Job) -> None:
+        checkpoint.save(self.path, {"trainer": job.state_dict(), **self.run_info})
+        self.saved_step, self.saved_at = job.step, time.monotonic()
 
     def last_saved(self) -> tuple[Path, int] | None:
         """(path, step) of the last checkpoint this run wrote or resumed from."""

@@ -11,8 +11,8 @@ from tqdm.auto import tqdm
 from mtltrain.loop._callbacks import Callback
 
 if TYPE_CHECKING:
+    from mtltrain.loop._job import Job
     from mtltrain.loop._selection import Metrics
-    from mtltrain.loop._trainer import Trainer
     from mtltrain.step import Step
 
 log = logging.getLogger("mtltrain.loop._trainer")
@@ -27,10 +27,10 @@ class ProgressCallback(Callback):
         self.show, self.every, self.lines_every = show, log_every, lines_every
         self.bar: tqdm | None = None
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, job: Job) -> None:
         self.bar = tqdm(
-            total=trainer.epochs * trainer.batches_per_epoch,
-            initial=trainer.step,
+            total=job.epochs * job.batches_per_epoch,
+            initial=job.step,
             unit="step",
             desc="train",
             leave=False,
@@ -38,27 +38,27 @@ class ProgressCallback(Callback):
             disable=None if self.show is None else not self.show,
         )
 
-    def on_step_end(self, trainer: Trainer, step: Step) -> None:
+    def on_step_end(self, job: Job, step: Step) -> None:
         if self.bar is None:  # stepped outside fit (a benchmark): nothing to show
             return
         self.bar.update()
         if not self.bar.disable and step.number % self.every == 0:
             self.bar.set_postfix(loss=f"{step.total.item():.4g}", refresh=False)
 
-    def on_evaluation(self, trainer: Trainer, metrics: Metrics) -> None:
-        if trainer.evaluations % self.lines_every == 0 or trainer.epoch == trainer.epochs:
+    def on_evaluation(self, job: Job, metrics: Metrics) -> None:
+        if job.evaluations % self.lines_every == 0 or job.epoch == job.epochs:
             shown = "  ".join(
                 f"{split} " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
                 for split, values in metrics.items()
                 if split != "train"
             )
-            where = f"epoch {trainer.epoch}/{trainer.epochs}  step {trainer.step}"
+            where = f"epoch {job.epoch}/{job.epochs}  step {job.step}"
             log.info("%s  train loss %.4g  %s", where, metrics["train"]["loss"], shown)
 
-    def on_interrupt(self, trainer: Trainer) -> None:
+    def on_interrupt(self, job: Job) -> None:
         self.close()
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, job: Job) -> None:
         self.close()
 
     def close(self) -> None:

@@ -6,12 +6,12 @@ that set the run apart (`mtltrain.build.run_hparams`); at the end the run's HPar
 HParams metrics (in the sub-run tb/hparams, see `mtltrain.outputs._event_writer`): the reported
 evaluation's validation and test metrics (the last one, or with trainer.select=best the selected
 one: what results.json has) under their own tags, and what the strategy learned where training
-ended as `weighting/<quantity>/<term>`. They are one point each at the last step. The learned
-ones are named so that their one-point charts sort after the losses, metrics and weights in the
-Scalars tab (weighting/ after loss…/, test/, train/, validation/, weight/: at the top they would
-come before the curves to read) and after the test and validation metrics among the HParams
-metrics, of which TensorBoard ticks the first five. (They are the last points of the learned
-series in tb/; they are written again because a metric must be in the session's own run.)
+ended as `weighting/<quantity>/<term>`. They are one point each at the last step. The learned ones
+are named so that their one-point charts sort after the losses, metrics and weights in the Scalars
+tab (weighting/ after loss…/, test/, train/, validation/, weight/: at the top they would come
+before the curves to read) and after the test and validation metrics among the HParams metrics, of
+which TensorBoard ticks the first five. (They are the last points of the learned series in tb/;
+they are written again because a metric must be in the session's own run.)
 
 Custom Scalars: a chart draws every tag its regexes match in every run shown, so each chart
 holds one quantity that means the same in every run that logs it: per task metric, its train,
@@ -34,8 +34,8 @@ from mtltrain.loop._callbacks import Callback
 from mtltrain.outputs._event_writer import TensorBoardLog
 
 if TYPE_CHECKING:
+    from mtltrain.loop._job import Job
     from mtltrain.loop._selection import Metrics
-    from mtltrain.loop._trainer import Trainer
     from mtltrain.step import Step
 
 METRIC_CHARTS = "each metric: train, validation, test"
@@ -65,10 +65,10 @@ class TensorBoardCallback(Callback):
         self.previous: dict[str, Tensor] = {}
         self.left_out: set[str] = set()
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, job: Job) -> None:
         if self.hparams is None:
             return
-        report = trainer.strategy.report()
+        report = job.strategy.report()
         learned = [q for q, v in report.items() if v.dim() == 1 and q != SHARED]
         self.tb.layout(
             {
@@ -81,76 +81,76 @@ class TensorBoardCallback(Callback):
         self.tb.text("config", f"```yaml\n{self.config}```")
         self.tb.session_start(self.hparams)
 
-    def on_step_end(self, trainer: Trainer, step: Step) -> None:
+    def on_step_end(self, job: Job, step: Step) -> None:
         self.last = step
         if step.number % self.every == 0:
-            self.log_step(trainer, step)
+            self.log_step(job, step)
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, job: Job) -> None:
         if self.last is not None:
             if self.logged != self.last.number:
-                self.log_step(trainer, self.last)
-            self.log_unchanged(trainer, self.last.number)
-        self.tb.session_end(self.hparams_metrics(trainer), trainer.step)
+                self.log_step(job, self.last)
+            self.log_unchanged(job, self.last.number)
+        self.tb.session_end(self.hparams_metrics(job), job.step)
 
-    def hparams_metrics(self, trainer: Trainer) -> dict[str, Tensor | float]:
+    def hparams_metrics(self, job: Job) -> dict[str, Tensor | float]:
         """The reported evaluation's {<split>/<task>/<metric>: value} and what the strategy
         learned, {weighting/<quantity>/<term> or weighting/<quantity>: value}."""
-        chosen = trainer.selection.chosen
+        chosen = job.selection.chosen
         evaluated = chosen["metrics"] if chosen is not None else {}
         values: dict[str, Tensor | float] = {
             f"{split}/{k}": v for split, metrics in evaluated.items() for k, v in metrics.items()
         }
-        for quantity, value in trainer.strategy.report().items():
+        for quantity, value in job.strategy.report().items():
             values.update(
-                {f"{LEARNED}/{tag}": v for tag, v in self.tags(trainer, quantity, value).items()}
+                {f"{LEARNED}/{tag}": v for tag, v in self.tags(job, quantity, value).items()}
             )
         return values
 
-    def log_step(self, trainer: Trainer, step: Step) -> None:
+    def log_step(self, job: Job, step: Step) -> None:
         """The step's scalars. A quantity the strategy reports, or the skip count, that has not
         changed since it was last logged is left out (fixed weights would draw flat lines)
         until the last step, which has every series."""
-        names, losses = trainer.strategy.names, step.losses.detach()
+        names, losses = job.strategy.names, step.losses.detach()
         values: dict[str, Tensor | float] = {"loss/total": step.total}
         for i, name in enumerate(names):
             values[f"loss_raw/{name}"] = losses[i]
             values[f"loss_weighted/{name}"] = step.parts[i]
         self.left_out = set()
-        for quantity, value in self.series(trainer).items():
+        for quantity, value in self.series(job).items():
             last = self.previous.get(quantity)
             if last is None or not torch.equal(last, value):
                 self.previous[quantity] = value.clone()
-                values.update(self.tags(trainer, quantity, value))
+                values.update(self.tags(job, quantity, value))
             else:
                 self.left_out.add(quantity)
         self.tb.scalars(values, step.number)
         self.logged = step.number
 
-    def log_unchanged(self, trainer: Trainer, step: int) -> None:
+    def log_unchanged(self, job: Job, step: int) -> None:
         """The series the last log_step left out because they had not changed, at `step`."""
         values: dict[str, Tensor | float] = {}
-        for quantity, value in self.series(trainer).items():
+        for quantity, value in self.series(job).items():
             if quantity in self.left_out:
-                values.update(self.tags(trainer, quantity, value))
+                values.update(self.tags(job, quantity, value))
         self.tb.scalars(values, step)
 
-    def series(self, trainer: Trainer) -> dict[str, Tensor]:
+    def series(self, job: Job) -> dict[str, Tensor]:
         """What the strategy reports, and the count of skipped steps in skip mode."""
-        report = dict(trainer.strategy.report())
+        report = dict(job.strategy.report())
         if self.skipped:
-            report["nonfinite_steps"] = torch.tensor(trainer.skipped_steps)
+            report["nonfinite_steps"] = torch.tensor(job.skipped_steps)
         return report
 
     @staticmethod
-    def tags(trainer: Trainer, quantity: str, value: Tensor) -> dict[str, Tensor]:
+    def tags(job: Job, quantity: str, value: Tensor) -> dict[str, Tensor]:
         """{<quantity>/<term>: value} of a per-term quantity, {<quantity>: value} of another."""
         if value.dim() == 0:
             return {quantity: value}
-        return {f"{quantity}/{n}": value[i] for i, n in enumerate(trainer.strategy.names)}
+        return {f"{quantity}/{n}": value[i] for i, n in enumerate(job.strategy.names)}
 
-    def on_evaluation(self, trainer: Trainer, metrics: Metrics) -> None:
+    def on_evaluation(self, job: Job, metrics: Metrics) -> None:
         scalars = {
             f"{split}/{k}": v for split, values in metrics.items() for k, v in values.items()
         }
-        self.tb.scalars(scalars, trainer.step)
+        self.tb.scalars(scalars, job.step)

@@ -93,7 +93,7 @@ class Weighting(nn.Module):
 
     level: Level | None = None
     RANGES: ClassVar[Mapping[str, Range]] = {}
-    # why runs of this strategy cannot be trained stacked (mtltrain.loop._stacked); "": they can
+    # why runs of this strategy cannot be trained stacked (mtltrain.stacking); "" where they can
     unstackable: ClassVar[str] = ""
     # `contributions` takes each term from its loss and the strategy's tensors elementwise, so
     # stacked runs' [N, K] losses and [N, K] tensors go through it at once (else it is vmapped)

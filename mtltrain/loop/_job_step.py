@@ -1,0 +1,90 @@
+"""The per-job step: one job's step by its own model, engine and optimizers (a single run, N =
+1, with nothing of the stacked machinery).
+
+A step: forward → term losses → `strategy.observe` → the engine's backward pass → the job's
+callbacks may veto the update (the non-finite policy) → the model's optimizer steps (torch's fused
+Adam(W) called directly: `mtltrain.loop._direct_step.direct_step`) → `strategy.after_step` → the
+strategy's own optimizers step → the job counts the step (`Job.add_step` or `skip_step`) and its
+`on_step_end` callbacks run (`Job.end_step`). Under torchrun each rank steps its shard of the
+global batch, with the global batch's losses.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mtltrain.data.base import Split
+from mtltrain.loop._direct_step import direct_step
+from mtltrain.loop._engine import Backward, engine_for
+from mtltrain.loop._job import Job
+from mtltrain.losses import compute_losses, detach
+from mtltrain.step import Step
+
+
+class PerJobStep:
+    """A `StepRunner` of one job (see the module)."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.strategy, self.terms, self.ranks = job.strategy, job.terms, job.ranks
+        self.forward, self.precision, self.device = job.forward, job.precision, job.device
+        self.on_device, self.batch_size = job.on_device, job.batch_size
+        self.backward: Backward = engine_for(job.strategy, job.model, job.ranks)
+        self.optimizer_step = direct_step(job.optimizer)
+        self.strategy_optimizers = job.strategy_optimizers
+        self.params = [
+            p
+            for opt in (job.optimizer, *self.strategy_optimizers)
+            for group in opt.param_groups
+            for p in group["params"]
+        ]
+        self.epoch_split = job.train_split
+
+    def start_epoch(self) -> None:
+        split = self.job.train_split.take(self.job.epoch_order())
+        if not self.on_device:
+            split = split.map(torch.Tensor.pin_memory)
+        self.epoch_split = split
+
+    def step(self, batch: int) -> None:
+        first = batch * self.batch_size
+        self.train_step(self.epoch_split.take(slice(first, first + self.batch_size)))
+
+    def sync(self) -> None:
+        """Nothing to hand over: each step counts itself into its job."""
+
+    def train_step(self, batch: Split) -> Step:
+        """One optimisation step on a batch (under torchrun: on this rank's shard of it)."""
+        job = self.job
+        batch, share = self.ranks.shard(batch)
+        if not self.on_device:
+            batch = batch.map(lambda t: t.to(self.device, non_blocking=True))
+        with self.precision:
+            outputs, features = self.forward(batch.inputs)
+            losses = compute_losses(self.terms, outputs, batch.targets)
+        losses = self.ranks.global_losses(losses, share)
+        seen = {name: detach(out) for name, out in outputs.items()}
+        step = Step(job.step + 1, job.epoch, batch, seen, losses, share=share, ranks=self.ranks)
+        for p in self.params:  # optimizer.zero_grad(set_to_none=True), without its overhead
+            p.grad = None
+        self.strategy.observe(step)
+        step.parts, step.total = self.backward(losses, features)
+        if job.allows_update(step):
+            self.optimizer_step()
+            self.strategy.after_step(step, self.recompute_losses)
+            for opt in self.strategy_optimizers:
+                opt.step()
+            job.add_step(seen, batch, step.total, losses)
+        else:
+            job.skip_step()
+        job.end_step(step)
+        return step
+
+    @torch.no_grad()
+    def recompute_losses(self, step: Step) -> Tensor:
+        """The term losses of the step's batch under the model as it is now."""
+        with self.precision:
+            outputs, _ = self.forward(step.batch.inputs)
+            losses = compute_losses(self.terms, outputs, step.batch.targets)
+        return self.ranks.global_losses(losses, step.share)
