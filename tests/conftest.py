@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import random
@@ -217,6 +218,24 @@ def run_report(args: Sequence[object], cwd: Path) -> subprocess.CompletedProcess
     return subprocess.run(
         [REPORT, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
     )
+
+
+def strict_json(path: Path) -> dict:
+    """A results.json, refusing NaN and Infinity (which are not JSON)."""
+
+    def refuse(name: str) -> float:
+        raise ValueError(f"{name} in {path}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """{relative path: (size, modification time)} of every file under `folder`."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
 
 
 def write_fake_mnist(root: Path, n_train: int = 96, n_test: int = 48, seed: int = 0) -> Path:

@@ -1,11 +1,22 @@
-"""The installed `mtltrain` command end to end, in subprocesses."""
+"""The `mtltrain` command end to end, through the entry point its console script calls
+(`run_cli`): what a run writes and prints, its help, a user's own config group, the progress
+bar; and the command's own start, in a process."""
 
+import io
 import json
+import subprocess
+import sys
 
-from conftest import run_cli
+import pytest
+from conftest import make_config, run_cli, strict_json
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mtltrain.build import build_trainer
+from mtltrain.callbacks.progress import ProgressCallback
+from mtltrain.config import config_dir
+
 TINY = ["trainer.epochs=3", "trainer.log_every=1", "dataset.n_train=64", "dataset.n_test=32"]
+TWO_EPOCHS = ["trainer.epochs=2", "dataset.n_train=32", "dataset.n_test=16"]
 
 
 def tags(tb_dir):
@@ -86,3 +97,59 @@ def test_mnist_without_data_or_download_says_where_it_looked(tmp_path):
     (results,) = tmp_path.rglob("results.json")  # the run folder says what went wrong
     assert json.loads(results.read_text())["status"] == "failed"
     assert not (results.parent / "tb").exists()  # stopped before any training work
+
+
+def test_help_says_what_mtltrain_is_how_to_compare_and_what_each_group_chooses(tmp_path):
+    proc = run_cli(["--help"], cwd=tmp_path)
+    assert proc.returncode == 0
+    text = proc.stdout
+    assert text.startswith("mtltrain: train multi-task networks") and "mtltrain-report" in text
+    conf = config_dir()
+    groups = sorted(p.name for p in conf.iterdir() if p.is_dir() and p.name != "hydra")
+    for group in [*groups, "hydra/launcher", "hydra/sweeper"]:
+        assert f"\n  {group} " in text, group  # its line on what it chooses
+    for option in (conf / "hydra" / "launcher").glob("*.yaml"):
+        assert option.stem in text
+
+
+def test_the_cli_starts_without_torch_and_runs_as_a_module(tmp_path):
+    """Processes of their own: what an import loads, and `python -m mtltrain`, show only there."""
+    code = "import sys, mtltrain.cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "mtltrain", "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0 and "mtltrain" in proc.stdout
+
+
+def test_a_users_own_config_group_works_for_a_single_run(tmp_path):
+    own = tmp_path / "my_configs" / "weighting"
+    own.mkdir(parents=True)
+    (own / "tenth.yaml").write_text(
+        "_target_: mtltrain.weighting.fixed.FixedWeighting\nweights: 0.1\n"
+    )
+    args = [*TWO_EPOCHS, f"hydra.searchpath=[file://{own.parent}]", "weighting=tenth",
+            f"hydra.run.dir={tmp_path}/r"]  # fmt: skip
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    weights = strict_json(tmp_path / "r" / "results.json")["weighting"]["weight"]
+    assert weights == pytest.approx({"y1": 0.1, "y2": 0.1})
+
+
+def test_one_progress_bar_over_the_run_on_a_terminal_and_none_elsewhere(tmp_path, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    trainer = build_trainer(make_config([*TWO_EPOCHS, "trainer.log_every=1"]))
+    trainer.fit()
+    shown = screen.getvalue()
+    assert "train:" in shown and "0/4 " in shown  # one bar over 2 epochs × 2 steps
+    assert "epoch" not in shown  # not one bar per epoch
+    (bar,) = (cb.bar for cb in trainer.callbacks if isinstance(cb, ProgressCallback))
+    assert bar.n == bar.total == 4 and "loss=" in bar.postfix
+    monkeypatch.undo()
+    quiet = run_cli([*TWO_EPOCHS, f"hydra.run.dir={tmp_path}/r"], cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr == ""  # not a terminal: no bar at all

@@ -23,7 +23,7 @@ import torch
 from conftest import make_config, run_cli, run_report, write_fake_mnist
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mtltrain import checkpoint
+from mtltrain import checkpoint, rundir
 from mtltrain.errors import Interrupted, TrainingError
 from mtltrain.results import read_results
 from mtltrain.run import run, run_stacked
@@ -349,3 +349,22 @@ def test_group_size_must_be_a_positive_integer(tmp_path: Path) -> None:
     done = run_cli([*args, f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path)
     assert done.returncode != 0
     assert "hydra.launcher.group_size=0 is not allowed" in done.stderr
+
+
+def test_a_failed_stacked_job_is_one_line_and_the_others_finish(tmp_path: Path) -> None:
+    """hydra/launcher=vectorized: one job with a setting refused, one whose loss goes NaN."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=vectorized", "trainer.optimizer.lr=1e-3,1e30",
+            "weighting.init_log_var=0,1e6", "trainer.epochs=2", "dataset.n_train=32",
+            "dataset.n_test=16", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert "HydraConfig" not in proc.stderr and len(lines) == 4, proc.stderr
+    jobs = rundir.jobs_in(sweep)
+    assert [rundir.status(j) for j in jobs] == ["completed", "failed", "failed", "failed"]
+    for job, line in zip(jobs[1:], lines, strict=False):
+        assert line.startswith(f"mtltrain: error: job {job.name}: "), line
+    assert "weighting.init_log_var=1000000.0 is not allowed" in lines[0]
+    assert "non-finite loss" in lines[1]
+    assert lines[3].startswith("mtltrain: 3 of 4 jobs did not finish")
