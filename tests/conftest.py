@@ -24,7 +24,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from mtltrain import cli
+from mtltrain import cli, report
 from mtltrain.callbacks import Callback
 from mtltrain.config import compose_checked
 from mtltrain.data import mnist_mtl
@@ -58,14 +58,25 @@ def make_config(overrides: Sequence[str] = ()) -> DictConfig:
 
 
 def run_cli(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess:
-    """`mtltrain <args>` in `cwd`, in this process: `mtltrain.cli.main()`, the console
-    script's entry point, with its argv, its exit code, and what it printed (at the file
-    descriptors too); everything a run changes in the process is put back after it."""
-    argv = [MTLTRAIN, *map(str, args)]
+    """`mtltrain <args>` in `cwd`, in this process (`in_process`)."""
+    return in_process(cli.main, [MTLTRAIN, *map(str, args)], cwd)
+
+
+def run_report(args: Sequence[object], cwd: Path) -> subprocess.CompletedProcess:
+    """`mtltrain-report <args>` in `cwd`, in this process (`in_process`)."""
+    return in_process(report.main, [REPORT, *map(str, args)], cwd)
+
+
+def in_process(
+    main: Callable[[], object], argv: list[str], cwd: Path
+) -> subprocess.CompletedProcess:
+    """What `sys.exit(main())` does as the console script `argv[0]` started with `argv` in
+    `cwd`, run in this process: its exit status, and what it printed to stdout and stderr
+    (at the file descriptors too); everything a run changes in the process is put back."""
     with kept_process_state(), captured_output() as said:
         os.chdir(cwd)
         sys.argv = list(argv)
-        code = exit_status(cli.main)
+        code = exit_status(main)
     return subprocess.CompletedProcess(argv, code, *said())
 
 
@@ -211,13 +222,6 @@ def restore_loggers(settings: dict[logging.Logger, LoggerSettings]) -> None:
         logger.setLevel(level)
         logger.handlers[:] = handlers
         logger.propagate, logger.disabled = propagate, disabled
-
-
-def run_report(args: Sequence[object], cwd: Path) -> subprocess.CompletedProcess:
-    """Run the installed `mtltrain-report` console script."""
-    return subprocess.run(
-        [REPORT, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
-    )
 
 
 def strict_json(path: Path) -> dict:

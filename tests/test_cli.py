@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_config, run_cli, strict_json
+from conftest import make_config, run_cli, run_console_script, strict_json
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtltrain.build import build_trainer
@@ -153,3 +153,24 @@ def test_one_progress_bar_over_the_run_on_a_terminal_and_none_elsewhere(tmp_path
     monkeypatch.undo()
     quiet = run_cli([*TWO_EPOCHS, f"hydra.run.dir={tmp_path}/r"], cwd=tmp_path)
     assert quiet.returncode == 0 and quiet.stderr == ""  # not a terminal: no bar at all
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["trainer.epochs=0"],  # a config error: exit 2, one line on stderr
+        ["--cfg", "job", "trainer.epochs=3"],  # Hydra prints the config: exit 0, on stdout
+        ["trainer.epochs=abc"],  # Hydra's own parse error, turned into one line
+    ],
+)
+def test_the_console_script_says_and_exits_what_run_cli_does(tmp_path, args):
+    """A process of its own: the console script's exit status and output, as run_cli gives
+    them in this process."""
+    args = [*args, f"hydra.run.dir={tmp_path / 'run'}"]
+    alone, here = run_console_script(args, tmp_path), run_cli(args, tmp_path)
+    assert (alone.returncode, alone.stdout, alone.stderr) == (
+        here.returncode,
+        here.stdout,
+        here.stderr,
+    )
+    assert alone.returncode in (0, 2) and len(alone.stderr.splitlines()) == alone.returncode // 2

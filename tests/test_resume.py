@@ -69,6 +69,7 @@ def reference(tmp_path_factory):
 
 
 def start(run_dir, cwd):
+    """The run as a process of its own: the tests send it signals."""
     return subprocess.Popen(
         [MTLTRAIN, *RUN, f"hydra.run.dir={run_dir}"], cwd=cwd,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
