@@ -1,4 +1,5 @@
-"""Shared test helpers: composing configs, running the CLI, and writing small MNIST IDX files."""
+"""Shared test helpers: composing configs, running the CLI in this process (what a run changes
+in the process put back), reading what runs wrote, and writing small MNIST IDX files."""
 
 from __future__ import annotations
 

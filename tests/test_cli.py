@@ -4,11 +4,17 @@ bar; and the command's own start, in a process."""
 
 import io
 import json
+import logging
+import os
+import signal
 import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import make_config, run_cli, run_console_script, strict_json
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtltrain.build import build_trainer
@@ -174,3 +180,24 @@ def test_the_console_script_says_and_exits_what_run_cli_does(tmp_path, args):
         here.stderr,
     )
     assert alone.returncode in (0, 2) and len(alone.stderr.splitlines()) == alone.returncode // 2
+
+
+def process_state() -> tuple:
+    """What a run changes in its process and the next test would see."""
+    return (os.getcwd(), list(sys.argv), dict(os.environ), signal.getsignal(signal.SIGINT),
+            signal.getsignal(signal.SIGTERM), torch.get_num_threads(), logging.root.level,
+            list(logging.root.handlers), HydraConfig.initialized(),
+            GlobalHydra.instance().is_initialized(),
+            torch.random.get_rng_state().numpy().tobytes())  # fmt: skip
+
+
+def test_a_run_in_process_leaves_the_process_as_it_found_it(tmp_path):
+    """run_cli puts back what a run changes: here threads, signal handlers, the environment
+    (HYDRA_FULL_ERROR), Hydra's logging and config, the seeded generator, the folder."""
+    before = process_state()
+    threads = torch.get_num_threads() + 1
+    done = run_cli([*TWO_EPOCHS, f"trainer.threads={threads}", f"hydra.run.dir={tmp_path}/r"],
+                   tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"{threads} CPU threads" in done.stdout  # the run did change them
+    assert process_state() == before
