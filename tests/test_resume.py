@@ -470,7 +470,8 @@ def test_a_total_that_overflows_is_named_in_one_line():
 
 
 def test_a_run_that_skips_too_much_fails_with_valid_json(tmp_path):
-    """The issue's run: 107 of 120 steps skipped, status completed, σ = inf in the JSON."""
+    """A run that skips most of its steps (lr=1e3: about 107 of 120) fails, with one line and a
+    results.json that is valid JSON, instead of completing with σ = inf."""
     args = ["trainer.optimizer.lr=1e3", "trainer.nonfinite=skip", "trainer.epochs=30",
             "dataset.n_train=64", f"hydra.run.dir={tmp_path}/r"]  # fmt: skip
     proc = run_cli(args, cwd=tmp_path)

@@ -133,7 +133,7 @@ CASES = [
     ("resume of nothing", ["resume="], ["resume=''", "names no run"]),
     ("finished run, epochs not a number", ["resume={root}/done", "trainer.epochs=abc"],
      ["trainer.epochs='abc'", "whole number"]),
-    # values outside the tool's own checks until now (issue: "what users hit")
+    # values that reach torch's or Hydra's own code unless the tool refuses them first
     ("learning rate nan", ["trainer.optimizer.lr=nan"], ["lr=nan", "finite number > 0"]),
     ("seed too large", ["seed=99999999999999999999"], ["seed=99999999999999999999", "2**63"]),
     ("optimizer setting it lacks", ["+trainer.optimizer.momentum=0.9"],
