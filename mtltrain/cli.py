@@ -51,7 +51,8 @@ register()
 # conf/hydra/launcher/ presets take the names of the launcher plugins' schemas, which validate
 # them: Hydra 1.3 does so and warns, in every job's process, that the matching is deprecated.
 # Set at import, process-wide, on purpose: joblib's workers import this module, not main().
-warnings.filterwarnings("ignore", message=r"\n'hydra/launcher/\w+' is validated against")
+SCHEMA_MATCHING_WARNING = r"\n'hydra/launcher/\w+' is validated against"
+warnings.filterwarnings("ignore", message=SCHEMA_MATCHING_WARNING)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")

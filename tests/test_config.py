@@ -78,3 +78,14 @@ def test_source_experiments_use_the_source_loss_forms():
     assert mnist.form == "half" and list(mnist.init_log_var) == [0.2, 1.0]
     seg = compose_checked(["experiment=mnist_seg_fixed"]).weighting.weights
     assert dict(seg) == {"seg_cross_entropy": 0.8, "seg_dice": 0.2}
+
+
+def test_an_import_error_in_a_users_target_shows_its_cause(tmp_path, monkeypatch):
+    package = tmp_path / "mytab"
+    package.mkdir()
+    (package / "__init__.py").write_text("import pandas_that_is_not_installed\n")
+    (package / "data.py").write_text("def build(**settings): ...\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"mytab.data.build cannot be loaded: Module.*"
+                       r"No module named 'pandas_that_is_not_installed'"):  # fmt: skip
+        make_config(["dataset._target_=mytab.data.build"])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
@@ -39,6 +40,8 @@ CASES = ["fixed:15", "uncertainty:15", "mgda:15", "mgda_ub:15", "pcgrad:15", "na
 def torchrun(
     *args: str, cwd: Path, timeout: float = 240, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=2 <args>`: processes of their own, as torchrun's
+    ranks are."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node=2", *args]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
@@ -111,8 +114,7 @@ def test_a_run_under_torchrun_ends_where_one_process_does(tmp_path, strategy):
     args = [*RUN, f"weighting={strategy}", "trainer.epochs=3", "trainer.validation=1"]
     done = torchrun("-m", "mtltrain", *args, "hydra.run.dir=two", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    alone = subprocess.run([sys.executable, "-m", "mtltrain", *args, "hydra.run.dir=one"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=240)  # fmt: skip
+    alone = run_cli([*args, "hydra.run.dir=one"], tmp_path)
     assert alone.returncode == 0, alone.stderr[-3000:]
     two, one = results_of(tmp_path / "two"), results_of(tmp_path / "one")
     assert_same_run(two, one)
@@ -171,8 +173,7 @@ def test_sigterm_on_one_rank_checkpoints_once_and_the_run_resumes_under_torchrun
     assert running["counts"]["y1"] == since, (running["counts"], position)
     resumed = torchrun("-m", "mtltrain", "resume=two", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    alone = subprocess.run([sys.executable, "-m", "mtltrain", *args, "hydra.run.dir=one"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=240)  # fmt: skip
+    alone = run_cli([*args, "hydra.run.dir=one"], tmp_path)
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert_same_run(results_of(tmp_path / "two"), results_of(tmp_path / "one"))
     # the evaluations logged after the resume too, the running train metrics among them
@@ -226,10 +227,7 @@ def root_cause(stderr: str) -> str:
 def test_a_bad_setting_under_torchrun_is_one_line_and_torchruns_table_names_it(tmp_path):
     missing = tmp_path / "no_mnist"
     args = ["dataset=mnist_mtl", "dataset.download=false", f"dataset.root={missing}"]
-    quiet = {
-        "LOGLEVEL": "ERROR",
-        "TORCH_LOGS": "-distributed",
-    }  # torch's, as docs/scaling-out.md says
+    quiet = {"LOGLEVEL": "ERROR", "TORCH_LOGS": "-distributed"}  # as docs/scaling-out.md says
     done = torchrun("-m", "mtltrain", *args, "hydra.run.dir=run", cwd=tmp_path, env=quiet)
     assert done.returncode == 1, done.stderr[-3000:]  # torchrun's own, whatever its workers'
     (line,) = mtltrain_lines(done.stderr)  # once, not once per rank
@@ -267,8 +265,7 @@ def test_a_rank_killed_mid_run_is_named_in_one_line_with_the_resume_command(tmp_
     resumed = torchrun(*resume.split()[2:], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed at step" in resumed.stdout
-    alone = subprocess.run([sys.executable, "-m", "mtltrain", *args, "hydra.run.dir=one"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=240)  # fmt: skip
+    alone = run_cli([*args, "hydra.run.dir=one"], tmp_path)
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert_same_run(results_of(tmp_path / "two"), results_of(tmp_path / "one"))
 

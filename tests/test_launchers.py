@@ -125,6 +125,7 @@ main()
 def test_slurm_warning_checkpoints_passes_on_to_submitit_and_the_requeued_job_resumes(
     tmp_path, monkeypatch, caplog
 ):
+    """The job a process of its own: it is sent SIGUSR2, and submitit's handler exits it."""
     args = ["-m", "trainer.epochs=600", "trainer.checkpoint_interval=0", "trainer.progress=false",
             "hydra.sweep.dir=sweep"]  # fmt: skip
     job = subprocess.run([sys.executable, "-c", REQUEUE, *args], cwd=tmp_path,

@@ -87,7 +87,7 @@ def test_run_it_quotes_its_own_table():
 
 @pytest.mark.slow  # the default run: 1500 epochs, half a minute to a minute
 def test_run_it_shows_what_the_default_command_prints(tmp_path):
-    done = run_cli([], tmp_path, timeout=600)
+    done = run_cli([], tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.rstrip("\n").endswith("\n" + run_it()[1]), (
         f"README.md's *Run it* table is not what `mtltrain` printed:\n{done.stdout[-400:]}"

@@ -1,4 +1,5 @@
-"""`mtltrain-report` on real sweeps (subprocesses) and on hand-written run folders."""
+"""`mtltrain-report` on real sweeps and on hand-written run folders, through the entry point its
+console script calls (`run_report`, in this process)."""
 
 import csv
 import errno

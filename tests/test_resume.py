@@ -1,34 +1,44 @@
-"""Nothing lost: exact resume after SIGKILL, SIGINT and SIGTERM; atomic checkpoints;
-non-finite losses stop the run or are skipped and counted."""
+"""Nothing lost: exact resume after SIGKILL, SIGINT and SIGTERM (of a run, of a sweep, before
+training); resuming a finished run, and refusing other settings; checkpoints by the clock and
+written atomically; non-finite losses stop the run or are skipped and counted.
 
+The runs that are sent a signal are processes of their own (`start`, `subprocess.Popen`), as a
+signal must come from outside; the others run in this process (`run_cli`)."""
+
+import errno
 import json
 import math
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import MTLTRAIN, make_config, run_cli
+from conftest import MTLTRAIN, make_config, run_cli, strict_json
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mtltrain import atomic
 from mtltrain.build import build_job
 from mtltrain.data import two_slope
-from mtltrain.errors import TrainingError
+from mtltrain.errors import OutputError, TrainingError
 from mtltrain.loop._nonfinite import NonfiniteGuard, NonfiniteWatch, nonfinite_error
 from mtltrain.loop._trainer import train_alone
 from mtltrain.outputs import _checkpoint_file as checkpoint
 from mtltrain.outputs import _run_folder as rundir
+from mtltrain.outputs._checkpoints import CheckpointCallback
 from mtltrain.outputs._event_writer import TensorBoardLog
+from mtltrain.outputs._results import write_json
 from mtltrain.run import run
 from mtltrain.weighting import uncertainty
 
-# one worker builds this module's costly module-scoped fixture for all its tests
-pytestmark = pytest.mark.xdist_group("resume")
+# one worker builds the costly module-scoped `reference` for all the tests that use it
+SHARES_REFERENCE = pytest.mark.xdist_group("resume")
 
 # ~1500 steps, a checkpoint every epoch: long enough to be stopped in the middle
 RUN = [
@@ -39,6 +49,7 @@ RUN = [
     "trainer.eval_every=3",
     "dataset.n_train=300",
 ]
+TWO_EPOCHS = ["trainer.epochs=2", "dataset.n_train=32", "dataset.n_test=16"]
 
 
 def results(run_dir):
@@ -61,6 +72,7 @@ def reference(tmp_path_factory):
 
 
 def start(run_dir, cwd):
+    """The run as a process of its own: the tests send it signals."""
     return subprocess.Popen(
         [MTLTRAIN, *RUN, f"hydra.run.dir={run_dir}"], cwd=cwd,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -107,6 +119,7 @@ def stop_mid_run(tmp_path, reference, signum):
     pytest.fail("the run ended every time before the signal reached it")
 
 
+@SHARES_REFERENCE
 def test_sigkill_at_a_random_step_then_resume_is_exact(tmp_path, reference):
     run_dir, returncode, _ = stop_mid_run(tmp_path, reference, signal.SIGKILL)
     assert returncode == -signal.SIGKILL
@@ -117,6 +130,7 @@ def test_sigkill_at_a_random_step_then_resume_is_exact(tmp_path, reference):
     assert_same_run(run_dir, reference)
 
 
+@SHARES_REFERENCE
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_and_sigterm_checkpoint_then_resume_is_exact(tmp_path, reference, signum):
     run_dir, returncode, stderr = stop_mid_run(tmp_path, reference, signum)
@@ -159,7 +173,149 @@ def test_resume_with_fewer_epochs_than_done_is_refused(tmp_path):
     assert rundir.checkpoint_file(run_dir).read_bytes() == before  # the checkpoint is untouched
 
 
-# ---- atomic writes ------------------------------------------------------------------------
+def test_a_signal_stops_a_sweep_with_the_command_that_continues_it(tmp_path):
+    """SIGTERM in job 0: it checkpoints, no later job starts, exit 143, and the printed
+    command (resume_sweep=true) resumes job 0 and runs job 1. A process of its own: it is sent
+    SIGTERM."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "seed=0,1", "trainer.epochs=2000", "dataset.n_train=32", "dataset.n_test=16",
+            f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    first = subprocess.Popen(
+        [MTLTRAIN, *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not list(sweep.glob("0_*/tb")):  # job 0 is training
+        assert first.poll() is None and time.monotonic() < deadline, first.stderr
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)
+    _, stderr = first.communicate(timeout=60)
+    assert first.returncode == 128 + signal.SIGTERM
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("mtltrain: error: SIGTERM stopped the sweep in job 0_"), line
+    assert [rundir.status(j) for j in rundir.jobs_in(sweep)] == ["interrupted"]  # no job 1
+    command = shlex.split(line.partition("continue the sweep with: ")[2])
+    assert command[0] == "mtltrain" and "resume_sweep=true" in command
+    more = run_cli(command[1:], cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert [rundir.status(j) for j in rundir.jobs_in(sweep)] == ["completed", "completed"]
+
+
+@pytest.mark.parametrize("sweep", [False, True], ids=["run", "sweep"])
+def test_sigterm_before_training_is_one_line_too(tmp_path, sweep):
+    """SIGTERM while the run sets up (its folder made, training not begun): exit 143 with one
+    line, as during training, not a process killed without a word (-15). A process of its own:
+    it is sent SIGTERM."""
+    folder = tmp_path / "out"
+    where = f"hydra.sweep.dir={folder}" if sweep else f"hydra.run.dir={folder}"
+    args = [*(["-m", "seed=0,1"] if sweep else []), "trainer.epochs=2000", "dataset.n_train=32",
+            "dataset.n_test=16", where]  # fmt: skip
+    proc = subprocess.Popen(
+        [MTLTRAIN, *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not list(folder.rglob(".hydra")):  # Hydra has made the run's folder
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("mtltrain: error: ") and "SIGTERM" in line, line
+    if sweep:  # the command it prints finishes the sweep
+        command = shlex.split(line.partition("continue the sweep with: ")[2])
+        assert run_cli(command[1:], cwd=tmp_path).returncode == 0
+        assert [rundir.status(j) for j in rundir.jobs_in(folder)] == ["completed"] * 2
+
+
+# ---- resuming a finished run -----------------------------------------------------------------
+
+
+def test_a_finished_run_resumed_with_more_epochs_trains_on(tmp_path):
+    done = tmp_path / "done"
+    assert run_cli([*TWO_EPOCHS, f"hydra.run.dir={done}"], cwd=tmp_path).returncode == 0
+    steps = strict_json(done / "results.json")["steps"]
+    proc = run_cli([f"resume={done}", "trainer.epochs=4"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = strict_json(done / "results.json")
+    assert results["status"] == "completed" and results["epochs"] == 4
+    assert results["steps"] == 2 * steps
+
+
+def finished_run_copied(tmp_path: Path) -> Path:
+    """A new run folder holding the last checkpoint of a finished TWO_EPOCHS run."""
+    done = tmp_path / "done"
+    assert run_cli([*TWO_EPOCHS, f"hydra.run.dir={done}"], cwd=tmp_path).returncode == 0
+    checkpoints = tmp_path / "stopped" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "last.pt").write_bytes((done / "checkpoints" / "last.pt").read_bytes())
+    return checkpoints.parent
+
+
+def test_resuming_with_another_model_says_what_differs(tmp_path):
+    stopped = finished_run_copied(tmp_path)
+    proc = run_cli([f"resume={stopped}", "trainer.epochs=3", "model.hidden=[64]"],
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "model.hidden=[512] → [64]" in line and "only trainer.* may change" in line
+    assert sorted(p.name for p in stopped.iterdir()) == ["checkpoints"]  # nothing written
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    stopped = finished_run_copied(tmp_path)
+    proc = run_cli([f"resume={stopped}", "trainer.epochs=3", "dataset.n_train=64"],
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "dataset.n_train=32 → 64" in line and "only trainer.* may change" in line
+    longer = run_cli([f"resume={stopped}", "trainer.epochs=3"], cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr
+
+
+# ---- checkpoints: when, and written atomically --------------------------------------------
+
+
+def test_checkpoints_come_by_the_clock_and_at_the_end(monkeypatch, tmp_path):
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    written = []
+    monkeypatch.setattr(
+        checkpoint, "save", lambda path, state: written.append(state["trainer"]["epoch"])
+    )
+
+    class Job:
+        step, epochs, epoch = 0, 6, 0
+
+        def state_dict(self) -> dict:
+            return {"epoch": self.epoch}
+
+    job = Job()
+    saver = CheckpointCallback(tmp_path / "last.pt", every=0, interval=60, run_info={})
+    saver.on_fit_start(job)
+    for epoch, now in zip(range(1, 7), [20, 50, 70, 100, 135, 140], strict=True):
+        clock[0], job.epoch = now, epoch
+        saver.on_epoch_end(job)
+    assert written == [3, 5, 6]  # 70 s ≥ 60 s; 135 − 70 ≥ 60; the end
+
+
+def test_a_disk_that_fills_during_a_run_is_one_line_and_leaves_no_stray_file(tmp_path, monkeypatch):
+    """The checkpoint is the first file a run writes whole; torch's own zip writer is not in
+    the way (it would say "unexpected pos"): the bytes are written by write_atomically."""
+
+    fsync = os.fsync
+
+    def checkpoint_finds_no_space(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(f".last.pt.{os.getpid()}.tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", checkpoint_finds_no_space)
+    with pytest.raises(OutputError, match=r"last.pt \(No space left on device: it needs \d+"):
+        run(make_config(TWO_EPOCHS), tmp_path / "run")
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert strict_json(tmp_path / "run" / "results.json")["status"] == "failed"
 
 
 def test_a_write_killed_at_its_worst_moments_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -315,3 +471,21 @@ def test_a_total_that_overflows_is_named_in_one_line():
     one = nonfinite_error(terms, torch.tensor([1.0, math.inf]), torch.tensor([1.0, math.inf]),
                           step=3, epoch=1, last_checkpoint=None)  # fmt: skip
     assert "non-finite loss in task y2 (term y2_mse: loss inf, weighted inf) at step 3" in str(one)
+
+
+def test_a_run_that_skips_too_much_fails_with_valid_json(tmp_path):
+    """A run that skips most of its steps (lr=1e3: about 107 of 120) fails, with one line and a
+    results.json that is valid JSON, instead of completing with σ = inf."""
+    args = ["trainer.optimizer.lr=1e3", "trainer.nonfinite=skip", "trainer.epochs=30",
+            "dataset.n_train=64", f"hydra.run.dir={tmp_path}/r"]  # fmt: skip
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 3
+    (line,) = proc.stderr.strip().splitlines()
+    assert "trainer.max_skipped=0.1" in line and "skipped as non-finite" in line
+    assert strict_json(tmp_path / "r" / "results.json")["status"] == "failed"
+
+
+def test_results_json_has_no_infinity(tmp_path):
+    path = tmp_path / "results.json"
+    write_json(path, {"sigma": {"y1": float("inf"), "y2": 0.5}, "x": [float("nan")]})
+    assert strict_json(path) == {"sigma": {"y1": None, "y2": 0.5}, "x": [None]}

@@ -29,6 +29,7 @@ from mtltrain.loop._callbacks import Callback
 from mtltrain.loop._stacked import StackedStep
 from mtltrain.loop._trainer import Trainer, train_alone
 from mtltrain.outputs import _checkpoint_file as checkpoint
+from mtltrain.outputs import _run_folder as rundir
 from mtltrain.outputs._results import read_results
 from mtltrain.run import run, run_stacked
 from mtltrain.stacking import groups_of, stack_key
@@ -373,3 +374,22 @@ def test_the_loop_stops_a_job_whose_epoch_end_fails_and_the_others_go_on() -> No
     alone = build_job(configs[1])
     train_alone(alone)
     assert jobs[1].test_metrics == pytest.approx(alone.test_metrics, rel=REL, abs=1e-7)
+
+
+def test_a_failed_stacked_job_is_one_line_and_the_others_finish(tmp_path: Path) -> None:
+    """hydra/launcher=vectorized: one job with a setting refused, one whose loss goes NaN."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=vectorized", "trainer.optimizer.lr=1e-3,1e30",
+            "weighting.init_log_var=0,1e6", "trainer.epochs=2", "dataset.n_train=32",
+            "dataset.n_test=16", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert "HydraConfig" not in proc.stderr and len(lines) == 4, proc.stderr
+    jobs = rundir.jobs_in(sweep)
+    assert [rundir.status(j) for j in jobs] == ["completed", "failed", "failed", "failed"]
+    for job, line in zip(jobs[1:], lines, strict=False):
+        assert line.startswith(f"mtltrain: error: job {job.name}: "), line
+    assert "weighting.init_log_var=1000000.0 is not allowed" in lines[0]
+    assert "non-finite loss" in lines[1]
+    assert lines[3].startswith("mtltrain: 3 of 4 jobs did not finish")

@@ -1,14 +1,16 @@
 """What TensorBoard shows of a real sweep, read by TensorBoard's own plugin code (the hparams
 and custom-scalars backends over the sweep's event files, as `tensorboard --logdir <sweep>`
-serves them)."""
+serves them), and which points of a single run's series it logs."""
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from conftest import run_cli
 from tensorboard import context
 from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins import base_plugin
 from tensorboard.plugins.custom_scalar.custom_scalars_plugin import CustomScalarsPlugin
 from tensorboard.plugins.hparams import (
@@ -16,12 +18,14 @@ from tensorboard.plugins.hparams import (
     backend_context,
     get_experiment,
     list_session_groups,
+    plugin_data_pb2,
 )
 from tensorboard.plugins.hparams.metadata import SESSION_START_INFO_TAG
 
 pytestmark = pytest.mark.xdist_group("tensorboard")
 
 TINY = ["dataset.n_train=32", "dataset.n_test=16", "trainer.epochs=1"]
+TWO_EPOCHS = ["trainer.epochs=2", "dataset.n_train=32", "dataset.n_test=16"]
 SHOWN = 5  # columns the HParams tab ticks at first (tf-hparams-query-pane: _computeHParams)
 
 
@@ -214,3 +218,46 @@ def test_a_stacked_sweep_has_the_swept_settings_as_columns(tmp_path):
         {"seed": "0"},
         {"seed": "1"},
     ]
+
+
+# ---- a single run's series ---------------------------------------------------------------
+
+
+def events(run_dir: Path, run: str = "tb") -> EventAccumulator:
+    """The event files of `run_dir`/`run`, every point kept."""
+    acc = EventAccumulator(str(run_dir / run), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def test_tensorboard_shows_what_sets_the_run_apart_and_its_last_step(tmp_path):
+    args = [
+        *TWO_EPOCHS,
+        "weighting=uncertainty",
+        "trainer.log_every=1000",
+        f"hydra.run.dir={tmp_path}/r",
+    ]
+    assert run_cli(args, cwd=tmp_path).returncode == 0
+    acc = events(tmp_path / "r")
+    scalars = set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("sigma/y1")] == [4]  # the last step, though 4 < 1000
+    assert "lr" not in scalars and "nonfinite_steps" not in scalars  # constant series
+    assert "config/text_summary" in acc.Tags()["tensors"]
+    hparams = events(tmp_path / "r", "tb/hparams")  # the HParams entry: its own sub-run
+    assert {"test/y1/rmse", "weighting/sigma/y1", "weighting/weight/y2"} <= set(
+        hparams.Tags()["scalars"]
+    )
+    content = hparams.PluginTagToContent("hparams")
+    infos = [plugin_data_pb2.HParamsPluginData.FromString(c) for c in content.values()]
+    (start,) = (i.session_start_info for i in infos if i.HasField("session_start_info"))
+    assert set(start.hparams) == {"dataset", "model", "trainer", "weighting", "seed",
+                                  "trainer.epochs", "dataset.n_train", "dataset.n_test",
+                                  "trainer.log_every"}  # fmt: skip
+
+
+def test_a_constant_series_is_logged_where_it_starts_and_at_the_end(tmp_path):
+    args = [*TWO_EPOCHS, "weighting=fixed", "trainer.log_every=1", f"hydra.run.dir={tmp_path}/r"]
+    assert run_cli(args, cwd=tmp_path).returncode == 0
+    acc = events(tmp_path / "r")
+    assert [e.step for e in acc.Scalars("weight/y1")] == [1, 4]
+    assert [e.step for e in acc.Scalars("loss_raw/y1")] == [1, 2, 3, 4]

@@ -1,15 +1,18 @@
 """Bad input: one line on stderr naming the bad value and what is allowed, a non-zero exit
-code, no traceback, and nothing already written lost or changed."""
+code, no traceback, and nothing already written lost or changed; a sweep's jobs get the same
+checks, and an error outside them is one line too, its traceback in the run's log."""
 
 import json
 import pickle
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli, write_fake_mnist
+from conftest import run_cli, snapshot, strict_json, write_fake_mnist
+
+from mtltrain.data import two_slope
+from mtltrain.outputs import _run_folder as rundir
 
 TINY = ["dataset.n_train=32", "dataset.n_test=16", "trainer.epochs=2"]
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
@@ -130,7 +133,7 @@ CASES = [
     ("resume of nothing", ["resume="], ["resume=''", "names no run"]),
     ("finished run, epochs not a number", ["resume={root}/done", "trainer.epochs=abc"],
      ["trainer.epochs='abc'", "whole number"]),
-    # values outside the tool's own checks until now (issue: "what users hit")
+    # values that reach torch's or Hydra's own code unless the tool refuses them first
     ("learning rate nan", ["trainer.optimizer.lr=nan"], ["lr=nan", "finite number > 0"]),
     ("seed too large", ["seed=99999999999999999999"], ["seed=99999999999999999999", "2**63"]),
     ("optimizer setting it lacks", ["+trainer.optimizer.momentum=0.9"],
@@ -234,14 +237,6 @@ CHECKED_BEFORE_THE_FOLDER = {
      "loss of another kind", "objective", "model input of another size"}  # fmt: skip
 
 
-def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    return {
-        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in folder.rglob("*")
-        if p.is_file()
-    }
-
-
 def test_there_are_enough_cases():
     assert len(CASES) >= 20
 
@@ -291,3 +286,30 @@ def test_a_failed_sweep_job_is_marked_and_the_sweep_goes_on(tmp_path):
     statuses = [json.loads((p / "results.json").read_text())["status"] for p in jobs]
     assert statuses == ["failed", "completed"]
     assert (jobs[1] / "tb").is_dir() and not (jobs[0] / "tb").exists()
+
+
+# ---- errors outside the tool's own checks -----------------------------------------------------
+
+
+def test_an_unexpected_error_is_one_line_with_a_failed_results_json(tmp_path, monkeypatch):
+    """A data set whose build raises IndexError: not a check of the tool's own."""
+    monkeypatch.setattr(two_slope, "build", lambda **settings: [][0])
+    proc = run_cli([*TINY, f"hydra.run.dir={tmp_path}/r"], cwd=tmp_path)
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("mtltrain: error: IndexError") and "mtltrain.log" in line
+    results = strict_json(tmp_path / "r" / "results.json")
+    assert results["status"] == "failed" and "IndexError" in results["error"]
+    log = (tmp_path / "r" / "mtltrain.log").read_text()
+    assert "Traceback" in log and "IndexError" in log
+
+
+def test_a_sweep_job_gets_the_same_checks_as_a_single_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TINY, "trainer.optimizer._target_=torch.optim.LBFGS", "seed=0,1",
+            f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 1
+    for job in rundir.jobs_in(sweep):
+        error = strict_json(job / "results.json")["error"]
+        assert "needs a closure" in error and "please report" not in error
