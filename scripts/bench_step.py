@@ -1,6 +1,6 @@
 """One §5A training step of a single run, with the optimizer stepped by `torch.optim` (as
-before `mtltrain.loop._direct_step.direct_step`) and by `direct_step` (torch's functional fused
-Adam on the optimizer's state), on one thread.
+before `mtltrain.loop._direct_step.direct_step`) and by `direct_step` (torch's fused Adam kernel
+called directly on the optimizer's state), on one thread.
 
     python scripts/bench_step.py [--rounds 7] [--steps 1000]
 

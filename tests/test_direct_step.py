@@ -45,3 +45,14 @@ def test_other_optimizers_keep_their_own_step() -> None:
     assert direct_step(sgd) == sgd.step
     unfused = torch.optim.Adam([torch.zeros(2, requires_grad=True)], foreach=True)
     assert direct_step(unfused) == unfused.step
+
+
+def test_the_private_kernels_the_direct_step_calls_are_in_this_torch() -> None:
+    """The direct step's one private dependency: a torch without it must fail here, by name."""
+    missing = [
+        k for k in ("_fused_adam_", "_fused_adamw_") if not callable(getattr(torch, k, None))
+    ]
+    assert missing == [], (
+        f"torch {torch.__version__} has no torch.{', torch.'.join(missing)}: "
+        "mtltrain/loop/_direct_step.py must call torch.optim.adam.adam(fused=True) instead"
+    )

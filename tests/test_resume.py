@@ -253,23 +253,18 @@ def finished_run_copied(tmp_path: Path) -> Path:
     return checkpoints.parent
 
 
-def test_resuming_with_another_model_says_what_differs(tmp_path):
+@pytest.mark.parametrize(
+    ("setting", "differs"),
+    [("model.hidden=[64]", "model.hidden=[512] → [64]"),
+     ("dataset.n_train=64", "dataset.n_train=32 → 64")],
+)  # fmt: skip
+def test_resuming_with_other_settings_is_refused_saying_what_differs(tmp_path, setting, differs):
     stopped = finished_run_copied(tmp_path)
-    proc = run_cli([f"resume={stopped}", "trainer.epochs=3", "model.hidden=[64]"],
-                   cwd=tmp_path)  # fmt: skip
+    proc = run_cli([f"resume={stopped}", "trainer.epochs=3", setting], cwd=tmp_path)
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
-    assert "model.hidden=[512] → [64]" in line and "only trainer.* may change" in line
+    assert differs in line and "only trainer.* may change" in line
     assert sorted(p.name for p in stopped.iterdir()) == ["checkpoints"]  # nothing written
-
-
-def test_resuming_with_other_settings_is_refused(tmp_path):
-    stopped = finished_run_copied(tmp_path)
-    proc = run_cli([f"resume={stopped}", "trainer.epochs=3", "dataset.n_train=64"],
-                   cwd=tmp_path)  # fmt: skip
-    assert proc.returncode == 2
-    (line,) = proc.stderr.strip().splitlines()
-    assert "dataset.n_train=32 → 64" in line and "only trainer.* may change" in line
     longer = run_cli([f"resume={stopped}", "trainer.epochs=3"], cwd=tmp_path)
     assert longer.returncode == 0, longer.stderr
 

@@ -1,13 +1,18 @@
 """A fused Adam or AdamW step without `torch.optim`'s Python around its kernel.
 
 `Optimizer.step()` of a fused Adam spends most of a small model's step outside the kernel
-(hooks, per-group checks and state lookups). `direct_step(optimizer)` gives a step that calls
-torch's public functional Adam(W) (`torch.optim.adam.adam`, `torch.optim.adamw.adamw`, with
-`fused=True`: the same kernel) on the optimizer's own state tensors, one call per set of groups
+(hooks, grouping by device and dtype, per-group checks). `direct_step(optimizer)` gives a step
+that calls the same kernel on the optimizer's own state tensors, one call per set of groups
 with equal settings (`by_settings`), so the update and the state are bit for bit the
 optimizer's own and its `state_dict()` stays the checkpoint's; it falls back to
 `optimizer.step()` for any step it does not cover (a parameter without a gradient, an
 optimizer not yet stepped once, another optimizer).
+
+This is the one module that calls torch's private API: the kernels `torch._fused_adam_` and
+`torch._fused_adamw_` (KERNELS). torch's public functional Adam (`torch.optim.adam.adam`,
+`fused=True`) calls the same kernel but groups the tensors by device and dtype on every call,
+which costs the §5A step most of what the direct call saves (`scripts/bench_step.py`).
+`tests/test_direct_step.py` fails by name on a torch without these kernels.
 """
 
 from __future__ import annotations
@@ -17,34 +22,32 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.adam import adam
-from torch.optim.adamw import adamw
 
-# torch's functional step of each optimizer kind this covers
-FUNCTIONAL_STEPS: dict[type, Callable[..., None]] = {
-    torch.optim.Adam: adam,
-    torch.optim.AdamW: adamw,
+# the fused kernel of each optimizer kind this covers
+KERNELS: dict[type, Callable[..., None]] = {
+    torch.optim.Adam: torch._fused_adam_,
+    torch.optim.AdamW: torch._fused_adamw_,
 }
 
 
 def direct_step(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
-    """`optimizer.step`, by torch's functional fused step directly where it is a fused
-    Adam(W) (see the module); for any other optimizer `optimizer.step` itself."""
-    functional = FUNCTIONAL_STEPS.get(type(optimizer))
+    """`optimizer.step`, by its fused kernel directly where it is a fused Adam(W) (see the
+    module); for any other optimizer `optimizer.step` itself."""
+    kernel = KERNELS.get(type(optimizer))
     groups = optimizer.param_groups
-    covered = functional is not None and all(
+    covered = kernel is not None and all(
         g.get("fused") and not g.get("capturable") and not g.get("differentiable")
         and not isinstance(g["lr"], Tensor)
         for g in groups
     )  # fmt: skip
     if not covered:
         return optimizer.step
-    return _DirectStep(optimizer, functional)
+    return _DirectStep(optimizer, kernel)
 
 
 class _DirectStep:
-    def __init__(self, optimizer: torch.optim.Optimizer, functional: Callable[..., None]) -> None:
-        self.optimizer, self.functional = optimizer, functional
+    def __init__(self, optimizer: torch.optim.Optimizer, kernel: Callable[..., None]) -> None:
+        self.optimizer, self.kernel = optimizer, kernel
 
     def __call__(self) -> None:
         opt = self.optimizer
@@ -58,15 +61,16 @@ class _DirectStep:
 
     def update(self, group: dict[str, Any], params: list[Tensor]) -> None:
         held = [self.optimizer.state[p] for p in params]
+        steps = [s["step"] for s in held]
         beta1, beta2 = group["betas"]
-        self.functional(  # counts each parameter's step, then updates
+        torch._foreach_add_(steps, 1)
+        self.kernel(
             params,
             [p.grad for p in params],
             [s["exp_avg"] for s in held],
             [s["exp_avg_sq"] for s in held],
             [s["max_exp_avg_sq"] for s in held] if group["amsgrad"] else [],
-            [s["step"] for s in held],
-            fused=True,
+            steps,
             amsgrad=group["amsgrad"],
             lr=group["lr"],
             beta1=beta1,
@@ -93,7 +97,7 @@ def equal_settings(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def by_settings(groups: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], list[Tensor]]]:
-    """The parameters of groups with equal settings together (one call each)."""
+    """The parameters of groups with equal settings together (one kernel call each)."""
     merged: list[tuple[dict[str, Any], list[Tensor]]] = []
     for group in groups:
         settings = settings_of(group)
