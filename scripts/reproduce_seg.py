@@ -49,7 +49,7 @@ def learned(row: Setting) -> str:
 
 
 def collapsed(row: Setting) -> str:
-    """How many of the setting's runs ended predicting background everywhere (test IoU 0)."""
+    """How many of the setting's runs ended predicting no foreground pixel (test IoU 0)."""
     count = sum(rc.metric(run, "test/seg/iou") == 0 for run in row.runs)
     return f"{count} of {len(row.runs)}"
 
@@ -88,7 +88,7 @@ def body(sweep: rc.Sweep) -> str:
         "Foreground (pixel > 127) IoU and Dice summed over all 10,000 test images, mean ± "
         "sample std over seeds. Δm% is the relative change of IoU against the fixed mix.\n\n"
         f"{table}\n\n"
-        "A run at IoU 0 would predict background everywhere: with §5B's decoder widths "
+        "A run at IoU 0 would predict no foreground pixel anywhere: with §5B's decoder widths "
         "(8, 4, 2) 3 of 6 runs (seeds 0–2, both strategies) fell into that constant solution "
         "(a dead 2-channel ReLU layer) and never left it, hence the 16-channel decoder; "
         "`python scripts/reproduce_seg.py --threads 1 --seeds 3 --no-docs --runs "
