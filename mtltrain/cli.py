@@ -210,6 +210,7 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     if not launched():  # under torchrun, the ranks its agent stops end without a word
         raise_stopped()
+    importable_from_here()
     with contextlib.ExitStack() as scratch:
         try:
             check_command_line(sys.argv[1:])
@@ -229,6 +230,18 @@ def main() -> None:
             _fail(stopped(e))
         except Exception as e:  # raised by Hydra or a plugin (a launcher, a sweeper)
             _fail(outside_error(e))
+
+
+def importable_from_here() -> None:
+    """The modules and packages of the working directory can be named as `_target_`s, as with
+    `python -m`, in this process and the processes it starts (launchers, torchrun): appended
+    to the import path, so that an installed package of the same name comes first."""
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.append(here)
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if here not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([p for p in paths if p] + [here])
 
 
 # settings that only a sweep (-m) reads

@@ -1,7 +1,10 @@
 import itertools
+import json
+from pathlib import Path
 
 import pytest
-from conftest import make_config
+from conftest import make_config, run_cli
+from omegaconf import OmegaConf
 
 from mtltrain.config._compose import compose_checked, config_dir
 from mtltrain.errors import ConfigError
@@ -89,3 +92,67 @@ def test_an_import_error_in_a_users_target_shows_its_cause(tmp_path, monkeypatch
     with pytest.raises(ConfigError, match=r"mytab.data.build cannot be loaded: Module.*"
                        r"No module named 'pandas_that_is_not_installed'"):  # fmt: skip
         make_config(["dataset._target_=mytab.data.build"])
+
+
+def write_user_project(root: Path) -> Path:
+    """A user's folder: their package (a data set's build function) and their configs, with a
+    data set that has no trainer config of its own name."""
+    (root / "mypkg").mkdir()
+    (root / "mypkg" / "__init__.py").write_text("")
+    (root / "mypkg" / "data.py").write_text(
+        "from mtltrain.data import two_slope\n\n\ndef build(**settings):\n"
+        "    return two_slope.build(**settings)\n"
+    )
+    (root / "conf" / "dataset").mkdir(parents=True)
+    (root / "conf" / "dataset" / "mine.yaml").write_text(
+        "_target_: mypkg.data.build\n"
+        "tasks: {y1: {slope: 1.0, intercept: 0.0, noise_std: 1.0}}\n"
+        "losses: {y1: [mse]}\nn_train: 24\nn_test: 8\nseed: ${seed}\n"
+    )
+    (root / "conf" / "trainer").mkdir()
+    (root / "conf" / "trainer" / "quick.yaml").write_text("epochs: 2\nbatch_size: 8\n")
+    return root / "conf"
+
+
+def test_a_data_set_without_a_trainer_of_its_name_takes_the_default_one(tmp_path, monkeypatch):
+    conf = write_user_project(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    search = f"hydra.searchpath=[file://{conf}]"
+    cfg = make_config([search, "dataset=mine", "model=two_slope"])
+    default = OmegaConf.load(config_dir() / "trainer" / "default.yaml")
+    assert cfg.trainer.epochs == default.epochs and cfg.trainer.batch_size == default.batch_size
+    quick = make_config([search, "dataset=mine", "model=two_slope", "trainer=quick"]).trainer
+    assert (quick.epochs, quick.batch_size, quick.eval_every) == (2, 8, default.eval_every)
+    assert "hydra" not in cfg
+
+
+def test_a_users_folder_runs_with_config_dir_and_its_own_package(tmp_path):
+    write_user_project(tmp_path)
+    args = ["--config-dir", "conf", "dataset=mine", "model=two_slope", "trainer=quick"]
+    done = run_cli([*args, "hydra.run.dir=run", "trainer.progress=false"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "completed" and results["epochs"] == 2
+
+
+@pytest.mark.parametrize(
+    ("choice", "said"),
+    [
+        ("trainer=quik", "trainer=quik is not an option: did you mean trainer=quick?"),
+        ("model=mine", "model=mine is not an option"),
+    ],
+)
+def test_a_trainer_or_model_that_is_no_option_is_refused(tmp_path, choice, said):
+    write_user_project(tmp_path)
+    args = ["--config-dir", "conf", "dataset=mine", "model=two_slope", choice, "hydra.run.dir=run"]
+    done = run_cli(args, cwd=tmp_path)
+    assert done.returncode != 0 and said in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_the_model_defaults_to_the_data_sets_name(tmp_path):
+    write_user_project(tmp_path)
+    done = run_cli(["--config-dir", "conf", "dataset=mine", "hydra.run.dir=run"], cwd=tmp_path)
+    assert done.returncode != 0
+    assert "model=mine is not an option" in done.stderr
+    assert "the model defaults to the data set's name" in done.stderr

@@ -7,6 +7,8 @@ import dataclasses
 import difflib
 import functools
 import importlib
+import importlib.resources
+import importlib.util
 import inspect
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -15,6 +17,7 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import (
     ConfigCompositionException,
     HydraException,
@@ -23,7 +26,7 @@ from hydra.errors import (
     OverrideParseException,
 )
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from mtltrain.config._overrides import parse_overrides
@@ -62,17 +65,20 @@ def compose_checked(overrides: Sequence[str]) -> DictConfig:
 
     register()
     task = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+    search = [o for o in overrides if o.startswith("hydra.searchpath=")]
     try:
-        cfg = _compose(task)
+        cfg = _compose([*search, *task], hydra=True)
     except (HydraException, OmegaConfBaseException) as e:
         raise config_error(e, task) from None
     check(cfg, task)
+    with open_dict(cfg):
+        del cfg["hydra"]
     return cfg
 
 
-def _compose(overrides: Sequence[str]) -> DictConfig:
+def _compose(overrides: Sequence[str], hydra: bool = False) -> DictConfig:
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 
 def check(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
@@ -83,6 +89,7 @@ def check(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     from mtltrain.config._schema import check_boolean, check_seed, settings
 
     check_keys(cfg)
+    check_trainer_choice(cfg.hydra if "hydra" in cfg else hydra_config())
     check_target_nodes(cfg)
     check_overrides(overrides, cfg)
     check_boolean("resume_sweep", cfg.resume_sweep)
@@ -111,6 +118,42 @@ def check_keys(cfg: DictConfig) -> None:
             if key not in allowed:
                 setting = f"{name}.{key}" if name else str(key)
                 raise ConfigError(unknown_setting(setting, setting_keys(cfg)))
+
+
+def hydra_config() -> DictConfig | None:
+    """The running Hydra app's own config (its choices and config search path), if any."""
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def check_trainer_choice(hydra: DictConfig | None) -> None:
+    """`trainer=<name>` names a trainer config on the config search path. The trainer entry of
+    conf/config.yaml is optional (a data set without a trainer of its own name runs with
+    trainer/default.yaml alone), so Hydra would skip a name it does not find without a word."""
+    choices = OmegaConf.select(hydra, "runtime.choices") if hydra is not None else None
+    if not choices or choices.get("trainer") in (None, choices.get("dataset")):
+        return
+    options = group_options("trainer", OmegaConf.select(hydra, "runtime.config_sources") or [])
+    if choices.trainer not in options:
+        near = difflib.get_close_matches(choices.trainer, options, n=1, cutoff=0.5)
+        guess = f"did you mean trainer={near[0]}? " if near else ""
+        raise ConfigError(
+            f"trainer={choices.trainer} is not an option: {guess}choose one of "
+            f"{', '.join(options)} (leave it out for the data set's own, else default)"
+        )
+
+
+def group_options(group: str, sources: Iterable[DictConfig]) -> list[str]:
+    """The options of a config group in the config sources of Hydra's search path (folders,
+    packages and the config store), by name."""
+    names: set[str] = set(config_groups().get(group, []))
+    for source in sources:
+        if source.schema == "file":
+            names.update(f.stem for f in (Path(source.path) / group).glob("*.yaml"))
+        elif source.schema == "pkg" and importlib.util.find_spec(source.path) is not None:
+            folder = importlib.resources.files(source.path) / group
+            if folder.is_dir():
+                names.update(f.name[:-5] for f in folder.iterdir() if f.name.endswith(".yaml"))
+    return sorted(names)
 
 
 def check_target_nodes(cfg: DictConfig) -> None:
@@ -260,7 +303,8 @@ def _missing_option(e: MissingConfigException) -> str:
     group, _, choice = (e.missing_cfg_file or "").rpartition("/")
     near = difflib.get_close_matches(choice, e.options, n=1, cutoff=0.5)
     guess = f"did you mean {group}={near[0]}? " if near else ""
-    return f"{group}={choice} is not an option: {guess}choose one of {', '.join(e.options)}"
+    line = f"{group}={choice} is not an option: {guess}choose one of {', '.join(e.options)}"
+    return line + (" (the model defaults to the data set's name)" if group == "model" else "")
 
 
 def _known_without(key: str, overrides: Sequence[str]) -> list[str]:
