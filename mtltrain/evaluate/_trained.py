@@ -25,7 +25,7 @@ from mtltrain.config._compose import build, check_node, config_error, setting_ke
 from mtltrain.config._overrides import parse_overrides
 from mtltrain.config._schema import TrainerConfig
 from mtltrain.data.base import MultiTaskData, Split
-from mtltrain.errors import CheckpointError, ConfigError, RunFolderError
+from mtltrain.errors import CheckpointError, ConfigError, RunFolderError, first_line
 from mtltrain.loop._job import evaluate, mismatch
 from mtltrain.loop._runtime import autocast, seed_everything, select_device
 from mtltrain.outputs import _checkpoint_file as checkpoint
@@ -158,17 +158,22 @@ def with_overrides(config: DictConfig, overrides: Sequence[str]) -> DictConfig:
         key = o.key_or_group
         if not key.startswith(CHANGEABLE) or o.is_sweep_override():
             raise ConfigError(
-                f"{o.input_line} is not allowed: the evaluated model is the run's; an override "
-                f"changes one setting of dataset.*, trainer.device or trainer.eval_batch_size"
+                f"{o.input_line} is not allowed: the model is the run's own, and an override "
+                "changes one setting of dataset.*, trainer.device or trainer.eval_batch_size"
             )
         there = OmegaConf.select(config, key, default=_ABSENT) is not _ABSENT
         if not there and not o.is_add():
             raise ConfigError(unknown_setting(key, known))
-        if o.is_delete():
-            parent, _, name = key.rpartition(".")
-            del OmegaConf.select(config, parent)[name]
-        else:
-            OmegaConf.update(config, key, o.value(), merge=True, force_add=o.is_add())
+        try:
+            if o.is_delete():
+                parent, _, name = key.rpartition(".")
+                del OmegaConf.select(config, parent)[name]
+            else:
+                OmegaConf.update(config, key, o.value(), merge=True, force_add=o.is_add())
+        except OmegaConfBaseException as e:
+            raise ConfigError(
+                f"{o.input_line} is not allowed: it does not fit the saved {key}: {first_line(e)}"
+            ) from None
     check_node(config.dataset)
     return config
 
