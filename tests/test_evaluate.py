@@ -169,7 +169,8 @@ def test_exit_status_in_a_process(runs):
     proc = subprocess.run([sys.executable, "-c", code, str(runs / "last"), "split=dev"],
                           capture_output=True, text=True, env=env, check=False)  # fmt: skip
     assert proc.returncode == 2
-    assert proc.stderr == "mtltrain-eval: error: split=dev is not allowed: choose one of train, validation, test\n"
+    said = "split=dev is not allowed: choose one of train, validation, test"
+    assert proc.stderr == f"mtltrain-eval: error: {said}\n"
 
 
 @pytest.fixture(scope="module")
