@@ -68,6 +68,7 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "settings",
         nargs="*",
+        default=[],
         metavar="split=NAME | key=value",
         help=f"the split, one of {', '.join(SPLITS)} (default: test); overrides",
     )
@@ -82,8 +83,10 @@ def export_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("folder", type=Path, help="a run folder (one job's folder of a sweep)")
-    p.add_argument("out", type=Path, help="the folder to export into")
-    p.add_argument("settings", nargs="*", metavar="key=value", help="dataset.* overrides")
+    p.add_argument("out", type=Path, metavar="OUT", help="the folder to export into")
+    p.add_argument(
+        "settings", nargs="*", default=[], metavar="key=value", help="dataset.* overrides"
+    )
     return p
 
 
