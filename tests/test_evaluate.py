@@ -6,6 +6,7 @@ process of its own."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,23 @@ def test_select_last_reads_last_checkpoint_and_test_is_the_default(runs):
     assert written["metrics"] == pytest.approx(reported, rel=1e-6, abs=1e-9)
 
 
+def test_a_run_that_did_not_finish_gives_its_checkpoints_model(runs, tmp_path):
+    run = tmp_path / "stopped"
+    shutil.copytree(runs / "last", run, ignore=shutil.ignore_patterns("eval"))
+    (run / "results.json").unlink()  # as a run killed after its checkpoint leaves it
+    proc = run_eval([run], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].endswith(
+        "checkpoints/last.pt (the run did not finish), split test"
+    )
+    assert proc.stdout.splitlines()[1].split() == ["metric", "value"]
+    written = json.loads((run / "eval" / "test.json").read_text())
+    reported = {
+        k: v for k, v in results_of(runs / "last")["metrics"].items() if k.startswith("test/")
+    }
+    assert written["selected"] is None and written["metrics"] == pytest.approx(reported, rel=1e-6)
+
+
 def test_dataset_overrides_apply_on_top_of_the_saved_config(runs, tmp_path):
     out = tmp_path / "other.json"
     proc = run_eval([runs / "last", "dataset.n_test=8", "--out", out], cwd=runs)
@@ -126,6 +144,7 @@ def make_failed_run(folder):
         (["{tmp}/nowhere"], "nowhere is not a run folder: there is no such folder"),
         (["{tmp}"], "is not a run folder of mtltrain: it holds neither results.json nor"),
         (["{failed}"], "holds a run that did not finish (failed) and left no checkpoint"),
+        (["{runs}"], "is not a run folder but holds 2 runs (a sweep's folder?)"),
         (["{last}", "split=dev"], "split=dev is not allowed: choose one of train, validation"),
         (["{last}", "split=validation"], "split=validation is not allowed: this run held out"),
         (["{last}", "trainer.epochs=5"], "trainer.epochs=5 is not allowed: the model is the run's"),
@@ -141,7 +160,7 @@ def make_failed_run(folder):
 def test_bad_input_is_one_line(runs, tmp_path, args, says):
     failed = make_failed_run(tmp_path / "failed")
     (tmp_path / "empty").mkdir()
-    places = {"tmp": tmp_path / "empty", "failed": failed, "last": runs / "last"}
+    places = {"tmp": tmp_path / "empty", "failed": failed, "last": runs / "last", "runs": runs}
     proc = run_eval([a.format(**places) for a in args], cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.startswith("mtltrain-eval: error: ") and says in proc.stderr

@@ -118,7 +118,7 @@ def evaluate_command(folder: Path, settings: Sequence[str], out: Path | None) ->
     trained = open_trained(folder, overrides)
     metrics = trained.evaluate(split)
     same_data = not any(o.lstrip("+~").startswith("dataset.") for o in overrides)
-    reported = (trained.results or {}).get("metrics", {}) if same_data else None
+    reported = trained.results["metrics"] if trained.results and same_data else None
     record = eval_record(trained, split, metrics)
     write_json(out, record)
     print(f"{heading(trained.folder, record['checkpoint'], trained.selected)}, split {split}")
@@ -139,7 +139,7 @@ def heading(run: object, checkpoint: str, selected: Mapping[str, Any] | None) ->
     how = (
         f"selected by {selected['by']}: epoch {selected['epoch']}, step {selected['step']}"
         if selected
-        else "the run did not finish: its last checkpoint's model"
+        else "the run did not finish"
     )
     return f"{run}: {checkpoint} ({how})"
 

@@ -139,6 +139,12 @@ def selected_checkpoint(folder: Path) -> tuple[Path, dict[str, Any] | None]:
             f"{folder} holds a run that did not finish ({status or 'no results.json'}) and left "
             f"no checkpoint ({rundir.CHECKPOINTS}/{rundir.LAST}): there is no trained model"
         )
+    jobs = rundir.jobs_in(folder)
+    if jobs:
+        raise RunFolderError(
+            f"{folder} is not a run folder but holds {len(jobs)} runs (a sweep's folder?): "
+            f"give one of them, e.g. {jobs[0]}"
+        )
     raise RunFolderError(
         f"{folder} is not a run folder of mtltrain: it holds neither {rundir.RESULTS_FILE} nor "
         f"{rundir.CHECKPOINTS}/{rundir.LAST}"
