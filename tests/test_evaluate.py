@@ -182,12 +182,16 @@ def test_console_scripts_are_declared():
 
 
 def test_exit_status_in_a_process(runs):
-    """The console script's main in an interpreter of its own: exit status 2, one line."""
-    code = "from mtltrain.evaluate import main; main()"
+    """The console script's main in an interpreter of its own: exit status 2, one line, and
+    the arguments checked before torch is imported."""
+    code = (
+        "import atexit, sys; atexit.register(lambda: print('torch' in sys.modules)); "
+        "from mtltrain.evaluate import main; main()"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.run([sys.executable, "-c", code, str(runs / "last"), "split=dev"],
                           capture_output=True, text=True, env=env, check=False)  # fmt: skip
-    assert proc.returncode == 2
+    assert proc.returncode == 2 and proc.stdout == "False\n"
     said = "split=dev is not allowed: choose one of train, validation, test"
     assert proc.stderr == f"mtltrain-eval: error: {said}\n"
 

@@ -1,4 +1,5 @@
-"""The commands `mtltrain-eval` and `mtltrain-export` (their --help: EVAL_HELP, EXPORT_HELP)."""
+"""The commands `mtltrain-eval` and `mtltrain-export` (their --help: EVAL_HELP, EXPORT_HELP).
+Their arguments are checked before torch is imported."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mtltrain.errors import MtlError, RunFolderError, UnexpectedError, first_line
-from mtltrain.evaluate._export import export_run
-from mtltrain.evaluate._trained import SPLITS, TrainedRun, check_split, open_trained
+from mtltrain.evaluate._splits import SPLITS, check_split
 from mtltrain.outputs._results import write_json
 from mtltrain.report.cli import OneLineParser
+
+if TYPE_CHECKING:
+    from mtltrain.evaluate._trained import TrainedRun
 
 EVAL_FOLDER = "eval"  # <run>/eval/<split>.json
 EVAL_MARK = "mtltrain-eval"
@@ -115,6 +118,8 @@ def evaluate_command(folder: Path, settings: Sequence[str], out: Path | None) ->
     check_split(split)
     out = out or folder / EVAL_FOLDER / f"{split}.json"
     check_own_eval_file(out)
+    from mtltrain.evaluate._trained import open_trained  # torch: after the arguments' checks
+
     trained = open_trained(folder, overrides)
     metrics = trained.evaluate(split)
     same_data = not any(o.lstrip("+~").startswith("dataset.") for o in overrides)
@@ -127,6 +132,10 @@ def evaluate_command(folder: Path, settings: Sequence[str], out: Path | None) ->
 
 def export_command(folder: Path, out: Path, overrides: Sequence[str]) -> None:
     """Export the run's model into `out`; print what was written and why anything was not."""
+    from mtltrain.evaluate._export import check_export_folder, export_run
+    from mtltrain.evaluate._trained import open_trained
+
+    check_export_folder(out)
     manifest = export_run(open_trained(folder, overrides), out)
     print(heading(manifest["run"], manifest["checkpoint"], manifest["selected"]))
     print(f"wrote into {out}: {', '.join(manifest['files'])}")

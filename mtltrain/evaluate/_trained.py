@@ -26,13 +26,13 @@ from mtltrain.config._overrides import parse_overrides
 from mtltrain.config._schema import TrainerConfig
 from mtltrain.data.base import MultiTaskData, Split
 from mtltrain.errors import CheckpointError, ConfigError, RunFolderError, first_line
+from mtltrain.evaluate._splits import check_split
 from mtltrain.loop._job import evaluate, mismatch
 from mtltrain.loop._runtime import autocast, seed_everything, select_device
 from mtltrain.outputs import _checkpoint_file as checkpoint
 from mtltrain.outputs import _run_folder as rundir
 from mtltrain.outputs._results import read_results
 
-SPLITS = ("train", "validation", "test")
 # what may change on top of the saved config: where and how the data is read, and how the
 # model is evaluated (the device, the batch size); the model itself is the run's
 CHANGEABLE = ("dataset.", "trainer.device", "trainer.eval_batch_size")
@@ -77,12 +77,6 @@ class TrainedRun:
             self.model, self.split(name), self.data.tasks, self.trainer.eval_batch_size, precision
         )
         return {f"{name}/{k}": v for k, v in metrics.items()}
-
-
-def check_split(name: str) -> None:
-    """Refuse a split name outside SPLITS."""
-    if name not in SPLITS:
-        raise ConfigError(f"split={name} is not allowed: choose one of {', '.join(SPLITS)}")
 
 
 def open_trained(folder: Path, overrides: Sequence[str] = ()) -> TrainedRun:
