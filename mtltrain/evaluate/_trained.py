@@ -98,9 +98,10 @@ def open_trained(folder: Path, overrides: Sequence[str] = ()) -> TrainedRun:
         model = model.to(memory_format=torch.channels_last)
     differs = mismatch(trained["model"], model.state_dict(), "model parameter")
     if differs is not None:
+        given = f" with {' '.join(overrides)}" if overrides else ""
         raise CheckpointError(
-            f"the model the saved config builds (with {list(overrides)}) does not take "
-            f"{file}: {differs}; data set overrides may not change the tasks or their heads"
+            f"the model the saved config builds{given} does not take {file}: {differs}; "
+            "data set overrides may not change the tasks or their heads"
         )
     model.load_state_dict(trained["model"])
     model.eval()
