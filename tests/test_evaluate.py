@@ -6,6 +6,7 @@ process of its own."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -291,3 +292,27 @@ def test_mnist_model_evaluates_and_exports(tmp_path, mnist_root):
         want = flat_outputs(trained.model(x)[0])
     got = torch.export.load(tmp_path / "out" / "model.pt2").module()(x)
     assert all(torch.allclose(got[k], want[k], rtol=1e-5, atol=1e-6) for k in want)
+
+
+def test_another_evaluation_batch_size_gives_the_same_metrics(runs, tmp_path):
+    out = tmp_path / "m.json"
+    args = [runs / "best", "trainer.eval_batch_size=5", "trainer.device=cpu", "--out", out]
+    proc = run_eval(args, cwd=runs)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[1].split() == ["metric", "value", "results.json"]
+    reported = {k: v for k, v in results_of(runs / "best")["metrics"].items() if "test/" in k}
+    assert json.loads(out.read_text())["metrics"] == pytest.approx(reported, rel=1e-5)
+
+
+def test_the_pages_python_examples_run(exported, tmp_path, monkeypatch):
+    page = (ROOT / "docs" / "evaluate-export.md").read_text()
+    examples = re.findall(r"```python\n(.*?)```", page, flags=re.DOTALL)
+    assert len(examples) == 2
+    shutil.copytree(exported, tmp_path / "exported")
+    monkeypatch.chdir(tmp_path)
+    outputs = []
+    for code in examples:
+        names = {"x": torch.randn(3, 1)}
+        exec(code, names)
+        outputs.append(set(names["outputs"]))
+    assert outputs == [{"y1", "y2"}, {"y1", "y2.mean", "y2.log_var"}]
