@@ -12,6 +12,8 @@ losses under strategies of each kind; bad input is one line naming what is allow
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +29,7 @@ from mtltrain.loop import Callback, train_alone
 
 STRATEGIES = config_groups()["weighting"]
 TASKS = ["y1", "y2", "y3"]
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "library.md"
 SMALL = [
     "dataset=two_slope",
     "model=sin_hetero",
@@ -244,3 +247,22 @@ def test_train_runs_the_clis_run_and_returns_its_results(tmp_path):
     assert results.weighting["weight"].keys() == set(TASKS) and written["overrides"] == overrides
     with pytest.raises(ConfigError, match="weighting=nope"):
         mtltrain.train(["weighting=nope"], tmp_path / "bad")
+
+
+def test_every_code_block_of_the_library_page_runs(tmp_path, monkeypatch):
+    """docs/library.md's examples as they are written: the plain-PyTorch loop fits both tasks,
+    the Lightning module trains its epochs, the run from Python completes."""
+    monkeypatch.chdir(tmp_path)
+    blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)
+    assert len(blocks) == 3
+    done = []
+    for i, code in enumerate(blocks):
+        namespace: dict = {"__name__": f"library_md_{i}"}
+        exec(compile(code, f"{PAGE.name}, block {i + 1}", "exec"), namespace)
+        done.append(namespace)
+    plain, lightning, whole = done
+    assert float(plain["losses"]["price"]) < 0.2 and float(plain["losses"]["churn"]) < 0.3
+    assert lightning["trainer"].current_epoch == 10
+    assert float(lightning["trainer"].callback_metrics["loss/price"]) < 0.5
+    assert whole["results"].status == "completed"
+    assert (tmp_path / "runs" / "famo" / "results.json").is_file()

@@ -38,14 +38,17 @@ def read_results(run_dir: Path) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Results:
-    """A run's `results.json` (docs/run-folder.md): the parts most read, and `data`, the whole
-    file. Numbers that were not finite are None."""
+    """A run's `results.json` (docs/run-folder.md): its `status` (completed, interrupted or
+    failed), `metrics` ({"<split>/<task>/<metric>": value}), `weighting` ({quantity: {term:
+    value}}: weight, sigma, ...), `objective` (the value of the metric the config's
+    `objective` names, which sweepers get) and `data`, the whole file. Numbers that were not
+    finite are None."""
 
     run_dir: Path
-    status: str  # completed, interrupted or failed
-    metrics: dict[str, float | None]  # {"<split>/<task>/<metric>": value}
-    weighting: dict[str, dict[str, float | None]]  # {quantity: {term: value}}: weight, sigma, ...
-    objective: float | None  # the value of the metric `objective` names (returned to sweepers)
+    status: str
+    metrics: dict[str, float | None]
+    weighting: dict[str, dict[str, float | None]]
+    objective: float | None
     data: dict[str, Any]
 
     @classmethod
