@@ -32,7 +32,7 @@ from mtltrain.config._schema import settings as typed
 from mtltrain.data.base import Split
 from mtltrain.errors import ConfigError
 from mtltrain.loop import engine_over
-from mtltrain.losses import LOSSES, LossTerm, loss_terms
+from mtltrain.losses import LOSSES, LossTerm, detach, loss_terms
 from mtltrain.step import Step
 from mtltrain.tasks import TaskKind, TaskSpec
 from mtltrain.weighting.base import Weighting
@@ -138,7 +138,9 @@ def backward(
     gradient of its own loss. `shared_params` default to the parameters `features` are
     computed from; `task_params` to every other parameter the losses depend on (not through
     `features`). DTP reads each task's `outputs` and `targets` (its KPIs). The strategy is
-    set up (`Weighting.setup`) on the first call, and again if `shared_params` change.
+    set up (`Weighting.setup`) on the first call, and again if `shared_params` change. Where
+    a loss or the combined gradient is not finite, `.grad` is not: check it before the
+    optimizer's step where that can happen.
     """
     vector = loss_vector(losses, strategy)
     represented = _as_tuple(features)
@@ -151,8 +153,8 @@ def backward(
         )
     progress.steps += 1
     batch = Split(torch.empty(0), dict(targets or {}))
-    seen = {task: out.detach() for task, out in (outputs or {}).items()}
-    step = Step(progress.steps, 0, batch, seen, vector)  # type: ignore[arg-type]
+    seen = {task: detach(out) for task, out in (outputs or {}).items()}
+    step = Step(progress.steps, 0, batch, seen, vector)
     strategy.observe(step)
     if strategy.level is None:
         step.parts, step.total = engine_over(strategy, (), ())(vector, ())
@@ -165,6 +167,7 @@ def backward(
         with _accumulated([*shared, *heads, *strategy.parameters()]):
             engine = engine_over(strategy, shared, [*shared, *heads])
             step.parts, step.total = engine(vector, represented)
+    step.losses = vector.detach()  # kept for `after_step`, without the step's graph
     progress.step = step
     return strategy.weights()
 
