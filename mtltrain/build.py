@@ -131,8 +131,7 @@ def place_data(data: MultiTaskData, device: torch.device, channels_last: bool) -
 def param_groups(model: MultiTaskNet, strategy: Weighting, factory: Any) -> list[dict[str, Any]]:
     """The model's parameters, and in a group of their own, without weight decay whatever the
     optimizer's default, the strategy's parameters that its own optimizers do not train."""
-    owned = {id(p) for opt in strategy.optimizers() for g in opt.param_groups for p in g["params"]}
-    own = [p for p in strategy.parameters() if id(p) not in owned]
+    own = strategy.model_optimizer_parameters()
     groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
     if own:
         target = getattr(factory, "func", factory)

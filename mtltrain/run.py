@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mtltrain.build import build_job
-from mtltrain.config._compose import check
+from mtltrain.config._compose import check, compose_checked
 from mtltrain.data.base import Split
 from mtltrain.errors import (
     UNWRITABLE,
@@ -38,7 +38,13 @@ from mtltrain.metrics import main_metric
 from mtltrain.outputs import _checkpoint_file as checkpoint
 from mtltrain.outputs import _run_folder as rundir
 from mtltrain.outputs._event_writer import TensorBoardLog
-from mtltrain.outputs._results import RESULTS_FILE, read_results, summary_table, write_json
+from mtltrain.outputs._results import (
+    RESULTS_FILE,
+    Results,
+    read_results,
+    summary_table,
+    write_json,
+)
 from mtltrain.processes import rank, requeued
 from mtltrain.stacking import unstackable
 
@@ -82,6 +88,16 @@ def run(
             return handle.objective
         (error,) = _fit([handle.job])
         return handle.close(error)
+
+
+def train(overrides: Sequence[str], run_dir: str | Path) -> Results:
+    """The run `mtltrain <overrides>` makes, in `run_dir`, from Python: its config composed
+    and checked (a ConfigError names a bad override), trained in this process as `run` does,
+    and its results.json read. Raises the MtlError that stopped a run that did not complete
+    (its folder says so, as the CLI's would)."""
+    overrides = list(overrides)
+    run(compose_checked(overrides), Path(run_dir), overrides)
+    return Results.read(Path(run_dir))
 
 
 def run_stacked(runs: Sequence[RunArgs]) -> list[float | MtlError]:

@@ -19,7 +19,7 @@ LAYERS = {
     "config": ("mtltrain.config",),
     "loop": ("mtltrain.loop",),
     "outputs": ("mtltrain.outputs",),
-    "builder and report": ("mtltrain.build", "mtltrain.report"),
+    "builder and report": ("mtltrain.build", "mtltrain.own_loop", "mtltrain.report"),
     "runs": ("mtltrain.run", "mtltrain.stacking", "mtltrain.torchrun", "mtltrain.evaluate"),
     "entry point": ("mtltrain.cli", "mtltrain.__main__"),
 }  # fmt: skip

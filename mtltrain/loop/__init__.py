@@ -6,7 +6,7 @@ selection, device and threads, and the `Callback` hooks everything else plugs in
 What is exported here is public; the underscore modules are this package's own."""
 
 from mtltrain.loop._callbacks import Callback
-from mtltrain.loop._engine import engine_for
+from mtltrain.loop._engine import engine_for, engine_over
 from mtltrain.loop._job import Job, evaluate
 from mtltrain.loop._job_step import PerJobStep
 from mtltrain.loop._selection import Selection
@@ -21,6 +21,7 @@ __all__ = [
     "StackedStep",
     "Trainer",
     "engine_for",
+    "engine_over",
     "evaluate",
     "train_alone",
 ]

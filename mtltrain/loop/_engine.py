@@ -46,9 +46,9 @@ class WeightedSum:
     gradients are then summed over ranks (the strategy's own come whole from the global
     losses every rank holds)."""
 
-    def __init__(self, strategy: Weighting, model: MultiTaskNet, ranks: Ranks) -> None:
+    def __init__(self, strategy: Weighting, params: Sequence[Tensor], ranks: Ranks) -> None:
         self.strategy, self.ranks = strategy, ranks
-        self.model_params = [p for p in model.parameters() if p.requires_grad]
+        self.model_params = [p for p in params if p.requires_grad]
 
     def __call__(self, losses: Tensor, features: Features) -> tuple[Tensor, Tensor]:
         parts = self.strategy.contributions(losses)
@@ -61,12 +61,14 @@ class WeightedSum:
 class TaskJacobian:
     """Aggregates the per-term Jacobian of the shared parameters or representation."""
 
-    def __init__(self, strategy: Weighting, model: MultiTaskNet, ranks: Ranks) -> None:
+    def __init__(
+        self, strategy: Weighting, shared: Sequence[Tensor], params: Sequence[Tensor], ranks: Ranks
+    ) -> None:
         self.strategy, self.ranks = strategy, ranks
         self.representation = strategy.level == "representation"
-        self.shared = model.shared_parameters()
-        shared = {id(p) for p in self.shared}
-        self.heads = [p for p in model.parameters() if p.requires_grad and id(p) not in shared]
+        self.shared = list(shared)
+        shared_ids = {id(p) for p in self.shared}
+        self.heads = [p for p in params if p.requires_grad and id(p) not in shared_ids]
         self.others = [*self.heads, *(p for p in strategy.parameters() if p.requires_grad)]
 
     def __call__(self, losses: Tensor, features: Features) -> tuple[Tensor, Tensor]:
@@ -147,5 +149,17 @@ def _like(param: Tensor, grad: Tensor) -> Tensor:
 
 def engine_for(strategy: Weighting, model: MultiTaskNet, ranks: Ranks = ONE_PROCESS) -> Backward:
     """The backward pass `strategy` needs on `model`, over `ranks`."""
-    engine = WeightedSum if strategy.level is None else TaskJacobian
-    return engine(strategy, model, ranks)
+    return engine_over(strategy, model.shared_parameters(), list(model.parameters()), ranks)
+
+
+def engine_over(
+    strategy: Weighting,
+    shared: Sequence[Tensor],
+    params: Sequence[Tensor],
+    ranks: Ranks = ONE_PROCESS,
+) -> Backward:
+    """The backward pass `strategy` needs with the `shared` ones among the model's trainable
+    `params` (the others are the task heads'), over `ranks`."""
+    if strategy.level is None:
+        return WeightedSum(strategy, params, ranks)
+    return TaskJacobian(strategy, shared, params, ranks)

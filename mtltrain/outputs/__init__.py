@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from mtltrain.outputs._event_writer import TensorBoardLog
     from mtltrain.outputs._figures import FiguresCallback
     from mtltrain.outputs._progress import ProgressCallback
-    from mtltrain.outputs._results import RESULTS_FILE, read_results
+    from mtltrain.outputs._results import RESULTS_FILE, Results, read_results
     from mtltrain.outputs._tensorboard import TensorBoardCallback
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "CheckpointCallback",
     "FiguresCallback",
     "ProgressCallback",
+    "Results",
     "TensorBoardCallback",
     "TensorBoardLog",
     "read_results",
@@ -31,6 +32,7 @@ _HOME = {
     "CheckpointCallback": "_checkpoints",
     "FiguresCallback": "_figures",
     "ProgressCallback": "_progress",
+    "Results": "_results",
     "TensorBoardCallback": "_tensorboard",
     "TensorBoardLog": "_event_writer",
     "read_results": "_results",

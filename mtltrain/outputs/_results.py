@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,35 @@ def _finite(value: Any) -> Any:
 
 def read_results(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / RESULTS_FILE).read_text())
+
+
+@dataclass(frozen=True)
+class Results:
+    """A run's `results.json` (docs/run-folder.md): its `status` (completed, interrupted or
+    failed), `metrics` ({"<split>/<task>/<metric>": value}), `weighting` ({quantity: {term:
+    value}}: weight, sigma, ...), `objective` (the value of the metric the config's
+    `objective` names, which sweepers get) and `data`, the whole file. Numbers that were not
+    finite are None."""
+
+    run_dir: Path
+    status: str
+    metrics: dict[str, float | None]
+    weighting: dict[str, dict[str, float | None]]
+    objective: float | None
+    data: dict[str, Any]
+
+    @classmethod
+    def read(cls, run_dir: Path) -> Results:
+        """The results of the run in `run_dir`."""
+        data = read_results(run_dir)
+        return cls(
+            run_dir=run_dir,
+            status=data["status"],
+            metrics=data.get("metrics", {}),
+            weighting=data.get("weighting", {}),
+            objective=(data.get("objective") or {}).get("value"),
+            data=data,
+        )
 
 
 def _fmt(value: float | None) -> str:

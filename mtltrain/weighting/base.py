@@ -17,8 +17,8 @@ A step, in the order the loop calls them:
 - `on_epoch_end(epoch, mean_losses)` with the epoch's mean term losses (DWA).
 - `optimizers()`: the strategy's own optimizers, stepped after `after_step` with the gradients
   the strategy gave their parameters in `observe` or `after_step`; parameters they own are left
-  out of the model's optimizer. The other parameters of a strategy (σ, c) are trained
-  by the model's optimizer, without weight decay.
+  out of the model's optimizer. The other parameters of a strategy (σ, c:
+  `model_optimizer_parameters()`) are trained by the model's optimizer, without weight decay.
 - `report()`: what to log, {quantity: vector in term order, or a 0-d tensor for a quantity of
   the whole strategy (a solver's failures)}, "weight" always.
 
@@ -98,6 +98,8 @@ class Weighting(nn.Module):
     # `contributions` takes each term from its loss and the strategy's tensors elementwise, so
     # stacked runs' [N, K] losses and [N, K] tensors go through it at once (else it is vmapped)
     elementwise: ClassVar[bool] = False
+    # `observe` reads the step's outputs and targets, not only its losses (DTP's KPIs)
+    observes_predictions: ClassVar[bool] = False
 
     @classmethod
     def check_settings(cls, settings: Mapping[str, Any]) -> None:
@@ -165,6 +167,12 @@ class Weighting(nn.Module):
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """The strategy's own optimizers (their parameters are not the model optimizer's)."""
         return []
+
+    def model_optimizer_parameters(self) -> list[nn.Parameter]:
+        """The strategy's parameters that the model's optimizer trains (σ, c): those that no
+        optimizer of `optimizers()` owns."""
+        owned = {id(p) for opt in self.optimizers() for g in opt.param_groups for p in g["params"]}
+        return [p for p in self.parameters() if id(p) not in owned]
 
     def weights(self) -> Tensor:
         """The multiplier each term's loss gets now, as a detached vector in term order."""

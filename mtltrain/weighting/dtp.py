@@ -53,6 +53,7 @@ class DynamicTaskPrioritization(Weighting):
     Logs: `kpi`.
     """
 
+    observes_predictions = True
     RANGES: ClassVar[Mapping[str, Range]] = {
         "alpha": (lambda v: 0 < v <= 1, "it must be in (0, 1]"),
         "kpi_eps": (lambda v: 0 < v < 0.5, "it must be in (0, 0.5)"),
