@@ -5,14 +5,18 @@ and the direction taken from the objective."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+from pathlib import Path
 
 import optuna
 import pytest
 from conftest import run_cli
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hydra_plugins.mtltrain_optuna_sweeper._search_space import (
@@ -82,6 +86,23 @@ def test_a_sampled_value_goes_back_as_an_override_hydra_parses_to_it(value, text
     assert as_override("w", value) == text
     parsed = OverridesParser.create().parse_override(text).value()
     assert parsed == value or (math.isnan(value) and math.isnan(parsed))
+
+
+@pytest.mark.parametrize(
+    "preset",
+    sorted((Path(config_dir()) / "hydra" / "sweeper").glob("*/*.yaml")),
+    ids=lambda p: f"{p.parent.name}={p.stem}",
+)
+def test_every_sampler_and_pruner_preset_builds_with_this_optuna(preset):
+    built = instantiate(OmegaConf.load(preset))
+    if isinstance(built, functools.partial):  # the grid sampler, which takes the search space
+        built = built({"x": [1, 2]})
+    kind = (
+        optuna.samplers.BaseSampler
+        if preset.parent.name == "sampler"
+        else optuna.pruners.BasePruner
+    )
+    assert isinstance(built, kind)
 
 
 @pytest.mark.parametrize(
