@@ -149,6 +149,16 @@ def test_a_sqlite_study_is_continued_by_the_same_command(tmp_path):
     assert f"best_trial: {study.best_trial.number}" in best
 
 
+def test_a_stored_study_of_the_other_direction_is_refused_in_one_line(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="mtltrain", storage=storage, direction="maximize")
+    done = run_cli([*OPTUNA, *TINY, f"hydra.sweeper.storage={storage}"], tmp_path)
+    assert done.returncode != 0
+    assert done.stderr.startswith("mtltrain: error: hydra.sweeper.direction=minimize is not")
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("multirun/*/*/*/results.json"))  # no trial ran
+
+
 def test_a_failed_trial_is_told_fail_and_the_study_goes_on(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     args = ["-m", "hydra/sweeper=mtltrain_optuna", "hydra/sweeper/sampler=grid", *TINY,

@@ -42,20 +42,7 @@ def run_study(sweeper: OptunaSweeper, overrides: Sequence[str]) -> None:
         sampler = sampler(values)
         n_trials = min(n_trials, math.prod(len(v) for v in values.values()))
     storage = sweeper.storage or optuna.storages.InMemoryStorage()
-    study = optuna.create_study(
-        study_name=sweeper.study_name,
-        storage=storage,
-        sampler=sampler,
-        pruner=sweeper.pruner,
-        direction=sweeper.direction,
-        load_if_exists=True,
-    )
-    if study.direction.name.lower() != sweeper.direction:
-        raise ConfigError(
-            f"hydra.sweeper.direction={sweeper.direction} is not allowed: the study "
-            f"{sweeper.study_name!r} in {sweeper.storage} tunes its objective the other way; "
-            "give another hydra.sweeper.study_name"
-        )
+    study = _open_study(sweeper, storage, sampler)
     log.info(
         "Optuna study %r (%s, %d trials so far): %d trials, %d at a time; %s, %s, %s",
         study.study_name,
@@ -85,6 +72,28 @@ def run_study(sweeper: OptunaSweeper, overrides: Sequence[str]) -> None:
                 )
             done += size
     _write_best(study, Path(str(sweeper.config.hydra.sweep.dir)))
+
+
+def _open_study(
+    sweeper: OptunaSweeper, storage: str | optuna.storages.BaseStorage, sampler: object
+) -> optuna.Study:
+    """The sweeper's study in `storage`, created or (kept there before) loaded; one that tunes
+    the other way is refused."""
+    study = optuna.create_study(
+        study_name=sweeper.study_name,
+        storage=storage,
+        sampler=sampler,
+        pruner=sweeper.pruner,
+        direction=sweeper.direction,
+        load_if_exists=True,
+    )
+    if study.direction.name.lower() != sweeper.direction:
+        raise ConfigError(
+            f"hydra.sweeper.direction={sweeper.direction} is not allowed: the study "
+            f"{sweeper.study_name!r} in {sweeper.storage} tunes its objective the other way; "
+            "give another hydra.sweeper.study_name"
+        )
+    return study
 
 
 def _launch(
