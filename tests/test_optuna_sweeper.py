@@ -70,6 +70,11 @@ def test_the_command_line_wins_over_params_and_a_shuffled_range_is_a_choice():
     assert fixed == ["a=5"] and sorted(space["b"].choices) == [0, 1, 2]
 
 
+def test_a_swept_value_in_params_is_checked_as_on_the_command_line():
+    with pytest.raises(ConfigError, match=r"a log-scale interval needs low > 0"):
+        search_space(["lr=tag(log, interval(0, 1))"])
+
+
 def test_the_grid_lists_choices_and_ranges_and_refuses_an_interval():
     space, _ = search_space(["w=choice(a,b)", "n=range(1,4)", "f=range(0.1,0.5,0.1)"])
     assert grid(space) == {"w": ["a", "b"], "n": [1, 2, 3], "f": [0.1, 0.2, 0.3, 0.4]}
@@ -157,6 +162,19 @@ def test_a_stored_study_of_the_other_direction_is_refused_in_one_line(tmp_path):
     assert done.stderr.startswith("mtltrain: error: hydra.sweeper.direction=minimize is not")
     assert len(done.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.glob("multirun/*/*/*/results.json"))  # no trial ran
+
+
+def test_the_search_space_may_be_given_in_the_sweepers_params(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    args = ["-m", "hydra/sweeper=mtltrain_optuna", "hydra/sweeper/sampler=grid", *TINY,
+            "+hydra.sweeper.params.trainer.optimizer.lr='choice(0.01,0.02)'", "seed=3",
+            f"hydra.sweeper.storage={storage}"]  # fmt: skip
+    assert run_cli(args, tmp_path).returncode == 0
+    study = optuna.load_study(study_name="mtltrain", storage=storage)
+    assert sorted(t.params["trainer.optimizer.lr"] for t in study.trials) == [0.01, 0.02]
+    for trial in study.trials:
+        sweep = next(tmp_path.glob("multirun/*/*"))
+        assert "seed=3" in results_of(sweep, trial.number)["overrides"]
 
 
 def test_a_failed_trial_is_told_fail_and_the_study_goes_on(tmp_path):

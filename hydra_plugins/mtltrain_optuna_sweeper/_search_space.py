@@ -35,6 +35,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from mtltrain.config._sweep import check_swept
 from mtltrain.errors import ConfigError
 
 
@@ -44,6 +45,8 @@ def search_space(overrides: Iterable[str]) -> tuple[dict[str, BaseDistribution],
     hydra.sweeper.params)."""
     by_key: dict[str, Override] = {}
     for o in OverridesParser.create().parse_overrides(list(overrides)):
+        if o.is_sweep_override():
+            check_swept(o, optuna=True)  # hydra.sweeper.params' too, not only the command line's
         by_key[o.get_key_element()] = o
     space = {k: distribution(o) for k, o in by_key.items() if o.is_sweep_override()}
     fixed = [o.input_line for o in by_key.values() if not o.is_sweep_override()]

@@ -4,6 +4,7 @@ loads when a sweep starts (`_study`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from hydra.core.plugins import Plugins
@@ -52,5 +53,16 @@ class OptunaSweeper(Sweeper):
         from hydra_plugins.mtltrain_optuna_sweeper._study import run_study
 
         assert self.config is not None and self.launcher is not None
-        overrides = [*(f"{k}={v}" for k, v in self.params.items()), *arguments]
-        run_study(self, overrides)
+        run_study(self, [*_as_overrides(self.params), *arguments])
+
+
+def _as_overrides(params: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """hydra.sweeper.params as `key=expression` overrides; a nested key (given on the command
+    line as hydra.sweeper.params.trainer.optimizer.lr) joined with dots."""
+    overrides = []
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            overrides.extend(_as_overrides(value, f"{prefix}{key}."))
+        else:
+            overrides.append(f"{prefix}{key}={value}")
+    return overrides
