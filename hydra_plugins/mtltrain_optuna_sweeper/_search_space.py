@@ -25,7 +25,6 @@ from hydra.core.override_parser.types import (
     IntervalSweep,
     Override,
     RangeSweep,
-    Transformer,
 )
 from hydra.errors import HydraException
 from optuna.distributions import (
@@ -57,7 +56,7 @@ def distribution(o: Override) -> BaseDistribution:
     """The distribution a sweep override samples from (see the module)."""
     sweep = o.value()
     if isinstance(sweep, ChoiceSweep) or (isinstance(sweep, RangeSweep) and sweep.shuffle):
-        return CategoricalDistribution(list(o.sweep_iterator(transformer=Transformer.encode)))
+        return CategoricalDistribution(list(o.sweep_iterator()))
     if isinstance(sweep, RangeSweep):
         return _range(sweep)
     if isinstance(sweep, IntervalSweep):
