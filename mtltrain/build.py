@@ -27,6 +27,7 @@ from mtltrain.errors import ConfigError, first_line
 from mtltrain.loop._callbacks import Callback
 from mtltrain.loop._job import Job
 from mtltrain.loop._nonfinite import NonfiniteGuard, NonfiniteWatch
+from mtltrain.loop._pruning import trial_pruning
 from mtltrain.loop._runtime import (
     autocast,
     choose_threads,
@@ -289,4 +290,5 @@ def run_callbacks(
     lines_every = max(1, trainer.epochs // trainer.eval_every // 10)  # about ten lines
     show = None if trainer.progress and parallel_launcher() is None else False
     callbacks.append(ProgressCallback(show, trainer.log_every, lines_every))
-    return callbacks
+    pruning = trial_pruning()  # in an Optuna sweep's trial: its objective, to its pruner
+    return callbacks if pruning is None else [*callbacks, pruning]

@@ -39,6 +39,7 @@ from mtltrain.errors import (
     Interrupted,
     MtlError,
     OutputError,
+    Pruned,
     RunFolderError,
     UnexpectedError,
     first_line,
@@ -86,11 +87,15 @@ def job_arguments(
 def failed_job(e: MtlError, hc: DictConfig) -> float:
     """A run's error, printed in one line (in a sweep, naming the job): in a sweep of the
     basic sweeper NaN (the job's folder says it failed, the sweep goes on); other sweepers
-    (Optuna) get the error, to record a failed trial; a single run exits with the error's code.
+    (Optuna) get the error, to record a failed trial (a pruned one, `Pruned`, is said on
+    stdout); a single run exits with the error's code.
     SIGINT or SIGTERM stops a sweep whose jobs run in this process (SystemExit: Hydra would
     catch an error and start the next job), with one line that says how to continue it;
     SIGUSR2 (SLURM's warning) goes on to whoever handled it before (submitit requeues)."""
     multirun = hc.mode == RunMode.MULTIRUN
+    if isinstance(e, Pruned):  # an Optuna trial's outcome, told to its study: not an error
+        print(f"job {Path(hc.runtime.output_dir).name}: {e}")
+        raise e
     stop = isinstance(e, Interrupted) and e.signal_number in (signal.SIGINT, signal.SIGTERM)
     if multirun and stop and _in_process(hc.launcher):
         _fail(sweep_stopped(e, Path(hc.sweep.dir), Path(hc.runtime.output_dir)))
@@ -186,15 +191,19 @@ class CheckBeforeRun(Callback):
             raise_stopped(sweep_dir)  # a signal between its jobs says how to continue it
 
 
+FINISHED = ("completed", "pruned")  # statuses of a sweep's jobs that ended as they should
+
+
 class SweepSummary(Callback):
-    """After a sweep: exit non-zero, with one line, when some of its jobs did not finish."""
+    """After a sweep: exit non-zero, with one line, when some of its jobs did not finish
+    (a trial an Optuna pruner stopped ended as it should)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         with _exit_on_error():
             jobs = rundir.jobs_in(sweep_dir)
             unfinished = [
-                str(p.relative_to(sweep_dir)) for p in jobs if rundir.status(p) != "completed"
+                str(p.relative_to(sweep_dir)) for p in jobs if rundir.status(p) not in FINISHED
             ]
         if unfinished:
             print(
@@ -272,11 +281,6 @@ def check_command_line(argv: Sequence[str]) -> None:
 
 def outside_error(e: Exception) -> MtlError:
     """An error raised by Hydra or one of its plugins outside any run, as one line."""
-    if isinstance(e, ValueError) and "No trials are completed yet" in str(e):
-        return MtlError(
-            "no trial of the Optuna study finished, so it has no best one: each trial's error "
-            "is above and in its folder's results.json (mtltrain-report <sweep folder> lists them)"
-        )
     return UnexpectedError(f"{type(e).__name__}: {first_line(e)} (raised outside any run)")
 
 

@@ -71,3 +71,8 @@ class Interrupted(MtlError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class Pruned(MtlError):
+    """An Optuna sweep's pruner stopped the run's trial at an evaluation (the trial's
+    objective was worse than the study's other trials' there): an outcome, not a fault."""

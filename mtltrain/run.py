@@ -25,6 +25,7 @@ from mtltrain.errors import (
     Interrupted,
     MtlError,
     OutputError,
+    Pruned,
     TrainingError,
     UnexpectedError,
     first_line,
@@ -313,7 +314,7 @@ class OpenRun:
             if self.owned:
                 self.file_log.error("error: %s", error, exc_info=None if error is e else e)
                 if self.resume is None or isinstance(error, Interrupted):
-                    status = "interrupted" if isinstance(error, Interrupted) else "failed"
+                    status = _failed_status(error)
                     results = {"status": status, "error": str(error), **self.info}
                     _record_failure(self.run_dir, results, self.file_log)
             self.exits.close()
@@ -345,6 +346,13 @@ def _resume_from(cfg: DictConfig, run_dir: Path) -> Path | None:
     if continuing and (rundir.status(run_dir) == "completed" or rundir.unfinished(run_dir)):
         return rundir.checkpoint_file(run_dir)
     return None
+
+
+def _failed_status(error: MtlError) -> str:
+    """results.json's status of a run an error stopped."""
+    if isinstance(error, Interrupted):
+        return "interrupted"
+    return "pruned" if isinstance(error, Pruned) else "failed"
 
 
 def _as_mtl_error(e: BaseException, run_dir: Path) -> MtlError:

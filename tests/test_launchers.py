@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import signal
 import subprocess
@@ -146,39 +145,3 @@ def test_slurm_warning_checkpoints_passes_on_to_submitit_and_the_requeued_job_re
     finished = json.loads((folder / "results.json").read_text())
     assert finished["status"] == "completed" and finished["steps"] == 600 * 19
     assert "resumed at step" in caplog.text
-
-
-def test_optuna_tunes_the_objective_in_its_direction_past_failed_trials_and_continues(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    optuna = pytest.importorskip("optuna")
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    args = ["-m", "hydra/sweeper=mtltrain_optuna", "hydra/sweeper/sampler=random",
-            "hydra.sweeper.sampler.seed=0", "hydra.sweeper.n_trials=4", "trainer.validation=0.1",
-            "objective=validation/y1/rmse", "trainer.epochs=2", "trainer.progress=false",
-            "trainer.optimizer.lr=choice(0.001,0.01,nan)",
-            f"hydra.sweeper.storage={storage}"]  # fmt: skip
-    first = run_cli([*args, "hydra.sweep.dir=first"], tmp_path)
-    study = optuna.load_study(study_name="mtltrain", storage=storage)
-    states = [t.state.name for t in study.trials]
-    assert len(states) == 4 and "FAIL" in states and "COMPLETE" in states, states
-    assert study.direction.name == "MINIMIZE"  # an RMSE
-    assert first.returncode == 1 and "did not finish" in first.stderr  # the failures are said
-    for trial in study.trials:
-        (job,) = (tmp_path / "first").glob(f"{trial.number}_*/results.json")
-        results = json.loads(job.read_text())
-        if trial.state.name == "COMPLETE":
-            assert trial.value == results["metrics"]["validation/y1/rmse"]
-        else:  # the run refused lr=nan
-            assert results["status"] == "failed"
-            assert math.isnan(trial.params["trainer.optimizer.lr"])
-    run_cli([*args, "hydra.sweep.dir=second"], tmp_path)  # the same study, continued
-    assert len(optuna.load_study(study_name="mtltrain", storage=storage).trials) == 8
-
-
-def test_the_optuna_preset_refuses_an_objective_without_a_direction(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    done = run_cli(["-m", "hydra/sweeper=mtltrain_optuna", "hydra.sweeper.n_trials=1",
-                    "trainer.epochs=1"], tmp_path)  # fmt: skip
-    assert done.returncode != 0
-    assert "objective=None is not allowed with hydra/sweeper=mtltrain_optuna" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1

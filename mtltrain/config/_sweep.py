@@ -4,6 +4,7 @@ traceback from joblib, Optuna or the sweeper, or a sweep of no jobs)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 
@@ -57,11 +58,13 @@ def check_subdir(subdir: str) -> None:
 def log_optuna_as_hydra() -> None:
     """Optuna's lines (the study, each trial's value) through Python's logging, where Hydra
     sends its own (stdout and the sweep's log), instead of Optuna's own stderr handler: stderr
-    keeps the one-line errors."""
+    keeps the one-line errors. SQLAlchemy's (a study's storage) only from warnings up: at
+    Hydra's INFO level it would log every SQL statement."""
     import optuna
 
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
+    logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
 
 
 def _check_optuna(sweeper: DictConfig) -> None:
