@@ -394,6 +394,7 @@ def _results(cfg: DictConfig, job: Job, info: dict[str, Any]) -> dict[str, Any]:
         job.cfg.eval_batch_size,
         job.precision,
         job.ranks,
+        job.cfg.limit_batches,
     )
     metrics = {
         f"{split}/{k}": v for split, values in chosen["metrics"].items() for k, v in values.items()
