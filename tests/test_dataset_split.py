@@ -8,6 +8,7 @@ the Dataset class and its build function (on sys.path), and configs in a --confi
 import json
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -282,3 +283,25 @@ def test_overfit_batches_are_the_same_every_epoch():
     job.epoch += 1
     assert torch.equal(job.epoch_order(), first) and torch.equal(first, torch.arange(128))
     assert job.batches_per_epoch == 4
+
+
+def test_the_docs_example_of_a_data_set_from_files_runs(tmp_path, monkeypatch):
+    """docs/extending.md's module and config, as written there, train with `--config-dir`."""
+    page = (Path(__file__).parents[1] / "docs" / "extending.md").read_text()
+    section = page.split("## A data set from files")[1].split("\n## ")[0]
+    module = section.split("```python\n")[1].split("```")[0]
+    config = section.split("```yaml\n")[1].split("```")[0]
+    (tmp_path / "rowsdata.py").write_text(module)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "rowsdata", raising=False)
+    for name in ("train", "test"):
+        (tmp_path / f"{name}.csv").write_text(
+            "".join(f"{i},{-i},{2 * i},{i % 2}\n" for i in range(12))
+        )
+    conf = tmp_path / "conf"
+    for path, text in {**CONFIGS, "dataset/rows.yaml": config}.items():
+        (conf / path).parent.mkdir(parents=True, exist_ok=True)
+        (conf / path).write_text(textwrap.dedent(text).replace("/path/to/rows", str(tmp_path)))
+    args = ["--config-dir", conf, "dataset=rows", "model=rows", "trainer=rows"]
+    run(args, tmp_path, "trainer.epochs=1", f"hydra.run.dir={tmp_path}/run")
+    assert results(tmp_path / "run")["steps"] == 2
