@@ -81,10 +81,18 @@ def set_threads(
         settle_threads(None if trainer.threads == "auto" else int(trainer.threads))
 
 
-def check_fits(model: MultiTaskNet, split: AnySplit, device: torch.device) -> None:
-    """The model takes the data set's inputs: a forward pass on two samples (in eval mode, the
-    random generators left as they were), or a ConfigError saying what does not fit."""
-    sample = split.head(2).inputs.to(device)
+def check_fits(model: MultiTaskNet, data: MultiTaskData, device: torch.device) -> None:
+    """The training samples have a target of every task and the model takes their inputs: a
+    forward pass on two of them (in eval mode, the random generators left as they were), or a
+    ConfigError saying what does not fit."""
+    batch = data.train.head(2)
+    missing = [t.name for t in data.tasks if t.name not in batch.targets]
+    if missing:
+        raise ConfigError(
+            f"dataset: the data set's samples have no target of the tasks {missing}: each "
+            f"item of a Dataset is (input, {{task: target}}) with a target of every task"
+        )
+    sample = batch.inputs.to(device)
     model.eval()
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -198,7 +206,7 @@ def build_objects(
     model = build(cfg.model, tasks=data.tasks).to(device)
     if trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    check_fits(model, data.train, device)
+    check_fits(model, data, device)
     strategy = build(cfg.weighting, terms=loss_terms(data.tasks, settings(cfg.loss))).to(device)
     strategy.setup(model)
     factory = build_partial(cfg.trainer.optimizer)

@@ -22,6 +22,7 @@ from mtltrain.errors import ConfigError, Interrupted
 from mtltrain.loop._trainer import train_alone
 from mtltrain.outputs import _checkpoint_file as checkpoint
 from mtltrain.outputs import _run_folder as rundir
+from mtltrain.stacking import unstackable
 
 MODULE = '''
 import csv
@@ -62,6 +63,24 @@ def build(root):
     )
     train, test = (Rows(os.path.join(root, f"{split}.csv")) for split in ("train", "test"))
     return MultiTaskData(tasks, train=train, test=test)
+
+
+def build_missing_a_target(root):
+    data = build(root)
+    return MultiTaskData(data.tasks + (TaskSpec("z", "regression", 1, ("mse",)),), data.train,
+                         data.test)
+
+
+class Pairs(Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return torch.zeros(2), torch.zeros(1)
+
+
+def build_bad_items(root):
+    return MultiTaskData(build(root).tasks, train=Pairs(), test=Pairs())
 
 
 class Flatten:
@@ -305,3 +324,24 @@ def test_the_docs_example_of_a_data_set_from_files_runs(tmp_path, monkeypatch):
     args = ["--config-dir", conf, "dataset=rows", "model=rows", "trainer=rows"]
     run(args, tmp_path, "trainer.epochs=1", f"hydra.run.dir={tmp_path}/run")
     assert results(tmp_path / "run")["steps"] == 2
+
+
+@pytest.mark.parametrize(
+    "target, says",
+    [
+        ("build_missing_a_target", "have no target of the tasks ['z']"),
+        ("build_bad_items", "is not allowed as (Tensor, Tensor): give (input, {task: target})"),
+    ],
+)
+def test_items_that_do_not_fit_the_tasks_are_one_line(project, target, says):
+    args, tmp = project
+    proc = run_cli([*args, f"dataset._target_=rowsdata.{target}", f"hydra.run.dir={tmp}/r"], tmp)
+    assert proc.returncode != 0
+    (line,) = proc.stderr.strip().splitlines()
+    assert says in line
+
+
+def test_jobs_on_a_dataset_do_not_stack(project):
+    _, tmp = project
+    jobs = [build_job(rows_config(tmp)) for _ in range(2)]
+    assert "torch Datasets" in unstackable(jobs)

@@ -197,13 +197,23 @@ def _then(first: Callable[[Any], Any] | None, second: Callable[[Any], Any]) -> C
 
 def _collate(items: list[tuple[Any, Any]]) -> tuple[Tensor, dict[str, Tensor]]:
     """Items `(input, {task: target})` stacked into a batch; float64 becomes float32."""
+    if not (isinstance(items[0], (tuple, list)) and len(items[0]) == 2):
+        raise ConfigError(_not_an_item(items[0]))
     inputs, targets = default_collate(items)
     if not isinstance(targets, dict):
-        raise TypeError(
-            f"a data set's item is (input, {{task: target}}), not (input, {type(targets).__name__})"
-        )
+        raise ConfigError(_not_an_item(items[0]))
     single = {k: v.float() if v.dtype == torch.float64 else v for k, v in targets.items()}
     return (inputs.float() if inputs.dtype == torch.float64 else inputs), single
+
+
+def _not_an_item(item: Any) -> str:
+    kind = type(item).__name__
+    if isinstance(item, (tuple, list)):
+        kind = f"({', '.join(type(part).__name__ for part in item)})"
+    return (
+        f"dataset: an item of a torch Dataset is not allowed as {kind}: give "
+        "(input, {task: target}) with tensors"
+    )
 
 
 AnySplit = Split | DatasetSplit
