@@ -141,8 +141,9 @@ class DatasetSplit:
         return -(-len(self) // batch_size)
 
     def head(self, n: int) -> Split:
-        """The first `n` samples (all where fewer), loaded as one batch."""
-        return next(self.take(slice(0, n)).batches(max(1, min(n, len(self)))))
+        """The first `n` samples (all where fewer), loaded as one batch in this process."""
+        first = dataclasses.replace(self.take(slice(0, n)), num_workers=0)
+        return next(first.batches(max(1, min(n, len(self)))))
 
     def batches(
         self,
@@ -177,7 +178,12 @@ class _Items(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
-        x, targets = self.dataset[index]
+        item = self.dataset[index]
+        if not (
+            isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], Mapping)
+        ):
+            raise ConfigError(_not_an_item(item))
+        x, targets = item
         return (x if self.transform is None else self.transform(x)), targets
 
 
@@ -197,11 +203,7 @@ def _then(first: Callable[[Any], Any] | None, second: Callable[[Any], Any]) -> C
 
 def _collate(items: list[tuple[Any, Any]]) -> tuple[Tensor, dict[str, Tensor]]:
     """Items `(input, {task: target})` stacked into a batch; float64 becomes float32."""
-    if not (isinstance(items[0], (tuple, list)) and len(items[0]) == 2):
-        raise ConfigError(_not_an_item(items[0]))
     inputs, targets = default_collate(items)
-    if not isinstance(targets, dict):
-        raise ConfigError(_not_an_item(items[0]))
     single = {k: v.float() if v.dtype == torch.float64 else v for k, v in targets.items()}
     return (inputs.float() if inputs.dtype == torch.float64 else inputs), single
 
