@@ -18,10 +18,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from mtltrain.config._compose import build, build_partial
+from mtltrain.config._compose import build, build_partial, split_transforms
 from mtltrain.config._overrides import parse_overrides
 from mtltrain.config._schema import TrainerConfig, settings
-from mtltrain.data.base import MultiTaskData, Split, hold_out
+from mtltrain.data.base import AnySplit, DatasetSplit, MultiTaskData, hold_out
 from mtltrain.distributed import join
 from mtltrain.errors import ConfigError, first_line
 from mtltrain.loop._callbacks import Callback
@@ -67,7 +67,7 @@ def configure_process(trainer: TrainerConfig, device: torch.device) -> None:
 
 
 def set_threads(
-    trainer: TrainerConfig, model: MultiTaskNet, split: Split, device: torch.device
+    trainer: TrainerConfig, model: MultiTaskNet, split: AnySplit, device: torch.device
 ) -> None:
     """The intra-op threads `trainer.threads` asks for (on CUDA, "auto" keeps torch's)."""
     if device.type == "cpu":
@@ -82,10 +82,18 @@ def set_threads(
         settle_threads(None if trainer.threads == "auto" else int(trainer.threads))
 
 
-def check_fits(model: MultiTaskNet, split: Split) -> None:
-    """The model takes the data set's inputs: a forward pass on two samples (in eval mode, the
-    random generators left as they were), or a ConfigError saying what does not fit."""
-    sample = split.take(slice(0, 2)).inputs
+def check_fits(model: MultiTaskNet, data: MultiTaskData, device: torch.device) -> None:
+    """The training samples have a target of every task and the model takes their inputs: a
+    forward pass on two of them (in eval mode, the random generators left as they were), or a
+    ConfigError saying what does not fit."""
+    batch = data.train.head(2)
+    missing = [t.name for t in data.tasks if t.name not in batch.targets]
+    if missing:
+        raise ConfigError(
+            f"dataset: the data set's samples have no target of the tasks {missing}: each "
+            f"item of a Dataset is (input, {{task: target}}) with a target of every task"
+        )
+    sample = batch.inputs.to(device)
     model.eval()
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -100,11 +108,11 @@ def check_fits(model: MultiTaskNet, split: Split) -> None:
         model.train()
 
 
-def forward_flops(model: MultiTaskNet, split: Split, batch_size: int) -> float:
+def forward_flops(model: MultiTaskNet, split: AnySplit, batch_size: int) -> float:
     """FLOPs of one training batch's forward pass, counted on up to 16 samples and scaled, in
     eval mode (batch norm keeps its statistics) and with the random generators left as they
     were."""
-    sample = split.take(slice(0, min(batch_size, 16)))
+    sample = split.head(min(batch_size, 16))
     counter = FlopCounterMode(display=False)
     model.eval()
     with torch.random.fork_rng(devices=[]), torch.no_grad(), counter:
@@ -113,9 +121,16 @@ def forward_flops(model: MultiTaskNet, split: Split, batch_size: int) -> float:
     return counter.get_total_flops() * batch_size / len(sample)
 
 
-def place_data(data: MultiTaskData, device: torch.device, channels_last: bool) -> MultiTaskData:
+def place_data(
+    data: MultiTaskData, device: torch.device, channels_last: bool, num_workers: int = 0
+) -> MultiTaskData:
     """Data on the training device when it fits in half its free memory; else pinned host
-    memory, from which batches are copied without blocking. Images in NHWC if asked."""
+    memory, from which batches are copied without blocking. Images in NHWC if asked. A
+    `DatasetSplit` stays where it is, loaded by `num_workers` into pinned memory on CUDA."""
+    pinned = device.type == "cuda"
+    data = data.map_splits(
+        lambda s: s.loaded_by(num_workers, pinned) if isinstance(s, DatasetSplit) else s
+    )
     if channels_last:
         data = data.map(
             lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
@@ -144,22 +159,54 @@ def param_groups(model: MultiTaskNet, strategy: Weighting, factory: Any) -> list
 def build_data(node: DictConfig, trainer: TrainerConfig) -> MultiTaskData:
     """The data set with `trainer.validation` held out: by the data set itself where its
     build takes `validation` (one that must hold out before it makes its samples: MultiMNIST
-    pairs images), else from its training set."""
+    pairs images), else from its training set; then its transforms (`with_transforms`)."""
+    node, transforms = split_transforms(node)
     size, seed = trainer.validation, trainer.validation_seed
     if "validation" in inspect.signature(build_partial(node).func).parameters:
-        return build(node, validation=size, validation_seed=seed)
-    return hold_out(build(node), size, seed)
+        data = build(node, validation=size, validation_seed=seed)
+    else:
+        data = hold_out(build(node), size, seed)
+    return with_transforms(data, transforms)
+
+
+def with_transforms(data: MultiTaskData, transforms: dict[str, list[DictConfig]]) -> MultiTaskData:
+    """Each item's input of every split through `dataset.transform`, and first, of the
+    training split only, through `dataset.train_transform` (each a list applied in order)."""
+    built = {key: [build(node) for node in nodes] for key, nodes in transforms.items()}
+    if not any(built.values()):
+        return data
+    given = next(key for key, fns in built.items() if fns)
+    if not all(isinstance(s, DatasetSplit) for s in (data.train, *data.splits().values())):
+        raise ConfigError(
+            f"dataset.{given} is not allowed with this data set: transforms apply to the items "
+            "of a torch Dataset, and its splits are tensors (transform them where it makes them)"
+        )
+
+    def through(split: DatasetSplit, fns: list) -> DatasetSplit:
+        for fn in fns:
+            split = split.with_transform(fn)
+        return split
+
+    every = built["transform"]
+    return MultiTaskData(
+        data.tasks,
+        through(data.train, [*built["train_transform"], *every]),
+        through(data.test, every),
+        None if data.validation is None else through(data.validation, every),
+    )
 
 
 def build_objects(
     cfg: DictConfig, trainer: TrainerConfig, device: torch.device
 ) -> tuple[MultiTaskData, MultiTaskNet, Weighting, torch.optim.Optimizer]:
     """Data, model, set-up strategy and the model's optimizer, on `device`."""
-    data = place_data(build_data(cfg.dataset, trainer), device, trainer.channels_last)
+    data = place_data(
+        build_data(cfg.dataset, trainer), device, trainer.channels_last, trainer.num_workers
+    )
     model = build(cfg.model, tasks=data.tasks).to(device)
     if trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    check_fits(model, data.train)
+    check_fits(model, data, device)
     strategy = build(cfg.weighting, terms=loss_terms(data.tasks, settings(cfg.loss))).to(device)
     strategy.setup(model)
     factory = build_partial(cfg.trainer.optimizer)
@@ -189,6 +236,11 @@ def build_job(
     configure_process(trainer_cfg, device)
     seed_everything(cfg.seed)
     data, model, strategy, optimizer = build_objects(cfg, trainer_cfg, device)
+    if ranks.size > 1 and not data.in_memory():
+        raise ConfigError(
+            "a data set of torch Datasets is not allowed under torchrun: its ranks shard "
+            "in-memory tensors only; train it in one process"
+        )
     ranks.broadcast([model, strategy])
     selection = Selection(trainer_cfg.select, resolve_objective(cfg.objective, data))
     set_threads(trainer_cfg, model, data.train, device)
@@ -264,7 +316,7 @@ def run_callbacks(
             run_info or {},
             rundir.best_checkpoint_file(run_dir) if trainer.select == "best" else None,
         )
-        if run_dir is not None
+        if run_dir is not None and trainer.checkpoint
         else None
     )
     watched = device.type == "cuda" and trainer.nonfinite == "stop"

@@ -271,11 +271,14 @@ class OpenRun:
         try:
             with self.failures():
                 if isinstance(error, Interrupted):
-                    raise Interrupted(
-                        f"{error}; last checkpoint: {rundir.checkpoint_file(self.run_dir)}; "
-                        f"continue with: {rundir.resume_command(self.run_dir)}",
-                        error.signal_number,
-                    ) from None
+                    saved = rundir.checkpoint_file(self.run_dir)
+                    then = (
+                        f"last checkpoint: {saved}; continue with: "
+                        f"{rundir.resume_command(self.run_dir)}"
+                        if self.job.cfg.checkpoint
+                        else "no checkpoint (trainer.checkpoint=false)"
+                    )
+                    raise Interrupted(f"{error}; {then}", error.signal_number) from None
                 if error is not None:
                     raise error
                 return self.write_results(self.job)
@@ -418,6 +421,7 @@ def _results(cfg: DictConfig, job: Job, info: dict[str, Any]) -> dict[str, Any]:
         job.cfg.eval_batch_size,
         job.precision,
         job.ranks,
+        job.cfg.limit_batches,
     )
     metrics = {
         f"{split}/{k}": v for split, values in chosen["metrics"].items() for k, v in values.items()

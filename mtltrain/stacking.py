@@ -90,6 +90,8 @@ def unstackable(jobs: Sequence[Job]) -> str:
     """Why these jobs (at the same step: `run.run_stacked` groups them so) cannot train
     stacked; "" where they can."""
     first = jobs[0]
+    if not all(job.data.in_memory() for job in jobs):
+        return "their data sets are torch Datasets (loaded batch by batch, not stacked tensors)"
     if len({type(job.strategy) for job in jobs}) > 1:
         return "their strategies differ"
     if first.strategy.unstackable:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import difflib
 import functools
@@ -99,9 +100,32 @@ def check(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     except OmegaConfBaseException as e:
         raise config_error(e) from None
     check_seed(cfg.seed)
-    for group in TARGET_GROUPS:
-        check_node(cfg[group])
+    dataset, transforms = split_transforms(cfg.dataset)
+    for node in (dataset, cfg.model, cfg.weighting, *(n for v in transforms.values() for n in v)):
+        check_node(node)
     check_optimizer(check_node(cfg.trainer.optimizer), cfg.trainer.optimizer._target_)
+
+
+TRANSFORMS = ("transform", "train_transform")  # dataset.<key>: mtltrain's, not the build's
+
+
+def split_transforms(dataset: DictConfig) -> tuple[DictConfig, dict[str, list[DictConfig]]]:
+    """The dataset node without its TRANSFORMS, and those as {key: [node, ...]} (a transform
+    is a `_target_` node or a list of them, applied in order)."""
+    node = copy.copy(dataset)
+    transforms: dict[str, list[DictConfig]] = {key: [] for key in TRANSFORMS}
+    with open_dict(node):
+        for key in TRANSFORMS:
+            value = node.pop(key, None)
+            items = value if isinstance(value, ListConfig) else [] if value is None else [value]
+            for item in items:
+                if not (isinstance(item, DictConfig) and "_target_" in item):
+                    raise ConfigError(
+                        f"dataset.{key}={item!r} is not allowed: give a mapping with a "
+                        "_target_ (a callable applied to each input) or a list of them"
+                    )
+                transforms[key].append(item)
+    return node, transforms
 
 
 def check_keys(cfg: DictConfig) -> None:

@@ -124,6 +124,10 @@ class TrainerConfig:
     validation: Any = MISSING
     validation_seed: int = MISSING
     select: str = MISSING
+    num_workers: int = MISSING
+    limit_batches: int | None = MISSING
+    shuffle: Any = MISSING
+    checkpoint: Any = MISSING
 
     BOOLEANS: ClassVar[tuple[str, ...]] = (
         "progress",
@@ -132,6 +136,8 @@ class TrainerConfig:
         "fused_optimizer",
         "keep_host_memory",
         "cudnn_benchmark",
+        "shuffle",
+        "checkpoint",
     )
 
     def __post_init__(self) -> None:
@@ -140,6 +146,9 @@ class TrainerConfig:
         for key in ("epochs", "batch_size", "eval_batch_size", "eval_every", "log_every"):
             _at_least(f"trainer.{key}", getattr(self, key), 1)
         _at_least("trainer.figure_every", self.figure_every, 0)
+        _at_least("trainer.num_workers", self.num_workers, 0)
+        if self.limit_batches is not None:
+            _at_least("trainer.limit_batches", self.limit_batches, 1)
         _at_least("trainer.checkpoint_every", self.checkpoint_every, 0)
         _at_least("trainer.checkpoint_interval", self.checkpoint_interval, 0)
         if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", str(self.device)):

@@ -1,12 +1,16 @@
-"""The shape every data set returns: in-memory tensors per split and one `TaskSpec` per task."""
+"""The shape every data set returns: per split in-memory tensors (`Split`, the fast path) or a
+`torch.utils.data.Dataset` loaded batch by batch (`DatasetSplit`), and one `TaskSpec` per task."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from mtltrain.errors import ConfigError
 from mtltrain.losses import LOSSES, check_losses
@@ -31,6 +35,14 @@ class Split:
 
     def __len__(self) -> int:
         return self.inputs.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.inputs.device
+
+    def head(self, n: int) -> Split:
+        """The first `n` samples (all where fewer)."""
+        return self.take(slice(0, n))
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> Split:
         """`fn` applied to every tensor; one shared between fields (a reconstruction target
@@ -79,21 +91,171 @@ class Split:
 
 
 @dataclass
+class DatasetSplit:
+    """A split whose samples a `torch.utils.data.Dataset` makes one at a time, each item
+    `(input, {task: target})`, loaded in batches by a `DataLoader`: `num_workers` worker
+    processes, pinned memory where `pin_memory`; `transform` applied to each item's input.
+
+    Batches come as `Split`s on the host (float64 tensors as float32). It holds no tensors,
+    so `map` (placing data on a device) leaves it as it is: its batches are moved as loaded.
+    """
+
+    dataset: Dataset
+    transform: Callable[[Any], Any] | None = None
+    num_workers: int = 0
+    pin_memory: bool = False
+    noise_std: dict[str, Tensor] = field(default_factory=dict)  # unknown for a Dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> DatasetSplit:
+        return self
+
+    def tensors(self) -> list[Tensor]:
+        return []
+
+    def take(self, index: Tensor | slice) -> DatasetSplit:
+        """The samples at `index` (a `Subset` of the data set)."""
+        rows = range(len(self))[index] if isinstance(index, slice) else index.tolist()
+        return dataclasses.replace(self, dataset=Subset(self.dataset, list(rows)))
+
+    def with_transform(self, transform: Callable[[Any], Any] | None) -> DatasetSplit:
+        """The split with `transform` applied to each input after its own transform."""
+        if transform is None:
+            return self
+        return dataclasses.replace(self, transform=_then(self.transform, transform))
+
+    def loaded_by(self, num_workers: int, pin_memory: bool) -> DatasetSplit:
+        return dataclasses.replace(self, num_workers=num_workers, pin_memory=pin_memory)
+
+    def order(self, generator: torch.Generator) -> Tensor:
+        """A random order of the samples drawn from `generator` (on the host)."""
+        return torch.randperm(len(self), generator=generator, device=generator.device).cpu()
+
+    def num_batches(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)
+
+    def head(self, n: int) -> Split:
+        """The first `n` samples (all where fewer), loaded as one batch in this process."""
+        first = dataclasses.replace(self.take(slice(0, n)), num_workers=0)
+        return next(first.batches(max(1, min(n, len(self)))))
+
+    def batches(
+        self,
+        batch_size: int,
+        start: int = 0,
+        order: Tensor | None = None,
+        seed: int = 0,
+    ) -> Iterator[Split]:
+        """Consecutive batches in `order` (default: the data set's), from batch number `start`
+        on; `seed` seeds the workers' random generators (torch's own are left alone)."""
+        indices = (order if order is not None else torch.arange(len(self))).tolist()
+        loader = DataLoader(
+            _Items(self.dataset, self.transform),
+            batch_size=batch_size,
+            sampler=indices[start * batch_size :],
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            collate_fn=_collate,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        for inputs, targets in loader:
+            yield Split(inputs, targets)
+
+
+class _Items(Dataset):
+    """A data set's items with `transform` applied to each input."""
+
+    def __init__(self, dataset: Dataset, transform: Callable[[Any], Any] | None) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        item = self.dataset[index]
+        if not (
+            isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], Mapping)
+        ):
+            raise ConfigError(_not_an_item(item))
+        x, targets = item
+        return (x if self.transform is None else self.transform(x)), targets
+
+
+class _Then:
+    """`second(first(x))`; picklable, for worker processes."""
+
+    def __init__(self, first: Callable[[Any], Any], second: Callable[[Any], Any]) -> None:
+        self.first, self.second = first, second
+
+    def __call__(self, x: Any) -> Any:
+        return self.second(self.first(x))
+
+
+def _then(first: Callable[[Any], Any] | None, second: Callable[[Any], Any]) -> Callable:
+    return second if first is None else _Then(first, second)
+
+
+def _collate(items: list[tuple[Any, Any]]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Items `(input, {task: target})` stacked into a batch; float64 becomes float32."""
+    inputs, targets = default_collate(items)
+    single = {k: v.float() if v.dtype == torch.float64 else v for k, v in targets.items()}
+    return (inputs.float() if inputs.dtype == torch.float64 else inputs), single
+
+
+def _not_an_item(item: Any) -> str:
+    kind = type(item).__name__
+    if isinstance(item, (tuple, list)):
+        kind = f"({', '.join(type(part).__name__ for part in item)})"
+    return (
+        f"dataset: an item of a torch Dataset is not allowed as {kind}: give "
+        "(input, {task: target}) with tensors"
+    )
+
+
+AnySplit = Split | DatasetSplit
+
+
+def as_split(split: Split | DatasetSplit | Dataset) -> AnySplit:
+    """A split as given, a `Dataset` as a `DatasetSplit`."""
+    return split if isinstance(split, (Split, DatasetSplit)) else DatasetSplit(split)
+
+
+@dataclass
 class MultiTaskData:
     """A data set split into train (for training), test (for evaluation) and, where some of
-    the training set is held out for model selection, validation."""
+    the training set is held out for model selection, validation. Each split is a `Split` of
+    tensors or a `torch.utils.data.Dataset` (kept as a `DatasetSplit`)."""
 
     tasks: tuple[TaskSpec, ...]
-    train: Split
-    test: Split
-    validation: Split | None = None
+    train: AnySplit
+    test: AnySplit
+    validation: AnySplit | None = None
+
+    def __post_init__(self) -> None:
+        self.train, self.test = as_split(self.train), as_split(self.test)
+        if self.validation is not None:
+            self.validation = as_split(self.validation)
+
+    def in_memory(self) -> bool:
+        """Whether every split is tensors (no `DatasetSplit`)."""
+        return all(isinstance(s, Split) for s in (self.train, *self.splits().values()))
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> MultiTaskData:
         """`fn` applied to every tensor of every split."""
-        held_out = None if self.validation is None else self.validation.map(fn)
-        return MultiTaskData(self.tasks, self.train.map(fn), self.test.map(fn), held_out)
+        return self.map_splits(lambda split: split.map(fn))
 
-    def splits(self) -> dict[str, Split]:
+    def map_splits(self, fn: Callable[[Any], AnySplit]) -> MultiTaskData:
+        """`fn` applied to every split."""
+        held_out = None if self.validation is None else fn(self.validation)
+        return MultiTaskData(self.tasks, fn(self.train), fn(self.test), held_out)
+
+    def splits(self) -> dict[str, AnySplit]:
         """The splits that are evaluated, by name: validation (where held out), then test."""
         return {**({"validation": self.validation} if self.validation else {}), "test": self.test}
 

@@ -12,6 +12,7 @@ runs a call whose error stops this job alone. Callbacks are handed the job.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import signal
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 
 from mtltrain.config._schema import TrainerConfig
-from mtltrain.data.base import MultiTaskData, Split
+from mtltrain.data.base import AnySplit, MultiTaskData, Split
 from mtltrain.distributed import ONE_PROCESS, Ranks
 from mtltrain.errors import CheckpointError, ConfigError, Interrupted
 from mtltrain.loop._callbacks import Callback, hooked
@@ -36,20 +37,25 @@ from mtltrain.weighting.base import Weighting
 @torch.no_grad()
 def evaluate(
     model: MultiTaskNet,
-    split: Split,
+    split: AnySplit,
     tasks: Sequence[TaskSpec],
     batch_size: int,
     precision: contextlib.AbstractContextManager | None = None,
     ranks: Ranks = ONE_PROCESS,
+    limit: int | None = None,
 ) -> dict[str, float]:
-    """Metrics of `model` in eval mode on a whole split, without training; its mode is kept.
-    Under torchrun each rank scores its shard of the split and the sums are added up."""
+    """Metrics of `model` in eval mode on a whole split (its first `limit` batches where
+    set), without training; its mode is kept. Under torchrun each rank scores its shard of the
+    split and the sums are added up."""
     was_training = model.training
     model.eval()
     metrics = TaskMetrics(tasks, knows_sigma=split.noise_std)
     shard, _ = ranks.shard(split)
     # an empty shard still adds its (zero) sums, so that every rank takes part in the reduction
-    for batch in shard.batches(batch_size) if len(shard) else [shard]:
+    device = next(model.parameters()).device
+    for batch in itertools.islice(shard.batches(batch_size), limit) if len(shard) else [shard]:
+        if batch.device != device:  # loaded from a Dataset, or kept in host memory
+            batch = batch.map(lambda t: t.to(device, non_blocking=True))
         with precision or contextlib.nullcontext():
             outputs = predict(model, batch.inputs)
         metrics.update(outputs, batch)
@@ -86,16 +92,13 @@ class Job:
         self.callbacks = list(callbacks)
         self.strategy_optimizers = strategy.optimizers()
         self.terms = strategy.terms
-        self.generator = torch.Generator(device=data.train.inputs.device).manual_seed(seed)
-        # Training batches carry what training reads: inputs, targets, and the true σ where
-        # a heteroscedastic task's metrics score against it.
-        hetero = {t.name for t in data.tasks if t.heteroscedastic}
-        noise = {k: v for k, v in data.train.noise_std.items() if k in hetero}
-        self.train_split = Split(data.train.inputs, data.train.targets, noise)
+        self.generator = torch.Generator(device=data.train.device).manual_seed(seed)
+        self.train_split = training_split(data)
         # by type: data placed on "cuda" lands on "cuda:0", which != torch.device("cuda")
-        self.on_device = data.train.inputs.device.type == device.type
+        self.on_device = data.train.device.type == device.type
         self.epochs, self.batch_size = settings.epochs, settings.batch_size
-        self.batches_per_epoch = self.train_split.num_batches(self.batch_size)
+        batches = self.train_split.num_batches(self.batch_size)
+        self.batches_per_epoch = min(batches, settings.limit_batches or batches)
         self.vetoes = hooked(self.callbacks, "allows_update")
         self.step_ends = hooked(self.callbacks, "on_step_end")
         self.error: BaseException | None = None
@@ -227,7 +230,10 @@ class Job:
 
     def epoch_order(self) -> Tensor:
         """The current epoch's order of the train split, drawn from the run's generator (drawn
-        again when resuming mid-epoch), on the data's device."""
+        again when resuming mid-epoch), on the data's device; with trainer.shuffle=false the
+        split's own order, every epoch."""
+        if not self.cfg.shuffle:
+            return torch.arange(len(self.train_split), device=self.generator.device)
         if self.batch == 0:
             self.shuffle_state = self.generator.get_state()
         else:  # resuming mid-epoch: draw the epoch's order again
@@ -252,6 +258,7 @@ class Job:
                 self.cfg.eval_batch_size,
                 self.precision,
                 self.ranks,
+                self.cfg.limit_batches,
             )
             for name, split in self.data.splits().items()
         }
@@ -334,6 +341,16 @@ class Job:
         """The job stops with `error` (its first one is kept, for its run)."""
         if self.error is None:
             self.error = error
+
+
+def training_split(data: MultiTaskData) -> AnySplit:
+    """What training batches carry: inputs, targets, and the true σ where a heteroscedastic
+    task's metrics score against it (a Dataset's items carry inputs and targets only)."""
+    if not isinstance(data.train, Split):
+        return data.train
+    hetero = {t.name for t in data.tasks if t.heteroscedastic}
+    noise = {k: v for k, v in data.train.noise_std.items() if k in hetero}
+    return Split(data.train.inputs, data.train.targets, noise)
 
 
 def mismatch(saved: dict[str, Any], current: dict[str, Any], what: str) -> str | None:

@@ -11,10 +11,12 @@ global batch, with the global batch's losses.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
-from mtltrain.data.base import Split
+from mtltrain.data.base import DatasetSplit, Split
 from mtltrain.loop._direct_step import direct_step
 from mtltrain.loop._engine import Backward, engine_for
 from mtltrain.loop._job import Job
@@ -40,14 +42,27 @@ class PerJobStep:
             for p in group["params"]
         ]
         self.epoch_split = job.train_split
+        self.loaded: Iterator[Split] = iter(())
 
     def start_epoch(self) -> None:
-        split = self.job.train_split.take(self.job.epoch_order())
+        """The epoch's order of the train split: gathered once from tensors, or the batches a
+        DataLoader loads in that order from the job's position on (workers seeded by the run's
+        seed and the epoch)."""
+        job = self.job
+        order = job.epoch_order()
+        if isinstance(job.train_split, DatasetSplit):
+            seed = job.seed * 100_003 + job.epoch
+            self.loaded = job.train_split.batches(self.batch_size, job.batch, order, seed)
+            return
+        split = job.train_split.take(order)
         if not self.on_device:
             split = split.map(torch.Tensor.pin_memory)
         self.epoch_split = split
 
     def step(self, batch: int) -> None:
+        if isinstance(self.epoch_split, DatasetSplit):
+            self.train_step(next(self.loaded))
+            return
         first = batch * self.batch_size
         self.train_step(self.epoch_split.take(slice(first, first + self.batch_size)))
 

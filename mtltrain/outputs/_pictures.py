@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.image import imsave
 
-from mtltrain.data.base import Split
+from mtltrain.data.base import AnySplit, Split
 from mtltrain.losses import MeanLogVar, point
 from mtltrain.metrics import calibration_levels, inside_counts, standardized_error
 from mtltrain.models.base import MultiTaskNet, predict
@@ -94,21 +94,27 @@ def _grid(rows: Sequence[tuple[str, torch.Tensor]]) -> Figure:
 
 
 @torch.no_grad()
-def render(model: MultiTaskNet, split: Split, tasks: Sequence[TaskSpec]) -> dict[str, Figure]:
-    """{name: figure} for every task that has a picture; the model runs in eval mode."""
+def render(model: MultiTaskNet, split: AnySplit, tasks: Sequence[TaskSpec]) -> dict[str, Figure]:
+    """{name: figure} for every task that has a picture, drawn from the split's first samples
+    (a Dataset's loaded for it); the model runs in eval mode."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
+
+    def head(n: int) -> Split:
+        return split.head(n).map(lambda t: t.to(device))
+
     figures: dict[str, Figure] = {}
-    one_d = split.inputs.dim() == 2 and split.inputs.shape[1] == 1
-    curve = split.take(slice(0, CURVE_POINTS))
-    grid = split.take(slice(0, GRID_IMAGES))
+    grid = head(GRID_IMAGES)
+    one_d = grid.inputs.dim() == 2 and grid.inputs.shape[1] == 1
+    curve = head(CURVE_POINTS) if one_d else grid
     curve_out = predict(model, curve.inputs) if one_d else {}
-    grid_out = predict(model, grid.inputs) if split.inputs.dim() == 4 else {}
+    grid_out = predict(model, grid.inputs) if grid.inputs.dim() == 4 else {}
     for task in tasks:
         if task.kind == "regression" and one_d:
             figures[f"fit_{task.name}"] = _curve(task, curve, curve_out[task.name])
         if task.heteroscedastic:
-            calibration = split.take(slice(0, CALIBRATION_POINTS))
+            calibration = head(CALIBRATION_POINTS)
             output = predict(model, calibration.inputs)[task.name]
             figures[f"calibration_{task.name}"] = _calibration(
                 task, output, calibration.targets[task.name]
