@@ -156,3 +156,13 @@ def test_the_model_defaults_to_the_data_sets_name(tmp_path):
     assert done.returncode != 0
     assert "model=mine is not an option" in done.stderr
     assert "the model defaults to the data set's name" in done.stderr
+
+
+def test_a_run_from_a_users_config_dir_resumes_without_the_flag(tmp_path):
+    write_user_project(tmp_path)
+    args = ["--config-dir", "conf", "dataset=mine", "model=two_slope", "trainer=quick"]
+    assert run_cli([*args, "hydra.run.dir=run", "trainer.progress=false"], tmp_path).returncode == 0
+    done = run_cli(["resume=run", "trainer.epochs=3", "trainer.progress=false"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "completed" and results["epochs"] == 3

@@ -24,6 +24,11 @@ def command_line(argv: Sequence[str]) -> tuple[list[str], bool, list[Override]]:
     return flags, args.multirun, parse_overrides(args.overrides)
 
 
+def config_dir_flag(flags: Sequence[str]) -> str | None:
+    """The folder `--config-dir` (`-cd`) adds to the config search path, if given."""
+    return get_args_parser().parse_args(list(flags)).config_dir
+
+
 def _refuse_flag(message: str) -> NoReturn:
     raise ConfigError(f"{message}: `mtltrain --help` lists the flags and the settings")
 

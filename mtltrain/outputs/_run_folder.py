@@ -21,7 +21,7 @@ from hydra.core.override_parser.types import Glob, Override
 from omegaconf import OmegaConf
 
 from mtltrain.atomic import byte_size, existing_folder
-from mtltrain.config._overrides import command_line, parse_overrides
+from mtltrain.config._overrides import command_line, config_dir_flag, parse_overrides
 from mtltrain.errors import ConfigError, RunFolderError
 from mtltrain.outputs._results import RESULTS_FILE, read_results
 from mtltrain.processes import launched
@@ -279,8 +279,43 @@ def prepare_arguments(argv: Sequence[str]) -> list[str]:
     merged = {_key(o): o.input_line for o in saved if o.key_or_group != "resume"}
     merged.update({_key(o): o.input_line for o in given})
     merged.pop(("hydra.run.dir", None), None)
-    check_settings_kept(state["config"], list(merged.values()))
-    return [*flags, *merged.values(), f"hydra.run.dir={hydra_quoted(folder)}"]
+    given_dir = config_dir_flag(flags)
+    if given_dir is not None:  # for the check's compose: Hydra reads the flag itself
+        search = [search_path_override([f"file://{Path(given_dir).resolve()}"])]
+    elif _last(given, "hydra.searchpath") is None:
+        search = [search_path_override(user_config_sources(folder))]
+    else:
+        search = []
+    search = [s for s in search if s]
+    check_settings_kept(state["config"], [*search, *merged.values()])
+    kept = [] if given_dir is not None else search
+    return [*flags, *kept, *merged.values(), f"hydra.run.dir={hydra_quoted(folder)}"]
+
+
+def user_config_sources(folder: Path) -> list[str]:
+    """The config folders and packages beyond mtltrain's own that the run in `folder` was
+    composed from (`--config-dir`, `hydra.searchpath`), as its .hydra/hydra.yaml records them:
+    a resumed run composes from them again."""
+    try:
+        sources = OmegaConf.load(folder / ".hydra" / "hydra.yaml").hydra.runtime.config_sources
+    except (OSError, AttributeError):
+        return []
+    return [
+        f"{s.schema}://{s.path}"
+        for s in sources
+        if s.schema in ("file", "pkg") and str(s.provider).startswith(USER_SOURCES)
+    ]
+
+
+USER_SOURCES = ("command-line", "hydra.searchpath")  # Hydra's names for --config-dir, searchpath
+
+
+def search_path_override(sources: Sequence[str]) -> str:
+    """`hydra.searchpath=[...]` for `sources` ('' for none), each quoted for Hydra's grammar."""
+    if not sources:
+        return ""
+    quoted = ("'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'" for s in sources)
+    return f"hydra.searchpath=[{','.join(quoted)}]"
 
 
 def check_settings_kept(saved: dict, overrides: Sequence[str]) -> None:
