@@ -46,7 +46,7 @@ from mtltrain.errors import (
 )
 from mtltrain.interrupts import Stopped, raise_stopped, signal_of, stopped_by
 from mtltrain.outputs import _run_folder as rundir
-from mtltrain.processes import launched, rank
+from mtltrain.processes import importable_from_here, launched, rank
 
 register()
 # conf/hydra/launcher/ presets take the names of the launcher plugins' schemas, which validate
@@ -239,18 +239,6 @@ def main() -> None:
             _fail(stopped(e))
         except Exception as e:  # raised by Hydra or a plugin (a launcher, a sweeper)
             _fail(outside_error(e))
-
-
-def importable_from_here() -> None:
-    """The modules and packages of the working directory can be named as `_target_`s, as with
-    `python -m`, in this process and the processes it starts (launchers, torchrun): appended
-    to the import path, so that an installed package of the same name comes first."""
-    here = os.getcwd()
-    if here not in sys.path:
-        sys.path.append(here)
-    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    if here not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([p for p in paths if p] + [here])
 
 
 # settings that only a sweep (-m) reads

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from mtltrain.errors import MtlError, RunFolderError, UnexpectedError, first_line
 from mtltrain.evaluate._splits import SPLITS, check_split
 from mtltrain.outputs._results import write_json
+from mtltrain.processes import importable_from_here
 from mtltrain.report.cli import OneLineParser
 
 if TYPE_CHECKING:
@@ -96,12 +97,14 @@ def export_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """mtltrain-eval (EVAL_HELP)."""
     args = eval_parser().parse_args(argv)
+    importable_from_here()
     _one_line("mtltrain-eval", lambda: evaluate_command(args.folder, args.settings, args.out))
 
 
 def export_main(argv: Sequence[str] | None = None) -> None:
     """mtltrain-export (EXPORT_HELP)."""
     args = export_parser().parse_args(argv)
+    importable_from_here()
     _one_line("mtltrain-export", lambda: export_command(args.folder, args.out, args.settings))
 
 
