@@ -39,7 +39,7 @@ from mtltrain.loop._runtime import (
 )
 from mtltrain.loop._selection import Selection, resolve_objective
 from mtltrain.losses import loss_terms
-from mtltrain.metrics import metric_names
+from mtltrain.metrics import metric_directions, metric_names
 from mtltrain.models.base import MultiTaskNet
 from mtltrain.outputs import _run_folder as rundir
 from mtltrain.outputs._checkpoints import CheckpointCallback
@@ -190,7 +190,8 @@ def build_job(
     seed_everything(cfg.seed)
     data, model, strategy, optimizer = build_objects(cfg, trainer_cfg, device)
     ranks.broadcast([model, strategy])
-    selection = Selection(trainer_cfg.select, resolve_objective(cfg.objective, data))
+    objective = resolve_objective(cfg.objective, data)
+    selection = Selection(trainer_cfg.select, objective, metric_directions(data.tasks))
     set_threads(trainer_cfg, model, data.train, device)
     callbacks = [
         *run_callbacks(cfg, trainer_cfg, data, strategy, device, run_dir, tb, run_info, resumed),
