@@ -282,14 +282,12 @@ def _custom(choice: MetricChoice) -> TaskMetric:
 def check_metrics(task: str, kind: TaskKind, heteroscedastic: bool, chosen: Sequence) -> None:
     """Raise a ConfigError unless `chosen` (`dataset.metrics.<task>`) lists distinct metrics:
     built-in names of the task's kind, or torchmetrics metrics whose direction is known."""
-    from torchmetrics import Metric
-
     spec = TaskSpec(task, kind, 1, (), heteroscedastic)
     allowed = [m.name for m in task_metrics(spec, knows_sigma=True)]
     where = f"dataset.metrics.{task}"
     for i, choice in enumerate(chosen):
         inner = choice.metric if isinstance(choice, CustomMetric) else choice
-        known = choice in allowed if isinstance(choice, str) else isinstance(inner, Metric)
+        known = choice in allowed if isinstance(choice, str) else _is_torchmetrics(inner)
         if not known:
             raise ConfigError(
                 f"{where}[{i}]={choice!r} is not allowed: a {kind} task takes metrics among "
@@ -307,6 +305,14 @@ def check_metrics(task: str, kind: TaskKind, heteroscedastic: bool, chosen: Sequ
             f"{where}={names} is not allowed: the metrics' names must be distinct (set a "
             "custom one's with mtltrain.metrics.CustomMetric's name)"
         )
+
+
+def _is_torchmetrics(value: object) -> bool:
+    """Whether `value` is a torchmetrics metric (torchmetrics, slow to import, is imported only
+    where a config names one)."""
+    from torchmetrics import Metric
+
+    return isinstance(value, Metric)
 
 
 def metric_inputs(kind: str, output: Tensor | MeanLogVar, target: Tensor) -> tuple[Tensor, Tensor]:
