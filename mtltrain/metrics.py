@@ -1,13 +1,13 @@
 """Task metrics, accumulated on the device over batches and read once per evaluation.
 
 Each task reports the metrics `dataset.metrics.<task>` lists, else the built-ins of its kind
-(`BUILTIN_METRICS`); the first is the task's main metric. The kind's scorer keeps running sums
-as one tensor and turns sums into metrics with tensor operations, so the training loop never
-waits on the device to score a batch. Torchmetrics metrics (the binary and multi-label kinds'
-auroc and f1, and any a config names) accumulate on the device too and are computed with the
-rest; they score evaluations (validation, test, the final train split), not the running train
-metrics between evaluations, and under torchrun torchmetrics adds up their states over ranks
-itself (through torch.distributed's default group).
+(its scorer's, then its `TORCHMETRICS_BUILTINS`); the first is the task's main metric. The
+kind's scorer keeps running sums as one tensor and turns sums into metrics with tensor
+operations, so the training loop never waits on the device to score a batch. Torchmetrics
+metrics (the binary and multi-label kinds' auroc and f1, and any a config names) accumulate on
+the device too and are computed with the rest; they score evaluations (validation, test, the
+final train split), not the running train metrics between evaluations, and under torchrun
+torchmetrics adds up their states over ranks itself (through torch.distributed's default group).
 """
 
 from __future__ import annotations
@@ -215,13 +215,6 @@ def _multilabel_f1(task: TaskSpec) -> Metric:
 TORCHMETRICS_BUILTINS: dict[str, dict[str, Callable[[TaskSpec], Metric]]] = {
     "binary": {"auroc": _binary_auroc, "f1": _binary_f1},
     "multilabel": {"f1": _multilabel_f1},
-}
-BUILTIN_METRICS: dict[str, tuple[str, ...]] = {  # per kind, in order: the first is the main one
-    "classification": ClassificationScorer.names,
-    "segmentation": SegmentationScorer.names,
-    "regression": RegressionScorer.names,  # heteroscedastic: HeteroscedasticScorer's
-    "binary": ("accuracy", "auroc", "f1"),
-    "multilabel": ("accuracy", "f1"),
 }
 
 

@@ -33,7 +33,7 @@ class TaskSpec:
     multilabel). `losses` are the task's loss terms: names in `mtltrain.losses.LOSSES` or
     callables. `heteroscedastic`: the head also predicts a per-sample log-variance (set when
     one of its losses needs it). `metrics`: what `dataset.metrics` chose (empty: the kind's
-    built-ins, `mtltrain.metrics.BUILTIN_METRICS`).
+    built-ins, `mtltrain.metrics.task_metrics`).
     """
 
     name: str
