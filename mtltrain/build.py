@@ -40,7 +40,7 @@ from mtltrain.loop._runtime import (
 )
 from mtltrain.loop._selection import Selection, resolve_objective
 from mtltrain.losses import loss_terms
-from mtltrain.metrics import metric_names
+from mtltrain.metrics import metric_directions, metric_names
 from mtltrain.models.base import MultiTaskNet
 from mtltrain.outputs import _run_folder as rundir
 from mtltrain.outputs._checkpoints import CheckpointCallback
@@ -242,7 +242,8 @@ def build_job(
             "in-memory tensors only; train it in one process"
         )
     ranks.broadcast([model, strategy])
-    selection = Selection(trainer_cfg.select, resolve_objective(cfg.objective, data))
+    objective = resolve_objective(cfg.objective, data)
+    selection = Selection(trainer_cfg.select, objective, metric_directions(data.tasks))
     set_threads(trainer_cfg, model, data.train, device)
     callbacks = [
         *run_callbacks(cfg, trainer_cfg, data, strategy, device, run_dir, tb, run_info, resumed),

@@ -6,24 +6,29 @@ task, two terms" and "two tasks" reach the weighting strategy in the same form.
 
 Heads of heteroscedastic tasks emit `MeanLogVar(mean, log_var)`, log_var = log σ²(x).
 
-Every loss but Dice is the mean of a loss per element; it takes `reduction="none"` for those
-values, which `job_losses` averages per job for a stack of jobs (`mtltrain.loop._stacked`).
+Every built-in loss but Dice is the mean of a loss per element; it takes `reduction="none"` for
+those values, which `job_losses` averages per job for a stack of jobs (`mtltrain.loop._stacked`).
+
+A loss may also be a callable the config builds (`_target_`, `_partial_: true`), called as
+`fn(output, target)` -> scalar on the head's point prediction; its term is named after its
+function (`loss_name`). It counts as ≥ 0, and as per element where it takes `reduction=`.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from mtltrain.errors import ConfigError
-from mtltrain.tasks import TaskKind, TaskSpec
+from mtltrain.tasks import TASK_KINDS, LossChoice, TaskKind, TaskSpec
 
 
 class MeanLogVar(NamedTuple):
@@ -101,6 +106,30 @@ def focal(
     return _reduce(-((1 - log_p.exp()) ** focal_gamma) * log_p, reduction)
 
 
+def l1(output: Tensor | MeanLogVar, target: Tensor, reduction: Reduction = "mean") -> Tensor:
+    """mean |y − ŷ|."""
+    return F.l1_loss(point(output), target, reduction=reduction)
+
+
+def huber(
+    output: Tensor | MeanLogVar, target: Tensor, huber_delta: float, reduction: Reduction = "mean"
+) -> Tensor:
+    """mean of ½(y − ŷ)² where |y − ŷ| ≤ δ, else δ·(|y − ŷ| − ½δ) (δ: `loss.huber_delta`)."""
+    return F.huber_loss(point(output), target, reduction=reduction, delta=huber_delta)
+
+
+def cosine(output: Tensor | MeanLogVar, target: Tensor, reduction: Reduction = "mean") -> Tensor:
+    """mean over samples of 1 − cos(ŷ, y), the cosine along the feature dimension (1)."""
+    return _reduce(1 - F.cosine_similarity(point(output), target, dim=1), reduction)
+
+
+def bce(output: Tensor, target: Tensor, reduction: Reduction = "mean") -> Tensor:
+    """mean −[y·log σ(f) + (1 − y)·log(1 − σ(f))] over samples (and labels), f the logits
+    (shaped as the 0/1 targets)."""
+    logits = output.reshape(target.shape)
+    return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction=reduction)
+
+
 def dice(output: Tensor, target: Tensor, dice_smooth: float) -> Tensor:
     """Soft Dice loss of the foreground (class 1): 1 − (2·Σp·t + smooth)/(Σp + Σt + smooth)."""
     p = F.softmax(output, dim=1)[:, 1]
@@ -155,6 +184,10 @@ class Loss:
 
 LOSSES: dict[str, Loss] = {
     "mse": Loss(mse, ("regression",)),
+    "l1": Loss(l1, ("regression",)),
+    "huber": Loss(huber, ("regression",), settings=("huber_delta",)),
+    "cosine": Loss(cosine, ("regression",)),
+    "bce": Loss(bce, ("binary", "multilabel")),
     "cross_entropy": Loss(cross_entropy, ("classification", "segmentation")),
     "focal": Loss(focal, ("classification", "segmentation"), settings=("focal_gamma",)),
     "dice": Loss(dice, ("segmentation",), settings=("dice_smooth",), per_element=False),
@@ -164,20 +197,42 @@ LOSSES: dict[str, Loss] = {
 }
 
 
-def check_losses(task: str, kind: TaskKind, losses: Sequence[str]) -> None:
-    """Raise a ConfigError unless `losses` is a non-empty list of losses that fit `kind`."""
+def loss_name(loss: LossChoice) -> str:
+    """A loss's name in term names and logs: the built-in's name, or the callable's function
+    name (of its function for a partial, of its class for a callable object)."""
+    if isinstance(loss, str):
+        return loss
+    fn = loss.func if isinstance(loss, functools.partial) else loss
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def takes_reduction(fn: Callable[..., Tensor]) -> bool:
+    """Whether a custom loss takes `reduction=` (then `reduction="none"` gives its values per
+    element, as torch's losses do)."""
+    try:
+        return "reduction" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def check_losses(task: str, kind: TaskKind, losses: Sequence[LossChoice]) -> None:
+    """Raise a ConfigError unless `losses` is a non-empty list of distinct losses that fit
+    `kind`: built-in names, or callables (`_target_` nodes)."""
     fitting = [name for name, loss in LOSSES.items() if kind in loss.kinds]
-    bad = [name for name in losses if name not in fitting]
-    if bad or not losses or len(set(losses)) != len(losses):
+    bad = [n for n in losses if not callable(n) and n not in fitting]
+    names = [loss_name(n) for n in losses]
+    if kind not in TASK_KINDS or bad or not losses or len(set(names)) != len(names):
         raise ConfigError(
-            f"dataset.losses.{task}={list(losses)} is not allowed: a {kind} task takes "
-            f"distinct losses among {fitting}"
+            f"dataset.losses.{task}={names} is not allowed: a {kind} task takes "
+            f"distinct losses among {fitting}, or callables (output, target) -> loss given by "
+            "_target_ (with _partial_: true)"
         )
 
 
 @dataclass(frozen=True)
 class LossTerm:
-    """One loss of one task, with its settings bound; `kind` is the task's."""
+    """One loss of one task, with its settings bound; `kind` is the task's, `loss` the loss's
+    name (`loss_name`); `per_element`: `fn` takes reduction="none" (see `Loss`)."""
 
     name: str
     task: str
@@ -185,33 +240,40 @@ class LossTerm:
     kind: TaskKind
     heteroscedastic: bool
     fn: Callable[..., Tensor]  # (output, target), and reduction= where `per_element`
+    per_element: bool = True
 
     @property
     def nonnegative(self) -> bool:
-        """Whether the loss is ≥ 0 (strategies that take its log or ratios need that)."""
-        return not LOSSES[self.loss].heteroscedastic
+        """Whether the loss is ≥ 0 (strategies that take its log or ratios need that): every
+        loss but the heteroscedastic NLLs; a custom callable is taken to be ≥ 0."""
+        return not self.heteroscedastic
 
 
 def loss_terms(tasks: Sequence[TaskSpec], settings: object) -> tuple[LossTerm, ...]:
-    """The loss terms of `tasks`, in task order, with each loss's `loss.*` settings bound
-    (`settings`: a `schema.LossConfig`)."""
+    """The loss terms of `tasks`, in task order, with each built-in loss's `loss.*` settings
+    bound (`settings`: a `schema.LossConfig`); a term is named after its task, or
+    `<task>_<loss name>` where the task has several losses."""
 
-    def bind(name: str) -> Callable[..., Tensor]:
-        loss = LOSSES[name]
-        return functools.partial(loss.fn, **{k: getattr(settings, k) for k in loss.settings})
-
-    return tuple(
-        LossTerm(
-            t.name if len(t.losses) == 1 else f"{t.name}_{loss}",
-            t.name,
-            loss,
-            t.kind,
-            LOSSES[loss].heteroscedastic,
-            bind(loss),
+    def term(task: TaskSpec, choice: LossChoice) -> LossTerm:
+        name = loss_name(choice)
+        full = task.name if len(task.losses) == 1 else f"{task.name}_{name}"
+        if callable(choice):
+            fn = functools.partial(_custom, choice)
+            return LossTerm(full, task.name, name, task.kind, False, fn, takes_reduction(choice))
+        loss = LOSSES[choice]
+        bound = functools.partial(loss.fn, **{k: getattr(settings, k) for k in loss.settings})
+        return LossTerm(
+            full, task.name, name, task.kind, loss.heteroscedastic, bound, loss.per_element
         )
-        for t in tasks
-        for loss in t.losses
-    )
+
+    return tuple(term(t, choice) for t in tasks for choice in t.losses)
+
+
+def _custom(
+    fn: Callable[..., Tensor], output: Tensor | MeanLogVar, target: Tensor, **kw: Any
+) -> Tensor:
+    """A custom loss on the head's point prediction."""
+    return fn(point(output), target, **kw)
 
 
 def compute_losses(
@@ -225,7 +287,7 @@ def compute_losses(
 
 def all_per_element(terms: Sequence[LossTerm]) -> bool:
     """Whether every term is the mean of a loss per element (`job_losses` can take them)."""
-    return all(LOSSES[t.loss].per_element for t in terms)
+    return all(t.per_element for t in terms)
 
 
 def job_losses(

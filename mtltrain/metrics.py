@@ -1,22 +1,35 @@
 """Task metrics, accumulated on the device over batches and read once per evaluation.
 
-Each task gets a scorer for its kind; the first metric a scorer reports is the task's main
-metric. Scorers keep running sums as one tensor and turn sums into metrics with tensor
-operations, so the training loop never waits on the device to score a batch.
+Each task reports the metrics `dataset.metrics.<task>` lists, else the built-ins of its kind
+(its scorer's, then its `TORCHMETRICS_BUILTINS`); the first is the task's main metric. The
+kind's scorer keeps running sums as one tensor and turns sums into metrics with tensor
+operations, so the training loop never waits on the device to score a batch. Torchmetrics
+metrics (the binary and multi-label kinds' auroc and f1, and any a config names) accumulate on
+the device too and are computed with the rest; they score evaluations (validation, test, the
+final train split), not the running train metrics between evaluations, and under torchrun
+torchmetrics adds up their states over ranks itself (through torch.distributed's default group).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+import re
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from mtltrain.data.base import Split
 from mtltrain.distributed import ONE_PROCESS, Ranks
+from mtltrain.errors import ConfigError
 from mtltrain.losses import MeanLogVar, point
-from mtltrain.tasks import TaskSpec
+from mtltrain.tasks import DIRECTION, MetricChoice, TaskKind, TaskSpec
+
+if TYPE_CHECKING:
+    from torchmetrics import Metric
+
+    from mtltrain.data.base import Split
 
 
 def calibration_levels(like: Tensor) -> Tensor:
@@ -73,6 +86,19 @@ class ClassificationScorer(Scorer):
 
     def batch_sums(self, output: Tensor, target: Tensor, noise_std: Tensor | None) -> Tensor:
         return (output.argmax(dim=1) == target).sum().reshape(1)
+
+    def finish(self, sums: Tensor, count: int) -> dict[str, Tensor]:
+        return {"accuracy": sums[0] / count}
+
+
+class BinaryScorer(Scorer):
+    """accuracy = correct / (samples × labels), a logit > 0 predicting 1 (binary and
+    multi-label tasks: for multi-label, the mean of the labels' accuracies)."""
+
+    names = ("accuracy",)
+
+    def batch_sums(self, output: Tensor, target: Tensor, noise_std: Tensor | None) -> Tensor:
+        return ((output.reshape(target.shape) > 0) == (target > 0.5)).sum().reshape(1)
 
     def finish(self, sums: Tensor, count: int) -> dict[str, Tensor]:
         return {"accuracy": sums[0] / count}
@@ -158,14 +184,156 @@ def scorer_for(task: TaskSpec, knows_sigma: bool = False) -> Scorer:
     """The scorer of `task`'s kind; heteroscedastic regression gets the calibration metrics."""
     if task.kind == "regression":
         return HeteroscedasticScorer(knows_sigma) if task.heteroscedastic else RegressionScorer()
-    return {"classification": ClassificationScorer, "segmentation": SegmentationScorer}[task.kind]()
+    return {
+        "classification": ClassificationScorer,
+        "segmentation": SegmentationScorer,
+        "binary": BinaryScorer,
+        "multilabel": BinaryScorer,
+    }[task.kind]()
+
+
+def _binary_auroc(task: TaskSpec) -> Metric:
+    from torchmetrics.classification import BinaryAUROC
+
+    return BinaryAUROC(validate_args=False)
+
+
+def _binary_f1(task: TaskSpec) -> Metric:
+    from torchmetrics.classification import BinaryF1Score
+
+    return BinaryF1Score(validate_args=False)
+
+
+def _multilabel_f1(task: TaskSpec) -> Metric:
+    from torchmetrics.classification import MultilabelF1Score
+
+    return MultilabelF1Score(task.out_features, average="macro", validate_args=False)
+
+
+# the built-in metrics that torchmetrics computes, per kind: exact AUROC, F1 at probability 0.5
+# (multi-label: the mean of the labels' F1, "macro")
+TORCHMETRICS_BUILTINS: dict[str, dict[str, Callable[[TaskSpec], Metric]]] = {
+    "binary": {"auroc": _binary_auroc, "f1": _binary_f1},
+    "multilabel": {"f1": _multilabel_f1},
+}
+
+
+class CustomMetric:
+    """A torchmetrics metric with what the config says of it: its `name` in logs and results
+    (default: its class name in snake case, BinaryAUROC → binary_auroc) and whether
+    `higher_is_better` (default: the metric's own `higher_is_better`)."""
+
+    def __init__(
+        self, metric: Metric, higher_is_better: bool | None = None, name: str | None = None
+    ) -> None:
+        self.metric = metric
+        self.higher_is_better = (
+            getattr(metric, "higher_is_better", None) if higher_is_better is None
+            else higher_is_better
+        )  # fmt: skip
+        self.name = name or snake_case(type(metric).__name__)
+
+
+def snake_case(name: str) -> str:
+    """CamelCase → camel_case, acronyms kept whole (BinaryAUROC → binary_auroc)."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+@dataclass(frozen=True)
+class TaskMetric:
+    """One metric a task reports: its name, which way it improves (+1 higher is better, −1
+    lower, None: no direction) and, for a torchmetrics metric, a prototype each evaluation
+    copies (None: the kind's scorer computes it)."""
+
+    name: str
+    direction: int | None
+    prototype: Metric | None = None
+
+
+def task_metrics(task: TaskSpec, knows_sigma: bool = False) -> tuple[TaskMetric, ...]:
+    """The metrics `task` reports, in order: those `task.metrics` lists, else its kind's."""
+    made = TORCHMETRICS_BUILTINS.get(task.kind, {})
+    builtins = {
+        **{n: TaskMetric(n, DIRECTION.get(n)) for n in scorer_for(task, knows_sigma).names},
+        **{n: TaskMetric(n, DIRECTION[n], make(task)) for n, make in made.items()},
+    }
+    if not task.metrics:
+        return tuple(builtins.values())
+    return tuple(
+        builtins[c] if isinstance(c, str) else _custom(c)
+        for c in task.metrics
+        if not isinstance(c, str) or c in builtins  # sigma_rel_error: where σ(x) is known
+    )
+
+
+def _custom(choice: MetricChoice) -> TaskMetric:
+    custom = choice if isinstance(choice, CustomMetric) else CustomMetric(choice)
+    direction = None if custom.higher_is_better is None else 1 if custom.higher_is_better else -1
+    return TaskMetric(custom.name, direction, custom.metric)
+
+
+def check_metrics(task: str, kind: TaskKind, heteroscedastic: bool, chosen: Sequence) -> None:
+    """Raise a ConfigError unless `chosen` (`dataset.metrics.<task>`) lists distinct metrics:
+    built-in names of the task's kind, or torchmetrics metrics whose direction is known."""
+    spec = TaskSpec(task, kind, 1, (), heteroscedastic)
+    allowed = [m.name for m in task_metrics(spec, knows_sigma=True)]
+    where = f"dataset.metrics.{task}"
+    for i, choice in enumerate(chosen):
+        inner = choice.metric if isinstance(choice, CustomMetric) else choice
+        known = choice in allowed if isinstance(choice, str) else _is_torchmetrics(inner)
+        if not known:
+            raise ConfigError(
+                f"{where}[{i}]={choice!r} is not allowed: a {kind} task takes metrics among "
+                f"{allowed}, or torchmetrics metrics given by _target_"
+            )
+        if not isinstance(choice, str) and _custom(choice).direction is None:
+            raise ConfigError(
+                f"{where}[{i}]={type(inner).__name__} is not allowed: its higher_is_better is "
+                "None; wrap it as {_target_: mtltrain.metrics.CustomMetric, metric: {...}, "
+                "higher_is_better: true|false}"
+            )
+    names = [c if isinstance(c, str) else _custom(c).name for c in chosen]
+    if len(set(names)) != len(names):
+        raise ConfigError(
+            f"{where}={names} is not allowed: the metrics' names must be distinct (set a "
+            "custom one's with mtltrain.metrics.CustomMetric's name)"
+        )
+
+
+def _is_torchmetrics(value: object) -> bool:
+    """Whether `value` is a torchmetrics metric (torchmetrics, slow to import, is imported only
+    where a config names one)."""
+    from torchmetrics import Metric
+
+    return isinstance(value, Metric)
+
+
+def metric_inputs(kind: str, output: Tensor | MeanLogVar, target: Tensor) -> tuple[Tensor, Tensor]:
+    """What a torchmetrics metric gets: probabilities (sigmoid of the logits for binary and
+    multi-label, with integer targets; softmax over classes, dimension 1, for classification
+    and segmentation), the point prediction for regression."""
+    if kind in ("binary", "multilabel"):
+        return output.reshape(target.shape).float().sigmoid(), target.long()
+    if kind in ("classification", "segmentation"):
+        return output.float().softmax(1), target
+    return point(output).float(), target
 
 
 class TaskMetrics:
-    """One scorer per task; `compute()` syncs once and returns {"<task>/<metric>": value}."""
+    """The metrics of every task; `compute()` syncs once and returns {"<task>/<metric>": value}.
 
-    def __init__(self, tasks: Sequence[TaskSpec], knows_sigma: Collection[str] = ()) -> None:
+    `running`: the running train metrics between evaluations, kept as sums (in checkpoints,
+    added over ranks): the scorers' metrics only, no torchmetrics metric."""
+
+    def __init__(
+        self, tasks: Sequence[TaskSpec], knows_sigma: Collection[str] = (), running: bool = False
+    ) -> None:
+        self.tasks = {t.name: t for t in tasks}
         self.scorers = {t.name: scorer_for(t, t.name in knows_sigma) for t in tasks}
+        self.chosen = {t.name: task_metrics(t, t.name in knows_sigma) for t in tasks}
+        self.extra: dict[str, dict[str, Any]] = {
+            name: {} if running else _fresh(chosen) for name, chosen in self.chosen.items()
+        }
         self.sums: dict[str, Tensor] = {}
         self.counts = dict.fromkeys(self.scorers, 0)
 
@@ -179,18 +347,26 @@ class TaskMetrics:
             else:
                 self.sums[name] = sums
             self.counts[name] += target.numel()
+            for metric in self.extra[name].values():
+                metric.to(target.device).update(
+                    *metric_inputs(self.tasks[name].kind, outputs[name], target)
+                )
 
     def compute(self, ranks: Ranks = ONE_PROCESS) -> dict[str, float]:
         """The metrics of every batch added (under torchrun: on every rank)."""
         if not self.complete():
             return {}
         sums, counts = self.summed(ranks)
-        metrics = {
-            f"{name}/{k}": v
-            for name, scorer in self.scorers.items()
-            for k, v in scorer.finish(sums[name], counts[name]).items()
-        }
-        values = torch.stack(list(metrics.values())).tolist()  # the one sync with the host
+        metrics = {}
+        for name, scorer in self.scorers.items():
+            scored = scorer.finish(sums[name], counts[name])
+            extra = self.extra[name]
+            for m in self.chosen[name]:
+                if m.prototype is None and m.name in scored:
+                    metrics[f"{name}/{m.name}"] = scored[m.name]
+                elif m.name in extra:
+                    metrics[f"{name}/{m.name}"] = _scalar(extra[m.name].compute(), name, m)
+        values = torch.stack([v.double() for v in metrics.values()]).tolist()  # the one sync
         return dict(zip(metrics, values, strict=True))
 
     def complete(self) -> bool:
@@ -204,6 +380,24 @@ class TaskMetrics:
             ranks, [self.sums[n] for n in names], [self.counts[n] for n in names]
         )
         return dict(zip(names, sums, strict=True)), dict(zip(names, counts, strict=True))
+
+
+def _fresh(chosen: Sequence[TaskMetric]) -> dict[str, Metric]:
+    """An empty copy of each torchmetrics metric among `chosen`, by name."""
+    copies = {m.name: m.prototype.clone() for m in chosen if m.prototype is not None}
+    for metric in copies.values():
+        metric.reset()
+    return copies
+
+
+def _scalar(value: Tensor, task: str, metric: TaskMetric) -> Tensor:
+    value = torch.as_tensor(value)
+    if value.numel() != 1:
+        raise ConfigError(
+            f"dataset.metrics.{task}: {metric.name} gives {list(value.shape)} values, not one "
+            "number: configure it to reduce to one (e.g. average: macro)"
+        )
+    return value.reshape(())
 
 
 def added_over_ranks(
@@ -220,9 +414,21 @@ def added_over_ranks(
 
 def metric_names(tasks: Sequence[TaskSpec], knows_sigma: Collection[str] = ()) -> list[str]:
     """Every "<task>/<metric>" an evaluation of `tasks` reports."""
-    return [f"{t.name}/{m}" for t in tasks for m in scorer_for(t, t.name in knows_sigma).names]
+    return [f"{t.name}/{m.name}" for t in tasks for m in task_metrics(t, t.name in knows_sigma)]
+
+
+def metric_directions(
+    tasks: Sequence[TaskSpec], knows_sigma: Collection[str] = ()
+) -> dict[str, int]:
+    """{"<task>/<metric>": +1 (higher is better) or −1} of every metric with a direction."""
+    return {
+        f"{t.name}/{m.name}": m.direction
+        for t in tasks
+        for m in task_metrics(t, t.name in knows_sigma)
+        if m.direction is not None
+    }
 
 
 def main_metric(task: TaskSpec) -> str:
-    """The metric that stands for `task`: the first its scorer reports."""
-    return f"{task.name}/{scorer_for(task).names[0]}"
+    """The metric that stands for `task`: the first it reports."""
+    return f"{task.name}/{task_metrics(task)[0].name}"

@@ -35,7 +35,7 @@ from mtltrain.loop._job import Job, evaluate
 from mtltrain.loop._runtime import rng_states, set_rng_states
 from mtltrain.loop._trainer import Trainer
 from mtltrain.losses import LossTerm
-from mtltrain.metrics import main_metric
+from mtltrain.metrics import main_metric, metric_directions
 from mtltrain.outputs import _checkpoint_file as checkpoint
 from mtltrain.outputs import _run_folder as rundir
 from mtltrain.outputs._event_writer import TensorBoardLog
@@ -444,6 +444,8 @@ def _results(cfg: DictConfig, job: Job, info: dict[str, Any]) -> dict[str, Any]:
         "objective": {"name": objective, "value": metrics[objective]},
         "selected": {"by": selection.select, "epoch": chosen["epoch"], "step": chosen["step"]},
         "metrics": metrics,
+        # which way each "<task>/<metric>" improves (+1 higher is better, −1 lower): Δm%'s d_k
+        "directions": metric_directions(data.tasks, data.test.noise_std),
         "weighting": learned,
         "true_sigma": true_sigma(data.train, strategy.terms),
     }

@@ -124,6 +124,25 @@ def test_a_run_under_torchrun_ends_where_one_process_does(tmp_path, strategy):
     assert len(list((tmp_path / "two" / "tb").glob("events.out.tfevents.*"))) == 1
 
 
+@pytest.mark.slow
+def test_torchmetrics_metrics_under_torchrun_equal_one_process(tmp_path):
+    """torchmetrics gathers its states over the ranks itself: a rank order statistic
+    (Spearman's, list states) and a mean (MAE) equal one process's, an empty shard included."""
+    metrics = (
+        "+dataset.metrics.y=[rmse,{_target_:torchmetrics.regression.SpearmanCorrCoef},"
+        "{_target_:torchmetrics.regression.MeanAbsoluteError}]"
+    )
+    args = [*RUN, "dataset=sin_hetero", "dataset.losses.y=[mse]", metrics, "trainer.epochs=2",
+            "dataset.n_train=200", "dataset.n_test=101", "trainer.validation=1"]  # fmt: skip
+    done = torchrun("-m", "mtltrain", *args, "hydra.run.dir=two", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    alone = run_cli([*args, "hydra.run.dir=one"], tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    two, one = results_of(tmp_path / "two"), results_of(tmp_path / "one")
+    assert_same_run(two, one)
+    assert "test/y/spearman_corr_coef" in two["metrics"]
+
+
 def worker_of_rank(launcher: subprocess.Popen, rank: int) -> int:
     """The pid of the torchrun worker with RANK=`rank`."""
     for _ in range(600):

@@ -1,3 +1,4 @@
+import functools
 import math
 
 import pytest
@@ -10,14 +11,18 @@ from mtltrain.losses import (
     LOSSES,
     MeanLogVar,
     all_per_element,
+    bce,
     beta_nll,
     check_losses,
     compute_losses,
+    cosine,
     dice,
     focal,
     gaussian_nll,
     head_tensors,
+    huber,
     job_losses,
+    l1,
     laplace_nll,
     loss_terms,
     map_heads,
@@ -25,7 +30,7 @@ from mtltrain.losses import (
 )
 from mtltrain.tasks import TaskSpec
 
-SETTINGS = LossConfig(beta=0.5, focal_gamma=2.0, dice_smooth=1.0)
+SETTINGS = LossConfig(beta=0.5, focal_gamma=2.0, dice_smooth=1.0, huber_delta=1.0)
 
 
 def hetero(mean, log_var, grad=False):
@@ -170,10 +175,13 @@ def test_loss_settings_are_checked(settings, message):
 
 # a stack of 3 jobs, 4 samples each: every loss that is per element, on a task it fits
 JOB_TASKS = (
-    TaskSpec("reg", "regression", 2, ("mse",)),
+    TaskSpec("reg", "regression", 2, ("mse", "l1", "huber", "cosine")),
     TaskSpec("var", "regression", 2, ("gaussian_nll", "laplace_nll", "beta_nll"), True),
     TaskSpec("cls", "classification", 5, ("cross_entropy", "focal")),
     TaskSpec("seg", "segmentation", 2 * 36, ("cross_entropy", "focal")),
+    TaskSpec("bin", "binary", 1, ("bce",)),
+    TaskSpec("tags", "multilabel", 3, ("bce",)),
+    TaskSpec("price", "regression", 2, (functools.partial(F.huber_loss, delta=0.5), "mse")),
 )
 
 
@@ -184,12 +192,18 @@ def job_batches(jobs=3, batch=4):
         "var": MeanLogVar(*torch.randn(2, jobs, batch, 2, generator=g, dtype=torch.float64)),
         "cls": torch.randn(jobs, batch, 5, generator=g, dtype=torch.float64),
         "seg": torch.randn(jobs, batch, 2, 6, 6, generator=g, dtype=torch.float64),
+        "bin": torch.randn(jobs, batch, 1, generator=g, dtype=torch.float64),
+        "tags": torch.randn(jobs, batch, 3, generator=g, dtype=torch.float64),
+        "price": torch.randn(jobs, batch, 2, generator=g, dtype=torch.float64),
     }
     targets = {
         "reg": torch.randn(jobs, batch, 2, generator=g, dtype=torch.float64),
         "var": torch.randn(jobs, batch, 2, generator=g, dtype=torch.float64),
         "cls": torch.randint(0, 5, (jobs, batch), generator=g),
         "seg": torch.randint(0, 2, (jobs, batch, 6, 6), generator=g),
+        "bin": torch.randint(0, 2, (jobs, batch), generator=g).double(),
+        "tags": torch.randint(0, 2, (jobs, batch, 3), generator=g).double(),
+        "price": torch.randn(jobs, batch, 2, generator=g, dtype=torch.float64),
     }
     return outputs, targets
 
@@ -204,7 +218,8 @@ def test_the_per_element_losses_average_to_the_loss():
     for term in loss_terms(JOB_TASKS, SETTINGS):
         output, target = outputs[term.task], targets[term.task]
         values = term.fn(output, target, reduction="none")
-        assert values.shape == target.shape
+        per_sample = term.loss == "cosine"  # one cosine per sample, along the features
+        assert values.shape == (target.shape[:1] if per_sample else target.shape)
         torch.testing.assert_close(values.mean(), term.fn(output, target), rtol=1e-15, atol=0)
 
 
@@ -231,3 +246,88 @@ def test_dice_is_no_mean_per_element():
 def test_a_reduction_other_than_mean_or_none_is_refused():
     with pytest.raises(ValueError, match="reduction='sum'"):
         laplace_nll(hetero([0.0], [0.0]), torch.tensor([1.0]), reduction="sum")
+
+
+def test_l1_and_huber_by_hand():
+    out, target = torch.tensor([[0.0, 2.0], [1.0, -3.0]]), torch.tensor([[0.5, 0.0], [1.0, 0.0]])
+    # residuals 0.5, 2, 0, 3
+    assert l1(out, target).item() == pytest.approx((0.5 + 2 + 0 + 3) / 4)
+    delta = 1.0  # ½r² inside δ, δ(|r| − ½δ) outside
+    by_hand = (0.5 * 0.25 + (2 - 0.5) + 0 + (3 - 0.5)) / 4
+    assert huber(out, target, huber_delta=delta).item() == pytest.approx(by_hand)
+    assert huber(out, target, huber_delta=4.0).item() == pytest.approx(0.5 * (0.25 + 4 + 0 + 9) / 4)
+
+
+def test_l1_and_huber_gradients_by_hand():
+    out = torch.tensor([0.0, 2.0, -3.0], requires_grad=True)
+    target = torch.tensor([0.5, 0.0, 0.0])
+    (grad,) = torch.autograd.grad(huber(out, target, huber_delta=1.0), out)
+    # d/dŷ: clamp(ŷ − y, −δ, δ)/n
+    torch.testing.assert_close(grad, torch.tensor([-0.5, 1.0, -1.0]) / 3)
+    (grad,) = torch.autograd.grad(l1(out, target), out)
+    torch.testing.assert_close(grad, torch.tensor([-1.0, 1.0, -1.0]) / 3)
+
+
+def test_cosine_by_hand_and_its_gradient():
+    out = torch.tensor([[1.0, 0.0], [3.0, 4.0]], requires_grad=True)
+    target = torch.tensor([[0.0, 2.0], [6.0, 8.0]])
+    # sample 1 orthogonal: 1 − 0; sample 2 parallel: 1 − 1
+    assert cosine(out, target).item() == pytest.approx(0.5)
+    (grad,) = torch.autograd.grad(cosine(out, target), out)
+    # d/dŷ (1 − ŷ·y/(|ŷ||y|)) = −y/(|ŷ||y|) + (ŷ·y)·ŷ/(|ŷ|³|y|), halved by the mean
+    x, y = out.detach(), target
+    norm_x, norm_y, dot = x.norm(dim=1, keepdim=True), y.norm(dim=1, keepdim=True), (x * y).sum(1)
+    by_hand = -y / (norm_x * norm_y) + dot[:, None] * x / (norm_x**3 * norm_y)
+    torch.testing.assert_close(grad, by_hand / 2, atol=1e-6, rtol=1e-5)
+
+
+def test_bce_by_hand_and_its_gradient():
+    logits = torch.tensor([[2.0], [-1.0], [0.0]], requires_grad=True)  # a binary head: [N, 1]
+    target = torch.tensor([1, 0, 1])  # 0/1 per sample, any dtype
+    p = torch.sigmoid(logits.detach()).flatten()
+    by_hand = -(math.log(p[0]) + math.log(1 - p[1]) + math.log(p[2])) / 3
+    assert bce(logits, target).item() == pytest.approx(by_hand)
+    (grad,) = torch.autograd.grad(bce(logits, target), logits)
+    torch.testing.assert_close(grad.flatten(), (p - target) / 3)  # (σ(f) − y)/n
+    labels = torch.tensor([[0.0, 1.0], [1.0, 1.0]])  # multi-label: [N, L] logits and targets
+    many = torch.tensor([[0.5, -0.5], [1.0, 3.0]])
+    q = torch.sigmoid(many)
+    each = -(labels * q.log() + (1 - labels) * (1 - q).log())
+    assert bce(many, labels).item() == pytest.approx(each.mean().item())
+
+
+def test_the_new_losses_fit_their_kinds():
+    check_losses("churn", "binary", ["bce"])
+    check_losses("tags", "multilabel", ["bce"])
+    check_losses("y", "regression", ["l1", "huber", "cosine", "mse"])
+    with pytest.raises(ConfigError, match=r"dataset.losses.churn=\['mse'\].*\['bce'\]"):
+        check_losses("churn", "binary", ["mse"])
+    with pytest.raises(ConfigError, match=r"dataset.losses.y=\['bce'\].*'l1', 'huber', 'cosine'"):
+        check_losses("y", "regression", ["bce"])
+    with pytest.raises(ConfigError, match=r"loss\.huber_delta=0\.0"):
+        LossConfig(**{**vars(SETTINGS), "huber_delta": 0.0})
+
+
+def test_a_custom_loss_is_a_term_named_after_its_function():
+    huber_loss = functools.partial(F.huber_loss, delta=0.5)
+    plain = lambda output, target: (output - target).abs().max()  # noqa: E731
+    tasks = (
+        TaskSpec("price", "regression", 1, (huber_loss, "mse")),
+        TaskSpec("alone", "regression", 1, (plain,)),
+    )
+    terms = loss_terms(tasks, SETTINGS)
+    assert [(t.name, t.loss) for t in terms] == [
+        ("price_huber_loss", "huber_loss"),
+        ("price_mse", "mse"),
+        ("alone", "<lambda>"),
+    ]
+    assert all(t.nonnegative and not t.heteroscedastic for t in terms)  # taken to be ≥ 0
+    assert [t.per_element for t in terms] == [True, True, False]  # takes reduction= or not
+    out = {"price": hetero([[1.0], [2.0]], [[0.0], [0.0]]), "alone": torch.tensor([[1.0], [4.0]])}
+    target = {"price": torch.tensor([[0.0], [0.0]]), "alone": torch.tensor([[0.0], [0.0]])}
+    losses = compute_losses(terms, out, target)  # a custom loss gets the point prediction
+    huber_by_hand = (0.375 + 0.875) / 2  # δ(|r| − δ/2) beyond δ
+    torch.testing.assert_close(losses, torch.tensor([huber_by_hand, 2.5, 4.0]))
+    assert not all_per_element(terms)  # a stack of jobs vmaps its losses instead
+    with pytest.raises(ConfigError, match="distinct"):
+        check_losses("price", "regression", [huber_loss, huber_loss])

@@ -209,11 +209,13 @@ def test_folder_without_runs_and_bad_baseline_exit_2(tmp_path, capsys):
     assert not list(tmp_path.rglob("report.*"))
 
 
-def fake_run(folder, overrides, metrics, weight=1.0, status="completed"):
+def fake_run(folder, overrides, metrics, weight=1.0, status="completed", directions=None):
     """A run folder with a hand-written results.json and no TensorBoard files."""
     (folder / ".hydra").mkdir(parents=True)
     results = {"status": status, "overrides": overrides, "metrics": metrics,
                "weighting": {"weight": dict.fromkeys(("a", "b"), weight)}}  # fmt: skip
+    if directions is not None:
+        results["directions"] = directions
     (folder / "results.json").write_text(json.dumps(results))
 
 
@@ -240,6 +242,25 @@ def test_each_task_set_is_compared_with_fixed_weights_on_it(tmp_path, capsys):
         "report.csv",
         "main_metrics.png",
     }
+
+
+def test_delta_m_takes_each_metrics_direction_from_results(tmp_path, capsys):
+    """A custom metric's direction is the one results.json records: a lower mae is better."""
+    directions = {"a/binary_auroc": 1, "b/mae": -1}
+    fake_run(tmp_path / "0_x", ["weighting=fixed"], {"test/a/binary_auroc": 0.8,
+             "test/b/mae": 2.0}, directions=directions)  # fmt: skip
+    fake_run(tmp_path / "1_x", ["weighting=dwa"], {"test/a/binary_auroc": 0.9,
+             "test/b/mae": 1.5}, directions=directions)  # fmt: skip
+    main([str(tmp_path)])
+    rows = table(capsys.readouterr().out)
+    # 100/2·((0.9 − 0.8)/0.8 − (1.5 − 2)/2)
+    assert [r["Δm%"] for r in rows] == ["0.000 ± –", "18.75 ± –"]
+
+
+def test_a_results_file_with_bad_directions_is_refused(tmp_path, capsys):
+    fake_run(tmp_path / "0_x", ["weighting=fixed"], {"test/a/mae": 1.0}, directions={"a/mae": 0})
+    line = refused([tmp_path], capsys)
+    assert '"directions" is' in line and "1 or -1" in line
 
 
 def test_negative_nll_baseline_and_missing_baseline(tmp_path, capsys):

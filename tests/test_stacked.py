@@ -171,6 +171,24 @@ def test_conv_models_run_alone_on_a_cpu(tmp_path: Path, mnist: list[str], caplog
     assert "2 jobs run one after another: vmapped convolutions" in caplog.text
 
 
+@SLOW
+def test_custom_losses_and_metrics_stack(tmp_path: Path, caplog) -> None:
+    """A callable loss that takes reduction= is averaged per element, one that does not
+    (torch.dist) is vmapped; a torchmetrics metric scores each job's own evaluations."""
+    common = [
+        "dataset.n_train=32",
+        "dataset.n_test=32",
+        "trainer.epochs=1",
+        "dataset.losses.y1=[{_target_:torch.nn.functional.huber_loss,_partial_:true,delta:2.0}]",
+        "dataset.losses.y2=[{_target_:torch.dist,_partial_:true}]",
+        "+dataset.metrics.y1=[rmse,{_target_:torchmetrics.regression.MeanAbsoluteError}]",
+    ]
+    with caplog.at_level("INFO"):
+        check_against_alone(tmp_path, common, SEEDS[:2])
+    assert "one after another" not in caplog.text
+    assert "test/y1/mean_absolute_error" in read_results(tmp_path / "stacked" / "job0")["metrics"]
+
+
 def test_heteroscedastic_outputs_stack(tmp_path: Path) -> None:
     common = ["dataset=sin_hetero", "dataset.n_train=600", "dataset.n_test=200"]
     check_against_alone(tmp_path, [*common, "dataset.losses.y=[beta_nll]"], SEEDS[:2])

@@ -191,6 +191,12 @@ def test_uncertainty_segmentation_counts_as_classification():
     assert UncertaintyWeighting((seg, REG)).weights().tolist() == [1.0, 0.5]
 
 
+def test_uncertainty_binary_and_multilabel_count_as_classification():
+    churn = LossTerm("churn", "churn", "bce", "binary", False, mse)
+    tags = LossTerm("tags", "tags", "bce", "multilabel", False, mse)
+    assert UncertaintyWeighting((churn, tags, REG)).weights().tolist() == [1.0, 1.0, 0.5]
+
+
 # ---- revised uncertainty (Liebel & Körner) --------------------------------------------------
 
 
@@ -256,6 +262,16 @@ def test_dtp_by_hand():
     torch.testing.assert_close(parts, torch.tensor([0.3934693, 0.0719205]))
     observe(w, *dtp_outputs(1))  # accuracy 0.25: κ̄ = 0.1·0.25 + 0.9·0.75 = 0.7
     assert w.report()["kpi"][1].item() == pytest.approx(0.7)
+
+
+def test_dtp_kpi_of_binary_and_multilabel_is_their_accuracy():
+    churn = LossTerm("churn", "churn", "bce", "binary", False, mse)
+    tags = LossTerm("tags", "tags", "bce", "multilabel", False, mse)
+    w = DynamicTaskPrioritization((churn, tags))
+    outputs = {"churn": torch.tensor([[1.0], [-1.0], [2.0], [0.5]]), "tags": torch.ones(2, 3)}
+    targets = {"churn": torch.tensor([1.0, 1.0, 1.0, 0.0]), "tags": torch.tensor([[1, 0, 1]] * 2)}
+    observe(w, outputs, targets)  # 2 of 4 samples right; 4 of 6 labels right
+    torch.testing.assert_close(w.report()["kpi"], torch.tensor([0.5, 4 / 6]))
 
 
 def test_dtp_weight_carries_no_gradient():

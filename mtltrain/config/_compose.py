@@ -408,7 +408,10 @@ def check_node(node: DictConfig) -> functools.partial:
     factory = build_partial(node)
     target = factory.func
     where = _where(node)
-    parameters = inspect.signature(target).parameters
+    try:
+        parameters = inspect.signature(target).parameters
+    except ValueError:  # a builtin without a signature (torch.dist): its call checks it
+        return factory
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         for name in factory.keywords:
             if name not in parameters:

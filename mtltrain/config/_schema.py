@@ -84,6 +84,7 @@ class LossConfig:
     beta: float = MISSING
     focal_gamma: float = MISSING
     dice_smooth: float = MISSING
+    huber_delta: float = 1.0
 
     def __post_init__(self) -> None:
         if not _complete(self):
@@ -92,6 +93,7 @@ class LossConfig:
             raise ConfigError(f"loss.beta={self.beta} is not allowed: it must be in [0, 1]")
         _at_least("loss.focal_gamma", self.focal_gamma, 0)
         _finite_positive("loss.dice_smooth", self.dice_smooth)
+        _finite_positive("loss.huber_delta", self.huber_delta)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from mtltrain.errors import ConfigError
 from mtltrain.losses import LOSSES, check_losses
-from mtltrain.tasks import TaskKind, TaskSpec
+from mtltrain.tasks import LossChoice, MetricChoice, TaskKind, TaskSpec
 
 
 @dataclass
@@ -307,23 +307,32 @@ def check_tasks(tasks: Sequence[str], available: Mapping[str, object]) -> None:
 def task_specs(
     selected: Sequence[str],
     available: Mapping[str, tuple[TaskKind, int]],
-    losses: Mapping[str, Sequence[str]],
+    losses: Mapping[str, Sequence[LossChoice]],
+    metrics: Mapping[str, Sequence[MetricChoice]] | None = None,
 ) -> tuple[TaskSpec, ...]:
-    """Specs of the `selected` tasks, each with its losses from the `dataset.losses` setting.
+    """Specs of the `selected` tasks, each with its losses from the `dataset.losses` setting
+    and its metrics from `dataset.metrics` (a task it leaves out: its kind's built-ins).
 
     `available` maps every task the data set can make to (kind, out_features).
     """
-    unknown = sorted(set(losses) - set(available))
-    if unknown:
-        raise ConfigError(
-            f"dataset.losses names {unknown}, which this data set does not have: "
-            f"its tasks are {list(available)}"
-        )
+    # here, not at the top: mtltrain.metrics imports mtltrain.distributed, which imports Split
+    from mtltrain.metrics import check_metrics
+
+    metrics = metrics or {}
+    for key, given in (("losses", losses), ("metrics", metrics)):
+        unknown = sorted(set(given) - set(available))
+        if unknown:
+            raise ConfigError(
+                f"dataset.{key} names {unknown}, which this data set does not have: "
+                f"its tasks are {list(available)}"
+            )
     specs = []
     for name in selected:
         kind, out_features = available[name]
-        names = tuple(losses.get(name, ()))
-        check_losses(name, kind, names)
-        hetero = any(LOSSES[n].heteroscedastic for n in names)
-        specs.append(TaskSpec(name, kind, out_features, names, hetero))
+        chosen = tuple(losses.get(name, ()))
+        check_losses(name, kind, chosen)
+        hetero = any(isinstance(n, str) and LOSSES[n].heteroscedastic for n in chosen)
+        scored = tuple(metrics.get(name, ()))
+        check_metrics(name, kind, hetero, scored)
+        specs.append(TaskSpec(name, kind, out_features, chosen, hetero, scored))
     return tuple(specs)

@@ -18,6 +18,7 @@ from torch import Tensor
 from mtltrain.constraints import checked
 from mtltrain.data.base import MultiTaskData, Split, check_tasks, task_specs
 from mtltrain.errors import DataError
+from mtltrain.tasks import LossChoice, MetricChoice
 
 AVAILABLE = {  # task → (kind, values its head emits per sample)
     "cls3": ("classification", 3),
@@ -162,12 +163,13 @@ def check_settings(settings: Mapping[str, Any]) -> None:
 
 @checked("dataset", check_settings)
 def build(
-    losses: Mapping[str, Sequence[str]],
+    losses: Mapping[str, Sequence[LossChoice]],
     root: str = "data",
     download: bool = True,
     tasks: Sequence[str] = ("cls3", "cls10", "recon"),
+    metrics: Mapping[str, Sequence[MetricChoice]] | None = None,
 ) -> MultiTaskData:
     """Load MNIST from `root`/MNIST/raw (torchvision's layout), downloading it when allowed."""
-    specs = task_specs(tasks, AVAILABLE, losses)
+    specs = task_specs(tasks, AVAILABLE, losses, metrics)
     raw_dir = find_raw(Path(root).expanduser(), download)
     return MultiTaskData(specs, _split(raw_dir, "train", tasks), _split(raw_dir, "test", tasks))

@@ -33,6 +33,7 @@ from mtltrain.constraints import Seed, checked
 from mtltrain.data.base import MultiTaskData, Split, check_tasks, held_out, task_specs
 from mtltrain.data.mnist_mtl import FILES, find_raw, read_file, read_split
 from mtltrain.errors import ConfigError, OutputError
+from mtltrain.tasks import LossChoice, MetricChoice
 
 AVAILABLE = {"left": ("classification", 10), "right": ("classification", 10)}
 MEAN, STD = 0.1307, 0.3081  # MNIST's pixel mean and standard deviation (of values in [0, 1])
@@ -75,7 +76,7 @@ def check_settings(settings: Mapping[str, Any]) -> None:
 
 @checked("dataset", check_settings)
 def build(
-    losses: Mapping[str, Sequence[str]],
+    losses: Mapping[str, Sequence[LossChoice]],
     root: str = "data",
     download: bool = True,
     tasks: Sequence[str] = ("left", "right"),
@@ -85,13 +86,14 @@ def build(
     cache: str | None = None,
     validation: float = 0,
     validation_seed: Seed = 0,
+    metrics: Mapping[str, Sequence[MetricChoice]] | None = None,
 ) -> MultiTaskData:
     """MultiMNIST from MNIST in `root`/MNIST/raw (torchvision's layout), downloading it when
     allowed; the pairs come from the cache (`cache`, default `root`/MultiMNIST) when it holds
     them. `validation` MNIST training images (a fraction or a count, drawn by
     `validation_seed`) are held out before pairing and paired among themselves, so no digit
     of a validation image is in a training image."""
-    specs = task_specs(tasks, AVAILABLE, losses)
+    specs = task_specs(tasks, AVAILABLE, losses, metrics)
     raw_dir = find_raw(Path(root).expanduser(), download)
     folder = raw_dir.parent.parent / "MultiMNIST" if cache is None else Path(cache).expanduser()
     settings = Pairing(canvas, shift, pair_seed, validation, validation_seed)

@@ -15,6 +15,7 @@ from torch import Tensor
 from mtltrain.constraints import Count, NonNegative, Seed, checked
 from mtltrain.data.base import MultiTaskData, Split, task_specs
 from mtltrain.errors import ConfigError
+from mtltrain.tasks import LossChoice, MetricChoice
 
 
 def curve(x: Tensor) -> Tensor:
@@ -44,7 +45,7 @@ def check_settings(settings: Mapping[str, Any]) -> None:
 
 @checked("dataset", check_settings)
 def build(
-    losses: Mapping[str, Sequence[str]],
+    losses: Mapping[str, Sequence[LossChoice]],
     n_train: Count = 20_000,
     n_test: Count = 2_000,
     x_min: float = 50.0,
@@ -52,9 +53,10 @@ def build(
     noise_min: NonNegative = 0.1,
     noise_max: NonNegative = 0.6,
     seed: Seed = 0,
+    metrics: Mapping[str, Sequence[MetricChoice]] | None = None,
 ) -> MultiTaskData:
     """One regression task `y`; inputs are standardised with the train split's mean and std."""
-    specs = task_specs(["y"], {"y": ("regression", 1)}, losses)
+    specs = task_specs(["y"], {"y": ("regression", 1)}, losses, metrics)
     g = torch.Generator().manual_seed(seed)
 
     def draw(n: int) -> Split:

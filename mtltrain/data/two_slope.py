@@ -9,6 +9,7 @@ import torch
 
 from mtltrain.constraints import NON_EMPTY, Count, NonNegative, Seed, checked
 from mtltrain.data.base import MultiTaskData, Split, task_specs
+from mtltrain.tasks import LossChoice, MetricChoice
 
 
 class SlopeTask(TypedDict):
@@ -33,16 +34,17 @@ def _draw(tasks: Mapping[str, SlopeTask], n: int, g: torch.Generator) -> Split:
 @checked("dataset")
 def build(
     tasks: Annotated[Mapping[str, SlopeTask], NON_EMPTY],
-    losses: Mapping[str, Sequence[str]],
+    losses: Mapping[str, Sequence[LossChoice]],
     n_train: Count = 300,
     n_test: Count = 1000,
     seed: Seed = 0,
+    metrics: Mapping[str, Sequence[MetricChoice]] | None = None,
 ) -> MultiTaskData:
     """x ~ N(0, 1); one regression task per entry of `tasks` ({slope, intercept, noise_std}).
 
     The test split is drawn the same way, after the train split, from the same seed.
     """
-    specs = task_specs(list(tasks), {name: ("regression", 1) for name in tasks}, losses)
+    specs = task_specs(list(tasks), {name: ("regression", 1) for name in tasks}, losses, metrics)
     g = torch.Generator().manual_seed(seed)
     train, test = _draw(tasks, n_train, g), _draw(tasks, n_test, g)
     return MultiTaskData(specs, train, test)

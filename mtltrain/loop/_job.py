@@ -106,7 +106,9 @@ class Job:
         self.epoch = self.batch = self.step = self.evaluations = self.skipped_steps = 0
         self.shuffle_state = self.generator.get_state()
         self.test_metrics: dict[str, float] = {}
-        self.train_metrics = TaskMetrics(data.tasks, knows_sigma=self.train_split.noise_std)
+        self.train_metrics = TaskMetrics(
+            data.tasks, knows_sigma=self.train_split.noise_std, running=True
+        )
         self.train_loss, self.train_batches = torch.zeros((), device=device), 0
         self.epoch_losses, self.epoch_batches = torch.zeros(len(self.terms), device=device), 0
 
@@ -248,7 +250,9 @@ class Job:
             **self.train_metrics.compute(self.ranks),
             "loss": self.train_loss.item() / max(1, self.train_batches),
         }
-        self.train_metrics = TaskMetrics(self.data.tasks, knows_sigma=self.train_split.noise_std)
+        self.train_metrics = TaskMetrics(
+            self.data.tasks, knows_sigma=self.train_split.noise_std, running=True
+        )
         self.train_loss, self.train_batches = torch.zeros((), device=self.device), 0
         evaluated = {
             name: evaluate(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -40,9 +41,14 @@ class Selection:
     metric with a direction) beats every earlier one, and the model and strategy states it
     evaluated (`keep`), which `restore` puts back at the end of training."""
 
-    def __init__(self, select: str, objective: str) -> None:
+    def __init__(
+        self, select: str, objective: str, directions: Mapping[str, int] | None = None
+    ) -> None:
+        """`directions`: {"<task>/<metric>": ±1} of the run's metrics (`metric_directions`);
+        without: the built-in metrics' directions by name."""
         split, _, metric = objective.partition("/")
-        self.direction = DIRECTION.get(metric.rpartition("/")[2])
+        by_name = DIRECTION.get(metric.rpartition("/")[2])
+        self.direction = by_name if directions is None else directions.get(metric)
         if select == "best" and (split != "validation" or self.direction is None):
             raise ConfigError(
                 f"trainer.select=best selects by objective={objective!r}, which is not a "

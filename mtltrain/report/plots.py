@@ -23,7 +23,6 @@ from mtltrain.report.statistics import (
     Setting,
     ordered_union,
 )
-from mtltrain.tasks import DIRECTION
 
 SYMBOL = {"sigma": "σ", "c": "c", "weight": "weight", "kpi": "κ̄"}
 
@@ -119,7 +118,7 @@ def plot_main_metrics(settings: Sequence[Setting], colors: Mapping[str, str]) ->
         ax.set_xticks(range(len(shown)), [s.label.replace(", ", "\n") for s in shown])
         ax.margins(x=0.3)
         direction = {1: "higher is better", -1: "lower is better"}.get(
-            DIRECTION.get(name.rpartition("/")[2], 0), "no direction"
+            shown[0].direction(name) if shown else None, "no direction"
         )
         ax.set_title(f"{name} ({direction})")
     fig.suptitle("mean ± std over seeds")

@@ -52,6 +52,10 @@ class Run:
     def overrides(self) -> list[str]:
         return list(self.results.get("overrides", []))
 
+    def directions(self) -> dict[str, int]:
+        """{"<task>/<metric>": +1 or −1} as results.json records them (none in older runs)."""
+        return dict(self.results.get("directions", {}))
+
     def values(self) -> dict[str, float]:
         """Final metrics and learned quantities, as {"test/y1/rmse": …, "sigma/y1": …}."""
         learned: dict[str, Any] = {}
@@ -107,6 +111,9 @@ def check_results(results: Mapping[str, Any], file: Path) -> None:
     overrides = results.get("overrides", [])
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
         raise ReportError(f'{file}: "overrides" is {overrides!r}: it must be a list of strings')
+    directions = results.get("directions", {})
+    if not isinstance(directions, dict) or any(d not in (1, -1) for d in directions.values()):
+        raise ReportError(f'{file}: "directions" is {directions!r}: it must be {{name: 1 or -1}}')
     for section in NUMBERS:
         values = results.get(section, {})
         if not isinstance(values, dict):

@@ -35,6 +35,13 @@ class Setting:
     stats: dict[str, Stat]
     main: dict[str, str]  # {task: its main test metric}
 
+    def direction(self, name: str) -> int | None:
+        """Which way the metric "<split>/<task>/<metric>" improves: as its runs' results.json
+        records it, else by the built-in metric's name; None: no direction."""
+        recorded = self.runs[0].directions() if self.runs else {}
+        metric = name.partition("/")[2]
+        return recorded.get(metric, DIRECTION.get(metric.rpartition("/")[2]))
+
 
 def split_top_level(text: str) -> list[str]:
     """Split at the commas outside brackets, braces and quotes: `a=[1,2],b=3` → 2 parts."""
@@ -174,7 +181,7 @@ def delta_m(row: Setting, means: Mapping[str, float]) -> Stat | None:
         return None
     terms = []
     for name in row.main.values():
-        direction = DIRECTION.get(name.rpartition("/")[2])
+        direction = row.direction(name)
         ref = means[name]
         if direction is None or ref == 0:
             return None

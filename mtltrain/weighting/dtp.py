@@ -1,12 +1,12 @@
 """Dynamic Task Prioritization (Guo, Haque, Huang, Yeung & Fei-Fei, ECCV 2018).
 
-total = Σ_t FL(κ̄_t; γ_t)·L_t with the focal weight FL(κ̄; γ) = −(1 − κ̄)^γ·log κ̄: the worse a
-task performs, the more it weighs. κ_t ∈ [0, 1] is the task's key performance indicator on
-each training batch, measured before the step's update: accuracy (classification), foreground
-IoU (segmentation), exp(−RMSE/scale_t) (regression). κ̄_t ← α·κ_t + (1 − α)·κ̄_t starts at
-the first κ_t and is clamped to [ε, 1 − ε] before the weight is taken. The weight is a function
-of a measurement, never of the graph: no gradient flows through it. Every loss term of a task
-gets the task's weight. The paper's example-level focal loss is the loss `focal`
+total = Σ_t FL(κ̄_t; γ_t)·L_t with the focal weight FL(κ̄; γ) = −(1 − κ̄)^γ·log κ̄: the worse a task
+performs, the more it weighs. κ_t ∈ [0, 1] is the task's key performance indicator on each training
+batch, measured before the step's update: accuracy (classification, and binary and multi-label tasks
+over their labels), foreground IoU (segmentation), exp(−RMSE/scale_t) (regression). κ̄_t ← α·κ_t +
+(1 − α)·κ̄_t starts at the first κ_t and is clamped to [ε, 1 − ε] before the weight is taken. The
+weight is a function of a measurement, never of the graph: no gradient flows through it. Every loss
+term of a task gets the task's weight. The paper's example-level focal loss is the loss `focal`
 (dataset.losses.<task>=[focal], γ0 = loss.focal_gamma).
 """
 
@@ -20,7 +20,12 @@ from torch import Tensor
 
 from mtltrain.distributed import ONE_PROCESS, Ranks
 from mtltrain.losses import LossTerm, MeanLogVar
-from mtltrain.metrics import ClassificationScorer, RegressionScorer, SegmentationScorer
+from mtltrain.metrics import (
+    BinaryScorer,
+    ClassificationScorer,
+    RegressionScorer,
+    SegmentationScorer,
+)
 from mtltrain.step import Step
 from mtltrain.weighting.base import Range, Values, Weighting, named_values
 
@@ -32,6 +37,8 @@ def kpi(
     output's device."""
     if kind == "classification":
         return ClassificationScorer().score(output, target, ranks)["accuracy"]
+    if kind in ("binary", "multilabel"):
+        return BinaryScorer().score(output, target, ranks)["accuracy"]
     if kind == "segmentation":
         return SegmentationScorer().score(output, target, ranks)["iou"]
     return torch.exp(-RegressionScorer().score(output, target, ranks)["rmse"] / scale)
@@ -41,12 +48,12 @@ class DynamicTaskPrioritization(Weighting):
     """Σ_t −(1 − κ̄_t)^γ_t·log κ̄_t · L_t, κ̄ a moving average of each task's KPI (Guo et al.).
 
     κ_t is each task's key performance indicator on the training batch, measured before the
-    step's update: accuracy (classification), foreground IoU (segmentation),
-    exp(−RMSE/`kpi_scale`) (regression). κ̄_t ← α·κ_t + (1 − α)·κ̄_t starts at the first κ_t and
-    is clamped to [ε, 1 − ε] (`kpi_eps`, 1e-3). The weight is computed from measurements and
-    carries no gradient. `gamma` and `kpi_scale` take a number, a list in task order or `{task:
-    value}`; α = `alpha` (0.1). The paper's example-level focal loss is the loss `focal`:
-    `weighting=dtp dataset.losses.cls3=[focal]`.
+    step's update: accuracy (classification; binary and multi-label: over their labels),
+    foreground IoU (segmentation), exp(−RMSE/`kpi_scale`) (regression). κ̄_t ← α·κ_t + (1 −
+    α)·κ̄_t starts at the first κ_t and is clamped to [ε, 1 − ε] (`kpi_eps`, 1e-3). The weight
+    is computed from measurements and carries no gradient. `gamma` and `kpi_scale` take a
+    number, a list in task order or `{task: value}`; α = `alpha` (0.1). The paper's
+    example-level focal loss is the loss `focal`: `weighting=dtp dataset.losses.cls3=[focal]`.
 
     Paper: Guo et al., ECCV 2018.
     Scale: sum.

@@ -26,7 +26,11 @@ from mtltrain.errors import ConfigError
 from mtltrain.losses import LossTerm
 from mtltrain.weighting.base import Range, Weighting, numbers_of
 
-KIND_FACTOR = {"regression": 0.5, "classification": 1.0, "segmentation": 1.0}
+# c_k per task kind; binary and multi-label tasks are classifications (a Bernoulli likelihood
+# with a temperature), c = 1
+KIND_FACTOR = {
+    "regression": 0.5, "classification": 1.0, "segmentation": 1.0, "binary": 1.0, "multilabel": 1.0,
+}  # fmt: skip
 FORMS = ("likelihood", "unit", "half")
 # |s| beyond this: the weight exp(−s) leaves float32's normal range (0 or inf), nothing trains
 LOG_VAR_LIMIT = 87
@@ -44,7 +48,8 @@ class UncertaintyWeighting(Weighting):
     """Σ_k a_k·exp(−s_k)·L_k + b·s_k, s_k = log σ_k² (Kendall et al. 2018).
 
     With `form=likelihood` (the default) a_k = c_k, b = ½: c_k = ½ for a regression term, 1 for
-    classification and segmentation, as the paper derives them (the Gaussian likelihood gives c
+    classification and segmentation (and binary and multi-label tasks, taken as classifications;
+    c_k is read from the task's kind), as the paper derives them (the Gaussian likelihood gives c
     = ½, the softmax-temperature classification likelihood c = 1). The two forms the source
     snippets use are kept so that their runs can be reproduced: `unit`, exp(−s)·L + s for every
     task (twice the regression NLL; same optimum for regression, but classification is treated
