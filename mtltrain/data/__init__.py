@@ -1,6 +1,6 @@
-"""Data sets: one module each; every one returns a `MultiTaskData` (task specs, and per split
-tensors or a torch Dataset)."""
+"""Data sets: one module each; every one returns a `MultiTaskData` (task specs made with
+`task_specs`, and per split tensors or a torch Dataset)."""
 
-from mtltrain.data.base import DatasetSplit, MultiTaskData, Split
+from mtltrain.data.base import DatasetSplit, MultiTaskData, Split, task_specs
 
-__all__ = ["DatasetSplit", "MultiTaskData", "Split"]
+__all__ = ["DatasetSplit", "MultiTaskData", "Split", "task_specs"]
