@@ -37,7 +37,7 @@ from mtltrain.losses import LossTerm
 from mtltrain.metrics import main_metric
 from mtltrain.outputs import _checkpoint_file as checkpoint
 from mtltrain.outputs import _run_folder as rundir
-from mtltrain.outputs._event_writer import TensorBoardLog
+from mtltrain.outputs._logger import open_loggers
 from mtltrain.outputs._results import RESULTS_FILE, read_results, summary_table, write_json
 from mtltrain.processes import rank, requeued
 from mtltrain.stacking import unstackable
@@ -191,7 +191,7 @@ class OpenRun:
         self.owned = False  # past the folder's checks: this run's to write into
         self.resume: Path | None = None
         self.exits = contextlib.ExitStack()  # the lock and the log file, till `close`
-        self.logs = contextlib.ExitStack()  # the TensorBoard log, till the fit ends
+        self.logs = contextlib.ExitStack()  # the loggers, till the fit ends
         self.file_log = self.exits.enter_context(_log_file(run_dir / rundir.LOG_FILE))
         self.started = self.fit_started = time.perf_counter()
 
@@ -217,16 +217,16 @@ class OpenRun:
         every rank trains and rank 0 alone writes (the others' `run_dir` is a scratch folder)."""
         cfg, run_dir = self.cfg, self.run_dir
         state = checkpoint.load(self.resume) if self.resume is not None else None
-        purge = state["trainer"]["position"]["step"] + 1 if state else None
+        resume_step = state["trainer"]["position"]["step"] if state else None
         self.run_info = {**self.info, "config": OmegaConf.to_container(cfg, resolve=True)}
         self.lead = rank() == 0  # the job's ranks are joined only when it is built
         self.exits.enter_context(self.logs)
-        tb = (
-            self.logs.enter_context(TensorBoardLog(run_dir / rundir.TB, purge_step=purge))
-            if self.lead
-            else None
+        loggers = (
+            open_loggers(cfg.get("logger"), run_dir, resume_step, self.logs) if self.lead else []
         )
-        job = build_job(cfg, run_dir if self.lead else None, tb, self.run_info, state is not None)
+        job = build_job(
+            cfg, run_dir if self.lead else None, loggers, self.run_info, state is not None
+        )
         data = job.data
         log.info(
             "%s: %d train / %d validation / %d test samples, tasks %s, weighting %s, device %s",
@@ -408,6 +408,7 @@ def _results(cfg: DictConfig, job: Job, info: dict[str, Any]) -> dict[str, Any]:
         "status": "completed",
         **info,
         "seed": int(cfg.seed),
+        "tags": list(cfg.get("tags") or []),
         "epochs": job.epochs,
         "steps": job.step,
         "nonfinite_steps": job.skipped_steps,
