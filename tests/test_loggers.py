@@ -236,10 +236,12 @@ class FitEnd:  # not a Callback: only the hook it needs
 def test_a_users_callbacks_run_by_their_target(tmp_path, monkeypatch):
     (tmp_path / "my_callbacks.py").write_text(CALLBACKS)
     monkeypatch.syspath_prepend(str(tmp_path))
-    proc = run_cli([*TINY, "logger=[]", "hydra.run.dir=r",
-                    "+callbacks.count._target_=my_callbacks.CountSteps",
-                    "+callbacks.count.file=steps.json",
-                    "+callbacks.end._target_=my_callbacks.FitEnd"], cwd=tmp_path)  # fmt: skip
+    own = tmp_path / "my_conf" / "callbacks"
+    own.mkdir(parents=True)
+    (own / "mine.yaml").write_text("end:\n  _target_: my_callbacks.FitEnd\n")
+    proc = run_cli(["--config-dir", own.parent, *TINY, "logger=[]", "hydra.run.dir=r",
+                    "callbacks=mine", "+callbacks.count._target_=my_callbacks.CountSteps",
+                    "+callbacks.count.file=steps.json"], cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "steps.json").read_text()) == {"steps": 4, "at": 4}
     assert (tmp_path / "fit_end.txt").read_text() == "2"
@@ -264,3 +266,22 @@ def test_a_bad_callback_or_logger_is_one_line(tmp_path, monkeypatch, override, s
     (line,) = proc.stderr.strip().splitlines()
     assert says in line, line
     assert not (tmp_path / "r").exists()
+
+
+def test_each_run_of_a_stacked_sweep_logs_into_its_own_loggers(tmp_path):
+    args = ["-m", "hydra/launcher=vectorized", "hydra.launcher.group_size=2", "seed=0,1",
+            "logger=[csv,wandb]", "hydra.sweep.dir=s", *TINY]  # fmt: skip
+    done = run_cli(args, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "jobs #0, #1: stacked" in done.stdout + done.stderr
+    runs = sorted(p for p in (tmp_path / "s").iterdir() if p.is_dir())
+    ids = set()
+    for run in runs:
+        rows, results = csv_rows(run), json.loads((run / "results.json").read_text())
+        assert rows[4]["test/y1/rmse"] == pytest.approx(results["metrics"]["test/y1/rmse"])
+        series = {
+            t: [(s, pytest.approx(v, rel=1e-6)) for s, v in p] for t, p in by_tag(rows).items()
+        }
+        assert wandb_logged(run)[0] == series
+        ids |= {p.name.rpartition("-")[2] for p in (run / "wandb").glob("offline-run-*")}
+    assert len(runs) == 2 and csv_rows(runs[0])[1] != csv_rows(runs[1])[1] and len(ids) == 2
