@@ -285,3 +285,11 @@ def test_each_run_of_a_stacked_sweep_logs_into_its_own_loggers(tmp_path):
         assert wandb_logged(run)[0] == series
         ids |= {p.name.rpartition("-")[2] for p in (run / "wandb").glob("offline-run-*")}
     assert len(runs) == 2 and csv_rows(runs[0])[1] != csv_rows(runs[1])[1] and len(ids) == 2
+
+
+def test_a_callback_without_hooks_is_one_line(tmp_path):
+    proc = run_cli([*TINY, "logger=[]", "+callbacks.x._target_=argparse.Namespace", "hydra.run.dir=r"],
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "callbacks.x._target_=argparse.Namespace is not allowed: it builds a Namespace" in line

@@ -4,9 +4,9 @@ the run's wandb/ folder, uploaded later with `wandb sync <run>/wandb/offline-run
 The scalars are W&B history at their steps, the HParams columns its config, the tags its tags,
 the final values its summary's `final/<tag>`; a run that stops early finishes with exit code 1.
 A resumed run continues the same W&B run id (read from the name of its wandb/*run-*-<id>
-folder); offline, W&B writes the continuation into a folder of its own, with that id, which
-`wandb sync` uploads into the same run. The points a stopped run logged past its checkpoint stay
-in its first folder.
+folder); offline, W&B writes the continuation into a folder of its own, with that id (`wandb
+sync` uploads each folder to the run of its id). The points a stopped run logged past its
+checkpoint stay in its first folder.
 """
 
 from __future__ import annotations
