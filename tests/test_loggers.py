@@ -193,7 +193,8 @@ def test_a_resumed_run_continues_the_csv_mlflow_and_wandb_logs(tmp_path):
     with (run / "csv" / "metrics.csv").open("a") as f:
         f.write("5,99.0\n")  # a step logged after the last checkpoint by a run then killed
     _, before = mlflow_run(run)
-    resumed = run_cli([f"resume={run}", "trainer.epochs=3"], cwd=tmp_path)
+    more = "logger=[csv,mlflow,wandb,tensorboard]"  # a resume may log into more loggers
+    resumed = run_cli([f"resume={run}", "trainer.epochs=3", more], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     rows = csv_rows(run)
     assert sorted(rows) == [1, 2, 3, 4, 5, 6] and rows[5]["loss/total"] != 99.0
@@ -207,6 +208,7 @@ def test_a_resumed_run_continues_the_csv_mlflow_and_wandb_logs(tmp_path):
     parts = sorted((run / "wandb").glob("offline-run-*"))
     assert len(parts) == 2 and len({p.name.rpartition("-")[2] for p in parts}) == 1
     assert [s for s, _ in wandb_logged(run)[0]["loss/total"]] == [1, 2, 3, 4, 5, 6]
+    assert [s for s, _ in tensorboard_series(run / "tb")["loss/total"]] == [5, 6]
 
 
 CALLBACKS = """
@@ -288,8 +290,8 @@ def test_each_run_of_a_stacked_sweep_logs_into_its_own_loggers(tmp_path):
 
 
 def test_a_callback_without_hooks_is_one_line(tmp_path):
-    proc = run_cli([*TINY, "logger=[]", "+callbacks.x._target_=argparse.Namespace", "hydra.run.dir=r"],
-                   cwd=tmp_path)  # fmt: skip
+    no_hooks = "+callbacks.x._target_=argparse.Namespace"
+    proc = run_cli([*TINY, "logger=[]", no_hooks, "hydra.run.dir=r"], cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert "callbacks.x._target_=argparse.Namespace is not allowed: it builds a Namespace" in line
