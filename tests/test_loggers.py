@@ -229,13 +229,30 @@ class CountSteps(Callback):
         Path(self.file).write_text(json.dumps({"steps": self.steps, "at": job.step}))
 
 
+class Recorder:  # a logger of the user's own
+    def __init__(self, folder, resume_step) -> None:
+        self.file, self.seen = Path(folder) / "recorded.json", {"steps": []}
+
+    def start(self, hparams, tags) -> None:
+        self.seen["tags"] = list(tags)
+
+    def scalars(self, values, step) -> None:
+        self.seen["steps"].append(step)
+
+    def finish(self, values, step) -> None:
+        self.seen["final"] = values["test/y1/rmse"]
+
+    def close(self) -> None:
+        self.file.write_text(json.dumps(self.seen))
+
+
 class FitEnd:  # not a Callback: only the hook it needs
     def on_fit_end(self, job) -> None:
         Path("fit_end.txt").write_text(str(job.epoch))
 """
 
 
-def test_a_users_callbacks_run_by_their_target(tmp_path, monkeypatch):
+def test_a_users_callbacks_and_logger_run_by_their_target(tmp_path, monkeypatch):
     (tmp_path / "my_callbacks.py").write_text(CALLBACKS)
     monkeypatch.syspath_prepend(str(tmp_path))
     own = tmp_path / "my_conf" / "callbacks"
@@ -243,10 +260,15 @@ def test_a_users_callbacks_run_by_their_target(tmp_path, monkeypatch):
     (own / "mine.yaml").write_text("end:\n  _target_: my_callbacks.FitEnd\n")
     proc = run_cli(["--config-dir", own.parent, *TINY, "logger=[]", "hydra.run.dir=r",
                     "callbacks=mine", "+callbacks.count._target_=my_callbacks.CountSteps",
-                    "+callbacks.count.file=steps.json"], cwd=tmp_path)  # fmt: skip
+                    "+callbacks.count.file=steps.json",
+                    "+logger.mine._target_=my_callbacks.Recorder"], cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "steps.json").read_text()) == {"steps": 4, "at": 4}
     assert (tmp_path / "fit_end.txt").read_text() == "2"
+    recorded = json.loads((tmp_path / "r" / "recorded.json").read_text())
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert recorded["final"] == pytest.approx(results["metrics"]["test/y1/rmse"])
+    assert recorded["tags"] == [] and sorted(set(recorded["steps"])) == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize(

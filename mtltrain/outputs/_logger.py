@@ -24,11 +24,12 @@ import contextlib
 import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
 
+from mtltrain.config._compose import build
 from mtltrain.errors import ConfigError
 from mtltrain.loop._callbacks import Callback
 
@@ -43,7 +44,6 @@ LEARNED = "weighting"  # the final values of the learned quantities: weighting/<
 SHARED = "weight"  # the quantity every strategy reports, each on its own scale
 
 
-@runtime_checkable
 class Logger(Protocol):
     """Where a run's scalars, HParams, tags and final values go (see the module's note)."""
 
@@ -78,8 +78,6 @@ def open_loggers(
     """The loggers `node` (cfg.logger: {name: _target_ node}, or None) names, in its order,
     each built with the run's `folder` and the step a resumed run continues after (None: a
     fresh run), and closed by `exits`."""
-    from mtltrain.config._compose import build
-
     loggers: list[Logger] = []
     for name in node or {}:
         logger = build(node[name], folder=folder, resume_step=resume_step)
