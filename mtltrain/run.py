@@ -1,7 +1,7 @@
 """One run in its folder: open it (lock, checks, its job built or resumed: `open_run`), fit
 its job alone or stacked with other runs' (`mtltrain.loop._trainer.Trainer`), and close it with the
 error that stopped the fit, if any (`OpenRun.close`), which leaves results.json beside the
-TensorBoard logs, checkpoints and figures the job's callbacks wrote; continue the run of
+logs (TensorBoard, ...), checkpoints and figures the job's callbacks wrote; continue the run of
 `cfg.resume` where it stopped."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def run(
     job: str | None = None,
     hydra_files: Sequence[str] = (),
 ) -> float:
-    """Train as `cfg` says, write TensorBoard logs, checkpoints and results.json into
+    """Train as `cfg` says, write its logs (logger=), checkpoints and results.json into
     `run_dir`; continue the run of `cfg.resume` where it stopped, and with `resume_sweep` (or
     in a job SLURM requeued) the run already in `run_dir` (a finished one is left as it is).
     `job` names the sweep's job in its summary, where parallel jobs print side by side;
@@ -161,7 +161,7 @@ def open_run(
     job: str | None = None,
     hydra_files: Sequence[str] = (),
 ) -> OpenRun:
-    """`run` up to its fit: the folder locked and checked, its log file and TensorBoard log
+    """`run` up to its fit: the folder locked and checked, its log file and loggers
     open, its job built (or resumed), to be fitted alone or stacked with others'
     (`mtltrain.loop._trainer`); `close(error)` then writes its results. A run that finished
     already is kept as it is: its `job` is None, its `objective` read back. Raises what `run`
@@ -173,7 +173,7 @@ def open_run(
 
 class OpenRun:
     """A run between its build and its results (`open_run`); while open it holds its folder's
-    lock, its log file and its TensorBoard log."""
+    lock, its log file and its loggers."""
 
     def __init__(
         self,
@@ -288,7 +288,7 @@ class OpenRun:
     def failures(self) -> Iterator[None]:
         """Any error raised in it becomes the run's one-line MtlError: a run past its
         folder's checks logs it to its file and, if fresh (or interrupted), records it in its
-        results.json; the run is closed (TensorBoard log, lock, log file)."""
+        results.json; the run is closed (loggers, lock, log file)."""
         try:
             yield
         except (Exception, KeyboardInterrupt) as e:
