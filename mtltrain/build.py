@@ -46,6 +46,7 @@ from mtltrain.outputs import _run_folder as rundir
 from mtltrain.outputs._checkpoints import CheckpointCallback
 from mtltrain.outputs._event_writer import TensorBoardLog
 from mtltrain.outputs._figures import FiguresCallback
+from mtltrain.outputs._logger import Logger, LoggersCallback
 from mtltrain.outputs._progress import ProgressCallback
 from mtltrain.outputs._tensorboard import TensorBoardCallback
 from mtltrain.weighting.base import Weighting
@@ -219,7 +220,7 @@ def build_objects(
 def build_job(
     cfg: DictConfig,
     run_dir: Path | None = None,
-    tb: TensorBoardLog | None = None,
+    loggers: Sequence[Logger] = (),
     run_info: dict[str, Any] | None = None,
     resumed: bool = False,
     extra_callbacks: Sequence[Callback] = (),
@@ -227,8 +228,9 @@ def build_job(
     """The job `cfg` describes, with the process set up as a run sets it up.
 
     With `run_dir` it checkpoints there (`run_info` goes into each checkpoint) and draws its
-    final figures into run_dir/figures; with `tb` it logs to TensorBoard (a run that is not
-    `resumed` also writes its layout and HParams there). `extra_callbacks` come last.
+    final figures into run_dir/figures; it logs into `loggers` (a run that is not `resumed`
+    also writes its HParams and tags there, and TensorBoard's layout). The user's callbacks
+    (`cfg.callbacks`), then `extra_callbacks`, come last.
     """
     trainer_cfg = settings(cfg.trainer)
     device = select_device(trainer_cfg.device)
@@ -246,7 +248,10 @@ def build_job(
     selection = Selection(trainer_cfg.select, objective, metric_directions(data.tasks))
     set_threads(trainer_cfg, model, data.train, device)
     callbacks = [
-        *run_callbacks(cfg, trainer_cfg, data, strategy, device, run_dir, tb, run_info, resumed),
+        *run_callbacks(
+            cfg, trainer_cfg, data, strategy, device, run_dir, loggers, run_info, resumed
+        ),
+        *user_callbacks(cfg.get("callbacks")),
         *extra_callbacks,
     ]
     compiled = torch.compile(model, mode=trainer_cfg.compile) if trainer_cfg.compile else None
@@ -266,6 +271,10 @@ def build_job(
     )
 
 
+# where a run logs and what it is labelled with: no HParams column (tags have their own)
+NOT_HPARAMS = ("logger", "callbacks", "tags")
+
+
 def run_hparams(
     cfg: DictConfig, run_info: dict[str, Any], run_dir: Path | None = None
 ) -> dict[str, str]:
@@ -276,6 +285,7 @@ def run_hparams(
     for o in parse_overrides(run_info.get("overrides", [])):
         params[o.key_or_group] = o.input_line.partition("=")[2]  # as the command line wrote it
     params["seed"] = str(int(cfg.seed))
+    params = {k: v for k, v in params.items() if k.partition(".")[0] not in NOT_HPARAMS}
     swept = None if run_dir is None else swept_keys(run_dir.parent / SWEEP_FILE)
     return {k: v for k, v in params.items() if k in swept} if swept else params
 
@@ -303,7 +313,7 @@ def run_callbacks(
     strategy: Weighting,
     device: torch.device,
     run_dir: Path | None,
-    tb: TensorBoardLog | None,
+    loggers: Sequence[Logger],
     run_info: dict[str, Any] | None,
     resumed: bool,
 ) -> Sequence[Callback]:
@@ -330,18 +340,42 @@ def run_callbacks(
         saver.last_saved if saver is not None else lambda: None,
     )
     callbacks: list[Callback] = [guard] if saver is None else [guard, saver]
-    if tb is not None:
-        names = metric_names(data.tasks, data.test.noise_std)
+    if loggers:
         hparams = None if resumed else run_hparams(cfg, run_info or {}, run_dir)
         skipped = trainer.nonfinite == "skip"
+        tags = list(cfg.get("tags") or [])
+        callbacks.append(LoggersCallback(loggers, trainer.log_every, skipped, hparams, tags))
+    tb = next((logger for logger in loggers if isinstance(logger, TensorBoardLog)), None)
+    if tb is not None:
+        names = metric_names(data.tasks, data.test.noise_std)
         config = OmegaConf.to_yaml(cfg, resolve=True)
-        callbacks.append(
-            TensorBoardCallback(tb, trainer.log_every, skipped, hparams, config, names)
-        )
-        if run_dir is not None:
-            callbacks.append(FiguresCallback(tb, trainer.figure_every, run_dir / rundir.FIGURES))
+        callbacks.append(TensorBoardCallback(tb, not resumed, config, names))
+    if run_dir is not None:
+        callbacks.append(FiguresCallback(tb, trainer.figure_every, run_dir / rundir.FIGURES))
     lines_every = max(1, trainer.epochs // trainer.eval_every // 10)  # about ten lines
     show = None if trainer.progress and parallel_launcher() is None else False
     callbacks.append(ProgressCallback(show, trainer.log_every, lines_every))
     pruning = trial_pruning()  # in an Optuna sweep's trial: its objective, to its pruner
     return callbacks if pruning is None else [*callbacks, pruning]
+
+
+HOOKS = tuple(name for name in vars(Callback) if name.startswith(("on_", "allows_")))
+
+
+def user_callbacks(node: DictConfig | None) -> list[Callback]:
+    """The user's callbacks, {name: _target_ node} (cfg.callbacks), each built; an object that
+    is not a `Callback` but has some of its hooks is wrapped into one that calls those."""
+    built = []
+    for name in node or {}:
+        callback = build(node[name])
+        if not isinstance(callback, Callback):
+            hooks = {h: getattr(callback, h) for h in HOOKS if callable(getattr(callback, h, None))}
+            if not hooks:
+                raise ConfigError(
+                    f"callbacks.{name}._target_={node[name]._target_} is not allowed: it builds "
+                    f"a {type(callback).__name__}, which has none of the hooks of a callback "
+                    f"({', '.join(HOOKS)}); subclass mtltrain.loop.Callback"
+                )
+            callback = type(f"{type(callback).__name__}Hooks", (Callback,), hooks)()
+        built.append(callback)
+    return built

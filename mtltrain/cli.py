@@ -241,6 +241,8 @@ def main() -> None:
             _fail(outside_error(e))
 
 
+# config groups that take several options (logger=[tensorboard,csv]) or none (logger=[])
+SEVERAL = ("logger", "callbacks")
 # settings that only a sweep (-m) reads
 SWEEP_SETTINGS = ("hydra/launcher", "hydra/sweeper", "hydra.launcher.", "hydra.sweeper.",
                   "hydra.sweep.", "resume_sweep")  # fmt: skip
@@ -253,11 +255,18 @@ def check_command_line(argv: Sequence[str]) -> None:
     _, multirun, given = command_line(argv)
     groups = config_groups()
     for o in given:
-        if o.key_or_group in groups and not (isinstance(o.value(), str) or o.is_sweep_override()):
+        value = o.value()
+        several = o.key_or_group in SEVERAL and (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        )
+        if o.key_or_group in groups and not (
+            isinstance(value, str) or o.is_sweep_override() or several
+        ):
             options = groups[o.key_or_group]
+            also = " (or a list of them: [] for none)" if o.key_or_group in SEVERAL else ""
             raise ConfigError(
                 f"{o.input_line} is not allowed: {o.key_or_group} takes the name of one of its "
-                f"options: {', '.join(options)} (leave it out for the default)"
+                f"options{also}: {', '.join(options)} (leave it out for the default)"
             )
         sweep_only = o.key_or_group.startswith(SWEEP_SETTINGS) and o.value() is not False
         if not multirun and sweep_only:

@@ -1,7 +1,7 @@
 """One run in its folder: open it (lock, checks, its job built or resumed: `open_run`), fit
 its job alone or stacked with other runs' (`mtltrain.loop._trainer.Trainer`), and close it with the
 error that stopped the fit, if any (`OpenRun.close`), which leaves results.json beside the
-TensorBoard logs, checkpoints and figures the job's callbacks wrote; continue the run of
+logs (TensorBoard, ...), checkpoints and figures the job's callbacks wrote; continue the run of
 `cfg.resume` where it stopped."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from mtltrain.losses import LossTerm
 from mtltrain.metrics import main_metric, metric_directions
 from mtltrain.outputs import _checkpoint_file as checkpoint
 from mtltrain.outputs import _run_folder as rundir
-from mtltrain.outputs._event_writer import TensorBoardLog
+from mtltrain.outputs._logger import open_loggers
 from mtltrain.outputs._results import (
     RESULTS_FILE,
     Results,
@@ -72,7 +72,7 @@ def run(
     job: str | None = None,
     hydra_files: Sequence[str] = (),
 ) -> float:
-    """Train as `cfg` says, write TensorBoard logs, checkpoints and results.json into
+    """Train as `cfg` says, write its logs (logger=), checkpoints and results.json into
     `run_dir`; continue the run of `cfg.resume` where it stopped, and with `resume_sweep` (or
     in a job SLURM requeued) the run already in `run_dir` (a finished one is left as it is).
     `job` names the sweep's job in its summary, where parallel jobs print side by side;
@@ -178,7 +178,7 @@ def open_run(
     job: str | None = None,
     hydra_files: Sequence[str] = (),
 ) -> OpenRun:
-    """`run` up to its fit: the folder locked and checked, its log file and TensorBoard log
+    """`run` up to its fit: the folder locked and checked, its log file and loggers
     open, its job built (or resumed), to be fitted alone or stacked with others'
     (`mtltrain.loop._trainer`); `close(error)` then writes its results. A run that finished
     already is kept as it is: its `job` is None, its `objective` read back. Raises what `run`
@@ -190,7 +190,7 @@ def open_run(
 
 class OpenRun:
     """A run between its build and its results (`open_run`); while open it holds its folder's
-    lock, its log file and its TensorBoard log."""
+    lock, its log file and its loggers."""
 
     def __init__(
         self,
@@ -208,7 +208,7 @@ class OpenRun:
         self.owned = False  # past the folder's checks: this run's to write into
         self.resume: Path | None = None
         self.exits = contextlib.ExitStack()  # the lock and the log file, till `close`
-        self.logs = contextlib.ExitStack()  # the TensorBoard log, till the fit ends
+        self.logs = contextlib.ExitStack()  # the loggers, till the fit ends
         self.file_log = self.exits.enter_context(_log_file(run_dir / rundir.LOG_FILE))
         self.started = self.fit_started = time.perf_counter()
 
@@ -234,16 +234,16 @@ class OpenRun:
         every rank trains and rank 0 alone writes (the others' `run_dir` is a scratch folder)."""
         cfg, run_dir = self.cfg, self.run_dir
         state = checkpoint.load(self.resume) if self.resume is not None else None
-        purge = state["trainer"]["position"]["step"] + 1 if state else None
+        resume_step = state["trainer"]["position"]["step"] if state else None
         self.run_info = {**self.info, "config": OmegaConf.to_container(cfg, resolve=True)}
         self.lead = rank() == 0  # the job's ranks are joined only when it is built
         self.exits.enter_context(self.logs)
-        tb = (
-            self.logs.enter_context(TensorBoardLog(run_dir / rundir.TB, purge_step=purge))
-            if self.lead
-            else None
+        loggers = (
+            open_loggers(cfg.get("logger"), run_dir, resume_step, self.logs) if self.lead else []
         )
-        job = build_job(cfg, run_dir if self.lead else None, tb, self.run_info, state is not None)
+        job = build_job(
+            cfg, run_dir if self.lead else None, loggers, self.run_info, state is not None
+        )
         data = job.data
         log.info(
             "%s: %d train / %d validation / %d test samples, tasks %s, weighting %s, device %s",
@@ -308,7 +308,7 @@ class OpenRun:
     def failures(self) -> Iterator[None]:
         """Any error raised in it becomes the run's one-line MtlError: a run past its
         folder's checks logs it to its file and, if fresh (or interrupted), records it in its
-        results.json; the run is closed (TensorBoard log, lock, log file)."""
+        results.json; the run is closed (loggers, lock, log file)."""
         try:
             yield
         except (Exception, KeyboardInterrupt) as e:
@@ -436,6 +436,7 @@ def _results(cfg: DictConfig, job: Job, info: dict[str, Any]) -> dict[str, Any]:
         "status": "completed",
         **info,
         "seed": int(cfg.seed),
+        "tags": list(cfg.get("tags") or []),
         "epochs": job.epochs,
         "steps": job.step,
         "nonfinite_steps": job.skipped_steps,

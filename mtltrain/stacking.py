@@ -39,6 +39,9 @@ STACKABLE = (
     "trainer.max_skipped",
     "trainer.select",
     "objective",
+    "logger",  # each job logs into its own loggers, in its own folder
+    "callbacks",
+    "tags",
 )
 
 

@@ -72,7 +72,7 @@ from mtltrain.loop._runtime import (
 from mtltrain.losses import compute_losses
 from mtltrain.outputs._event_writer import TensorBoardLog
 from mtltrain.outputs._figures import FiguresCallback
-from mtltrain.outputs._tensorboard import TensorBoardCallback
+from mtltrain.outputs._logger import LoggersCallback
 
 PUBLISHED = update_readme.REPO / "docs/results/bench"  # --publish: bench.json and .md
 STRATEGIES = sorted(p.stem for p in (config_dir() / "weighting").glob("*.yaml"))
@@ -134,8 +134,8 @@ class ProjectRun:
     def __init__(self, overrides: list[str], device: torch.device, log_dir: Path) -> None:
         self.cfg = compose_checked([*overrides, f"trainer.device={device.type}"])
         self.device = device
-        self.tb = TensorBoardLog(log_dir / "tb")
-        self.job = build_job(self.cfg, log_dir, self.tb)
+        self.tb = TensorBoardLog(log_dir)
+        self.job = build_job(self.cfg, log_dir, [self.tb])
         self.data, self.model = self.job.data, self.job.model
         size, split, gen = self.job.batch_size, self.job.train_split, self.job.generator
         self.batches = forever(lambda: split.shuffled(gen).batches(size))
@@ -474,7 +474,7 @@ def eval_and_logging_share(overrides: list[str], device: torch.device, log_dir: 
     `figure_every` evaluations (the defaults)."""
     run = ProjectRun(overrides, device, log_dir)
     job = run.job
-    (tb,) = (cb for cb in job.callbacks if isinstance(cb, TensorBoardCallback))
+    (tb,) = (cb for cb in job.callbacks if isinstance(cb, LoggersCallback))
     (figures,) = (cb for cb in job.callbacks if isinstance(cb, FiguresCallback))
 
     def train_epoch() -> None:

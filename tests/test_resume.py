@@ -426,8 +426,8 @@ def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path, watched):
     evaluation or checkpoint (what CUDA does, here forced on the CPU): the same error."""
     cfg = make_config([*TINY, "trainer.nonfinite=stop"])
     ckpt = rundir.checkpoint_file(tmp_path)
-    with TensorBoardLog(tmp_path / "tb") as tb:
-        job = build_job(cfg, tmp_path, tb)
+    with TensorBoardLog(tmp_path) as tb:
+        job = build_job(cfg, tmp_path, [tb])
         if watched:
             (guard,) = (cb for cb in job.callbacks if isinstance(cb, NonfiniteGuard))
             guard.watch = NonfiniteWatch(len(job.terms), torch.device("cpu"))

@@ -19,7 +19,9 @@ sold_fast = rng.random(n) < 1 / (1 + np.exp(-logit))
 
 with open("houses.csv", "w", newline="") as f:
     writer = csv.writer(f)
-    writer.writerow(["area_m2", "rooms", "age_years", "distance_km", "garden", "price_k", "sold_30d"])
+    writer.writerow(
+        ["area_m2", "rooms", "age_years", "distance_km", "garden", "price_k", "sold_30d"]
+    )
     for row in zip(area, rooms, age, distance, garden, price, sold_fast, strict=True):
         a, r, y, d, g, p, s = row
         writer.writerow([f"{a:.1f}", int(r), f"{y:.1f}", f"{d:.2f}", int(g), f"{p:.1f}", int(s)])

@@ -36,6 +36,8 @@ from mtltrain.errors import ConfigError, MtlError, first_line
 
 # the config groups whose choice is a `_target_` node a run builds
 TARGET_GROUPS = ("dataset", "model", "weighting")
+# the settings that hold {name: _target_ node}, each built by a run
+NAMED_TARGETS = ("logger", "callbacks")
 
 
 def config_dir() -> Path:
@@ -103,6 +105,8 @@ def check(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     dataset, transforms = split_transforms(cfg.dataset)
     for node in (dataset, cfg.model, cfg.weighting, *(n for v in transforms.values() for n in v)):
         check_node(node)
+    for key in NAMED_TARGETS:
+        check_named_nodes(cfg, key)
     check_optimizer(check_node(cfg.trainer.optimizer), cfg.trainer.optimizer._target_)
 
 
@@ -191,6 +195,24 @@ def check_target_nodes(cfg: DictConfig) -> None:
                 f" is not allowed: it is a mapping with a _target_ (the class or function that "
                 f"builds it) and its settings, e.g. {key}._target_=<module.Name>"
             )
+
+
+def check_named_nodes(cfg: DictConfig, key: str) -> None:
+    """`cfg[key]` is null or {name: _target_ node}, each node checked as `check_node` does."""
+    node = cfg.get(key)
+    if node is None:
+        return
+    plain = isinstance(node, DictConfig)
+    entries = [node[name] for name in node] if plain else []
+    if plain and all(isinstance(e, DictConfig) and "_target_" in e for e in entries):
+        for entry in entries:
+            check_node(entry)
+        return
+    raise ConfigError(
+        f"{key}={OmegaConf.to_container(node) if plain else node!r} is not allowed: it is "
+        f"null or a mapping of names to nodes with a _target_ (the class that builds each), "
+        f"e.g. +{key}.<name>._target_=<module.Name>"
+    )
 
 
 def check_overrides(overrides: Sequence[str], cfg: DictConfig) -> None:
@@ -322,12 +344,13 @@ def _cause(e: BaseException) -> BaseException:
 
 def _missing_option(e: MissingConfigException) -> str:
     """An unknown choice of a config group: the options, and the closest of them."""
-    if not e.options:
-        return first_line(e, 1000)
     group, _, choice = (e.missing_cfg_file or "").rpartition("/")
-    near = difflib.get_close_matches(choice, e.options, n=1, cutoff=0.5)
+    options = e.options or config_groups().get(group)  # Hydra names none for a list's item
+    if not options:
+        return first_line(e, 1000)
+    near = difflib.get_close_matches(choice, options, n=1, cutoff=0.5)
     guess = f"did you mean {group}={near[0]}? " if near else ""
-    line = f"{group}={choice} is not an option: {guess}choose one of {', '.join(e.options)}"
+    line = f"{group}={choice} is not an option: {guess}choose one of {', '.join(options)}"
     return line + (" (the model defaults to the data set's name)" if group == "model" else "")
 
 

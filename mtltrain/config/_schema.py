@@ -193,6 +193,9 @@ class RunConfig:
     resume: str | None = None
     resume_sweep: Any = False  # true | false (checked, as TrainerConfig's switches)
     loss: LossConfig = field(default_factory=LossConfig)
+    logger: Any = None  # {name: _target_ node}: the config group logger (conf/logger/)
+    callbacks: Any = None  # {name: _target_ node}: the user's own callbacks
+    tags: list[str] = field(default_factory=list)
 
 
 def folder_name(text: str) -> str:

@@ -21,9 +21,10 @@ from mtltrain.errors import CheckpointError
 
 ZIP_MAGIC = b"PK\x03\x04"
 FORMAT = "mtltrain-checkpoint/2"  # /2: the strategy's own optimizers and the epoch's losses
-# settings a resume may change (how it trains on, where the data lies, what it returns); the
-# others must be the checkpoint's
-RESUMABLE = ("trainer.", "resume", "hydra.", "dataset.root", "dataset.download", "objective")
+# settings a resume may change (how it trains on, where the data lies, what it returns, where
+# it logs); the others must be the checkpoint's
+RESUMABLE = ("trainer.", "resume", "hydra.", "dataset.root", "dataset.download", "objective",
+             "logger", "callbacks", "tags")  # fmt: skip
 # ... but these (runs from before they existed had none: the defaults)
 FIXED = ("trainer.validation", "trainer.validation_seed", "trainer.select")
 

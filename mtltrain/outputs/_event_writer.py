@@ -12,7 +12,11 @@ the session is a sub-run, tb/hparams/, that holds only the HParams metrics (one 
 the run's last step): a session in tb/ itself would make every logged series a metric. Values
 are written as strings, shown as given (TensorBoard shows a number to 5 significant digits: the
 seed 3 as 3.0000). No trial (group) name is set: TensorBoard averages the runs of one group
-into one row, so each run is its own trial, named by its folder.
+into one row, so each run is its own trial, named by its folder. A run's tags are one more
+column, `tags` (comma-separated), and a text entry; a run without tags has neither.
+
+Resuming: the writers purge the steps past the checkpoint the run continues from (TensorBoard
+drops the points a stopped run logged after it).
 """
 
 from __future__ import annotations
@@ -28,16 +32,20 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
+from mtltrain.outputs._run_folder import TB
+
 HPARAMS_RUN = "hparams"  # the sub-run of tb/ with the run's HParams session and metrics
 
 
 class TensorBoardLog:
-    """Writes a run's event files into `log_dir` (its HParams entry into log_dir/hparams),
-    made at the first write (a run that fails before training leaves none); use as a context
-    manager so it always closes."""
+    """A `mtltrain.outputs.Logger` that writes a run's event files into folder/tb (its HParams
+    entry into tb/hparams), made at the first write (a run that fails before training leaves
+    none); a run resumed after `resume_step` purges the steps past it. Use as a context
+    manager, or `close` it."""
 
-    def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
-        self.log_dir, self.purge_step = log_dir, purge_step
+    def __init__(self, folder: Path, resume_step: int | None = None) -> None:
+        self.log_dir = folder / TB
+        self.purge_step = None if resume_step is None else resume_step + 1
         self._writers: dict[Path, SummaryWriter] = {}
 
     @property
@@ -53,8 +61,21 @@ class TensorBoardLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         for writer in self._writers.values():
             writer.close()
+
+    def start(self, hparams: Mapping[str, str], tags: Sequence[str]) -> None:
+        """The HParams session (with a `tags` column) and the tags as text, where given."""
+        if tags:
+            self.text("tags", ", ".join(tags))
+        self.session_start({**hparams, **({"tags": ",".join(tags)} if tags else {})})
+
+    def finish(self, values: Mapping[str, Tensor | float], step: int) -> None:
+        """The run's final values as its HParams metrics (`session_end`)."""
+        self.session_end(values, step)
 
     def scalars(self, values: Mapping[str, Tensor | float], step: int) -> None:
         """Log {tag: value}; tensor values are moved to the host together, in one sync."""

@@ -1,5 +1,6 @@
 """Pictures of the model on the test split (`mtltrain.outputs._pictures`): into TensorBoard every
-`figure_every` evaluations, and once at the end into TensorBoard and the run's figures/."""
+`figure_every` evaluations, and once at the end into TensorBoard and the run's figures/ (without
+a TensorBoard logger: into figures/ alone)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,15 @@ if TYPE_CHECKING:
 
 
 class FiguresCallback(Callback):
-    """Draws every `every` evaluations before the last (0: never then) and at the end, when
-    the final pictures also go to `folder` as PNG files."""
+    """Draws into `tb` every `every` evaluations before the last (0: never then) and at the
+    end, when the final pictures also go to `folder` as PNG files (`tb` None: only those)."""
 
-    def __init__(self, tb: TensorBoardLog, every: int, folder: Path) -> None:
+    def __init__(self, tb: TensorBoardLog | None, every: int, folder: Path) -> None:
         self.tb, self.every, self.folder = tb, every, folder
 
     def on_evaluation(self, job: Job, metrics: Metrics) -> None:
         due = self.every and job.evaluations % self.every == 0
-        if due and job.epoch < job.epochs:
+        if due and job.epoch < job.epochs and self.tb is not None:
             self.draw(job, folder=None)
 
     def on_fit_end(self, job: Job) -> None:
@@ -39,6 +40,7 @@ class FiguresCallback(Callback):
             folder.mkdir(exist_ok=True)
         for name, fig in rendered.items():
             image = figures.to_rgb(fig)
-            self.tb.image(f"figures/{name}", image, job.step)
+            if self.tb is not None:
+                self.tb.image(f"figures/{name}", image, job.step)
             if folder is not None:
                 figures.save_png(image, folder / f"{name}.png")

@@ -38,8 +38,11 @@ def status(run_dir: Path) -> str | None:
 LOCK = ".mtltrain.lock"
 CHECKPOINTS, LAST, BEST = "checkpoints", "last.pt", "best.pt"
 LOG_FILE, TB, FIGURES = "mtltrain.log", "tb", "figures"
+CSV, MLRUNS, WANDB = "csv", "mlruns", "wandb"  # the other loggers' folders (logger=...)
 # what a run, and Hydra for it, writes into a run folder: nothing else may be there
-RUN_ENTRIES = frozenset({".hydra", LOCK, CHECKPOINTS, LOG_FILE, TB, FIGURES, RESULTS_FILE})
+RUN_ENTRIES = frozenset(
+    {".hydra", LOCK, CHECKPOINTS, LOG_FILE, TB, CSV, MLRUNS, WANDB, FIGURES, RESULTS_FILE}
+)
 
 
 def checkpoint_file(run_dir: Path) -> Path:
