@@ -4,16 +4,15 @@
 An export folder holds: model.safetensors (the weights; needs the `safetensors` package, the
 `export` extra), model.pt (the same state_dict written by torch.save, readable with
 torch.load(weights_only=True)), config.yaml (the run's resolved config) and tasks.json (its
-task specs), which rebuild the model with mtltrain; model.pt2, a `torch.export` program of
-x → {output name: tensor} that torch.export.load runs without mtltrain, where torch.export
-takes the model; and export.json, what was exported from where, with a note for each file
-that could not be written.
+task specs: kind, width and losses by name), which rebuild the model with mtltrain; model.pt2,
+a `torch.export` program of x → {output name: tensor} that torch.export.load runs without
+mtltrain, where torch.export takes the model; and export.json, what was exported from where,
+with a note for each file that could not be written.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import io
 import json
 from pathlib import Path
@@ -27,7 +26,7 @@ from mtltrain.atomic import torch_bytes, write_all_atomically
 from mtltrain.config._compose import build
 from mtltrain.errors import RunFolderError, first_line
 from mtltrain.evaluate._trained import TrainedRun
-from mtltrain.losses import MeanLogVar
+from mtltrain.losses import MeanLogVar, loss_name
 from mtltrain.models.base import Outputs
 from mtltrain.tasks import TaskSpec
 
@@ -61,6 +60,18 @@ class Predictions(nn.Module):
         return flat_outputs(self.model(x)[0])
 
 
+def task_record(task: TaskSpec) -> dict[str, Any]:
+    """A task spec as tasks.json holds it: what rebuilds its head, and its losses by name (a
+    loss from the config by its function's name); its metrics are left out."""
+    return {
+        "name": task.name,
+        "kind": task.kind,
+        "out_features": task.out_features,
+        "losses": [loss_name(loss) for loss in task.losses],
+        "heteroscedastic": task.heteroscedastic,
+    }
+
+
 def export_run(trained: TrainedRun, out: Path) -> dict[str, Any]:
     """Write the export folder `out` (see the module) for `trained`'s model, all files or
     none; returns what export.json says. `out` must be new, empty, or an earlier export,
@@ -68,8 +79,8 @@ def export_run(trained: TrainedRun, out: Path) -> dict[str, Any]:
     check_export_folder(out)
     model = copy.deepcopy(trained.model).to("cpu", memory_format=torch.contiguous_format).eval()
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    tasks = [dataclasses.asdict(t) for t in trained.data.tasks]
-    example = trained.data.test.take(slice(0, 2)).inputs.to("cpu").contiguous()
+    tasks = [task_record(t) for t in trained.data.tasks]
+    example = trained.data.test.head(2).inputs.to("cpu").contiguous()
     notes: dict[str, str] = {}
     files = {
         CONFIG: OmegaConf.to_yaml(trained.config).encode(),
