@@ -313,7 +313,7 @@ class OpenRun:
             yield
         except (Exception, KeyboardInterrupt) as e:
             error = _as_mtl_error(e, self.run_dir)
-            self.logs.close()
+            self.close_loggers()
             if self.owned:
                 self.file_log.error("error: %s", error, exc_info=None if error is e else e)
                 if self.resume is None or isinstance(error, Interrupted):
@@ -324,6 +324,14 @@ class OpenRun:
             if error is e:
                 raise
             raise error from e
+
+    def close_loggers(self) -> None:
+        """The loggers closed after a failure; one that fails to close too (a tracking server
+        gone) is logged to the run's file: the run reports the error that stopped it."""
+        try:
+            self.logs.close()
+        except Exception as e:
+            self.file_log.error("a logger failed to close: %s: %s", type(e).__name__, e)
 
 
 @contextlib.contextmanager

@@ -246,6 +246,15 @@ class Recorder:  # a logger of the user's own
         self.file.write_text(json.dumps(self.seen))
 
 
+class Unreachable(Recorder):  # a logger whose server goes away mid-run
+    def scalars(self, values, step) -> None:
+        if step > 1:
+            raise ConnectionError("tracking server unreachable")
+
+    def close(self) -> None:
+        raise ConnectionError("tracking server unreachable")
+
+
 class FitEnd:  # not a Callback: only the hook it needs
     def on_fit_end(self, job) -> None:
         Path("fit_end.txt").write_text(str(job.epoch))
@@ -269,6 +278,18 @@ def test_a_users_callbacks_and_logger_run_by_their_target(tmp_path, monkeypatch)
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert recorded["final"] == pytest.approx(results["metrics"]["test/y1/rmse"])
     assert recorded["tags"] == [] and sorted(set(recorded["steps"])) == [1, 2, 3, 4]
+
+
+def test_a_logger_that_fails_and_fails_to_close_leaves_the_runs_error(tmp_path, monkeypatch):
+    (tmp_path / "my_callbacks.py").write_text(CALLBACKS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    proc = run_cli([*TINY, "logger=[csv]", "+logger.gone._target_=my_callbacks.Unreachable",
+                    "hydra.run.dir=r"], cwd=tmp_path)  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert results["status"] == "failed" and "tracking server unreachable" in results["error"]
+    assert "a logger failed to close" in (tmp_path / "r" / "mtltrain.log").read_text()
+    assert sorted(csv_rows(tmp_path / "r")) == [1, 2]  # the other logger closed: rows kept
 
 
 @pytest.mark.parametrize(
