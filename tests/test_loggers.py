@@ -211,6 +211,21 @@ def test_a_resumed_run_continues_the_csv_mlflow_and_wandb_logs(tmp_path):
     assert [s for s, _ in tensorboard_series(run / "tb")["loss/total"]] == [5, 6]
 
 
+def test_a_refused_resume_leaves_the_csv_mlflow_and_wandb_logs_as_they_were(tmp_path):
+    first = run_cli([*TINY, "logger=[csv,mlflow,wandb]", "hydra.run.dir=r"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    run = tmp_path / "r"
+    with (run / "csv" / "metrics.csv").open("a") as f:
+        f.write("5,99.0\n")  # a step logged after the last checkpoint by a run then killed
+    table, parts = (run / "csv" / "metrics.csv").read_text(), sorted((run / "wandb").iterdir())
+    # refused once the run is opened (its device is checked as its job is built)
+    refused = run_cli([f"resume={run}", "trainer.epochs=3", "trainer.device=cuda:99"], tmp_path)
+    assert refused.returncode != 0 and "trainer.device=cuda:99" in refused.stderr
+    assert (run / "csv" / "metrics.csv").read_text() == table
+    assert mlflow_run(run)[1].info.status == "FINISHED"
+    assert sorted((run / "wandb").iterdir()) == parts
+
+
 CALLBACKS = """
 import json
 from pathlib import Path

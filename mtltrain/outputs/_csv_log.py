@@ -5,7 +5,8 @@ csv/metrics.csv has a `step` column and one column per tag, one row per logged s
 empty where that tag was not logged at that step); a row is written when the next step starts
 (the whole file again where a new tag adds a column). csv/hparams.yaml has `hparams` and `tags`
 (a fresh run's) and, once the run finished, `step` and `final` (its final values). A run resumed
-after step s drops the rows past s and goes on from there.
+after step s drops the rows past s, at its first logged step, and goes on from there (one that
+fails before it logs leaves the file as it was).
 """
 
 from __future__ import annotations
@@ -34,15 +35,16 @@ class CsvLog:
         self.columns: list[str] = []
         self.header: list[str] = []  # the columns of the file's header
         self.written = 0  # rows in the file
+        self.logged = False  # whether this run logged: before, the file is left as it is
         if resume_step is not None:
             self.rows = {s: r for s, r in read_metrics(self.folder).items() if s <= resume_step}
             self.columns = list(dict.fromkeys(k for r in self.rows.values() for k in r))
-            self.flush(force=True)
 
     def start(self, hparams: Mapping[str, str], tags: Sequence[str]) -> None:
         self.write_hparams({"hparams": dict(hparams), "tags": list(tags)})
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
+        self.logged = True
         if self.rows and step > max(self.rows):
             self.flush()  # the rows before `step` are complete
         self.rows.setdefault(step, {}).update(values)
@@ -55,16 +57,17 @@ class CsvLog:
         self.write_hparams({**known, "step": step, "final": dict(values)})
 
     def close(self) -> None:
-        self.flush()
+        if self.logged:
+            self.flush()
 
-    def flush(self, force: bool = False) -> None:
-        """The rows not yet in the file into it, all of them again where a tag was added
-        (`force`: the file is written again even if that leaves it without rows)."""
+    def flush(self) -> None:
+        """The rows not yet in the file into it; all of them again (a resumed run's kept
+        ones too) where a tag was added or none was written yet."""
         steps = list(self.rows)
-        if not (steps or force):
+        if not steps:
             return
         self.folder.mkdir(exist_ok=True)
-        if force or self.columns != self.header or not self.written:
+        if self.columns != self.header or not self.written:
             text = io.StringIO(newline="")
             self.write_rows(text, steps, header=True)
             write_atomically(self.folder / METRICS, text.getvalue().encode())

@@ -6,9 +6,10 @@ The scalars are MLflow metrics at their steps, the HParams columns its params, t
 FINISHED, or FAILED where it stopped early. The MLflow run's id is kept in mlruns/run_id, and a
 resumed run reopens that MLflow run and logs on from the step after its checkpoint (MLflow has no
 way to delete points: those a stopped run logged past its checkpoint stay, beside the resumed
-run's at the same steps). MLflow refuses its file store unless MLFLOW_ALLOW_FILE_STORE=true: the
-logger sets it while it opens the store (and so must a reader: `MLFLOW_ALLOW_FILE_STORE=true
-mlflow ui --backend-store-uri <run>/mlruns`).
+run's at the same steps), marked RUNNING again at its first logged step (a resume that fails
+before it logs leaves the MLflow run as it was). MLflow refuses its file store unless
+MLFLOW_ALLOW_FILE_STORE=true: the logger sets it while it opens the store (and so must a
+reader: `MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri <run>/mlruns`).
 """
 
 from __future__ import annotations
@@ -65,9 +66,9 @@ class MlflowLog:
         with file_store_allowed():
             self.client = MlflowClient(tracking_uri=tracking_uri or store_uri(folder))
             self.client.search_experiments(max_results=1)  # the store is opened here
+        self.running = False  # marked RUNNING: this run is the MLflow run's to end
         if resume_step is not None and self.id_file.is_file():
             self.run_id = self.id_file.read_text().strip()
-            self.client.update_run(self.run_id, status="RUNNING")
         else:
             known = self.client.get_experiment_by_name(experiment)
             experiment_id = (
@@ -76,7 +77,7 @@ class MlflowLog:
             run = self.client.create_run(experiment_id, run_name=run_name or folder.name)
             self.run_id = run.info.run_id
             self.id_file.write_text(self.run_id + "\n")
-        self.finished = False
+            self.running = True
 
     @staticmethod
     def check_settings(settings: Mapping[str, Any]) -> None:
@@ -94,6 +95,9 @@ class MlflowLog:
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
+        if not self.running:  # a resumed run's first step
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.running = True
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, step) for k, v in values.items()]
         for i in range(0, len(metrics), 1000):  # MLflow's most metrics in one batch
@@ -102,8 +106,8 @@ class MlflowLog:
     def finish(self, values: Mapping[str, float], step: int) -> None:
         self.scalars({f"final/{k}": v for k, v in values.items()}, step)
         self.client.set_terminated(self.run_id, "FINISHED")
-        self.finished = True
+        self.running = False
 
     def close(self) -> None:
-        if not self.finished:
+        if self.running:
             self.client.set_terminated(self.run_id, "FAILED")

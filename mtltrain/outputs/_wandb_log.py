@@ -5,12 +5,14 @@ The scalars are W&B history at their steps, the HParams columns its config, the 
 the final values its summary's `final/<tag>`; a run that stops early finishes with exit code 1.
 A resumed run continues the same W&B run id (read from the name of its wandb/*run-*-<id>
 folder); offline, W&B writes the continuation into a folder of its own, with that id (`wandb
-sync` uploads each folder to the run of its id). The points a stopped run logged past its
-checkpoint stay in its first folder.
+sync` uploads each folder to the run of its id), opened at its first logged step (a resume
+that fails before it logs leaves the W&B run as it was). The points a stopped run logged past
+its checkpoint stay in its first folder.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,8 @@ class WandbLog:
         import wandb
 
         known = run_id(folder) if resume_step is not None else None
-        self.run = wandb.init(
+        self.init = functools.partial(
+            wandb.init,
             dir=folder,  # W&B writes into its wandb/
             project=project,
             name=name or folder.name,
@@ -59,7 +62,14 @@ class WandbLog:
                 reinit="create_new",  # each run of a stacked sweep its own
             ),
         )
+        self.run = None if known else self.init()
         self.finished = False
+
+    def opened(self) -> Any:
+        """The W&B run, continued here where this run resumes one."""
+        if self.run is None:
+            self.run = self.init()
+        return self.run
 
     @staticmethod
     def check_settings(settings: Mapping[str, Any]) -> None:
@@ -70,13 +80,14 @@ class WandbLog:
         self.run.tags = tuple(tags)
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
-        self.run.log(dict(values), step=step)
+        self.opened().log(dict(values), step=step)
 
     def finish(self, values: Mapping[str, float], step: int) -> None:
-        self.run.summary.update({f"final/{k}": v for k, v in values.items()})
-        self.run.finish()
+        run = self.opened()
+        run.summary.update({f"final/{k}": v for k, v in values.items()})
+        run.finish()
         self.finished = True
 
     def close(self) -> None:
-        if not self.finished:
+        if self.run is not None and not self.finished:
             self.run.finish(exit_code=1)
