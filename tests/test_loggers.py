@@ -316,6 +316,8 @@ def test_a_logger_that_fails_and_fails_to_close_leaves_the_runs_error(tmp_path, 
         ),
         ("+callbacks.count=5", "callbacks={'count': 5} is not allowed"),
         ("logger=[csv,nope]", "logger=nope is not an option"),
+        ("tags=[a,[b]]", "tags: ['b'] is not allowed: each tag is a non-empty text"),
+        ("tags=['a,b']", "tags: 'a,b' is not allowed"),  # the loggers join tags with commas
     ],
 )
 def test_a_bad_callback_or_logger_is_one_line(tmp_path, monkeypatch, override, says):

@@ -89,7 +89,7 @@ def check(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     says (`check_overrides`); the settings' types and ranges (trainer, loss, seed), and the
     dataset, model, weighting and optimizer settings against their targets' signatures
     (numbers must be finite); a problem is a one-line ConfigError."""
-    from mtltrain.config._schema import check_boolean, check_seed, settings
+    from mtltrain.config._schema import check_boolean, check_seed, check_tags, settings
 
     check_keys(cfg)
     check_trainer_choice(cfg.hydra if "hydra" in cfg else hydra_config())
@@ -102,6 +102,7 @@ def check(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     except OmegaConfBaseException as e:
         raise config_error(e) from None
     check_seed(cfg.seed)
+    check_tags(cfg.get("tags") or [])
     dataset, transforms = split_transforms(cfg.dataset)
     for node in (dataset, cfg.model, cfg.weighting, *(n for v in transforms.values() for n in v)):
         check_node(node)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from mtltrain.constraints import Seed, mismatch
 from mtltrain.errors import ConfigError
@@ -70,6 +71,17 @@ def check_seed(seed: int, key: str = "seed") -> None:
     bad = mismatch(seed, Seed, key)
     if bad is not None:
         raise ConfigError(f"{bad.where}{bad.text}")
+
+
+def check_tags(tags: Sequence[object]) -> None:
+    """Each of a run's tags is one word or phrase: the loggers keep the tags joined by commas."""
+    for tag in tags:
+        if not isinstance(tag, str) or not tag or "," in tag:
+            shown = OmegaConf.to_container(tag) if isinstance(tag, ListConfig | DictConfig) else tag
+            raise ConfigError(
+                f"tags: {shown!r} is not allowed: each tag is a non-empty text without a comma, "
+                "e.g. tags=[baseline,mnist]"
+            )
 
 
 def _one_of(key: str, value: object, allowed: tuple) -> None:
