@@ -166,3 +166,15 @@ def test_a_run_from_a_users_config_dir_resumes_without_the_flag(tmp_path):
     assert done.returncode == 0, done.stderr
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["status"] == "completed" and results["epochs"] == 3
+
+
+def test_a_run_from_a_relative_search_path_resumes_from_another_folder(tmp_path):
+    (tmp_path / "proj" / "conf" / "trainer").mkdir(parents=True)
+    (tmp_path / "proj" / "conf" / "trainer" / "quick.yaml").write_text("epochs: 2\nbatch_size: 8\n")
+    args = ["hydra.searchpath=[file://conf]", "trainer=quick", "dataset.n_train=16",
+            "dataset.n_test=8", "logger=[]", "hydra.run.dir=run"]  # fmt: skip
+    assert run_cli(args, tmp_path / "proj").returncode == 0
+    done = run_cli(["resume=proj/run", "trainer.epochs=3"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "proj" / "run" / "results.json").read_text())
+    assert results["status"] == "completed" and results["epochs"] == 3

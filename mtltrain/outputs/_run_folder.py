@@ -298,13 +298,14 @@ def prepare_arguments(argv: Sequence[str]) -> list[str]:
 def user_config_sources(folder: Path) -> list[str]:
     """The config folders and packages beyond mtltrain's own that the run in `folder` was
     composed from (`--config-dir`, `hydra.searchpath`), as its .hydra/hydra.yaml records them:
-    a resumed run composes from them again."""
+    a resumed run composes from them again (a relative folder from where that run started)."""
     try:
-        sources = OmegaConf.load(folder / ".hydra" / "hydra.yaml").hydra.runtime.config_sources
+        runtime = OmegaConf.load(folder / ".hydra" / "hydra.yaml").hydra.runtime
+        sources, started_in = runtime.config_sources, Path(runtime.cwd)
     except (OSError, AttributeError):
         return []
     return [
-        f"{s.schema}://{s.path}"
+        f"file://{started_in / s.path}" if s.schema == "file" else f"pkg://{s.path}"
         for s in sources
         if s.schema in ("file", "pkg") and str(s.provider).startswith(USER_SOURCES)
     ]
