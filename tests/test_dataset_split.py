@@ -88,6 +88,11 @@ class Flatten:
         return x.reshape(-1)
 
 
+class Jitter:  # a random augmentation
+    def __call__(self, x):
+        return x + torch.rand(x.shape, dtype=x.dtype)
+
+
 class Plus:
     def __init__(self, by):
         self.by = by
@@ -197,15 +202,35 @@ def test_a_run_stopped_mid_epoch_resumes_with_the_same_remaining_batches(project
     assert alone.test_metrics == resumed.test_metrics
 
 
-def rows_config(root):
+def test_a_random_transform_in_workers_draws_the_same_after_a_resume(project):
+    """A random train_transform run in two workers: stopped mid-epoch (its next batch loaded
+    by another worker than it was) and resumed, the same run as one left alone."""
+    _, tmp = project
+    jitter = {"workers": 2, "train_transform": "rowsdata.Jitter"}
+    alone = build_job(rows_config(tmp, **jitter))
+    train_alone(alone)
+    stopped = build_job(rows_config(tmp, **jitter), extra_callbacks=[StopAt(8)])
+    with pytest.raises(Interrupted):
+        train_alone(stopped)
+    resumed = build_job(rows_config(tmp, **jitter))
+    resumed.load_state_dict(through_disk(stopped.state_dict()))
+    train_alone(resumed)
+    for a, b in zip(alone.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def rows_config(root, workers=0, train_transform=None):
     """The run's config, with the user's data set and model in place of the defaults."""
     cfg = make_config(["trainer.epochs=3", "trainer.batch_size=8", "trainer.eval_batch_size=16",
-                       "trainer.threads=1", "trainer.deterministic=true"])  # fmt: skip
+                       "trainer.threads=1", "trainer.deterministic=true",
+                       f"trainer.num_workers={workers}"])  # fmt: skip
     with open_dict(cfg):
         for group in ("dataset", "model"):
             cfg[group] = OmegaConf.create(
                 textwrap.dedent(CONFIGS[f"{group}/rows.yaml"]).replace("ROOT", str(root))
             )
+        if train_transform is not None:
+            cfg.dataset.train_transform = {"_target_": train_transform}
     return cfg
 
 

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate, get_worker_info
 
 from mtltrain.errors import ConfigError
 from mtltrain.losses import LOSSES, check_losses
@@ -153,10 +155,11 @@ class DatasetSplit:
         seed: int = 0,
     ) -> Iterator[Split]:
         """Consecutive batches in `order` (default: the data set's), from batch number `start`
-        on; `seed` seeds the workers' random generators (torch's own are left alone)."""
+        on; in worker processes each item is loaded and transformed with the random generators
+        seeded by `seed` and its index (`_Items`), in this process with the run's own."""
         indices = (order if order is not None else torch.arange(len(self))).tolist()
         loader = DataLoader(
-            _Items(self.dataset, self.transform),
+            _Items(self.dataset, self.transform, seed),
             batch_size=batch_size,
             sampler=indices[start * batch_size :],
             num_workers=self.num_workers,
@@ -169,15 +172,24 @@ class DatasetSplit:
 
 
 class _Items(Dataset):
-    """A data set's items with `transform` applied to each input."""
+    """A data set's items with `transform` applied to each input. In a worker process each
+    item draws from torch's, Python's and NumPy's generators seeded by `seed` and the item's
+    index: the same draws whichever worker loads it, and where a resumed epoch starts."""
 
-    def __init__(self, dataset: Dataset, transform: Callable[[Any], Any] | None) -> None:
-        self.dataset, self.transform = dataset, transform
+    def __init__(
+        self, dataset: Dataset, transform: Callable[[Any], Any] | None, seed: int = 0
+    ) -> None:
+        self.dataset, self.transform, self.seed = dataset, transform, seed
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
+        if get_worker_info() is not None:
+            seed = (self.seed * 1_000_003 + index) % 2**32
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed)
         item = self.dataset[index]
         if not (
             isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], Mapping)
