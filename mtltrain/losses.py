@@ -208,7 +208,11 @@ def loss_name(loss: LossChoice) -> str:
 
 def takes_reduction(fn: Callable[..., Tensor]) -> bool:
     """Whether a custom loss takes `reduction=` (then `reduction="none"` gives its values per
-    element, as torch's losses do)."""
+    element, as torch's losses do) and, where the config binds it, binds "mean" (a sum bound
+    there is not a mean of its per-element values)."""
+    bound = fn.keywords.get("reduction", "mean") if isinstance(fn, functools.partial) else "mean"
+    if bound != "mean":
+        return False
     try:
         return "reduction" in inspect.signature(fn).parameters
     except (TypeError, ValueError):

@@ -331,3 +331,19 @@ def test_a_custom_loss_is_a_term_named_after_its_function():
     assert not all_per_element(terms)  # a stack of jobs vmaps its losses instead
     with pytest.raises(ConfigError, match="distinct"):
         check_losses("price", "regression", [huber_loss, huber_loss])
+
+
+def test_a_custom_loss_that_binds_its_reduction_is_not_taken_per_element():
+    """A stack of jobs would call it with reduction="none" and average: a sum is not a mean."""
+    summed = functools.partial(F.l1_loss, reduction="sum")
+    meaned = functools.partial(F.l1_loss, reduction="mean")
+    tasks = (TaskSpec("a", "regression", 1, (summed,)), TaskSpec("b", "regression", 1, (meaned,)))
+    terms = loss_terms(tasks, SETTINGS)
+    assert [t.per_element for t in terms] == [False, True]
+    out = {"a": torch.tensor([[[1.0], [3.0]]]), "b": torch.tensor([[[1.0], [3.0]]])}
+    target = {"a": torch.zeros(1, 2, 1), "b": torch.zeros(1, 2, 1)}
+    one_job = compute_losses(
+        terms, {k: v[0] for k, v in out.items()}, {k: v[0] for k, v in target.items()}
+    )
+    torch.testing.assert_close(one_job, torch.tensor([4.0, 2.0]))  # the sum, the mean
+    torch.testing.assert_close(job_losses(terms[1:], out, target)[0], one_job[1:])
