@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mtltrain.config._schema import LossConfig
-from mtltrain.errors import ConfigError
+from mtltrain.errors import ConfigError, DataError
 from mtltrain.losses import (
     LOSSES,
     MeanLogVar,
@@ -347,3 +347,16 @@ def test_a_custom_loss_that_binds_its_reduction_is_not_taken_per_element():
     )
     torch.testing.assert_close(one_job, torch.tensor([4.0, 2.0]))  # the sum, the mean
     torch.testing.assert_close(job_losses(terms[1:], out, target)[0], one_job[1:])
+
+
+@pytest.mark.parametrize("loss", ["mse", "l1", "huber", "cosine", functools.partial(F.l1_loss)])
+def test_a_regression_target_not_shaped_as_its_prediction_is_refused(loss):
+    """[N] targets against a head's [N, 1] would broadcast to [N, N] (a wrong loss, no error)."""
+    terms = loss_terms((TaskSpec("price", "regression", 1, (loss,)),), SETTINGS)
+    out, target = {"price": torch.zeros(4, 1)}, {"price": torch.ones(4)}
+    with pytest.raises(DataError) as raised:
+        compute_losses(terms, out, target)
+    assert str(raised.value).startswith("dataset: task price's targets are [4] per batch")
+    assert "[4, 1]" in str(raised.value) and "\n" not in str(raised.value)
+    with pytest.raises(DataError, match="targets are"):
+        job_losses(terms, {"price": torch.zeros(2, 4, 1)}, {"price": torch.ones(2, 4)})
