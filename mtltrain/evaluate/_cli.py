@@ -30,10 +30,11 @@ to <run folder>/eval/<split>.json, or to --out FILE.
 The model: a finished run's selected one (results.json's selected.by: best reads
 checkpoints/best.pt, last checkpoints/last.pt); a run that stopped before its end, that of its
 last checkpoint. The data set and model are rebuilt from the config saved in the checkpoint;
-key=value overrides of dataset.* (dataset.root=..., dataset.n_test=...), trainer.device and
-trainer.eval_batch_size apply on top of it. The evaluation is the run's own: its metrics,
-evaluation batch size and precision, so the numbers equal results.json's for the same split
-and data.
+key=value overrides of dataset.* (dataset.root=..., dataset.n_test=...), trainer.device,
+trainer.eval_batch_size and trainer.limit_batches apply on top of it. The evaluation is the
+run's own: its metrics, evaluation batch size, precision and batches (a debug=overfit run's
+first trainer.limit_batches; trainer.limit_batches=null: all), so the numbers equal
+results.json's for the same split and data.
 
 Files: nothing the run wrote is changed. An eval file is replaced only if mtltrain-eval wrote
 it (its "written_by"); any other file of that name is left as it is (exit 2). A run folder in
@@ -164,7 +165,7 @@ def eval_record(trained: TrainedRun, split: str, metrics: dict[str, float]) -> d
         "checkpoint": trained.checkpoint.relative_to(trained.folder).as_posix(),
         "selected": trained.selected,
         "split": split,
-        "samples": len(trained.split(split)),
+        "samples": trained.evaluated_samples(split),
         "overrides": trained.overrides,
         "metrics": metrics,
     }
