@@ -84,6 +84,14 @@ def test_select_best_needs_a_validation_metric_with_a_direction():
         build_job(make_config([*TINY, "objective=validation/y1/rmse"]))
 
 
+def test_select_best_by_a_metric_the_data_set_knows_the_truth_of():
+    """sin_hetero knows σ(x): its sigma_rel_error (lower is better) is a metric to select by."""
+    sets = ["dataset=sin_hetero", "model=sin_hetero", "trainer.validation=16"]
+    objective = "objective=validation/y/sigma_rel_error"
+    job = build_job(make_config([*TINY, *sets, "trainer.select=best", objective]))
+    assert job.selection.direction == -1
+
+
 def test_the_objective_defaults_to_validation_where_a_split_is_held_out():
     with_split = build_job(make_config([*TINY, "trainer.validation=16"]))
     assert with_split.selection.objective == "validation/y1/rmse"
