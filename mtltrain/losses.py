@@ -222,10 +222,14 @@ def takes_reduction(fn: Callable[..., Tensor]) -> bool:
 def check_losses(task: str, kind: TaskKind, losses: Sequence[LossChoice]) -> None:
     """Raise a ConfigError unless `losses` is a non-empty list of distinct losses that fit
     `kind`: built-in names, or callables (`_target_` nodes)."""
+    if kind not in TASK_KINDS:
+        raise ConfigError(
+            f"dataset: task {task}'s kind {kind!r} is not allowed: choose one of {list(TASK_KINDS)}"
+        )
     fitting = [name for name, loss in LOSSES.items() if kind in loss.kinds]
     bad = [n for n in losses if not callable(n) and n not in fitting]
     names = [loss_name(n) for n in losses]
-    if kind not in TASK_KINDS or bad or not losses or len(set(names)) != len(names):
+    if bad or not losses or len(set(names)) != len(names):
         raise ConfigError(
             f"dataset.losses.{task}={names} is not allowed: a {kind} task takes "
             f"distinct losses among {fitting}, or callables (output, target) -> loss given by "

@@ -360,3 +360,12 @@ def test_a_regression_target_not_shaped_as_its_prediction_is_refused(loss):
     assert "[4, 1]" in str(raised.value) and "\n" not in str(raised.value)
     with pytest.raises(DataError, match="targets are"):
         job_losses(terms, {"price": torch.zeros(2, 4, 1)}, {"price": torch.ones(2, 4)})
+
+
+def test_a_task_kind_outside_the_kinds_is_one_line_naming_them():
+    with pytest.raises(ConfigError) as raised:
+        check_losses("price", "regresion", ["mse"])
+    assert str(raised.value) == (
+        "dataset: task price's kind 'regresion' is not allowed: choose one of "
+        "['classification', 'segmentation', 'regression', 'binary', 'multilabel']"
+    )
