@@ -63,13 +63,17 @@ overrides apply as for mtltrain-eval. Errors: one line on stderr, exit 2.
 """
 
 
-def eval_parser() -> argparse.ArgumentParser:
+def run_folder_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A command's parser: its --help `description` as written, a run folder its first argument."""
     p = OneLineParser(
-        prog="mtltrain-eval",
-        description=EVAL_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("folder", type=Path, help="a run folder (one job's folder of a sweep)")
+    return p
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = run_folder_parser("mtltrain-eval", EVAL_HELP)
     p.add_argument(
         "settings",
         nargs="*",
@@ -82,12 +86,7 @@ def eval_parser() -> argparse.ArgumentParser:
 
 
 def export_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
-        prog="mtltrain-export",
-        description=EXPORT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("folder", type=Path, help="a run folder (one job's folder of a sweep)")
+    p = run_folder_parser("mtltrain-export", EXPORT_HELP)
     p.add_argument("out", type=Path, metavar="OUT", help="the folder to export into")
     p.add_argument(
         "settings", nargs="*", default=[], metavar="key=value", help="dataset.* overrides"
