@@ -21,6 +21,7 @@ from mtltrain.loop._trainer import train_alone
 from mtltrain.outputs import _checkpoint_file as checkpoint
 from mtltrain.run import run
 
+DIRECTIONS = {"y1/rmse": -1, "y2/rmse": -1}
 TINY = ["dataset.n_train=64", "dataset.n_test=32", "trainer.batch_size=16"]
 
 
@@ -63,13 +64,13 @@ def test_negative_validation_and_unknown_selection_are_refused_with_the_config()
 
 
 def test_the_best_evaluation_is_the_first_with_the_best_value():
-    selection = Selection("best", "validation/y/rmse")
+    selection = Selection("best", "validation/y/rmse", {"y/rmse": -1})
     values = [3.0, 2.0, math.nan, 2.0, 2.5, 1.0, 1.5]
     for epoch, value in enumerate(values, start=1):
         selection.update(epoch, 10 * epoch, {"validation": {"y/rmse": value}, "test": {}})
         assert selection.improved == (epoch in (1, 2, 6))
     assert selection.chosen["epoch"] == 6 and selection.chosen["value"] == 1.0
-    accuracy = Selection("best", "validation/y/accuracy")  # higher is better
+    accuracy = Selection("best", "validation/y/accuracy", {"y/accuracy": 1})  # higher is better
     for epoch, value in enumerate([0.5, 0.7, 0.6], start=1):
         accuracy.update(epoch, epoch, {"validation": {"y/accuracy": value}})
     assert accuracy.chosen["epoch"] == 2
@@ -142,9 +143,9 @@ def test_a_checkpoint_from_before_the_split_existed_is_not_refused_for_it():
 
 
 def test_a_resume_may_not_change_the_objective_it_selects_by():
-    saved = Selection("best", "validation/y1/rmse").state_dict()
+    saved = Selection("best", "validation/y1/rmse", DIRECTIONS).state_dict()
     with pytest.raises(CheckpointError, match=r"objective='validation/y2/rmse'.*'validation/y1"):
-        Selection("best", "validation/y2/rmse").load_state_dict(saved)
+        Selection("best", "validation/y2/rmse", DIRECTIONS).load_state_dict(saved)
 
 
 def test_a_resume_may_not_change_the_validation_split_or_the_selection():
