@@ -141,6 +141,19 @@ def test_a_metric_of_ones_own_is_tuned_in_the_direction_given():
     assert cfg.hydra.sweeper.direction == "maximize"
 
 
+def test_an_objective_on_a_metric_of_ones_own_without_a_direction_is_one_line(tmp_path):
+    metric = "+dataset.metrics.y1=[rmse,{_target_:torchmetrics.regression.MeanAbsoluteError}]"
+    done = run_cli(["-m", "hydra/sweeper=mtltrain_optuna", "hydra.sweeper.n_trials=1", metric,
+                    "trainer.validation=16", "objective=validation/y1/mean_absolute_error"],
+                   tmp_path)  # fmt: skip
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.startswith(
+        "mtltrain: error: objective=validation/y1/mean_absolute_error is not allowed with "
+        "hydra/sweeper=mtltrain_optuna"
+    )
+    assert done.stderr.strip().endswith("hydra.sweeper.direction=maximize or minimize")
+
+
 def results_of(sweep, number: int) -> dict:
     (found,) = sweep.glob(f"{number}_*/results.json")
     return json.loads(found.read_text())
