@@ -8,8 +8,9 @@ its arguments) without importing torch."""
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from mtltrain.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from mtltrain.build import build_job
@@ -66,8 +67,4 @@ _HOME = {
     "train": "mtltrain.run",
 }
 
-
-def __getattr__(name: str) -> object:
-    if name not in _HOME:
-        raise AttributeError(f"module 'mtltrain' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOME[name]), name)
+__getattr__ = lazy_exports(__name__, _HOME)

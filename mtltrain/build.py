@@ -245,7 +245,8 @@ def build_job(
         )
     ranks.broadcast([model, strategy])
     objective = resolve_objective(cfg.objective, data)
-    selection = Selection(trainer_cfg.select, objective, metric_directions(data.tasks))
+    knows_sigma = (data.validation or data.test).noise_std  # the objective's split's
+    selection = Selection(trainer_cfg.select, objective, metric_directions(data.tasks, knows_sigma))
     set_threads(trainer_cfg, model, data.train, device)
     callbacks = [
         *run_callbacks(

@@ -310,5 +310,7 @@ def _exit_on_error() -> Iterator[None]:
         yield
     except MtlError as e:
         _fail(e)
+    except OmegaConfBaseException as e:  # a resolver of ours (mtltrain.direction) raised in it
+        _fail(config_error(e))
     except Exception as e:
         _fail(UnexpectedError(f"{type(e).__name__}: {first_line(e)} (please report it)"))

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtltrain.errors import ConfigError
+from mtltrain.errors import ConfigError, DataError
 from mtltrain.tasks import TASK_KINDS, LossChoice, TaskKind, TaskSpec
 
 
@@ -208,7 +208,11 @@ def loss_name(loss: LossChoice) -> str:
 
 def takes_reduction(fn: Callable[..., Tensor]) -> bool:
     """Whether a custom loss takes `reduction=` (then `reduction="none"` gives its values per
-    element, as torch's losses do)."""
+    element, as torch's losses do) and, where the config binds it, binds "mean" (a sum bound
+    there is not a mean of its per-element values)."""
+    bound = fn.keywords.get("reduction", "mean") if isinstance(fn, functools.partial) else "mean"
+    if bound != "mean":
+        return False
     try:
         return "reduction" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -218,10 +222,14 @@ def takes_reduction(fn: Callable[..., Tensor]) -> bool:
 def check_losses(task: str, kind: TaskKind, losses: Sequence[LossChoice]) -> None:
     """Raise a ConfigError unless `losses` is a non-empty list of distinct losses that fit
     `kind`: built-in names, or callables (`_target_` nodes)."""
+    if kind not in TASK_KINDS:
+        raise ConfigError(
+            f"dataset: task {task}'s kind {kind!r} is not allowed: choose one of {list(TASK_KINDS)}"
+        )
     fitting = [name for name, loss in LOSSES.items() if kind in loss.kinds]
     bad = [n for n in losses if not callable(n) and n not in fitting]
     names = [loss_name(n) for n in losses]
-    if kind not in TASK_KINDS or bad or not losses or len(set(names)) != len(names):
+    if bad or not losses or len(set(names)) != len(names):
         raise ConfigError(
             f"dataset.losses.{task}={names} is not allowed: a {kind} task takes "
             f"distinct losses among {fitting}, or callables (output, target) -> loss given by "
@@ -282,7 +290,22 @@ def compute_losses(
     targets: Mapping[str, Tensor],
 ) -> Tensor:
     """Each term's loss on a batch, as one vector in term order."""
-    return torch.stack([t.fn(outputs[t.task], targets[t.task]) for t in terms])
+    return torch.stack([t.fn(*_checked(t, outputs, targets)) for t in terms])
+
+
+def _checked(
+    term: LossTerm, outputs: Mapping[str, Tensor | MeanLogVar], targets: Mapping[str, Tensor]
+) -> tuple[Tensor | MeanLogVar, Tensor]:
+    """The term's output and target; a DataError where a regression target is not shaped as
+    its point prediction (torch would broadcast [N] against [N, 1] to [N, N], silently)."""
+    output, target = outputs[term.task], targets[term.task]
+    if term.kind == "regression" and point(output).shape != target.shape:
+        raise DataError(
+            f"dataset: task {term.task}'s targets are {list(target.shape)} per batch, which is "
+            f"not allowed: its head predicts {list(point(output).shape)}; give each sample's "
+            "target the shape of its prediction"
+        )
+    return output, target
 
 
 def all_per_element(terms: Sequence[LossTerm]) -> bool:
@@ -303,13 +326,13 @@ def job_losses(
         return t.flatten(0, 1)
 
     def per_job(term: LossTerm) -> Tensor:
-        output = outputs[term.task]
+        output, target = _checked(term, outputs, targets)
         flat = (
             MeanLogVar(*map(jobs_as_samples, output))
             if isinstance(output, MeanLogVar)
             else jobs_as_samples(output)
         )
-        values = term.fn(flat, jobs_as_samples(targets[term.task]), reduction="none")
+        values = term.fn(flat, jobs_as_samples(target), reduction="none")
         return values.reshape(len(point(output)), -1).mean(1)
 
     return torch.stack([per_job(t) for t in terms], 1)

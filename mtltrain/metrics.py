@@ -310,10 +310,11 @@ def _is_torchmetrics(value: object) -> bool:
 
 def metric_inputs(kind: str, output: Tensor | MeanLogVar, target: Tensor) -> tuple[Tensor, Tensor]:
     """What a torchmetrics metric gets: probabilities (sigmoid of the logits for binary and
-    multi-label, with integer targets; softmax over classes, dimension 1, for classification
-    and segmentation), the point prediction for regression."""
+    multi-label, with the 0/1 targets target > 0.5, as `BinaryScorer` reads them; softmax over
+    classes, dimension 1, for classification and segmentation), the point prediction for
+    regression."""
     if kind in ("binary", "multilabel"):
-        return output.reshape(target.shape).float().sigmoid(), target.long()
+        return output.reshape(target.shape).float().sigmoid(), (target > 0.5).long()
     if kind in ("classification", "segmentation"):
         return output.float().softmax(1), target
     return point(output).float(), target

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, get_args
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf, open_dict
@@ -34,7 +34,7 @@ from mtltrain.errors import ConfigError
 from mtltrain.loop import engine_over
 from mtltrain.losses import LOSSES, LossTerm, detach, loss_terms
 from mtltrain.step import Step
-from mtltrain.tasks import TaskKind, TaskSpec
+from mtltrain.tasks import TASK_KINDS, TaskSpec
 from mtltrain.weighting.base import Weighting
 
 # the losses of a step: one 0-d tensor per term (in term order, or {term: loss}), or a vector
@@ -81,14 +81,13 @@ def terms_of(tasks: Sequence[str] | Mapping[str, str], loss_settings: Any) -> tu
 
 def _spec(task: str, what: str) -> TaskSpec:
     """A task of one term: its kind and loss from `what`, a kind (its first loss) or a loss."""
-    kinds = get_args(TaskKind)
     if what in LOSSES:
         kind, loss = LOSSES[what].kinds[0], what
-    elif what in kinds:
+    elif what in TASK_KINDS:
         kind, loss = what, next(n for n, fits in LOSSES.items() if what in fits.kinds)
     else:
         raise ConfigError(
-            f"tasks.{task}={what!r} is not allowed: give a task kind {list(kinds)} or a loss "
+            f"tasks.{task}={what!r} is not allowed: give a task kind {list(TASK_KINDS)} or a loss "
             f"{list(LOSSES)}"
         )
     return TaskSpec(task, kind, out_features=1, losses=(loss,))

@@ -112,12 +112,7 @@ RUN = ["weighting=uncertainty", "model=sin_hetero", "trainer.deterministic=true"
 def test_a_run_under_torchrun_ends_where_one_process_does(tmp_path, strategy):
     # one validation sample: rank 0's shard of it is empty, and still takes part
     args = [*RUN, f"weighting={strategy}", "trainer.epochs=3", "trainer.validation=1"]
-    done = torchrun("-m", "mtltrain", *args, "hydra.run.dir=two", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    alone = run_cli([*args, "hydra.run.dir=one"], tmp_path)
-    assert alone.returncode == 0, alone.stderr[-3000:]
-    two, one = results_of(tmp_path / "two"), results_of(tmp_path / "one")
-    assert_same_run(two, one)
+    done, two, one = the_same_run_in_two_processes_and_one(args, tmp_path)
     assert (two["processes"], one["processes"]) == (2, 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # rank 1 wrote nothing
     assert done.stdout.count("learned σ") == 1  # one summary, rank 0's
@@ -134,13 +129,20 @@ def test_torchmetrics_metrics_under_torchrun_equal_one_process(tmp_path):
     )
     args = [*RUN, "dataset=sin_hetero", "dataset.losses.y=[mse]", metrics, "trainer.epochs=2",
             "dataset.n_train=200", "dataset.n_test=101", "trainer.validation=1"]  # fmt: skip
+    _, two, _ = the_same_run_in_two_processes_and_one(args, tmp_path)
+    assert "test/y/spearman_corr_coef" in two["metrics"]
+
+
+def the_same_run_in_two_processes_and_one(args, tmp_path):
+    """`args` run under torchrun (2 processes, folder two/) and alone (one/); asserts the runs
+    end the same (`assert_same_run`); returns torchrun's process and both results."""
     done = torchrun("-m", "mtltrain", *args, "hydra.run.dir=two", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     alone = run_cli([*args, "hydra.run.dir=one"], tmp_path)
     assert alone.returncode == 0, alone.stderr[-3000:]
     two, one = results_of(tmp_path / "two"), results_of(tmp_path / "one")
     assert_same_run(two, one)
-    assert "test/y/spearman_corr_coef" in two["metrics"]
+    return done, two, one
 
 
 def worker_of_rank(launcher: subprocess.Popen, rank: int) -> int:

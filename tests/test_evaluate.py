@@ -51,6 +51,23 @@ def runs(tmp_path_factory):
     return root
 
 
+def test_a_run_that_evaluated_its_first_batches_is_evaluated_so(tmp_path):
+    """trainer.limit_batches (debug=overfit): results.json scores the first batches, and so does
+    mtltrain-eval; trainer.limit_batches=null scores the whole split."""
+    limited = ["trainer.limit_batches=1", "trainer.eval_batch_size=8"]
+    proc = run_cli([*TINY, *limited, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "run"
+    reported = {k: v for k, v in results_of(run)["metrics"].items() if k.startswith("test/")}
+    assert run_eval([run], cwd=tmp_path).returncode == 0
+    first = json.loads((run / "eval" / "test.json").read_text())
+    assert first["metrics"] == pytest.approx(reported, rel=1e-6) and first["samples"] == 8
+    out = tmp_path / "all.json"
+    assert run_eval([run, "trainer.limit_batches=null", "--out", out], cwd=tmp_path).returncode == 0
+    whole = json.loads(out.read_text())
+    assert whole["samples"] == 32 and whole["metrics"] != pytest.approx(reported, rel=1e-6)
+
+
 def files_of(folder):
     """Every file under `folder` but eval/, with its bytes."""
     return {

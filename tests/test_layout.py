@@ -3,6 +3,8 @@ layer packages' modules are private by name, and every exported name exists."""
 
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mtltrain"
 LAYERS = {
     "building blocks": (
         "mtltrain.atomic", "mtltrain.constraints", "mtltrain.data", "mtltrain.distributed",
-        "mtltrain.errors", "mtltrain.interrupts", "mtltrain.losses", "mtltrain.metrics",
-        "mtltrain.models", "mtltrain.processes", "mtltrain.step", "mtltrain.tasks",
-        "mtltrain.weighting",
+        "mtltrain.errors", "mtltrain.interrupts", "mtltrain.lazy_exports", "mtltrain.losses",
+        "mtltrain.metrics", "mtltrain.models", "mtltrain.processes", "mtltrain.step",
+        "mtltrain.tasks", "mtltrain.weighting",
     ),
     "config": ("mtltrain.config",),
     "loop": ("mtltrain.loop",),
@@ -82,6 +84,17 @@ def test_the_layer_packages_modules_are_private_by_name(package):
 def test_every_exported_name_exists(package):
     module = importlib.import_module(package)
     assert module.__all__ and [n for n in module.__all__ if not hasattr(module, n)] == []
+
+
+@pytest.mark.parametrize("package", ["mtltrain", "mtltrain.outputs", "mtltrain.evaluate"])
+def test_a_lazily_exported_package_imports_its_names_on_use_and_knows_no_other(package):
+    code = (
+        f"import sys, {package} as p; before = 'torch' in sys.modules; "
+        "[getattr(p, n) for n in p.__all__]; print(before, 'torch' in sys.modules, "
+        "hasattr(p, 'no_such_name'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True", "False"]
 
 
 def test_every_strategy_config_names_an_exported_strategy():

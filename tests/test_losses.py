@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mtltrain.config._schema import LossConfig
-from mtltrain.errors import ConfigError
+from mtltrain.errors import ConfigError, DataError
 from mtltrain.losses import (
     LOSSES,
     MeanLogVar,
@@ -331,3 +331,41 @@ def test_a_custom_loss_is_a_term_named_after_its_function():
     assert not all_per_element(terms)  # a stack of jobs vmaps its losses instead
     with pytest.raises(ConfigError, match="distinct"):
         check_losses("price", "regression", [huber_loss, huber_loss])
+
+
+def test_a_custom_loss_that_binds_its_reduction_is_not_taken_per_element():
+    """A stack of jobs would call it with reduction="none" and average: a sum is not a mean."""
+    summed = functools.partial(F.l1_loss, reduction="sum")
+    meaned = functools.partial(F.l1_loss, reduction="mean")
+    tasks = (TaskSpec("a", "regression", 1, (summed,)), TaskSpec("b", "regression", 1, (meaned,)))
+    terms = loss_terms(tasks, SETTINGS)
+    assert [t.per_element for t in terms] == [False, True]
+    out = {"a": torch.tensor([[[1.0], [3.0]]]), "b": torch.tensor([[[1.0], [3.0]]])}
+    target = {"a": torch.zeros(1, 2, 1), "b": torch.zeros(1, 2, 1)}
+    one_job = compute_losses(
+        terms, {k: v[0] for k, v in out.items()}, {k: v[0] for k, v in target.items()}
+    )
+    torch.testing.assert_close(one_job, torch.tensor([4.0, 2.0]))  # the sum, the mean
+    torch.testing.assert_close(job_losses(terms[1:], out, target)[0], one_job[1:])
+
+
+@pytest.mark.parametrize("loss", ["mse", "l1", "huber", "cosine", functools.partial(F.l1_loss)])
+def test_a_regression_target_not_shaped_as_its_prediction_is_refused(loss):
+    """[N] targets against a head's [N, 1] would broadcast to [N, N] (a wrong loss, no error)."""
+    terms = loss_terms((TaskSpec("price", "regression", 1, (loss,)),), SETTINGS)
+    out, target = {"price": torch.zeros(4, 1)}, {"price": torch.ones(4)}
+    with pytest.raises(DataError) as raised:
+        compute_losses(terms, out, target)
+    assert str(raised.value).startswith("dataset: task price's targets are [4] per batch")
+    assert "[4, 1]" in str(raised.value) and "\n" not in str(raised.value)
+    with pytest.raises(DataError, match="targets are"):
+        job_losses(terms, {"price": torch.zeros(2, 4, 1)}, {"price": torch.ones(2, 4)})
+
+
+def test_a_task_kind_outside_the_kinds_is_one_line_naming_them():
+    with pytest.raises(ConfigError) as raised:
+        check_losses("price", "regresion", ["mse"])
+    assert str(raised.value) == (
+        "dataset: task price's kind 'regresion' is not allowed: choose one of "
+        "['classification', 'segmentation', 'regression', 'binary', 'multilabel']"
+    )

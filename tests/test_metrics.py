@@ -133,6 +133,19 @@ def test_binary_metrics_by_hand_accumulated_over_batches():
     assert out["churn/f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))  # TP 2, FP 1, FN 1
 
 
+def test_smoothed_binary_targets_score_as_the_labels_they_round_to():
+    """Targets 0.9 / 0.1 (label smoothing, which BCE takes) are the labels 1 / 0 for every
+    metric, as for accuracy (target > 0.5), not 0 / 0 (torchmetrics' integer targets)."""
+    logits = torch.tensor([[2.0], [-1.0], [0.5], [-2.0], [1.0]])
+    labels = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0])
+    scored = []
+    for target in (labels, 0.1 + 0.8 * labels):
+        metrics = TaskMetrics((CHURN,))
+        metrics.update({"churn": logits}, Split(torch.zeros(5, 1), {"churn": target}))
+        scored.append(metrics.compute())
+    assert scored[1] == scored[0]
+
+
 def test_multilabel_metrics_by_hand():
     logits = torch.tensor([[1.0, -1.0], [1.0, 1.0], [-1.0, -1.0]])  # [N, L]
     target = torch.tensor([[1, 1], [0, 1], [0, 1]])

@@ -25,6 +25,7 @@ from hydra_plugins.mtltrain_optuna_sweeper._search_space import (
     search_space,
 )
 from mtltrain.config._compose import config_dir
+from mtltrain.config._schema import direction as direction_of
 from mtltrain.errors import ConfigError
 
 TINY = ["dataset=two_slope", "dataset.n_train=32", "dataset.n_test=16", "trainer.epochs=2",
@@ -123,6 +124,34 @@ def test_the_direction_follows_the_objective(objective, direction):
             return_hydra_config=True,
         )
     assert cfg.hydra.sweeper.direction == direction
+
+
+def test_a_metric_of_ones_own_is_tuned_in_the_direction_given():
+    """The preset knows the built-in metrics' directions only; the message says how to give
+    one, and the direction given is taken."""
+    with pytest.raises(ConfigError, match=r"hydra\.sweeper\.direction=maximize or minimize"):
+        direction_of("validation/price/within_ten_percent")
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose(
+            "config",
+            ["hydra/sweeper=mtltrain_optuna", "objective=validation/price/within_ten_percent",
+             "hydra.sweeper.direction=maximize"],
+            return_hydra_config=True,
+        )  # fmt: skip
+    assert cfg.hydra.sweeper.direction == "maximize"
+
+
+def test_an_objective_on_a_metric_of_ones_own_without_a_direction_is_one_line(tmp_path):
+    metric = "+dataset.metrics.y1=[rmse,{_target_:torchmetrics.regression.MeanAbsoluteError}]"
+    done = run_cli(["-m", "hydra/sweeper=mtltrain_optuna", "hydra.sweeper.n_trials=1", metric,
+                    "trainer.validation=16", "objective=validation/y1/mean_absolute_error"],
+                   tmp_path)  # fmt: skip
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.startswith(
+        "mtltrain: error: objective=validation/y1/mean_absolute_error is not allowed with "
+        "hydra/sweeper=mtltrain_optuna"
+    )
+    assert done.stderr.strip().endswith("hydra.sweeper.direction=maximize or minimize")
 
 
 def results_of(sweep, number: int) -> dict:

@@ -21,6 +21,7 @@ from mtltrain.loop._trainer import train_alone
 from mtltrain.outputs import _checkpoint_file as checkpoint
 from mtltrain.run import run
 
+DIRECTIONS = {"y1/rmse": -1, "y2/rmse": -1}
 TINY = ["dataset.n_train=64", "dataset.n_test=32", "trainer.batch_size=16"]
 
 
@@ -63,13 +64,13 @@ def test_negative_validation_and_unknown_selection_are_refused_with_the_config()
 
 
 def test_the_best_evaluation_is_the_first_with_the_best_value():
-    selection = Selection("best", "validation/y/rmse")
+    selection = Selection("best", "validation/y/rmse", {"y/rmse": -1})
     values = [3.0, 2.0, math.nan, 2.0, 2.5, 1.0, 1.5]
     for epoch, value in enumerate(values, start=1):
         selection.update(epoch, 10 * epoch, {"validation": {"y/rmse": value}, "test": {}})
         assert selection.improved == (epoch in (1, 2, 6))
     assert selection.chosen["epoch"] == 6 and selection.chosen["value"] == 1.0
-    accuracy = Selection("best", "validation/y/accuracy")  # higher is better
+    accuracy = Selection("best", "validation/y/accuracy", {"y/accuracy": 1})  # higher is better
     for epoch, value in enumerate([0.5, 0.7, 0.6], start=1):
         accuracy.update(epoch, epoch, {"validation": {"y/accuracy": value}})
     assert accuracy.chosen["epoch"] == 2
@@ -82,6 +83,14 @@ def test_select_best_needs_a_validation_metric_with_a_direction():
         build_job(make_config([*TINY, "trainer.select=best"]))  # no validation split
     with pytest.raises(ConfigError, match=r"objective='validation/y1/rmse' is not a metric"):
         build_job(make_config([*TINY, "objective=validation/y1/rmse"]))
+
+
+def test_select_best_by_a_metric_the_data_set_knows_the_truth_of():
+    """sin_hetero knows σ(x): its sigma_rel_error (lower is better) is a metric to select by."""
+    sets = ["dataset=sin_hetero", "model=sin_hetero", "trainer.validation=16"]
+    objective = "objective=validation/y/sigma_rel_error"
+    job = build_job(make_config([*TINY, *sets, "trainer.select=best", objective]))
+    assert job.selection.direction == -1
 
 
 def test_the_objective_defaults_to_validation_where_a_split_is_held_out():
@@ -134,9 +143,9 @@ def test_a_checkpoint_from_before_the_split_existed_is_not_refused_for_it():
 
 
 def test_a_resume_may_not_change_the_objective_it_selects_by():
-    saved = Selection("best", "validation/y1/rmse").state_dict()
+    saved = Selection("best", "validation/y1/rmse", DIRECTIONS).state_dict()
     with pytest.raises(CheckpointError, match=r"objective='validation/y2/rmse'.*'validation/y1"):
-        Selection("best", "validation/y2/rmse").load_state_dict(saved)
+        Selection("best", "validation/y2/rmse", DIRECTIONS).load_state_dict(saved)
 
 
 def test_a_resume_may_not_change_the_validation_split_or_the_selection():

@@ -8,8 +8,9 @@ imported when first used: the commands check their arguments before they import 
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from mtltrain.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from mtltrain.evaluate._cli import export_main, main
@@ -28,18 +29,14 @@ __all__ = [
     "open_trained",
 ]
 _HOME = {
-    "SPLITS": "_splits",
-    "TrainedRun": "_trained",
-    "export_main": "_cli",
-    "export_run": "_export",
-    "flat_outputs": "_export",
-    "load_exported": "_export",
-    "main": "_cli",
-    "open_trained": "_trained",
+    "SPLITS": "._splits",
+    "TrainedRun": "._trained",
+    "export_main": "._cli",
+    "export_run": "._export",
+    "flat_outputs": "._export",
+    "load_exported": "._export",
+    "main": "._cli",
+    "open_trained": "._trained",
 }
 
-
-def __getattr__(name: str) -> object:
-    if name not in _HOME:
-        raise AttributeError(f"module 'mtltrain.evaluate' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"mtltrain.evaluate.{_HOME[name]}"), name)
+__getattr__ = lazy_exports(__name__, _HOME)

@@ -30,10 +30,11 @@ to <run folder>/eval/<split>.json, or to --out FILE.
 The model: a finished run's selected one (results.json's selected.by: best reads
 checkpoints/best.pt, last checkpoints/last.pt); a run that stopped before its end, that of its
 last checkpoint. The data set and model are rebuilt from the config saved in the checkpoint;
-key=value overrides of dataset.* (dataset.root=..., dataset.n_test=...), trainer.device and
-trainer.eval_batch_size apply on top of it. The evaluation is the run's own: its metrics,
-evaluation batch size and precision, so the numbers equal results.json's for the same split
-and data.
+key=value overrides of dataset.* (dataset.root=..., dataset.n_test=...), trainer.device,
+trainer.eval_batch_size and trainer.limit_batches apply on top of it. The evaluation is the
+run's own: its metrics, evaluation batch size, precision and batches (a debug=overfit run's
+first trainer.limit_batches; trainer.limit_batches=null: all), so the numbers equal
+results.json's for the same split and data.
 
 Files: nothing the run wrote is changed. An eval file is replaced only if mtltrain-eval wrote
 it (its "written_by"); any other file of that name is left as it is (exit 2). A run folder in
@@ -62,13 +63,17 @@ overrides apply as for mtltrain-eval. Errors: one line on stderr, exit 2.
 """
 
 
-def eval_parser() -> argparse.ArgumentParser:
+def run_folder_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A command's parser: its --help `description` as written, a run folder its first argument."""
     p = OneLineParser(
-        prog="mtltrain-eval",
-        description=EVAL_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("folder", type=Path, help="a run folder (one job's folder of a sweep)")
+    return p
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = run_folder_parser("mtltrain-eval", EVAL_HELP)
     p.add_argument(
         "settings",
         nargs="*",
@@ -81,12 +86,7 @@ def eval_parser() -> argparse.ArgumentParser:
 
 
 def export_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
-        prog="mtltrain-export",
-        description=EXPORT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("folder", type=Path, help="a run folder (one job's folder of a sweep)")
+    p = run_folder_parser("mtltrain-export", EXPORT_HELP)
     p.add_argument("out", type=Path, metavar="OUT", help="the folder to export into")
     p.add_argument(
         "settings", nargs="*", default=[], metavar="key=value", help="dataset.* overrides"
@@ -164,7 +164,7 @@ def eval_record(trained: TrainedRun, split: str, metrics: dict[str, float]) -> d
         "checkpoint": trained.checkpoint.relative_to(trained.folder).as_posix(),
         "selected": trained.selected,
         "split": split,
-        "samples": len(trained.split(split)),
+        "samples": trained.evaluated_samples(split),
         "overrides": trained.overrides,
         "metrics": metrics,
     }

@@ -34,8 +34,8 @@ from mtltrain.outputs import _run_folder as rundir
 from mtltrain.outputs._results import read_results
 
 # what may change on top of the saved config: where and how the data is read, and how the
-# model is evaluated (the device, the batch size); the model itself is the run's
-CHANGEABLE = ("dataset.", "trainer.device", "trainer.eval_batch_size")
+# model is evaluated (the device, the batch size, the batches); the model itself is the run's
+CHANGEABLE = ("dataset.", "trainer.device", "trainer.eval_batch_size", "trainer.limit_batches")
 
 
 @dataclass
@@ -71,17 +71,25 @@ class TrainedRun:
     def evaluate(self, name: str) -> dict[str, float]:
         """The metrics of the model on split `name`, as results.json names them
         ("<split>/<task>/<metric>"): the run's evaluation (`mtltrain.loop.evaluate`), with its
-        evaluation batch size and precision."""
+        evaluation batch size, precision and batches (`trainer.limit_batches`: the first ones)."""
         precision = autocast(self.device, self.trainer.precision)
+        size, limit = self.trainer.eval_batch_size, self.trainer.limit_batches
         metrics = evaluate(
-            self.model, self.split(name), self.data.tasks, self.trainer.eval_batch_size, precision
+            self.model, self.split(name), self.data.tasks, size, precision, limit=limit
         )
         return {f"{name}/{k}": v for k, v in metrics.items()}
+
+    def evaluated_samples(self, name: str) -> int:
+        """How many samples of split `name` `evaluate` scores: all, or those of its first
+        `trainer.limit_batches` batches."""
+        n, limit = len(self.split(name)), self.trainer.limit_batches
+        return n if limit is None else min(n, limit * self.trainer.eval_batch_size)
 
 
 def open_trained(folder: Path, overrides: Sequence[str] = ()) -> TrainedRun:
     """The run in `folder` rebuilt: its selected model and its data set, with `overrides`
-    (dataset.*, trainer.device, trainer.eval_batch_size; Hydra's key=value syntax) applied
+    (dataset.*, trainer.device, trainer.eval_batch_size, trainer.limit_batches; Hydra's
+    key=value syntax) applied
     to its saved config. The random generators are seeded with the run's seed before the
     data set is built, as the run seeded them. Any problem is a one-line MtlError."""
     rundir.check_not_in_use(folder)
@@ -160,7 +168,8 @@ def with_overrides(config: DictConfig, overrides: Sequence[str]) -> DictConfig:
         if not key.startswith(CHANGEABLE) or o.is_sweep_override():
             raise ConfigError(
                 f"{o.input_line} is not allowed: the model is the run's own, and an override "
-                "changes one setting of dataset.*, trainer.device or trainer.eval_batch_size"
+                "changes one setting of dataset.*, trainer.device, trainer.eval_batch_size or "
+                "trainer.limit_batches"
             )
         there = OmegaConf.select(config, key, default=_ABSENT) is not _ABSENT
         if not there and not o.is_add():
@@ -183,8 +192,8 @@ _ABSENT = object()
 
 
 def trainer_settings(config: DictConfig) -> TrainerConfig:
-    """The saved trainer settings as their schema, ranges checked (trainer.device and
-    trainer.eval_batch_size may be overridden)."""
+    """The saved trainer settings as their schema, ranges checked (trainer.device,
+    trainer.eval_batch_size and trainer.limit_batches may be overridden)."""
     values = OmegaConf.to_container(config.trainer, resolve=True)
     try:
         return TrainerConfig(**values)

@@ -18,7 +18,6 @@ from torch import nn
 from mtltrain.data.base import MultiTaskData
 from mtltrain.errors import CheckpointError, ConfigError
 from mtltrain.metrics import main_metric, metric_names
-from mtltrain.tasks import DIRECTION
 
 Metrics = dict[str, dict[str, float]]
 
@@ -41,14 +40,10 @@ class Selection:
     metric with a direction) beats every earlier one, and the model and strategy states it
     evaluated (`keep`), which `restore` puts back at the end of training."""
 
-    def __init__(
-        self, select: str, objective: str, directions: Mapping[str, int] | None = None
-    ) -> None:
-        """`directions`: {"<task>/<metric>": ±1} of the run's metrics (`metric_directions`);
-        without: the built-in metrics' directions by name."""
+    def __init__(self, select: str, objective: str, directions: Mapping[str, int]) -> None:
+        """`directions`: {"<task>/<metric>": ±1} of the run's metrics (`metric_directions`)."""
         split, _, metric = objective.partition("/")
-        by_name = DIRECTION.get(metric.rpartition("/")[2])
-        self.direction = by_name if directions is None else directions.get(metric)
+        self.direction = directions.get(metric)
         if select == "best" and (split != "validation" or self.direction is None):
             raise ConfigError(
                 f"trainer.select=best selects by objective={objective!r}, which is not a "

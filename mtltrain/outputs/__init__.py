@@ -7,8 +7,9 @@ imported when first used: the command checks its run folder before it imports to
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from mtltrain.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from mtltrain.outputs._checkpoints import CheckpointCallback
@@ -38,23 +39,19 @@ __all__ = [
     "read_results",
 ]
 _HOME = {
-    "RESULTS_FILE": "_results",
-    "CheckpointCallback": "_checkpoints",
-    "CsvLog": "_csv_log",
-    "Logger": "_logger",
-    "LoggersCallback": "_logger",
-    "MlflowLog": "_mlflow_log",
-    "WandbLog": "_wandb_log",
-    "FiguresCallback": "_figures",
-    "ProgressCallback": "_progress",
-    "Results": "_results",
-    "TensorBoardCallback": "_tensorboard",
-    "TensorBoardLog": "_event_writer",
-    "read_results": "_results",
+    "RESULTS_FILE": "._results",
+    "CheckpointCallback": "._checkpoints",
+    "CsvLog": "._csv_log",
+    "Logger": "._logger",
+    "LoggersCallback": "._logger",
+    "MlflowLog": "._mlflow_log",
+    "WandbLog": "._wandb_log",
+    "FiguresCallback": "._figures",
+    "ProgressCallback": "._progress",
+    "Results": "._results",
+    "TensorBoardCallback": "._tensorboard",
+    "TensorBoardLog": "._event_writer",
+    "read_results": "._results",
 }
 
-
-def __getattr__(name: str) -> object:
-    if name not in _HOME:
-        raise AttributeError(f"module 'mtltrain.outputs' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"mtltrain.outputs.{_HOME[name]}"), name)
+__getattr__ = lazy_exports(__name__, _HOME)
