@@ -197,11 +197,27 @@ LOSSES: dict[str, Loss] = {
 }
 
 
+@dataclass(frozen=True)
+class CustomLoss:
+    """A loss of one's own, `fn(output, target) -> loss`, with what mtltrain cannot read off
+    it: `nonnegative=False` for a loss that can be negative (a log-likelihood), which the
+    strategies that take logs or ratios of losses then refuse in one line. A callable given
+    without this wrapper is taken to be ≥ 0."""
+
+    fn: Callable[..., Tensor]
+    nonnegative: bool = True
+
+    def __call__(self, output: Tensor, target: Tensor, **kwargs: Any) -> Tensor:
+        return self.fn(output, target, **kwargs)
+
+
 def loss_name(loss: LossChoice) -> str:
     """A loss's name in term names and logs: the built-in's name, or the callable's function
     name (of its function for a partial, of its class for a callable object)."""
     if isinstance(loss, str):
         return loss
+    if isinstance(loss, CustomLoss):
+        return loss_name(loss.fn)
     fn = loss.func if isinstance(loss, functools.partial) else loss
     return getattr(fn, "__name__", type(fn).__name__)
 
@@ -210,6 +226,8 @@ def takes_reduction(fn: Callable[..., Tensor]) -> bool:
     """Whether a custom loss takes `reduction=` (then `reduction="none"` gives its values per
     element, as torch's losses do) and, where the config binds it, binds "mean" (a sum bound
     there is not a mean of its per-element values)."""
+    if isinstance(fn, CustomLoss):
+        return takes_reduction(fn.fn)
     bound = fn.keywords.get("reduction", "mean") if isinstance(fn, functools.partial) else "mean"
     if bound != "mean":
         return False
@@ -249,12 +267,13 @@ class LossTerm:
     heteroscedastic: bool
     fn: Callable[..., Tensor]  # (output, target), and reduction= where `per_element`
     per_element: bool = True
+    signed: bool = False  # a custom loss that can be negative (`CustomLoss(nonnegative=False)`)
 
     @property
     def nonnegative(self) -> bool:
         """Whether the loss is ≥ 0 (strategies that take its log or ratios need that): every
-        loss but the heteroscedastic NLLs; a custom callable is taken to be ≥ 0."""
-        return not self.heteroscedastic
+        built-in loss but the heteroscedastic NLLs; a custom callable unless it says so."""
+        return not (self.heteroscedastic or self.signed)
 
 
 def loss_terms(tasks: Sequence[TaskSpec], settings: object) -> tuple[LossTerm, ...]:
@@ -267,7 +286,10 @@ def loss_terms(tasks: Sequence[TaskSpec], settings: object) -> tuple[LossTerm, .
         full = task.name if len(task.losses) == 1 else f"{task.name}_{name}"
         if callable(choice):
             fn = functools.partial(_custom, choice)
-            return LossTerm(full, task.name, name, task.kind, False, fn, takes_reduction(choice))
+            signed = isinstance(choice, CustomLoss) and not choice.nonnegative
+            return LossTerm(
+                full, task.name, name, task.kind, False, fn, takes_reduction(choice), signed
+            )
         loss = LOSSES[choice]
         bound = functools.partial(loss.fn, **{k: getattr(settings, k) for k in loss.settings})
         return LossTerm(

@@ -4,11 +4,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from mtltrain.config._schema import LossConfig
 from mtltrain.errors import ConfigError, DataError
 from mtltrain.losses import (
     LOSSES,
+    CustomLoss,
     MeanLogVar,
     all_per_element,
     bce,
@@ -29,6 +32,7 @@ from mtltrain.losses import (
     mse,
 )
 from mtltrain.tasks import TaskSpec
+from mtltrain.weighting import GeometricMean
 
 SETTINGS = LossConfig(beta=0.5, focal_gamma=2.0, dice_smooth=1.0, huber_delta=1.0)
 
@@ -331,6 +335,33 @@ def test_a_custom_loss_is_a_term_named_after_its_function():
     assert not all_per_element(terms)  # a stack of jobs vmaps its losses instead
     with pytest.raises(ConfigError, match="distinct"):
         check_losses("price", "regression", [huber_loss, huber_loss])
+
+
+def test_a_custom_loss_that_can_be_negative_says_so_and_log_strategies_refuse_it(tmp_path):
+    """CustomLoss(fn, nonnegative=False), as the config builds it: the term keeps fn's name
+    and value, and a strategy that takes logs of the losses refuses it in one line."""
+    (tmp_path / "mylosses.py").write_text(
+        "def log_likelihood_gap(output, target):\n    return (output - target).mean()\n"
+    )
+    node = OmegaConf.create(
+        {
+            "_target_": "mtltrain.losses.CustomLoss",
+            "fn": {"_target_": "mylosses.log_likelihood_gap", "_partial_": True},
+            "nonnegative": False,
+        }
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(tmp_path))
+        signed = instantiate(node)
+    plain = CustomLoss(signed.fn)
+    tasks = (TaskSpec("a", "regression", 1, (signed,)), TaskSpec("b", "regression", 1, (plain,)))
+    a, b = loss_terms(tasks, SETTINGS)
+    assert (a.loss, a.nonnegative, b.nonnegative) == ("log_likelihood_gap", False, True)
+    value = compute_losses([a], {"a": torch.tensor([[1.0], [-4.0]])}, {"a": torch.zeros(2, 1)})
+    torch.testing.assert_close(value, torch.tensor([-1.5]))
+    GeometricMean(terms=(b,))  # a custom loss is taken to be ≥ 0 unless it says otherwise
+    with pytest.raises(ConfigError, match=r"term a \(log_likelihood_gap\) can be negative"):
+        GeometricMean(terms=(a, b))
 
 
 def test_a_custom_loss_that_binds_its_reduction_is_not_taken_per_element():
