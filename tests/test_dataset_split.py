@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import StopAt, make_config, run_cli, through_disk
+from conftest import StopAt, in_process, make_config, run_cli, through_disk
 from omegaconf import OmegaConf, open_dict
 
+from mtltrain import evaluate
 from mtltrain.build import build_data, build_job
 from mtltrain.config._schema import settings
 from mtltrain.data.base import DatasetSplit, held_out
@@ -238,6 +239,21 @@ def test_transforms_apply_to_every_split_and_train_transform_to_training_only(pr
     torch.testing.assert_close(
         data.validation.head(1).inputs[0], torch.tensor([(b0 - 1) / 2, (b1 - 2) / 4])
     )
+
+
+def test_a_run_with_transforms_evaluates_and_exports(project):
+    """mtltrain-eval and mtltrain-export rebuild the data set from the saved config, whose
+    dataset.transform is mtltrain's, not a setting of the build function."""
+    args, tmp = project
+    run(args, tmp, "trainer.epochs=1", f"hydra.run.dir={tmp}/r")
+    proc = in_process(evaluate.main, ["mtltrain-eval", str(tmp / "r")], tmp)
+    assert proc.returncode == 0, proc.stderr
+    said = json.loads((tmp / "r" / "eval" / "test.json").read_text())["metrics"]
+    assert said == {k: v for k, v in results(tmp / "r")["metrics"].items() if k.startswith("test/")}
+    proc = in_process(
+        evaluate.export_main, ["mtltrain-export", str(tmp / "r"), str(tmp / "x")], tmp
+    )
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_validation_is_held_out_of_a_dataset(project):
