@@ -213,7 +213,9 @@ def direction(objective: str | None) -> str:
         raise ConfigError(
             f"objective={objective} is not allowed with hydra/sweeper=mtltrain_optuna, which tunes "
             "one metric with a direction: set objective=validation/<task>/<metric> with <metric> "
-            f"one of {list(DIRECTION)} (and trainer.validation=0.1 to hold out a split)"
+            f"one of {list(DIRECTION)} (and trainer.validation=0.1 to hold out a split), or "
+            "for another metric say which way it improves: hydra.sweeper.direction=maximize or "
+            "minimize"
         )
     return "maximize" if DIRECTION[metric] > 0 else "minimize"
 
