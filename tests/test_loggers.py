@@ -280,6 +280,7 @@ def test_a_users_callbacks_and_logger_run_by_their_target(tmp_path, monkeypatch)
         ),
         ("+callbacks.count=5", "callbacks={'count': 5} is not allowed"),
         ("logger=[csv,nope]", "logger=nope is not an option"),
+        ("tags=baseline", "tags=baseline is not allowed: tags takes a list of labels"),
     ],
 )
 def test_a_bad_callback_or_logger_is_one_line(tmp_path, monkeypatch, override, says):
