@@ -84,6 +84,19 @@ def build_bad_items(root):
     return MultiTaskData(build(root).tasks, train=Pairs(), test=Pairs())
 
 
+class ScalarTargets(Rows):
+    """y as a 0-d tensor: collated to [N] against the head's [N, 1] (a loss would broadcast)."""
+
+    def __getitem__(self, i):
+        x, targets = super().__getitem__(i)
+        return x, {**targets, "y": targets["y"][0]}
+
+
+def build_scalar_targets(root):
+    train, test = (ScalarTargets(os.path.join(root, f"{s}.csv")) for s in ("train", "test"))
+    return MultiTaskData(build(root).tasks, train=train, test=test)
+
+
 class Flatten:
     def __call__(self, x):
         return x.reshape(-1)
@@ -347,6 +360,10 @@ def test_the_docs_example_of_a_data_set_from_files_runs(tmp_path, monkeypatch):
     [
         ("build_missing_a_target", "have no target of the tasks ['z']"),
         ("build_bad_items", "is not allowed as (Tensor, Tensor): give (input, {task: target})"),
+        (
+            "build_scalar_targets",
+            "regression task y have the shape [] per sample, and its head predicts [1]",
+        ),
     ],
 )
 def test_items_that_do_not_fit_the_tasks_are_one_line(project, target, says):
