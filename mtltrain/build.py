@@ -109,16 +109,24 @@ def check_fits(model: MultiTaskNet, data: MultiTaskData, device: torch.device) -
         ) from None
     finally:
         model.train()
-    check_regression_shapes(data.tasks, outputs, batch.targets)
+    check_targets(data.tasks, outputs, batch.targets)
 
 
-def check_regression_shapes(
+def check_targets(
     tasks: Sequence[TaskSpec], outputs: Mapping[str, Any], targets: Mapping[str, Tensor]
 ) -> None:
-    """A regression task's targets have the shape of its head's point prediction: a loss of
-    tensors of other shapes would broadcast them ([N, 1] against [N] gives [N, N]) and train
-    and score on the wrong differences without a word."""
+    """A classification or segmentation task's targets are class indices (integers), and a
+    regression task's have the shape of its head's point prediction: a loss of tensors of
+    other shapes would broadcast them ([N, 1] against [N] gives [N, N]) and train and score on
+    the wrong differences without a word."""
     for task in tasks:
+        indices = task.kind in ("classification", "segmentation")
+        if indices and targets[task.name].is_floating_point():
+            raise ConfigError(
+                f"dataset: the targets of the {task.kind} task {task.name} are "
+                f"{targets[task.name].dtype}: give class indices as integers (int64, "
+                "torch.tensor(2) rather than 2.0)"
+            )
         if task.kind != "regression" or task.name not in outputs:
             continue
         predicted, target = point(outputs[task.name]).shape, targets[task.name].shape

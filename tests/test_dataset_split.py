@@ -92,6 +92,19 @@ class ScalarTargets(Rows):
         return x, {**targets, "y": targets["y"][0]}
 
 
+class FloatClasses(Rows):
+    """c as a float (2.0): cross entropy takes class indices as integers only."""
+
+    def __getitem__(self, i):
+        x, targets = super().__getitem__(i)
+        return x, {**targets, "c": targets["c"].float()}
+
+
+def build_float_classes(root):
+    train, test = (FloatClasses(os.path.join(root, f"{s}.csv")) for s in ("train", "test"))
+    return MultiTaskData(build(root).tasks, train=train, test=test)
+
+
 def build_scalar_targets(root):
     train, test = (ScalarTargets(os.path.join(root, f"{s}.csv")) for s in ("train", "test"))
     return MultiTaskData(build(root).tasks, train=train, test=test)
@@ -364,6 +377,7 @@ def test_the_docs_example_of_a_data_set_from_files_runs(tmp_path, monkeypatch):
             "build_scalar_targets",
             "regression task y have the shape [] per sample, and its head predicts [1]",
         ),
+        ("build_float_classes", "classification task c are torch.float32: give class indices"),
     ],
 )
 def test_items_that_do_not_fit_the_tasks_are_one_line(project, target, says):
