@@ -10,12 +10,13 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from mtltrain.config._compose import build, build_partial, split_transforms
@@ -39,7 +40,7 @@ from mtltrain.loop._runtime import (
     settle_threads,
 )
 from mtltrain.loop._selection import Selection, resolve_objective
-from mtltrain.losses import loss_terms
+from mtltrain.losses import loss_terms, point
 from mtltrain.metrics import metric_directions, metric_names
 from mtltrain.models.base import MultiTaskNet
 from mtltrain.outputs import _run_folder as rundir
@@ -49,6 +50,7 @@ from mtltrain.outputs._figures import FiguresCallback
 from mtltrain.outputs._logger import Logger, LoggersCallback
 from mtltrain.outputs._progress import ProgressCallback
 from mtltrain.outputs._tensorboard import TensorBoardCallback
+from mtltrain.tasks import TaskSpec
 from mtltrain.weighting.base import Weighting
 
 log = logging.getLogger(__name__)
@@ -98,7 +100,7 @@ def check_fits(model: MultiTaskNet, data: MultiTaskData, device: torch.device) -
     model.eval()
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            model(sample)
+            outputs, _ = model(sample)
     except (RuntimeError, ValueError, IndexError, TypeError) as e:
         raise ConfigError(
             f"the model does not take the data set's inputs (each of shape "
@@ -107,6 +109,33 @@ def check_fits(model: MultiTaskNet, data: MultiTaskData, device: torch.device) -
         ) from None
     finally:
         model.train()
+    check_targets(data.tasks, outputs, batch.targets)
+
+
+def check_targets(
+    tasks: Sequence[TaskSpec], outputs: Mapping[str, Any], targets: Mapping[str, Tensor]
+) -> None:
+    """A classification or segmentation task's targets are class indices (integers), and a
+    regression task's have the shape of its head's point prediction: a loss of tensors of
+    other shapes would broadcast them ([N, 1] against [N] gives [N, N]) and train and score on
+    the wrong differences without a word."""
+    for task in tasks:
+        indices = task.kind in ("classification", "segmentation")
+        if indices and targets[task.name].is_floating_point():
+            raise ConfigError(
+                f"dataset: the targets of the {task.kind} task {task.name} are "
+                f"{targets[task.name].dtype}: give class indices as integers (int64, "
+                "torch.tensor(2) rather than 2.0)"
+            )
+        if task.kind != "regression" or task.name not in outputs:
+            continue
+        predicted, target = point(outputs[task.name]).shape, targets[task.name].shape
+        if predicted != target:
+            raise ConfigError(
+                f"dataset: the targets of the regression task {task.name} have the shape "
+                f"{list(target[1:])} per sample, and its head predicts {list(predicted[1:])}: "
+                f"give each sample's target that shape"
+            )
 
 
 def forward_flops(model: MultiTaskNet, split: AnySplit, batch_size: int) -> float:

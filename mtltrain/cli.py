@@ -42,6 +42,7 @@ from mtltrain.errors import (
     Pruned,
     RunFolderError,
     UnexpectedError,
+    checked_error,
     first_line,
 )
 from mtltrain.interrupts import Stopped, raise_stopped, signal_of, stopped_by
@@ -229,16 +230,19 @@ def main() -> None:
                 folder = None if own else Path(scratch.enter_context(TemporaryDirectory()))
                 sys.argv[1:] = rundir.follower_arguments(sys.argv[1:], folder)
             _main()
-        except MtlError as e:
-            _fail(e)
-        except (HydraException, OmegaConfBaseException) as e:
-            _fail(config_error(e, [a for a in sys.argv[1:] if "=" in a and a[0] != "-"]))
-        except OSError as e:  # Hydra's own files (.hydra/, multirun.yaml) could not be written
-            _fail(file_error(e))
         except KeyboardInterrupt as e:  # outside a run's own handling of Ctrl-C or SIGTERM
             _fail(stopped(e))
-        except Exception as e:  # raised by Hydra or a plugin (a launcher, a sweeper)
-            _fail(outside_error(e))
+        except Exception as e:
+            _fail(checked_error(e) or _as_one_line(e))
+
+
+def _as_one_line(e: Exception) -> MtlError:
+    """An error outside mtltrain's own checks as the one line the command prints."""
+    if isinstance(e, (HydraException, OmegaConfBaseException)):
+        return config_error(e, [a for a in sys.argv[1:] if "=" in a and a[0] != "-"])
+    if isinstance(e, OSError):  # Hydra's own files (.hydra/, multirun.yaml) not written
+        return file_error(e)
+    return outside_error(e)  # raised by Hydra or a plugin (a launcher, a sweeper)
 
 
 # config groups that take several options (logger=[tensorboard,csv]) or none (logger=[])
@@ -267,6 +271,12 @@ def check_command_line(argv: Sequence[str]) -> None:
             raise ConfigError(
                 f"{o.input_line} is not allowed: {o.key_or_group} takes the name of one of its "
                 f"options{also}: {', '.join(options)} (leave it out for the default)"
+            )
+        labels = isinstance(value, list) and all(isinstance(v, str | int) for v in value)
+        if o.key_or_group == "tags" and not (o.is_delete() or o.is_sweep_override() or labels):
+            raise ConfigError(
+                f"{o.input_line} is not allowed: tags takes a list of labels, "
+                "tags=[baseline,mnist] (tags=[] for none)"
             )
         sweep_only = o.key_or_group.startswith(SWEEP_SETTINGS) and o.value() is not False
         if not multirun and sweep_only:
@@ -313,4 +323,5 @@ def _exit_on_error() -> Iterator[None]:
     except OmegaConfBaseException as e:  # a resolver of ours (mtltrain.direction) raised in it
         _fail(config_error(e))
     except Exception as e:
-        _fail(UnexpectedError(f"{type(e).__name__}: {first_line(e)} (please report it)"))
+        unexpected = UnexpectedError(f"{type(e).__name__}: {first_line(e)} (please report it)")
+        _fail(checked_error(e) or unexpected)

@@ -19,6 +19,20 @@ class MtlError(Exception):
     exit_code = 2
 
 
+def checked_error(e: BaseException) -> "MtlError | None":
+    """The error of mtltrain's own checks behind `e`, where `e` wraps one (OmegaConf raises an
+    InterpolationResolutionError for a resolver's ConfigError, as its context): that error is
+    the one line to print, not the wrapper's."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, MtlError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 class ConfigError(MtlError, ValueError):
     """A setting has a value the tool cannot use."""
 

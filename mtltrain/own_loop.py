@@ -204,9 +204,15 @@ def loss_vector(losses: Losses, strategy: Weighting) -> Tensor:
                 f"losses for {sorted(losses)} are not allowed: the strategy's terms are {names}"
             )
         losses = [losses[n] for n in names]
-    vector = (
-        losses if isinstance(losses, Tensor) else torch.stack([torch.as_tensor(v) for v in losses])
-    )
+    if not isinstance(losses, Tensor):
+        losses = [torch.as_tensor(v) for v in losses]
+        shapes = [list(v.shape) for v in losses]
+        if any(shapes):
+            raise ConfigError(
+                f"losses of shapes {shapes} are not allowed: give one 0-d loss per term of "
+                f"{names} (reduce each, e.g. with .mean())"
+            )
+    vector = losses if isinstance(losses, Tensor) else torch.stack(losses)
     if vector.shape != (len(names),):
         raise ConfigError(
             f"losses of shape {list(vector.shape)} are not allowed: give one 0-d loss per term "

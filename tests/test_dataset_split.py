@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import StopAt, make_config, run_cli, through_disk
+from conftest import StopAt, in_process, make_config, run_cli, through_disk
 from omegaconf import OmegaConf, open_dict
 
+from mtltrain import evaluate
 from mtltrain.build import build_data, build_job
 from mtltrain.config._schema import settings
 from mtltrain.data.base import DatasetSplit, held_out
@@ -81,6 +82,32 @@ class Pairs(Dataset):
 
 def build_bad_items(root):
     return MultiTaskData(build(root).tasks, train=Pairs(), test=Pairs())
+
+
+class ScalarTargets(Rows):
+    """y as a 0-d tensor: collated to [N] against the head's [N, 1] (a loss would broadcast)."""
+
+    def __getitem__(self, i):
+        x, targets = super().__getitem__(i)
+        return x, {**targets, "y": targets["y"][0]}
+
+
+class FloatClasses(Rows):
+    """c as a float (2.0): cross entropy takes class indices as integers only."""
+
+    def __getitem__(self, i):
+        x, targets = super().__getitem__(i)
+        return x, {**targets, "c": targets["c"].float()}
+
+
+def build_float_classes(root):
+    train, test = (FloatClasses(os.path.join(root, f"{s}.csv")) for s in ("train", "test"))
+    return MultiTaskData(build(root).tasks, train=train, test=test)
+
+
+def build_scalar_targets(root):
+    train, test = (ScalarTargets(os.path.join(root, f"{s}.csv")) for s in ("train", "test"))
+    return MultiTaskData(build(root).tasks, train=train, test=test)
 
 
 class Flatten:
@@ -265,6 +292,21 @@ def test_transforms_apply_to_every_split_and_train_transform_to_training_only(pr
     )
 
 
+def test_a_run_with_transforms_evaluates_and_exports(project):
+    """mtltrain-eval and mtltrain-export rebuild the data set from the saved config, whose
+    dataset.transform is mtltrain's, not a setting of the build function."""
+    args, tmp = project
+    run(args, tmp, "trainer.epochs=1", f"hydra.run.dir={tmp}/r")
+    proc = in_process(evaluate.main, ["mtltrain-eval", str(tmp / "r")], tmp)
+    assert proc.returncode == 0, proc.stderr
+    said = json.loads((tmp / "r" / "eval" / "test.json").read_text())["metrics"]
+    assert said == {k: v for k, v in results(tmp / "r")["metrics"].items() if k.startswith("test/")}
+    proc = in_process(
+        evaluate.export_main, ["mtltrain-export", str(tmp / "r"), str(tmp / "x")], tmp
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_validation_is_held_out_of_a_dataset(project):
     args, tmp = project
     data = build_data(dataset_node(tmp), settings(make_config(["trainer.validation=0.25"]).trainer))
@@ -356,6 +398,11 @@ def test_the_docs_example_of_a_data_set_from_files_runs(tmp_path, monkeypatch):
     [
         ("build_missing_a_target", "have no target of the tasks ['z']"),
         ("build_bad_items", "is not allowed as (Tensor, Tensor): give (input, {task: target})"),
+        (
+            "build_scalar_targets",
+            "regression task y have the shape [] per sample, and its head predicts [1]",
+        ),
+        ("build_float_classes", "classification task c are torch.float32: give class indices"),
     ],
 )
 def test_items_that_do_not_fit_the_tasks_are_one_line(project, target, says):

@@ -318,6 +318,7 @@ def test_a_logger_that_fails_and_fails_to_close_leaves_the_runs_error(tmp_path, 
         ("logger=[csv,nope]", "logger=nope is not an option"),
         ("tags=[a,[b]]", "tags: ['b'] is not allowed: each tag is a non-empty text"),
         ("tags=['a,b']", "tags: 'a,b' is not allowed"),  # the loggers join tags with commas
+        ("tags=baseline", "tags=baseline is not allowed: tags takes a list of labels"),
     ],
 )
 def test_a_bad_callback_or_logger_is_one_line(tmp_path, monkeypatch, override, says):

@@ -224,6 +224,8 @@ def test_bad_calls_say_what_to_pass():
     losses, _ = net.losses()
     with pytest.raises(ConfigError, match="the strategy's terms are"):
         mtltrain.backward({"a": losses[0]}, mtltrain.create_strategy("equal", ["a", "b"]))
+    with pytest.raises(ConfigError, match=r"losses of shapes \[\[3\], \[\]\] are not allowed"):
+        mtltrain.backward([torch.ones(3), losses[1]], mtltrain.create_strategy("equal", ["a", "b"]))
     with pytest.raises(ConfigError, match=r"pass backward.*shared_params="):
         mtltrain.backward(losses, mtltrain.create_strategy("mgda", ["a", "b"]))
     with pytest.raises(ConfigError, match="features="):

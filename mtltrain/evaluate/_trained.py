@@ -21,7 +21,14 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from mtltrain.build import build_data, place_data
-from mtltrain.config._compose import build, check_node, config_error, setting_keys, unknown_setting
+from mtltrain.config._compose import (
+    build,
+    check_node,
+    config_error,
+    setting_keys,
+    split_transforms,
+    unknown_setting,
+)
 from mtltrain.config._overrides import parse_overrides
 from mtltrain.config._schema import TrainerConfig
 from mtltrain.data.base import MultiTaskData, Split
@@ -184,7 +191,9 @@ def with_overrides(config: DictConfig, overrides: Sequence[str]) -> DictConfig:
             raise ConfigError(
                 f"{o.input_line} is not allowed: it does not fit the saved {key}: {first_line(e)}"
             ) from None
-    check_node(config.dataset)
+    dataset, transforms = split_transforms(config.dataset)
+    for node in (dataset, *(n for nodes in transforms.values() for n in nodes)):
+        check_node(node)
     return config
 
 
