@@ -133,6 +133,11 @@ def test_a_users_folder_runs_with_config_dir_and_its_own_package(tmp_path):
     assert done.returncode == 0, done.stderr
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["status"] == "completed" and results["epochs"] == 2
+    assert results["choices"]["trainer"] == "quick"
+    done = run_cli([*args[:-1], "hydra.run.dir=alone", "trainer.epochs=1"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    alone = json.loads((tmp_path / "alone" / "results.json").read_text())
+    assert alone["choices"]["trainer"] == "default"  # mine has no trainer of its name
 
 
 @pytest.mark.parametrize(
