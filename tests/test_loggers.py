@@ -186,12 +186,19 @@ def test_a_logger_whose_library_is_missing_is_one_line(tmp_path, monkeypatch):
     assert not (tmp_path / "r").exists()  # refused before the run's folder is made
 
 
-def test_a_resumed_run_continues_the_csv_mlflow_and_wandb_logs(tmp_path):
+def logged_past_its_checkpoint(tmp_path):
+    """A finished run with csv, MLflow and W&B logs, whose csv file has a row after its last
+    checkpoint (as a run killed after logging it would leave)."""
     first = run_cli([*TINY, "logger=[csv,mlflow,wandb]", "hydra.run.dir=r"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     run = tmp_path / "r"
     with (run / "csv" / "metrics.csv").open("a") as f:
-        f.write("5,99.0\n")  # a step logged after the last checkpoint by a run then killed
+        f.write("5,99.0\n")
+    return run
+
+
+def test_a_resumed_run_continues_the_csv_mlflow_and_wandb_logs(tmp_path):
+    run = logged_past_its_checkpoint(tmp_path)
     _, before = mlflow_run(run)
     more = "logger=[csv,mlflow,wandb,tensorboard]"  # a resume may log into more loggers
     resumed = run_cli([f"resume={run}", "trainer.epochs=3", more], cwd=tmp_path)
@@ -212,11 +219,7 @@ def test_a_resumed_run_continues_the_csv_mlflow_and_wandb_logs(tmp_path):
 
 
 def test_a_refused_resume_leaves_the_csv_mlflow_and_wandb_logs_as_they_were(tmp_path):
-    first = run_cli([*TINY, "logger=[csv,mlflow,wandb]", "hydra.run.dir=r"], cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    run = tmp_path / "r"
-    with (run / "csv" / "metrics.csv").open("a") as f:
-        f.write("5,99.0\n")  # a step logged after the last checkpoint by a run then killed
+    run = logged_past_its_checkpoint(tmp_path)
     table, parts = (run / "csv" / "metrics.csv").read_text(), sorted((run / "wandb").iterdir())
     # refused once the run is opened (its device is checked as its job is built)
     refused = run_cli([f"resume={run}", "trainer.epochs=3", "trainer.device=cuda:99"], tmp_path)
