@@ -331,5 +331,4 @@ def _exit_on_error() -> Iterator[None]:
     except OmegaConfBaseException as e:  # a resolver of ours (mtltrain.direction) raised in it
         _fail(config_error(e))
     except Exception as e:
-        unexpected = UnexpectedError(f"{type(e).__name__}: {first_line(e)} (please report it)")
-        _fail(checked_error(e) or unexpected)
+        _fail(UnexpectedError(f"{type(e).__name__}: {first_line(e)} (please report it)"))

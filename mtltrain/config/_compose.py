@@ -32,7 +32,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mtltrain.config._overrides import parse_overrides
 from mtltrain.constraints import closest, mismatch, type_hints
-from mtltrain.errors import ConfigError, MtlError, first_line
+from mtltrain.errors import ConfigError, MtlError, checked_error, first_line
 
 # the config groups whose choice is a `_target_` node a run builds
 TARGET_GROUPS = ("dataset", "model", "weighting")
@@ -301,7 +301,7 @@ def check_optimizer(factory: functools.partial, name: str) -> None:
         ) from None
 
 
-def config_error(e: BaseException, overrides: Sequence[str] = ()) -> ConfigError:
+def config_error(e: BaseException, overrides: Sequence[str] = ()) -> MtlError:
     """Hydra's or OmegaConf's error about composing a config (with `overrides`), as one line:
     an unknown choice lists the options and the closest, an unknown key names the closest
     known one, an override Hydra cannot parse shows the form it takes."""
@@ -312,10 +312,10 @@ def config_error(e: BaseException, overrides: Sequence[str] = ()) -> ConfigError
             f"{e.override} cannot be read ({first_line(e)}): write key=value, a list as "
             "key=[1,2], a mapping as key={a:1,b:2}, and quote values with spaces or brackets"
         )
+    ours = checked_error(e)  # raised by a resolver of ours (mtltrain.direction) in Hydra's compose
+    if ours is not None:
+        return ours
     text = str(e)
-    ours = re.match(r"(?:Config|Mtl)Error raised while resolving interpolation: (.*)", text)
-    if ours:  # raised by a resolver of ours (mtltrain.direction) while Hydra composed
-        return ConfigError(ours.group(1).splitlines()[0])
     bad = re.match(r"Could not override '([^']+)'", text) or re.search(
         r"Could not delete from config. '([^']+)' does not exist", text
     )
