@@ -280,12 +280,6 @@ def check_command_line(argv: Sequence[str]) -> None:
                 f"{o.input_line} is not allowed: {o.key_or_group} takes the name of one of its "
                 f"options{also}: {', '.join(options)} (leave it out for the default)"
             )
-        listed = isinstance(value, list)  # its labels are checked with the config (check_tags)
-        if o.key_or_group == "tags" and not (o.is_delete() or o.is_sweep_override() or listed):
-            raise ConfigError(
-                f"{o.input_line} is not allowed: tags takes a list of labels, "
-                "tags=[baseline,mnist] (tags=[] for none)"
-            )
         sweep_only = o.key_or_group.startswith(SWEEP_SETTINGS) and o.value() is not False
         if not multirun and sweep_only:
             raise ConfigError(

@@ -102,7 +102,7 @@ def check(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     except OmegaConfBaseException as e:
         raise config_error(e) from None
     check_seed(cfg.seed)
-    check_tags(cfg.get("tags") or [])
+    check_tags(cfg.get("tags", []))
     dataset, transforms = split_transforms(cfg.dataset)
     for node in (dataset, cfg.model, cfg.weighting, *(n for v in transforms.values() for n in v)):
         check_node(node)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -73,8 +72,14 @@ def check_seed(seed: int, key: str = "seed") -> None:
         raise ConfigError(f"{bad.where}{bad.text}")
 
 
-def check_tags(tags: Sequence[object]) -> None:
-    """Each of a run's tags is one word or phrase: the loggers keep the tags joined by commas."""
+def check_tags(tags: object) -> None:
+    """`tags` is a list, and each of a run's tags one word or phrase: the loggers keep the tags
+    joined by commas."""
+    if not isinstance(tags, ListConfig | list):
+        raise ConfigError(
+            f"tags={tags} is not allowed: tags takes a list of labels, tags=[baseline,mnist] "
+            "(tags=[] for none)"
+        )
     for tag in tags:
         if not isinstance(tag, str) or not tag or "," in tag:
             shown = OmegaConf.to_container(tag) if isinstance(tag, ListConfig | DictConfig) else tag
@@ -207,7 +212,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     logger: Any = None  # {name: _target_ node}: the config group logger (conf/logger/)
     callbacks: Any = None  # {name: _target_ node}: the user's own callbacks
-    tags: list[str] = field(default_factory=list)
+    tags: Any = field(default_factory=list)  # a list of texts (checked: check_tags)
 
 
 def folder_name(text: str) -> str:
