@@ -1,6 +1,10 @@
-"""Errors a user can act on: the CLI prints them as one line and exits with their code."""
+"""Errors a user can act on: the commands print them as one line and exit with their code
+(argparse's errors too, through `OneLineParser`)."""
 
+import argparse
 import errno
+import sys
+from typing import NoReturn
 
 # OSError numbers that mean a file cannot be written (a full or read-only disk, no permission)
 UNWRITABLE = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
@@ -90,3 +94,13 @@ class Interrupted(MtlError):
 class Pruned(MtlError):
     """An Optuna sweep's pruner stopped the run's trial at an evaluation (the trial's
     objective was worse than the study's other trials' there): an outcome, not a fault."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's errors in one line, without its usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        print(
+            f"{self.prog}: error: {message}: {self.prog} --help says what it takes", file=sys.stderr
+        )
+        raise SystemExit(2)

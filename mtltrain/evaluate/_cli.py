@@ -10,11 +10,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mtltrain.errors import MtlError, RunFolderError, UnexpectedError, first_line
+from mtltrain.errors import MtlError, OneLineParser, RunFolderError, UnexpectedError, first_line
 from mtltrain.evaluate._splits import SPLITS, check_split
 from mtltrain.outputs._results import write_json
 from mtltrain.processes import importable_from_here
-from mtltrain.report.cli import OneLineParser
 
 if TYPE_CHECKING:
     from mtltrain.evaluate._trained import TrainedRun

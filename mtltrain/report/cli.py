@@ -61,10 +61,9 @@ import argparse
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from mtltrain.atomic import write_all_atomically
-from mtltrain.errors import OutputError
+from mtltrain.errors import OneLineParser, OutputError
 from mtltrain.report.plots import (
     plots,
 )
@@ -149,16 +148,6 @@ def check_own_files(out: Path, names: Iterable[str]) -> None:
             f"{out} holds {', '.join(there)}, which mtltrain-report did not write: they are left "
             "as they are; write the report elsewhere with --out DIR"
         )
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse's errors in one line, without its usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        print(
-            f"{self.prog}: error: {message}: {self.prog} --help says what it takes", file=sys.stderr
-        )
-        raise SystemExit(2)
 
 
 def parser() -> argparse.ArgumentParser:
