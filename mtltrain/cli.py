@@ -30,6 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mtltrain import torchrun
 from mtltrain.config._compose import (
+    NAMED_TARGETS,
     check,
     config_dir,
     config_error,
@@ -254,7 +255,7 @@ def _as_one_line(e: Exception) -> MtlError:
 
 
 # config groups that take several options (logger=[tensorboard,csv]) or none (logger=[])
-SEVERAL = ("logger", "callbacks")
+SEVERAL = NAMED_TARGETS
 # settings that only a sweep (-m) reads
 SWEEP_SETTINGS = ("hydra/launcher", "hydra/sweeper", "hydra.launcher.", "hydra.sweeper.",
                   "hydra.sweep.", "resume_sweep")  # fmt: skip
