@@ -419,7 +419,7 @@ def _results(cfg: DictConfig, job: Job, info: dict[str, Any]) -> dict[str, Any]:
     chosen = selection.chosen
     if chosen is None:
         raise TrainingError(
-            f"no evaluation had a finite {selection.objective}, so job.select=best has "
+            f"no evaluation had a finite {selection.objective}, so trainer.select=best has "
             "nothing to report: see the run's TensorBoard for where training diverged"
         )
     train_metrics = evaluate(
