@@ -239,6 +239,7 @@ def test_a_random_transform_in_workers_draws_the_same_after_a_resume(project):
     stopped = build_job(rows_config(tmp, **jitter), extra_callbacks=[StopAt(8)])
     with pytest.raises(Interrupted):
         train_alone(stopped)
+    assert (stopped.epoch, stopped.batch, stopped.step) == (1, 3, 8)  # mid-epoch
     resumed = build_job(rows_config(tmp, **jitter))
     resumed.load_state_dict(through_disk(stopped.state_dict()))
     train_alone(resumed)
@@ -305,6 +306,7 @@ def test_a_run_with_transforms_evaluates_and_exports(project):
         evaluate.export_main, ["mtltrain-export", str(tmp / "r"), str(tmp / "x")], tmp
     )
     assert proc.returncode == 0, proc.stderr
+    assert (tmp / "x" / "model.pt2").is_file() and (tmp / "x" / "model.pt").is_file()
 
 
 def test_validation_is_held_out_of_a_dataset(project):

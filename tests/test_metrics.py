@@ -262,7 +262,7 @@ def test_a_run_with_a_binary_task_a_custom_loss_and_custom_metrics(tmp_path, mon
     metrics = results["metrics"]
     for split in ("train", "test"):
         assert 0.5 < metrics[f"{split}/y1/binary_auroc"] <= 1  # separable: well above chance
-        assert metrics[f"{split}/y2/mae"] >= 0
+        assert 0 < metrics[f"{split}/y2/mae"] <= metrics[f"{split}/y2/rmse"]  # MAE ≤ RMSE
     assert not any(name.endswith("/f1") for name in metrics)  # the list replaces the defaults
     assert results["directions"] == {
         "y1/accuracy": 1,

@@ -5,6 +5,8 @@ import json
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,8 @@ def test_the_pages_commands_run_on_a_copy_of_the_example(tmp_path):
     assert (runs / "first" / "eval" / "test.json").is_file()
     assert (folder / "exported" / "model.safetensors").is_file()
     assert (runs / "tune" / "optimization_results.yaml").is_file()
+
+
+def test_the_examples_data_is_what_its_script_writes(tmp_path):
+    subprocess.run([sys.executable, EXAMPLE / "make_data.py"], cwd=tmp_path, check=True)
+    assert (tmp_path / "houses.csv").read_bytes() == (EXAMPLE / "houses.csv").read_bytes()
