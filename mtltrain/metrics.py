@@ -12,6 +12,7 @@ torchmetrics adds up their states over ranks itself (through torch.distributed's
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -242,12 +243,12 @@ def snake_case(name: str) -> str:
 @dataclass(frozen=True)
 class TaskMetric:
     """One metric a task reports: its name, which way it improves (+1 higher is better, −1
-    lower, None: no direction) and, for a torchmetrics metric, a prototype each evaluation
-    copies (None: the kind's scorer computes it)."""
+    lower, None: no direction) and, for a torchmetrics metric, what makes an empty one for each
+    evaluation (None: the kind's scorer computes it)."""
 
     name: str
     direction: int | None
-    prototype: Metric | None = None
+    make: Callable[[], Metric] | None = None
 
 
 def task_metrics(task: TaskSpec, knows_sigma: bool = False) -> tuple[TaskMetric, ...]:
@@ -255,7 +256,7 @@ def task_metrics(task: TaskSpec, knows_sigma: bool = False) -> tuple[TaskMetric,
     made = TORCHMETRICS_BUILTINS.get(task.kind, {})
     builtins = {
         **{n: TaskMetric(n, DIRECTION.get(n)) for n in scorer_for(task, knows_sigma).names},
-        **{n: TaskMetric(n, DIRECTION[n], make(task)) for n, make in made.items()},
+        **{n: TaskMetric(n, DIRECTION[n], functools.partial(m, task)) for n, m in made.items()},
     }
     if not task.metrics:
         return tuple(builtins.values())
@@ -269,7 +270,7 @@ def task_metrics(task: TaskSpec, knows_sigma: bool = False) -> tuple[TaskMetric,
 def _custom(choice: MetricChoice) -> TaskMetric:
     custom = choice if isinstance(choice, CustomMetric) else CustomMetric(choice)
     direction = None if custom.higher_is_better is None else 1 if custom.higher_is_better else -1
-    return TaskMetric(custom.name, direction, custom.metric)
+    return TaskMetric(custom.name, direction, custom.metric.clone)
 
 
 def check_metrics(task: str, kind: TaskKind, heteroscedastic: bool, chosen: Sequence) -> None:
@@ -348,10 +349,11 @@ class TaskMetrics:
             else:
                 self.sums[name] = sums
             self.counts[name] += target.numel()
-            for metric in self.extra[name].values():
-                metric.to(target.device).update(
-                    *metric_inputs(self.tasks[name].kind, outputs[name], target)
-                )
+            extra = self.extra[name]
+            if extra:
+                inputs = metric_inputs(self.tasks[name].kind, outputs[name], target)
+                for metric in extra.values():
+                    metric.to(target.device).update(*inputs)
 
     def compute(self, ranks: Ranks = ONE_PROCESS) -> dict[str, float]:
         """The metrics of every batch added (under torchrun: on every rank)."""
@@ -363,7 +365,7 @@ class TaskMetrics:
             scored = scorer.finish(sums[name], counts[name])
             extra = self.extra[name]
             for m in self.chosen[name]:
-                if m.prototype is None and m.name in scored:
+                if m.make is None and m.name in scored:
                     metrics[f"{name}/{m.name}"] = scored[m.name]
                 elif m.name in extra:
                     metrics[f"{name}/{m.name}"] = _scalar(extra[m.name].compute(), name, m)
@@ -384,8 +386,8 @@ class TaskMetrics:
 
 
 def _fresh(chosen: Sequence[TaskMetric]) -> dict[str, Metric]:
-    """An empty copy of each torchmetrics metric among `chosen`, by name."""
-    copies = {m.name: m.prototype.clone() for m in chosen if m.prototype is not None}
+    """An empty one of each torchmetrics metric among `chosen`, by name."""
+    copies = {m.name: m.make() for m in chosen if m.make is not None}
     for metric in copies.values():
         metric.reset()
     return copies
