@@ -45,7 +45,7 @@ class CsvLog:
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         self.logged = True
-        if self.rows and step > max(self.rows):
+        if self.rows and step > next(reversed(self.rows)):  # the last step, rows in order
             self.flush()  # the rows before `step` are complete
         self.rows.setdefault(step, {}).update(values)
         self.columns += [k for k in values if k not in self.columns]
