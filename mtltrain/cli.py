@@ -35,7 +35,7 @@ from mtltrain.config._compose import (
     config_dir,
     config_error,
     config_groups,
-    group_options,
+    trainer_choice,
 )
 from mtltrain.config._overrides import command_line, parse_overrides
 from mtltrain.config._schema import check_boolean, register
@@ -82,8 +82,7 @@ def job_arguments(
     overrides, its config choices, in a sweep its name, and the files Hydra made in its folder
     (its output subfolder, .hydra/ by default, and its log, <job name>.log)."""
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
-    if choices.get("trainer") not in group_options("trainer", hc.runtime.config_sources):
-        choices["trainer"] = "default"  # the data set has no trainer of its name (optional)
+    choices["trainer"] = trainer_choice(hc)  # default where the data set has no trainer
     # resume_sweep is how the sweep was started, not a setting of its runs
     overrides = [
         o.input_line for o in parse_overrides(hc.overrides.task) if o.key_or_group != "resume_sweep"

@@ -92,7 +92,9 @@ def check(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     from mtltrain.config._schema import check_boolean, check_seed, check_tags, settings
 
     check_keys(cfg)
-    check_trainer_choice(cfg.hydra if "hydra" in cfg else hydra_config())
+    hydra = cfg.hydra if "hydra" in cfg else hydra_config()
+    if hydra is not None:
+        trainer_choice(hydra)
     check_target_nodes(cfg)
     check_overrides(overrides, cfg)
     check_boolean("resume_sweep", cfg.resume_sweep)
@@ -154,21 +156,23 @@ def hydra_config() -> DictConfig | None:
     return HydraConfig.get() if HydraConfig.initialized() else None
 
 
-def check_trainer_choice(hydra: DictConfig | None) -> None:
-    """`trainer=<name>` names a trainer config on the config search path. The trainer entry of
-    conf/config.yaml is optional (a data set without a trainer of its own name runs with
-    trainer/default.yaml alone), so Hydra would skip a name it does not find without a word."""
-    choices = OmegaConf.select(hydra, "runtime.choices") if hydra is not None else None
-    if not choices or choices.get("trainer") in (None, choices.get("dataset")):
-        return
-    options = group_options("trainer", OmegaConf.select(hydra, "runtime.config_sources") or [])
-    if choices.trainer not in options:
-        near = difflib.get_close_matches(choices.trainer, options, n=1, cutoff=0.5)
-        guess = f"did you mean trainer={near[0]}? " if near else ""
-        raise ConfigError(
-            f"trainer={choices.trainer} is not an option: {guess}choose one of "
-            f"{', '.join(options)} (leave it out for the data set's own, else default)"
-        )
+def trainer_choice(hydra: DictConfig) -> str:
+    """The trainer config a run composed with, from Hydra's own config: the one `trainer=`
+    names, the data set's own, or `default` where the data set has none. The trainer entry of
+    conf/config.yaml is optional, so Hydra would skip a name it does not find without a word:
+    a `trainer=<name>` that is not on the config search path is a ConfigError."""
+    choices = hydra.runtime.choices
+    options = group_options("trainer", hydra.runtime.config_sources)
+    if choices.trainer in options:
+        return choices.trainer
+    if choices.trainer == choices.get("dataset"):
+        return "default"
+    near = difflib.get_close_matches(choices.trainer, options, n=1, cutoff=0.5)
+    guess = f"did you mean trainer={near[0]}? " if near else ""
+    raise ConfigError(
+        f"trainer={choices.trainer} is not an option: {guess}choose one of "
+        f"{', '.join(options)} (leave it out for the data set's own, else default)"
+    )
 
 
 def group_options(group: str, sources: Iterable[DictConfig]) -> list[str]:
