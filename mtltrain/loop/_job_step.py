@@ -41,8 +41,7 @@ class PerJobStep:
             for group in opt.param_groups
             for p in group["params"]
         ]
-        self.epoch_split = job.train_split
-        self.loaded: Iterator[Split] = iter(())
+        self.loaded: Iterator[Split] = iter(())  # the epoch's batches, from the job's position
 
     def start_epoch(self) -> None:
         """The epoch's order of the train split: gathered once from tensors, or the batches a
@@ -57,14 +56,10 @@ class PerJobStep:
         split = job.train_split.take(order)
         if not self.on_device:
             split = split.map(torch.Tensor.pin_memory)
-        self.epoch_split = split
+        self.loaded = split.batches(self.batch_size, job.batch)
 
     def step(self, batch: int) -> None:
-        if isinstance(self.epoch_split, DatasetSplit):
-            self.train_step(next(self.loaded))
-            return
-        first = batch * self.batch_size
-        self.train_step(self.epoch_split.take(slice(first, first + self.batch_size)))
+        self.train_step(next(self.loaded))
 
     def sync(self) -> None:
         """Nothing to hand over: each step counts itself into its job."""
