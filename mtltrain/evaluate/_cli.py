@@ -10,7 +10,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mtltrain.errors import MtlError, OneLineParser, RunFolderError, UnexpectedError, first_line
+from mtltrain.errors import (
+    MtlError,
+    OneLineParser,
+    RunFolderError,
+    UnexpectedError,
+    checked_error,
+    first_line,
+)
 from mtltrain.evaluate._splits import SPLITS, check_split
 from mtltrain.outputs._results import write_json
 from mtltrain.processes import importable_from_here
@@ -209,8 +216,9 @@ def _one_line(prog: str, command: Callable[[], None]) -> None:
         command()
     except MtlError as e:
         _fail(prog, e)
-    except Exception as e:
-        _fail(prog, UnexpectedError(f"{type(e).__name__}: {first_line(e)} (please report it)"))
+    except Exception as e:  # one of mtltrain's own behind a wrapper (Hydra's), else unexpected
+        unexpected = UnexpectedError(f"{type(e).__name__}: {first_line(e)} (please report it)")
+        _fail(prog, checked_error(e) or unexpected)
 
 
 def _fail(prog: str, e: MtlError) -> None:
