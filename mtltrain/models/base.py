@@ -15,7 +15,7 @@ features and no shared parameters; strategies that need a shared part check
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
@@ -45,6 +45,14 @@ class MultiTaskNet(Protocol):
     def train(self, mode: bool = True) -> Any: ...
 
     def eval(self) -> Any: ...
+
+
+@runtime_checkable
+class Staged(Protocol):
+    """A backbone that architectures can split (MTAN, cross-stitch, PLE): applying `stages()`
+    in order is its forward pass, each stage a module from one feature map to the next."""
+
+    def stages(self) -> list[nn.Module]: ...
 
 
 def has_shared_part(model: MultiTaskNet) -> bool:

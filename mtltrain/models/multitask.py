@@ -26,7 +26,9 @@ class VarianceHead(nn.Module):
         return MeanLogVar.split(self.head(z))
 
 
-def _head(task: TaskSpec, factory: HeadFactory) -> nn.Module:
+def task_head(task: TaskSpec, factory: HeadFactory) -> nn.Module:
+    """`task`'s head from `factory`: `out_features` values, or twice that wrapped in
+    `VarianceHead` for a heteroscedastic task (refused in one line for a bounded head)."""
     if not task.heteroscedastic:
         return factory(out_features=task.out_features)
     head = factory(out_features=2 * task.out_features)
@@ -58,7 +60,7 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         heads = heads or {}
         self.encoder = encoder if encoder is not None else nn.Identity()
-        self.heads = nn.ModuleDict({t.name: _head(t, heads.get(t.name, head)) for t in tasks})
+        self.heads = nn.ModuleDict({t.name: task_head(t, heads.get(t.name, head)) for t in tasks})
 
     def forward(self, x: Tensor) -> tuple[Outputs, Tensor]:
         z = self.encoder(x)
