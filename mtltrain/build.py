@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from mtltrain.config._compose import build, build_partial, split_transforms
+from mtltrain.config._compose import architecture_node, build, build_partial, split_transforms
 from mtltrain.config._overrides import parse_overrides
 from mtltrain.config._schema import TrainerConfig, settings
 from mtltrain.data.base import AnySplit, DatasetSplit, MultiTaskData, hold_out
@@ -226,6 +226,22 @@ def with_transforms(data: MultiTaskData, transforms: dict[str, list[DictConfig]]
     )
 
 
+def build_model(cfg: DictConfig, tasks: Sequence[TaskSpec]) -> MultiTaskNet:
+    """The model of a run's config: `cfg.model` as it builds it (architecture hps), or the
+    architecture `cfg.architecture` wiring the model config's encoder, head and heads."""
+    architecture = architecture_node(cfg)
+    if architecture is None:
+        return build(cfg.model, tasks=tasks)
+    heads = cfg.model.get("heads") or {}
+    return build(
+        architecture,
+        tasks=tasks,
+        encoder=build(cfg.model.encoder),
+        head=build_partial(cfg.model.head),
+        heads={name: build_partial(heads[name]) for name in heads},
+    )
+
+
 def build_objects(
     cfg: DictConfig, trainer: TrainerConfig, device: torch.device
 ) -> tuple[MultiTaskData, MultiTaskNet, Weighting, torch.optim.Optimizer]:
@@ -233,7 +249,7 @@ def build_objects(
     data = place_data(
         build_data(cfg.dataset, trainer), device, trainer.channels_last, trainer.num_workers
     )
-    model = build(cfg.model, tasks=data.tasks).to(device)
+    model = build_model(cfg, data.tasks).to(device)
     if trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     check_fits(model, data, device)

@@ -96,6 +96,7 @@ def check(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     if hydra is not None:
         trainer_choice(hydra)
     check_target_nodes(cfg)
+    architecture = architecture_node(cfg)
     check_overrides(overrides, cfg)
     check_boolean("resume_sweep", cfg.resume_sweep)
     try:
@@ -106,7 +107,8 @@ def check(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     check_seed(cfg.seed)
     check_tags(cfg.get("tags", []))
     dataset, transforms = split_transforms(cfg.dataset)
-    for node in (dataset, cfg.model, cfg.weighting, *(n for v in transforms.values() for n in v)):
+    built = (dataset, cfg.model, cfg.weighting, *(n for v in transforms.values() for n in v))
+    for node in (*built, *([architecture] if architecture is not None else [])):
         check_node(node)
     for key in NAMED_TARGETS:
         check_named_nodes(cfg, key)
@@ -200,6 +202,30 @@ def check_target_nodes(cfg: DictConfig) -> None:
                 f" is not allowed: it is a mapping with a _target_ (the class or function that "
                 f"builds it) and its settings, e.g. {key}._target_=<module.Name>"
             )
+
+
+def architecture_node(cfg: DictConfig) -> DictConfig | None:
+    """The `architecture` node a model is built with, None for hps (`{}`, or no such key in an
+    older run's config: the model config as it builds it). Any other architecture is a
+    `_target_` node wiring the model config's `encoder` (the backbone) and heads; a model
+    config without an encoder is a one-line ConfigError."""
+    node = cfg.get("architecture")
+    if node is None or (isinstance(node, DictConfig) and len(node) == 0):
+        return None
+    if not (isinstance(node, DictConfig) and "_target_" in node):
+        raise ConfigError(
+            f"architecture={OmegaConf.to_container(node) if isinstance(node, DictConfig) else node!r}"
+            " is not allowed: it is {} (hps: the model as it is) or a mapping with a _target_ "
+            "(the architecture class) and its settings; choose one of conf/architecture/"
+        )
+    if cfg.model.get("encoder") is None or "head" not in cfg.model:
+        name = str(node._target_).rpartition(".")[2]
+        raise ConfigError(
+            f"architecture {name} is not allowed with the model {cfg.model._target_}: it wires "
+            "a model config's encoder (the shared backbone) and head(s), and this one has no "
+            "model.encoder; choose a model with an encoder and a head, or architecture=hps"
+        )
+    return node
 
 
 def check_named_nodes(cfg: DictConfig, key: str) -> None:

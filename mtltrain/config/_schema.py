@@ -203,6 +203,7 @@ class RunConfig:
 
     dataset: Any = MISSING
     model: Any = MISSING
+    architecture: Any = None  # {} (hps: the model as it is) or a _target_ node (conf/architecture/)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     weighting: Any = MISSING
     seed: int = MISSING

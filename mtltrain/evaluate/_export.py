@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from mtltrain.atomic import torch_bytes, write_all_atomically
-from mtltrain.config._compose import build
+from mtltrain.build import build_model
 from mtltrain.errors import RunFolderError, first_line
 from mtltrain.evaluate._trained import TrainedRun
 from mtltrain.losses import MeanLogVar, loss_name
@@ -172,7 +172,7 @@ def load_exported(folder: Path, device: str | torch.device = "cpu") -> nn.Module
     config = OmegaConf.load(folder / CONFIG)
     specs = json.loads((folder / TASKS).read_text())
     tasks = tuple(TaskSpec(**{**s, "losses": tuple(s["losses"])}) for s in specs)
-    model = build(config.model, tasks=tasks)
+    model = build_model(config, tasks)
     model.load_state_dict(exported_weights(folder))
     return model.to(device).eval()
 

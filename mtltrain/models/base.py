@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
+from mtltrain.errors import ConfigError
 from mtltrain.losses import MeanLogVar
 
 Outputs = dict[str, Tensor | MeanLogVar]
@@ -63,3 +64,27 @@ def has_shared_part(model: MultiTaskNet) -> bool:
 def predict(model: MultiTaskNet, x: Tensor) -> Outputs:
     """The model's outputs alone, for evaluation and figures."""
     return model(x)[0]
+
+
+def stages_of(encoder: nn.Module, architecture: str) -> list[nn.Module]:
+    """`encoder`'s stages (`Staged`), or a one-line ConfigError saying `architecture` needs them."""
+    if not isinstance(encoder, Staged):
+        raise ConfigError(
+            f"architecture {architecture} is not allowed with the encoder "
+            f"{type(encoder).__name__}: it needs a backbone that splits into stages (a "
+            "`stages() -> list[nn.Module]` method, mtltrain.models.base.Staged)"
+        )
+    return list(encoder.stages())
+
+
+def stage_channels(stage: nn.Module) -> int:
+    """The channels (features) a stage emits: those of its last layer that sets them (a
+    convolution's out_channels, a linear layer's out_features, a norm's num_features)."""
+    for module in reversed(list(stage.modules())):
+        for name in ("out_channels", "out_features", "num_features"):
+            if isinstance(getattr(module, name, None), int):
+                return getattr(module, name)
+    raise ConfigError(
+        f"the stage {type(stage).__name__} has no layer that sets its channels (a convolution, "
+        "linear layer or norm): every stage of a Staged backbone needs one"
+    )

@@ -33,6 +33,11 @@ class MnistEncoder(nn.Sequential):
             nn.MaxPool2d(2),  # 2×2
         )  # fmt: skip
 
+    def stages(self) -> list[nn.Module]:
+        """Its layers up to each pooling: 16×14×14, 8×7×7, 8×2×2 (`Staged`)."""
+        layers = list(self)
+        return [nn.Sequential(*layers[a:b]) for a, b in ((0, 5), (5, 12), (12, None))]
+
 
 class MnistDecoder(nn.Sequential):
     """convT 3×3/3, convT 3×3/2, convT 3×3, convT·2×2/2: 8×2×2 → channels×28×28.

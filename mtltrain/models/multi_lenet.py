@@ -25,3 +25,8 @@ class MultiLeNetEncoder(nn.Sequential):
             nn.Conv2d(10, 20, 5), nn.Dropout2d(dropout), nn.MaxPool2d(2), nn.ReLU(),  # 20×4×4
             nn.Flatten(), nn.Linear(320, 50), nn.ReLU(),
         )  # fmt: skip
+
+    def stages(self) -> list[nn.Module]:
+        """Its two conv blocks and its fc layer: 10×12×12, 20×4×4, 50 (`Staged`)."""
+        layers = list(self)
+        return [nn.Sequential(*layers[a:b]) for a, b in ((0, 3), (3, 7), (7, None))]
