@@ -213,10 +213,10 @@ def architecture_node(cfg: DictConfig) -> DictConfig | None:
     if node is None or (isinstance(node, DictConfig) and len(node) == 0):
         return None
     if not (isinstance(node, DictConfig) and "_target_" in node):
+        given = OmegaConf.to_container(node) if isinstance(node, DictConfig) else node
         raise ConfigError(
-            f"architecture={OmegaConf.to_container(node) if isinstance(node, DictConfig) else node!r}"
-            " is not allowed: it is {} (hps: the model as it is) or a mapping with a _target_ "
-            "(the architecture class) and its settings; choose one of conf/architecture/"
+            f"architecture={given!r} is not allowed: it is {{}} (hps: the model as it is) or a "
+            "mapping with a _target_ (the architecture class) and its settings; choose one of conf/architecture/"
         )
     if cfg.model.get("encoder") is None or "head" not in cfg.model:
         name = str(node._target_).rpartition(".")[2]

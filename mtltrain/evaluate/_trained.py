@@ -22,7 +22,6 @@ from torch import nn
 
 from mtltrain.build import build_data, build_model, place_data
 from mtltrain.config._compose import (
-    build,
     check_node,
     config_error,
     setting_keys,

@@ -81,8 +81,8 @@ class CrossStitch(nn.Module):
         xs = [x] * len(self.columns)
         for j, unit in enumerate(self.units):
             xs = unit([stages[j](h) for stages, h in zip(self.column_stages, xs, strict=True)])
-        outputs: Outputs = {name: self.heads[name](h) for name, h in zip(self.names, xs)}
-        return outputs, tuple(xs)
+        outputs = zip(self.names, xs, strict=True)
+        return {name: self.heads[name](h) for name, h in outputs}, tuple(xs)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Every column's and every unit's parameters: each task's loss reaches all of them."""

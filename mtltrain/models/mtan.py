@@ -80,7 +80,8 @@ class MTAN(nn.Module):
         super().__init__()
         heads = heads or {}
         self.encoder = encoder
-        self.backbone_stages = stages_of(encoder, "mtan")  # the encoder's modules, not registered again
+        # the encoder's own modules, in a plain list: not registered twice
+        self.backbone_stages = stages_of(encoder, "mtan")
         channels = [stage_channels(stage) for stage in self.backbone_stages]
         self.attention = nn.ModuleDict(
             {
