@@ -216,7 +216,8 @@ def architecture_node(cfg: DictConfig) -> DictConfig | None:
         given = OmegaConf.to_container(node) if isinstance(node, DictConfig) else node
         raise ConfigError(
             f"architecture={given!r} is not allowed: it is {{}} (hps: the model as it is) or a "
-            "mapping with a _target_ (the architecture class) and its settings; choose one of conf/architecture/"
+            "mapping with a _target_ (the architecture class) and its settings: choose "
+            "architecture=<option>, an option of conf/architecture/"
         )
     if cfg.model.get("encoder") is None or "head" not in cfg.model:
         name = str(node._target_).rpartition(".")[2]
