@@ -27,8 +27,15 @@ from mtltrain.weighting.base import Range, Weighting
 MIN_WEIGHT = 1e-6
 
 
-def last_shared_layer(model: MultiTaskNet) -> nn.Parameter:
-    """The weight of the last shared layer: the last shared parameter with two or more dims."""
+def last_shared_layer(model: MultiTaskNet, name: str | None = None) -> nn.Parameter:
+    """The shared parameter `name` (as `model.named_parameters()` names it); without a name the
+    model's own `last_shared_layer()` where it has one, else the weight of the last shared
+    layer: the last shared parameter with two or more dims."""
+    if name is not None:
+        return named_shared_parameter(model, name)
+    own = getattr(model, "last_shared_layer", None)
+    if callable(own):
+        return own()
     weights = [p for p in model.shared_parameters() if p.dim() >= 2]
     if not weights:
         raise ConfigError(
@@ -39,14 +46,31 @@ def last_shared_layer(model: MultiTaskNet) -> nn.Parameter:
     return weights[-1]
 
 
+def named_shared_parameter(model: MultiTaskNet, name: str) -> nn.Parameter:
+    """The parameter `name` of `model`, or a one-line ConfigError where it is not a shared one."""
+    shared = {id(p) for p in model.shared_parameters()}
+    names = [n for n, p in model.named_parameters() if id(p) in shared]
+    found = dict(model.named_parameters()).get(name)
+    if found is None or id(found) not in shared:
+        some = ", ".join(names[-4:]) if names else "none: it has no shared layers"
+        raise ConfigError(
+            f"weighting.layer={name} is not allowed: it is not a shared parameter of the model "
+            f"{type(model).__name__}; give one as model.named_parameters() names it "
+            f"(the last shared ones: {some}), or null for the architecture's default"
+        )
+    return found
+
+
 class GradNorm(Weighting):
     """Σ_k w_k·L_k, w_k learned to equalise ‖∇_W w_k L_k‖·r_k^−α (Chen et al. 2018).
 
     w is learned so that ‖∇_W w_k·L_k‖ at the last shared weight matrix W follows the mean norm
-    times r_k^α, r the relative inverse training rate. W is the last shared parameter with two
-    or more dimensions (the last shared layer's weights); L_k(0) is the run's first finite loss;
-    w is clamped at 1e-6 and renormalised to Σw = K before each step uses it; w has its own Adam
-    optimizer (`lr`). It takes ratios of losses, so it refuses a term whose loss can be negative
+    times r_k^α, r the relative inverse training rate. W is the shared parameter `layer` names
+    (as model.named_parameters() does); null: the model's `last_shared_layer()` where it has one
+    (cross-stitch: its last unit's α), else the last shared parameter with two or more
+    dimensions (the last shared layer's weights: MTAN's, its backbone's last); L_k(0) is the
+    run's first finite loss; w is clamped at 1e-6 and renormalised to Σw = K before each step
+    uses it; w has its own Adam optimizer (`lr`). It takes ratios of losses, so it refuses a term whose loss can be negative
     (`gaussian_nll`, `laplace_nll`, `beta_nll`) with one line.
 
     Paper: Chen et al., ICML 2018.
@@ -60,8 +84,15 @@ class GradNorm(Weighting):
         "lr": (lambda v: v > 0, "it must be > 0"),
     }
 
-    def __init__(self, terms: Sequence[LossTerm], alpha: float = 1.5, lr: float = 0.025) -> None:
+    def __init__(
+        self,
+        terms: Sequence[LossTerm],
+        alpha: float = 1.5,
+        lr: float = 0.025,
+        layer: str | None = None,
+    ) -> None:
         super().__init__(terms)
+        self.layer_name = layer
         self.check_settings({"alpha": alpha, "lr": lr})
         self.require_nonnegative_losses("takes loss ratios L_k/L_k(0)")
         self.alpha = alpha
@@ -70,7 +101,8 @@ class GradNorm(Weighting):
         self.optimizer = torch.optim.Adam([self.weight], lr=lr)
 
     def setup(self, model: MultiTaskNet) -> None:
-        self.layer = [last_shared_layer(model)]  # in a list: the model's, not registered here
+        # in a list: the model's, not registered here
+        self.layer = [last_shared_layer(model, self.layer_name)]
 
     def observe(self, step: Step) -> None:
         with torch.no_grad():  # the last update's weights, back on Σw = K
