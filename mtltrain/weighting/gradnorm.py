@@ -70,8 +70,8 @@ class GradNorm(Weighting):
     (cross-stitch: its last unit's α), else the last shared parameter with two or more
     dimensions (the last shared layer's weights: MTAN's, its backbone's last); L_k(0) is the
     run's first finite loss; w is clamped at 1e-6 and renormalised to Σw = K before each step
-    uses it; w has its own Adam optimizer (`lr`). It takes ratios of losses, so it refuses a term whose loss can be negative
-    (`gaussian_nll`, `laplace_nll`, `beta_nll`) with one line.
+    uses it; w has its own Adam optimizer (`lr`). It takes ratios of losses, so it refuses a
+    term whose loss can be negative (`gaussian_nll`, `laplace_nll`, `beta_nll`) with one line.
 
     Paper: Chen et al., ICML 2018.
     Scale: Σ w = K.
