@@ -1,7 +1,8 @@
 """Which jobs can train stacked (`mtltrain.loop._stacked`), decided outside the loop: a sweep's
 configs grouped by what must be equal (`stack_key`: the config without the STACKABLE
 settings, which live in tensors), and the built jobs of a group checked (`unstackable`: the
-same strategy class, shapes, optimizers and devices; no torchrun, compile or dropout). The
+same strategy class, shapes, optimizers and devices; no torchrun, compile, dropout or batch
+norm). The
 vectorized launcher groups with `groups_of`, `run.run_stacked` checks with `unstackable`.
 """
 
@@ -105,6 +106,8 @@ def unstackable(jobs: Sequence[Job]) -> str:
         return "trainer.compile is set"
     if _draws_random(first.model):
         return "the model draws dropout masks (not each job's own)"
+    if _tracks_batch_statistics(first.model):
+        return "the model's batch norm layers update running statistics (vmapped: not as alone)"
     if len({(job.epochs, job.batches_per_epoch, job.batch_size, job.device) for job in jobs}) > 1:
         return "their epochs, batches or devices differ"
     shapes = [(_shapes(job.model), _shapes(job.strategy)) for job in jobs]
@@ -131,10 +134,18 @@ DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropou
             nn.FeatureAlphaDropout)  # fmt: skip
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                 nn.ConvTranspose3d)  # fmt: skip
+# batch norm: its running statistics vmapped end otherwise than a job's own (MTAN measured)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def _draws_random(model: nn.Module) -> bool:
     return any(isinstance(m, DROPOUTS) and m.p > 0 and m.training for m in model.modules())
+
+
+def _tracks_batch_statistics(model: nn.Module) -> bool:
+    return any(
+        isinstance(m, BATCH_NORMS) and m.track_running_stats and m.training for m in model.modules()
+    )
 
 
 def _has_convolutions(model: nn.Module) -> bool:

@@ -11,7 +11,10 @@ bilinearly upsampled where it upsamples, as in an encoder-decoder such as SegNet
 and the task's head reads t_J (in the shape of the backbone's output). A stage whose output is
 a vector [N, C] is attended as a 1×1 map. Shared: the backbone's parameters; a task's own: its
 attention modules and its head. Features (for representation-level strategies): the tuple of
-the shared stage outputs (s_1, …, s_J), every tensor the task parts read.
+the shared stage outputs (s_1, …, s_J), every tensor the task parts read, each as they read it
+(a view of its own, which the backbone's next stage does not read): so the tuple is a cut of
+the graph, a loss's gradient at s_j is what flows into the task parts there, and the backward
+pass from all of them gives the backbone's whole gradient, no path counted twice.
 """
 
 from __future__ import annotations
@@ -94,10 +97,10 @@ class MTAN(nn.Module):
         self.heads = nn.ModuleDict({t.name: task_head(t, heads.get(t.name, head)) for t in tasks})
 
     def forward(self, x: Tensor) -> tuple[Outputs, tuple[Tensor, ...]]:
-        shared = []
+        shared = []  # each as the task parts read it: a view of its own (see the module's text)
         for stage in self.backbone_stages:
             x = stage(x)
-            shared.append(x)
+            shared.append(x.view_as(x))
         outputs: Outputs = {}
         for name, modules in self.attention.items():
             attended = None

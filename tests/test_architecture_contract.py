@@ -1,0 +1,302 @@
+"""Every strategy with every architecture (conf/weighting/ × conf/architecture/, globbed: a new
+config of either joins), on a tiny conv model whose stages downsample and then upsample
+(1×8×8 inputs, three tasks): at every step the gradients are finite and the contributions sum
+to the total, and a run stopped after two steps and resumed from its state ends bit-identical
+to the run left alone (two more steps). Then what each architecture is: MTAN's attention
+against a hand computation, cross-stitch's mixing and first values, their features and shared
+parameters, the refusals.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+from conftest import make_config, run_cli
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
+from torch import nn
+
+from mtltrain.build import build_job
+from mtltrain.config._compose import config_dir
+from mtltrain.data.base import MultiTaskData, Split
+from mtltrain.errors import ConfigError
+from mtltrain.loop._callbacks import Callback
+from mtltrain.loop._trainer import train_alone
+from mtltrain.models.cross_stitch import CrossStitch, CrossStitchUnit
+from mtltrain.models.mlp import MLP
+from mtltrain.models.mtan import MTAN, Attention
+from mtltrain.stacking import unstackable
+from mtltrain.tasks import TaskSpec
+from mtltrain.weighting.gradnorm import last_shared_layer
+
+CONF = config_dir()
+STRATEGIES = sorted(p.stem for p in (CONF / "weighting").glob("*.yaml"))
+ARCHITECTURES = sorted(p.stem for p in (CONF / "architecture").glob("*.yaml"))
+TASKS = (
+    TaskSpec("a", "classification", 3, ("cross_entropy",)),
+    TaskSpec("b", "regression", 1, ("mse",)),
+    TaskSpec("c", "regression", 1, ("l1",)),
+)
+
+
+class TinyEncoder(nn.Sequential):
+    """1×8×8 → 4×4×4 → 4×2×2 → 4×4×4: stages that downsample, then upsample (`Staged`)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Upsample(scale_factor=2), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+        )  # fmt: skip
+
+    def stages(self) -> list[nn.Module]:
+        layers = list(self)
+        return [nn.Sequential(*layers[a:b]) for a, b in ((0, 3), (3, 6), (6, None))]
+
+
+def tiny_data(seed: int = 0) -> MultiTaskData:
+    """16 training and 8 test samples of 1×8×8 noise; targets drawn from the same seed."""
+    g = torch.Generator().manual_seed(seed)
+
+    def split(n: int) -> Split:
+        x = torch.randn(n, 1, 8, 8, generator=g)
+        mean = x.mean((1, 2, 3))
+        return Split(
+            x,
+            {
+                "a": torch.randint(0, 3, (n,), generator=g),
+                "b": mean[:, None] + 0.1 * torch.randn(n, 1, generator=g),
+                "c": x[:, 0, 0, :1].abs(),
+            },
+        )
+
+    return MultiTaskData(TASKS, split(16), split(8))
+
+
+BASE = OmegaConf.create(
+    {
+        "dataset": {"_target_": f"{__name__}.tiny_data"},
+        "model": {
+            "_target_": "mtltrain.models.MultiTaskModel",
+            "encoder": {"_target_": f"{__name__}.TinyEncoder"},
+            "head": {
+                "_target_": "mtltrain.models.mlp.MLP",
+                "_partial_": True,
+                "in_features": 64,
+                "flatten": True,
+            },
+        },
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def base_config():
+    """A run's config composed once (4 steps: 16 samples in batches of 4, one epoch), with the
+    tiny data set and model put in."""
+    cfg = make_config(
+        ["trainer.epochs=1", "trainer.batch_size=4", "trainer.deterministic=true",
+         "trainer.threads=1", "trainer.eval_every=1", "logger=[]"]
+    )  # fmt: skip
+    with open_dict(cfg):
+        cfg.dataset, cfg.model = BASE.dataset, BASE.model
+    return cfg
+
+
+@functools.cache
+def group_node(group: str, option: str):
+    """The node of conf/<group>/<option>.yaml as Hydra composes it (some options extend
+    others), composed once."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose(config_name=f"{group}/{option}")[group]
+
+
+def config(base, strategy: str, architecture: str):
+    """`base` with weighting=<strategy> and architecture=<architecture>."""
+    cfg = copy.deepcopy(base)
+    with open_dict(cfg):
+        cfg.weighting = copy.deepcopy(group_node("weighting", strategy))
+        cfg.architecture = copy.deepcopy(group_node("architecture", architecture))
+    return cfg
+
+
+class Contract(Callback):
+    """Before every update: finite gradients; contributions that sum to the total. After
+    step `keep`: a copy of the job's state (saved to disk and loaded as checkpoints are:
+    tests/test_strategy_contract.py)."""
+
+    def __init__(self, keep: int) -> None:
+        self.steps, self.keep, self.kept = 0, keep, None
+
+    def on_step_end(self, job, step) -> None:
+        if step.number == self.keep:
+            self.kept = copy.deepcopy(job.state_dict())
+
+    def allows_update(self, job, step) -> bool:
+        assert torch.isfinite(step.parts).all() and torch.isfinite(step.total)
+        torch.testing.assert_close(step.parts.sum(), step.total)
+        for p in job.model.parameters():
+            assert p.grad is None or torch.isfinite(p.grad).all()
+        self.steps += 1
+        return True
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_trains_and_resumes_with_every_architecture(
+    base_config, strategy, architecture
+):
+    """Four steps alone, checked at each; the state after two, restored into a fresh job that
+    trains the other two, ends bit-identical (a stop by a signal, on the default model:
+    tests/test_strategy_contract.py)."""
+    cfg = config(base_config, strategy, architecture)
+    contract = Contract(keep=2)
+    alone = build_job(cfg, extra_callbacks=[contract])
+    train_alone(alone)
+    assert contract.steps == alone.step == 4
+    resumed = build_job(cfg)
+    resumed.load_state_dict(contract.kept)
+    assert resumed.step == 2
+    train_alone(resumed)
+    state, again = alone.model.state_dict(), resumed.model.state_dict()
+    assert list(state) == list(again)
+    for name, value in state.items():
+        assert torch.equal(value, again[name]), name
+    assert alone.test_metrics == resumed.test_metrics
+
+
+# -- what each architecture is ---------------------------------------------------------------
+
+
+def head(out_features: int, in_features: int = 64) -> nn.Module:
+    return MLP(in_features, out_features, flatten=True)
+
+
+def test_mtan_attention_is_the_papers_formula():
+    """t = ReLU(BN(conv3×3(a ⊙ s))), a = σ(BN(conv1×1(ReLU(BN(conv1×1([s; pool(t_prev)])))))),
+    computed by hand from the module's weights (BN in eval mode: (x − μ)/√(σ² + ε)·γ + β)."""
+    torch.manual_seed(0)
+    attention = Attention(2, previous_channels=3).eval()
+    for bn in (m for m in attention.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.5, 0.5)
+    s, previous = torch.randn(1, 2, 2, 2), torch.randn(1, 3, 4, 4)
+
+    def bn(x, m):
+        scale = m.weight / torch.sqrt(m.running_var + m.eps)
+        return (x - m.running_mean[:, None, None]) * scale[:, None, None] + m.bias[:, None, None]
+
+    def conv1x1(x, m):
+        return torch.einsum("oi,nihw->nohw", m.weight[:, :, 0, 0], x) + m.bias[:, None, None]
+
+    pooled = previous.reshape(1, 3, 2, 2, 2, 2).amax((3, 5))  # 2×2 max pooling by hand
+    read = torch.cat([s, pooled], 1)
+    c1, b1, _, c2, b2, _ = attention.mask
+    a = torch.sigmoid(bn(conv1x1(torch.relu(bn(conv1x1(read, c1), b1)), c2), b2))
+    conv, bn3, _ = attention.out
+    expected = torch.relu(bn(nn.functional.conv2d(a * s, conv.weight, conv.bias, padding=1), bn3))
+    torch.testing.assert_close(attention(s, previous), expected)
+
+
+def test_mtan_features_are_the_shared_stage_outputs_and_only_the_backbone_is_shared():
+    torch.manual_seed(0)
+    encoder = TinyEncoder()
+    model = MTAN(TASKS, encoder, head)
+    x = torch.randn(2, 1, 8, 8)
+    outputs, features = model(x)
+    stage_outputs, h = [], x
+    for stage in encoder.stages():
+        h = stage(h)
+        stage_outputs.append(h)
+    assert [f.shape for f in features] == [(2, 4, 4, 4), (2, 4, 2, 2), (2, 4, 4, 4)]
+    for f, expected in zip(features, stage_outputs, strict=True):
+        torch.testing.assert_close(f, expected)
+    assert {k: v.shape for k, v in outputs.items()} == {"a": (2, 3), "b": (2, 1), "c": (2, 1)}
+    assert model.shared_parameters() == list(encoder.parameters())
+    own = {id(p) for p in model.task_parameters("a")}
+    assert own.isdisjoint(id(p) for p in model.shared_parameters())
+    assert own.isdisjoint(id(p) for p in model.task_parameters("b"))
+    shared = {id(p) for p in model.shared_parameters()}
+    assert shared | {id(p) for t in TASKS for p in model.task_parameters(t.name)} == {
+        id(p) for p in model.parameters()
+    }
+    # a task's output depends on its own attention, not another task's
+    outputs["a"].sum().backward()
+    assert all(p.grad is None for p in model.task_parameters("b"))
+    assert last_shared_layer(model) is encoder[7].weight  # GradNorm: the backbone's last conv
+
+
+def test_cross_stitch_mixes_columns_per_channel_from_0_9_and_0_1_split():
+    unit = CrossStitchUnit(channels=2, columns=3)
+    assert unit.alpha.shape == (2, 3, 3)
+    first = torch.tensor([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]])
+    torch.testing.assert_close(unit.alpha, first.expand(2, 3, 3))
+    with torch.no_grad():
+        unit.alpha.copy_(torch.randn(2, 3, 3))
+    xs = [torch.randn(4, 2, 3, 3) for _ in range(3)]
+    mixed = unit(xs)
+    for i in range(3):
+        for c in range(2):
+            expected = sum(unit.alpha[c, i, k] * xs[k][:, c] for k in range(3))
+            torch.testing.assert_close(mixed[i][:, c], expected)
+    assert torch.equal(CrossStitchUnit(1, 1).alpha, torch.ones(1, 1, 1))
+
+
+def test_cross_stitch_columns_are_fresh_copies_and_all_shared():
+    torch.manual_seed(0)
+    encoder = TinyEncoder()
+    model = CrossStitch(TASKS, encoder, head)
+    first, second, third = model.columns
+    assert first is encoder
+    assert not torch.equal(first[0].weight, second[0].weight)
+    assert not torch.equal(second[0].weight, third[0].weight)
+    x = torch.randn(2, 1, 8, 8)
+    outputs, features = model(x)
+    assert len(features) == 3 and all(f.shape == (2, 4, 4, 4) for f in features)
+    torch.testing.assert_close(outputs["b"], model.heads["b"](features[1]))
+    shared = model.shared_parameters()
+    assert {id(p) for p in shared} == {
+        id(p) for p in (*model.columns.parameters(), *model.units.parameters())
+    }
+    # every task's loss reaches every column
+    outputs["c"].sum().backward()
+    assert all(column[0].weight.grad.abs().sum() > 0 for column in model.columns)
+    assert last_shared_layer(model) is model.units[-1].alpha
+
+
+def test_an_architecture_refuses_a_model_without_an_encoder_in_one_line(tmp_path):
+    result = run_cli(["architecture=mtan", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert result.returncode != 0
+    line = result.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert "MTAN" in line and "SeparateMLPs" in line and "model.encoder" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_architecture_refuses_an_encoder_without_stages(base_config):
+    cfg = config(base_config, "equal", "mtan")
+    with open_dict(cfg):
+        cfg.model.encoder = {"_target_": "torch.nn.Flatten"}
+    with pytest.raises(ConfigError, match="architecture mtan is not allowed with the encoder"):
+        build_job(cfg)
+
+
+def test_gradnorm_layer_names_a_shared_parameter(base_config):
+    cfg = config(base_config, "gradnorm", "mtan")
+    with open_dict(cfg):
+        cfg.weighting.layer = "encoder.3.weight"
+    job = build_job(cfg)
+    assert job.strategy.layer[0] is job.model.encoder[3].weight
+    cfg.weighting.layer = "heads.a.1.weight"
+    with pytest.raises(ConfigError, match=r"weighting.layer=heads.a.1.weight is not allowed"):
+        build_job(cfg)
+
+
+def test_models_with_batch_norm_do_not_stack(base_config):
+    jobs = [build_job(config(base_config, "equal", "mtan")) for _ in range(2)]
+    assert "batch norm" in unstackable(jobs)
