@@ -43,18 +43,17 @@ TASKS = (
 
 
 class TinyEncoder(nn.Sequential):
-    """1×8×8 → 4×4×4 → 4×2×2 → 4×4×4: stages that downsample, then upsample (`Staged`)."""
+    """1×8×8 → 4×4×4 → 4×8×8: a stage that downsamples, then one that upsamples (`Staged`)."""
 
     def __init__(self) -> None:
         super().__init__(
             nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Upsample(scale_factor=2), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
         )  # fmt: skip
 
     def stages(self) -> list[nn.Module]:
         layers = list(self)
-        return [nn.Sequential(*layers[a:b]) for a, b in ((0, 3), (3, 6), (6, None))]
+        return [nn.Sequential(*layers[:3]), nn.Sequential(*layers[3:])]
 
 
 def tiny_data(seed: int = 0) -> MultiTaskData:
@@ -85,7 +84,7 @@ BASE = OmegaConf.create(
             "head": {
                 "_target_": "mtltrain.models.mlp.MLP",
                 "_partial_": True,
-                "in_features": 64,
+                "in_features": 256,
                 "flatten": True,
             },
         },
@@ -171,7 +170,7 @@ def test_every_strategy_trains_and_resumes_with_every_architecture(
 # -- what each architecture is ---------------------------------------------------------------
 
 
-def head(out_features: int, in_features: int = 64) -> nn.Module:
+def head(out_features: int, in_features: int = 256) -> nn.Module:
     return MLP(in_features, out_features, flatten=True)
 
 
@@ -213,7 +212,7 @@ def test_mtan_features_are_the_shared_stage_outputs_and_only_the_backbone_is_sha
     for stage in encoder.stages():
         h = stage(h)
         stage_outputs.append(h)
-    assert [f.shape for f in features] == [(2, 4, 4, 4), (2, 4, 2, 2), (2, 4, 4, 4)]
+    assert [f.shape for f in features] == [(2, 4, 4, 4), (2, 4, 8, 8)]
     for f, expected in zip(features, stage_outputs, strict=True):
         torch.testing.assert_close(f, expected)
     assert {k: v.shape for k, v in outputs.items()} == {"a": (2, 3), "b": (2, 1), "c": (2, 1)}
@@ -228,7 +227,23 @@ def test_mtan_features_are_the_shared_stage_outputs_and_only_the_backbone_is_sha
     # a task's output depends on its own attention, not another task's
     outputs["a"].sum().backward()
     assert all(p.grad is None for p in model.task_parameters("b"))
-    assert last_shared_layer(model) is encoder[7].weight  # GradNorm: the backbone's last conv
+    assert last_shared_layer(model) is encoder[4].weight  # GradNorm: the backbone's last conv
+
+
+@pytest.mark.parametrize("architecture", [MTAN, CrossStitch])
+def test_features_are_a_cut_the_shared_gradient_flows_through(architecture):
+    """A representation-level strategy's backward pass (the losses' gradients at the features,
+    then from the features to the shared parameters) gives the shared parameters' gradient."""
+    torch.manual_seed(0)
+    model = architecture(TASKS, TinyEncoder(), head)
+    outputs, features = model(torch.randn(2, 1, 8, 8))
+    loss = sum(o.square().sum() for o in outputs.values())
+    shared = model.shared_parameters()
+    direct = torch.autograd.grad(loss, shared, retain_graph=True)
+    at_features = torch.autograd.grad(loss, features, retain_graph=True)
+    through = torch.autograd.grad(features, shared, at_features)
+    for a, b in zip(direct, through, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_cross_stitch_mixes_columns_per_channel_from_0_9_and_0_1_split():
@@ -257,7 +272,7 @@ def test_cross_stitch_columns_are_fresh_copies_and_all_shared():
     assert not torch.equal(second[0].weight, third[0].weight)
     x = torch.randn(2, 1, 8, 8)
     outputs, features = model(x)
-    assert len(features) == 3 and all(f.shape == (2, 4, 4, 4) for f in features)
+    assert len(features) == 3 and all(f.shape == (2, 4, 8, 8) for f in features)
     torch.testing.assert_close(outputs["b"], model.heads["b"](features[1]))
     shared = model.shared_parameters()
     assert {id(p) for p in shared} == {
@@ -289,9 +304,9 @@ def test_an_architecture_refuses_an_encoder_without_stages(base_config):
 def test_gradnorm_layer_names_a_shared_parameter(base_config):
     cfg = config(base_config, "gradnorm", "mtan")
     with open_dict(cfg):
-        cfg.weighting.layer = "encoder.3.weight"
+        cfg.weighting.layer = "encoder.0.weight"
     job = build_job(cfg)
-    assert job.strategy.layer[0] is job.model.encoder[3].weight
+    assert job.strategy.layer[0] is job.model.encoder[0].weight
     cfg.weighting.layer = "heads.a.1.weight"
     with pytest.raises(ConfigError, match=r"weighting.layer=heads.a.1.weight is not allowed"):
         build_job(cfg)
