@@ -10,19 +10,24 @@ parameters, the refusals.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
+import json
 
 import pytest
 import torch
-from conftest import make_config, run_cli
+from conftest import in_process, make_config, run_cli
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
+from test_stacked import SEEDS, check_against_alone
 from torch import nn
 
+from mtltrain import evaluate
 from mtltrain.build import build_job
 from mtltrain.config._compose import config_dir
 from mtltrain.data.base import MultiTaskData, Split
 from mtltrain.errors import ConfigError
+from mtltrain.evaluate import load_exported
 from mtltrain.loop._callbacks import Callback
 from mtltrain.loop._trainer import train_alone
 from mtltrain.models.cross_stitch import CrossStitch, CrossStitchUnit
@@ -315,3 +320,51 @@ def test_gradnorm_layer_names_a_shared_parameter(base_config):
 def test_models_with_batch_norm_do_not_stack(base_config):
     jobs = [build_job(config(base_config, "equal", "mtan")) for _ in range(2)]
     assert "batch norm" in unstackable(jobs)
+
+
+@pytest.mark.parametrize("architecture", ["mtan", "cross_stitch"])
+def test_an_export_rebuilds_the_architecture_from_its_config(base_config, tmp_path, architecture):
+    """mtltrain-export's folder (config.yaml, tasks.json, weights) loads into the architecture
+    the run trained: `load_exported` builds through `build.build_model`, as runs and eval do."""
+    cfg = config(base_config, "equal", architecture)
+    model = build_job(cfg).model
+    OmegaConf.save(cfg, tmp_path / "config.yaml")
+    specs = [{**dataclasses.asdict(t), "losses": list(t.losses)} for t in TASKS]
+    (tmp_path / "tasks.json").write_text(json.dumps(specs))
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    loaded = load_exported(tmp_path)
+    assert type(loaded) is type(model)
+    x = torch.randn(3, 1, 8, 8)
+    model.eval()
+    want, got = model(x)[0], loaded(x)[0]
+    for task in want:
+        torch.testing.assert_close(got[task], want[task])
+
+
+@pytest.mark.slow
+def test_an_architectures_run_evaluates_and_exports(tmp_path, mnist_root):
+    """The CLI's run, mtltrain-eval and mtltrain-export of an MTAN model on MNIST."""
+    args = ["dataset=mnist_mtl", f"dataset.root={mnist_root}", "dataset.download=false",
+            "dataset.tasks=[cls3,cls10]", "architecture=mtan", "trainer.epochs=1",
+            f"hydra.run.dir={tmp_path}/run"]  # fmt: skip
+    assert run_cli(args, cwd=tmp_path).returncode == 0
+    run = tmp_path / "run"
+    results = json.loads((run / "results.json").read_text())
+    assert results["choices"]["architecture"] == "mtan"
+    assert in_process(evaluate.main, ["mtltrain-eval", str(run)], tmp_path).returncode == 0
+    written = json.loads((run / "eval" / "test.json").read_text())["metrics"]
+    reported = {k: v for k, v in results["metrics"].items() if k.startswith("test/")}
+    assert written == pytest.approx(reported, rel=1e-6, abs=1e-9)
+    assert in_process(evaluate.export_main, ["mtltrain-export", str(run), str(tmp_path / "out")],
+                      tmp_path).returncode == 0  # fmt: skip
+    assert isinstance(load_exported(tmp_path / "out"), MTAN)
+
+
+@pytest.mark.slow
+def test_cross_stitch_stacks_exactly(tmp_path, mnist_root, monkeypatch):
+    """Stacked (vmapped) cross-stitch jobs end as they do alone (on a CPU conv models run alone
+    for speed: stacked here to check it is exact). MTAN has batch norm: it runs alone."""
+    monkeypatch.setattr("mtltrain.stacking._has_convolutions", lambda model: False)
+    mnist = ["dataset=mnist_mtl", f"dataset.root={mnist_root}", "dataset.download=false"]
+    common = [*mnist, "architecture=cross_stitch", "trainer.epochs=1", "dataset.tasks=[cls3,cls10]"]
+    check_against_alone(tmp_path, common, SEEDS[:2])

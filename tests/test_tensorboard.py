@@ -197,7 +197,7 @@ def test_a_single_run_has_every_choice_and_override_as_a_column(tmp_path):
     assert group.name == "tb/hparams"
     assert {k: v.string_value for k, v in group.hparams.items()} == {
         "dataset": "two_slope", "model": "two_slope", "trainer": "two_slope",
-        "weighting": "fixed", "seed": "0",
+        "weighting": "fixed", "architecture": "hps", "seed": "0",
         "dataset.n_train": "32", "dataset.n_test": "16", "trainer.epochs": "1",
     }  # fmt: skip
     start = served.mux.SummaryMetadata("tb/hparams", SESSION_START_INFO_TAG)
