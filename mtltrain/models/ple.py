@@ -1,0 +1,128 @@
+"""PLE (Tang et al., RecSys 2020): extraction levels stacked on the backbone's stages, each with
+shared and per-task experts; the inner levels' shared gate mixes every expert for the next."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mtltrain.constraints import Width
+from mtltrain.errors import ConfigError
+from mtltrain.models.base import Outputs, Staged
+from mtltrain.models.cgc import Extraction, ExtractionLevel, expert_groups
+from mtltrain.models.experts import independent_copies, input_shape_of, task_heads
+from mtltrain.models.multitask import HeadFactory
+from mtltrain.tasks import TaskSpec
+
+
+class PLE(nn.Module):
+    """One extraction level (`ExtractionLevel`) per stage of the backbone: level j's experts
+    are stage j of the experts' copies; h_s⁰ = h_k⁰ = x, level j reads h_s^(j−1) (its shared
+    experts and shared gate) and h_k^(j−1) (task k's experts and gate); y_k = head_k(h_k^L).
+
+    Every level but the last has the shared gate (the paper's: it mixes all the level's
+    experts into the next shared input); each gate reads its input flattened. The experts are
+    copies of the backbone (`encoder`), which must be `Staged` (a backbone without stages is
+    refused in one line: CGC is PLE with one level): the backbone as built, the others
+    re-initialised independently. `input_shape`: one input's shape (for the gates' widths),
+    needed where the backbone does not start with a Linear that tells it.
+
+    Shared: what every task's loss depends on: the shared experts and shared gates of every
+    level, and, below the last two levels, the task experts and gates too (the next shared
+    gate mixes them into everyone's input). Task-specific for task k: its head, its experts
+    and gate of the last level, and its gate of the level before (which feeds only its own
+    last level). Features, all the task parts read of the shared ones: the last level's
+    shared experts' outputs; with two levels or more also the level before's shared and task
+    experts' outputs and, with three or more, each task's input to that level, h_k^(L−2).
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[TaskSpec],
+        encoder: nn.Module,
+        head: HeadFactory,
+        heads: Mapping[str, HeadFactory] | None = None,
+        shared_experts: Width = 2,
+        task_experts: Width = 1,
+        input_shape: Sequence[Width] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(encoder, Staged):
+            raise ConfigError(
+                f"architecture ple is not allowed with the backbone {type(encoder).__name__}: "
+                "it has no stages() to build the levels from; choose a staged backbone or "
+                "architecture=cgc (one level)"
+            )
+        widths = stage_input_widths(encoder, input_shape_of(encoder, input_shape, "PLE"))
+        copies = independent_copies(encoder, shared_experts + len(tasks) * task_experts)
+        shared, own = expert_groups(tasks, [c.stages() for c in copies], shared_experts,
+                                    task_experts)  # fmt: skip
+        last = len(widths) - 1
+        self.levels = nn.ModuleList(
+            ExtractionLevel(
+                [stages[j] for stages in shared],
+                {task: [stages[j] for stages in experts] for task, experts in own.items()},
+                width,
+                shared_gate=j < last,
+            )
+            for j, width in enumerate(widths)
+        )
+        self.heads = task_heads(tasks, head, heads)
+
+    def forward(self, x: Tensor) -> tuple[Outputs, tuple[Tensor, ...]]:
+        shared, tasks = x, {task: x for task in self.heads}
+        inputs: list[dict[str, Tensor]] = []
+        extracted: list[Extraction] = []
+        for level in self.levels:
+            inputs.append(tasks)
+            extracted.append(level(shared, tasks))
+            shared, tasks = extracted[-1].shared, extracted[-1].tasks
+        outputs = {task: head(tasks[task]) for task, head in self.heads.items()}
+        features = [*extracted[-1].shared_outputs]
+        if len(extracted) >= 2:
+            before = extracted[-2]
+            features += [*before.shared_outputs, *(t for ts in before.task_outputs.values()
+                                                   for t in ts)]  # fmt: skip
+        if len(extracted) >= 3:
+            features += list(inputs[-2].values())
+        return outputs, tuple(features)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Every parameter no task owns alone, level by level."""
+        own = {id(p) for task in self.heads for p in self.task_parameters(task)}
+        return [p for p in self.parameters() if id(p) not in own]
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        last = self.levels[-1]
+        before = [*self.levels[-2].gates[task].parameters()] if len(self.levels) >= 2 else []
+        return [
+            *before,
+            *last.own[task].parameters(),
+            *last.gates[task].parameters(),
+            *self.heads[task].parameters(),
+        ]
+
+
+def stage_input_widths(backbone: nn.Module, shape: Sequence[int]) -> list[int]:
+    """The number of values of one example's input to each of the backbone's stages: a dry
+    run of a zero input of `shape` (eval mode, no gradient); a backbone whose stages leave out
+    some of its parameters is refused in one line."""
+    stages = backbone.stages()
+    staged = {id(p) for stage in stages for p in stage.parameters()}
+    if not stages or any(id(p) not in staged for p in backbone.parameters()):
+        raise ConfigError(
+            f"architecture ple is not allowed with the backbone {type(backbone).__name__}: "
+            "its stages() do not hold all its parameters, so the levels built from them "
+            "would leave some out"
+        )
+    was_training, widths = backbone.training, []
+    backbone.eval()
+    h = torch.zeros(1, *shape)
+    with torch.no_grad():
+        for stage in stages:
+            widths.append(h[0].numel())
+            h = stage(h)
+    backbone.train(was_training)
+    return widths
