@@ -57,13 +57,30 @@ class ExtractionLevel(nn.Module):
         self.shared_gate = SoftmaxGate(width, every) if shared_gate else None
 
     def forward(self, shared: Tensor, tasks: Mapping[str, Tensor]) -> Extraction:
+        s, t = self.experts(shared, tasks)
+        return Extraction(self.task_mixtures(s, t, tasks), self.shared_mixture(s, t, shared), s, t)
+
+    def experts(
+        self, shared: Tensor, tasks: Mapping[str, Tensor]
+    ) -> tuple[tuple[Tensor, ...], dict[str, tuple[Tensor, ...]]]:
+        """The shared experts' outputs on `shared`, and each task's experts' on its input."""
         s = tuple(expert(shared) for expert in self.shared)
-        t = {task: tuple(expert(tasks[task]) for expert in self.own[task]) for task in self.own}
-        mixed = {task: mix(self.gates[task](tasks[task]), (*s, *t[task])) for task in self.own}
+        return s, {task: tuple(e(tasks[task]) for e in self.own[task]) for task in self.own}
+
+    def task_mixtures(
+        self, s: Sequence[Tensor], t: Mapping[str, Sequence[Tensor]], tasks: Mapping[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """h_k' = Σ softmax(G_k·flatten(h_k))·[S; T_k] for each task k."""
+        return {task: mix(self.gates[task](tasks[task]), (*s, *t[task])) for task in self.own}
+
+    def shared_mixture(
+        self, s: Sequence[Tensor], t: Mapping[str, Sequence[Tensor]], shared: Tensor
+    ) -> Tensor | None:
+        """h_s' = Σ softmax(G_s·flatten(h_s))·[S; T_1; …; T_K], None without a shared gate."""
         if self.shared_gate is None:
-            return Extraction(mixed, None, s, t)
+            return None
         every = (*s, *(output for outputs in t.values() for output in outputs))
-        return Extraction(mixed, mix(self.shared_gate(shared), every), s, t)
+        return mix(self.shared_gate(shared), every)
 
 
 Expert = TypeVar("Expert")

@@ -3,7 +3,7 @@ shared and per-task experts; the inner levels' shared gate mixes every expert fo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from mtltrain.constraints import Width
 from mtltrain.errors import ConfigError
 from mtltrain.models.base import Outputs, Staged
-from mtltrain.models.cgc import Extraction, ExtractionLevel, expert_groups
+from mtltrain.models.cgc import ExtractionLevel, expert_groups
 from mtltrain.models.experts import independent_copies, input_shape_of, task_heads
 from mtltrain.models.multitask import HeadFactory
 from mtltrain.tasks import TaskSpec
@@ -29,13 +29,17 @@ class PLE(nn.Module):
     re-initialised independently. `input_shape`: one input's shape (for the gates' widths),
     needed where the backbone does not start with a Linear that tells it.
 
-    Shared: what every task's loss depends on: the shared experts and shared gates of every
-    level, and, below the last two levels, the task experts and gates too (the next shared
-    gate mixes them into everyone's input). Task-specific for task k: its head, its experts
-    and gate of the last level, and its gate of the level before (which feeds only its own
-    last level). Features, all the task parts read of the shared ones: the last level's
-    shared experts' outputs; with two levels or more also the level before's shared and task
-    experts' outputs and, with three or more, each task's input to that level, h_k^(L−2).
+    Shared: what every task's loss depends on: the shared experts of every level, the shared
+    gates, the task experts of every level but the last and the task gates of every level but
+    the last two (the next shared gate mixes what they make into everyone's input).
+    Task-specific for task k: its head, its experts and gate of the last level, and its gate
+    of the level before, which feeds only its own last level. Features, every tensor these
+    task parts read of the shared ones: the last level's shared experts' outputs and, with
+    two levels or more, what task k's gate of level L − 1 reads: that level's shared and
+    task experts' outputs and (three levels or more) its input h_k^(L−2), as views, so that
+    the gradient at them is the part that goes through those gates (the shared gate reads
+    the tensors themselves); carried back, the gradients at the features give the shared
+    parameters' gradients exactly.
     """
 
     def __init__(
@@ -73,21 +77,18 @@ class PLE(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Outputs, tuple[Tensor, ...]]:
         shared, tasks = x, {task: x for task in self.heads}
-        inputs: list[dict[str, Tensor]] = []
-        extracted: list[Extraction] = []
-        for level in self.levels:
-            inputs.append(tasks)
-            extracted.append(level(shared, tasks))
-            shared, tasks = extracted[-1].shared, extracted[-1].tasks
+        read: tuple[Tensor, ...] = ()  # what the task gates of level L − 1 read
+        for j, level in enumerate(self.levels):
+            s, t = level.experts(shared, tasks)
+            shared = level.shared_mixture(s, t, shared)
+            if j == len(self.levels) - 2:  # these gates are task-specific: they read views
+                s, t = _views(s), {task: _views(outputs) for task, outputs in t.items()}
+                tasks = {task: h.view_as(h) for task, h in tasks.items()} if j > 0 else tasks
+                inputs = tuple(tasks.values()) if j > 0 else ()  # not x: it has no gradient
+                read = (*s, *(output for outputs in t.values() for output in outputs), *inputs)
+            tasks = level.task_mixtures(s, t, tasks)
         outputs = {task: head(tasks[task]) for task, head in self.heads.items()}
-        features = [*extracted[-1].shared_outputs]
-        if len(extracted) >= 2:
-            before = extracted[-2]
-            features += [*before.shared_outputs, *(t for ts in before.task_outputs.values()
-                                                   for t in ts)]  # fmt: skip
-        if len(extracted) >= 3:
-            features += list(inputs[-2].values())
-        return outputs, tuple(features)
+        return outputs, (*s, *read)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Every parameter no task owns alone, level by level."""
@@ -126,3 +127,8 @@ def stage_input_widths(backbone: nn.Module, shape: Sequence[int]) -> list[int]:
             h = stage(h)
     backbone.train(was_training)
     return widths
+
+
+def _views(tensors: Iterable[Tensor]) -> tuple[Tensor, ...]:
+    """A view of each tensor: the gradient at a view is what went through its readers alone."""
+    return tuple(t.view_as(t) for t in tensors)
