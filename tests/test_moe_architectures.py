@@ -114,14 +114,18 @@ def test_ple_levels_read_the_shared_and_task_mixtures_of_the_level_before():
     torch.testing.assert_close(outputs["a"], y_a)
 
 
-def test_ple_refuses_a_backbone_without_stages_and_a_conv_backbone_needs_an_input_shape():
+def test_refusals_name_the_backbone_or_the_input_shape_in_one_line():
     with pytest.raises(ConfigError, match="no stages"):
         PLE(TASKS, nn.Sequential(nn.Flatten(), nn.Linear(4, WIDTH)), HEAD)
+    with pytest.raises(ConfigError, match=r"input_shape=\[1, 3, 3\] is not allowed"):
+        PLE(TASKS, Tiny(2), HEAD, input_shape=[1, 3, 3])  # the dry run through its stages
     conv = nn.Sequential(nn.Conv2d(1, 2, 1), nn.Flatten(), nn.Linear(8, WIDTH))
     with pytest.raises(ConfigError, match=r"architecture.input_shape=null is not allowed"):
         MMoE(TASKS, conv, HEAD)
     outputs, _ = MMoE(TASKS, conv, HEAD, input_shape=[1, 2, 2])(inputs())
     assert outputs["b"].shape == (6, 3)
+    with pytest.raises(ValueError, match=r"gates read inputs of 8 values .*but this one has 4"):
+        MMoE(TASKS, conv, HEAD, input_shape=[2, 2, 2])(inputs())  # what the model check reports
 
 
 def test_smooth_step_is_the_cubic_between_minus_and_plus_gamma_over_two():

@@ -56,7 +56,7 @@ class DSelectKGate(nn.Module):
             nn.init.uniform_(p, -0.05, 0.05)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = flat(x)
+        h = flat(x, self.alpha.in_features)
         z = self.z(h).view(len(h), self.k, self.codes.shape[1])
         selected = selector(z, self.codes, self.gamma)  # [batch, k, experts]
         return (torch.softmax(self.alpha(h), dim=-1).unsqueeze(-1) * selected).sum(dim=1)
@@ -65,7 +65,8 @@ class DSelectKGate(nn.Module):
 class DSelectK(SharedExperts):
     """y_k = head_k(Σ_i q_k(x)_i·E_i(x)) with each task's DSelect-k gate q_k (`DSelectKGate`).
 
-    The `experts` E_1..E_n (n a power of 2, so that every binary code names an expert) are
+    The `experts` E_1..E_n (n a power of 2, so that every binary code names an expert: the
+    paper's penalty for codes that name none is an auxiliary loss, refused instead) are
     copies of the backbone (`encoder`): the backbone as built, the others re-initialised
     independently. Each task's gate reads the input flattened (`input_shape`: one input's
     shape, needed where the backbone does not start with a Linear that tells it); `k` is the

@@ -65,11 +65,18 @@ def input_shape_of(
     )
 
 
-def flat(x: Tensor) -> Tensor:
-    """The input as gates read it: one row of all its values per example."""
+def flat(x: Tensor, width: int) -> Tensor:
+    """The input as a gate of `width` inputs reads it: one row of all its values per example
+    (a ValueError, which the model check reports in one line, where it has another size)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"the gates read the input flattened: it must be a tensor, not {type(x)}")
-    return x.flatten(1)
+    rows = x.flatten(1)
+    if rows.shape[1] != width:
+        raise ValueError(
+            f"the gates read inputs of {width} values (architecture.input_shape), but this "
+            f"one has {rows.shape[1]} ({list(x.shape[1:])})"
+        )
+    return rows
 
 
 class SoftmaxGate(nn.Module):
@@ -80,7 +87,7 @@ class SoftmaxGate(nn.Module):
         self.linear = nn.Linear(in_features, experts)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.softmax(self.linear(flat(x)), dim=-1)
+        return torch.softmax(self.linear(flat(x, self.linear.in_features)), dim=-1)
 
 
 def mix(weights: Tensor, outputs: Sequence[Tensor]) -> Tensor:

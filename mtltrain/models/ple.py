@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from mtltrain.constraints import Width
-from mtltrain.errors import ConfigError
+from mtltrain.errors import ConfigError, first_line
 from mtltrain.models.base import Outputs, Staged
 from mtltrain.models.cgc import ExtractionLevel, expert_groups
 from mtltrain.models.experts import independent_copies, input_shape_of, task_heads
@@ -55,9 +55,9 @@ class PLE(nn.Module):
         super().__init__()
         if not isinstance(encoder, Staged):
             raise ConfigError(
-                f"architecture ple is not allowed with the backbone {type(encoder).__name__}: "
-                "it has no stages() to build the levels from; choose a staged backbone or "
-                "architecture=cgc (one level)"
+                f"architecture ple is not allowed with the encoder {type(encoder).__name__}: "
+                "it has no stages() to build the levels from (mtltrain.models.base.Staged); "
+                "choose a staged backbone or architecture=cgc (one level)"
             )
         widths = stage_input_widths(encoder, input_shape_of(encoder, input_shape, "PLE"))
         copies = independent_copies(encoder, shared_experts + len(tasks) * task_experts)
@@ -114,18 +114,26 @@ def stage_input_widths(backbone: nn.Module, shape: Sequence[int]) -> list[int]:
     staged = {id(p) for stage in stages for p in stage.parameters()}
     if not stages or any(id(p) not in staged for p in backbone.parameters()):
         raise ConfigError(
-            f"architecture ple is not allowed with the backbone {type(backbone).__name__}: "
+            f"architecture ple is not allowed with the encoder {type(backbone).__name__}: "
             "its stages() do not hold all its parameters, so the levels built from them "
             "would leave some out"
         )
     was_training, widths = backbone.training, []
     backbone.eval()
     h = torch.zeros(1, *shape)
-    with torch.no_grad():
-        for stage in stages:
-            widths.append(h[0].numel())
-            h = stage(h)
-    backbone.train(was_training)
+    try:
+        with torch.no_grad():
+            for stage in stages:
+                widths.append(h[0].numel())
+                h = stage(h)
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        raise ConfigError(
+            f"architecture.input_shape={list(shape)} is not allowed: the encoder "
+            f"{type(backbone).__name__} does not take an input of that shape "
+            f"({type(e).__name__}: {first_line(e)}); give one input's shape"
+        ) from None
+    finally:
+        backbone.train(was_training)
     return widths
 
 
