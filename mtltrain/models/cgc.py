@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 from torch import Tensor, nn
 
@@ -22,20 +22,11 @@ from mtltrain.models.multitask import HeadFactory
 from mtltrain.tasks import TaskSpec
 
 
-class Extraction(NamedTuple):
-    """What one level computes: each task's mixture, the shared mixture (None in a level
-    without a shared gate), and the experts' outputs, shared and each task's."""
-
-    tasks: dict[str, Tensor]
-    shared: Tensor | None
-    shared_outputs: tuple[Tensor, ...]
-    task_outputs: dict[str, tuple[Tensor, ...]]
-
-
 class ExtractionLevel(nn.Module):
-    """One extraction level: shared experts S_i read the shared input h_s, task k's experts
-    T_k,i read task k's input h_k; h_k' = Σ softmax(G_k·flatten(h_k))·[S; T_k], and, with a
-    shared gate, h_s' = Σ softmax(G_s·flatten(h_s))·[S; T_1; …; T_K] (every expert).
+    """One extraction level (CGC's, each of PLE's): shared experts S_i read the shared input
+    h_s, task k's experts T_k,i read task k's input h_k (`experts`); h_k' = Σ
+    softmax(G_k·flatten(h_k))·[S; T_k] (`task_mixtures`), and, with a shared gate, h_s' = Σ
+    softmax(G_s·flatten(h_s))·[S; T_1; …; T_K], every expert (`shared_mixture`).
 
     `width`: the number of values of one example's input to the level, which the gates read.
     """
@@ -55,10 +46,6 @@ class ExtractionLevel(nn.Module):
         )
         every = len(shared) + sum(len(experts) for experts in own.values())
         self.shared_gate = SoftmaxGate(width, every) if shared_gate else None
-
-    def forward(self, shared: Tensor, tasks: Mapping[str, Tensor]) -> Extraction:
-        s, t = self.experts(shared, tasks)
-        return Extraction(self.task_mixtures(s, t, tasks), self.shared_mixture(s, t, shared), s, t)
 
     def experts(
         self, shared: Tensor, tasks: Mapping[str, Tensor]
@@ -127,9 +114,10 @@ class CGC(nn.Module):
         self.heads = task_heads(tasks, head, heads)
 
     def forward(self, x: Tensor) -> tuple[Outputs, tuple[Tensor, ...]]:
-        extracted = self.level(x, {task: x for task in self.heads})
-        outputs = {task: head(extracted.tasks[task]) for task, head in self.heads.items()}
-        return outputs, extracted.shared_outputs
+        tasks = {task: x for task in self.heads}
+        s, t = self.level.experts(x, tasks)
+        mixed = self.level.task_mixtures(s, t, tasks)
+        return {task: head(mixed[task]) for task, head in self.heads.items()}, s
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The shared experts' parameters, expert by expert, each in its forward order."""
