@@ -151,7 +151,7 @@ def test_the_dense_edge_network_equals_the_per_edge_one():
     x = random_molecules([4, 6]).double()
     e, edges = edge_features(x)
     h = torch.randn(2, qm9.MAX_ATOMS, 5, dtype=torch.float64)
-    fast = conv(h, conv.edge_net(e), edges)
+    fast = conv(h, conv.edge_net(e) * edges.unsqueeze(-1), edges)
     assert torch.allclose(fast, conv.naive(h, e, edges), atol=1e-10)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated
@@ -144,7 +145,7 @@ def load(folder: Path, root: Path) -> tuple[Tensor, Tensor]:
         return saved["inputs"], saved["targets"]
     inputs, targets = read_molecules(files)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix(".part")
+    partial = cache.with_suffix(f".{os.getpid()}.part")  # runs that parse at once: each its own
     torch.save({"inputs": inputs, "targets": targets}, partial)
     partial.replace(cache)
     return inputs, targets

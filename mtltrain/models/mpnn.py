@@ -8,7 +8,8 @@ matrix from an edge network g = ReLU(A·e + a), L linear), h = GRU(m, h); then S
 e_ij: 1 where bonded (covalent radii), and the distance in Å.
 
 Σ_j Θ(e_ij)ᵀh_j is computed without a d×d matrix per edge: Θ's entries are linear in g, so
-Σ_j Θ(e_ij)ᵀh_j = Σ_{c,m} L[c,·,m]·S_i[c,m] + Σ_c b_L[c,·]·Σ_j h_j[c], S_i = Σ_j h_j ⊗ g(e_ij).
+Σ_j Θ(e_ij)ᵀh_j = Σ_j Σ_m g(e_ij)[m]·P_j[m, ·] + b_Lᵀ·Σ_j h_j, P_j[m, k] = Σ_c h_j[c]·L[c, k, m]
+(one matrix product per atom, one batched product over the pairs).
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ class EdgeConv(nn.Module):
         self.root = nn.Linear(dim, dim)
 
     def forward(self, h: Tensor, g: Tensor, edges: Tensor) -> Tensor:
-        """h [B, n, d], g = edge_net(e) [B, n, n, H], edges [B, n, n] → [B, n, d]."""
-        d, hidden = self.dim, self.edge_hidden
-        s = torch.einsum("bijm,bjc->bicm", g * edges.unsqueeze(-1), h)  # Σ_j g(e_ij) ⊗ h_j
-        weight = self.theta.weight.view(d, d, hidden)  # [c, k, m]
-        summed = s.flatten(2) @ weight.permute(0, 2, 1).reshape(d * hidden, d)
+        """h [B, n, d], g [B, n, n, H] the edge network's hidden values, zero off the edges,
+        edges [B, n, n] → [B, n, d]."""
+        (batch, n, d), hidden = h.shape, self.edge_hidden
+        weight = self.theta.weight.view(d, d, hidden).permute(0, 2, 1).reshape(d, hidden * d)
+        p = (h @ weight).view(batch, n * hidden, d)  # P_j[m, k] = Σ_c h_j[c]·L[c, k, m]
+        summed = torch.bmm(g.flatten(2), p)  # Σ_j Σ_m g(e_ij)[m]·P_j[m, k]
         summed = summed + (edges @ h) @ self.theta.bias.view(d, d)
         degree = edges.sum(-1, keepdim=True).clamp_min(1)
         return self.root(h) + summed / degree
@@ -99,7 +101,7 @@ class MPNNEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         e, edges = edge_features(x)
-        g = self.conv.edge_net(e)  # the same for every step
+        g = self.conv.edge_net(e) * edges.unsqueeze(-1)  # the same for every step
         h = torch.relu(self.lin0(x[..., :ATOM_FEATURES]))
         for _ in range(self.steps):
             m = torch.relu(self.conv(h, g, edges))
