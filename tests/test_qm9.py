@@ -16,7 +16,7 @@ from mtltrain.data import qm9
 from mtltrain.data.base import Split
 from mtltrain.errors import ConfigError
 from mtltrain.metrics import TaskMetrics
-from mtltrain.models.mpnn import EdgeConv, MPNNEncoder, edge_features
+from mtltrain.models.mpnn import EdgeConv, MPNNEncoder, edge_features, gru_step, lstm_step
 from mtltrain.tasks import TaskSpec
 
 HEADER = [
@@ -153,6 +153,15 @@ def test_the_dense_edge_network_equals_the_per_edge_one():
     h = torch.randn(2, qm9.MAX_ATOMS, 5, dtype=torch.float64)
     fast = conv(h, conv.edge_net(e) * edges.unsqueeze(-1), edges)
     assert torch.allclose(fast, conv.naive(h, e, edges), atol=1e-10)
+
+
+def test_the_written_out_recurrent_cells_are_torchs():
+    torch.manual_seed(0)
+    gru, lstm = torch.nn.GRUCell(3, 4), torch.nn.LSTMCell(3, 4)
+    x, h, c = torch.randn(5, 3), torch.randn(5, 4), torch.randn(5, 4)
+    assert torch.allclose(gru_step(gru, x, h), gru(x, h), atol=1e-6)
+    for mine, torchs in zip(lstm_step(lstm, x, (h, c)), lstm(x, (h, c)), strict=True):
+        assert torch.allclose(mine, torchs, atol=1e-6)
 
 
 def test_the_encoder_ignores_padding_and_the_order_of_atoms():

@@ -63,6 +63,27 @@ class EdgeConv(nn.Module):
         return self.root(h) + messages.sum(2) / degree
 
 
+def gru_step(cell: nn.GRUCell, x: Tensor, h: Tensor) -> Tensor:
+    """`cell(x, h)` written out (r, z, n gates), so that torch.func.vmap runs it (stacked
+    sweeps): r = σ(W_ir·x + W_hr·h), z = σ(W_iz·x + W_hz·h), n = tanh(W_in·x + r·(W_hn·h)),
+    h' = (1 − z)·n + z·h, each W with its bias."""
+    gi = nn.functional.linear(x, cell.weight_ih, cell.bias_ih).chunk(3, -1)
+    gh = nn.functional.linear(h, cell.weight_hh, cell.bias_hh).chunk(3, -1)
+    r, z = torch.sigmoid(gi[0] + gh[0]), torch.sigmoid(gi[1] + gh[1])
+    n = torch.tanh(gi[2] + r * gh[2])
+    return (1 - z) * n + z * h
+
+
+def lstm_step(cell: nn.LSTMCell, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """`cell(x, state)` written out (i, f, g, o gates), so that torch.func.vmap runs it:
+    c' = σ(f)·c + σ(i)·tanh(g), h' = σ(o)·tanh(c')."""
+    h, c = state
+    gates = nn.functional.linear(x, cell.weight_ih, cell.bias_ih)
+    i, f, g, o = (gates + nn.functional.linear(h, cell.weight_hh, cell.bias_hh)).chunk(4, -1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
 class Set2Set(nn.Module):
     """Vinyals et al.'s Set2Set readout over the real atoms: `steps` times q = LSTM(q*), a =
     softmax_i(h_i·q), r = Σ_i a_i·h_i, q* = [q, r] → q* of 2·d values."""
@@ -77,7 +98,7 @@ class Set2Set(nn.Module):
         q_star = h.new_zeros(batch, 2 * dim)
         state = (h.new_zeros(batch, dim), h.new_zeros(batch, dim))
         for _ in range(self.steps):
-            state = self.lstm(q_star, state)
+            state = lstm_step(self.lstm, q_star, state)
             q = state[0]
             score = (h @ q.unsqueeze(-1)).squeeze(-1).masked_fill(mask == 0, float("-inf"))
             r = (score.softmax(-1).unsqueeze(-1) * h).sum(1)
@@ -105,5 +126,5 @@ class MPNNEncoder(nn.Module):
         h = torch.relu(self.lin0(x[..., :ATOM_FEATURES]))
         for _ in range(self.steps):
             m = torch.relu(self.conv(h, g, edges))
-            h = self.gru(m.flatten(0, 1), h.flatten(0, 1)).view_as(h)
+            h = gru_step(self.gru, m, h)
         return torch.relu(self.lin1(self.set2set(h, x[..., MASK])))
