@@ -203,6 +203,8 @@ def test_without_qm9pack_one_line_says_what_to_install(tmp_path, monkeypatch):
     )
     with pytest.raises(ConfigError, match=r'pip install "mtltrain\[qm9\]"'):
         qm9.build({"mu": ["mse"]}, tasks=["mu"], root=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"dataset.source=.* holds no qm9_part\*.csv"):
+        qm9.build({"mu": ["mse"]}, tasks=["mu"], root=str(tmp_path), source=str(tmp_path))
     done = run_cli(["dataset=qm9", f"dataset.root={tmp_path}", "trainer.epochs=1",
                     f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)  # fmt: skip
     assert done.returncode != 0
