@@ -140,6 +140,26 @@ class RegressionScorer(Scorer):
         return {"rmse": mse.sqrt(), "mse": mse}
 
 
+class StandardisedRegressionScorer(Scorer):
+    """For targets stored standardised, (y − mean)/std, the errors in the original units:
+    mae = std·mean |ŷ − y|, mse = std²·mean (ŷ − y)², rmse = sqrt(mse)."""
+
+    names = ("mae", "rmse", "mse")
+
+    def __init__(self, std: float) -> None:
+        self.std = std
+
+    def batch_sums(
+        self, output: Tensor | MeanLogVar, target: Tensor, noise_std: Tensor | None
+    ) -> Tensor:
+        error = point(output).float() - target
+        return torch.stack([error.abs().sum(), error.square().sum()])
+
+    def finish(self, sums: Tensor, count: int) -> dict[str, Tensor]:
+        mse = sums[1] / count * self.std**2
+        return {"mae": sums[0] / count * self.std, "rmse": mse.sqrt(), "mse": mse}
+
+
 class HeteroscedasticScorer(Scorer):
     """For a head predicting μ and σ: nll = mean ½(log 2πσ² + (y − μ)²/σ²); rmse;
     coverage_1sigma / coverage_2sigma = fraction with |y − μ| ≤ 1σ / 2σ (0.683 / 0.954 when
@@ -182,7 +202,10 @@ class HeteroscedasticScorer(Scorer):
 
 
 def scorer_for(task: TaskSpec, knows_sigma: bool = False) -> Scorer:
-    """The scorer of `task`'s kind; heteroscedastic regression gets the calibration metrics."""
+    """The scorer of `task`'s kind; heteroscedastic regression gets the calibration metrics,
+    regression on standardised targets its errors in the original units."""
+    if task.kind == "regression" and task.target_std is not None and not task.heteroscedastic:
+        return StandardisedRegressionScorer(task.target_std)
     if task.kind == "regression":
         return HeteroscedasticScorer(knows_sigma) if task.heteroscedastic else RegressionScorer()
     return {

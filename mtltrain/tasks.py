@@ -20,7 +20,7 @@ MetricChoice = str | Any
 # better. Coverages have a target value (0.683, 0.954), not a direction, and are left out.
 DIRECTION = {
     "accuracy": 1, "iou": 1, "dice": 1, "auroc": 1, "f1": 1,
-    "rmse": -1, "mse": -1, "nll": -1, "calibration_error": -1, "sigma_rel_error": -1,
+    "rmse": -1, "mse": -1, "mae": -1, "nll": -1, "calibration_error": -1, "sigma_rel_error": -1,
 }  # fmt: skip
 
 
@@ -33,7 +33,9 @@ class TaskSpec:
     multilabel). `losses` are the task's loss terms: names in `mtltrain.losses.LOSSES` or
     callables. `heteroscedastic`: the head also predicts a per-sample log-variance (set when
     one of its losses needs it). `metrics`: what `dataset.metrics` chose (empty: the kind's
-    built-ins, `mtltrain.metrics.task_metrics`).
+    built-ins, `mtltrain.metrics.task_metrics`). `target_std`: a regression task whose targets
+    the data set stores standardised, (y − mean)/std, gives that std: its metrics (mae, rmse,
+    mse) are reported in the targets' original units.
     """
 
     name: str
@@ -42,3 +44,4 @@ class TaskSpec:
     losses: tuple[LossChoice, ...]
     heteroscedastic: bool = False
     metrics: tuple[MetricChoice, ...] = ()
+    target_std: float | None = None

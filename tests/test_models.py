@@ -123,6 +123,8 @@ def test_every_model_follows_the_protocol(name):
     model = build(cfg.model, tasks=tasks)
     images = data_set in ("mnist_mtl", "multi_mnist")
     x = torch.randn(3, 1, 28, 28) if images else torch.randn(3, 1)
+    if data_set == "qm9":  # molecules of 29 atoms: their 13 columns, the last the mask
+        x = torch.cat([torch.rand(3, 29, 12), torch.ones(3, 29, 1)], dim=-1)
     outputs, features = model(x)
     assert set(outputs) == {t.name for t in tasks}
     shared = model.shared_parameters()
