@@ -152,7 +152,7 @@ def test_segnet_stages_in_order_are_its_forward_and_keep_the_resolution():
     assert torch.equal(z, net(x)) and z.shape == (2, 4, H, W)
     assert len(net.stages()) == 4
     # MTAN's conv layers per level: 2, 2, 3, 3, 3 in the encoder and the decoder
-    full = SegNet()
+    full = SegNet(widths=[1] * 5)  # MTAN's depth, narrow
     convs = [sum(isinstance(m, torch.nn.Conv2d) for m in s.modules()) for s in full.stages()]
     assert convs == [2, 2, 3, 3, 3, 3, 3, 3, 2, 2]
     unit = DenseHead(4, 3, unit=True)(z)
@@ -166,8 +166,10 @@ def test_scale_crop_flip_rescales_depth_and_flips_normals_x():
     seen_scales, flipped = set(), set()
     for seed in range(30):
         torch.manual_seed(seed)
-        targets = {"semantic": torch.ones(H, W, dtype=torch.long), "depth": depth, "normals": normals}
-        out_image, out = scale_crop_flip(image, targets)
+        labels = torch.ones(H, W, dtype=torch.long)
+        out_image, out = scale_crop_flip(
+            image, {"semantic": labels, "depth": depth, "normals": normals}
+        )
         assert out_image.shape == image.shape and out["semantic"].dtype == torch.long
         seen_scales.add(round(3.0 / out["depth"][0, 0, 0].item(), 3))
         flipped.add(out["normals"][0, 0, 0].item())
@@ -191,7 +193,8 @@ def write_split(folder, n, label_dir, classes, normals=True):
         np.save(folder / "depth" / f"{i}.npy", depth)
         if normals:
             normal = rng.normal(size=(H, W, 3)).astype(np.float32)
-            np.save(folder / "normal" / f"{i}.npy", normal / np.linalg.norm(normal, axis=-1)[..., None])
+            normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+            np.save(folder / "normal" / f"{i}.npy", normal)
 
 
 TINY_RUN = ["trainer.epochs=1", "trainer.batch_size=2", "trainer.num_workers=0",
