@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import run_cli
 
+from mtltrain.data import nyuv2
 from mtltrain.data.nyuv2 import scale_crop_flip
 from mtltrain.losses import masked_cosine, masked_cross_entropy, masked_l1
 from mtltrain.metrics import (
@@ -210,15 +211,32 @@ TINY_RUN = ["trainer.epochs=1", "trainer.batch_size=2", "trainer.num_workers=0",
 )
 def test_a_short_run_on_tiny_files_of_mtans_layout(tmp_path, name, label_dir, classes, metrics):
     root = tmp_path / name
-    write_split(root / "train", 4, label_dir, classes, normals=name == "nyuv2")
+    write_split(root / "train", 5, label_dir, classes, normals=name == "nyuv2")
     write_split(root / "val", 2, label_dir, classes, normals=name == "nyuv2")
-    args = [f"dataset={name}", f"dataset.root={root}", *TINY_RUN, f"hydra.run.dir={tmp_path}/run"]
+    args = [f"dataset={name}", f"dataset.root={root}", *TINY_RUN, "trainer.validation=1",
+            f"hydra.run.dir={tmp_path}/run"]  # fmt: skip
     proc = run_cli(args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     results = json.loads((tmp_path / "run/results.json").read_text())
-    assert results["steps"] == 2
+    assert results["steps"] == 2  # 4 of the 5 training images, in batches of 2
     for metric in metrics:
-        assert math.isfinite(results["metrics"][f"test/{metric}"])
+        for split in ("validation", "test"):
+            assert math.isfinite(results["metrics"][f"{split}/{metric}"])
+
+
+def test_the_held_out_images_are_not_augmented(tmp_path):
+    write_split(tmp_path / "train", 3, "label", 13)
+    write_split(tmp_path / "val", 1, "label", 13)
+    losses = {"semantic": ["masked_cross_entropy"], "depth": ["masked_l1"]}
+    data = nyuv2.build(losses, str(tmp_path), ["semantic", "depth"], validation=2)
+    assert len(data.train) == 1 and len(data.validation) == 2
+    for index in data.validation.dataset.indices:
+        image = np.load(tmp_path / "train/image" / f"{index}.npy")
+        depth = np.load(tmp_path / "train/depth" / f"{index}.npy")
+        for _ in range(3):
+            x, targets = data.validation.dataset.dataset[index]
+            assert np.array_equal(x.permute(1, 2, 0).numpy(), image)
+            assert np.array_equal(targets["depth"].permute(1, 2, 0).numpy(), depth)
 
 
 def test_missing_files_stop_in_one_line_saying_where_to_get_and_put_them(tmp_path):

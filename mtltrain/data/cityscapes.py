@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from mtltrain.constraints import checked
-from mtltrain.data.base import DatasetSplit, MultiTaskData, check_tasks, task_specs
-from mtltrain.data.nyuv2 import MTAN, MtanFolders, split_folders
+from mtltrain.constraints import Seed, checked
+from mtltrain.data.base import MultiTaskData, check_tasks, task_specs
+from mtltrain.data.nyuv2 import MTAN, held_out_unaugmented, split_folders
 from mtltrain.tasks import LossChoice, MetricChoice
 
 AVAILABLE = {"semantic": ("semantic", 7), "depth": ("depth", 1)}
@@ -30,11 +30,13 @@ def build(
     tasks: Sequence[str] = ("semantic", "depth"),
     augment: bool = True,
     metrics: Mapping[str, Sequence[MetricChoice]] | None = None,
+    validation: float = 0,
+    validation_seed: Seed = 0,
 ) -> MultiTaskData:
     """Cityscapes from `root` (see the module's docstring), the training split augmented where
-    `augment`."""
+    `augment`; `validation` training images (drawn by `validation_seed`) held out, not
+    augmented."""
     specs = task_specs(tasks, AVAILABLE, losses, metrics)
     folders = split_folders(root, "Cityscapes", ["image", *(FOLDERS[t] for t in tasks)], MTAN)
     subs = {t: FOLDERS[t] for t in tasks}
-    train = DatasetSplit(MtanFolders(folders["train"], subs, augment))
-    return MultiTaskData(specs, train, DatasetSplit(MtanFolders(folders["test"], subs)))
+    return held_out_unaugmented(specs, folders, subs, augment, validation, validation_seed)

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mtltrain.constraints import checked
-from mtltrain.data.base import DatasetSplit, MultiTaskData, check_tasks, task_specs
+from mtltrain.constraints import Seed, checked
+from mtltrain.data.base import DatasetSplit, MultiTaskData, check_tasks, held_out, task_specs
 from mtltrain.errors import DataError
-from mtltrain.tasks import LossChoice, MetricChoice
+from mtltrain.tasks import LossChoice, MetricChoice, TaskSpec
 
 AVAILABLE = {"semantic": ("semantic", 13), "depth": ("depth", 1), "normals": ("normals", 3)}
 FOLDERS = {"semantic": "label", "depth": "depth", "normals": "normal"}  # task → its folder
@@ -119,6 +119,25 @@ def split_folders(root: str, name: str, needed: Sequence[str], source: str) -> d
 MTAN = "https://github.com/lorenmt/mtan's README"
 
 
+def held_out_unaugmented(
+    specs: tuple[TaskSpec, ...],
+    folders: Mapping[str, Path],
+    subs: Mapping[str, str],
+    augment: bool,
+    validation: float,
+    seed: int,
+) -> MultiTaskData:
+    """Train (augmented where `augment`) and test splits of `folders`, and `validation`
+    training images (a fraction or a count, drawn by `seed`) held out without augmentation."""
+    train = MtanFolders(folders["train"], subs, augment)
+    test = DatasetSplit(MtanFolders(folders["test"], subs))
+    kept, held = held_out(len(train), validation, seed)
+    if len(held) == 0:
+        return MultiTaskData(specs, DatasetSplit(train), test)
+    plain = DatasetSplit(MtanFolders(folders["train"], subs))
+    return MultiTaskData(specs, DatasetSplit(train).take(kept), test, plain.take(held))
+
+
 @checked("dataset", lambda settings: check_tasks(settings["tasks"], AVAILABLE))
 def build(
     losses: Mapping[str, Sequence[LossChoice]],
@@ -126,11 +145,13 @@ def build(
     tasks: Sequence[str] = ("semantic", "depth", "normals"),
     augment: bool = True,
     metrics: Mapping[str, Sequence[MetricChoice]] | None = None,
+    validation: float = 0,
+    validation_seed: Seed = 0,
 ) -> MultiTaskData:
     """NYUv2 from `root` (see the module's docstring), the training split augmented where
-    `augment`."""
+    `augment`; `validation` training images (drawn by `validation_seed`) held out, not
+    augmented."""
     specs = task_specs(tasks, AVAILABLE, losses, metrics)
     folders = split_folders(root, "NYUv2", ["image", *(FOLDERS[t] for t in tasks)], MTAN)
     subs = {t: FOLDERS[t] for t in tasks}
-    train = DatasetSplit(MtanFolders(folders["train"], subs, augment))
-    return MultiTaskData(specs, train, DatasetSplit(MtanFolders(folders["test"], subs)))
+    return held_out_unaugmented(specs, folders, subs, augment, validation, validation_seed)
