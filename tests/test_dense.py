@@ -11,6 +11,7 @@ import torch
 from conftest import run_cli
 
 from mtltrain.data import nyuv2
+from mtltrain.data.base import Split
 from mtltrain.data.nyuv2 import scale_crop_flip
 from mtltrain.losses import masked_cosine, masked_cross_entropy, masked_l1
 from mtltrain.metrics import (
@@ -23,6 +24,7 @@ from mtltrain.metrics import (
 )
 from mtltrain.models.segnet import DenseHead, SegNet
 from mtltrain.tasks import TaskSpec
+from mtltrain.weighting.dtp import kpi
 
 H, W = 16, 24  # the tiny images' size: divisible by 2^2 for a two-level SegNet
 
@@ -132,8 +134,6 @@ def test_dense_kinds_report_their_metrics_with_directions_through_task_metrics()
         "n/median_angle": -1,
     }  # fmt: skip
     pred, target = normals_example()
-    from mtltrain.data.base import Split
-
     batch = Split(torch.zeros(1, 3, 1, 6), {"s": torch.zeros(1, 1, 6, dtype=torch.long),
                                            "d": target[:, :1], "n": target})  # fmt: skip
     metrics = TaskMetrics(tasks)
@@ -245,3 +245,13 @@ def test_missing_files_stop_in_one_line_saying_where_to_get_and_put_them(tmp_pat
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "lorenmt/mtan" in lines[0] and "dataset.root" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_dtp_reads_the_dense_kinds_kpis_in_zero_one():
+    pred, target = normals_example()
+    # normals: 1 − mean angle/180° = 1 − 33°/180°
+    assert kpi("normals", pred, target, 1.0).item() == pytest.approx(1 - 33 / 180, abs=1e-5)
+    depth = torch.tensor([[[[1.0, 5.0]]]]), torch.tensor([[[[2.0, 0.0]]]])
+    assert kpi("depth", *depth, 2.0).item() == pytest.approx(math.exp(-1 / 2))  # exp(−abs/scale)
+    logits = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])  # predicts 0, 1; labels 0, 0
+    assert kpi("semantic", logits, torch.tensor([[[0, 0]]]), 1.0).item() == pytest.approx(0.25)
