@@ -40,7 +40,7 @@ from mtltrain.loop._runtime import (
     settle_threads,
 )
 from mtltrain.loop._selection import Selection, resolve_objective
-from mtltrain.losses import loss_terms, point
+from mtltrain.losses import SHAPED_KINDS, loss_terms, point
 from mtltrain.metrics import metric_directions, metric_names
 from mtltrain.models.base import MultiTaskNet
 from mtltrain.outputs import _run_folder as rundir
@@ -115,24 +115,24 @@ def check_fits(model: MultiTaskNet, data: MultiTaskData, device: torch.device) -
 def check_targets(
     tasks: Sequence[TaskSpec], outputs: Mapping[str, Any], targets: Mapping[str, Tensor]
 ) -> None:
-    """A classification or segmentation task's targets are class indices (integers), and a
-    regression task's have the shape of its head's point prediction: a loss of tensors of
-    other shapes would broadcast them ([N, 1] against [N] gives [N, N]) and train and score on
-    the wrong differences without a word."""
+    """A classification or segmentation (or semantic) task's targets are class indices
+    (integers), and a regression (or depth, normals) task's have the shape of its head's point
+    prediction: a loss of tensors of other shapes would broadcast them ([N, 1] against [N]
+    gives [N, N]) and train and score on the wrong differences without a word."""
     for task in tasks:
-        indices = task.kind in ("classification", "segmentation")
+        indices = task.kind in ("classification", "segmentation", "semantic")
         if indices and targets[task.name].is_floating_point():
             raise ConfigError(
                 f"dataset: the targets of the {task.kind} task {task.name} are "
                 f"{targets[task.name].dtype}: give class indices as integers (int64, "
                 "torch.tensor(2) rather than 2.0)"
             )
-        if task.kind != "regression" or task.name not in outputs:
+        if task.kind not in SHAPED_KINDS or task.name not in outputs:
             continue
         predicted, target = point(outputs[task.name]).shape, targets[task.name].shape
         if predicted != target:
             raise ConfigError(
-                f"dataset: the targets of the regression task {task.name} have the shape "
+                f"dataset: the targets of the {task.kind} task {task.name} have the shape "
                 f"{list(target[1:])} per sample, and its head predicts {list(predicted[1:])}: "
                 f"give each sample's target that shape"
             )

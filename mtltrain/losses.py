@@ -165,6 +165,40 @@ def beta_nll(
     return _reduce(var.detach() ** beta * _gaussian_nll(output.mean, var, target), reduction)
 
 
+SHAPED_KINDS = ("regression", "depth", "normals")  # targets shaped as the point prediction
+IGNORE_LABEL = -1  # a semantic label that no loss or metric reads (NYUv2's unlabelled pixels)
+
+
+def _masked_mean(values: Tensor, valid: Tensor) -> Tensor:
+    """Σ values·valid / Σ valid (0 where no value is valid, with zero gradient)."""
+    return (values * valid).sum() / valid.sum().clamp_min(1)
+
+
+def masked_cross_entropy(output: Tensor, target: Tensor) -> Tensor:
+    """mean −log softmax(f)_y over the pixels whose label y ≠ −1 (`IGNORE_LABEL`)."""
+    valid = target != IGNORE_LABEL
+    values = F.cross_entropy(output, target.clamp_min(0), reduction="none")
+    return _masked_mean(values, valid)
+
+
+def valid_pixels(target: Tensor) -> Tensor:
+    """[N, 1, H, W]: the pixels of an [N, C, H, W] depth or normal map that hold a value (not
+    all C channels 0)."""
+    return (target != 0).any(dim=1, keepdim=True)
+
+
+def masked_l1(output: Tensor, target: Tensor) -> Tensor:
+    """mean |y − ŷ| over the valid pixels (`valid_pixels`: depth ≠ 0)."""
+    return _masked_mean((point(output) - target).abs(), valid_pixels(target))
+
+
+def masked_cosine(output: Tensor, target: Tensor) -> Tensor:
+    """mean 1 − cos(ŷ, y) over the valid pixels (`valid_pixels`: normal ≠ 0), the cosine
+    along the channels."""
+    cos = F.cosine_similarity(point(output), target, dim=1).unsqueeze(1)
+    return _masked_mean(1 - cos, valid_pixels(target))
+
+
 @dataclass(frozen=True)
 class Loss:
     """A loss function, the task kinds it fits, and the `loss.*` settings it takes.
@@ -191,6 +225,9 @@ LOSSES: dict[str, Loss] = {
     "cross_entropy": Loss(cross_entropy, ("classification", "segmentation")),
     "focal": Loss(focal, ("classification", "segmentation"), settings=("focal_gamma",)),
     "dice": Loss(dice, ("segmentation",), settings=("dice_smooth",), per_element=False),
+    "masked_cross_entropy": Loss(masked_cross_entropy, ("semantic",), per_element=False),
+    "masked_l1": Loss(masked_l1, ("depth",), per_element=False),
+    "masked_cosine": Loss(masked_cosine, ("normals",), per_element=False),
     "gaussian_nll": Loss(gaussian_nll, ("regression",), heteroscedastic=True),
     "laplace_nll": Loss(laplace_nll, ("regression",), heteroscedastic=True),
     "beta_nll": Loss(beta_nll, ("regression",), heteroscedastic=True, settings=("beta",)),
@@ -321,7 +358,7 @@ def _checked(
     """The term's output and target; a DataError where a regression target is not shaped as
     its point prediction (torch would broadcast [N] against [N, 1] to [N, N], silently)."""
     output, target = outputs[term.task], targets[term.task]
-    if term.kind == "regression" and point(output).shape != target.shape:
+    if term.kind in SHAPED_KINDS and point(output).shape != target.shape:
         raise DataError(
             f"dataset: task {term.task}'s targets are {list(target.shape)} per batch, which is "
             f"not allowed: its head predicts {list(point(output).shape)}; give each sample's "

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from mtltrain.distributed import ONE_PROCESS, Ranks
 from mtltrain.errors import ConfigError
-from mtltrain.losses import MeanLogVar, point
+from mtltrain.losses import MeanLogVar, point, valid_pixels
 from mtltrain.tasks import DIRECTION, MetricChoice, TaskKind, TaskSpec
 
 if TYPE_CHECKING:
@@ -201,6 +201,82 @@ class HeteroscedasticScorer(Scorer):
         return out
 
 
+class SemanticScorer(Scorer):
+    """Semantic segmentation over the split's labelled pixels (label ≠ −1), from the confusion
+    matrix M (rows: true class, columns: predicted): miou = mean over the classes present
+    (true or predicted somewhere, M_c· + M_·c > 0) of M_cc/(M_c· + M_·c − M_cc);
+    pixel_accuracy = Σ_c M_cc / Σ M."""
+
+    names = ("miou", "pixel_accuracy")
+
+    def __init__(self, classes: int) -> None:
+        self.classes = classes
+
+    def batch_sums(self, output: Tensor, target: Tensor, noise_std: Tensor | None) -> Tensor:
+        n = self.classes
+        valid = (target >= 0) & (target < n)
+        cell = torch.where(valid, target * n + output.argmax(dim=1), n * n)  # n·n: unlabelled
+        counts = torch.zeros(n * n + 1, device=target.device, dtype=torch.float64)
+        counts.index_add_(0, cell.flatten(), torch.ones_like(cell.flatten(), dtype=counts.dtype))
+        return counts[:-1]
+
+    def finish(self, sums: Tensor, count: int) -> dict[str, Tensor]:
+        matrix = sums.reshape(self.classes, self.classes)
+        hits = matrix.diagonal()
+        union = matrix.sum(0) + matrix.sum(1) - hits
+        present = union > 0
+        iou = torch.where(present, hits / union.clamp_min(1), 0)
+        return {
+            "miou": iou.sum() / present.sum().clamp_min(1),
+            "pixel_accuracy": hits.sum() / matrix.sum().clamp_min(1),
+        }
+
+
+class DepthScorer(Scorer):
+    """Over the split's valid pixels (depth d ≠ 0): abs_error = mean |d − d̂|, rel_error =
+    mean |d − d̂|/d."""
+
+    names = ("abs_error", "rel_error")
+
+    def batch_sums(self, output: Tensor, target: Tensor, noise_std: Tensor | None) -> Tensor:
+        valid = valid_pixels(target)
+        error = (point(output).float() - target).abs() * valid
+        relative = error / torch.where(valid, target, 1).abs()
+        return torch.stack([error.sum(), relative.sum(), valid.sum()]).double()
+
+    def finish(self, sums: Tensor, count: int) -> dict[str, Tensor]:
+        error, relative, valid = sums.unbind()
+        return {"abs_error": error / valid.clamp_min(1), "rel_error": relative / valid.clamp_min(1)}
+
+
+ANGLE_THRESHOLDS = (11.25, 22.5, 30.0)  # degrees: within_11_25, within_22_5, within_30
+
+
+def angle_errors(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Per pixel of [N, 3, H, W] normal maps: the angle between ŷ and y in degrees,
+    acos(cos(ŷ, y)), and whether the pixel is valid (normal ≠ 0), each [N, 1, H, W]."""
+    cos = torch.nn.functional.cosine_similarity(point(output).float(), target.float(), dim=1)
+    return torch.rad2deg(cos.clamp(-1, 1).acos()).unsqueeze(1), valid_pixels(target)
+
+
+class NormalScorer(Scorer):
+    """Over the split's valid pixels (normal ≠ 0), e the angle between ŷ and y in degrees:
+    mean_angle = mean e; within_11_25, within_22_5, within_30 = share of pixels with e < 11.25°,
+    22.5°, 30°. (The median, which sums cannot give, is `MedianAngle`.)"""
+
+    names = ("mean_angle", "within_11_25", "within_22_5", "within_30")
+
+    def batch_sums(self, output: Tensor, target: Tensor, noise_std: Tensor | None) -> Tensor:
+        angle, valid = angle_errors(output, target)
+        within = [((angle < t) & valid).sum() for t in ANGLE_THRESHOLDS]
+        return torch.stack([(angle * valid).sum(), *within, valid.sum()]).double()
+
+    def finish(self, sums: Tensor, count: int) -> dict[str, Tensor]:
+        *values, valid = sums.unbind()
+        shares = [v / valid.clamp_min(1) for v in values]
+        return dict(zip(self.names, shares, strict=True))
+
+
 def scorer_for(task: TaskSpec, knows_sigma: bool = False) -> Scorer:
     """The scorer of `task`'s kind; heteroscedastic regression gets the calibration metrics,
     regression on standardised targets its errors in the original units."""
@@ -213,6 +289,9 @@ def scorer_for(task: TaskSpec, knows_sigma: bool = False) -> Scorer:
         "segmentation": SegmentationScorer,
         "binary": BinaryScorer,
         "multilabel": BinaryScorer,
+        "semantic": functools.partial(SemanticScorer, task.out_features),
+        "depth": DepthScorer,
+        "normals": NormalScorer,
     }[task.kind]()
 
 
@@ -234,11 +313,55 @@ def _multilabel_f1(task: TaskSpec) -> Metric:
     return MultilabelF1Score(task.out_features, average="macro", validate_args=False)
 
 
+def median_angle() -> Metric:
+    """The exact median over the split's valid pixels of the angle between predicted and true
+    normals, in degrees (the mean of the two middle values for an even count, as NumPy's
+    median): a torchmetrics metric that keeps every valid pixel's angle on the device."""
+    return _median_angle_class()()
+
+
+@functools.cache
+def _median_angle_class() -> type[Metric]:
+    """`MedianAngle`, made on first use (torchmetrics is slow to import)."""
+    from torchmetrics import Metric
+    from torchmetrics.utilities import dim_zero_cat
+
+    class MedianAngle(Metric):
+        """See `median_angle`; under torchrun the ranks' angles are gathered."""
+
+        higher_is_better = False
+        full_state_update = False
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_state("angles", default=[], dist_reduce_fx="cat")
+
+        def update(self, output: Tensor, target: Tensor) -> None:
+            angle, valid = angle_errors(output, target)
+            self.angles.append(angle[valid])
+
+        def compute(self) -> Tensor:
+            angles = dim_zero_cat(self.angles) if self.angles else torch.zeros(0)
+            n = angles.numel()
+            if n == 0:
+                return torch.tensor(float("nan"))
+            low = angles.kthvalue((n + 1) // 2).values
+            high = angles.kthvalue(n // 2 + 1).values
+            return (low + high) / 2
+
+    return MedianAngle
+
+
+def _median_angle(task: TaskSpec) -> Metric:
+    return median_angle()
+
+
 # the built-in metrics that torchmetrics computes, per kind: exact AUROC, F1 at probability 0.5
-# (multi-label: the mean of the labels' F1, "macro")
+# (multi-label: the mean of the labels' F1, "macro"); the exact median angle of normals
 TORCHMETRICS_BUILTINS: dict[str, dict[str, Callable[[TaskSpec], Metric]]] = {
     "binary": {"auroc": _binary_auroc, "f1": _binary_f1},
     "multilabel": {"f1": _multilabel_f1},
+    "normals": {"median_angle": _median_angle},
 }
 
 
@@ -335,11 +458,11 @@ def _is_torchmetrics(value: object) -> bool:
 def metric_inputs(kind: str, output: Tensor | MeanLogVar, target: Tensor) -> tuple[Tensor, Tensor]:
     """What a torchmetrics metric gets: probabilities (sigmoid of the logits for binary and
     multi-label, with the 0/1 targets target > 0.5, as `BinaryScorer` reads them; softmax over
-    classes, dimension 1, for classification and segmentation), the point prediction for
-    regression."""
+    classes, dimension 1, for classification, segmentation and semantic), the point prediction
+    for regression, depth and normals."""
     if kind in ("binary", "multilabel"):
         return output.reshape(target.shape).float().sigmoid(), (target > 0.5).long()
-    if kind in ("classification", "segmentation"):
+    if kind in ("classification", "segmentation", "semantic"):
         return output.float().softmax(1), target
     return point(output).float(), target
 

@@ -7,8 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-# binary: one logit per sample, targets 0/1; multilabel: one logit per label, [N, L] 0/1 targets
-TaskKind = Literal["classification", "segmentation", "regression", "binary", "multilabel"]
+# binary: one logit per sample, targets 0/1; multilabel: one logit per label, [N, L] 0/1 targets;
+# dense prediction per pixel: semantic (class logits, label −1 ignored), depth (0: no depth),
+# normals (a unit vector per pixel, the zero vector: none)
+TaskKind = Literal[
+    "classification", "segmentation", "regression", "binary", "multilabel",
+    "semantic", "depth", "normals",
+]  # fmt: skip
 TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
 # a task's loss as `dataset.losses` gives it: a name in `mtltrain.losses.LOSSES`, or a callable
 # (output, target) -> scalar that the config builds (`_target_`)
@@ -21,6 +26,8 @@ MetricChoice = str | Any
 DIRECTION = {
     "accuracy": 1, "iou": 1, "dice": 1, "auroc": 1, "f1": 1,
     "rmse": -1, "mse": -1, "mae": -1, "nll": -1, "calibration_error": -1, "sigma_rel_error": -1,
+    "miou": 1, "pixel_accuracy": 1, "abs_error": -1, "rel_error": -1,
+    "mean_angle": -1, "median_angle": -1, "within_11_25": 1, "within_22_5": 1, "within_30": 1,
 }  # fmt: skip
 
 
@@ -30,7 +37,8 @@ class TaskSpec:
 
     `out_features` is the number of values the head emits per sample for its point prediction
     (classes for classification, classes × pixels for segmentation, 1 for binary, labels for
-    multilabel). `losses` are the task's loss terms: names in `mtltrain.losses.LOSSES` or
+    multilabel; for the dense kinds semantic, depth and normals: channels per pixel, i.e.
+    classes, 1 and 3). `losses` are the task's loss terms: names in `mtltrain.losses.LOSSES` or
     callables. `heteroscedastic`: the head also predicts a per-sample log-variance (set when
     one of its losses needs it). `metrics`: what `dataset.metrics` chose (empty: the kind's
     built-ins, `mtltrain.metrics.task_metrics`). `target_std`: a regression task whose targets

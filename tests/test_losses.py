@@ -398,5 +398,6 @@ def test_a_task_kind_outside_the_kinds_is_one_line_naming_them():
         check_losses("price", "regresion", ["mse"])
     assert str(raised.value) == (
         "dataset: task price's kind 'regresion' is not allowed: choose one of "
-        "['classification', 'segmentation', 'regression', 'binary', 'multilabel']"
+        "['classification', 'segmentation', 'regression', 'binary', 'multilabel', "
+        "'semantic', 'depth', 'normals']"
     )

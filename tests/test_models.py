@@ -100,6 +100,15 @@ def test_a_bounded_head_cannot_predict_a_variance():
         MultiTaskModel((task,), head=lambda out_features: MnistDecoder(out_features))
 
 
+DENSE_TASKS = {
+    "nyuv2": (TaskSpec("semantic", "semantic", 13, ("masked_cross_entropy",)),
+              TaskSpec("depth", "depth", 1, ("masked_l1",)),
+              TaskSpec("normals", "normals", 3, ("masked_cosine",))),
+    "cityscapes": (TaskSpec("semantic", "semantic", 7, ("masked_cross_entropy",)),
+                   TaskSpec("depth", "depth", 1, ("masked_l1",))),
+}  # fmt: skip
+
+
 def model_options() -> list[str]:
     from mtltrain.config._compose import config_dir
 
@@ -111,10 +120,14 @@ def test_every_model_follows_the_protocol(name):
     """(outputs, features) from forward; shared and task parameters name every parameter;
     the features depend on the shared parameters and only on them."""
     data_set = {"two_slope_modules": "two_slope"}.get(name, name)
-    cfg = make_config([f"dataset={data_set}", f"model={name}"])
+    dense = data_set in DENSE_TASKS
+    tiny = ["model.encoder.widths=[4,8]"] if dense else []  # a two-level SegNet
+    cfg = make_config([f"dataset={data_set}", f"model={name}", *tiny])
     tasks = (
         MNIST_TASKS
         if data_set == "mnist_mtl"
+        else DENSE_TASKS[data_set]
+        if dense
         else (
             TaskSpec("a", "regression", 1, ("mse",)),
             TaskSpec("b", "regression", 1, ("gaussian_nll",), heteroscedastic=True),
@@ -122,7 +135,11 @@ def test_every_model_follows_the_protocol(name):
     )
     model = build(cfg.model, tasks=tasks)
     images = data_set in ("mnist_mtl", "multi_mnist")
-    x = torch.randn(3, 1, 28, 28) if images else torch.randn(3, 1)
+    x = (
+        torch.randn(3, 1, 28, 28) if images
+        else torch.randn(2, 3, 8, 12) if dense
+        else torch.randn(3, 1)
+    )  # fmt: skip
     if data_set == "qm9":  # molecules of 29 atoms: their 13 columns, the last the mask
         x = torch.cat([torch.rand(3, 29, 12), torch.ones(3, 29, 1)], dim=-1)
     outputs, features = model(x)

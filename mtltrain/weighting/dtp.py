@@ -3,7 +3,8 @@
 total = Σ_t FL(κ̄_t; γ_t)·L_t with the focal weight FL(κ̄; γ) = −(1 − κ̄)^γ·log κ̄: the worse a task
 performs, the more it weighs. κ_t ∈ [0, 1] is the task's key performance indicator on each training
 batch, measured before the step's update: accuracy (classification, and binary and multi-label tasks
-over their labels), foreground IoU (segmentation), exp(−RMSE/scale_t) (regression). κ̄_t ← α·κ_t +
+over their labels), foreground IoU (segmentation), mIoU (semantic), exp(−RMSE/scale_t) (regression),
+exp(−abs error/scale_t) (depth), 1 − mean angle/180° (normals). κ̄_t ← α·κ_t +
 (1 − α)·κ̄_t starts at the first κ_t and is clamped to [ε, 1 − ε] before the weight is taken. The
 weight is a function of a measurement, never of the graph: no gradient flows through it. Every loss
 term of a task gets the task's weight. The paper's example-level focal loss is the loss `focal`
@@ -23,8 +24,11 @@ from mtltrain.losses import LossTerm, MeanLogVar
 from mtltrain.metrics import (
     BinaryScorer,
     ClassificationScorer,
+    DepthScorer,
+    NormalScorer,
     RegressionScorer,
     SegmentationScorer,
+    SemanticScorer,
 )
 from mtltrain.step import Step
 from mtltrain.weighting.base import Range, Values, Weighting, named_values
@@ -41,6 +45,12 @@ def kpi(
         return BinaryScorer().score(output, target, ranks)["accuracy"]
     if kind == "segmentation":
         return SegmentationScorer().score(output, target, ranks)["iou"]
+    if kind == "semantic":
+        return SemanticScorer(output.shape[1]).score(output, target, ranks)["miou"]
+    if kind == "depth":
+        return torch.exp(-DepthScorer().score(output, target, ranks)["abs_error"] / scale)
+    if kind == "normals":
+        return 1 - NormalScorer().score(output, target, ranks)["mean_angle"] / 180
     return torch.exp(-RegressionScorer().score(output, target, ranks)["rmse"] / scale)
 
 
@@ -49,7 +59,8 @@ class DynamicTaskPrioritization(Weighting):
 
     κ_t is each task's key performance indicator on the training batch, measured before the
     step's update: accuracy (classification; binary and multi-label: over their labels),
-    foreground IoU (segmentation), exp(−RMSE/`kpi_scale`) (regression). κ̄_t ← α·κ_t + (1 −
+    foreground IoU (segmentation), mIoU (semantic), exp(−RMSE/`kpi_scale`) (regression),
+    exp(−abs error/`kpi_scale`) (depth), 1 − mean angle/180° (normals). κ̄_t ← α·κ_t + (1 −
     α)·κ̄_t starts at the first κ_t and is clamped to [ε, 1 − ε] (`kpi_eps`, 1e-3). The weight
     is computed from measurements and carries no gradient. `gamma` and `kpi_scale` take a
     number, a list in task order or `{task: value}`; α = `alpha` (0.1). The paper's

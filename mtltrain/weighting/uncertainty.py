@@ -27,9 +27,12 @@ from mtltrain.losses import LossTerm
 from mtltrain.weighting.base import Range, Weighting, numbers_of
 
 # c_k per task kind; binary and multi-label tasks are classifications (a Bernoulli likelihood
-# with a temperature), c = 1
+# with a temperature), c = 1, and so is semantic segmentation; depth (L1) and normals (1 − cos)
+# are no Gaussian MSE, whose c = ½ the paper derives: c = 1, as LibMTL's and Nash-MTL's UW
+# weigh every task (exp(−s)·L + s up to the factor of s)
 KIND_FACTOR = {
     "regression": 0.5, "classification": 1.0, "segmentation": 1.0, "binary": 1.0, "multilabel": 1.0,
+    "semantic": 1.0, "depth": 1.0, "normals": 1.0,
 }  # fmt: skip
 FORMS = ("likelihood", "unit", "half")
 # |s| beyond this: the weight exp(−s) leaves float32's normal range (0 or inf), nothing trains
