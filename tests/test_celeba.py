@@ -128,6 +128,16 @@ def test_missing_files_are_one_line_saying_where_to_get_them_and_where_to_put_th
     assert proc.stderr.strip().splitlines() == [f"mtltrain: error: {line}"]
 
 
+@pytest.mark.parametrize("bad", ["000005.jpg 1 -1", "000005.jpg " + " ".join(["1"] * 39) + " 0"])
+def test_a_malformed_attribute_line_is_named(tmp_path, bad):
+    write_celeba(tmp_path)
+    path = tmp_path / "celeba" / "list_attr_celeba.txt"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines[:6], bad, *lines[7:]]) + "\n")
+    with pytest.raises(DataError, match=r"list_attr_celeba.txt line 7 is not an image file and 40"):
+        celeba.build(root=str(tmp_path))
+
+
 def test_a_failed_download_is_the_same_one_line_with_its_reason(tmp_path, monkeypatch):
     def quota(*args, **kwargs):
         raise RuntimeError("Too many users have viewed or downloaded this file recently.")

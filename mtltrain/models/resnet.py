@@ -5,8 +5,9 @@ Stages: the stem, one stage of `blocks[i]` `torchvision.models.resnet.BasicBlock
 `width`·2^i channels, each after the first halving the map (stride 2), then global average
 pooling to width·2^(stages − 1) features (512 for ResNet-18). stem="small" (for 64×64 CelebA):
 a 3×3 stride-1 convolution, batch norm and ReLU with no max-pool, as Sener & Koltun's ResNet-18
-for CelebA and FAMO's network begin, so 64×64 images reach the last stage at 8×8, not 2×2;
-stem="imagenet": torchvision's 7×7 stride-2 convolution and 3×3 stride-2 max-pool. The modules
+for CelebA begins (FAMO's plain network starts so too, then max-pools), so 64×64 images reach
+the last stage at 8×8, not 2×2; stem="imagenet": torchvision's 7×7 stride-2 convolution and
+3×3 stride-2 max-pool. The modules
 are named as torchvision's (conv1, bn1, layer1…, avgpool), so with stem="imagenet" and the
 defaults `torchvision.models.resnet18()`'s state without fc loads into it.
 """
