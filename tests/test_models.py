@@ -111,7 +111,8 @@ def test_every_model_follows_the_protocol(name):
     """(outputs, features) from forward; shared and task parameters name every parameter;
     the features depend on the shared parameters and only on them."""
     data_set = {"two_slope_modules": "two_slope"}.get(name, name)
-    cfg = make_config([f"dataset={data_set}", f"model={name}"])
+    small = {"celeba": ["model.encoder.width=8", "model.head.in_features=64"]}  # ResNet-18: slow
+    cfg = make_config([f"dataset={data_set}", f"model={name}", *small.get(name, [])])
     tasks = (
         MNIST_TASKS
         if data_set == "mnist_mtl"
@@ -121,8 +122,8 @@ def test_every_model_follows_the_protocol(name):
         )
     )
     model = build(cfg.model, tasks=tasks)
-    images = data_set in ("mnist_mtl", "multi_mnist")
-    x = torch.randn(3, 1, 28, 28) if images else torch.randn(3, 1)
+    shapes = {"mnist_mtl": (1, 28, 28), "multi_mnist": (1, 28, 28), "celeba": (3, 16, 16)}
+    x = torch.randn(3, *shapes.get(data_set, (1,)))
     outputs, features = model(x)
     assert set(outputs) == {t.name for t in tasks}
     shared = model.shared_parameters()

@@ -187,7 +187,9 @@ def build(
     """CelebA from `root`/celeba: one binary task per attribute of `tasks` (None: all of the
     attribute file's), each with the losses and metrics `losses` and `metrics` give it (else
     bce, and accuracy and F1), on the official train / valid / test partition, images resized
-    to `size`×`size`."""
+    to `size`×`size`. `validation` and `validation_seed` are the trainer's (mtltrain passes them
+    to a data set that takes them): the partition has its own validation split, so another
+    (`validation` > 0) is refused and the seed, which would draw it, is unused."""
     folder = find_folder(Path(root).expanduser(), download)
     names, files, labels = read_attributes(folder / ATTRIBUTES, folder)
     selected = list(names if tasks is None else tasks)
