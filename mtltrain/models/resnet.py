@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
@@ -64,16 +65,20 @@ class ResNetEncoder(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
+    def layers(self) -> list[nn.Module]:
+        """layer1 … layerN, in order."""
+        return [m for name, m in self.named_children() if name.startswith("layer")]
+
     def stages(self) -> list[nn.Module]:
         """stem, layer1 … layerN (feature maps), then the pooling to a feature vector."""
         stem = nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool)
-        layers = [m for name, m in self.named_children() if name.startswith("layer")]
-        return [stem, *layers, nn.Sequential(self.avgpool, nn.Flatten())]
+        return [stem, *self.layers(), nn.Sequential(self.avgpool, nn.Flatten())]
 
     def forward(self, x: Tensor) -> Tensor:
-        for stage in self.stages():
-            x = stage(x)
-        return x
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for layer in self.layers():
+            x = layer(x)
+        return torch.flatten(self.avgpool(x), 1)
 
 
 def _shortcut(channels: int, planes: int, stride: int) -> nn.Module | None:
