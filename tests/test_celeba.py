@@ -114,6 +114,10 @@ def test_the_official_partition_the_header_s_names_and_the_resized_images(tmp_pa
     assert batch.targets["Smiling"].tolist() == attributes[12:, smiling].tolist()
     assert batch.targets["Male"].tolist() == attributes[12:, male].tolist()
     assert len(celeba.build(root=str(tmp_path)).tasks) == 40  # tasks=null: every attribute
+    with pytest.raises(
+        ConfigError, match=r"^dataset.tasks=\['Smile'\] is not allowed: .*'Smiling'"
+    ):
+        celeba.build(root=str(tmp_path), tasks=["Smile"])
 
 
 def test_missing_files_are_one_line_saying_where_to_get_them_and_where_to_put_them(tmp_path):
