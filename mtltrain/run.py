@@ -44,6 +44,7 @@ from mtltrain.outputs._results import (
     Results,
     read_results,
     summary_table,
+    task_means,
     write_json,
 )
 from mtltrain.processes import rank, requeued
@@ -453,6 +454,8 @@ def _results(cfg: DictConfig, job: Job, info: dict[str, Any]) -> dict[str, Any]:
         "objective": {"name": objective, "value": metrics[objective]},
         "selected": {"by": selection.select, "epoch": chosen["epoch"], "step": chosen["step"]},
         "metrics": metrics,
+        # per split and metric every task reports, the mean over the tasks (CelebA's mean accuracy)
+        "task_means": task_means(metrics, [t.name for t in data.tasks]),
         # which way each "<task>/<metric>" improves (+1 higher is better, −1 lower): Δm%'s d_k
         "directions": metric_directions(data.tasks, data.test.noise_std),
         "weighting": learned,

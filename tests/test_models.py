@@ -121,8 +121,12 @@ def test_every_model_follows_the_protocol(name):
     the features depend on the shared parameters and only on them."""
     data_set = {"two_slope_modules": "two_slope"}.get(name, name)
     dense = data_set in DENSE_TASKS
-    tiny = ["model.encoder.widths=[4,8]"] if dense else []  # a two-level SegNet
-    cfg = make_config([f"dataset={data_set}", f"model={name}", *tiny])
+    small = {
+        "nyuv2": ["model.encoder.widths=[4,8]"],  # a two-level SegNet
+        "cityscapes": ["model.encoder.widths=[4,8]"],
+        "celeba": ["model.encoder.width=8", "model.head.in_features=64"],  # ResNet-18: slow
+    }
+    cfg = make_config([f"dataset={data_set}", f"model={name}", *small.get(name, [])])
     tasks = (
         MNIST_TASKS
         if data_set == "mnist_mtl"
@@ -134,12 +138,11 @@ def test_every_model_follows_the_protocol(name):
         )
     )
     model = build(cfg.model, tasks=tasks)
-    images = data_set in ("mnist_mtl", "multi_mnist")
-    x = (
-        torch.randn(3, 1, 28, 28) if images
-        else torch.randn(2, 3, 8, 12) if dense
-        else torch.randn(3, 1)
-    )  # fmt: skip
+    shapes = {
+        "mnist_mtl": (1, 28, 28), "multi_mnist": (1, 28, 28), "celeba": (3, 16, 16),
+        "nyuv2": (3, 8, 12), "cityscapes": (3, 8, 12),
+    }  # fmt: skip
+    x = torch.randn(3, *shapes.get(data_set, (1,)))
     if data_set == "qm9":  # molecules of 29 atoms: their 13 columns, the last the mask
         x = torch.cat([torch.rand(3, 29, 12), torch.ones(3, 29, 1)], dim=-1)
     outputs, features = model(x)

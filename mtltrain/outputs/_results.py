@@ -65,6 +65,26 @@ class Results:
         )
 
 
+def task_means(
+    metrics: Mapping[str, float | None], tasks: Collection[str]
+) -> dict[str, float | None]:
+    """{"<split>/<metric>": the unweighted mean over `tasks` of "<split>/<task>/<metric>"} for
+    each split and metric that every task reports (CelebA: the mean accuracy over its
+    attributes); None where a task's value is None."""
+    found: dict[str, dict[str, float | None]] = {}
+    for key, value in metrics.items():
+        split, _, rest = key.partition("/")
+        task, _, metric = rest.rpartition("/")
+        if task in tasks:
+            found.setdefault(f"{split}/{metric}", {})[task] = value
+    means: dict[str, float | None] = {}
+    for name, values in found.items():
+        numbers = [v for v in values.values() if v is not None]
+        if len(values) == len(tasks):
+            means[name] = sum(numbers) / len(numbers) if len(numbers) == len(values) else None
+    return means
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
