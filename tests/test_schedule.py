@@ -162,3 +162,14 @@ def test_scheduled_or_clipped_jobs_do_not_stack():
         again = copy.deepcopy(cfg)
         again.seed = 1
         assert says in unstackable([build_job(cfg), build_job(again)])
+
+
+@pytest.mark.slow
+def test_a_scheduled_and_clipped_run_under_torchrun_ends_where_one_process_does(tmp_path):
+    """The ranks hold the summed gradients when they clip, and step ReduceLROnPlateau on the
+    validation objective they reduced together."""
+    from test_distributed import RUN, the_same_run_in_two_processes_and_one
+
+    args = [*RUN, "trainer.epochs=3", "trainer.eval_every=1", "trainer.grad_clip=0.5",
+            "trainer.lr_scheduler={_target_:torch.optim.lr_scheduler.ReduceLROnPlateau,patience:0}"]  # fmt: skip  # noqa: E501
+    the_same_run_in_two_processes_and_one(args, tmp_path)
