@@ -39,6 +39,7 @@ from mtltrain.loop._runtime import (
     select_device,
     settle_threads,
 )
+from mtltrain.loop._schedule import build_schedule
 from mtltrain.loop._selection import Selection, resolve_objective
 from mtltrain.losses import SHAPED_KINDS, loss_terms, point
 from mtltrain.metrics import metric_directions, metric_names
@@ -303,6 +304,7 @@ def build_job(
     objective = resolve_objective(cfg.objective, data)
     knows_sigma = (data.validation or data.test).noise_std  # the objective's split's
     selection = Selection(trainer_cfg.select, objective, metric_directions(data.tasks, knows_sigma))
+    schedule = build_schedule(trainer_cfg.lr_scheduler, optimizer, selection)
     set_threads(trainer_cfg, model, data.train, device)
     callbacks = [
         *run_callbacks(
@@ -325,6 +327,7 @@ def build_job(
         callbacks,
         forward=compiled,
         ranks=ranks,
+        schedule=schedule,
     )
 
 

@@ -113,6 +113,7 @@ def check(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     for key in NAMED_TARGETS:
         check_named_nodes(cfg, key)
     check_optimizer(check_node(cfg.trainer.optimizer), cfg.trainer.optimizer._target_)
+    check_lr_scheduler(cfg.trainer.lr_scheduler)
 
 
 TRANSFORMS = ("transform", "train_transform")  # dataset.<key>: mtltrain's, not the build's
@@ -328,6 +329,39 @@ def check_optimizer(factory: functools.partial, name: str) -> None:
     except (ValueError, TypeError, IndexError, RuntimeError) as e:
         raise ConfigError(
             f"trainer.optimizer ({name}) refuses its settings {factory.keywords}: "
+            f"{type(e).__name__}: {first_line(e)}"
+        ) from None
+
+
+def check_lr_scheduler(node: Any) -> None:
+    """`trainer.lr_scheduler` is null or a `_target_` node of a torch learning-rate scheduler
+    class that takes its settings when built on an optimizer; else a one-line ConfigError."""
+    if node is None:
+        return
+    import torch  # imported already: the optimizer is torch's
+
+    schedulers = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    target = check_node(node).func if isinstance(node, DictConfig) and "_target_" in node else None
+    if not (inspect.isclass(target) and issubclass(target, schedulers)):
+        plain = OmegaConf.to_container(node) if isinstance(node, DictConfig) else node
+        shown = node._target_ if target is not None else plain
+        raise ConfigError(
+            f"trainer.lr_scheduler{'._target_' * (target is not None)}={shown} is not allowed: "
+            "give null or a learning-rate scheduler class of torch.optim.lr_scheduler, e.g. "
+            "trainer.lr_scheduler={_target_: torch.optim.lr_scheduler.StepLR, step_size: 100}"
+        )
+    factory = build_partial(node)
+    if "optimizer" in factory.keywords:
+        raise ConfigError(
+            "trainer.lr_scheduler.optimizer is not allowed: the scheduler is built on the run's "
+            "optimizer (trainer.optimizer)"
+        )
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    try:
+        factory(optimizer)
+    except (ValueError, TypeError, IndexError, RuntimeError, KeyError) as e:
+        raise ConfigError(
+            f"trainer.lr_scheduler ({node._target_}) refuses its settings {factory.keywords}: "
             f"{type(e).__name__}: {first_line(e)}"
         ) from None
 

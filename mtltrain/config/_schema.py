@@ -25,6 +25,7 @@ PRECISIONS = ("fp32", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 NONFINITE = ("stop", "skip")
 SELECT = ("last", "best")
+GRAD_CLIP_OVER = ("model", "shared")
 
 
 def _at_least(key: str, value: float, low: float) -> None:
@@ -147,6 +148,9 @@ class TrainerConfig:
     limit_batches: int | None = MISSING
     shuffle: Any = MISSING
     checkpoint: Any = MISSING
+    lr_scheduler: Any = MISSING  # null | a _target_ node (checked: _compose.check_lr_scheduler)
+    grad_clip: float | None = MISSING
+    grad_clip_over: str = MISSING
 
     BOOLEANS: ClassVar[tuple[str, ...]] = (
         "progress",
@@ -179,6 +183,9 @@ class TrainerConfig:
         _one_of("trainer.compile", self.compile, (None, *COMPILE_MODES))
         _one_of("trainer.nonfinite", self.nonfinite, NONFINITE)
         _one_of("trainer.select", self.select, SELECT)
+        _one_of("trainer.grad_clip_over", self.grad_clip_over, GRAD_CLIP_OVER)
+        if self.grad_clip is not None:
+            _finite_positive("trainer.grad_clip", self.grad_clip)
         _validation_size(self.validation)
         check_seed(self.validation_seed, "trainer.validation_seed")
         for key in self.BOOLEANS:

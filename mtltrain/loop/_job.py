@@ -26,6 +26,7 @@ from mtltrain.distributed import ONE_PROCESS, Ranks
 from mtltrain.errors import CheckpointError, ConfigError, Interrupted
 from mtltrain.loop._callbacks import Callback, hooked
 from mtltrain.loop._runtime import rng_states, set_rng_states
+from mtltrain.loop._schedule import Schedule, resume_schedule
 from mtltrain.loop._selection import Metrics, Selection
 from mtltrain.metrics import TaskMetrics
 from mtltrain.models.base import MultiTaskNet, Outputs, predict
@@ -83,8 +84,10 @@ class Job:
         callbacks: Sequence[Callback] = (),
         forward: MultiTaskNet | None = None,
         ranks: Ranks = ONE_PROCESS,
+        schedule: Schedule | None = None,
     ) -> None:
         self.model, self.strategy, self.optimizer = model, strategy, optimizer
+        self.schedule = schedule  # trainer.lr_scheduler: steps at epoch ends
         self.ranks, self.seed = ranks, seed
         self.selection = selection
         self.data, self.cfg, self.device, self.precision = data, settings, device, precision
@@ -141,6 +144,7 @@ class Job:
             },
             "test_metrics": self.test_metrics,
             "selection": self.selection.state_dict(),
+            "lr_scheduler": None if self.schedule is None else self.schedule.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -164,6 +168,7 @@ class Job:
                 "the checkpoint does not fit this run: its optimizer state is for other "
                 "parameter groups (another optimizer, or a strategy with parameters of its own)"
             ) from None
+        resume_schedule(self.schedule, state.get("lr_scheduler"))  # none before it existed
         position = state["position"]
         self.epoch, self.batch, self.step = position["epoch"], position["batch"], position["step"]
         finished = self.epoch == position.get("epochs") and self.batch == 0
@@ -276,12 +281,14 @@ class Job:
         self.ranks.separate_random_streams(self.seed, self.step)
 
     def end_epoch(self) -> None:
-        """Close the epoch just trained: strategy hook, evaluation if due, callbacks."""
+        """Close the epoch just trained: strategy hook, evaluation if due, the learning-rate
+        schedule's step, callbacks."""
         self.epoch, self.batch = self.epoch + 1, 0
         self.notify("on_train_epoch_end")
         mean = self.epoch_losses / max(1, self.epoch_batches)
         self.strategy.on_epoch_end(self.epoch - 1, mean)
         self.epoch_losses, self.epoch_batches = torch.zeros_like(self.epoch_losses), 0
+        metrics = None
         if self.epoch % self.cfg.eval_every == 0 or self.epoch == self.epochs:
             metrics = self.evaluate()
             self.test_metrics = metrics["test"]
@@ -289,6 +296,8 @@ class Job:
             if self.selection.improved:
                 self.selection.keep(self.model, self.strategy)
             self.notify("on_evaluation", metrics)
+        if self.schedule is not None:
+            self.schedule.end_epoch(metrics)
         self.hold_running_metrics_on_rank_0()
         self.notify("on_epoch_end")
 

@@ -2,7 +2,8 @@
 1, with nothing of the stacked machinery).
 
 A step: forward → term losses → `strategy.observe` → the engine's backward pass → the job's
-callbacks may veto the update (the non-finite policy) → the model's optimizer steps (torch's fused
+callbacks may veto the update (the non-finite policy) → the gradients' total norm is clipped
+(`trainer.grad_clip`) → the model's optimizer steps (torch's fused
 Adam(W) called directly: `mtltrain.loop._direct_step.direct_step`) → `strategy.after_step` → the
 strategy's own optimizers step → the job counts the step (`Job.add_step` or `skip_step`) and its
 `on_step_end` callbacks run (`Job.end_step`). Under torchrun each rank steps its shard of the
@@ -34,6 +35,9 @@ class PerJobStep:
         self.on_device, self.batch_size = job.on_device, job.batch_size
         self.backward: Backward = engine_for(job.strategy, job.model, job.ranks)
         self.optimizer_step = direct_step(job.optimizer)
+        self.max_norm = job.cfg.grad_clip
+        shared = job.cfg.grad_clip_over == "shared"
+        self.clipped = list(job.model.shared_parameters() if shared else job.model.parameters())
         self.strategy_optimizers = job.strategy_optimizers
         self.params = [
             p
@@ -81,6 +85,8 @@ class PerJobStep:
         self.strategy.observe(step)
         step.parts, step.total = self.backward(losses, features)
         if job.allows_update(step):
+            if self.max_norm is not None:  # under torchrun every rank holds the summed gradients
+                torch.nn.utils.clip_grad_norm_(self.clipped, self.max_norm)
             self.optimizer_step()
             self.strategy.after_step(step, self.recompute_losses)
             for opt in self.strategy_optimizers:

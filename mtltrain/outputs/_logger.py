@@ -11,7 +11,8 @@ before the run's folder is made.
 
 The scalars, with their tags (`LoggersCallback`): loss/total, loss_raw/<term>,
 loss_weighted/<term>, <quantity>/<term> (or <quantity>) for what the strategy reports (weight,
-sigma, ...), nonfinite_steps with trainer.nonfinite=skip, and <split>/<task>/<metric>. A reported
+sigma, ...), nonfinite_steps with trainer.nonfinite=skip, lr (the model's learning rate) with
+trainer.lr_scheduler, and <split>/<task>/<metric>. A reported
 quantity that has not changed since it was last logged is left out (fixed weights would draw flat
 lines) until the last step, which has every series. The final values: <split>/<task>/<metric> of
 the reported evaluation (the last, or with trainer.select=best the selected one: what
@@ -165,6 +166,8 @@ class LoggersCallback(Callback):
         for i, name in enumerate(names):
             values[f"loss_raw/{name}"] = losses[i]
             values[f"loss_weighted/{name}"] = step.parts[i]
+        if job.schedule is not None:
+            values["lr"] = job.schedule.lr
         self.left_out = set()
         for quantity, value in self.series(job).items():
             last = self.previous.get(quantity)
