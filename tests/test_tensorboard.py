@@ -250,8 +250,8 @@ def test_tensorboard_shows_what_sets_the_run_apart_and_its_last_step(tmp_path):
     content = hparams.PluginTagToContent("hparams")
     infos = [plugin_data_pb2.HParamsPluginData.FromString(c) for c in content.values()]
     (start,) = (i.session_start_info for i in infos if i.HasField("session_start_info"))
-    assert set(start.hparams) == {"dataset", "model", "trainer", "weighting", "seed",
-                                  "trainer.epochs", "dataset.n_train", "dataset.n_test",
+    assert set(start.hparams) == {"dataset", "model", "architecture", "trainer", "weighting",
+                                  "seed", "trainer.epochs", "dataset.n_train", "dataset.n_test",
                                   "trainer.log_every"}  # fmt: skip
 
 
