@@ -15,6 +15,19 @@ from mtltrain.config._compose import compose_checked, config_groups
 REPO = Path(__file__).resolve().parent.parent
 PAGES = ["papers", "nyuv2", "cityscapes", "qm9", "celeba"]
 BASH = re.compile(r"^```bash\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+# the learning-rate schedule each page says its commands run with (the papers' protocols)
+STEP_LR = {"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 100, "gamma": 0.5}
+PLATEAU = {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau"}
+SCHEDULES = {
+    "nyuv2": STEP_LR,
+    "cityscapes": STEP_LR,
+    "qm9": PLATEAU | {"factor": 0.7, "patience": 5, "min_lr": 1e-5},
+}
+# the strategies each page's mtltrain commands clip (the shared gradient to norm 1), as the
+# authors' codes do: Nash-MTL's code clips Nash-MTL only, FAMO's (CelebA) PCGrad, GradDrop, CAGrad
+NASH, SURGERY = {"nash_mtl"}, {"pcgrad", "graddrop", "cagrad"}
+CLIPPED = {"nyuv2": NASH, "cityscapes": NASH, "qm9": NASH, "celeba": SURGERY}
+CLIP = ["trainer.grad_clip=1", "trainer.grad_clip_over=shared"]
 
 
 def command_lines(page: str) -> list[list[str]]:
@@ -96,3 +109,20 @@ def test_the_command_composes(page, overrides):
         if key not in groups:
             wanted = OmegaConf.create(f"value: {value}").value  # read as Hydra reads it
             assert OmegaConf.select(cfg, key) == wanted, f"{page}: {override}"
+    schedule = cfg.trainer.lr_scheduler
+    schedule = None if schedule is None else OmegaConf.to_container(schedule)
+    assert schedule == SCHEDULES.get(page), f"{page}: trainer.lr_scheduler={schedule}"
+
+
+@pytest.mark.parametrize("page", sorted(CLIPPED))
+def test_the_strategies_the_authors_clip_are_clipped(page):
+    lines = [words for words in command_lines(page) if words[0] == "mtltrain"]
+    seen = set()
+    for words in lines:
+        strategies = {s for w in words if w.startswith("weighting=") for s in w[10:].split(",")}
+        if all(setting in words for setting in CLIP):
+            assert strategies <= CLIPPED[page], f"{page} clips what its authors do not: {words}"
+        else:
+            assert not strategies & CLIPPED[page], f"{page} does not clip: {words}"
+        seen |= strategies
+    assert CLIPPED[page] <= seen, f"{page}: no command runs {CLIPPED[page] - seen}"
