@@ -26,8 +26,9 @@ from mtltrain.interrupts import StopSignals
 from mtltrain.outputs._run_folder import follower_arguments, resume_command
 from mtltrain.processes import rank
 
-# one worker builds this module's costly module-scoped fixture for all its tests
-pytestmark = pytest.mark.xdist_group("distributed")
+# one worker builds the costly module-scoped `steps` for all the tests that use it; the other
+# tests (each a torchrun of its own) are free to go to any worker
+SHARES_STEPS = pytest.mark.xdist_group("distributed")
 
 HERE = Path(__file__).resolve().parent
 TOLERANCE = 1e-6
@@ -67,6 +68,7 @@ def steps(tmp_path_factory) -> tuple[dict, dict, dict]:
     return load("two.rank0.pt"), load("two.rank1.pt"), load("one.rank0.pt")
 
 
+@SHARES_STEPS
 @pytest.mark.parametrize("case", CASES)
 def test_one_step_on_two_ranks_equals_one_process_on_the_global_batch(steps, case):
     rank0, _, alone = (s[case] for s in steps)
@@ -77,11 +79,13 @@ def test_one_step_on_two_ranks_equals_one_process_on_the_global_batch(steps, cas
     assert any(k.startswith("grad.") and rank0[k].abs().sum() > 0 for k in rank0)
 
 
+@SHARES_STEPS
 def test_models_that_drift_apart_on_two_ranks_stop_the_run(steps):
     rank0, rank1, alone = steps
     assert bool(rank0["drift"]) and bool(rank1["drift"]) and "drift" not in alone
 
 
+@SHARES_STEPS
 @pytest.mark.parametrize("case", CASES)
 def test_every_rank_holds_the_same_model_and_strategy_state(steps, case):
     rank0, rank1, _ = (s[case] for s in steps)
