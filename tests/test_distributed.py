@@ -173,7 +173,7 @@ def _descendants(pid: int) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds workers through /proc")
 def test_sigterm_on_one_rank_checkpoints_once_and_the_run_resumes_under_torchrun(tmp_path):
-    args = [*RUN, "trainer.epochs=120", "trainer.eval_every=40", "trainer.checkpoint_interval=0"]
+    args = [*RUN, "trainer.epochs=60", "trainer.eval_every=20", "trainer.checkpoint_interval=0"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node=2", "-m", "mtltrain", *args, "hydra.run.dir=two"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -192,9 +192,9 @@ def test_sigterm_on_one_rank_checkpoints_once_and_the_run_resumes_under_torchrun
     assert log.count("stopped by SIGTERM") == 1, log
     at = torch.load(tmp_path / "two" / "checkpoints" / "last.pt", weights_only=False)
     position, running = at["trainer"]["position"], at["trainer"]["running"]
-    assert 0 < position["step"] < 120 * 17, position
+    assert 0 < position["step"] < 60 * 17, position
     # the running train metrics count every rank's samples since the last evaluation
-    since = (position["epoch"] % 40) * 270 + min(position["batch"] * 16, 270)  # last: 14
+    since = (position["epoch"] % 20) * 270 + min(position["batch"] * 16, 270)  # last: 14
     assert running["counts"]["y1"] == since, (running["counts"], position)
     resumed = torchrun("-m", "mtltrain", "resume=two", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
