@@ -40,9 +40,9 @@ from mtltrain.weighting import uncertainty
 # one worker builds the costly module-scoped `reference` for all the tests that use it
 SHARES_REFERENCE = pytest.mark.xdist_group("resume")
 
-# ~760 steps, a checkpoint every epoch: long enough to be stopped in the middle
+# ~1500 steps, a checkpoint every epoch: long enough to be stopped in the middle
 RUN = [
-    "trainer.epochs=40",
+    "trainer.epochs=80",
     "trainer.deterministic=true",
     "trainer.log_every=7",
     "trainer.checkpoint_every=1",
@@ -156,10 +156,10 @@ def test_resume_takes_a_checkpoint_file_and_extra_overrides(tmp_path):
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     ckpt = rundir.checkpoint_file(run_dir)
-    resumed = run_cli([f"resume={ckpt}", "trainer.epochs=45"], cwd=tmp_path)
+    resumed = run_cli([f"resume={ckpt}", "trainer.epochs=90"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     done = results(run_dir)
-    assert done["epochs"] == 45 and "trainer.epochs=45" in done["overrides"]
+    assert done["epochs"] == 90 and "trainer.epochs=90" in done["overrides"]
 
 
 def test_resume_with_fewer_epochs_than_done_is_refused(tmp_path):
