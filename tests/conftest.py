@@ -251,3 +251,17 @@ def write_fake_mnist(root: Path, n_train: int = 96, n_test: int = 48, seed: int 
 @pytest.fixture(scope="session")
 def mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_fake_mnist(tmp_path_factory.mktemp("mnist"))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """--dist loadgroup's `<nodeid>@<group>` ids, which pytest-xdist (3.8) sets on the old
+    `_nodeid` attribute that pytest 9 no longer reads (its ids come from `_id`): without this,
+    the tests of an xdist_group go to any worker and each builds the group's costly fixture."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                         for m in item.iter_markers("xdist_group")})  # fmt: skip
+        if groups and "@" not in item.nodeid and hasattr(item, "_id"):
+            item._id = type(item._id).parse(f"{item.nodeid}@{'_'.join(groups)}")

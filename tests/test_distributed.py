@@ -26,8 +26,9 @@ from mtltrain.interrupts import StopSignals
 from mtltrain.outputs._run_folder import follower_arguments, resume_command
 from mtltrain.processes import rank
 
-# one worker builds this module's costly module-scoped fixture for all its tests
-pytestmark = pytest.mark.xdist_group("distributed")
+# one worker builds the costly module-scoped `steps` for all the tests that use it; the other
+# tests (each a torchrun of its own) are free to go to any worker
+SHARES_STEPS = pytest.mark.xdist_group("distributed")
 
 HERE = Path(__file__).resolve().parent
 TOLERANCE = 1e-6
@@ -67,6 +68,7 @@ def steps(tmp_path_factory) -> tuple[dict, dict, dict]:
     return load("two.rank0.pt"), load("two.rank1.pt"), load("one.rank0.pt")
 
 
+@SHARES_STEPS
 @pytest.mark.parametrize("case", CASES)
 def test_one_step_on_two_ranks_equals_one_process_on_the_global_batch(steps, case):
     rank0, _, alone = (s[case] for s in steps)
@@ -77,11 +79,13 @@ def test_one_step_on_two_ranks_equals_one_process_on_the_global_batch(steps, cas
     assert any(k.startswith("grad.") and rank0[k].abs().sum() > 0 for k in rank0)
 
 
+@SHARES_STEPS
 def test_models_that_drift_apart_on_two_ranks_stop_the_run(steps):
     rank0, rank1, alone = steps
     assert bool(rank0["drift"]) and bool(rank1["drift"]) and "drift" not in alone
 
 
+@SHARES_STEPS
 @pytest.mark.parametrize("case", CASES)
 def test_every_rank_holds_the_same_model_and_strategy_state(steps, case):
     rank0, rank1, _ = (s[case] for s in steps)
@@ -169,7 +173,7 @@ def _descendants(pid: int) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds workers through /proc")
 def test_sigterm_on_one_rank_checkpoints_once_and_the_run_resumes_under_torchrun(tmp_path):
-    args = [*RUN, "trainer.epochs=120", "trainer.eval_every=40", "trainer.checkpoint_interval=0"]
+    args = [*RUN, "trainer.epochs=60", "trainer.eval_every=20", "trainer.checkpoint_interval=0"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node=2", "-m", "mtltrain", *args, "hydra.run.dir=two"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -188,9 +192,9 @@ def test_sigterm_on_one_rank_checkpoints_once_and_the_run_resumes_under_torchrun
     assert log.count("stopped by SIGTERM") == 1, log
     at = torch.load(tmp_path / "two" / "checkpoints" / "last.pt", weights_only=False)
     position, running = at["trainer"]["position"], at["trainer"]["running"]
-    assert 0 < position["step"] < 120 * 17, position
+    assert 0 < position["step"] < 60 * 17, position
     # the running train metrics count every rank's samples since the last evaluation
-    since = (position["epoch"] % 40) * 270 + min(position["batch"] * 16, 270)  # last: 14
+    since = (position["epoch"] % 20) * 270 + min(position["batch"] * 16, 270)  # last: 14
     assert running["counts"]["y1"] == since, (running["counts"], position)
     resumed = torchrun("-m", "mtltrain", "resume=two", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

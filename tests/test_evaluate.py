@@ -22,7 +22,9 @@ from mtltrain.config import build
 from mtltrain.evaluate import flat_outputs, load_exported, open_trained
 from mtltrain.tasks import TaskSpec
 
-pytestmark = pytest.mark.xdist_group("evaluate")
+# one worker builds the costly module-scoped `runs`, `exported` for the tests
+# that use them; the other tests are free to go to any worker
+SHARES_FIXTURE = pytest.mark.xdist_group("evaluate")
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["trainer.epochs=3", "dataset.n_train=64", "dataset.n_test=32"]
 # a heteroscedastic task (its head emits MeanLogVar) and a validation split to select by
@@ -81,6 +83,7 @@ def results_of(run):
     return json.loads((run / "results.json").read_text())
 
 
+@SHARES_FIXTURE
 @pytest.mark.parametrize("split", ["test", "validation", "train"])
 def test_metrics_equal_results_json(runs, split):
     run = runs / "best"
@@ -100,6 +103,7 @@ def test_metrics_equal_results_json(runs, split):
     assert name == f"{split}/y1/rmse" and value == there
 
 
+@SHARES_FIXTURE
 def test_select_last_reads_last_checkpoint_and_test_is_the_default(runs):
     run = runs / "last"
     proc = run_eval([run], cwd=runs)
@@ -110,6 +114,7 @@ def test_select_last_reads_last_checkpoint_and_test_is_the_default(runs):
     assert written["metrics"] == pytest.approx(reported, rel=1e-6, abs=1e-9)
 
 
+@SHARES_FIXTURE
 def test_a_run_that_did_not_finish_gives_its_checkpoints_model(runs, tmp_path):
     run = tmp_path / "stopped"
     shutil.copytree(runs / "last", run, ignore=shutil.ignore_patterns("eval"))
@@ -127,6 +132,7 @@ def test_a_run_that_did_not_finish_gives_its_checkpoints_model(runs, tmp_path):
     assert written["selected"] is None and written["metrics"] == pytest.approx(reported, rel=1e-6)
 
 
+@SHARES_FIXTURE
 def test_dataset_overrides_apply_on_top_of_the_saved_config(runs, tmp_path):
     out = tmp_path / "other.json"
     proc = run_eval([runs / "last", "dataset.n_test=8", "--out", out], cwd=runs)
@@ -139,6 +145,7 @@ def test_dataset_overrides_apply_on_top_of_the_saved_config(runs, tmp_path):
     assert written["metrics"]["test/y1/mse"] != pytest.approx(reported)
 
 
+@SHARES_FIXTURE
 def test_an_eval_file_is_replaced_only_if_eval_wrote_it(runs, tmp_path):
     out = tmp_path / "metrics.json"
     assert run_eval([runs / "last", "--out", out], cwd=runs).returncode == 0
@@ -156,6 +163,7 @@ def make_failed_run(folder):
     return folder
 
 
+@SHARES_FIXTURE
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -199,6 +207,7 @@ def test_console_scripts_are_declared():
     assert 'mtltrain-export = "mtltrain.evaluate:export_main"' in scripts
 
 
+@SHARES_FIXTURE
 def test_exit_status_in_a_process(runs):
     """The console script's main in an interpreter of its own: exit status 2, one line, and
     the arguments checked before torch is imported."""
@@ -222,6 +231,7 @@ def exported(runs):
     return out
 
 
+@SHARES_FIXTURE
 def test_export_writes_every_file(exported):
     manifest = json.loads((exported / "export.json").read_text())
     names = ["config.yaml", "export.json", "model.pt", "model.pt2", "model.safetensors",
@@ -231,6 +241,7 @@ def test_export_writes_every_file(exported):
     assert manifest["outputs"] == ["y1", "y2.mean", "y2.log_var"]
 
 
+@SHARES_FIXTURE
 def test_exported_weights_rebuild_the_model(runs, exported):
     from safetensors.torch import load_file
 
@@ -252,6 +263,7 @@ def test_exported_weights_rebuild_the_model(runs, exported):
             assert all(torch.equal(got[k], want[k]) for k in want)
 
 
+@SHARES_FIXTURE
 def test_exported_program_gives_the_model_outputs_for_any_batch_size(runs, exported):
     model = open_trained(runs / "best").model
     program = torch.export.load(exported / "model.pt2").module()
@@ -264,6 +276,7 @@ def test_exported_program_gives_the_model_outputs_for_any_batch_size(runs, expor
         assert all(torch.allclose(got[k], want[k], rtol=1e-6, atol=1e-7) for k in want)
 
 
+@SHARES_FIXTURE
 def test_export_without_safetensors_keeps_the_state_dict(runs, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "safetensors.torch", None)  # import fails as if missing
     proc = run_export([runs / "last", tmp_path / "out"], cwd=tmp_path)
@@ -276,6 +289,7 @@ def test_export_without_safetensors_keeps_the_state_dict(runs, tmp_path, monkeyp
     assert all(torch.equal(v, trained.state_dict()[k]) for k, v in model.state_dict().items())
 
 
+@SHARES_FIXTURE
 def test_export_refuses_a_folder_of_other_files_and_replaces_its_own(runs, tmp_path):
     out = tmp_path / "out"
     assert run_export([runs / "last", out], cwd=tmp_path).returncode == 0
@@ -311,6 +325,7 @@ def test_mnist_model_evaluates_and_exports(tmp_path, mnist_root):
     assert all(torch.allclose(got[k], want[k], rtol=1e-5, atol=1e-6) for k in want)
 
 
+@SHARES_FIXTURE
 def test_another_evaluation_batch_size_gives_the_same_metrics(runs, tmp_path):
     out = tmp_path / "m.json"
     args = [runs / "best", "trainer.eval_batch_size=5", "trainer.device=cpu", "--out", out]
@@ -321,6 +336,7 @@ def test_another_evaluation_batch_size_gives_the_same_metrics(runs, tmp_path):
     assert json.loads(out.read_text())["metrics"] == pytest.approx(reported, rel=1e-5)
 
 
+@SHARES_FIXTURE
 def test_the_pages_python_examples_run(exported, tmp_path, monkeypatch):
     page = (ROOT / "docs" / "evaluate-export.md").read_text()
     examples = re.findall(r"```python\n(.*?)```", page, flags=re.DOTALL)

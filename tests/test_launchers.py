@@ -125,8 +125,9 @@ def test_slurm_warning_checkpoints_passes_on_to_submitit_and_the_requeued_job_re
     tmp_path, monkeypatch, caplog
 ):
     """The job a process of its own: it is sent SIGUSR2, and submitit's handler exits it."""
-    args = ["-m", "trainer.epochs=600", "trainer.checkpoint_interval=0", "trainer.progress=false",
-            "hydra.sweep.dir=sweep"]  # fmt: skip
+    # 600 epochs of 4 batches: seconds of training, still going when the warning comes
+    args = ["-m", "trainer.epochs=600", "dataset.n_train=64", "trainer.checkpoint_interval=0",
+            "trainer.progress=false", "hydra.sweep.dir=sweep"]  # fmt: skip
     job = subprocess.run([sys.executable, "-c", REQUEUE, *args], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert job.returncode == 3, job.stderr[-2000:]
@@ -143,5 +144,5 @@ def test_slurm_warning_checkpoints_passes_on_to_submitit_and_the_requeued_job_re
     caplog.set_level(logging.INFO, logger="mtltrain.loop._trainer")
     run(cfg, folder, stopped["overrides"], stopped["choices"])
     finished = json.loads((folder / "results.json").read_text())
-    assert finished["status"] == "completed" and finished["steps"] == 600 * 19
+    assert finished["status"] == "completed" and finished["steps"] == 600 * 4
     assert "resumed at step" in caplog.text

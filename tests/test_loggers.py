@@ -17,7 +17,9 @@ from tensorboard.plugins.hparams.metadata import SESSION_START_INFO_TAG
 
 from mtltrain.outputs._mlflow_log import file_store_allowed, store_uri
 
-pytestmark = pytest.mark.xdist_group("loggers")
+# one worker builds the costly module-scoped `logged` for the tests
+# that use it; the other tests are free to go to any worker
+SHARES_FIXTURE = pytest.mark.xdist_group("loggers")
 
 TINY = ["dataset=two_slope", "dataset.n_train=32", "dataset.n_test=16", "trainer.epochs=2",
         "trainer.log_every=1"]  # fmt: skip
@@ -113,6 +115,7 @@ def logged(tmp_path_factory):
     return cwd / "r"
 
 
+@SHARES_FIXTURE
 def test_every_logger_has_the_same_scalars_at_the_same_steps(logged):
     rows = csv_rows(logged)
     expected = by_tag(rows)
@@ -128,6 +131,7 @@ def test_every_logger_has_the_same_scalars_at_the_same_steps(logged):
     assert wandb_logged(logged)[0] == approx
 
 
+@SHARES_FIXTURE
 def test_every_logger_has_the_hparams_tags_and_final_values(logged):
     results = json.loads((logged / "results.json").read_text())
     assert results["tags"] == ["baseline", "tiny"]

@@ -17,8 +17,9 @@ from matplotlib.image import imread
 from mtltrain.report import main
 from mtltrain.report.plots import seed_curve
 
-# one worker builds this module's costly module-scoped fixture for all its tests
-pytestmark = pytest.mark.xdist_group("report")
+# one worker builds the costly module-scoped `sweep` for the tests
+# that use it; the other tests are free to go to any worker
+SHARES_FIXTURE = pytest.mark.xdist_group("report")
 
 TINY = ["trainer.epochs=3", "trainer.log_every=1", "dataset.n_train=64", "dataset.n_test=32"]
 REPORT_FILES = {"report.md", "report.csv", "learned_sigma.png", "learned_weight.png",
@@ -91,6 +92,7 @@ def assert_cell(cell, mean, std):
     assert len(decimals) == max(0, -int(np.log10(unit))), cell
 
 
+@SHARES_FIXTURE
 def test_table_is_mean_and_std_over_seeds(sweep):
     folder, finished, _, proc = sweep
     assert proc.returncode == 0, proc.stderr
@@ -126,6 +128,7 @@ def test_cells_round_the_mean_to_the_spread():
     assert fmt_stat(Stat(0.8, None)) == "0.8000 ± –" and fmt_stat(Stat(3.0, 0.0)) == "3.000"
 
 
+@SHARES_FIXTURE
 def test_delta_m_against_fixed_weights(sweep):
     """Δm% of each seed's run against the baseline's means: their mean and spread."""
     folder, finished, _, _ = sweep
@@ -147,6 +150,7 @@ def test_delta_m_against_fixed_weights(sweep):
     assert "positive Δm% is better than the baseline" in (folder / "report.md").read_text()
 
 
+@SHARES_FIXTURE
 def test_unfinished_runs_are_listed_not_counted(sweep):
     folder, _, _, proc = sweep
     markdown = (folder / "report.md").read_text()
@@ -158,6 +162,7 @@ def test_unfinished_runs_are_listed_not_counted(sweep):
     assert "4 finished runs in 2 settings, 2 did not finish" in markdown
 
 
+@SHARES_FIXTURE
 def test_csv_has_one_row_per_setting_at_full_precision(sweep):
     folder, finished, _, _ = sweep
     with (folder / "report.csv").open() as f:
@@ -176,6 +181,7 @@ def test_csv_has_one_row_per_setting_at_full_precision(sweep):
     assert rows[0]["sigma/y1_mean"] == rows[0]["sigma/y1_std"] == ""
 
 
+@SHARES_FIXTURE
 def test_plots_are_pngs_and_nothing_else_is_touched(sweep):
     folder, _, before, _ = sweep
     after = snapshot(folder)

@@ -50,6 +50,9 @@ RUN = [
     "dataset.n_train=300",
 ]
 TWO_EPOCHS = ["trainer.epochs=2", "dataset.n_train=32", "dataset.n_test=16"]
+# RUN on 4 batches an epoch: for the tests that stop it at its first checkpoint and resume it
+# in full, where what is checked is not the length of the run
+RUN_OF_4_BATCHES = [*(o for o in RUN if not o.startswith("dataset.n_train=")), "dataset.n_train=64"]
 
 
 def results(run_dir):
@@ -71,10 +74,10 @@ def reference(tmp_path_factory):
     return root / "run"
 
 
-def start(run_dir, cwd):
+def start(run_dir, cwd, overrides=RUN):
     """The run as a process of its own: the tests send it signals."""
     return subprocess.Popen(
-        [MTLTRAIN, *RUN, f"hydra.run.dir={run_dir}"], cwd=cwd,
+        [MTLTRAIN, *overrides, f"hydra.run.dir={run_dir}"], cwd=cwd,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -148,7 +151,7 @@ def test_ctrl_c_and_sigterm_checkpoint_then_resume_is_exact(tmp_path, reference,
 
 def test_resume_takes_a_checkpoint_file_and_extra_overrides(tmp_path):
     run_dir = tmp_path / "run"
-    proc = start(run_dir, tmp_path)
+    proc = start(run_dir, tmp_path, RUN_OF_4_BATCHES)
     wait_for_checkpoint(proc, run_dir)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
@@ -178,7 +181,7 @@ def test_a_signal_stops_a_sweep_with_the_command_that_continues_it(tmp_path):
     command (resume_sweep=true) resumes job 0 and runs job 1. A process of its own: it is sent
     SIGTERM."""
     sweep = tmp_path / "sweep"
-    args = ["-m", "seed=0,1", "trainer.epochs=2000", "dataset.n_train=32", "dataset.n_test=16",
+    args = ["-m", "seed=0,1", "trainer.epochs=500", "dataset.n_train=32", "dataset.n_test=16",
             f"hydra.sweep.dir={sweep}"]  # fmt: skip
     first = subprocess.Popen(
         [MTLTRAIN, *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -208,7 +211,7 @@ def test_sigterm_before_training_is_one_line_too(tmp_path, sweep):
     it is sent SIGTERM."""
     folder = tmp_path / "out"
     where = f"hydra.sweep.dir={folder}" if sweep else f"hydra.run.dir={folder}"
-    args = [*(["-m", "seed=0,1"] if sweep else []), "trainer.epochs=2000", "dataset.n_train=32",
+    args = [*(["-m", "seed=0,1"] if sweep else []), "trainer.epochs=500", "dataset.n_train=32",
             "dataset.n_test=16", where]  # fmt: skip
     proc = subprocess.Popen(
         [MTLTRAIN, *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

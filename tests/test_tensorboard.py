@@ -22,7 +22,9 @@ from tensorboard.plugins.hparams import (
 )
 from tensorboard.plugins.hparams.metadata import SESSION_START_INFO_TAG
 
-pytestmark = pytest.mark.xdist_group("tensorboard")
+# one worker builds the costly module-scoped `sweep`, `results`, `served` for the tests
+# that use them; the other tests are free to go to any worker
+SHARES_FIXTURE = pytest.mark.xdist_group("tensorboard")
 
 TINY = ["dataset.n_train=32", "dataset.n_test=16", "trainer.epochs=1"]
 TWO_EPOCHS = ["trainer.epochs=2", "dataset.n_train=32", "dataset.n_test=16"]
@@ -105,6 +107,7 @@ def served(sweep):
     return Served(sweep)
 
 
+@SHARES_FIXTURE
 def test_hparams_columns_are_what_differs_between_the_runs(served):
     experiment = served.experiment()
     columns = {info.name: info for info in experiment.hparam_infos}
@@ -115,6 +118,7 @@ def test_hparams_columns_are_what_differs_between_the_runs(served):
     assert set(columns["weighting"].domain_discrete) == {"fixed", "uncertainty", "famo"}
 
 
+@SHARES_FIXTURE
 def test_hparams_rows_show_the_seed_as_written_and_the_full_run_name(results, served):
     groups = served.session_groups()
     # each run is its own trial, named by its whole folder (no hash, nothing cut off)
@@ -126,6 +130,7 @@ def test_hparams_rows_show_the_seed_as_written_and_the_full_run_name(results, se
         assert hparams["weighting"].string_value == result["choices"]["weighting"]
 
 
+@SHARES_FIXTURE
 def test_hparams_metrics_are_the_reported_values_in_a_sub_run(results, served):
     experiment = served.experiment()
     metrics = [info.name.tag for info in experiment.metric_infos]
@@ -142,6 +147,7 @@ def test_hparams_metrics_are_the_reported_values_in_a_sub_run(results, served):
         assert values == pytest.approx(expected, rel=1e-6), job
 
 
+@SHARES_FIXTURE
 def test_the_final_values_are_not_charts_at_the_top_of_scalars(results, served):
     scalars = served.scalars()
     for job, result in results.items():
@@ -168,6 +174,7 @@ def drawn(regexes, scalars):
     }
 
 
+@SHARES_FIXTURE
 def test_custom_scalars_charts_hold_one_quantity_of_every_run(served):
     scalars = served.scalars()
     charts = {
