@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtltrain.models.base import Outputs, stage_channels, stages_of
-from mtltrain.models.multitask import HeadFactory, task_head
+from mtltrain.models.multitask import HeadFactory, task_heads
 from mtltrain.tasks import TaskSpec
 
 
@@ -81,11 +81,10 @@ class MTAN(nn.Module):
         heads: Mapping[str, HeadFactory] | None = None,
     ) -> None:
         super().__init__()
-        heads = heads or {}
         self.encoder = encoder
         # the encoder's own modules, in a plain list: not registered twice
         self.backbone_stages = stages_of(encoder, "mtan")
-        channels = [stage_channels(stage) for stage in self.backbone_stages]
+        channels = stage_channels(self.backbone_stages)
         self.attention = nn.ModuleDict(
             {
                 t.name: nn.ModuleList(
@@ -94,7 +93,7 @@ class MTAN(nn.Module):
                 for t in tasks
             }
         )
-        self.heads = nn.ModuleDict({t.name: task_head(t, heads.get(t.name, head)) for t in tasks})
+        self.heads = task_heads(tasks, head, heads)
 
     def forward(self, x: Tensor) -> tuple[Outputs, tuple[Tensor, ...]]:
         shared = []  # each as the task parts read it: a view of its own (see the module's text)
