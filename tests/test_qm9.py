@@ -14,7 +14,7 @@ from conftest import run_cli
 
 from mtltrain.data import qm9
 from mtltrain.data.base import Split
-from mtltrain.errors import ConfigError
+from mtltrain.errors import ConfigError, DataError
 from mtltrain.metrics import TaskMetrics
 from mtltrain.models.mpnn import EdgeConv, MPNNEncoder, edge_features, gru_step, lstm_step
 from mtltrain.tasks import TaskSpec
@@ -209,3 +209,19 @@ def test_without_qm9pack_one_line_says_what_to_install(tmp_path, monkeypatch):
                     f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)  # fmt: skip
     assert done.returncode != 0
     assert done.stderr.strip() == f"mtltrain: error: {qm9.INSTALL}"  # one line, no traceback
+
+
+def test_csv_files_that_are_not_qm9packs_are_one_line_naming_the_folder(tmp_path):
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    (folder / "qm9_part1.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(
+        DataError, match=r"dataset.source=.*csv is not allowed: .* not qm9pack"
+    ) as e:
+        qm9.build({"mu": ["mse"]}, tasks=["mu"], root=str(tmp_path), source=str(folder))
+    assert "\n" not in str(e.value)
+    write_qm9(folder)  # qm9pack's columns, but an atom no element letter names
+    text = (folder / "qm9_part1.csv").read_text().replace("'C'", "'Q'", 1)
+    (folder / "qm9_part1.csv").write_text(text)
+    with pytest.raises(DataError, match="not qm9pack's"):
+        qm9.build({"mu": ["mse"]}, tasks=["mu"], root=str(tmp_path), source=str(folder))
