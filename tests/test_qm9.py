@@ -145,6 +145,15 @@ def random_molecules(n_atoms: list[int], seed: int = 0) -> torch.Tensor:
     return x
 
 
+def per_edge(conv: EdgeConv, h: torch.Tensor, e: torch.Tensor, edges: torch.Tensor):
+    """EdgeConv's output with Θ(e_ij) made for every pair: root(h_i) + mean over edges j of
+    Θ(e_ij)ᵀh_j."""
+    theta = conv.theta(conv.edge_net(e)).unflatten(-1, (conv.dim, conv.dim))
+    messages = torch.einsum("bjc,bijck->bijk", h, theta) * edges.unsqueeze(-1)
+    degree = edges.sum(-1, keepdim=True).clamp_min(1)
+    return conv.root(h) + messages.sum(2) / degree
+
+
 def test_the_dense_edge_network_equals_the_per_edge_one():
     torch.manual_seed(0)
     conv = EdgeConv(dim=5, edge_hidden=7).double()
@@ -152,7 +161,7 @@ def test_the_dense_edge_network_equals_the_per_edge_one():
     e, edges = edge_features(x)
     h = torch.randn(2, qm9.MAX_ATOMS, 5, dtype=torch.float64)
     fast = conv(h, conv.edge_net(e) * edges.unsqueeze(-1), edges)
-    assert torch.allclose(fast, conv.naive(h, e, edges), atol=1e-10)
+    assert torch.allclose(fast, per_edge(conv, h, e, edges), atol=1e-10)
 
 
 def test_the_written_out_recurrent_cells_are_torchs():
