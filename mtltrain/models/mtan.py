@@ -15,6 +15,11 @@ the shared stage outputs (s_1, …, s_J), every tensor the task parts read, each
 (a view of its own, which the backbone's next stage does not read): so the tuple is a cut of
 the graph, a loss's gradient at s_j is what flows into the task parts there, and the backward
 pass from all of them gives the backbone's whole gradient, no path counted twice.
+
+Where MTAN's code differs: its mask reads a stage's first layer and multiplies its last (here
+both are the stage's output), its 3×3 block f is one module shared by the tasks (here each
+task's own: a shared f would read task tensors, and the stage outputs would no longer be a cut
+between shared and task parts), and its head reads a_J ⊙ s_J (here t_J, f applied once more).
 """
 
 from __future__ import annotations
