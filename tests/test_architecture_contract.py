@@ -35,6 +35,7 @@ from mtltrain.models.cross_stitch import CrossStitch, CrossStitchUnit
 from mtltrain.models.mlp import MLP
 from mtltrain.models.mtan import MTAN, Attention
 from mtltrain.models.resnet import ResNetEncoder
+from mtltrain.models.segnet import SegNet
 from mtltrain.stacking import unstackable
 from mtltrain.tasks import TaskSpec
 from mtltrain.weighting.gradnorm import last_shared_layer
@@ -302,6 +303,18 @@ def test_a_backbone_ending_in_a_pooling_stage_is_split_as_celebas_resnet(archite
     outputs, _ = model(torch.randn(2, 3, 8, 8))
     assert {name: out.shape for name, out in outputs.items()} == {"x": (2, 1), "y": (2, 1)}
     assert stage_channels(encoder.stages()) == [4, 4, 8, 8]
+
+
+def test_copies_of_a_backbone_start_as_its_own_initialisation_draws_them():
+    """Cross-stitch columns (and experts) of SegNet start Xavier-normal with zero bias, as the
+    backbone does, not with PyTorch's default initialisation of each layer."""
+    torch.manual_seed(0)
+    first, twin = CrossStitch(TASKS[:2], SegNet((8,)), head).columns
+    for a, b in zip(first.modules(), twin.modules(), strict=True):
+        if isinstance(a, nn.Conv2d):
+            assert not torch.equal(a.weight, b.weight) and not b.bias.any()
+            xavier = (2 / (a.in_channels * 9 + a.out_channels * 9)) ** 0.5
+            assert 0.7 * xavier < b.weight.std() < 1.3 * xavier
 
 
 def test_an_architecture_refuses_a_model_without_an_encoder_in_one_line(tmp_path):

@@ -105,13 +105,14 @@ def stage_channels(stages: Sequence[nn.Module]) -> list[int]:
 
 def independent_copies(backbone: nn.Module, n: int) -> list[nn.Module]:
     """`n` copies of a backbone (MoE experts, cross-stitch columns): the backbone as built, then
-    n − 1 deep copies, each re-initialised on its own by every layer's `reset_parameters()`
-    (PyTorch's initialisation of that layer); a parameter no reset reaches would start
-    identical in every copy: a one-line ConfigError."""
+    n − 1 deep copies, each re-initialised on its own by every module's `reset_parameters()`,
+    innermost first: PyTorch's initialisation of each layer, then a container's own scheme
+    where it has one (SegNet's Xavier, the ResNet's Kaiming), as the backbone was built; a
+    parameter no reset reaches would start identical in every copy: a one-line ConfigError."""
     copies = [backbone]
     for _ in range(n - 1):
         twin = copy.deepcopy(backbone)
-        for module in twin.modules():
+        for module in reversed(list(twin.modules())):
             if callable(getattr(module, "reset_parameters", None)):
                 module.reset_parameters()
         for (name, new), old in zip(twin.named_parameters(), backbone.parameters(), strict=True):
