@@ -15,6 +15,7 @@ from conftest import run_cli
 from mtltrain.data import qm9
 from mtltrain.data.base import Split
 from mtltrain.errors import ConfigError, DataError
+from mtltrain.losses import MeanLogVar
 from mtltrain.metrics import TaskMetrics
 from mtltrain.models.mpnn import EdgeConv, MPNNEncoder, edge_features, gru_step, lstm_step
 from mtltrain.tasks import TaskSpec
@@ -130,6 +131,19 @@ def test_mae_in_the_original_units_against_a_hand_computation():
     assert scores["homo/mae"] == pytest.approx(2.0 * (0.5 + 2.0 + 0.5) / 3)
     assert scores["homo/rmse"] == pytest.approx(2.0 * math.sqrt((0.25 + 4 + 0.25) / 3))
     assert list(scores) == ["homo/mae", "homo/rmse", "homo/mse"]  # mae: the main metric
+
+
+def test_a_heteroscedastic_heads_nll_and_rmse_are_in_the_original_units():
+    """y = 2·z (std 2): rmse doubles, and the density of y is that of z over 2: nll + log 2."""
+    task = TaskSpec("homo", "regression", 1, ("gaussian_nll",), True, target_std=2.0)
+    metrics = TaskMetrics([task])
+    out = MeanLogVar(torch.tensor([[0.5], [-1.0]]), torch.tensor([[0.0], [math.log(4.0)]]))
+    y = torch.tensor([[0.0], [1.0]])
+    metrics.update({"homo": out}, Split(y, {"homo": y}))
+    scores = metrics.compute()
+    nll = [0.5 * (math.log(2 * math.pi) + 0.25), 0.5 * (math.log(8 * math.pi) + 1.0)]
+    assert scores["homo/nll"] == pytest.approx(sum(nll) / 2 + math.log(2.0))
+    assert scores["homo/rmse"] == pytest.approx(2.0 * math.sqrt((0.25 + 4) / 2))
 
 
 def random_molecules(n_atoms: list[int], seed: int = 0) -> torch.Tensor:
