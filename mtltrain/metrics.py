@@ -165,12 +165,13 @@ class HeteroscedasticScorer(Scorer):
     coverage_1sigma / coverage_2sigma = fraction with |y − μ| ≤ 1σ / 2σ (0.683 / 0.954 when
     calibrated); calibration_error = mean over p = 0.05, 0.10, …, 0.95 of |p − fraction inside
     the central interval μ ± Φ⁻¹((1 + p)/2)·σ|; sigma_rel_error = mean |σ̂(x) − σ(x)|/σ(x),
-    where the data set knows the true σ(x)."""
+    where the data set knows the true σ(x). Targets stored standardised by `std`: nll and rmse
+    in the original units (nll + log std, std·rmse); the others do not change with the unit."""
 
-    def __init__(self, knows_sigma: bool) -> None:
+    def __init__(self, knows_sigma: bool, std: float = 1.0) -> None:
         base = ("nll", "rmse", "coverage_1sigma", "coverage_2sigma", "calibration_error")
         self.names = (*base, "sigma_rel_error") if knows_sigma else base
-        self.knows_sigma = knows_sigma
+        self.knows_sigma, self.std = knows_sigma, std
 
     def batch_sums(self, output: MeanLogVar, target: Tensor, noise_std: Tensor | None) -> Tensor:
         mean, log_var = output.mean.float(), output.log_var.float()
@@ -190,8 +191,8 @@ class HeteroscedasticScorer(Scorer):
         nll, sq, within1, within2, sigma_err = (sums[:5] / count).unbind()
         coverage = sums[5:] / count
         out = {
-            "nll": nll,
-            "rmse": sq.sqrt(),
+            "nll": nll + math.log(self.std),
+            "rmse": sq.sqrt() * self.std,
             "coverage_1sigma": within1,
             "coverage_2sigma": within2,
             "calibration_error": (coverage - calibration_levels(sums)).abs().mean(),
@@ -280,10 +281,12 @@ class NormalScorer(Scorer):
 def scorer_for(task: TaskSpec, knows_sigma: bool = False) -> Scorer:
     """The scorer of `task`'s kind; heteroscedastic regression gets the calibration metrics,
     regression on standardised targets its errors in the original units."""
-    if task.kind == "regression" and task.target_std is not None and not task.heteroscedastic:
+    if task.kind == "regression" and task.heteroscedastic:
+        return HeteroscedasticScorer(knows_sigma, task.target_std or 1.0)
+    if task.kind == "regression" and task.target_std is not None:
         return StandardisedRegressionScorer(task.target_std)
     if task.kind == "regression":
-        return HeteroscedasticScorer(knows_sigma) if task.heteroscedastic else RegressionScorer()
+        return RegressionScorer()
     return {
         "classification": ClassificationScorer,
         "segmentation": SegmentationScorer,

@@ -30,9 +30,12 @@ from mtltrain.errors import ConfigError
 from mtltrain.evaluate import load_exported
 from mtltrain.loop._callbacks import Callback
 from mtltrain.loop._trainer import train_alone
+from mtltrain.models.base import stage_channels
 from mtltrain.models.cross_stitch import CrossStitch, CrossStitchUnit
 from mtltrain.models.mlp import MLP
 from mtltrain.models.mtan import MTAN, Attention
+from mtltrain.models.resnet import ResNetEncoder
+from mtltrain.models.segnet import SegNet
 from mtltrain.stacking import unstackable
 from mtltrain.tasks import TaskSpec
 from mtltrain.weighting.gradnorm import last_shared_layer
@@ -287,6 +290,31 @@ def test_cross_stitch_columns_are_fresh_copies_and_all_shared():
     outputs["c"].sum().backward()
     assert all(column[0].weight.grad.abs().sum() > 0 for column in model.columns)
     assert last_shared_layer(model) is model.units[-1].alpha
+
+
+@pytest.mark.parametrize("architecture", [MTAN, CrossStitch])
+def test_a_backbone_ending_in_a_pooling_stage_is_split_as_celebas_resnet(architecture):
+    """ResNetEncoder's last stage (average pooling, flatten) has no layer that sets channels:
+    it keeps those of the stage before, so MTAN and cross-stitch build on the CelebA model."""
+    torch.manual_seed(0)
+    binary = tuple(TaskSpec(n, "binary", 1, ("bce",)) for n in ("x", "y"))
+    encoder = ResNetEncoder(width=4, blocks=(1, 1))
+    model = architecture(binary, encoder, functools.partial(MLP, in_features=8))
+    outputs, _ = model(torch.randn(2, 3, 8, 8))
+    assert {name: out.shape for name, out in outputs.items()} == {"x": (2, 1), "y": (2, 1)}
+    assert stage_channels(encoder.stages()) == [4, 4, 8, 8]
+
+
+def test_copies_of_a_backbone_start_as_its_own_initialisation_draws_them():
+    """Cross-stitch columns (and experts) of SegNet start Xavier-normal with zero bias, as the
+    backbone does, not with PyTorch's default initialisation of each layer."""
+    torch.manual_seed(0)
+    first, twin = CrossStitch(TASKS[:2], SegNet((8,)), head).columns
+    for a, b in zip(first.modules(), twin.modules(), strict=True):
+        if isinstance(a, nn.Conv2d):
+            assert not torch.equal(a.weight, b.weight) and not b.bias.any()
+            xavier = (2 / (a.in_channels * 9 + a.out_channels * 9)) ** 0.5
+            assert 0.7 * xavier < b.weight.std() < 1.3 * xavier
 
 
 def test_an_architecture_refuses_a_model_without_an_encoder_in_one_line(tmp_path):

@@ -13,6 +13,7 @@ from conftest import run_cli
 from mtltrain.data import nyuv2
 from mtltrain.data.base import Split
 from mtltrain.data.nyuv2 import scale_crop_flip
+from mtltrain.errors import DataError
 from mtltrain.losses import masked_cosine, masked_cross_entropy, masked_l1
 from mtltrain.metrics import (
     DepthScorer,
@@ -245,6 +246,19 @@ def test_missing_files_stop_in_one_line_saying_where_to_get_and_put_them(tmp_pat
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "lorenmt/mtan" in lines[0] and "dataset.root" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_a_missing_or_broken_item_file_stops_in_one_line_naming_it(tmp_path):
+    write_split(tmp_path / "train", 3, "label", 13)
+    write_split(tmp_path / "val", 1, "label", 13)
+    (tmp_path / "train/depth/1.npy").unlink()
+    (tmp_path / "train/label/2.npy").write_text("not an array")
+    losses = {"semantic": ["masked_cross_entropy"], "depth": ["masked_l1"]}
+    train = nyuv2.build(losses, str(tmp_path), ["semantic", "depth"], augment=False).train
+    for index, sub in ((1, "depth"), (2, "label")):
+        with pytest.raises(DataError, match=rf"{sub}/{index}\.npy cannot be read") as e:
+            train.dataset[index]
+        assert "\n" not in str(e.value)
 
 
 def test_dtp_reads_the_dense_kinds_kpis_in_zero_one():

@@ -17,9 +17,9 @@ from mtltrain.config._compose import build, check_node, config_dir
 from mtltrain.errors import ConfigError
 from mtltrain.loop._engine import engine_for
 from mtltrain.losses import compute_losses, loss_terms
+from mtltrain.models.base import independent_copies
 from mtltrain.models.cgc import CGC
 from mtltrain.models.dselect_k import DSelectK, binary_codes, selector, smooth_step
-from mtltrain.models.experts import independent_copies
 from mtltrain.models.mlp import MLP
 from mtltrain.models.mmoe import MMoE
 from mtltrain.models.ple import PLE

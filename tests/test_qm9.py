@@ -14,7 +14,8 @@ from conftest import run_cli
 
 from mtltrain.data import qm9
 from mtltrain.data.base import Split
-from mtltrain.errors import ConfigError
+from mtltrain.errors import ConfigError, DataError
+from mtltrain.losses import MeanLogVar
 from mtltrain.metrics import TaskMetrics
 from mtltrain.models.mpnn import EdgeConv, MPNNEncoder, edge_features, gru_step, lstm_step
 from mtltrain.tasks import TaskSpec
@@ -132,6 +133,19 @@ def test_mae_in_the_original_units_against_a_hand_computation():
     assert list(scores) == ["homo/mae", "homo/rmse", "homo/mse"]  # mae: the main metric
 
 
+def test_a_heteroscedastic_heads_nll_and_rmse_are_in_the_original_units():
+    """y = 2·z (std 2): rmse doubles, and the density of y is that of z over 2: nll + log 2."""
+    task = TaskSpec("homo", "regression", 1, ("gaussian_nll",), True, target_std=2.0)
+    metrics = TaskMetrics([task])
+    out = MeanLogVar(torch.tensor([[0.5], [-1.0]]), torch.tensor([[0.0], [math.log(4.0)]]))
+    y = torch.tensor([[0.0], [1.0]])
+    metrics.update({"homo": out}, Split(y, {"homo": y}))
+    scores = metrics.compute()
+    nll = [0.5 * (math.log(2 * math.pi) + 0.25), 0.5 * (math.log(8 * math.pi) + 1.0)]
+    assert scores["homo/nll"] == pytest.approx(sum(nll) / 2 + math.log(2.0))
+    assert scores["homo/rmse"] == pytest.approx(2.0 * math.sqrt((0.25 + 4) / 2))
+
+
 def random_molecules(n_atoms: list[int], seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.zeros(len(n_atoms), qm9.MAX_ATOMS, qm9.COLUMNS)
@@ -145,6 +159,15 @@ def random_molecules(n_atoms: list[int], seed: int = 0) -> torch.Tensor:
     return x
 
 
+def per_edge(conv: EdgeConv, h: torch.Tensor, e: torch.Tensor, edges: torch.Tensor):
+    """EdgeConv's output with Θ(e_ij) made for every pair: root(h_i) + mean over edges j of
+    Θ(e_ij)ᵀh_j."""
+    theta = conv.theta(conv.edge_net(e)).unflatten(-1, (conv.dim, conv.dim))
+    messages = torch.einsum("bjc,bijck->bijk", h, theta) * edges.unsqueeze(-1)
+    degree = edges.sum(-1, keepdim=True).clamp_min(1)
+    return conv.root(h) + messages.sum(2) / degree
+
+
 def test_the_dense_edge_network_equals_the_per_edge_one():
     torch.manual_seed(0)
     conv = EdgeConv(dim=5, edge_hidden=7).double()
@@ -152,7 +175,7 @@ def test_the_dense_edge_network_equals_the_per_edge_one():
     e, edges = edge_features(x)
     h = torch.randn(2, qm9.MAX_ATOMS, 5, dtype=torch.float64)
     fast = conv(h, conv.edge_net(e) * edges.unsqueeze(-1), edges)
-    assert torch.allclose(fast, conv.naive(h, e, edges), atol=1e-10)
+    assert torch.allclose(fast, per_edge(conv, h, e, edges), atol=1e-10)
 
 
 def test_the_written_out_recurrent_cells_are_torchs():
@@ -209,3 +232,19 @@ def test_without_qm9pack_one_line_says_what_to_install(tmp_path, monkeypatch):
                     f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)  # fmt: skip
     assert done.returncode != 0
     assert done.stderr.strip() == f"mtltrain: error: {qm9.INSTALL}"  # one line, no traceback
+
+
+def test_csv_files_that_are_not_qm9packs_are_one_line_naming_the_folder(tmp_path):
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    (folder / "qm9_part1.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(
+        DataError, match=r"dataset.source=.*csv is not allowed: .* not qm9pack"
+    ) as e:
+        qm9.build({"mu": ["mse"]}, tasks=["mu"], root=str(tmp_path), source=str(folder))
+    assert "\n" not in str(e.value)
+    write_qm9(folder)  # qm9pack's columns, but an atom no element letter names
+    text = (folder / "qm9_part1.csv").read_text().replace("'C'", "'Q'", 1)
+    (folder / "qm9_part1.csv").write_text(text)
+    with pytest.raises(DataError, match="not qm9pack's"):
+        qm9.build({"mu": ["mse"]}, tasks=["mu"], root=str(tmp_path), source=str(folder))

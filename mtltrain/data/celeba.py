@@ -157,7 +157,7 @@ class CelebAAttributes(Dataset):
         return rgb, {name: row[k] for k, name in enumerate(self.names)}
 
 
-def resize(size: int) -> Any:
+def square_tensors(size: int) -> Any:
     """Each PIL image resized to size×size and made a 3 × size × size tensor in [0, 1]."""
     from torchvision import transforms
 
@@ -212,6 +212,6 @@ def build(
         rows = torch.nonzero(part == PARTS[which]).flatten()
         chosen_files = [files[i] for i in rows.tolist()]
         items = CelebAAttributes(folder / IMAGES, chosen_files, labels[rows][:, columns], selected)
-        return DatasetSplit(items, transform=resize(size))
+        return DatasetSplit(items, transform=square_tensors(size))
 
     return MultiTaskData(specs, split("train"), split("test"), split("validation"))

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from mtltrain.constraints import Seed, checked
 from mtltrain.data.base import DatasetSplit, MultiTaskData, check_tasks, held_out, task_specs
-from mtltrain.errors import DataError
+from mtltrain.errors import DataError, first_line
 from mtltrain.tasks import LossChoice, MetricChoice, TaskSpec
 
 AVAILABLE = {"semantic": ("semantic", 13), "depth": ("depth", 1), "normals": ("normals", 3)}
@@ -60,7 +60,14 @@ class MtanFolders(Dataset):
         return image, targets
 
     def _load(self, sub: str, index: int) -> Tensor:
-        return torch.from_numpy(np.load(self.folder / sub / f"{index}.npy")).float()
+        path = self.folder / sub / f"{index}.npy"
+        try:
+            return torch.from_numpy(np.load(path)).float()
+        except (OSError, ValueError) as e:  # missing, unreadable or not an array
+            raise DataError(
+                f"{path} cannot be read ({type(e).__name__}: {first_line(e)}): every index of "
+                f"{self.folder / 'image'} needs a .npy file of MTAN's release in each folder"
+            ) from None
 
 
 def _channels_first(array: Tensor) -> Tensor:

@@ -21,7 +21,7 @@ import importlib.util
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from torch import Tensor
 
 from mtltrain.constraints import Count, Seed, at_least, checked
 from mtltrain.data.base import MultiTaskData, Split, check_tasks, task_specs
-from mtltrain.errors import ConfigError
+from mtltrain.errors import ConfigError, DataError, first_line
 from mtltrain.tasks import LossChoice, MetricChoice
 
 HARTREE_EV = 27.211386246
@@ -98,9 +98,21 @@ def read_molecules(files: Sequence[Path]) -> tuple[Tensor, Tensor]:
         import pandas as pd
     except ImportError as e:
         raise ConfigError(INSTALL) from e
-    energy = sorted({c for c, _ in TARGETS.values()} | set(ATOMREF))
-    frames = [pd.read_csv(f, usecols=["N_atoms", "Elements", "XYZ_Ang", *energy]) for f in files]
-    df = pd.concat(frames, ignore_index=True)
+    columns = ["N_atoms", "Elements", "XYZ_Ang", *sorted({c for c, _ in TARGETS.values()})]
+    try:
+        frames = [pd.read_csv(f, usecols=columns) for f in files]
+        return molecules(pd.concat(frames, ignore_index=True))
+    except (ValueError, KeyError, IndexError, TypeError) as e:  # pandas' parser errors too
+        raise DataError(
+            f"dataset.source={files[0].parent} is not allowed: its qm9_part*.csv files are not "
+            f"qm9pack's ({type(e).__name__}: {first_line(e)}); give a folder of qm9pack's files "
+            "or null (the installed package's)"
+        ) from None
+
+
+def molecules(df: Any) -> tuple[Tensor, Tensor]:
+    """The inputs [M, 29, 13] and targets [M, 11] (float64) of qm9pack's rows `df` (a pandas
+    DataFrame of its columns N_atoms, Elements, XYZ_Ang and the targets')."""
     counts = df["N_atoms"].to_numpy()
     letters = "".join(df["Elements"].str.replace(r"[^A-Z]", "", regex=True))
     element = np.array([ELEMENTS.index(c) for c in letters])

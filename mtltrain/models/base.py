@@ -14,9 +14,11 @@ features and no shared parameters; strategies that need a shared part check
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import copy
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 
 from mtltrain.errors import ConfigError
@@ -77,14 +79,55 @@ def stages_of(encoder: nn.Module, architecture: str) -> list[nn.Module]:
     return list(encoder.stages())
 
 
-def stage_channels(stage: nn.Module) -> int:
-    """The channels (features) a stage emits: those of its last layer that sets them (a
-    convolution's out_channels, a linear layer's out_features, a norm's num_features)."""
-    for module in reversed(list(stage.modules())):
-        for name in ("out_channels", "out_features", "num_features"):
-            if isinstance(getattr(module, name, None), int):
-                return getattr(module, name)
-    raise ConfigError(
-        f"the stage {type(stage).__name__} has no layer that sets its channels (a convolution, "
-        "linear layer or norm): every stage of a Staged backbone needs one"
-    )
+def stage_channels(stages: Sequence[nn.Module]) -> list[int]:
+    """The channels (features) each stage emits: those of its last layer that sets them (a
+    convolution's out_channels, a linear layer's out_features, a norm's num_features); a stage
+    with no such layer (a pooling, a flatten) keeps the channels of the stage before."""
+    channels: list[int] = []
+    for stage in stages:
+        found = next(
+            (
+                getattr(module, name)
+                for module in reversed(list(stage.modules()))
+                for name in ("out_channels", "out_features", "num_features")
+                if isinstance(getattr(module, name, None), int)
+            ),
+            channels[-1] if channels else None,
+        )
+        if found is None:
+            raise ConfigError(
+                f"the first stage {type(stage).__name__} has no layer that sets its channels (a "
+                "convolution, linear layer or norm): a Staged backbone's first stage needs one"
+            )
+        channels.append(found)
+    return channels
+
+
+def independent_copies(backbone: nn.Module, n: int) -> list[nn.Module]:
+    """`n` copies of a backbone (MoE experts, cross-stitch columns): the backbone as built, then
+    n − 1 deep copies, each re-initialised on its own by every module's `reset_parameters()`,
+    innermost first: PyTorch's initialisation of each layer, then a container's own scheme
+    where it has one (SegNet's Xavier, the ResNet's Kaiming), as the backbone was built; a
+    parameter no reset reaches would start identical in every copy: a one-line ConfigError."""
+    copies = [backbone]
+    for _ in range(n - 1):
+        twin = copy.deepcopy(backbone)
+        for module in reversed(list(twin.modules())):
+            if callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+        for (name, new), old in zip(twin.named_parameters(), backbone.parameters(), strict=True):
+            if torch.equal(new, old) and not _constant(old):
+                raise ConfigError(
+                    f"architecture: the backbone {type(backbone).__name__}'s parameter {name} "
+                    "is not re-initialised by any layer's reset_parameters(), so every copy "
+                    "of it would start with the same values; give that layer a "
+                    "reset_parameters() or choose architecture=hps"
+                )
+        copies.append(twin)
+    return copies
+
+
+def _constant(values: Tensor) -> bool:
+    """Whether every entry of `values` is the same (a bias of zeros, a norm's ones): such a
+    tensor starts the same in every copy by design."""
+    return bool((values == values.flatten()[0]).all()) if values.numel() > 0 else True

@@ -10,15 +10,9 @@ from typing import TypeVar
 from torch import Tensor, nn
 
 from mtltrain.constraints import Width
-from mtltrain.models.base import Outputs
-from mtltrain.models.experts import (
-    SoftmaxGate,
-    independent_copies,
-    input_shape_of,
-    mix,
-    task_heads,
-)
-from mtltrain.models.multitask import HeadFactory
+from mtltrain.models.base import Outputs, independent_copies
+from mtltrain.models.experts import SoftmaxGate, input_shape_of, mix
+from mtltrain.models.multitask import HeadFactory, task_heads
 from mtltrain.tasks import TaskSpec
 
 

@@ -1,7 +1,7 @@
 """Cross-stitch networks (Misra, Shrivastava, Gupta & Hebert, CVPR 2016).
 
 One column per task: a copy of the `Staged` backbone each (the given encoder for the first
-task, independently re-initialised copies for the others). After every stage j a cross-stitch
+task, `independent_copies` re-initialised for the others). After every stage j a cross-stitch
 unit mixes the K columns' outputs channel by channel:
 
     x̃_i[c] = Σ_k α_j[c, i, k] · x_k[c]     (α_j: per channel a K×K matrix, learned)
@@ -15,26 +15,16 @@ strategies): the tuple of the K columns' last mixed outputs, the tensors the hea
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from mtltrain.models.base import Outputs, stage_channels, stages_of
-from mtltrain.models.multitask import HeadFactory, task_head
+from mtltrain.models.base import Outputs, independent_copies, stage_channels, stages_of
+from mtltrain.models.multitask import HeadFactory, task_heads
 from mtltrain.tasks import TaskSpec
 
 SELF_WEIGHT = 0.9  # α[c, i, i] at the start; the other 0.1 of a row is split evenly
-
-
-def reinitialised(module: nn.Module) -> nn.Module:
-    """A copy of `module` with every layer that can re-draw its parameters re-drawn."""
-    fresh = copy.deepcopy(module)
-    for layer in fresh.modules():
-        if callable(getattr(layer, "reset_parameters", None)):
-            layer.reset_parameters()
-    return fresh
 
 
 class CrossStitchUnit(nn.Module):
@@ -65,17 +55,14 @@ class CrossStitch(nn.Module):
         heads: Mapping[str, HeadFactory] | None = None,
     ) -> None:
         super().__init__()
-        heads = heads or {}
         stages = stages_of(encoder, "cross_stitch")
         self.names = [t.name for t in tasks]
-        self.columns = nn.ModuleList(
-            [encoder, *(reinitialised(encoder) for _ in range(len(self.names) - 1))]
-        )
+        self.columns = nn.ModuleList(independent_copies(encoder, len(self.names)))
         self.column_stages = [stages_of(column, "cross_stitch") for column in self.columns]
         self.units = nn.ModuleList(
-            CrossStitchUnit(stage_channels(stage), len(self.names)) for stage in stages
+            CrossStitchUnit(channels, len(self.names)) for channels in stage_channels(stages)
         )
-        self.heads = nn.ModuleDict({t.name: task_head(t, heads.get(t.name, head)) for t in tasks})
+        self.heads = task_heads(tasks, head, heads)
 
     def forward(self, x: Tensor) -> tuple[Outputs, tuple[Tensor, ...]]:
         xs = [x] * len(self.columns)

@@ -1,9 +1,8 @@
-"""What the mixture-of-experts architectures share: experts as independent copies of a backbone,
-softmax gates that read the input flattened, and the gated mixture Σ_i w_i·expert_i."""
+"""What the mixture-of-experts architectures share: experts (`base.independent_copies` of a
+backbone), softmax gates that read the input flattened, and the gated mixture Σ w_i·expert_i."""
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 
@@ -12,37 +11,9 @@ from torch import Tensor, nn
 
 from mtltrain.constraints import Width
 from mtltrain.errors import ConfigError
-from mtltrain.models.base import Outputs
-from mtltrain.models.multitask import HeadFactory, task_head
+from mtltrain.models.base import Outputs, independent_copies
+from mtltrain.models.multitask import HeadFactory, task_heads
 from mtltrain.tasks import TaskSpec
-
-
-def independent_copies(backbone: nn.Module, n: int) -> list[nn.Module]:
-    """`n` experts: the backbone as built, then n − 1 deep copies, each re-initialised on its
-    own by every layer's `reset_parameters()` (PyTorch's initialisation of that layer); a
-    parameter no reset reaches would start identical in every expert: a one-line ConfigError."""
-    copies = [backbone]
-    for _ in range(n - 1):
-        twin = copy.deepcopy(backbone)
-        for module in twin.modules():
-            if callable(getattr(module, "reset_parameters", None)):
-                module.reset_parameters()
-        for (name, new), old in zip(twin.named_parameters(), backbone.parameters(), strict=True):
-            if torch.equal(new, old) and not _constant(old):
-                raise ConfigError(
-                    f"architecture: the backbone {type(backbone).__name__}'s parameter {name} "
-                    "is not re-initialised by any layer's reset_parameters(), so every expert "
-                    "would start with the same values; give that layer a reset_parameters() "
-                    "or choose architecture=hps"
-                )
-        copies.append(twin)
-    return copies
-
-
-def _constant(values: Tensor) -> bool:
-    """Whether every entry of `values` is the same (a bias of zeros, a norm's ones): such a
-    tensor starts the same in every copy by design."""
-    return bool((values == values.flatten()[0]).all()) if values.numel() > 0 else True
 
 
 def input_shape_of(
@@ -133,11 +104,3 @@ class SharedExperts(nn.Module):
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         return [*self.gates[task].parameters(), *self.heads[task].parameters()]
-
-
-def task_heads(
-    tasks: Sequence[TaskSpec], head: HeadFactory, heads: Mapping[str, HeadFactory] | None
-) -> nn.ModuleDict:
-    """Each task's head, from `heads[task]` where given, else from `head` (`task_head`)."""
-    heads = heads or {}
-    return nn.ModuleDict({t.name: task_head(t, heads.get(t.name) or head) for t in tasks})

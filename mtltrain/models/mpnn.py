@@ -55,13 +55,6 @@ class EdgeConv(nn.Module):
         degree = edges.sum(-1, keepdim=True).clamp_min(1)
         return self.root(h) + summed / degree
 
-    def naive(self, h: Tensor, e: Tensor, edges: Tensor) -> Tensor:
-        """The same with Θ(e_ij) made for every pair (for tests)."""
-        theta = self.theta(self.edge_net(e)).unflatten(-1, (self.dim, self.dim))
-        messages = torch.einsum("bjc,bijck->bijk", h, theta) * edges.unsqueeze(-1)
-        degree = edges.sum(-1, keepdim=True).clamp_min(1)
-        return self.root(h) + messages.sum(2) / degree
-
 
 def gru_step(cell: nn.GRUCell, x: Tensor, h: Tensor) -> Tensor:
     """`cell(x, h)` written out (r, z, n gates), so that torch.func.vmap runs it (stacked

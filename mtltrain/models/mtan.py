@@ -15,6 +15,11 @@ the shared stage outputs (s_1, …, s_J), every tensor the task parts read, each
 (a view of its own, which the backbone's next stage does not read): so the tuple is a cut of
 the graph, a loss's gradient at s_j is what flows into the task parts there, and the backward
 pass from all of them gives the backbone's whole gradient, no path counted twice.
+
+Where MTAN's code differs: its mask reads a stage's first layer and multiplies its last (here
+both are the stage's output), its 3×3 block f is one module shared by the tasks (here each
+task's own: a shared f would read task tensors, and the stage outputs would no longer be a cut
+between shared and task parts), and its head reads a_J ⊙ s_J (here t_J, f applied once more).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtltrain.models.base import Outputs, stage_channels, stages_of
-from mtltrain.models.multitask import HeadFactory, task_head
+from mtltrain.models.multitask import HeadFactory, task_heads
 from mtltrain.tasks import TaskSpec
 
 
@@ -81,11 +86,10 @@ class MTAN(nn.Module):
         heads: Mapping[str, HeadFactory] | None = None,
     ) -> None:
         super().__init__()
-        heads = heads or {}
         self.encoder = encoder
         # the encoder's own modules, in a plain list: not registered twice
         self.backbone_stages = stages_of(encoder, "mtan")
-        channels = [stage_channels(stage) for stage in self.backbone_stages]
+        channels = stage_channels(self.backbone_stages)
         self.attention = nn.ModuleDict(
             {
                 t.name: nn.ModuleList(
@@ -94,7 +98,7 @@ class MTAN(nn.Module):
                 for t in tasks
             }
         )
-        self.heads = nn.ModuleDict({t.name: task_head(t, heads.get(t.name, head)) for t in tasks})
+        self.heads = task_heads(tasks, head, heads)
 
     def forward(self, x: Tensor) -> tuple[Outputs, tuple[Tensor, ...]]:
         shared = []  # each as the task parts read it: a view of its own (see the module's text)

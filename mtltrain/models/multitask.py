@@ -42,6 +42,14 @@ def task_head(task: TaskSpec, factory: HeadFactory) -> nn.Module:
     return VarianceHead(head)
 
 
+def task_heads(
+    tasks: Sequence[TaskSpec], head: HeadFactory, heads: Mapping[str, HeadFactory] | None
+) -> nn.ModuleDict:
+    """Each task's head (`task_head`), from `heads[task]` where given, else from `head`."""
+    heads = heads or {}
+    return nn.ModuleDict({t.name: task_head(t, heads.get(t.name) or head) for t in tasks})
+
+
 class MultiTaskModel(nn.Module):
     """`encoder` (None: no shared layers) feeds every task's head.
 
@@ -58,9 +66,8 @@ class MultiTaskModel(nn.Module):
         heads: Mapping[str, HeadFactory] | None = None,
     ) -> None:
         super().__init__()
-        heads = heads or {}
         self.encoder = encoder if encoder is not None else nn.Identity()
-        self.heads = nn.ModuleDict({t.name: task_head(t, heads.get(t.name, head)) for t in tasks})
+        self.heads = task_heads(tasks, head, heads)
 
     def forward(self, x: Tensor) -> tuple[Outputs, Tensor]:
         z = self.encoder(x)

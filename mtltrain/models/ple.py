@@ -10,10 +10,10 @@ from torch import Tensor, nn
 
 from mtltrain.constraints import Width
 from mtltrain.errors import ConfigError, first_line
-from mtltrain.models.base import Outputs, Staged
+from mtltrain.models.base import Outputs, Staged, independent_copies
 from mtltrain.models.cgc import ExtractionLevel, expert_groups
-from mtltrain.models.experts import independent_copies, input_shape_of, task_heads
-from mtltrain.models.multitask import HeadFactory
+from mtltrain.models.experts import input_shape_of
+from mtltrain.models.multitask import HeadFactory, task_heads
 from mtltrain.tasks import TaskSpec
 
 

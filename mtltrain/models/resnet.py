@@ -61,7 +61,11 @@ class ResNetEncoder(nn.Module):
             channels = planes
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.out_features = channels
-        for module in self.modules():  # torchvision's initialisation of its ResNets
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torchvision's initialisation of its ResNets' convolutions: Kaiming-normal (fan out)."""
+        for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 

@@ -62,6 +62,10 @@ class SegNet(nn.Sequential):
             convs += [conv_layer(after, after) for _ in range(layers_at(level) - 1)]
             decoder.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), *convs))
         super().__init__(*encoder, *decoder)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """MTAN's initialisation: convolutions Xavier-normal with zero bias (batch norm: 1, 0)."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.xavier_normal_(module.weight)
