@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -228,17 +228,19 @@ def with_transforms(data: MultiTaskData, transforms: dict[str, list[DictConfig]]
 
 
 def build_model(
-    cfg: DictConfig, tasks: Sequence[TaskSpec], input_shape: Sequence[int] | None = None
+    cfg: DictConfig,
+    tasks: Sequence[TaskSpec],
+    input_shape: Callable[[], Sequence[int]] | None = None,
 ) -> MultiTaskNet:
     """The model of a run's config: `cfg.model` as it builds it (architecture hps), or the
     architecture `cfg.architecture` wiring the model config's encoder, head and heads. An
-    architecture whose `input_shape` is null (gates that read the input) gets `input_shape`,
-    one input's shape as the data set gives it."""
+    architecture whose `input_shape` is null (gates that read the input) gets `input_shape()`,
+    one input's shape as the data set gives it (asked only then)."""
     architecture = architecture_node(cfg)
     if architecture is None:
         return build(cfg.model, tasks=tasks)
     if "input_shape" in architecture and architecture.input_shape is None and input_shape:
-        architecture = OmegaConf.merge(architecture, {"input_shape": list(input_shape)})
+        architecture = OmegaConf.merge(architecture, {"input_shape": list(input_shape())})
     heads = cfg.model.get("heads") or {}
     return build(
         architecture,
@@ -250,8 +252,10 @@ def build_model(
 
 
 def input_shape(data: MultiTaskData) -> list[int]:
-    """One training input's shape, as the model receives it."""
-    return list(data.train.head(1).inputs.shape[1:])
+    """One training input's shape, as the model receives it (the random generators left as
+    they were, so the model's initialisation does not depend on whether it was asked)."""
+    with torch.random.fork_rng(devices=[]):
+        return list(data.train.head(1).inputs.shape[1:])
 
 
 def build_objects(
@@ -261,7 +265,7 @@ def build_objects(
     data = place_data(
         build_data(cfg.dataset, trainer), device, trainer.channels_last, trainer.num_workers
     )
-    model = build_model(cfg, data.tasks, input_shape(data)).to(device)
+    model = build_model(cfg, data.tasks, lambda: input_shape(data)).to(device)
     if trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     check_fits(model, data, device)

@@ -173,7 +173,7 @@ def load_exported(folder: Path, device: str | torch.device = "cpu") -> nn.Module
     specs = json.loads((folder / TASKS).read_text())
     tasks = tuple(TaskSpec(**{**s, "losses": tuple(s["losses"])}) for s in specs)
     shape = json.loads((folder / MANIFEST).read_text())["input_shape"][1:]
-    model = build_model(config, tasks, shape)
+    model = build_model(config, tasks, lambda: shape)
     model.load_state_dict(exported_weights(folder))
     return model.to(device).eval()
 

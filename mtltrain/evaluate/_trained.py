@@ -107,7 +107,7 @@ def open_trained(folder: Path, overrides: Sequence[str] = ()) -> TrainedRun:
     device = select_device(trainer.device)
     seed_everything(config.seed)
     data = place_data(build_data(config.dataset, trainer), device, trainer.channels_last)
-    model = build_model(config, data.tasks, input_shape(data)).to(device)
+    model = build_model(config, data.tasks, lambda: input_shape(data)).to(device)
     if trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     differs = mismatch(trained["model"], model.state_dict(), "model parameter")
