@@ -65,6 +65,11 @@ TARGETS = {
 INSTALL = 'dataset=qm9 reads QM9 from the qm9pack package: pip install "mtltrain[qm9]"'
 
 
+# The parsed tensors' layout and constants (radii, bond tolerance, atom references): raise it
+# whenever the parsing changes, so that no cache of an earlier parser is read.
+PARSED_FORMAT = 1
+
+
 def bonded(xyz: Tensor, radius: Tensor, mask: Tensor) -> Tensor:
     """[..., atoms, atoms] 1 where two distinct real atoms lie within BOND_TOLERANCE × the sum
     of their covalent radii, else 0."""
@@ -146,11 +151,10 @@ def molecules(df: Any) -> tuple[Tensor, Tensor]:
 
 def load(folder: Path, root: Path) -> tuple[Tensor, Tensor]:
     """The molecules of `folder`'s CSV files, from the cache in `root`/QM9 where it has them
-    (keyed by the files' names, sizes and times), else parsed and cached."""
+    (keyed by the files' names, sizes and times and by PARSED_FORMAT), else parsed and cached."""
     files = csv_files(folder)
-    key = hashlib.sha1(
-        repr([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]).encode()
-    ).hexdigest()[:16]
+    stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    key = hashlib.sha1(repr([PARSED_FORMAT, *stamp]).encode()).hexdigest()[:16]
     cache = root / "QM9" / f"qm9pack_{key}.pt"
     if cache.is_file():
         saved = torch.load(cache, weights_only=True)
@@ -174,7 +178,13 @@ def split_rows(n: int, n_train: int | None, n_val: int, n_test: int, seed: int) 
         )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
-    return [test, val, train if n_train is None else train[:n_train]]
+    train = train if n_train is None else train[:n_train]
+    if len(train) < 2:
+        raise ConfigError(
+            f"dataset.n_train={n_train} is not allowed: the targets are standardised by the "
+            "training molecules' mean and standard deviation, which takes at least 2"
+        )
+    return [test, val, train]
 
 
 @checked("dataset")
@@ -190,8 +200,9 @@ def build(
     metrics: Mapping[str, Sequence[MetricChoice]] | None = None,
 ) -> MultiTaskData:
     """The QM9 tasks `tasks`, targets standardised by the training split's mean and std (each
-    task's metrics in the original units); `source`: a folder of qm9pack's CSV files (None:
-    the installed package's)."""
+    task's metrics in the original units; Nash-MTL's code standardises by the whole data
+    set's, test molecules included); `source`: a folder of qm9pack's CSV files (None: the
+    installed package's)."""
     check_tasks(tasks, TARGETS)
     folder = package_folder() if source is None else Path(source)
     inputs, targets = load(folder, Path(root))
