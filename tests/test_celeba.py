@@ -23,8 +23,10 @@ from mtltrain.errors import ConfigError, DataError
 from mtltrain.evaluate import open_trained
 from mtltrain.losses import bce
 from mtltrain.models import MultiTaskModel
-from mtltrain.models.base import Staged
+from mtltrain.models.base import Staged, stage_channels
+from mtltrain.models.cross_stitch import CrossStitch
 from mtltrain.models.mlp import MLP
+from mtltrain.models.mtan import MTAN
 from mtltrain.models.resnet import PointwiseStrided, ResNetEncoder
 from mtltrain.outputs._results import task_means
 from tests.conftest import run_cli
@@ -242,6 +244,18 @@ def test_a_narrow_encoder_trains_in_channels_last_on_the_cpu():
         [sys.executable, "-c", NARROW_CHANNELS_LAST_STEPS], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr[-500:]
+
+
+@pytest.mark.parametrize("architecture", [MTAN, CrossStitch])
+def test_the_resnet_composes_with_the_staged_architectures(architecture):
+    """ResNet's last stage (average pooling, no layer that sets channels) keeps the channels of
+    the stage before it, so MTAN and cross-stitch build on it and give every task an output."""
+    encoder = ResNetEncoder(width=2, blocks=(1, 1))
+    assert stage_channels(encoder.stages()) == [2, 2, 4, 4]
+    specs = task_specs(NAMES[:2], {n: ("binary", 1) for n in NAMES}, {n: ["bce"] for n in NAMES})
+    model = architecture(specs, encoder, functools.partial(MLP, in_features=4))
+    outputs, _ = model(torch.randn(3, 3, 8, 8))
+    assert {n: o.shape for n, o in outputs.items()} == {n: (3, 1) for n in NAMES[:2]}
 
 
 def test_the_celeba_model_steps_with_40_heads():

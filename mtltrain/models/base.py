@@ -14,7 +14,7 @@ features and no shared parameters; strategies that need a shared part check
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
@@ -77,14 +77,23 @@ def stages_of(encoder: nn.Module, architecture: str) -> list[nn.Module]:
     return list(encoder.stages())
 
 
-def stage_channels(stage: nn.Module) -> int:
-    """The channels (features) a stage emits: those of its last layer that sets them (a
-    convolution's out_channels, a linear layer's out_features, a norm's num_features)."""
-    for module in reversed(list(stage.modules())):
-        for name in ("out_channels", "out_features", "num_features"):
-            if isinstance(getattr(module, name, None), int):
-                return getattr(module, name)
-    raise ConfigError(
-        f"the stage {type(stage).__name__} has no layer that sets its channels (a convolution, "
-        "linear layer or norm): every stage of a Staged backbone needs one"
-    )
+def stage_channels(stages: Sequence[nn.Module]) -> list[int]:
+    """The channels (features) each stage emits: those of its last layer that sets them (a
+    convolution's out_channels, a linear layer's out_features, a norm's num_features); a stage
+    without one (a pooling, a flattening) emits those of the stage before it."""
+    channels: list[int] = []
+    for stage in stages:
+        own = (
+            getattr(module, name)
+            for module in reversed(list(stage.modules()))
+            for name in ("out_channels", "out_features", "num_features")
+            if isinstance(getattr(module, name, None), int)
+        )
+        found = next(own, channels[-1] if channels else None)
+        if found is None:
+            raise ConfigError(
+                f"the stage {type(stage).__name__} has no layer that sets its channels (a "
+                "convolution, linear layer or norm): a Staged backbone's first stage needs one"
+            )
+        channels.append(found)
+    return channels

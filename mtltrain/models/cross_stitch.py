@@ -73,7 +73,7 @@ class CrossStitch(nn.Module):
         )
         self.column_stages = [stages_of(column, "cross_stitch") for column in self.columns]
         self.units = nn.ModuleList(
-            CrossStitchUnit(stage_channels(stage), len(self.names)) for stage in stages
+            CrossStitchUnit(channels, len(self.names)) for channels in stage_channels(stages)
         )
         self.heads = nn.ModuleDict({t.name: task_head(t, heads.get(t.name, head)) for t in tasks})
 

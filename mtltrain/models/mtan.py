@@ -85,7 +85,7 @@ class MTAN(nn.Module):
         self.encoder = encoder
         # the encoder's own modules, in a plain list: not registered twice
         self.backbone_stages = stages_of(encoder, "mtan")
-        channels = [stage_channels(stage) for stage in self.backbone_stages]
+        channels = stage_channels(self.backbone_stages)
         self.attention = nn.ModuleDict(
             {
                 t.name: nn.ModuleList(
