@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import io
 import json
 
 import pytest
@@ -28,6 +29,7 @@ from mtltrain.config._compose import config_dir
 from mtltrain.data.base import MultiTaskData, Split
 from mtltrain.errors import ConfigError
 from mtltrain.evaluate import load_exported
+from mtltrain.evaluate._export import program_bytes
 from mtltrain.loop._callbacks import Callback
 from mtltrain.loop._trainer import train_alone
 from mtltrain.models.base import stage_channels
@@ -369,6 +371,20 @@ def test_an_export_rebuilds_the_architecture_from_its_config(base_config, tmp_pa
     want, got = model(x)[0], loaded(x)[0]
     for task in want:
         torch.testing.assert_close(got[task], want[task])
+
+
+@pytest.mark.parametrize("architecture", ["mmoe", "dselect_k"])  # gates per sample (~1.5 s each)
+def test_gated_architectures_export_a_program_for_any_batch_size(base_config, architecture):
+    """mtltrain-export's torch.export program (batch dimension dynamic) takes the gated
+    architectures and gives the model's outputs for a batch size other than the traced one."""
+    model = build_job(config(base_config, "equal", architecture)).model.eval()
+    program = torch.export.load(io.BytesIO(program_bytes(model, torch.randn(2, 1, 8, 8))))
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        want = evaluate.flat_outputs(model(x)[0])
+    got = program.module()(x)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name])
 
 
 @pytest.mark.slow

@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,11 @@ from mtltrain.errors import ConfigError, DataError
 from mtltrain.evaluate import open_trained
 from mtltrain.losses import bce
 from mtltrain.models import MultiTaskModel
-from mtltrain.models.base import Staged
+from mtltrain.models.base import Staged, stage_channels
+from mtltrain.models.cross_stitch import CrossStitch
 from mtltrain.models.mlp import MLP
-from mtltrain.models.resnet import ResNetEncoder
+from mtltrain.models.mtan import MTAN
+from mtltrain.models.resnet import PointwiseStrided, ResNetEncoder
 from mtltrain.outputs._results import task_means
 from tests.conftest import run_cli
 
@@ -214,6 +218,44 @@ def test_the_encoder_is_resnet18_and_its_stages_are_its_forward():
     assert y.shape == (2, 4) and torch.equal(y, small(x))
     maps = small.stages()[0](x)
     assert maps.shape == (2, 2, 16, 16)  # the small stem keeps the resolution
+
+
+NARROW_CHANNELS_LAST_STEPS = """
+import torch
+from mtltrain.models.resnet import ResNetEncoder
+torch.set_num_threads(1)  # as a run on a busy CPU: torch's kernel aborted on one thread
+model = ResNetEncoder(width=4, blocks=(1, 1)).to(memory_format=torch.channels_last)
+x = torch.rand(4, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+for _ in range(3):
+    model(x).sum().backward()
+"""
+
+
+def test_a_narrow_encoder_trains_in_channels_last_on_the_cpu():
+    """The shortcut's strided 1×1 convolution gives torch's (the same values and gradients),
+    and a width-4 encoder steps in channels_last (a run's default) on one thread, where torch's
+    own kernel aborted the process: in a subprocess, so that a crash fails this test only."""
+    ours = PointwiseStrided(4, 8, 1, stride=2, bias=False)
+    torch_s = torch.nn.Conv2d(4, 8, 1, stride=2, bias=False)
+    torch_s.weight.data.copy_(ours.weight.data)
+    x = torch.randn(2, 4, 7, 9)
+    torch.testing.assert_close(ours(x), torch_s(x))
+    proc = subprocess.run(
+        [sys.executable, "-c", NARROW_CHANNELS_LAST_STEPS], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-500:]
+
+
+@pytest.mark.parametrize("architecture", [MTAN, CrossStitch])
+def test_the_resnet_composes_with_the_staged_architectures(architecture):
+    """ResNet's last stage (average pooling, no layer that sets channels) keeps the channels of
+    the stage before it, so MTAN and cross-stitch build on it and give every task an output."""
+    encoder = ResNetEncoder(width=2, blocks=(1, 1))
+    assert stage_channels(encoder.stages()) == [2, 2, 4, 4]
+    specs = task_specs(NAMES[:2], {n: ("binary", 1) for n in NAMES}, {n: ["bce"] for n in NAMES})
+    model = architecture(specs, encoder, functools.partial(MLP, in_features=4))
+    outputs, _ = model(torch.randn(3, 3, 8, 8))
+    assert {n: o.shape for n, o in outputs.items()} == {n: (3, 1) for n in NAMES[:2]}
 
 
 def test_the_celeba_model_steps_with_40_heads():

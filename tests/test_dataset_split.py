@@ -18,12 +18,13 @@ from omegaconf import OmegaConf, open_dict
 from mtltrain import evaluate
 from mtltrain.build import build_data, build_job
 from mtltrain.config._schema import settings
-from mtltrain.data.base import DatasetSplit, held_out
+from mtltrain.data.base import DatasetSplit, MultiTaskData, Split, held_out, hold_out
 from mtltrain.errors import ConfigError, Interrupted
 from mtltrain.loop._trainer import train_alone
 from mtltrain.outputs import _checkpoint_file as checkpoint
 from mtltrain.outputs import _run_folder as rundir
 from mtltrain.stacking import unstackable
+from mtltrain.tasks import TaskSpec
 
 MODULE = '''
 import csv
@@ -419,3 +420,17 @@ def test_jobs_on_a_dataset_do_not_stack(project):
     _, tmp = project
     jobs = [build_job(rows_config(tmp)) for _ in range(2)]
     assert "torch Datasets" in unstackable(jobs)
+
+
+def test_a_data_sets_own_validation_split_is_not_replaced():
+    """trainer.validation on a data set that has a validation split (qm9's n_val) is refused
+    in one line, not silently swapped for one drawn from training; 0 keeps the data set's."""
+    tasks = (TaskSpec("y", "regression", 1, ("mse",)),)
+
+    def split(n: int) -> Split:
+        return Split(torch.randn(n, 2), {"y": torch.randn(n, 1)})
+
+    data = MultiTaskData(tasks, split(10), split(4), split(3))
+    with pytest.raises(ConfigError, match=r"trainer\.validation=2 is not allowed: the data set"):
+        hold_out(data, 2, 0)
+    assert hold_out(data, 0, 0).validation is data.validation

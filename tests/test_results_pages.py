@@ -2,6 +2,7 @@
 pages it links) stay valid: every `mtltrain` line and every `scripts/compare_strategies.py`
 line composes with the settings it names, and every option of a swept config group exists."""
 
+import importlib.util
 import itertools
 import re
 import shlex
@@ -126,3 +127,24 @@ def test_the_strategies_the_authors_clip_are_clipped(page):
             assert not strategies & CLIPPED[page], f"{page} does not clip: {words}"
         seen |= strategies
     assert CLIPPED[page] <= seen, f"{page}: no command runs {CLIPPED[page] - seen}"
+
+
+def test_the_compare_strategies_lines_name_strategies_the_script_takes(monkeypatch):
+    """The script's own check of --strategies (known names, `fixed` among them) passes on
+    every compare_strategies.py line of the pages: a failing one exits before any run."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))  # its sibling modules, as when run
+    spec = importlib.util.spec_from_file_location(
+        "compare_strategies", REPO / "scripts" / "compare_strategies.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    lines = [
+        w
+        for page in PAGES
+        for w in command_lines(page)
+        if w[1:2] == ["scripts/compare_strategies.py"]
+    ]
+    assert lines
+    for words in lines:
+        flags = dict(zip(words[2::2], words[3::2], strict=False))
+        assert "fixed" in script.strategies(flags.get("--strategies"))

@@ -135,6 +135,8 @@ def test_the_clipped_update_is_the_step_on_gradients_clipped_by_hand(over):
          "trainer.lr_scheduler._target_=torch.optim.Adam is not allowed"),
         ("trainer.lr_scheduler=5", "trainer.lr_scheduler=5 is not allowed"),
         ("trainer.lr_scheduler={_target_:torch.optim.lr_scheduler.StepLR,size:3}", "size"),
+        ("trainer.lr_scheduler={_target_:torch.optim.lr_scheduler.StepLR,step_size:0}",
+         "refuses its settings {'step_size': 0}: ZeroDivisionError"),  # fails when stepped
         ("trainer.grad_clip=-1", "trainer.grad_clip=-1.0 is not allowed"),
         ("trainer.grad_clip_over=heads", "trainer.grad_clip_over='heads' is not allowed"),
     ],

@@ -12,6 +12,7 @@ import importlib.resources
 import importlib.util
 import inspect
 import re
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -358,12 +359,27 @@ def check_lr_scheduler(node: Any) -> None:
         )
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     try:
-        factory(optimizer)
-    except (ValueError, TypeError, IndexError, RuntimeError, KeyError) as e:
+        dry_steps(factory(optimizer))
+    except (ValueError, TypeError, IndexError, RuntimeError, KeyError, ArithmeticError) as e:
         raise ConfigError(
             f"trainer.lr_scheduler ({node._target_}) refuses its settings {factory.keywords}: "
             f"{type(e).__name__}: {first_line(e)}"
         ) from None
+
+
+def dry_steps(scheduler: Any, steps: int = 2) -> None:
+    """A few steps of a scheduler built on a throwaway optimizer, so that settings it takes
+    when built but fails on when stepped (StepLR's step_size=0) are refused before the run."""
+    import torch
+
+    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "step() before optimizer.step()": nothing to train
+        for _ in range(steps):
+            if plateau:
+                scheduler.step(1.0)
+            else:
+                scheduler.step()
 
 
 def config_error(e: BaseException, overrides: Sequence[str] = ()) -> MtlError:

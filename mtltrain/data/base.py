@@ -279,7 +279,14 @@ class MultiTaskData:
 
 def hold_out(data: MultiTaskData, size: float, seed: int) -> MultiTaskData:
     """`data` with a validation split drawn from its training set: `size` is a fraction in
-    (0, 1) or a count (0: none), the samples drawn by a generator seeded with `seed`."""
+    (0, 1) or a count (0: none), the samples drawn by a generator seeded with `seed`. A data
+    set with a validation split of its own (qm9's dataset.n_val) refuses another."""
+    if size and data.validation is not None:
+        raise ConfigError(
+            f"trainer.validation={size} is not allowed: the data set has a validation split of "
+            "its own, which this would replace; leave trainer.validation=0 (or size that split "
+            "with the data set's settings)"
+        )
     kept, held = held_out(len(data.train), size, seed)
     if len(held) == 0:
         return data

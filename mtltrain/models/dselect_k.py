@@ -57,7 +57,7 @@ class DSelectKGate(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = flat(x, self.alpha.in_features)
-        z = self.z(h).view(len(h), self.k, self.codes.shape[1])
+        z = self.z(h).unflatten(-1, (self.k, self.codes.shape[1]))  # any batch size (torch.export)
         selected = selector(z, self.codes, self.gamma)  # [batch, k, experts]
         return (torch.softmax(self.alpha(h), dim=-1).unsqueeze(-1) * selected).sum(dim=1)
 
