@@ -82,12 +82,29 @@ def machine(threads: int | None) -> str:
     )
 
 
-def command_line() -> str:
-    """How this script was called, its path relative to the repository when inside it."""
-    script = Path(sys.argv[0]).resolve()
+# options that say where files lie on the machine that ran, not what was computed
+WHERE = ("--runs", "--mnist-root")
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """How this script was called (`argv`: sys.argv), its path relative to the repository when
+    inside it, without the options that name this machine's folders (WHERE, and overrides of
+    dataset.root), which a published command must not show."""
+    argv = sys.argv if argv is None else argv
+    script = Path(argv[0]).resolve()
     with contextlib.suppress(ValueError):
         script = script.relative_to(REPO)
-    return shlex.join(["python", str(script), *sys.argv[1:]])
+    words, kept, i = list(argv[1:]), [], 0
+    while i < len(words):
+        word, value = words[i], words[i + 1] if i + 1 < len(words) else ""
+        if word in WHERE or (word == "--override" and value.startswith("dataset.root=")):
+            i += 2
+        elif word.split("=", 1)[0] in WHERE or word.startswith("--override=dataset.root="):
+            i += 1
+        else:
+            kept.append(word)
+            i += 1
+    return shlex.join(["python", str(script), *kept])
 
 
 def run_sweep(

@@ -89,3 +89,18 @@ def test_a_comparison_resumed_runs_its_failed_jobs_again_and_keeps_the_rest(tmp_
     assert json.loads(aside.read_text())["error"] == "stand-in for a crash"
     text = (runs / "multi_mnist_strategies.md").read_text()
     assert "Runs that did not finish" not in text and "jobs that failed were run again" in text
+
+
+def test_the_published_command_names_no_folder_of_the_machine_that_ran(monkeypatch):
+    """The Reproduce line of a comparison leaves out --runs, --mnist-root and dataset.root
+    (where files lay on the machine that ran) and keeps every other option in its order."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import repro_common
+
+    argv = [str(SCRIPT), "--dataset", "qm9", "--runs", "/x/runs", "--quick",
+            "--override", "dataset.root=/x/data", "--override", "hydra/launcher=joblib",
+            "--mnist-root=/x/mnist", "--override=dataset.root=/x/y", "--threads", "1"]  # fmt: skip
+    assert repro_common.command_line(argv) == (
+        "python scripts/compare_strategies.py --dataset qm9 --quick "
+        "--override hydra/launcher=joblib --threads 1"
+    )
