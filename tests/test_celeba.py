@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import run_cli
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
@@ -29,7 +30,6 @@ from mtltrain.models.mlp import MLP
 from mtltrain.models.mtan import MTAN
 from mtltrain.models.resnet import PointwiseStrided, ResNetEncoder
 from mtltrain.outputs._results import task_means
-from tests.conftest import run_cli
 
 # CelebA's 40 attributes, as list_attr_celeba.txt's header names them
 NAMES = [
