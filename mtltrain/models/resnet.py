@@ -61,7 +61,6 @@ class ResNetEncoder(nn.Module):
             self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
             channels = planes
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.out_features = channels
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
