@@ -14,16 +14,19 @@ from mtltrain.weighting.fairgrad import FairGrad
 from mtltrain.weighting.famo import FAMO
 from mtltrain.weighting.fixed import FixedWeighting
 from mtltrain.weighting.geometric import GeometricMean
+from mtltrain.weighting.go4align import GO4Align
 from mtltrain.weighting.graddrop import GradDrop
 from mtltrain.weighting.gradnorm import GradNorm
 from mtltrain.weighting.gradvac import GradVac
 from mtltrain.weighting.imtl import IMTL
+from mtltrain.weighting.ldc_mtl import LDCMTL
 from mtltrain.weighting.mgda import MGDA
 from mtltrain.weighting.nash_mtl import NashMTL
 from mtltrain.weighting.pcgrad import PCGrad
 from mtltrain.weighting.revised_uncertainty import RevisedUncertaintyWeighting
 from mtltrain.weighting.rlw import RandomLossWeighting
 from mtltrain.weighting.scale_invariant import ScaleInvariant
+from mtltrain.weighting.stch import SmoothTchebycheff
 from mtltrain.weighting.uncertainty import UncertaintyWeighting
 from mtltrain.weighting.upgrad import UPGrad
 from mtltrain.weighting.uw_so import SoftOptimalUncertainty
@@ -32,6 +35,7 @@ __all__ = [
     "DBMTL",
     "FAMO",
     "IMTL",
+    "LDCMTL",
     "MGDA",
     "AlignedMTL",
     "CAGrad",
@@ -41,6 +45,7 @@ __all__ = [
     "DynamicWeightAverage",
     "FairGrad",
     "FixedWeighting",
+    "GO4Align",
     "GeometricMean",
     "GradDrop",
     "GradNorm",
@@ -50,6 +55,7 @@ __all__ = [
     "RandomLossWeighting",
     "RevisedUncertaintyWeighting",
     "ScaleInvariant",
+    "SmoothTchebycheff",
     "SoftOptimalUncertainty",
     "UPGrad",
     "UncertaintyWeighting",
