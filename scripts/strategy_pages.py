@@ -99,7 +99,7 @@ def docstring_parts(cls: type) -> tuple[str, str, dict[str, str]]:
     notes = []
     for line in rest.strip().splitlines():
         field, sep, value = line.partition(": ")
-        if sep and field in FIELDS:
+        if sep and field.split(" (")[0] in FIELDS:  # `Logs (variant=loss):` for one variant
             fields[field] = value.rstrip(".")
         else:
             notes.append(line)
@@ -114,10 +114,16 @@ def strategy(name: str) -> Strategy:
     module, _, attr = target.rpartition(".")
     cls = getattr(importlib.import_module(module), attr)
     rule, notes, fields = docstring_parts(cls)
-    if settings.get("representation", Setting("", "false", "")).default == "true":
+    written = {name: x.default for name, x in settings.items()}
+    for field in [f for f in fields if " (" in f]:  # `Field (setting=value)`: where it holds
+        setting, _, value = field.partition(" (")[2].rstrip(")").partition("=")
+        if written.get(setting) == value:
+            fields[field.partition(" (")[0]] = fields[field]
+    if written.get("representation") == "true":
         kind = "representation"
-    else:
-        kind = "loss" if cls.level is None else "gradient"
+    else:  # IMTL with `variant: loss` (imtl_l) combines no gradients
+        loss_based = cls.level is None or written.get("variant") == "loss"
+        kind = "loss" if loss_based else "gradient"
     logs = tuple(re.findall(r"`(\w+)`", fields["Logs"]))
     return Strategy(
         name, header(CONFIGS / f"{name}.yaml"), rule, notes, fields.get("Paper"),

@@ -38,7 +38,9 @@ class IMTL(GradientWeighting):
 
     Paper: Liu et al., ICLR 2021.
     Scale: Σ α = 1.
+    Scale (variant=loss): weight e^s_k.
     Logs: `direction_norm`, `scale`, `solver_unconverged`.
+    Logs (variant=loss): `scale`.
     """
 
     solves = True
