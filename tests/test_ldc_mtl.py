@@ -18,8 +18,12 @@ NLL = LossTerm("y", "y", "gaussian_nll", "regression", True, gaussian_nll)
 
 
 def observed(strategy: LDCMTL, losses: list[float]) -> LDCMTL:
-    strategy.logits.grad = None  # as the loop clears it before each step
-    strategy.observe(Step(1, 0, Split(torch.zeros(1), {}), {}, torch.tensor(losses)))
+    """A step as the loop takes it: the router's gradient cleared, `observe` before the
+    backward pass, `after_step` after the update."""
+    strategy.logits.grad = None
+    step = Step(1, 0, Split(torch.zeros(1), {}), {}, torch.tensor(losses))
+    strategy.observe(step)
+    strategy.after_step(step, lambda s: s.losses)
     return strategy
 
 

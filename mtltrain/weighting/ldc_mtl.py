@@ -11,7 +11,7 @@ total = g + λ·f: the model and the router both descend it, one step each per b
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
 import torch
@@ -31,8 +31,8 @@ class LDCMTL(Weighting):
     optimizer (`lr`) on the gradient of the same total at the step's losses, given in `observe`;
     the model's gradient is Σ_k w_k·∇L_k with w_k = (σ_k/τ_k)·(1 + λ·(s_k − s_{k−1})), s_k the
     sign of u_k − u_{k+1} (0 beyond the ends). λ is `discrepancy`. τ_k = (L_k + ε)/(min_j L_j +
-    ε) of the first step whose losses are finite (ε = 1e-8; τ = 1 with `normalise=false`),
-    kept in the state and used from the next step on: the official code divides that first
+    ε) of the first step that updated the model (ε = 1e-8; τ = 1 with `normalise=false`), kept
+    in the state and used from the next step on: the official code divides that first
     step's losses already, which at σ uniform makes every u_k equal, a point where the
     discrepancy has no derivative (that one step is trained on the raw losses here). The
     router descends g too, as in the official code: with a small λ it drifts toward the task
@@ -97,7 +97,11 @@ class LDCMTL(Weighting):
         u = router.detach() * losses / self.divisor()
         self.weight.copy_(weight)
         self.gap.copy_((u[:-1] - u[1:]).abs().sum())
-        if not bool(self.tau.gt(0).all()):  # measured now, used from the next step on
+
+    def after_step(self, step: Step, recompute: Callable[[Step], Tensor]) -> None:
+        """τ from the first updated step's losses, used from the next step on."""
+        losses = step.losses.detach().to(self.tau)
+        if not bool(self.tau.gt(0).all()) and bool(torch.isfinite(losses).all()):
             self.tau.copy_((losses + EPS) / (losses.min() + EPS))
 
     def contributions(self, losses: Tensor) -> Tensor:
