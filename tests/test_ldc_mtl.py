@@ -73,7 +73,7 @@ def test_weights_are_the_derivatives_of_the_total():
     torch.testing.assert_close(strategy.weights().double(), central, rtol=1e-6, atol=0)
 
 
-def train_router(discrepancy: float, steps: int = 300) -> LDCMTL:
+def train_router(discrepancy: float, steps: int = 150) -> LDCMTL:
     """The router alone: τ from losses [2, 1, 4], then `steps` Adam steps on [1, 1, 8] (whose
     normalised losses L/τ are [1/2, 1, 2])."""
     strategy = observed(LDCMTL(TERMS, discrepancy=discrepancy, lr=0.05), [2.0, 1.0, 4.0])
@@ -88,8 +88,8 @@ def test_the_discrepancy_term_drives_the_weighted_losses_together():
     λ = 0 it moves toward the task of least normalised loss (the lower level's own minimum)."""
     balanced = train_router(10.0)
     sigma = balanced.report()["router"]
-    torch.testing.assert_close(sigma, torch.tensor([4.0, 2.0, 1.0]) / 7, atol=0.03, rtol=0)
-    assert balanced.report()["discrepancy"].item() < 0.05  # from 0.5 at σ = 1/3
+    torch.testing.assert_close(sigma, torch.tensor([4.0, 2.0, 1.0]) / 7, atol=0.01, rtol=0)
+    assert balanced.report()["discrepancy"].item() < 0.02  # from 0.5 at σ = 1/3
     assert train_router(0.0).report()["router"].argmax().item() == 0
 
 
