@@ -38,8 +38,9 @@ class SmoothTchebycheff(Weighting):
 
     `form=normalised` (the paper's multi-task form): Σ_k log(L_k + ε) for `warmup_epochs`
     epochs; the mean losses of the last of them are the nadir point n_k (kept in the state,
-    logged as `nadir`, 0 until set; an epoch whose mean losses are not all finite and positive
-    leaves it unset, the warm-up then goes on); then K·μ·log Σ_k exp(λ_k·log(L_k/n_k + ε)/μ),
+    logged as `nadir`, 0 until set and under `form=plain`; an epoch whose mean losses are not
+    all finite and positive leaves it unset, the warm-up then goes on); then
+    K·μ·log Σ_k exp(λ_k·log(L_k/n_k + ε)/μ),
     the official code's total (which subtracts a detached max inside the log-sum-exp: its value
     differs from this one by a constant, its gradient does not). `form=plain`: μ·log Σ_k
     exp(λ_k·(L_k − z_k)/μ), z = `ideal`. Smaller μ (`mu`) is closer to the max: μ → 0 trains
@@ -110,6 +111,8 @@ class SmoothTchebycheff(Weighting):
 
     def observe(self, step: Step) -> None:
         losses = step.losses.detach()
+        if not bool(torch.isfinite(losses).all()):  # a step to be skipped: weights kept
+            return
         with torch.enable_grad():
             at = losses.clone().requires_grad_()
             (weight,) = torch.autograd.grad(self.total_parts(at).sum(), at)
