@@ -28,7 +28,7 @@ def observed(strategy: LDCMTL, losses: list[float]) -> LDCMTL:
 
 
 def test_tau_is_measured_on_the_first_step_and_used_from_the_second():
-    strategy = observed(LDCMTL(TERMS, discrepancy=0.05), [2.0, 1.0, 4.0])
+    strategy = observed(LDCMTL(TERMS, penalty=0.05), [2.0, 1.0, 4.0])
     # the first step on the raw losses: u = σ·L = [2, 1, 4]/3, f = 1/3 + 1;
     # ∂f/∂u = [1, −1 − 1, 1]; w = σ·(1 + λ·∂f/∂u)
     torch.testing.assert_close(strategy.weights(), torch.tensor([1.05, 0.9, 1.05]) / 3)
@@ -41,7 +41,7 @@ def test_tau_is_measured_on_the_first_step_and_used_from_the_second():
 
 
 def test_weights_router_gradient_and_total_by_hand():
-    strategy = observed(LDCMTL(TERMS, discrepancy=0.05), [2.0, 1.0, 4.0])
+    strategy = observed(LDCMTL(TERMS, penalty=0.05), [2.0, 1.0, 4.0])
     losses = [1.0, 1.0, 8.0]
     observed(strategy, losses)
     # u = (1/3)·[1/2, 1, 2]; u_1 − u_2 = −1/6, u_2 − u_3 = −1/3: f = 1/2, g = 7/6
@@ -57,12 +57,12 @@ def test_weights_router_gradient_and_total_by_hand():
 
 
 def test_weights_are_the_derivatives_of_the_total():
-    strategy = observed(LDCMTL(TERMS, discrepancy=0.3), [2.0, 1.0, 4.0])
+    strategy = observed(LDCMTL(TERMS, penalty=0.3), [2.0, 1.0, 4.0])
     with torch.no_grad():
         strategy.logits.copy_(torch.tensor([0.2, -0.5, 0.1]))
     losses = [1.3, 0.4, 2.9]
     observed(strategy, losses)
-    copy = LDCMTL(TERMS, discrepancy=0.3).double()
+    copy = LDCMTL(TERMS, penalty=0.3).double()
     copy.load_state_dict(strategy.state_dict())
     at, h = torch.tensor(losses, dtype=torch.float64), 1e-6
     total = lambda v: float(copy.contributions(v).sum())  # noqa: E731
@@ -73,10 +73,10 @@ def test_weights_are_the_derivatives_of_the_total():
     torch.testing.assert_close(strategy.weights().double(), central, rtol=1e-6, atol=0)
 
 
-def train_router(discrepancy: float, steps: int = 150) -> LDCMTL:
+def train_router(penalty: float, steps: int = 150) -> LDCMTL:
     """The router alone: τ from losses [2, 1, 4], then `steps` Adam steps on [1, 1, 8] (whose
     normalised losses L/τ are [1/2, 1, 2])."""
-    strategy = observed(LDCMTL(TERMS, discrepancy=discrepancy, lr=0.05), [2.0, 1.0, 4.0])
+    strategy = observed(LDCMTL(TERMS, penalty=penalty, lr=0.05), [2.0, 1.0, 4.0])
     for _ in range(steps):
         observed(strategy, [1.0, 1.0, 8.0])
         strategy.optimizer.step()
@@ -109,5 +109,5 @@ def test_without_normalising_tau_is_one_and_nlls_are_allowed():
     LDCMTL((NLL,), normalise=False)
     with pytest.raises(ConfigError, match=r"term y \(gaussian_nll\) can be negative"):
         LDCMTL((NLL,))
-    with pytest.raises(ConfigError, match=r"weighting.discrepancy=-1 is not allowed"):
-        LDCMTL(TERMS, discrepancy=-1)
+    with pytest.raises(ConfigError, match=r"weighting.penalty=-1 is not allowed"):
+        LDCMTL(TERMS, penalty=-1)

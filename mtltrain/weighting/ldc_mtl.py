@@ -30,7 +30,7 @@ class LDCMTL(Weighting):
     The router is a vector of K logits W (σ uniform at the start), stepped by its own Adam
     optimizer (`lr`) on the gradient of the same total at the step's losses, given in `observe`;
     the model's gradient is Σ_k w_k·∇L_k with w_k = (σ_k/τ_k)·(1 + λ·(s_k − s_{k−1})), s_k the
-    sign of u_k − u_{k+1} (0 beyond the ends). λ is `discrepancy`. τ_k = (L_k + ε)/(min_j L_j +
+    sign of u_k − u_{k+1} (0 beyond the ends). λ is `penalty`. τ_k = (L_k + ε)/(min_j L_j +
     ε) of the first step that updated the model (ε = 1e-8; τ = 1 with `normalise=false`), kept
     in the state and used from the next step on: the official code divides that first
     step's losses already, which at σ uniform makes every u_k equal, a point where the
@@ -50,22 +50,22 @@ class LDCMTL(Weighting):
     """
 
     RANGES: ClassVar[Mapping[str, Range]] = {
-        "discrepancy": (lambda v: v >= 0, "it must be >= 0"),
+        "penalty": (lambda v: v >= 0, "it must be >= 0"),
         "lr": (lambda v: v > 0, "it must be > 0"),
     }
 
     def __init__(
         self,
         terms: Sequence[LossTerm],
-        discrepancy: float = 0.05,
+        penalty: float = 0.05,
         lr: float = 1e-3,
         normalise: bool = True,
     ) -> None:
         super().__init__(terms)
-        self.check_settings({"discrepancy": discrepancy, "lr": lr})
+        self.check_settings({"penalty": penalty, "lr": lr})
         if normalise:
             self.require_nonnegative_losses("divides each loss by its first value (normalise)")
-        self.discrepancy, self.normalise = float(discrepancy), bool(normalise)
+        self.penalty, self.normalise = float(penalty), bool(normalise)
         k = len(terms)
         self.logits = nn.Parameter(torch.zeros(k))
         self.register_buffer("tau", torch.zeros(k) if normalise else torch.ones(k))  # 0: unset
@@ -79,7 +79,7 @@ class LDCMTL(Weighting):
         gaps = (u[..., :-1] - u[..., 1:]).abs()
         zero = gaps[..., :1] * 0
         halves = torch.cat([gaps, zero], -1) + torch.cat([zero, gaps], -1)
-        return u + 0.5 * self.discrepancy * halves
+        return u + 0.5 * self.penalty * halves
 
     def divisor(self) -> Tensor:
         """τ once measured, 1 before."""
