@@ -19,6 +19,7 @@ from mtltrain.weighting.gradnorm import GradNorm
 from mtltrain.weighting.gradvac import GradVac
 from mtltrain.weighting.imtl import IMTL
 from mtltrain.weighting.mgda import MGDA
+from mtltrain.weighting.moco import MoCo
 from mtltrain.weighting.nash_mtl import NashMTL
 from mtltrain.weighting.pcgrad import PCGrad
 from mtltrain.weighting.revised_uncertainty import RevisedUncertaintyWeighting
@@ -45,6 +46,7 @@ __all__ = [
     "GradDrop",
     "GradNorm",
     "GradVac",
+    "MoCo",
     "NashMTL",
     "PCGrad",
     "RandomLossWeighting",
