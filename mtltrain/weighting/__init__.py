@@ -10,6 +10,7 @@ from mtltrain.weighting.db_mtl import DBMTL
 from mtltrain.weighting.dtp import DynamicTaskPrioritization
 from mtltrain.weighting.dualproj import DualProj
 from mtltrain.weighting.dwa import DynamicWeightAverage
+from mtltrain.weighting.excess_mtl import ExcessMTL
 from mtltrain.weighting.fairgrad import FairGrad
 from mtltrain.weighting.famo import FAMO
 from mtltrain.weighting.fixed import FixedWeighting
@@ -40,6 +41,7 @@ __all__ = [
     "DualProj",
     "DynamicTaskPrioritization",
     "DynamicWeightAverage",
+    "ExcessMTL",
     "FairGrad",
     "FixedWeighting",
     "GeometricMean",
