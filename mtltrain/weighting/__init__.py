@@ -6,6 +6,7 @@ from mtltrain.weighting.aligned_mtl import AlignedMTL
 from mtltrain.weighting.base import Weighting
 from mtltrain.weighting.cagrad import CAGrad
 from mtltrain.weighting.conflict_free import ConFIG
+from mtltrain.weighting.cr_mogm import CRMOGM
 from mtltrain.weighting.db_mtl import DBMTL
 from mtltrain.weighting.dtp import DynamicTaskPrioritization
 from mtltrain.weighting.dualproj import DualProj
@@ -31,6 +32,7 @@ from mtltrain.weighting.upgrad import UPGrad
 from mtltrain.weighting.uw_so import SoftOptimalUncertainty
 
 __all__ = [
+    "CRMOGM",
     "DBMTL",
     "FAMO",
     "IMTL",
