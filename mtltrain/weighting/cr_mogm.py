@@ -29,8 +29,7 @@ from mtltrain.weighting.base import GradientWeighting, Range, Weighting
 
 
 class CRMOGM(GradientWeighting):
-    """d = Σ_k λ̄_k·g_k, λ̄_t = α·λ̄_{t−1} + (1 − α)·λ_t the moving average of another strategy's
-    weights.
+    """d = Σ_k λ̄_k·g_k, λ̄_t = α·λ̄_{t−1} + (1 − α)·λ_t, λ_t another strategy's weights.
 
     `weighting=cr_mogm weighting.inner=<name>` chooses the strategy whose weights are averaged
     (`+weighting.inner_settings.<setting>=<value>` changes its settings); a strategy whose
