@@ -7,10 +7,11 @@ are averaged over the steps, λ̄_t = α·λ̄_{t−1} + (1 − α)·λ_t, and d
 step's gradients. The paper shows that the averaged weights make a stochastic gradient
 manipulation converge, where the weights computed from one batch's noisy gradients do not.
 λ̄_1 = λ_1 (as torchjd's CRMOGMWeighting), so the first step is the inner strategy's. α is
-fixed (the paper's analysis lets α_t grow towards 1 as the learning rate decays); α = 0 is the
-inner strategy itself, step for step. The inner strategy is built from its own config
-(conf/weighting/<inner>.yaml, its settings updated by `inner_settings`), takes the same hooks
-(its loss transform, its optimizers, its state), and its state is saved inside this one's.
+fixed, 0.9 by default as torchjd's (which notes that the paper's Corollary 1 lets α_t grow
+towards 1 as the learning rate decays); α = 0 is the inner strategy itself, step for step.
+The inner strategy is built from its own config (conf/weighting/<inner>.yaml, its settings
+updated by `inner_settings`), takes the same hooks (its loss transform, its optimizers, its
+state), and its state is saved inside this one's.
 """
 
 from __future__ import annotations
