@@ -19,7 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from mtltrain.config._compose import architecture_node, build, build_partial, split_transforms
+from mtltrain.config._compose import (
+    architecture_node,
+    build,
+    build_partial,
+    split_transforms,
+    weighting_node,
+)
 from mtltrain.config._overrides import parse_overrides
 from mtltrain.config._schema import TrainerConfig, settings
 from mtltrain.data.base import AnySplit, DatasetSplit, MultiTaskData, hold_out
@@ -269,7 +275,8 @@ def build_objects(
     if trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     check_fits(model, data, device)
-    strategy = build(cfg.weighting, terms=loss_terms(data.tasks, settings(cfg.loss))).to(device)
+    terms = loss_terms(data.tasks, settings(cfg.loss))
+    strategy = build(weighting_node(cfg), terms=terms).to(device)
     strategy.setup(model)
     factory = build_partial(cfg.trainer.optimizer)
     optimizer = optimizer_factory(factory, trainer.fused_optimizer)(

@@ -28,6 +28,7 @@ from omegaconf import OmegaConf, open_dict
 from torch import Tensor
 
 from mtltrain.config import build, compose_checked, config_groups
+from mtltrain.config._compose import weighting_node
 from mtltrain.config._schema import settings as typed
 from mtltrain.data.base import Split
 from mtltrain.errors import ConfigError
@@ -62,7 +63,7 @@ def create_strategy(
     node = cfg.weighting
     with open_dict(node):
         node.merge_with(OmegaConf.create(settings))
-    return build(node, terms=terms_of(tasks, cfg.loss))
+    return build(weighting_node(cfg), terms=terms_of(tasks, cfg.loss))
 
 
 def terms_of(tasks: Sequence[str] | Mapping[str, str], loss_settings: Any) -> tuple[LossTerm, ...]:

@@ -27,7 +27,7 @@ from hydra.errors import (
     MissingConfigException,
     OverrideParseException,
 )
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -108,7 +108,8 @@ def check(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     check_seed(cfg.seed)
     check_tags(cfg.get("tags", []))
     dataset, transforms = split_transforms(cfg.dataset)
-    built = (dataset, cfg.model, cfg.weighting, *(n for v in transforms.values() for n in v))
+    weighting = weighting_node(cfg)
+    built = (dataset, cfg.model, weighting, *(n for v in transforms.values() for n in v))
     for node in (*built, *([architecture] if architecture is not None else [])):
         check_node(node)
     for key in NAMED_TARGETS:
@@ -229,6 +230,48 @@ def architecture_node(cfg: DictConfig) -> DictConfig | None:
             "model.encoder; choose a model with an encoder and a head, or architecture=hps"
         )
     return node
+
+
+def weighting_node(cfg: DictConfig) -> DictConfig:
+    """The `weighting` node a strategy is built from: as composed, or for a strategy that wraps
+    another (`weighting=cr_mogm weighting.inner=<name>`: its class has `wraps(cls)`) with
+    `inner` the node of conf/weighting/<name>.yaml updated by `weighting.inner_settings`, which
+    the wrapper builds (a partial). A name that is not an option, or whose strategy the wrapper
+    cannot wrap, is a one-line ConfigError listing those it can."""
+    node = cfg.weighting
+    wrapper = build_partial(node).func if isinstance(node.get("inner"), str) else None
+    if not callable(getattr(wrapper, "wraps", None)):
+        return node
+    options = {name: group_option("weighting", name) for name in config_groups()["weighting"]}
+    fits = [n for n, o in options.items() if wrapper.wraps(get_class(o._target_))]
+    if node.inner not in options:
+        choices = ", ".join(fits)
+        raise ConfigError(f"weighting.inner={node.inner} is not an option: choose one of {choices}")
+    if node.inner not in fits:
+        raise ConfigError(
+            f"weighting.inner={node.inner} is not allowed: {wrapper.__name__} averages the "
+            "weights of a gradient-based strategy whose direction is Σ_k w_k·g_k of the step's "
+            "task gradients (not a loss-based one, a masked or averaged direction, or itself); "
+            f"choose one of {', '.join(fits)}"
+        )
+    settings = node.get("inner_settings") or {}
+    inner = OmegaConf.merge(options[node.inner], settings, {"_partial_": True})
+    resolved = copy.deepcopy(cfg)  # the inner node's interpolations (${seed}) resolve in it
+    with open_dict(resolved):
+        resolved.weighting.inner = inner
+        resolved.weighting.pop("inner_settings", None)
+    return resolved.weighting
+
+
+def group_option(group: str, name: str) -> DictConfig:
+    """An option of one of mtltrain's config groups as Hydra composes it, where its defaults
+    list names options of the same group (and `_self_`, last where it is not named)."""
+    node = OmegaConf.load(config_dir() / group / f"{name}.yaml")
+    with open_dict(node):
+        defaults = list(node.pop("defaults", []))
+    if "_self_" not in defaults:
+        defaults.append("_self_")
+    return OmegaConf.merge(*(node if d == "_self_" else group_option(group, d) for d in defaults))
 
 
 def check_named_nodes(cfg: DictConfig, key: str) -> None:

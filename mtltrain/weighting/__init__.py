@@ -6,10 +6,12 @@ from mtltrain.weighting.aligned_mtl import AlignedMTL
 from mtltrain.weighting.base import Weighting
 from mtltrain.weighting.cagrad import CAGrad
 from mtltrain.weighting.conflict_free import ConFIG
+from mtltrain.weighting.cr_mogm import CRMOGM
 from mtltrain.weighting.db_mtl import DBMTL
 from mtltrain.weighting.dtp import DynamicTaskPrioritization
 from mtltrain.weighting.dualproj import DualProj
 from mtltrain.weighting.dwa import DynamicWeightAverage
+from mtltrain.weighting.excess_mtl import ExcessMTL
 from mtltrain.weighting.fairgrad import FairGrad
 from mtltrain.weighting.famo import FAMO
 from mtltrain.weighting.fixed import FixedWeighting
@@ -21,6 +23,7 @@ from mtltrain.weighting.gradvac import GradVac
 from mtltrain.weighting.imtl import IMTL
 from mtltrain.weighting.ldc_mtl import LDCMTL
 from mtltrain.weighting.mgda import MGDA
+from mtltrain.weighting.moco import MoCo
 from mtltrain.weighting.nash_mtl import NashMTL
 from mtltrain.weighting.pcgrad import PCGrad
 from mtltrain.weighting.revised_uncertainty import RevisedUncertaintyWeighting
@@ -32,6 +35,7 @@ from mtltrain.weighting.upgrad import UPGrad
 from mtltrain.weighting.uw_so import SoftOptimalUncertainty
 
 __all__ = [
+    "CRMOGM",
     "DBMTL",
     "FAMO",
     "IMTL",
@@ -43,6 +47,7 @@ __all__ = [
     "DualProj",
     "DynamicTaskPrioritization",
     "DynamicWeightAverage",
+    "ExcessMTL",
     "FairGrad",
     "FixedWeighting",
     "GO4Align",
@@ -50,6 +55,7 @@ __all__ = [
     "GradDrop",
     "GradNorm",
     "GradVac",
+    "MoCo",
     "NashMTL",
     "PCGrad",
     "RandomLossWeighting",
