@@ -1,9 +1,13 @@
-"""scripts/compare_strategies.py end to end on a tiny stand-in MNIST: both sweeps, the table
-against an independent Δm% from the runs' results.json, the plots."""
+"""mtltrain-compare, in this process, on a tiny data set of the user's own (a folder with its
+module and its configs, --config-dir): the plan within a budget said before anything trains,
+both sweeps on the stacked launcher, the table against an independent Δm% from the runs'
+results.json, the plots; resume after an interruption; the budget's plan; refusals.
+scripts/compare_strategies.py, the pages' caller of the command."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 import subprocess
@@ -11,84 +15,222 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_fake_mnist
+from conftest import in_process, snapshot, write_fake_mnist
+
+from mtltrain import compare
+from mtltrain.compare._budget import Probe, fit, parse_budget
+from mtltrain.errors import ConfigError
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "compare_strategies.py"
+PROG = str(Path(sys.executable).with_name("mtltrain-compare"))
+
+TOY = '''
+"""Two regression tasks y_k = (k+1)·x + noise, as a user's own data set module."""
+from mtltrain.data import two_slope
 
 
-def tiny_comparison(tmp_path: Path, runs: Path, seeds: int, strategies: str) -> list[str]:
-    """The script's arguments for one epoch on a stand-in MNIST of 200 images, into `runs`."""
-    root = write_fake_mnist(tmp_path / "mnist", n_train=200, n_test=64)
-    return ["--quick", "--epochs", "1", "--seeds", str(seeds), "--strategies", strategies,
-            "--mnist-root", str(root), "--runs", str(runs), "--no-docs",
-            "--override", "trainer.progress=false"]  # fmt: skip
+def build(tasks, losses, seed=0, n_train=64, n_test=64):
+    slopes = {t: {"slope": 1.0 + i, "intercept": 0.5 * i, "noise_std": 0.5}
+              for i, t in enumerate(tasks)}
+    return two_slope.build(slopes, {t: losses[t] for t in tasks}, n_train, n_test, seed)
+'''
+TOY_DATASET = """_target_: toy.build
+tasks: [a, b]
+losses: {a: [mse], b: [mse]}
+seed: ${seed}
+"""
+TOY_MODEL = """_target_: mtltrain.models.mlp.SeparateMLPs
+in_features: 1
+hidden: [8]
+"""
 
 
-def test_the_comparison_of_strategies_against_single_task_learning(tmp_path):
-    runs = tmp_path / "runs"
-    args = tiny_comparison(tmp_path, runs, seeds=2, strategies="fixed,mgda,uncertainty")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300
-    )
+def user_folder(root: Path) -> Path:
+    """A user's folder: toy.py and conf/{dataset,model}/toy.yaml."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "toy.py").write_text(TOY)
+    for group, text in (("dataset", TOY_DATASET), ("model", TOY_MODEL)):
+        (root / "conf" / group).mkdir(parents=True, exist_ok=True)
+        (root / "conf" / group / "toy.yaml").write_text(text)
+    return root
+
+
+def run_compare(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`mtltrain-compare <args>` in `cwd`, in this process."""
+    return in_process(compare.main, [PROG, *args], cwd)
+
+
+TINY = ["--config-dir", "conf", "--dataset", "toy", "--strategies", "fixed,uncertainty",
+        "--override", "trainer.progress=false", "--override", "logger=[]"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A comparison of two strategies × 2 seeds within a budget, 2 epochs at most."""
+    folder = user_folder(tmp_path_factory.mktemp("user"))
+    done = run_compare([*TINY, "--seeds", "2", "--epochs", "2", "--budget", "1h",
+                        "--out", "runs/which"], folder)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    text = (runs / "multi_mnist_strategies.md").read_text()
-    results = [json.loads(p.read_text()) for p in runs.rglob("results.json")]
-    assert len(results) == 3 * 2 + 2 * 2 and all(r["status"] == "completed" for r in results)
+    return folder / "runs" / "which", done
 
-    def accuracy(r, task):
-        return r["metrics"][f"test/{task}/accuracy"]
 
-    def alone(task):
-        return statistics.fmean(
-            accuracy(r, task) for r in results if f"dataset.tasks=[{task}]" in r["overrides"]
-        )
-
+def table_rows(text: str) -> dict[str, list[str]]:
     rows = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) > 5 and cells[1].startswith("`"):
+        if len(cells) > 5 and cells[1].startswith(("`", "single task")):
             rows[cells[1].strip("`")] = cells
-    assert list(rows) == sorted(rows, key=lambda n: -float(rows[n][5].split()[0]))  # by Δm%
-    assert [rows[n][0] for n in rows] == ["1", "2", "3"]
-    for name, cells in rows.items():
-        mine = [r for r in results if f"weighting={name}" in r["overrides"]
-                and not any(o.startswith("dataset.tasks") for o in r["overrides"])]  # fmt: skip
-        assert len(mine) == 2
-        delta = statistics.fmean(
-            50 * sum((accuracy(r, t) - alone(t)) / alone(t) for t in ("left", "right"))
-            for r in mine
-        )
-        assert cells[5].split()[0] == f"{delta:+.2f}", (name, cells[5], delta)
-        assert re.fullmatch(r"[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]( †)?", cells[5])
-    assert rows["fixed"][7] == "96.46 / 94.99" and rows["mgda"][7] == "–"  # the paper's
-    assert "single task: left" in text and "single task: right" in text
-    for picture in ("multi_mnist_delta_m.png", "multi_mnist_pareto.png"):
-        assert (runs / picture).read_bytes()[:4] == b"\x89PNG" and f"]({picture})" in text
-    assert "Protocol: 1 epoch**" in text and "the last evaluation" in text
-    assert all("trainer.select=last" in r["overrides"] for r in results)  # the same rule for all
+    return rows
 
 
-@pytest.mark.slow  # two comparisons
-def test_a_comparison_resumed_runs_its_failed_jobs_again_and_keeps_the_rest(tmp_path):
-    runs = tmp_path / "runs"
-    args = tiny_comparison(tmp_path, runs, seeds=1, strategies="fixed,uncertainty")
+def test_the_command_writes_the_table_of_strategies_against_single_task_learning(compared):
+    out, _ = compared
+    text = (out / "toy_strategies.md").read_text()
+    results = [json.loads(p.read_text()) for p in (out / "multi_task").rglob("results.json")]
+    alone = [json.loads(p.read_text()) for p in (out / "single_task").rglob("results.json")]
+    assert len(results) == 2 * 2 and len(alone) == 2 * 2
+    assert all(r["status"] == "completed" and r["epochs"] == 2 for r in results + alone)
 
-    def compare(*more: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(SCRIPT), *args, *more], capture_output=True,
-                              text=True, timeout=300)  # fmt: skip
+    def rmse(r, task):
+        return r["metrics"][f"test/{task}/rmse"]
 
-    assert compare().returncode == 0
-    (broken,) = (runs / "multi_task").glob("*weighting-uncertainty/results.json")
-    broken.write_text(json.dumps({"status": "failed", "error": "stand-in for a crash"}))
-    kept = next((runs / "multi_task").glob("*weighting-fixed/results.json")).read_text()
-    done = compare("--resume")
+    single = {t: statistics.fmean(rmse(r, t) for r in alone if f"[{t}]" in str(r["overrides"]))
+              for t in "ab"}  # fmt: skip
+    rows = table_rows(text)
+    deltas = {}
+    for name in ("fixed", "uncertainty"):
+        mine = [r for r in results if f"weighting={name}" in r["overrides"]]
+        per_seed = [-50 * sum((rmse(r, t) - single[t]) / single[t] for t in "ab") for r in mine]
+        deltas[name] = per_seed
+        cell = rows[name][5]
+        assert cell.split()[0] == f"{statistics.fmean(per_seed):+.2f}", (name, cell)
+        half = 12.706 * statistics.stdev(per_seed) / math.sqrt(2)  # t(1 dof) · s/√n
+        low = f"{statistics.fmean(per_seed) - half:+.2f}"
+        assert cell == f"{statistics.fmean(per_seed):+.2f} [{low}, {cell.split(', ')[1]}"
+    difference = statistics.fmean(deltas["uncertainty"]) - statistics.fmean(deltas["fixed"])
+    assert rows["uncertainty"][6].split()[0] == f"{difference:+.2f}"
+    assert rows["fixed"][6] == "0 (the reference)"
+    assert [rows[n][0] for n in sorted(deltas, key=lambda n: -statistics.fmean(deltas[n]))] == [
+        "1", "2"]  # fmt: skip
+    assert re.fullmatch(r"\d+\.\d\d", rows["uncertainty"][7]) and rows["fixed"][7] == "1.00"
+    assert "single task: a" in rows and "single task: b" in rows
+    for picture in ("toy_delta_m.png", "toy_pareto.png"):
+        assert (out / picture).read_bytes()[:4] == b"\x89PNG" and f"]({picture})" in text
+    assert (out / "report.md").is_file() and (out / "report.csv").is_file()
+    assert "hydra/launcher=vectorized" in (out / "multi_task" / "multirun.yaml").read_text()
+    assert "Reproduce: `mtltrain-compare --config-dir conf --dataset toy" in text
+    assert "runs/which" not in text  # the folders of the machine that ran are not published
+
+
+def test_the_plan_within_the_budget_is_said_before_anything_trains(compared):
+    out, done = compared
+    (line,) = [ln for ln in done.stdout.splitlines() if ln.startswith("mtltrain-compare: budget")]
+    first_run = done.stdout.index("+ mtltrain --config-dir conf -m weighting=fixed,uncertainty")
+    assert done.stdout.index(line) < first_run  # after the probe, before the comparison
+    assert re.fullmatch(
+        r"mtltrain-compare: budget 1h00m: 2 of 2 strategies; 2 epochs \(of 2\) per run; about "
+        r"\S+ for 8 runs one after another \(probe: an epoch of fixed [\d.]+ s, a run's setup "
+        r"[\d.]+ s\)", line
+    )  # fmt: skip
+    probe = json.loads((out / ".probe" / "probe.json").read_text())
+    assert set(probe["ratios"]) == {"fixed", "uncertainty"} and probe["ratios"]["fixed"] == 1
+    assert json.loads((out / "compare.json").read_text())["plan"]["line"] in line
+
+
+def test_the_budget_takes_the_most_epochs_that_fit_then_leaves_out_the_slowest_strategies():
+    probe = Probe(setup_s=2.0, epoch_s=10.0, ratios={"fixed": 1.0, "mgda": 3.0, "famo": 1.5})
+    # 2 seeds, 2 single-task runs: 8 runs' setup 16 s; an epoch of all: 10·(2·5.5 + 2) s
+    plan = fit(probe, ["fixed", "mgda", "famo"], 2, 2, most=10, budget=16 + 130 * 4 + 1)
+    assert plan.epochs == 4 and plan.strategies == ["fixed", "mgda", "famo"]
+    assert "3 of 3 strategies; 4 epochs (of 10)" in plan.line
+    plan = fit(probe, ["fixed", "mgda", "famo"], 2, 2, most=10, budget=140)  # 16 + 130 > 140
+    assert plan.strategies == ["fixed", "famo"] and plan.epochs == 1  # 12 + 70; 12 + 2·70 > 140
+    assert "leaving out the slowest: mgda" in plan.line
+    with pytest.raises(ConfigError, match=r"--budget=30s is not allowed: one epoch of fixed "):
+        fit(probe, ["fixed", "mgda"], 2, 2, most=10, budget=30)  # fixed alone: 8 + 40
+    assert [parse_budget(t) for t in ("1h30m", "90s", "0.5h", "2h")] == [5400, 90, 1800, 7200]
+
+
+def test_the_same_command_again_keeps_finished_runs_and_runs_the_rest(tmp_path):
+    folder = user_folder(tmp_path)
+    args = [*TINY, "--seeds", "1", "--epochs", "1", "--out", "runs/c"]
+    assert run_compare(args, folder).returncode == 0
+    out = folder / "runs" / "c"
+    (stopped,) = (out / "multi_task").glob("*weighting-uncertainty/results.json")
+    stopped.write_text(json.dumps({"status": "failed", "error": "stand-in for a crash"}))
+    (lost,) = (out / "single_task").glob("*tasks-_a_*/results.json")
+    lost.unlink()  # killed before it wrote its results
+    kept = {p: p.read_text() for p in (out / "multi_task").glob("*weighting-fixed/results.json")}
+    done = run_compare(args, folder)
     assert done.returncode == 0, done.stderr
-    assert json.loads(broken.read_text())["status"] == "completed"  # run again
-    assert next((runs / "multi_task").glob("*weighting-fixed/results.json")).read_text() == kept
-    (aside,) = (tmp_path / "runs.failed_before_resume").rglob("results.json")
+    assert json.loads(stopped.read_text())["status"] == "completed"  # run again
+    assert json.loads(lost.read_text())["status"] == "completed"
+    assert {p: p.read_text() for p in kept} == kept  # finished runs kept as they were
+    (aside,) = (out / ".failed_before_resume").rglob("results.json")
     assert json.loads(aside.read_text())["error"] == "stand-in for a crash"
+    text = (out / "toy_strategies.md").read_text()
+    assert "run again after an interruption or a failure" in text and "‡" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--strategies", "fixed,nope"], "--strategies=fixed,nope is not allowed (nope unknown)"),
+        (["--strategies", "mgda,famo"], "--strategies=mgda,famo is not allowed (fixed or equal"),
+        (["--budget", "2 hours"], "--budget=2 hours is not allowed: give a duration such as 2h"),
+        (["--budget", "0m"], "--budget=0m is not allowed: give a duration above zero"),
+        (["--dataset", "nope"], "dataset=nope"),
+        (["--seeds", "0"], "--seeds=0 is not allowed"),
+        (["--out", "runs/mine"], "--out=runs/mine is not allowed: it holds files of something"),
+        (["--out", "runs/c", "--seeds", "2"], "--out=runs/c is not allowed: it holds a comparison"),
+    ],
+)
+def test_bad_input_is_one_line_and_nothing_is_written(tmp_path, args, said):
+    folder = user_folder(tmp_path)
+    (folder / "runs" / "mine").mkdir(parents=True)
+    (folder / "runs" / "mine" / "notes.txt").write_text("mine")
+    (folder / "runs" / "c").mkdir()
+    (folder / "runs" / "c" / "compare.json").write_text(json.dumps({"arguments": {
+        "dataset": "toy", "strategies": "fixed,uncertainty", "seeds": 1, "epochs": 1,
+        "budget": None, "override": TINY[-4:][1::2], "config_dir": "conf"}}))  # fmt: skip
+    before = snapshot(folder)
+    done = run_compare([*TINY, "--seeds", "1", "--epochs", "1", "--out", "runs/new", *args], folder)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and said in done.stderr, done.stderr
+    assert done.stderr.startswith("mtltrain-compare: error: ") and "Traceback" not in done.stderr
+    assert snapshot(folder) == before
+
+
+def test_the_pages_script_calls_the_command_with_the_pages_protocols(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import compare_strategies as script
+
+    args, rest = script.parse_args(["--dataset", "qm9", "--quick", "--seeds", "2"])
+    args.runs = tmp_path
+    words = script.compare_arguments(args, rest)
+    assert words[:5] == ["--dataset", "qm9", "--out", str(tmp_path), "--seeds"]
+    assert "dataset.n_train=2000" in words and words[-2:] == ["--epochs", "3"]
+    args, rest = script.parse_args(["--quick", "--mnist-root", "/m"])
+    words = script.compare_arguments(args, rest)
+    assert "dataset.root=/m" in words and words[-2:] == ["--epochs", "5"]
+
+
+@pytest.mark.slow  # MultiMNIST sweeps in a process of their own
+def test_the_pages_script_end_to_end_on_a_stand_in_mnist(tmp_path):
+    root = write_fake_mnist(tmp_path / "mnist", n_train=200, n_test=64)
+    runs = tmp_path / "runs"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--epochs", "1", "--seeds", "2",
+         "--strategies", "fixed,mgda", "--mnist-root", str(root), "--runs", str(runs),
+         "--no-docs", "--override", "trainer.progress=false"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
     text = (runs / "multi_mnist_strategies.md").read_text()
-    assert "Runs that did not finish" not in text and "jobs that failed were run again" in text
+    rows = table_rows(text)
+    assert rows["fixed"][8] == "96.46 / 94.99" and rows["mgda"][8] == "–"  # the paper's
+    assert "Reproduce: `python scripts/compare_strategies.py --quick --epochs 1" in text
+    assert str(root) not in text and str(runs) not in text
 
 
 def test_the_published_command_names_no_folder_of_the_machine_that_ran(monkeypatch):
@@ -103,4 +245,7 @@ def test_the_published_command_names_no_folder_of_the_machine_that_ran(monkeypat
     assert repro_common.command_line(argv) == (
         "python scripts/compare_strategies.py --dataset qm9 --quick "
         "--override hydra/launcher=joblib --threads 1"
+    )
+    assert compare.command_line(["mtltrain-compare"], ["--out", "/x", "--seeds", "2"]) == (
+        "mtltrain-compare --seeds 2"
     )

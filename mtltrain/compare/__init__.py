@@ -6,6 +6,6 @@ all of it)."""
 
 from mtltrain.compare._cli import main
 from mtltrain.compare._sweeps import command_line, machine
-from mtltrain.compare._table import Comparison, duration, fmt
+from mtltrain.compare._table import Comparison, duration, fmt, pictures
 
-__all__ = ["Comparison", "command_line", "duration", "fmt", "machine", "main"]
+__all__ = ["Comparison", "command_line", "duration", "fmt", "machine", "main", "pictures"]

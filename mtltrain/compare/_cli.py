@@ -54,6 +54,7 @@ from mtltrain.config import compose_checked, config_dir
 from mtltrain.errors import ConfigError, Interrupted, MtlError, OneLineParser
 from mtltrain.outputs import _run_folder as rundir
 from mtltrain.outputs._results import RESULTS_FILE, read_results
+from mtltrain.processes import importable_from_here
 from mtltrain.report import SINGLE_TASK, ReportError, write_report
 
 PROG = "mtltrain-compare"
@@ -101,6 +102,7 @@ def main(argv: Sequence[str] | None = None, command: str | None = None) -> None:
 def compare(args: argparse.Namespace) -> None:
     """Check, plan, run the sweeps, write the table and plots."""
     out: Path = args.out or Path("runs") / f"compare_{args.dataset}"
+    importable_from_here()  # the user's own modules, as mtltrain imports them
     arguments = checked_arguments(args)
     before = read_record(out, arguments, args.tables_only)
     cfg = composed(args)
@@ -111,7 +113,7 @@ def compare(args: argparse.Namespace) -> None:
         strategies = chosen_strategies(args.strategies)
         plan = Plan(**before["plan"]) if before else make_plan(args, cfg, strategies, tasks, out)
         print(f"{PROG}: {plan.line}", flush=True)
-        record = run(args, out, arguments, plan, tasks, before)
+        record = run(args, out, arguments, plan, cfg, tasks, before)
     write_tables(out, args.dataset, tasks, record)
 
 
@@ -270,13 +272,13 @@ def run(
     out: Path,
     arguments: dict[str, Any],
     plan: Plan,
+    cfg: Any,
     tasks: list[str] | None,
     before: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """Both sweeps (continued where `before` ran them); the record, written before they start
     and after they end."""
     common = [*common_overrides(args, plan.epochs), *launcher(args)]
-    cfg = composed(args)
     record = before or {
         "arguments": arguments,
         "plan": {"strategies": plan.strategies, "epochs": plan.epochs, "line": plan.line},

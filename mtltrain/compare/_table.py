@@ -91,6 +91,12 @@ def duration(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
+def pictures(dataset: str) -> tuple[str, str]:
+    """The names of a comparison's plots: Δm% per strategy, and the Pareto scatter (two
+    tasks)."""
+    return f"{dataset}_delta_m.png", f"{dataset}_pareto.png"
+
+
 class Comparison:
     """The runs under `folder` read back: the strategies' rows sorted by Δm%, the single-task
     rows, and the reference strategy's row. `single_task`: Δm% against each task trained alone,
@@ -189,15 +195,16 @@ class Comparison:
     def plot(self, folder: Path, dataset: str) -> dict[str, Path]:
         """The Δm% plot and, for two tasks, the Pareto scatter, as PNGs in `folder`."""
         tall = (7, max(3.0, 0.28 * len(self.rows) + 1))  # a row per strategy
-        pictures = {f"{dataset}_delta_m.png": (self.plot_delta_m, tall)}
+        delta_m, pareto = pictures(dataset)
+        drawn = {delta_m: (self.plot_delta_m, tall)}
         if len(self.tasks) == 2:
-            pictures[f"{dataset}_pareto.png"] = (self.plot_pareto, (7, 6))
-        for name, (draw, size) in pictures.items():
+            drawn[pareto] = (self.plot_pareto, (7, 6))
+        for name, (draw, size) in drawn.items():
             fig = Figure(figsize=size, layout="constrained")
             FigureCanvasAgg(fig)
             draw(fig.add_subplot())
             fig.savefig(folder / name, dpi=110)
-        return {name: folder / name for name in pictures}
+        return {name: folder / name for name in drawn}
 
     def plot_delta_m(self, ax: Any) -> None:
         rows = [(r, d) for r, d in self.rows if d is not None][::-1]
