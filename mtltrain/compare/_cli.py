@@ -13,11 +13,11 @@ Runs
   last evaluation (trainer.select=last). A data set whose `tasks` is not a list of task names
   has no single-task runs: Δm% is then against the reference strategy.
 Budget
-  --budget 2h (30m, 1h30m, 90s): a probe (into --out/.probe/) times an epoch of the reference
-  strategy and a few steps of each strategy; the plan takes the most epochs, up to --epochs or
-  the trainer's, that fit, leaving out the slowest strategies where one epoch of all does not
-  (fixed and equal are kept). Without --budget: every strategy, --epochs or the trainer's.
-  The plan is said in one line before anything trains.
+  --budget 2h (30m, 1h30m, 90s): a probe (into --out/.probe/) times a sweep of one epoch of the
+  reference strategy and a few steps of each strategy; the plan takes the most epochs, up to
+  --epochs or the trainer's, that fit, leaving out the slowest strategies where one epoch of
+  all does not (fixed and equal are kept). Without --budget: every strategy, --epochs or the
+  trainer's. The plan is said in one line before anything trains.
 Resume
   The same command again continues the comparison in --out: finished runs kept, stopped ones
   resumed from their checkpoints, failed ones run again from the start (their folders moved
@@ -231,7 +231,8 @@ def make_plan(
 
 def run_probe(args: argparse.Namespace, strategies: list[str], folder: Path) -> Probe:
     """An epoch of the reference and PROBE_STEPS steps of each strategy, one run after another
-    (the basic launcher: timings alone), unless an earlier probe in `folder` measured them."""
+    (the basic launcher: timings alone), unless an earlier probe in `folder` measured them. A
+    run's setup: the reference's sweep of one run, its training aside."""
     saved = folder / "probe.json"
     if saved.is_file():
         return Probe.load(saved)
@@ -240,7 +241,9 @@ def run_probe(args: argparse.Namespace, strategies: list[str], folder: Path) -> 
     base = [f"dataset={args.dataset}", "seed=0", "trainer.epochs=1", "trainer.checkpoint=false",
             "trainer.progress=false", *user]  # fmt: skip
     steps = [f"weighting={','.join(strategies)}", f"trainer.limit_batches={PROBE_STEPS}"]
+    started = time.perf_counter()
     sweeps.sweep([*base, f"weighting={reference}"], folder / "epoch", args.config_dir)
+    sweep_s = time.perf_counter() - started  # a run's wall time as a sweep runs it
     sweeps.sweep([*base, *steps], folder / "steps", args.config_dir)
     epoch = finished_results(folder / "epoch")
     if not epoch:
@@ -253,7 +256,7 @@ def run_probe(args: argparse.Namespace, strategies: list[str], folder: Path) -> 
                 for r in finished_results(folder / "steps")}  # fmt: skip
     base_step = per_step.get(reference) or first["train_time_s"] / first["steps"]
     probe = Probe(
-        setup_s=max(0.0, first["wall_time_s"] - first["train_time_s"]),
+        setup_s=max(0.0, sweep_s - first["train_time_s"]),
         epoch_s=first["train_time_s"],
         ratios={s: t / base_step for s, t in per_step.items()},
     )
@@ -331,5 +334,5 @@ def write_tables(out: Path, dataset: str, tasks: list[str] | None, record: dict[
     text = document(comparison, record, pictures)
     (out / f"{dataset}_strategies.md").write_text(text)
     print(text)
-    print(f"{PROG}: wrote {out / f'{dataset}_strategies.md'} and its plots; "
-          f"{said(record['wall_s'])} of training")  # fmt: skip
+    print(f"{PROG}: wrote {out / f'{dataset}_strategies.md'} and its plots; the runs took "
+          f"{said(record['wall_s'])}")  # fmt: skip

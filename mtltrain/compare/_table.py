@@ -166,12 +166,12 @@ class Comparison:
         return ratio + again
 
     def delta_cell(self, row: Setting, delta: Stat | None) -> str:
-        """Δm% mean [95% interval]."""
+        """Δm% mean [95% interval]; against the reference, † where it differs from its."""
         if delta is None:
             return "–"
         half = interval(delta, len(row.runs))
         ci = "" if half is None else f" [{delta.mean - half:+.2f}, {delta.mean + half:+.2f}]"
-        return f"{delta.mean:+.2f}{ci}"
+        return f"{delta.mean:+.2f}{ci}{'' if self.single_task else self.mark(row, delta)}"
 
     def difference_cell(self, row: Setting, delta: Stat | None) -> str:
         """The row's Δm% minus the reference's, † where Welch's t-test at 5% tells them apart."""
@@ -180,12 +180,14 @@ class Comparison:
         ref, ref_delta = self.fixed
         if row is ref:
             return "0 (the reference)"
-        mark = " †" if differs(delta, len(row.runs), ref_delta, len(ref.runs)) else ""
-        return f"{delta.mean - ref_delta.mean:+.2f}{mark}"
+        return f"{delta.mean - ref_delta.mean:+.2f}{self.mark(row, delta)}"
 
-    def significant(self) -> list[str]:
-        """The strategies whose Δm% differs from the reference's (†)."""
-        return [r.pairs["weighting"] for r, d in self.rows if "†" in self.difference_cell(r, d)]
+    def mark(self, row: Setting, delta: Stat) -> str:
+        """A dagger where Welch's t-test at 5% tells the row's Δm% from the reference's."""
+        if self.fixed is None or self.fixed[1] is None or row is self.fixed[0]:
+            return ""
+        ref, ref_delta = self.fixed
+        return " †" if differs(delta, len(row.runs), ref_delta, len(ref.runs)) else ""
 
     @staticmethod
     def published(name: str) -> str:
