@@ -249,3 +249,56 @@ def test_the_published_command_names_no_folder_of_the_machine_that_ran(monkeypat
     assert compare.command_line(["mtltrain-compare"], ["--out", "/x", "--seeds", "2"]) == (
         "mtltrain-compare --seeds 2"
     )
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def strategy_rows(page: Path) -> list[tuple[int, str, str, bool]]:
+    """A comparison page's strategy rows: (rank, name, Δm% cell without †, whether † marks
+    the row)."""
+    rows = []
+    for line in page.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 5 and cells[0].isdigit() and cells[1].startswith("`"):
+            delta = next(c for c in cells[3:] if re.match(r"[+-]\d+\.\d\d \[", c))
+            rows.append((int(cells[0]), cells[1], delta.replace(" †", ""), "†" in line))
+    return rows
+
+
+def test_which_strategy_quotes_the_result_pages_as_they_are():
+    """Every cell of docs/which-strategy.md's table is what its page's table says: the best
+    Δm%, equal's Δm% and rank, and the strategies † marks (worse or better than fixed's)."""
+    text = (DOCS / "which-strategy.md").read_text()
+    quoted = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("| [")
+    ]
+    assert len(quoted) == 3
+    for link, protocol, best, equal, rank, differ in quoted:
+        page = DOCS / re.search(r"\]\((results/\w+\.md)\)", link)[1]
+        rows = strategy_rows(page)
+        assert f"**Protocol: {protocol.split(' on ')[0]}**" in page.read_text()
+        top = rows[0]
+        assert best == f"{top[1]} {top[2]}"
+        (mine,) = [r for r in rows if r[1] == "`equal`"]
+        assert equal == mine[2] and rank == f"{mine[0]} of {len(rows)}"
+        (fixed,) = [r for r in rows if r[1] == "`fixed`"]
+
+        def mean(cell: str) -> float:
+            return float(cell.split()[0])
+
+        marked = [f"{r[1]} ({'worse' if mean(r[2]) < mean(fixed[2]) else 'better'})"
+                  for r in rows if r[3]]  # fmt: skip
+        assert differ == (", ".join(marked) or "none")
+
+
+def test_which_strategy_quotes_the_cost_of_qm9s_top_strategies_as_its_page_has_it():
+    text = (DOCS / "which-strategy.md").read_text()
+    assert "ones at the top (PCGrad, DualProj, Aligned-MTL) cost 4–7 times" in text
+    lines = (DOCS / "results" / "qm9_strategies.md").read_text().splitlines()
+    top = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines if ln.startswith("| 1 ")
+           or ln.startswith("| 2 ") or ln.startswith("| 3 ")]  # fmt: skip
+    assert [row[1] for row in top] == ["`pcgrad`", "`dualproj`", "`aligned_mtl`"]
+    assert all(4 <= float(row[-1]) <= 7 for row in top)
