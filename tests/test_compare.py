@@ -65,13 +65,36 @@ TINY = ["--config-dir", "conf", "--dataset", "toy", "--strategies", "fixed,uncer
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """A comparison of two strategies × 2 seeds within a budget, 2 epochs at most."""
+def compared(tmp_path_factory) -> Path:
+    """A comparison of two strategies × 2 seeds, 1 epoch."""
     folder = user_folder(tmp_path_factory.mktemp("user"))
-    done = run_compare([*TINY, "--seeds", "2", "--epochs", "2", "--budget", "1h",
-                        "--out", "runs/which"], folder)  # fmt: skip
+    done = run_compare([*TINY, "--seeds", "2", "--epochs", "1", "--out", "runs/which"], folder)
     assert done.returncode == 0, done.stderr
-    return folder / "runs" / "which", done
+    return folder / "runs" / "which"
+
+
+@pytest.fixture(scope="module")
+def resumed(
+    tmp_path_factory,
+) -> tuple[Path, subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    """A comparison of `fixed` within a budget; one of its runs failed and the results of
+    another lost (killed before it wrote them); then the same command again."""
+    folder = user_folder(tmp_path_factory.mktemp("user"))
+    args = [*TINY[:4], "--strategies", "fixed", *TINY[6:], "--seeds", "1", "--epochs", "2",
+            "--budget", "1h", "--out", "runs/c"]  # fmt: skip
+    first = run_compare(args, folder)
+    assert first.returncode == 0, first.stderr
+    out = folder / "runs" / "c"
+    (failed,) = (out / "single_task").glob("*tasks-_a_*/results.json")
+    failed.write_text(json.dumps({"status": "failed", "error": "stand-in for a crash"}))
+    (lost,) = (out / "single_task").glob("*tasks-_b_*/results.json")
+    lost.unlink()
+    (kept,) = (out / "multi_task").glob("*weighting-fixed/results.json")
+    kept_text = kept.read_text()
+    second = run_compare(args, folder)
+    assert second.returncode == 0, second.stderr
+    assert kept.read_text() == kept_text  # the finished run kept as it was
+    return out, first, second
 
 
 def table_rows(text: str) -> dict[str, list[str]]:
@@ -84,12 +107,12 @@ def table_rows(text: str) -> dict[str, list[str]]:
 
 
 def test_the_command_writes_the_table_of_strategies_against_single_task_learning(compared):
-    out, _ = compared
+    out = compared
     text = (out / "toy_strategies.md").read_text()
     results = [json.loads(p.read_text()) for p in (out / "multi_task").rglob("results.json")]
     alone = [json.loads(p.read_text()) for p in (out / "single_task").rglob("results.json")]
     assert len(results) == 2 * 2 and len(alone) == 2 * 2
-    assert all(r["status"] == "completed" and r["epochs"] == 2 for r in results + alone)
+    assert all(r["status"] == "completed" and r["epochs"] == 1 for r in results + alone)
 
     def rmse(r, task):
         return r["metrics"][f"test/{task}/rmse"]
@@ -122,19 +145,22 @@ def test_the_command_writes_the_table_of_strategies_against_single_task_learning
     assert "runs/which" not in text  # the folders of the machine that ran are not published
 
 
-def test_the_plan_within_the_budget_is_said_before_anything_trains(compared):
-    out, done = compared
+def test_the_plan_within_the_budget_is_said_before_anything_trains(resumed):
+    out, done, again = resumed
     (line,) = [ln for ln in done.stdout.splitlines() if ln.startswith("mtltrain-compare: budget")]
-    first_run = done.stdout.index("+ mtltrain --config-dir conf -m weighting=fixed,uncertainty")
-    assert done.stdout.index(line) < first_run  # after the probe, before the comparison
+    first_run = done.stdout.index("+ mtltrain --config-dir conf -m weighting=fixed dataset=toy")
+    assert done.stdout.index(".probe/steps") < done.stdout.index(line) < first_run
     assert re.fullmatch(
-        r"mtltrain-compare: budget 1h00m: 2 of 2 strategies; 2 epochs \(of 2\) per run; about "
-        r"\S+ for 8 runs one after another \(probe: an epoch of fixed [\d.]+ s, a run's setup "
+        r"mtltrain-compare: budget 1h00m: 1 of 1 strategies; 2 epochs \(of 2\) per run; about "
+        r"\S+ for 3 runs one after another \(probe: an epoch of fixed [\d.]+ s, a run's setup "
         r"[\d.]+ s\)", line
     )  # fmt: skip
     probe = json.loads((out / ".probe" / "probe.json").read_text())
-    assert set(probe["ratios"]) == {"fixed", "uncertainty"} and probe["ratios"]["fixed"] == 1
-    assert json.loads((out / "compare.json").read_text())["plan"]["line"] in line
+    assert probe["ratios"] == {"fixed": 1.0} and probe["setup_s"] > 0 and probe["epoch_s"] > 0
+    assert json.loads((out / "compare.json").read_text())["plan"]["line"] == line.split(": ", 1)[1]
+    assert line in again.stdout and ".probe" not in again.stdout  # the plan kept, no new probe
+    results = [json.loads(p.read_text()) for p in out.glob("*_task/*/results.json")]
+    assert len(results) == 3 and all(r["epochs"] == 2 for r in results)
 
 
 def test_the_budget_takes_the_most_epochs_that_fit_then_leaves_out_the_slowest_strategies():
@@ -151,25 +177,18 @@ def test_the_budget_takes_the_most_epochs_that_fit_then_leaves_out_the_slowest_s
     assert [parse_budget(t) for t in ("1h30m", "90s", "0.5h", "2h")] == [5400, 90, 1800, 7200]
 
 
-def test_the_same_command_again_keeps_finished_runs_and_runs_the_rest(tmp_path):
-    folder = user_folder(tmp_path)
-    args = [*TINY, "--seeds", "1", "--epochs", "1", "--out", "runs/c"]
-    assert run_compare(args, folder).returncode == 0
-    out = folder / "runs" / "c"
-    (stopped,) = (out / "multi_task").glob("*weighting-uncertainty/results.json")
-    stopped.write_text(json.dumps({"status": "failed", "error": "stand-in for a crash"}))
-    (lost,) = (out / "single_task").glob("*tasks-_a_*/results.json")
-    lost.unlink()  # killed before it wrote its results
-    kept = {p: p.read_text() for p in (out / "multi_task").glob("*weighting-fixed/results.json")}
-    done = run_compare(args, folder)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(stopped.read_text())["status"] == "completed"  # run again
-    assert json.loads(lost.read_text())["status"] == "completed"
-    assert {p: p.read_text() for p in kept} == kept  # finished runs kept as they were
+def test_the_same_command_again_keeps_finished_runs_and_runs_the_rest(resumed):
+    out, _, again = resumed
+    assert again.stdout.count("resume_sweep=true") == 2  # both sweeps continued
+    for task in "ab":  # the failed one run again from the start, the lost one resumed
+        (found,) = (out / "single_task").glob(f"*tasks-_{task}_*/results.json")
+        assert json.loads(found.read_text())["status"] == "completed"
     (aside,) = (out / ".failed_before_resume").rglob("results.json")
     assert json.loads(aside.read_text())["error"] == "stand-in for a crash"
     text = (out / "toy_strategies.md").read_text()
     assert "run again after an interruption or a failure" in text and "‡" in text
+    record = json.loads((out / "compare.json").read_text())
+    assert set(record["resumed"]) == {"command", "wall_s"} and record["wall_s"] > 0
 
 
 @pytest.mark.parametrize(
