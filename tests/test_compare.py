@@ -152,7 +152,7 @@ def test_the_plan_within_the_budget_is_said_before_anything_trains(resumed):
     assert done.stdout.index(".probe/steps") < done.stdout.index(line) < first_run
     assert re.fullmatch(
         r"mtltrain-compare: budget 1h00m: 1 of 1 strategies; 2 epochs \(of 2\) per run; about "
-        r"\S+ for 3 runs one after another \(probe: an epoch of fixed [\d.]+ s, a run's setup "
+        r"\S+ for 3 runs one after another \(probe: \S+; an epoch of fixed [\d.]+ s, a run's setup "
         r"[\d.]+ s\)", line
     )  # fmt: skip
     probe = json.loads((out / ".probe" / "probe.json").read_text())
@@ -172,8 +172,11 @@ def test_the_budget_takes_the_most_epochs_that_fit_then_leaves_out_the_slowest_s
     plan = fit(probe, ["fixed", "mgda", "famo"], 2, 2, most=10, budget=140)  # 16 + 130 > 140
     assert plan.strategies == ["fixed", "famo"] and plan.epochs == 1  # 12 + 70; 12 + 2·70 > 140
     assert "leaving out the slowest: mgda" in plan.line
-    with pytest.raises(ConfigError, match=r"--budget=30s is not allowed: one epoch of fixed "):
+    with pytest.raises(ConfigError, match=r"--budget=30s is not allowed: the probe and one "):
         fit(probe, ["fixed", "mgda"], 2, 2, most=10, budget=30)  # fixed alone: 8 + 40
+    probe = Probe(setup_s=2.0, epoch_s=10.0, ratios=probe.ratios, wall_s=130.0)
+    plan = fit(probe, ["fixed", "mgda", "famo"], 2, 2, most=10, budget=16 + 130 * 4 + 1)
+    assert plan.epochs == 3 and "(probe: 3m; an epoch of fixed 10.0 s" in plan.line  # 4 − 1
     assert [parse_budget(t) for t in ("1h30m", "90s", "0.5h", "2h")] == [5400, 90, 1800, 7200]
 
 

@@ -46,11 +46,12 @@ def said(seconds: float) -> str:
 @dataclass(frozen=True)
 class Probe:
     """What the probe measured: a run's setup (its wall time beyond training), the reference's
-    epoch, and each strategy's step time × the reference's."""
+    epoch, each strategy's step time × the reference's, and how long the probe took."""
 
     setup_s: float
     epoch_s: float
     ratios: dict[str, float]
+    wall_s: float = 0.0  # the probe's own wall time
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -82,22 +83,24 @@ class Plan:
 def fit(
     probe: Probe, strategies: Sequence[str], seeds: int, runs_alone: int, most: int, budget: float
 ) -> Plan:
-    """The most epochs up to `most` at which everything fits in `budget` seconds; where one
-    epoch does not, the slowest strategies left out until it does (the reference ones kept)."""
+    """The most epochs up to `most` at which everything fits in `budget` seconds (what is left
+    after the probe); where one epoch does not, the slowest strategies left out until it does
+    (the reference ones kept)."""
+    left = budget - probe.wall_s  # the probe's time is the budget's too
     kept = list(strategies)
     slowest = sorted(
         (s for s in strategies if s not in REFERENCES), key=lambda s: -probe.ratios.get(s, 0)
     )
-    while probe.estimate(kept, runs_alone, seeds, 1) > budget and slowest:
+    while probe.estimate(kept, runs_alone, seeds, 1) > left and slowest:
         kept.remove(slowest.pop(0))
-    if probe.estimate(kept, runs_alone, seeds, 1) > budget:
-        need = said(probe.estimate(kept, runs_alone, seeds, 1))
+    if probe.estimate(kept, runs_alone, seeds, 1) > left:
+        need = said(probe.wall_s + probe.estimate(kept, runs_alone, seeds, 1))
         raise ConfigError(
-            f"--budget={said(budget)} is not allowed: one epoch of {', '.join(kept)} × {seeds} "
-            f"seed(s) and the single-task runs takes about {need} here: give at least that, "
-            "fewer --seeds or --strategies"
+            f"--budget={said(budget)} is not allowed: the probe and one epoch of "
+            f"{', '.join(kept)} × {seeds} seed(s) and the single-task runs take about {need} "
+            "here: give at least that, fewer --seeds or --strategies"
         )
-    fits = [e for e in range(2, most + 1) if probe.estimate(kept, runs_alone, seeds, e) <= budget]
+    fits = [e for e in range(2, most + 1) if probe.estimate(kept, runs_alone, seeds, e) <= left]
     epochs = max(fits, default=1)
     dropped = [s for s in strategies if s not in kept]
     left_out = f", leaving out the slowest: {', '.join(dropped)}" if dropped else ""
@@ -106,7 +109,7 @@ def fit(
         f"budget {said(budget)}: {len(kept)} of {len(strategies)} strategies{left_out}; "
         f"{epochs} epoch{'s' if epochs != 1 else ''} (of {most}) per run; about {estimate} "
         f"for {seeds * len(kept) + runs_alone} runs one after another "
-        f"(probe: an epoch of {next(s for s in REFERENCES if s in kept)} "
+        f"(probe: {said(probe.wall_s)}; an epoch of {next(s for s in REFERENCES if s in kept)} "
         f"{probe.epoch_s:.1f} s, a run's setup {probe.setup_s:.1f} s)"
     )
     return Plan(kept, epochs, line)

@@ -180,7 +180,7 @@ def read_record(out: Path, arguments: dict[str, Any], tables_only: bool) -> dict
     if not record_file.is_file():
         if tables_only:
             raise ConfigError(f"--out={out} holds no comparison: no {RECORD}")
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and any(p.name != sweeps.PROBE for p in out.iterdir()):  # a probe: ours
             raise ConfigError(
                 f"--out={out} is not allowed: it holds files of something else than a "
                 "comparison; they are left as they are: name another folder"
@@ -245,6 +245,7 @@ def run_probe(args: argparse.Namespace, strategies: list[str], folder: Path) -> 
     sweeps.sweep([*base, f"weighting={reference}"], folder / "epoch", args.config_dir)
     sweep_s = time.perf_counter() - started  # a run's wall time as a sweep runs it
     sweeps.sweep([*base, *steps], folder / "steps", args.config_dir)
+    wall_s = time.perf_counter() - started
     epoch = finished_results(folder / "epoch")
     if not epoch:
         raise ConfigError(
@@ -259,6 +260,7 @@ def run_probe(args: argparse.Namespace, strategies: list[str], folder: Path) -> 
         setup_s=max(0.0, sweep_s - first["train_time_s"]),
         epoch_s=first["train_time_s"],
         ratios={s: t / base_step for s, t in per_step.items()},
+        wall_s=wall_s,
     )
     probe.save(saved)
     return probe
