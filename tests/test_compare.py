@@ -324,3 +324,15 @@ def test_which_strategy_quotes_the_cost_of_qm9s_top_strategies_as_its_page_has_i
            or ln.startswith("| 2 ") or ln.startswith("| 3 ")]  # fmt: skip
     assert [row[1] for row in top] == ["`pcgrad`", "`dualproj`", "`aligned_mtl`"]
     assert all(4 <= float(row[-1]) <= 7 for row in top)
+
+
+def test_a_strategy_config_of_ones_own_is_a_strategy_to_compare(tmp_path):
+    from mtltrain.compare._cli import chosen_strategies
+
+    conf = user_folder(tmp_path) / "conf"
+    (conf / "weighting").mkdir()
+    (conf / "weighting" / "mine.yaml").write_text("defaults:\n  - fixed\n  - _self_\n")
+    assert chosen_strategies("fixed,mine", conf) == ["fixed", "mine"]
+    assert "mine" in chosen_strategies(None, conf)
+    with pytest.raises(ConfigError, match="mine unknown"):
+        chosen_strategies("fixed,mine")

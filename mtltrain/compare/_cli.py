@@ -110,7 +110,7 @@ def compare(args: argparse.Namespace) -> None:
     if args.tables_only:
         record = before
     else:
-        strategies = chosen_strategies(args.strategies)
+        strategies = chosen_strategies(args.strategies, args.config_dir)
         plan = Plan(**before["plan"]) if before else make_plan(args, cfg, strategies, tasks, out)
         print(f"{PROG}: {plan.line}", flush=True)
         record = run(args, out, arguments, plan, cfg, tasks, before)
@@ -128,19 +128,22 @@ def checked_arguments(args: argparse.Namespace) -> dict[str, Any]:
     if args.config_dir is not None and not (args.config_dir / ".").is_dir():
         raise ConfigError(f"--config-dir={args.config_dir} is not allowed: no such folder")
     if args.strategies is not None:
-        chosen_strategies(args.strategies)
+        chosen_strategies(args.strategies, args.config_dir)
     kept = {key: getattr(args, key) for key in KEPT}
     kept["config_dir"] = None if args.config_dir is None else str(args.config_dir)
     return kept
 
 
-def every_strategy() -> list[str]:
-    return sorted(p.stem for p in (config_dir() / "weighting").glob("*.yaml"))
+def every_strategy(own: Path | None = None) -> list[str]:
+    """The weighting configs: mtltrain's and those of the folder `own` (--config-dir)."""
+    folders = [config_dir(), *([own] if own else [])]
+    return sorted({p.stem for folder in folders for p in (folder / "weighting").glob("*.yaml")})
 
 
-def chosen_strategies(text: str | None) -> list[str]:
-    """--strategies as names of weighting configs, fixed or equal among them."""
-    every = every_strategy()
+def chosen_strategies(text: str | None, own: Path | None = None) -> list[str]:
+    """--strategies as names of weighting configs (mtltrain's or, with --config-dir, one's
+    own), fixed or equal among them; every one by default."""
+    every = every_strategy(own)
     names = every if text is None else [n.strip() for n in text.split(",")]
     unknown = [n for n in names if n not in every]
     if unknown or not set(REFERENCES) & set(names) or len(set(names)) != len(names):
