@@ -10,6 +10,10 @@ from typing import Any
 from mtltrain.compare._table import PUBLISHED_ON, Comparison, duration
 
 PAPER_EPOCHS = {"multi_mnist": 100, "qm9": 300}
+STACKED = (
+    " The runs went to the stacked launcher (hydra/launcher=vectorized): where a row's jobs "
+    "trained together, its time per step is the stack's (all of its jobs at once)."
+)
 
 
 def document(comparison: Comparison, record: dict[str, Any], pictures: dict[str, Path]) -> str:
@@ -28,7 +32,8 @@ def document(comparison: Comparison, record: dict[str, Any], pictures: dict[str,
             else "."
         ),
         comparison.table(published),
-        formula(comparison, ref, bool(record.get("resumed"))),
+        formula(comparison, ref, bool(record.get("resumed")))
+        + (STACKED if "hydra/launcher=vectorized" in record["overrides"] else ""),
     ]
     if published:
         parts.append(
