@@ -204,6 +204,10 @@ def test_the_same_command_again_keeps_finished_runs_and_runs_the_rest(resumed):
         (["--dataset", "nope"], "dataset=nope"),
         (["--seeds", "0"], "--seeds=0 is not allowed"),
         (["--out", "runs/mine"], "--out=runs/mine is not allowed: it holds files of something"),
+        (
+            ["--out", "runs/mine/notes.txt"],
+            "--out=runs/mine/notes.txt is not allowed: it is a file",
+        ),
         (["--out", "runs/c", "--seeds", "2"], "--out=runs/c is not allowed: it holds a comparison"),
     ],
 )

@@ -180,6 +180,8 @@ def read_record(out: Path, arguments: dict[str, Any], tables_only: bool) -> dict
     """What an earlier run of this comparison into `out` recorded (None for a new one); `out`
     must hold nothing else, and the comparison of the same arguments."""
     record_file = out / RECORD
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out={out} is not allowed: it is a file, not a folder")
     if not record_file.is_file():
         if tables_only:
             raise ConfigError(f"--out={out} holds no comparison: no {RECORD}")
