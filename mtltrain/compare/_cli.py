@@ -15,9 +15,10 @@ Runs
 Budget
   --budget 2h (30m, 1h30m, 90s): a probe (into --out/.probe/) times a sweep of one epoch of the
   reference strategy and a few steps of each strategy; the plan takes the most epochs, up to
-  --epochs or the trainer's, that fit, leaving out the slowest strategies where one epoch of
-  all does not (fixed and equal are kept). Without --budget: every strategy, --epochs or the
-  trainer's. The plan is said in one line before anything trains.
+  --epochs or the trainer's, that fit in what the probe left of the budget, leaving out the
+  slowest strategies where one epoch of all does not (fixed and equal are kept). Without
+  --budget: every strategy, --epochs or the trainer's. The plan is said in one line before
+  anything trains.
 Resume
   The same command again continues the comparison in --out: finished runs kept, stopped ones
   resumed from their checkpoints, failed ones run again from the start (their folders moved
