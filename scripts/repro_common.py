@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shlex
 import shutil
@@ -28,10 +27,11 @@ from typing import Any
 
 import update_readme
 
-from mtltrain.loop import _runtime as runtime
+from mtltrain import compare
+from mtltrain.compare import duration, fmt
 from mtltrain.report import ReportError, Run, Stat, Sweep, markdown_table, read_sweep, write_report
 
-__all__ = ["Run", "Sweep", "markdown_table"]  # for the reproduce_* scripts
+__all__ = ["Run", "Sweep", "duration", "fmt", "markdown_table"]  # for the reproduce_* scripts
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "results"
@@ -73,38 +73,18 @@ def threads_label(n: int) -> str:
 
 def machine(threads: int | None) -> str:
     """CPU model, cores, threads per run, GPU, torch and Python versions, in one line."""
-    m = runtime.machine(runtime.select_device("auto"))
-    per_run = threads_label(threads) if threads else "torch's threads"
-    gpu = m["gpu"] or "no GPU"
-    return (
-        f"{m['cpu']}, {m['cores']} CPU cores ({per_run} per run), {gpu}, "
-        f"torch {m['torch']}, Python {m['python']}"
-    )
-
-
-# options that say where files lie on the machine that ran, not what was computed
-WHERE = ("--runs", "--mnist-root")
+    return compare.machine(threads)
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
     """How this script was called (`argv`: sys.argv), its path relative to the repository when
-    inside it, without the options that name this machine's folders (WHERE, and overrides of
-    dataset.root), which a published command must not show."""
+    inside it, without the options that name this machine's folders (--runs, --mnist-root and
+    overrides of dataset.root), which a published command must not show."""
     argv = sys.argv if argv is None else argv
     script = Path(argv[0]).resolve()
     with contextlib.suppress(ValueError):
         script = script.relative_to(REPO)
-    words, kept, i = list(argv[1:]), [], 0
-    while i < len(words):
-        word, value = words[i], words[i + 1] if i + 1 < len(words) else ""
-        if word in WHERE or (word == "--override" and value.startswith("dataset.root=")):
-            i += 2
-        elif word.split("=", 1)[0] in WHERE or word.startswith("--override=dataset.root="):
-            i += 1
-        else:
-            kept.append(word)
-            i += 1
-    return shlex.join(["python", str(script), *kept])
+    return compare.command_line(["python", str(script)], argv[1:])
 
 
 def run_sweep(
@@ -157,24 +137,9 @@ def seed_table(
 # --- writing ---------------------------------------------------------------------------------
 
 
-def fmt(stat: Stat | float | None, digits: int = 4) -> str:
-    """`mean ± std` with `digits` decimals; a bare number; "–" for nothing."""
-    if stat is None:
-        return "–"
-    if isinstance(stat, Stat):
-        std = "–" if stat.std is None else f"{stat.std:.{digits}f}"
-        return f"{stat.mean:.{digits}f} ± {std}"
-    return "–" if math.isnan(stat) else f"{stat:.{digits}f}"
-
-
 def delta_cell(delta: Stat | None) -> str:
     """Δm% (of the setting's means) with its sign, or "–" where there is no baseline."""
     return "–" if delta is None else f"{delta.mean:+.2f}"
-
-
-def duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
 def footer(sweep: Sweep, record: dict[str, Any]) -> str:

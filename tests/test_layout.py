@@ -24,11 +24,12 @@ LAYERS = {
     "builder and report": ("mtltrain.build", "mtltrain.own_loop", "mtltrain.report"),
     "runs": ("mtltrain.run", "mtltrain.stacking", "mtltrain.torchrun", "mtltrain.evaluate"),
     "entry point": ("mtltrain.cli", "mtltrain.__main__"),
+    "commands over the entry point": ("mtltrain.compare",),
 }  # fmt: skip
 PUBLIC_PACKAGES = ("mtltrain", "mtltrain.config", "mtltrain.loop", "mtltrain.outputs",
                    "mtltrain.data", "mtltrain.models", "mtltrain.weighting",
                    "mtltrain.weighting.solvers", "mtltrain.report",
-                   "mtltrain.evaluate")  # fmt: skip
+                   "mtltrain.evaluate", "mtltrain.compare")  # fmt: skip
 
 
 def layer_of(module: str) -> int | None:
@@ -74,7 +75,7 @@ def test_no_module_imports_from_a_layer_above_its_own():
     assert climbs == []
 
 
-@pytest.mark.parametrize("package", ["config", "loop", "outputs", "evaluate"])
+@pytest.mark.parametrize("package", ["config", "loop", "outputs", "evaluate", "compare"])
 def test_the_layer_packages_modules_are_private_by_name(package):
     names = [p.name for p in (PACKAGE / package).glob("*.py") if p.name != "__init__.py"]
     assert names and all(n.startswith("_") for n in names)

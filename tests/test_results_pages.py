@@ -2,7 +2,6 @@
 pages it links) stay valid: every `mtltrain` line and every `scripts/compare_strategies.py`
 line composes with the settings it names, and every option of a swept config group exists."""
 
-import importlib.util
 import itertools
 import re
 import shlex
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from mtltrain.compare._cli import chosen_strategies
 from mtltrain.config._compose import compose_checked, config_groups
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,15 +129,10 @@ def test_the_strategies_the_authors_clip_are_clipped(page):
     assert CLIPPED[page] <= seen, f"{page}: no command runs {CLIPPED[page] - seen}"
 
 
-def test_the_compare_strategies_lines_name_strategies_the_script_takes(monkeypatch):
-    """The script's own check of --strategies (known names, `fixed` among them) passes on
-    every compare_strategies.py line of the pages: a failing one exits before any run."""
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))  # its sibling modules, as when run
-    spec = importlib.util.spec_from_file_location(
-        "compare_strategies", REPO / "scripts" / "compare_strategies.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def test_the_compare_strategies_lines_name_strategies_the_command_takes():
+    """mtltrain-compare's check of --strategies (known names, `fixed` or `equal` among them)
+    passes on every compare_strategies.py line of the pages: a failing one exits before any
+    run."""
     lines = [
         w
         for page in PAGES
@@ -147,4 +142,4 @@ def test_the_compare_strategies_lines_name_strategies_the_script_takes(monkeypat
     assert lines
     for words in lines:
         flags = dict(zip(words[2::2], words[3::2], strict=False))
-        assert "fixed" in script.strategies(flags.get("--strategies"))
+        assert "fixed" in chosen_strategies(flags.get("--strategies"))
