@@ -19,11 +19,13 @@ from mtltrain.weighting.gradnorm import GradNorm
 from mtltrain.weighting.gradvac import GradVac
 from mtltrain.weighting.imtl import IMTL
 from mtltrain.weighting.mgda import MGDA
+from mtltrain.weighting.modo import MoDo
 from mtltrain.weighting.nash_mtl import NashMTL
 from mtltrain.weighting.pcgrad import PCGrad
 from mtltrain.weighting.revised_uncertainty import RevisedUncertaintyWeighting
 from mtltrain.weighting.rlw import RandomLossWeighting
 from mtltrain.weighting.scale_invariant import ScaleInvariant
+from mtltrain.weighting.sdmgrad import SDMGrad
 from mtltrain.weighting.uncertainty import UncertaintyWeighting
 from mtltrain.weighting.upgrad import UPGrad
 from mtltrain.weighting.uw_so import SoftOptimalUncertainty
@@ -45,10 +47,12 @@ __all__ = [
     "GradDrop",
     "GradNorm",
     "GradVac",
+    "MoDo",
     "NashMTL",
     "PCGrad",
     "RandomLossWeighting",
     "RevisedUncertaintyWeighting",
+    "SDMGrad",
     "ScaleInvariant",
     "SoftOptimalUncertainty",
     "UPGrad",
