@@ -3,6 +3,7 @@
 `mtltrain.weighting.solvers`."""
 
 from mtltrain.weighting.aligned_mtl import AlignedMTL
+from mtltrain.weighting.auto_lambda import AutoLambda
 from mtltrain.weighting.base import Weighting
 from mtltrain.weighting.cagrad import CAGrad
 from mtltrain.weighting.conflict_free import ConFIG
@@ -36,6 +37,7 @@ __all__ = [
     "IMTL",
     "MGDA",
     "AlignedMTL",
+    "AutoLambda",
     "CAGrad",
     "ConFIG",
     "DualProj",
