@@ -48,8 +48,8 @@ class AutoLambda(Weighting):
     and two more backward passes a step.
 
     Paper: Liu et al., TMLR 2022.
-    Scale: λ_k = `init` (0.1) at the start, unconstrained after.
-    Logs: `weight` (λ).
+    Scale: λ_k = `init` (0.1) at the start, then learned (unconstrained: the paper's).
+    Logs: nothing else.
     """
 
     elementwise = True
