@@ -191,7 +191,7 @@ def reference_simplex_projection(v: np.ndarray) -> np.ndarray:
     """The Euclidean projection of v onto the probability simplex, max(v − θ, 0) with θ found
     by bisection on Σ max(v − θ, 0) = 1 (not the sort-based formula of the code)."""
     low, high = v.min() - 1.0, v.max()  # the sum is ≥ K ≥ 1 at the one, 0 at the other
-    for _ in range(400):
+    for _ in range(100):
         middle = (low + high) / 2
         if np.maximum(v - middle, 0).sum() > 1:
             low = middle

@@ -14,7 +14,8 @@ are handed over (a loop of one's own), the step's own Jacobian stands for both, 
 deterministic form. w starts at 1/K and carries over between steps (buffer `simplex_weight`);
 "weight" logs the weights of d, (w + λ/K)/(1 + λ). Extra batches whose cross-Gramian is not
 finite leave w as it was. A diagonal of M that two batches make negative counts as 0 in the
-scale (the authors' code adds 1e-4 under the root instead, LibMTL clamps as here). Defaults:
+scale (the authors' code adds 1e-4 under the root instead, LibMTL clamps as here), and where
+all of it is ≤ 0 w stays as it was (LibMTL divides by 1e-8 there). Defaults:
 λ = 0.3, 20 iterations, momentum 0.5 (the authors' code and LibMTL), step size 10 (the authors';
 LibMTL: 5).
 """
@@ -107,9 +108,11 @@ def sdmgrad_weights(
     w: Tensor, cross: Tensor, lamda: float, iterations: int, lr: float, momentum: float
 ) -> Tensor:
     """`iterations` steps of projected SGD with momentum from `w` on ½wᵀMw + λ·wᵀM·1/K,
-    M = `cross` / (mean_k √max(cross_kk, 0))² (float64; M as given where that mean is 0)."""
+    M = `cross` / (mean_k √max(cross_kk, 0))² (float64); `w` itself where that mean is 0."""
     scale = cross.diagonal().clamp_min(0).sqrt().mean()
-    m = cross / scale**2 if scale > 0 else cross
+    if scale == 0:  # no gradient of one batch has a positive product with the other's
+        return w
+    m = cross / scale**2
     pull = lamda * m.mean(dim=1)  # λ·M·1/K
     velocity = torch.zeros_like(w)
     for _ in range(iterations):
