@@ -116,6 +116,15 @@ def test_lambda_moves_towards_the_task_that_lowers_the_validation_loss(float64):
     torch.testing.assert_close(strategy.weights(), torch.tensor([0.101, 0.099]).double())
 
 
+def test_without_a_validation_batch_the_steps_own_stands_in(float64):
+    model, train = Tiny().double(), batch(1)
+    handed, alone = AutoLambda(TERMS).double(), AutoLambda(TERMS).double()
+    meta_step(handed, model, train, train)
+    alone.setup(model)
+    alone.observe(Step(1, 0, train, {}, losses_of(model, train)))
+    torch.testing.assert_close(alone.lam.grad, handed.lam.grad, rtol=0, atol=0)
+
+
 def test_a_meta_gradient_that_is_not_finite_leaves_lambda(float64):
     validation = batch(2)
     validation.targets["a"][0] = torch.nan

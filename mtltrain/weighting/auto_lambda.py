@@ -9,7 +9,8 @@ The mixed second derivative times d = ∇_θ' L_val(θ') is the paper's central 
 meta-gradient is −α times it. L_val is the sum of the `primary` terms' losses (all terms: the
 multi-task setting) on a validation batch: of the validation split where one is held out
 (`trainer.validation`), else of the training set in an order of its own (what the paper's code
-does for its multi-task experiments). The loop hands it over (`extra_batches`). λ takes one
+does for its multi-task experiments). The loop hands it over (`extra_batches`); a step without
+it (a step runner's `train_step` called alone) uses its own batch in its place. λ takes one
 step of its own Adam (`lr`) per training step. Two deviations from the authors' code: the loop
 steps λ's optimizer after the model's step, so a meta-gradient moves the weights from the next
 step on (theirs moves them before the model's step on the same batch); and the virtual step is
@@ -103,7 +104,7 @@ class AutoLambda(Weighting):
         return compute_losses(self.terms, self.run_model(parameters, batch.inputs), batch.targets)
 
     def observe(self, step: Step) -> None:
-        (validation,) = step.extra_batches
+        validation = step.extra_batches[0] if step.extra_batches else step.batch
         names, params = list(self.model_parameters), list(self.model_parameters.values())
         lam = self.lam.detach()
         grads = torch.autograd.grad(
