@@ -126,6 +126,7 @@ def backward(
     task_params: Iterable[Tensor] | None = None,
     outputs: Mapping[str, Tensor] | None = None,
     targets: Mapping[str, Tensor] | None = None,
+    extra_losses: Sequence[Losses] = (),
 ) -> Tensor:
     """Accumulate into `.grad`, as `loss.backward()` does, the gradients `strategy` makes of
     a step's term `losses`; return the weight each term got (detached, in term order).
@@ -138,7 +139,10 @@ def backward(
     gradient of its own loss. `shared_params` default to the parameters `features` are
     computed from; `task_params` to every other parameter the losses depend on (not through
     `features`). DTP reads each task's `outputs` and `targets` (its KPIs). The strategy is
-    set up (`Weighting.setup`) on the first call, and again if `shared_params` change. Where
+    set up (`Weighting.setup`) on the first call, and again if `shared_params` change. A
+    strategy with extra batches (`strategy.extra_batches`: SDMGrad's and MoDo's two more
+    training batches) takes their term losses, computed by the same model, as `extra_losses`;
+    without them it uses the step's own batch in their place (the deterministic form). Where
     a loss or the combined gradient is not finite, `.grad` is not: check it before the
     optimizer's step where that can happen.
     """
@@ -166,7 +170,8 @@ def backward(
         )
         with _accumulated([*shared, *heads, *strategy.parameters()]):
             engine = engine_over(strategy, shared, [*shared, *heads])
-            step.parts, step.total = engine(vector, represented)
+            extra = [loss_vector(e, strategy) for e in extra_losses]
+            step.parts, step.total = engine(vector, represented, extra)
     step.losses = vector.detach()  # kept for `after_step`, without the step's graph
     progress.step = step
     return strategy.weights()
@@ -249,7 +254,7 @@ def _set_up(strategy: Weighting, shared: Sequence[Tensor]) -> _Progress:
         try:
             strategy.setup(_SharedPart(shared))  # type: ignore[arg-type]
         except ConfigError:
-            if shared:
+            if shared or strategy.level is None:  # not about the shared part
                 raise
             raise ConfigError(
                 f"{type(strategy).__name__} needs the shared parameters: pass backward(..., "

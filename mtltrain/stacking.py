@@ -100,6 +100,8 @@ def unstackable(jobs: Sequence[Job]) -> str:
         return "their strategies differ"
     if first.strategy.unstackable:
         return f"{type(first.strategy).__name__}: {first.strategy.unstackable}"
+    if first.strategy.extra_batches:
+        return f"{type(first.strategy).__name__}: the stacked step draws no extra batches"
     if first.ranks.size > 1:
         return "they run under torchrun"
     if first.forward is not first.model:

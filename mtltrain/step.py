@@ -19,7 +19,8 @@ class Step:
     """A step of the loop: `number` counts from 1 over the run, `epoch` from 0; `outputs` are
     detached; `losses` are the term losses in term order, with their graph until the backward
     pass. After the backward pass `parts` holds each term's detached contribution to `total`,
-    which is NaN where the step's combined gradient was not finite.
+    which is NaN where the step's combined gradient was not finite. `extra_batches` are the
+    batches the strategy's `extra_batches` asked for, in that order, on the step's device.
 
     Under torchrun `batch` and `outputs` are this rank's shard (`share` of the global batch)
     and `losses` the global batch's; `ranks.sum` adds a shard's sums (or its part of a
@@ -34,6 +35,7 @@ class Step:
     total: Tensor | None = None
     share: float = 1.0
     ranks: Ranks = ONE_PROCESS
+    extra_batches: tuple[Split, ...] = ()
 
 
 class StepRunner(Protocol):

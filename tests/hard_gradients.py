@@ -185,3 +185,16 @@ def reference_cagrad_weights(g: np.ndarray, radius: float, g0: np.ndarray) -> np
                     best, weights = objective(w), w
     zero_in_hull = np.linalg.norm(reference_min_norm(g)) <= 1e-9 * np.linalg.norm(g, axis=1).max()
     return None if zero_in_hull and best > 0 else weights
+
+
+def reference_simplex_projection(v: np.ndarray) -> np.ndarray:
+    """The Euclidean projection of v onto the probability simplex, max(v − θ, 0) with θ found
+    by bisection on Σ max(v − θ, 0) = 1 (not the sort-based formula of the code)."""
+    low, high = v.min() - 1.0, v.max()  # the sum is ≥ K ≥ 1 at the one, 0 at the other
+    for _ in range(100):
+        middle = (low + high) / 2
+        if np.maximum(v - middle, 0).sum() > 1:
+            low = middle
+        else:
+            high = middle
+    return np.maximum(v - (low + high) / 2, 0)

@@ -15,6 +15,10 @@ One pass per term beat both alternatives measured on the §5B MNIST model on thi
 (`scripts/bench.py`, section "engine"): the K passes as one vmapped pass
 (`torch.autograd.grad(..., is_grads_batched=True)`) and torchjd's `mtl_backward` + `jac_to_grad`.
 
+A strategy with extra batches (`Weighting.extra_batches`, SDMGrad, MoDo) is handed to
+`observe_extra`, before `aggregate`, the Jacobian of each extra batch's contributions at the
+shared parameters (`extra`: their term losses, with their graphs); a loss-based one gets none.
+
 Either way a call returns each term's detached contribution to the step's total and the total;
 for a gradient-based strategy parts_k = w_k·contribution_k with the aggregation's weights, and
 the total is NaN when the Jacobian, the weights or the combined direction is not finite, so the
@@ -36,8 +40,11 @@ from mtltrain.weighting.base import Weighting
 
 
 class Backward(Protocol):
-    def __call__(self, losses: Tensor, features: Features) -> tuple[Tensor, Tensor]:
-        """Fill `.grad` from the step's term losses; return (parts, total), detached."""
+    def __call__(
+        self, losses: Tensor, features: Features, extra: Sequence[Tensor] = ()
+    ) -> tuple[Tensor, Tensor]:
+        """Fill `.grad` from the step's term losses (and hand the strategy the Jacobians of
+        its `extra` batches' term losses); return (parts, total), detached."""
         ...
 
 
@@ -50,7 +57,9 @@ class WeightedSum:
         self.strategy, self.ranks = strategy, ranks
         self.model_params = [p for p in params if p.requires_grad]
 
-    def __call__(self, losses: Tensor, features: Features) -> tuple[Tensor, Tensor]:
+    def __call__(
+        self, losses: Tensor, features: Features, extra: Sequence[Tensor] = ()
+    ) -> tuple[Tensor, Tensor]:
         parts = self.strategy.contributions(losses)
         total = parts.sum()
         total.backward()
@@ -71,7 +80,11 @@ class TaskJacobian:
         self.heads = [p for p in params if p.requires_grad and id(p) not in shared_ids]
         self.others = [*self.heads, *(p for p in strategy.parameters() if p.requires_grad)]
 
-    def __call__(self, losses: Tensor, features: Features) -> tuple[Tensor, Tensor]:
+    def __call__(
+        self, losses: Tensor, features: Features, extra: Sequence[Tensor] = ()
+    ) -> tuple[Tensor, Tensor]:
+        if extra:
+            self.strategy.observe_extra([self.shared_rows(e) for e in extra])
         contributions = self.strategy.contributions(losses)
         k = contributions.shape[0]
         targets: Sequence[Tensor] = (
@@ -111,6 +124,25 @@ class TaskJacobian:
         parts = weights.to(contributions.dtype) * contributions.detach()
         # a sum is finite if its terms are, and overflow only errs to NaN: 20× cheaper than all()
         return parts, torch.where(torch.isfinite(check), parts.sum(), torch.nan)
+
+    def shared_rows(self, losses: Tensor) -> Tensor:
+        """The K × D Jacobian of an extra batch's contributions at the shared parameters (one
+        pass per term; its graph is freed)."""
+        contributions = self.strategy.contributions(losses)
+        k = contributions.shape[0]
+        rows = []
+        for i, contribution in enumerate(contributions):
+            grads = torch.autograd.grad(
+                contribution, self.shared, retain_graph=i < k - 1, allow_unused=True
+            )
+            rows.append(
+                torch.cat([
+                    torch.zeros(p.numel(), dtype=p.dtype, device=p.device) if g is None
+                    else g.reshape(-1)
+                    for g, p in zip(grads, self.shared, strict=True)
+                ])
+            )  # fmt: skip
+        return torch.stack(rows)
 
     def combined(
         self, jacobian: Tensor, losses: Tensor, targets: Sequence[Tensor], sizes: Sequence[int]

@@ -3,6 +3,7 @@
 `mtltrain.weighting.solvers`."""
 
 from mtltrain.weighting.aligned_mtl import AlignedMTL
+from mtltrain.weighting.auto_lambda import AutoLambda
 from mtltrain.weighting.base import Weighting
 from mtltrain.weighting.cagrad import CAGrad
 from mtltrain.weighting.conflict_free import ConFIG
@@ -24,11 +25,13 @@ from mtltrain.weighting.imtl import IMTL
 from mtltrain.weighting.ldc_mtl import LDCMTL
 from mtltrain.weighting.mgda import MGDA
 from mtltrain.weighting.moco import MoCo
+from mtltrain.weighting.modo import MoDo
 from mtltrain.weighting.nash_mtl import NashMTL
 from mtltrain.weighting.pcgrad import PCGrad
 from mtltrain.weighting.revised_uncertainty import RevisedUncertaintyWeighting
 from mtltrain.weighting.rlw import RandomLossWeighting
 from mtltrain.weighting.scale_invariant import ScaleInvariant
+from mtltrain.weighting.sdmgrad import SDMGrad
 from mtltrain.weighting.stch import SmoothTchebycheff
 from mtltrain.weighting.uncertainty import UncertaintyWeighting
 from mtltrain.weighting.upgrad import UPGrad
@@ -42,6 +45,7 @@ __all__ = [
     "LDCMTL",
     "MGDA",
     "AlignedMTL",
+    "AutoLambda",
     "CAGrad",
     "ConFIG",
     "DualProj",
@@ -56,10 +60,12 @@ __all__ = [
     "GradNorm",
     "GradVac",
     "MoCo",
+    "MoDo",
     "NashMTL",
     "PCGrad",
     "RandomLossWeighting",
     "RevisedUncertaintyWeighting",
+    "SDMGrad",
     "ScaleInvariant",
     "SmoothTchebycheff",
     "SoftOptimalUncertainty",

@@ -7,11 +7,13 @@ A step, in the order the loop calls them:
   layers) and find what the strategy reads of it.
 - `observe(step)` after the forward pass, before the backward pass: the step's detached outputs
   and targets (DTP's KPIs), its losses with their graph (GradNorm's gradient norms, FAMO's
-  losses before the update).
+  losses before the update), and its extra batches (`extra_batches`, below).
 - `contributions(losses)`: the vector the engine back-propagates. Loss-based strategies
   (`level = None`) return each term's share of the total, Σ of which is back-propagated;
   gradient-based ones (`level = "parameters"` or `"representation"`) return the per-term
   objectives whose Jacobian the engine computes and hands to `aggregate(jacobian, losses)`.
+- `observe_extra(jacobians)` (gradient-based strategies with extra batches): the Jacobian of
+  each extra batch's term losses at the shared parameters, before `aggregate`.
 - `after_step(step, recompute)` after the optimizer step: `recompute(step)` gives the batch's
   losses under the updated model (FAMO).
 - `on_epoch_end(epoch, mean_losses)` with the epoch's mean term losses (DWA).
@@ -21,6 +23,12 @@ A step, in the order the loop calls them:
   `model_optimizer_parameters()`) are trained by the model's optimizer, without weight decay.
 - `report()`: what to log, {quantity: vector in term order, or a 0-d tensor for a quantity of
   the whole strategy (a solver's failures)}, "weight" always.
+
+A strategy that needs more than the step's batch says so in `extra_batches`: one entry per
+batch, "train" (a batch of the training set, from a shuffle of its own) or "validation" (of the
+validation split where one is held out, else of the training set). The loop hands them over in
+`Step.extra_batches`, in that order, and for a gradient-based strategy the engine hands their
+Jacobians to `observe_extra` (`mtltrain.loop._extra_batches` says where they come from).
 
 Everything that changes while training is in `state_dict()` (parameters, buffers and the
 `extra_state` a strategy adds) and in its optimizers' state, so a checkpoint restores it
@@ -42,6 +50,7 @@ from mtltrain.step import Step
 
 Values = float | Sequence[float] | Mapping[str, float] | None
 Level = Literal["parameters", "representation"]
+BatchSource = Literal["train", "validation"]
 # what each value of a setting must satisfy, and the words that say so
 Range = tuple[Callable[[Any], bool], str]
 
@@ -100,6 +109,8 @@ class Weighting(nn.Module):
     elementwise: ClassVar[bool] = False
     # `observe` reads the step's outputs and targets, not only its losses (DTP's KPIs)
     observes_predictions: ClassVar[bool] = False
+    # the batches a step needs besides its own, each "train" or "validation" (see the module)
+    extra_batches: ClassVar[tuple[BatchSource, ...]] = ()
 
     @classmethod
     def check_settings(cls, settings: Mapping[str, Any]) -> None:
@@ -157,6 +168,10 @@ class Weighting(nn.Module):
         `contributions` (its rows in term order) and the weight each row got; `at` are the
         tensors the Jacobian was taken at (the features or shared parameters), in order."""
         raise NotImplementedError(f"{type(self).__name__} is loss-based: it aggregates nothing")
+
+    def observe_extra(self, jacobians: Sequence[Tensor]) -> None:
+        """The K × D Jacobian of each extra batch's contributions (in `extra_batches` order)
+        at the shared parameters, before `aggregate`; by default, nothing to do."""
 
     def after_step(self, step: Step, recompute: Callable[[Step], Tensor]) -> None:
         """After the optimizer step; `recompute(step)` gives the batch's losses now."""
@@ -289,6 +304,18 @@ def float64_gramian(jacobian: Tensor) -> Tensor:
         rows = block.double()
         gramian.addmm_(rows, rows.T)
     return gramian
+
+
+def float64_cross_gramian(left: Tensor, right: Tensor) -> Tensor:
+    """A·Bᵀ in float64 of two K × D Jacobians (of two batches), a block of columns at a time
+    on the CPU, as `float64_gramian`."""
+    if left.device.type != "cpu":
+        return left.double() @ right.double().T
+    cross = left.new_zeros(len(left), len(right), dtype=torch.float64)
+    blocks = zip(left.split(GRAMIAN_BLOCK, 1), right.split(GRAMIAN_BLOCK, 1), strict=True)
+    for a, b in blocks:
+        cross.addmm_(a.double(), b.double().T)
+    return cross
 
 
 def resolved_rows(gramian: Tensor, floor: float) -> Tensor:
