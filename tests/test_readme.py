@@ -125,3 +125,9 @@ def test_every_example_command_builds(tmp_path):
         if "root" in compose_checked(kept).dataset:  # the MNIST data sets
             kept += [f"dataset.root={root}", "dataset.download=false"]
         build_job(compose_checked(kept))
+
+
+def test_the_strategy_count_is_the_number_of_weighting_configs():
+    """The front door's "N strategies" counts conf/weighting/."""
+    count = len(list((REPO / "conf" / "weighting").glob("*.yaml")))
+    assert f"{count} strategies" in (REPO / "README.md").read_text()
