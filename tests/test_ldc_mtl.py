@@ -111,3 +111,10 @@ def test_without_normalising_tau_is_one_and_nlls_are_allowed():
         LDCMTL((NLL,))
     with pytest.raises(ConfigError, match=r"weighting.penalty=-1 is not allowed"):
         LDCMTL(TERMS, penalty=-1)
+
+
+def test_one_task_trains_on_its_loss():
+    """K = 1: no neighbour, no discrepancy; the total is σ·L/τ = L (σ = 1, τ = 1)."""
+    strategy = observed(LDCMTL(TERMS[:1]), [2.0])
+    torch.testing.assert_close(strategy.contributions(torch.tensor([3.0])), torch.tensor([3.0]))
+    torch.testing.assert_close(strategy.weights(), torch.tensor([1.0]))

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtltrain.losses import LossTerm
@@ -76,9 +77,8 @@ class LDCMTL(Weighting):
     def parts(self, losses: Tensor, router: Tensor) -> Tensor:
         """Each term's part of g + λ·f: u_k plus half of the |u_k − u_{k±1}| it is in."""
         u = router * losses / self.divisor()
-        gaps = (u[..., :-1] - u[..., 1:]).abs()
-        zero = gaps[..., :1] * 0
-        halves = torch.cat([gaps, zero], -1) + torch.cat([zero, gaps], -1)
+        gaps = (u[..., :-1] - u[..., 1:]).abs()  # none for one task
+        halves = F.pad(gaps, (0, 1)) + F.pad(gaps, (1, 0))
         return u + 0.5 * self.penalty * halves
 
     def divisor(self) -> Tensor:
