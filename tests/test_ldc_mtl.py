@@ -118,3 +118,12 @@ def test_one_task_trains_on_its_loss():
     strategy = observed(LDCMTL(TERMS[:1]), [2.0])
     torch.testing.assert_close(strategy.contributions(torch.tensor([3.0])), torch.tensor([3.0]))
     torch.testing.assert_close(strategy.weights(), torch.tensor([1.0]))
+
+
+def test_tau_waits_for_a_step_whose_losses_are_all_positive():
+    """A zero first loss (a masked loss on a batch without valid targets) would make every
+    other τ_k = (L_k + ε)/ε for the whole run: τ is measured on the next step instead."""
+    strategy = observed(LDCMTL(TERMS), [0.0, 1.0, 4.0])
+    assert strategy.tau.tolist() == [0.0, 0.0, 0.0]
+    observed(strategy, [2.0, 1.0, 4.0])
+    torch.testing.assert_close(strategy.tau, torch.tensor([2.0, 1.0, 4.0]))
