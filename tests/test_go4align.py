@@ -120,3 +120,13 @@ def test_settings_out_of_range_and_negative_losses_are_refused():
         GO4Align(TERMS, step_size=-1)
     with pytest.raises(ConfigError, match=r"term y \(gaussian_nll\) can be negative"):
         GO4Align((NLL,))
+
+
+def test_a_step_with_a_zero_loss_keeps_the_last_weights():
+    """ΣL/L_k has no value at L_k = 0 (a masked loss on a batch without valid targets): the
+    step keeps p and the weights, rather than weighting every task by ~ΣL/ε (one group)."""
+    strategy = observed(GO4Align(TERMS, groups=1, step_size=0.1), [1.0, 2.0, 4.0])
+    before = {k: v.clone() for k, v in strategy.state_dict().items()}
+    observed(strategy, [0.0, 2.0, 4.0])
+    for name, value in strategy.state_dict().items():
+        assert torch.equal(value, before[name]), name

@@ -111,3 +111,19 @@ def test_without_normalising_tau_is_one_and_nlls_are_allowed():
         LDCMTL((NLL,))
     with pytest.raises(ConfigError, match=r"weighting.penalty=-1 is not allowed"):
         LDCMTL(TERMS, penalty=-1)
+
+
+def test_one_task_trains_on_its_loss():
+    """K = 1: no neighbour, no discrepancy; the total is σ·L/τ = L (σ = 1, τ = 1)."""
+    strategy = observed(LDCMTL(TERMS[:1]), [2.0])
+    torch.testing.assert_close(strategy.contributions(torch.tensor([3.0])), torch.tensor([3.0]))
+    torch.testing.assert_close(strategy.weights(), torch.tensor([1.0]))
+
+
+def test_tau_waits_for_a_step_whose_losses_are_all_positive():
+    """A zero first loss (a masked loss on a batch without valid targets) would make every
+    other τ_k = (L_k + ε)/ε for the whole run: τ is measured on the next step instead."""
+    strategy = observed(LDCMTL(TERMS), [0.0, 1.0, 4.0])
+    assert strategy.tau.tolist() == [0.0, 0.0, 0.0]
+    observed(strategy, [2.0, 1.0, 4.0])
+    torch.testing.assert_close(strategy.tau, torch.tensor([2.0, 1.0, 4.0]))

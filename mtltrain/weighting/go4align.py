@@ -37,8 +37,9 @@ class GO4Align(Weighting):
     p ← softmax(log p − η·L) each step accumulates the tasks' risks (η = `step_size`); the K
     indicators ω_k = (Σ_j L_j/(L_k + ε))·p_k are grouped by exact 1-D K-means into `groups`
     groups (at most K), and each task takes its group's mean ω as its weight for the step.
-    A step whose losses are not finite leaves p and the weights as they were. The scale
-    balance divides by each loss, so it refuses a term whose loss can be negative.
+    A step whose losses are not all finite and positive (ΣL/L_k has no value at L_k = 0: a
+    masked loss on a batch without valid targets) leaves p and the weights as they were. The
+    scale balance divides by each loss, so it refuses a term whose loss can be negative.
 
     Paper: Shen et al., NeurIPS 2024.
     Scale: Σ_k ω_k·L_k = Σ_k L_k (ω before grouping; grouping keeps Σ w = Σ ω).
@@ -65,7 +66,7 @@ class GO4Align(Weighting):
 
     def observe(self, step: Step) -> None:
         losses = step.losses.detach().to(self.weight)
-        if not bool(torch.isfinite(losses).all()):
+        if not bool((torch.isfinite(losses) & losses.gt(0)).all()):
             return
         probability = torch.softmax(self.probability.log() - self.step_size * losses, dim=0)
         indicator = losses.sum() / (losses + EPS) * probability

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtltrain.losses import LossTerm
@@ -30,19 +31,20 @@ class LDCMTL(Weighting):
     The router is a vector of K logits W (σ uniform at the start), stepped by its own Adam
     optimizer (`lr`) on the gradient of the same total at the step's losses, given in `observe`;
     the model's gradient is Σ_k w_k·∇L_k with w_k = (σ_k/τ_k)·(1 + λ·(s_k − s_{k−1})), s_k the
-    sign of u_k − u_{k+1} (0 beyond the ends). λ is `penalty`. τ_k = (L_k + ε)/(min_j L_j +
-    ε) of the first step that updated the model (ε = 1e-8; τ = 1 with `normalise=false`), kept
-    in the state and used from the next step on: the official code divides that first
-    step's losses already, which at σ uniform makes every u_k equal, a point where the
-    discrepancy has no derivative (that one step is trained on the raw losses here). The
-    router descends g too, as in the official code: with a small λ it drifts toward the task
-    of least normalised loss; a large λ holds the u_k together. The official code's routers
-    differ by benchmark (a softmax of a linear layer on pooled decoder features, clamped to
-    [0.2, 0.8], on NYUv2 and Cityscapes; a sigmoid of a free vector on CelebA and QM9) and
-    share the model's Adam; here the router reads no features (the strategy sees losses, not
-    the model's activations), is a softmax as the paper's, and has an optimizer of its own.
-    The discrepancy pairs tasks in term order, as the official code does. The
-    pre-normalisation divides by losses, so it refuses a term whose loss can be negative.
+    sign of u_k − u_{k+1} (0 beyond the ends). λ is `penalty`. τ_k = (L_k + ε)/(min_j L_j + ε)
+    of the first step that updated the model with losses all finite and positive (a zero one, a
+    masked loss on a batch without valid targets, would make every other τ_k ≈ L_k/ε for the
+    whole run; ε = 1e-8; τ = 1 with `normalise=false`), kept in the state and used from the next
+    step on: the official code divides that first step's losses already, which at σ uniform
+    makes every u_k equal, a point where the discrepancy has no derivative (that one step is
+    trained on the raw losses here). The router descends g too, as in the official code: with a
+    small λ it drifts toward the task of least normalised loss; a large λ holds the u_k
+    together. The official code's routers differ by benchmark (a softmax of a linear layer on
+    pooled decoder features, clamped to [0.2, 0.8], on NYUv2 and Cityscapes; a sigmoid of a free
+    vector on CelebA and QM9) and share the model's Adam; here the router reads no features (the
+    strategy sees losses, not the model's activations), is a softmax as the paper's, and has an
+    optimizer of its own. The discrepancy pairs tasks in term order, as the official code does.
+    The pre-normalisation divides by losses, so it refuses a term whose loss can be negative.
 
     Paper: Xiao et al. 2025.
     Scale: Σ σ = 1, each loss divided by τ_k.
@@ -76,9 +78,8 @@ class LDCMTL(Weighting):
     def parts(self, losses: Tensor, router: Tensor) -> Tensor:
         """Each term's part of g + λ·f: u_k plus half of the |u_k − u_{k±1}| it is in."""
         u = router * losses / self.divisor()
-        gaps = (u[..., :-1] - u[..., 1:]).abs()
-        zero = gaps[..., :1] * 0
-        halves = torch.cat([gaps, zero], -1) + torch.cat([zero, gaps], -1)
+        gaps = (u[..., :-1] - u[..., 1:]).abs()  # none for one task
+        halves = F.pad(gaps, (0, 1)) + F.pad(gaps, (1, 0))
         return u + 0.5 * self.penalty * halves
 
     def divisor(self) -> Tensor:
@@ -99,9 +100,11 @@ class LDCMTL(Weighting):
         self.gap.copy_((u[:-1] - u[1:]).abs().sum())
 
     def after_step(self, step: Step, recompute: Callable[[Step], Tensor]) -> None:
-        """τ from the first updated step's losses, used from the next step on."""
+        """τ from the first updated step's losses that are all finite and positive, used from
+        the next step on."""
         losses = step.losses.detach().to(self.tau)
-        if not bool(self.tau.gt(0).all()) and bool(torch.isfinite(losses).all()):
+        usable = bool((torch.isfinite(losses) & losses.gt(0)).all())
+        if usable and not bool(self.tau.gt(0).all()):
             self.tau.copy_((losses + EPS) / (losses.min() + EPS))
 
     def contributions(self, losses: Tensor) -> Tensor:
