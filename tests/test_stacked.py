@@ -262,6 +262,22 @@ def test_a_compiled_stack_ends_close_to_each_job_alone(tmp_path: Path) -> None:
         assert_same_results(stacked_run, alone, COMPILED_REL, COMPILED_REL)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graphs_of_a_stack_end_close_to_each_job_alone(tmp_path: Path) -> None:
+    """trainer.compile=reduce-overhead on a GPU (the stacked step replayed as CUDA graphs):
+    each stacked job ends within COMPILED_REL of the same job alone, eager, on the GPU."""
+    common = [*SMALL, "weighting=uncertainty", "trainer.device=cuda"]
+    graphed = [*common, "trainer.compile=reduce-overhead"]
+    stacked = run_stacked(jobs_of(tmp_path / "stacked", graphed, SEEDS[:2]))
+    for job in jobs_of(tmp_path / "alone", common, SEEDS[:2]):
+        run(*job)
+    for i, value in enumerate(stacked):
+        assert not isinstance(value, Exception), value
+        stacked_run, alone = (tmp_path / way / f"job{i}" for way in ("stacked", "alone"))
+        assert_same_results(stacked_run, alone, COMPILED_REL, COMPILED_REL)
+
+
 def test_the_docs_state_the_tolerances_proven_here() -> None:
     page = (Path(__file__).resolve().parent.parent / "docs" / "scaling-out.md").read_text()
     claim = " ".join(page.split("**Same results as alone")[1].split("\n- ")[0].split())
