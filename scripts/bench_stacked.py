@@ -222,10 +222,12 @@ def step_rates(
 def markdown(report: dict) -> str:
     """The page docs/results/stacked.md (a CPU's measurements)."""
     sweeps, m = report["sweeps"], report["machine"]
+    compiled = f" --compile {report['compile']}" if report.get("compile") else ""
     lines = [
         "# Stacked sweeps",
         "",
-        f"Measured by `python scripts/bench_stacked.py --epochs {sweeps['epochs']} --publish` "
+        f"Measured by `python scripts/bench_stacked.py --epochs {sweeps['epochs']}{compiled} "
+        "--publish` "
         f"on {m['cpu']} ({m['cores']} cores), torch {m['torch']}, {report['threads']} CPU "
         "threads for the stacks and the step measurements.",
         "",
@@ -369,6 +371,7 @@ def main() -> None:
             "rounds": args.rounds,
             "jobs": jobs,
             "hand": hand,
+            "compile": args.compile,
             "steps": steps,
             "sweeps": whole_sweeps(args.epochs, tmp, args.device, jobs, sweep_sizes, args.compile),
         }
