@@ -16,7 +16,7 @@ from mtltrain.constraints import Width
 def _relu() -> nn.ReLU:
     """ReLU in place: the convolution before it keeps its input, not its output, for its
     backward pass, so the activation overwrites that output (the same values, no new buffer;
-    measured: 3% of a §5B training step on a CPU, scripts/bench.py's ceiling rows)."""
+    measured: 3% off a §5B training step on one CPU thread)."""
     return nn.ReLU(inplace=True)
 
 
