@@ -1,7 +1,7 @@
 """Which jobs can train stacked (`mtltrain.loop._stacked`), decided outside the loop: a sweep's
 configs grouped by what must be equal (`stack_key`: the config without the STACKABLE
 settings, which live in tensors), and the built jobs of a group checked (`unstackable`: the
-same strategy class, shapes, optimizers and devices; no torchrun, compile, dropout, batch
+same strategy class, shapes, optimizers and devices; no torchrun, dropout, batch
 norm, learning-rate schedule or gradient clipping). The
 vectorized launcher groups with `groups_of`, `run.run_stacked` checks with `unstackable`.
 """
@@ -104,8 +104,6 @@ def unstackable(jobs: Sequence[Job]) -> str:
         return f"{type(first.strategy).__name__}: the stacked step draws no extra batches"
     if first.ranks.size > 1:
         return "they run under torchrun"
-    if first.forward is not first.model:
-        return "trainer.compile is set"
     if first.schedule is not None or first.cfg.grad_clip is not None:
         return "trainer.lr_scheduler or trainer.grad_clip is set (per job, not in the fused update)"
     if _draws_random(first.model):

@@ -2,7 +2,8 @@
 launcher, on this machine, in one run.
 
     python scripts/bench_stacked.py [--epochs 1500] [--publish]
-    python scripts/bench_stacked.py --device cuda --jobs 16 --epochs 50   # one N, on a GPU
+    python scripts/bench_stacked.py --device cuda --jobs 16 --sizes 64 --epochs 50 \
+        --compile reduce-overhead                                # on a GPU (CUDA graphs)
 
 1. Whole sweeps of the §5A two-slope model (seeds 0…N−1, the default strategy), each a whole
    `mtltrain -m` process: N = 16 on the default launcher (one job after another, each on the
@@ -18,8 +19,12 @@ launcher, on this machine, in one run.
    with nothing else, would reach.
 
 `--jobs N` measures one N instead: the default launcher's sweep of N jobs against the
-stacked sweep of N, the steps at N and the hand-written loop of N. `--device` picks where
-every run and step trains (default: the CPU, which `--publish` requires).
+stacked sweep of N, the steps at N and the hand-written loop of N; `--sizes` gives the N of
+the stacked sweeps and steps instead (the hand-written loop: the largest), the default
+launcher's runs per second the base of every ratio. `--compile MODE` adds a stacked sweep and
+a §5A step with `trainer.compile=MODE` at the largest N (the sweep's wall time includes the
+compilation; `reduce-overhead` on a GPU: CUDA graphs of the compiled step). `--device` picks
+where every run and step trains (default: the CPU, which `--publish` requires).
 `--publish` writes docs/results/stacked.md (and the section of docs/scaling-out.md that embeds it).
 """
 
@@ -58,8 +63,15 @@ def default_label(jobs: int) -> str:
     return f"default launcher, {jobs} jobs"
 
 
-def sweep_seconds(jobs: int, epochs: int, stacked: bool, folder: Path, device: str) -> float:
+def compiled_label(n: int, mode: str) -> str:
+    return f"N = {n}, compile={mode}"
+
+
+def sweep_seconds(
+    jobs: int, epochs: int, stacked: bool, folder: Path, device: str, compile_mode: str = ""
+) -> float:
     launcher = ["hydra/launcher=vectorized", f"hydra.launcher.group_size={jobs}"]
+    compiled = [f"trainer.compile={compile_mode}"] if compile_mode else []
     command = [
         MTLTRAIN,
         "-m",
@@ -68,19 +80,29 @@ def sweep_seconds(jobs: int, epochs: int, stacked: bool, folder: Path, device: s
         f"trainer.device={device}",
         f"hydra.sweep.dir={folder}",
         *(launcher if stacked else []),
+        *compiled,
         "trainer.progress=false",
     ]
     return timed_process(command)
 
 
-def whole_sweeps(epochs: int, tmp: Path, device: str, jobs: int, sizes: tuple[int, ...]) -> dict:
-    """The default launcher's sweep of `jobs` jobs, then a stacked sweep of each N in `sizes`."""
+def whole_sweeps(
+    epochs: int, tmp: Path, device: str, jobs: int, sizes: tuple[int, ...], compile_mode: str = ""
+) -> dict:
+    """The default launcher's sweep of `jobs` jobs, then a stacked sweep of each N in `sizes`,
+    and with `compile_mode` one of the largest N with trainer.compile=`compile_mode`."""
     default = sweep_seconds(jobs, epochs, False, tmp / "default", device)
     rows = {default_label(jobs): {"jobs": jobs, "seconds": default}}
     for n in sizes:
         rows[f"stacked, N = {n}"] = {
             "jobs": n,
             "seconds": sweep_seconds(n, epochs, True, tmp / f"stacked{n}", device),
+        }
+    if compile_mode:
+        n = max(sizes)
+        rows[f"stacked, {compiled_label(n, compile_mode)}"] = {
+            "jobs": n,
+            "seconds": sweep_seconds(n, epochs, True, tmp / "compiled", device, compile_mode),
         }
     base = jobs / default
     for row in rows.values():
@@ -146,15 +168,22 @@ def step_rates(
     sizes: tuple[int, ...] = STEP_SIZES,
     hand: int = 0,
     block_scale: float = 1.0,
+    compile_mode: str = "",
 ) -> dict:
     """Per job and step: µs alone (on the threads its run picks) and stacked at each N in
     `sizes` (on every core, as a stack runs; built directly, so a model the launcher would run
     alone on a CPU is measured stacked too), and with `hand` a `HandStacked` of that many
-    jobs; medians of interleaved rounds of blocks of 10 (MNIST) or 200 steps × `block_scale`."""
+    jobs, and with `compile_mode` a stack of the largest N with trainer.compile=`compile_mode`
+    (compiled before the rounds); medians of interleaved rounds of blocks of 10 (MNIST) or
+    200 steps × `block_scale`."""
     alone = jobs(overrides, 1, device)[0]
     alone_threads = torch.get_num_threads()
     batch = alone.train_split.take(slice(0, alone.batch_size))
-    stacks = {n: StackedStep(jobs(overrides, n, device)) for n in sizes}
+    stacks = {f"N = {n}": StackedStep(jobs(overrides, n, device)) for n in sizes}
+    if compile_mode:
+        n = max(sizes)
+        compiled = [*overrides, f"trainer.compile={compile_mode}"]
+        stacks[compiled_label(n, compile_mode)] = StackedStep(jobs(compiled, n, device))
     stacked_threads = torch.get_num_threads()
     steps = max(1, round((10 if "mnist" in name else 200) * block_scale))
 
@@ -174,10 +203,11 @@ def step_rates(
 
     alone_step = PerJobStep(alone).train_step
     blocks = {"alone": per_job(lambda: alone_step(batch), alone_threads, 1)}
-    for n, stack in stacks.items():
+    for label, stack in stacks.items():
         order = torch.arange(stack.first.batch_size, device=stack.train.inputs.device)
-        order = order[None].expand(n, -1)
-        blocks[f"N = {n}"] = per_job(lambda s=stack, o=order: s.train_step(o), stacked_threads, n)
+        order = order[None].expand(stack.n, -1)
+        step = functools.partial(stack.train_step, order)
+        blocks[label] = per_job(step, stacked_threads, stack.n)
     if hand:
         hand_step = HandStacked(hand, device=alone.device).step
         blocks[hand_label(hand)] = per_job(hand_step, stacked_threads, hand)
@@ -192,10 +222,12 @@ def step_rates(
 def markdown(report: dict) -> str:
     """The page docs/results/stacked.md (a CPU's measurements)."""
     sweeps, m = report["sweeps"], report["machine"]
+    compiled = f" --compile {report['compile']}" if report.get("compile") else ""
     lines = [
         "# Stacked sweeps",
         "",
-        f"Measured by `python scripts/bench_stacked.py --epochs {sweeps['epochs']} --publish` "
+        f"Measured by `python scripts/bench_stacked.py --epochs {sweeps['epochs']}{compiled} "
+        "--publish` "
         f"on {m['cpu']} ({m['cores']} cores), torch {m['torch']}, {report['threads']} CPU "
         "threads for the stacks and the step measurements.",
         "",
@@ -246,7 +278,7 @@ def step_table(steps: dict) -> list[str]:
     ]
     for name, rates in steps.items():
         a = rates["alone"]
-        cells = [f"{rates[k]:.0f} µs ({a / rates[k]:.2g}×)" for k in sizes]
+        cells = [f"{rates[k]:.0f} µs ({a / rates[k]:.2g}×)" if k in rates else "–" for k in sizes]
         alone = f"{a:.0f} µs ({rates['alone threads']})"
         lines.append(f"| {name} | {alone} | {' | '.join(cells)} |")
     return lines
@@ -256,19 +288,28 @@ def hand_written(report: dict) -> list[str]:
     """The hand-written stacked loop against mtltrain's stack, and the sweep ratio its step
     speed alone would give."""
     rates, sweeps, jobs = report["steps"][FORWARD_STACKED], report["sweeps"], report["jobs"]
-    hand, stacked, alone = rates[hand_label(jobs)], rates[f"N = {jobs}"], rates["alone"]
+    n = report.get("hand", jobs)  # the stack of the hand-written loop's N
+    hand, stacked, alone = rates[hand_label(n)], rates[f"N = {n}"], rates["alone"]
     steps = sweeps["epochs"] * rates["batches per epoch"]
     ratio = sweeps["rows"][default_label(jobs)]["seconds"] / (jobs * steps * hand * 1e-6)
+    compiled = [k for k in rates if k.startswith(f"N = {n}, compile=")]
+    faster = "".join(
+        f" The stack compiled ({k.split(', ', 1)[1]}: {rates[k]:.0f} µs) runs at "
+        f"{hand / rates[k]:.0%} of the hand-written loop's speed, {stacked / rates[k]:.2f}× "
+        "the eager stack's."
+        for k in compiled
+    )
     return [
         "",
-        f"**A hand-written stacked loop**: the {jobs} §5A jobs stacked by hand in plain "
+        f"**A hand-written stacked loop**: the {n} §5A jobs stacked by hand in plain "
         "torch, as a user would write it (`HandStacked`: the batched products, MSE, "
         "uncertainty weighting, one backward pass and torch's fused Adam; no metrics, logging, "
         f"checks or evaluation) take {hand:.0f} µs per job and step, in the same rounds as "
         f"the steps above: mtltrain's stack ({stacked:.0f} µs) runs at {hand / stacked:.0%} of "
         f"its speed, a job alone ({alone:.0f} µs) at {hand / alone:.0%}. A sweep whose "
         f"{steps} steps a job each took only that, with no start-up, evaluation, figures or "
-        f"checkpoints, would be {ratio:.1f}× as fast as the default launcher's sweep above.",
+        f"checkpoints, would be {ratio:.1f}× as fast as the default launcher's sweep above."
+        + faster,
     ]
 
 
@@ -279,6 +320,17 @@ def main() -> None:
     parser.add_argument("--mnist-root", default=MNIST_ROOT)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--jobs", type=int, help="measure only this N (default: all)")
+    parser.add_argument(
+        "--sizes",
+        type=lambda text: tuple(int(n) for n in text.split(",")),
+        help="comma-separated N of the stacked sweeps and steps (default: --jobs, else all)",
+    )
+    parser.add_argument(
+        "--compile",
+        default="",
+        choices=("", "default", "reduce-overhead", "max-autotune"),
+        help="also a sweep and a step of the largest N with trainer.compile=MODE",
+    )
     parser.add_argument(
         "--block-scale",
         type=float,
@@ -292,6 +344,9 @@ def main() -> None:
         parser.error("--publish writes the CPU's page docs/results/stacked.md: use --device cpu")
     jobs = args.jobs or SWEEP_JOBS
     sweep_sizes, step_sizes = ((jobs,), (jobs,)) if args.jobs else (SWEEP_SIZES, STEP_SIZES)
+    if args.sizes:
+        sweep_sizes = step_sizes = args.sizes
+    hand = max(step_sizes)
     rates = functools.partial(
         step_rates,
         rounds=args.rounds,
@@ -306,7 +361,7 @@ def main() -> None:
             root = str(write_random(tmp / "mnist", 60000, 10000, 0))
         mnist = mnist_overrides(root)
         steps = {
-            FORWARD_STACKED: rates("two_slope", [], hand=jobs),
+            FORWARD_STACKED: rates("two_slope", [], hand=hand, compile_mode=args.compile),
             "§5C sin-curve shared MLP (vmap)": rates("sin", ["dataset=sin_hetero"]),
             "§5B MNIST conv net (vmap)": rates("mnist", mnist),
         }
@@ -315,8 +370,10 @@ def main() -> None:
             "threads": torch.get_num_threads(),
             "rounds": args.rounds,
             "jobs": jobs,
+            "hand": hand,
+            "compile": args.compile,
             "steps": steps,
-            "sweeps": whole_sweeps(args.epochs, tmp, args.device, jobs, sweep_sizes),
+            "sweeps": whole_sweeps(args.epochs, tmp, args.device, jobs, sweep_sizes, args.compile),
         }
     args.out.write_text(json.dumps(report, indent=2))
     text = markdown(report)

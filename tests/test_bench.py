@@ -124,3 +124,8 @@ def test_the_paragraph_gives_the_sweep_ratio_at_the_hand_written_stacks_speed():
     text = "".join(hand_written(report))
     # 16 jobs × 28500 steps × 50 µs = 22.8 s against 456 s
     assert "28500 steps" in text and "20.0× as fast" in text and "at 50% of its" in text
+    assert "compiled" not in text
+    rates["N = 16, compile=default"] = 40.0  # bench_stacked --compile default
+    text = "".join(hand_written(report))
+    assert "compiled (compile=default: 40 µs) runs at 125% of the hand-written" in text
+    assert "2.50× the eager stack's" in text

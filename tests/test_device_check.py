@@ -55,6 +55,11 @@ def test_the_dry_run_writes_every_part_with_numbers(tmp_path):
         assert re.search(rf"\| {row} \| {NUMBER} (samples|steps)/s \| {NUMBER} \|", bench), row
     stacked = section(page, "stacked")
     assert re.search(rf"\| default launcher, 2 jobs \| 2 \| {NUMBER} s \|", stacked)
+    targets = page.split("Targets (issue 27", 1)[1].split("\n## ", 1)[0]
+    assert re.search(
+        rf"\| MNIST samples/s, mtltrain, \d threads? .+ \| {NUMBER}× \| ≥ 20× \|", targets
+    )
+    assert re.search(rf"\| runs/s of the stacked, N = 2 sweep .+ \| {NUMBER}× \| ≥ 15× \|", targets)
     assert re.search(rf"\| stacked, N = 2 \| 2 \| {NUMBER} s \| {NUMBER} \| {NUMBER}× \|", stacked)
     assert re.search(
         rf"\| §5B MNIST conv net \(vmap\) \| {NUMBER} µs \(\d+\) \| {NUMBER} µs", stacked
@@ -189,7 +194,12 @@ def test_the_docs_and_the_docstring_give_the_checks_sizes_and_limits():
     page = " ".join((REPO / "docs" / "performance.md").read_text().split())
     sizes = dc.GPU_SIZES
     assert f"({limits} in all;" in page
-    assert f"N = {sizes.stacked_jobs} ({sizes.stacked_epochs} epochs a job)" in page
+    stacked = (
+        f"the default launcher's sweep of N = {sizes.stacked_jobs} jobs against a stacked sweep "
+        f"of N = {sizes.stacked_size}, eager and with trainer.compile={sizes.compile_mode}"
+    )
+    assert f"({sizes.stacked_epochs} epochs a job): {stacked}" in page
     docstring = " ".join(dc.__doc__.split())
     assert f"The limits add up to {limits}." in docstring
-    assert f"N = {sizes.stacked_jobs} on the GPU, {sizes.stacked_epochs} epochs a job" in docstring
+    assert f"on the GPU, {sizes.stacked_epochs} epochs a job" in docstring
+    assert stacked in docstring

@@ -39,7 +39,7 @@ def test_every_results_file_is_a_page_of_the_site():
     config = yaml.load((REPO / "mkdocs.yml").read_text(), Loader=yaml.BaseLoader)
     pages = set(nav_pages(config["nav"]))
     results = {f"results/{p.name}" for p in (REPO / "docs" / "results").glob("*.md")}
-    assert results - {"results/gpu.md"} <= pages  # gpu.md: written by a GPU machine's check
+    assert results <= pages  # gpu.md too: a page until a GPU machine's check replaces it
 
 
 def test_the_readme_is_a_front_door():

@@ -32,11 +32,12 @@ from mtltrain.outputs import _checkpoint_file as checkpoint
 from mtltrain.outputs import _run_folder as rundir
 from mtltrain.outputs._results import read_results
 from mtltrain.run import run, run_stacked
-from mtltrain.stacking import groups_of, stack_key
+from mtltrain.stacking import groups_of, stack_key, unstackable
 
 REL = 1e-5
 FULL_REL = 2e-3
 FULL_LEARNED_REL = 1e-2
+COMPILED_REL = 1e-4  # trainer.compile on a stack, after SHORT (see its test)
 SHORT = [
     "trainer.epochs=2",
     "trainer.eval_every=1",
@@ -223,6 +224,58 @@ def test_other_optimizers_stack(tmp_path: Path, optimizer: str) -> None:
     """Elementwise ones step the stacked tensors, Adafactor (norms per tensor) each job's."""
     common = [*SMALL, f"trainer.optimizer._target_=torch.optim.{optimizer}"]
     check_against_alone(tmp_path, common, SEEDS[:2])
+
+
+def test_trainer_compile_compiles_the_stacked_forward_once(monkeypatch) -> None:
+    """trainer.compile stacks: the stack compiles its forward (model and losses) in that mode,
+    and the jobs evaluate with their eager models (torch.compile recorded, not run)."""
+    compiled = []
+
+    def recorded(fn, mode=None, **_):
+        compiled.append((fn, mode))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", recorded)
+    common = [*SHORT, *SMALL, "trainer.compile=max-autotune"]
+    jobs = [build_job(make_config([*common, f"seed={s}"])) for s in (0, 1)]
+    assert unstackable(jobs) == ""
+    compiled.clear()  # each job's own compiled model, from its build
+    stack = StackedStep(jobs)
+    assert compiled == [(stack.forward, "max-autotune")]
+    assert stack.forward_losses == stack.forward
+    assert all(job.forward is job.model for job in jobs)
+
+
+@SLOW
+def test_a_compiled_stack_ends_close_to_each_job_alone(tmp_path: Path) -> None:
+    """trainer.compile=default: the stacked jobs (compiled) end within COMPILED_REL of the same
+    jobs alone (eager): the compiled kernels add in another order."""
+    common = [*SMALL, "weighting=uncertainty"]
+    stacked = run_stacked(
+        jobs_of(tmp_path / "stacked", [*common, "trainer.compile=default"], SEEDS[:2])
+    )
+    for job in jobs_of(tmp_path / "alone", common, SEEDS[:2]):
+        run(*job)
+    for i, value in enumerate(stacked):
+        assert not isinstance(value, Exception), value
+        stacked_run, alone = (tmp_path / way / f"job{i}" for way in ("stacked", "alone"))
+        assert_same_results(stacked_run, alone, COMPILED_REL, COMPILED_REL)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graphs_of_a_stack_end_close_to_each_job_alone(tmp_path: Path) -> None:
+    """trainer.compile=reduce-overhead on a GPU (the stacked step replayed as CUDA graphs):
+    each stacked job ends within COMPILED_REL of the same job alone, eager, on the GPU."""
+    common = [*SMALL, "weighting=uncertainty", "trainer.device=cuda"]
+    graphed = [*common, "trainer.compile=reduce-overhead"]
+    stacked = run_stacked(jobs_of(tmp_path / "stacked", graphed, SEEDS[:2]))
+    for job in jobs_of(tmp_path / "alone", common, SEEDS[:2]):
+        run(*job)
+    for i, value in enumerate(stacked):
+        assert not isinstance(value, Exception), value
+        stacked_run, alone = (tmp_path / way / f"job{i}" for way in ("stacked", "alone"))
+        assert_same_results(stacked_run, alone, COMPILED_REL, COMPILED_REL)
 
 
 def test_the_docs_state_the_tolerances_proven_here() -> None:

@@ -108,6 +108,10 @@ class StackedStep:
         self.contributions_of = vmap(self.job_contributions)
         # an elementwise strategy's contributions of every job at once, on the stacked tensors
         self.broadcast = self.together and first.strategy.elementwise
+        self.stacked_strategy = _Holding(first.strategy, self.strategy_state)
+        # CUDA graphs (trainer.compile=reduce-overhead on a GPU) reuse their outputs' memory
+        self.graphed = first.cfg.compile == "reduce-overhead" and self.device.type == "cuda"
+        self.forward_losses = self.compiled(first.cfg.compile)
         self.observing = _overrides(first.strategy, "observe")
         self.acting_after = _overrides(first.strategy, "after_step")
         shared = all(_same_split(t.train_split, first.train_split) for t in self.jobs)
@@ -143,6 +147,23 @@ class StackedStep:
         log.info("%d jobs stacked, on %d CPU thread(s) (%s)", self.n, threads, why)
         settle_threads(threads)
 
+    def compiled(self, mode: str | None) -> Any:
+        """`forward`, compiled by torch.compile in `mode` (trainer.compile) where that is set
+        and the model has a `forward_stacked` (one graph: the batched products and the losses
+        per element; its backward is compiled with it); the jobs then evaluate with their
+        eager models (not one compilation per job). Compiled, a stacked job equals itself
+        alone to rounding only (the fused kernels add in another order). `reduce-overhead` on a
+        GPU replays the compiled step as CUDA graphs."""
+        if mode is None:
+            return self.forward
+        for job in self.jobs:
+            job.forward = job.model
+        if self.stacked_forward is None:
+            log.info("trainer.compile=%s: the stacked step runs eager (its model is vmapped)", mode)
+            return self.forward
+        log.info("trainer.compile=%s: the stacked step is compiled at its first step", mode)
+        return torch.compile(self.forward, mode=mode)
+
     def active(self) -> list[int]:
         return [i for i, job in enumerate(self.jobs) if job.error is None]
 
@@ -171,7 +192,8 @@ class StackedStep:
         """Each job's contributions: at once where the jobs' strategies differ only in their
         tensors, else each by its own strategy."""
         if self.broadcast:
-            return functional_call(self.contributors[0], self.prefixed, (losses,))
+            with self.stacked_strategy as strategy:
+                return strategy.contributions(losses)
         if self.together:
             return self.contributions_of(self.prefixed, losses)
         rows = losses.unbind(0)  # each job's strategy on its rows of the stacked tensors
@@ -191,13 +213,17 @@ class StackedStep:
         )
         if not self.first.on_device:
             batch = batch.map(lambda t: t.to(self.device, non_blocking=True))
+        if self.graphed:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are not read
         with self.precision:
-            outputs, losses = self.forward(self.model_state, batch.inputs, batch.targets)
+            outputs, losses = self.forward_losses(self.model_state, batch.inputs, batch.targets)
         seen = {name: detach(out) for name, out in outputs.items()}
+        if self.graphed:  # kept past the next step (pending metrics, the jobs' steps): copied
+            seen, losses = map_heads(torch.clone, seen), losses.clone()
         self.number += 1
         self.recomputed = None
-        rows = losses.unbind(0)
-        steps = [JobStep(self.number, self.epoch, batch, seen, rows[i], i) for i in range(self.n)]
+        shared = _StackedTensors(batch, seen, losses)
+        steps = [JobStep(self.number, self.epoch, shared, i) for i in range(self.n)]
         active = self.active()
         self.clear_gradients()
         if self.observing:
@@ -207,8 +233,7 @@ class StackedStep:
         totals = contributions.sum(1)
         totals.sum().backward()
         parts, totals = contributions.detach(), totals.detach()
-        for step, part, total in zip(steps, parts.unbind(0), totals.unbind(0), strict=True):
-            step.parts, step.total = part, total
+        shared.parts, shared.totals = parts, totals
         if self.reached is None:
             self.share_gradients()
         updated = self.vetted(steps, active, totals)
@@ -255,6 +280,9 @@ class StackedStep:
         """The jobs whose update goes ahead. A job whose step is not finite asks its callbacks
         (the non-finite policy), which skip it or stop the job; a job that is not updated
         keeps its parameters and optimizer state (its rows get no gradient)."""
+        if len(active) == self.n and bool(torch.isfinite(totals).all()):
+            self.without_update = set()  # every job's update goes ahead: one check, no loop
+            return active
         finite = torch.isfinite(totals).tolist()
         updated = []
         for i in active:
@@ -359,27 +387,77 @@ class StackedStep:
         self.train_step(self.orders[:, batch * size : (batch + 1) * size])
 
 
-class JobStep(Step):
-    """Job i's view of a stacked step, given its row of the losses: its batch and outputs are
-    taken from the stacked ones when first read."""
+class _StackedTensors:
+    """What a stacked step shares with its jobs' views: the stacked batch, outputs and [N, K]
+    term losses, and after the backward pass the [N, K] parts and [N] totals."""
 
-    def __init__(
-        self, number: int, epoch: int, batch: Split, outputs: Outputs, losses: Tensor, index: int
-    ) -> None:
+    def __init__(self, batch: Split, outputs: Outputs, losses: Tensor) -> None:
+        self.batch, self.outputs, self.losses = batch, outputs, losses
+        self.parts: Tensor | None = None
+        self.totals: Tensor | None = None
+
+
+class JobStep(Step):
+    """Job i's view of a stacked step: its rows of the stacked batch, outputs, losses, parts
+    and total, each taken when first read (a step whose job reads nothing costs no views)."""
+
+    def __init__(self, number: int, epoch: int, stacked: _StackedTensors, index: int) -> None:
         self.number, self.epoch, self.index = number, epoch, index
-        self.stacked_batch, self.stacked_outputs = batch, outputs
-        self.losses = losses
-        self.parts = self.total = None
+        self.stacked = stacked
         self.share = 1.0
         self.ranks = Step.ranks
 
+    @property
+    def stacked_batch(self) -> Split:
+        return self.stacked.batch
+
     @cached_property
     def batch(self) -> Split:  # type: ignore[override]
-        return self.stacked_batch.map(lambda t: t[self.index])
+        return self.stacked.batch.map(lambda t: t[self.index])
 
     @cached_property
     def outputs(self) -> Outputs:  # type: ignore[override]
-        return map_heads(lambda t: t[self.index], self.stacked_outputs)
+        return map_heads(lambda t: t[self.index], self.stacked.outputs)
+
+    @cached_property
+    def losses(self) -> Tensor:  # type: ignore[override]
+        return self.stacked.losses[self.index]
+
+    @property
+    def parts(self) -> Tensor | None:  # type: ignore[override]
+        parts = self.stacked.parts
+        return None if parts is None else parts[self.index]
+
+    @property
+    def total(self) -> Tensor | None:  # type: ignore[override]
+        totals = self.stacked.totals
+        return None if totals is None else totals[self.index]
+
+
+class _Holding:
+    """`module` holding the stacked tensors in place of its own while entered (what
+    `functional_call` does, at the cost of a few dictionary entries: the entries to swap are
+    found once)."""
+
+    def __init__(self, module: nn.Module, state: dict[str, Tensor]) -> None:
+        self.module = module
+        self.entries: list[tuple[dict[str, Any], str, Tensor]] = []
+        for name, stacked in state.items():
+            owner, _, leaf = name.rpartition(".")
+            sub = module.get_submodule(owner)
+            held = sub._parameters if leaf in sub._parameters else sub._buffers
+            self.entries.append((held, leaf, stacked))
+        self.own: list[Any] = []
+
+    def __enter__(self) -> nn.Module:
+        self.own = [held[leaf] for held, leaf, _ in self.entries]
+        for held, leaf, stacked in self.entries:
+            held[leaf] = stacked
+        return self.module
+
+    def __exit__(self, *_: object) -> None:
+        for (held, leaf, _), own in zip(self.entries, self.own, strict=True):
+            held[leaf] = own
 
 
 class _Contributions(nn.Module):

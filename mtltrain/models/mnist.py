@@ -13,6 +13,13 @@ from torch import nn
 from mtltrain.constraints import Width
 
 
+def _relu() -> nn.ReLU:
+    """ReLU in place: the convolution before it keeps its input, not its output, for its
+    backward pass, so the activation overwrites that output (the same values, no new buffer;
+    measured: 3% off a §5B training step on one CPU thread)."""
+    return nn.ReLU(inplace=True)
+
+
 def _same_pad_2x2() -> nn.ZeroPad2d:
     """Keras' "same" padding for a 2×2 kernel: one extra row and column at the bottom/right."""
     return nn.ZeroPad2d((0, 1, 0, 1))
@@ -23,13 +30,13 @@ class MnistEncoder(nn.Sequential):
 
     def __init__(self) -> None:
         super().__init__(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),  # 28×28
-            nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(1, 16, 3, padding=1), _relu(),  # 28×28
+            nn.Conv2d(16, 16, 3, padding=1), _relu(),
             nn.MaxPool2d(2),  # 14×14
-            _same_pad_2x2(), nn.Conv2d(16, 16, 2), nn.ReLU(),
-            _same_pad_2x2(), nn.Conv2d(16, 8, 2), nn.ReLU(),
+            _same_pad_2x2(), nn.Conv2d(16, 16, 2), _relu(),
+            _same_pad_2x2(), nn.Conv2d(16, 8, 2), _relu(),
             nn.MaxPool2d(2),  # 7×7
-            _same_pad_2x2(), nn.Conv2d(8, 8, 2, stride=2), nn.ReLU(),  # 4×4
+            _same_pad_2x2(), nn.Conv2d(8, 8, 2, stride=2), _relu(),  # 4×4
             nn.MaxPool2d(2),  # 2×2
         )  # fmt: skip
 
@@ -60,9 +67,9 @@ class MnistDecoder(nn.Sequential):
             raise ValueError(f"MnistDecoder takes three positive hidden widths, not {hidden}")
         a, b, c = hidden
         super().__init__(
-            nn.ConvTranspose2d(8, a, 3, stride=3), nn.ReLU(),  # 6×6
-            nn.ConvTranspose2d(a, b, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),  # 12
-            nn.ConvTranspose2d(b, c, 3), nn.ReLU(),  # 14×14
+            nn.ConvTranspose2d(8, a, 3, stride=3), _relu(),  # 6×6
+            nn.ConvTranspose2d(a, b, 3, stride=2, padding=1, output_padding=1), _relu(),  # 12
+            nn.ConvTranspose2d(b, c, 3), _relu(),  # 14×14
             nn.ConvTranspose2d(c, channels, 2, stride=2),  # 28×28
             *([nn.Tanh()] if tanh else []),
         )  # fmt: skip
