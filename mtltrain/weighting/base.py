@@ -158,6 +158,11 @@ class Weighting(nn.Module):
         tensors the Jacobian was taken at (the features or shared parameters), in order."""
         raise NotImplementedError(f"{type(self).__name__} is loss-based: it aggregates nothing")
 
+    def reuses_weights(self) -> bool:
+        """Gradient-based strategies, once a step: whether this step combines the task
+        gradients with the last `weights()` instead of computing new ones; by default never."""
+        return False
+
     def after_step(self, step: Step, recompute: Callable[[Step], Tensor]) -> None:
         """After the optimizer step; `recompute(step)` gives the batch's losses now."""
 
