@@ -60,8 +60,9 @@ class MGDA(GradientWeighting):
         terms: Sequence[LossTerm],
         normalization: str = "none",
         representation: bool = False,
+        every: int = 1,
     ) -> None:
-        super().__init__(terms)
+        super().__init__(terms, every)
         self.check_settings({"normalization": normalization})
         if normalization.startswith("loss"):
             self.require_nonnegative_losses(f"normalises by the loss ({normalization})")
