@@ -6,13 +6,16 @@ project's configs (its data set and model configs are written to a temporary fol
 stepped by the product's per-job step, so the step measured is the one a run takes.
 
     python scripts/bench_ktasks.py [--tasks 3 11 40] [--rounds 5] [--steps 10]
-        [--weightings fixed mgda upgrad mgda_ub upgrad_ub] [--every 1]
+        [--weightings fixed mgda upgrad mgda_ub upgrad_ub] [--extra weighting.every=10]
+        [--memory] [--solvers] [--per-term]
 
 Medians of interleaved rounds in one process; each strategy's step is printed in ms and as a
 ratio × `fixed`'s step of the same round (only such ratios are comparable on a loaded
-machine), with the peak memory the step allocates (the CPU allocator's high-water mark above
-the job's, from tracemalloc-free accounting: torch's profiler memory of one step).
-`--solvers` also times the solvers alone on a K = 40 Gramian of this model.
+machine); `--memory` adds the most memory one step holds at once beyond what it started
+with (torch's profiler: each op's allocations less its frees, in order).
+`--solvers` also times the solvers alone on the Gramian of 40 correlated random gradients;
+`--per-term` adds each strategy with the engine's one backward pass per term (the engine
+before the heads' views: each pass runs through all K heads).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 from mtltrain.build import build_job
 from mtltrain.config._compose import compose_checked
 from mtltrain.data import MultiTaskData, Split, task_specs
+from mtltrain.loop._engine import engine_over
 from mtltrain.loop._job_step import PerJobStep
 
 WIDTH, INPUTS, BATCH = 256, 784, 256
@@ -78,7 +82,9 @@ def write_configs(folder: Path) -> None:
 class Bench:
     """One job of the K-task model, stepped by its per-job step on one fixed batch."""
 
-    def __init__(self, folder: Path, tasks: int, overrides: list[str]) -> None:
+    def __init__(
+        self, folder: Path, tasks: int, overrides: list[str], per_term: bool = False
+    ) -> None:
         cfg = compose_checked(
             [
                 f"hydra.searchpath=[file://{folder}]",
@@ -93,6 +99,12 @@ class Bench:
         )
         self.job = build_job(cfg)
         self.runner = PerJobStep(self.job)
+        if per_term:  # the engine before the heads' views: one backward pass per term
+            model = self.job.model
+            model.split_features = False
+            self.runner.backward = engine_over(
+                self.job.strategy, model.shared_parameters(), list(model.parameters())
+            )
         self.batch = self.job.train_split.take(slice(0, BATCH))
 
     def block(self, steps: int) -> float:
@@ -108,9 +120,9 @@ class Bench:
 
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             self.runner.train_step(self.batch)
-        held, peak = 0, 0
+        held, peak = 0, 0  # each op's own allocations less its frees, in the order they ran
         for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-            held += event.cpu_memory_usage if not event.cpu_children else 0
+            held += event.self_cpu_memory_usage
             peak = max(peak, held)
         return peak / 2**20
 
@@ -154,6 +166,9 @@ def main() -> None:
     )
     parser.add_argument("--extra", nargs="*", default=[], help="overrides for every strategy")
     parser.add_argument("--memory", action="store_true", help="also the peak memory of a step")
+    parser.add_argument(
+        "--per-term", action="store_true", help="also each strategy with one pass per term"
+    )
     parser.add_argument("--solvers", action="store_true", help="also the solvers alone, K = 40")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -164,9 +179,15 @@ def main() -> None:
         folder = Path(tmp)
         write_configs(folder)
         for k in args.tasks:
-            names = ["fixed", *(w for w in args.weightings if w != "fixed")]
+            chosen = [w for w in args.weightings if w != "fixed"]
+            names = ["fixed", *chosen, *(f"{w}/per-term" for w in chosen if args.per_term)]
             benches = {
-                n: Bench(folder, k, [*STRATEGIES[n], *(args.extra if n != "fixed" else [])])
+                n: Bench(
+                    folder,
+                    k,
+                    [*STRATEGIES[n.split("/")[0]], *(args.extra if n != "fixed" else [])],
+                    per_term=n.endswith("/per-term"),
+                )
                 for n in names
             }
             times: dict[str, list[float]] = {n: [] for n in names}
@@ -181,7 +202,7 @@ def main() -> None:
             print(f"K = {k}")
             for n in names:
                 line = (
-                    f"  {n:10s} {statistics.median(times[n]) * 1e3:8.1f} ms"
+                    f"  {n:18s} {statistics.median(times[n]) * 1e3:8.1f} ms"
                     f"  {statistics.median(ratios[n]):6.2f} × fixed"
                 )
                 if args.memory:

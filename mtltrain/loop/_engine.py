@@ -4,16 +4,31 @@
   parts = `strategy.contributions(losses)`.
 - Gradient-based strategies: the Jacobian of the contributions, one row per term, with respect
   to the shared parameters (`level = "parameters"`) or to the shared representation the model
-  returns (`"representation"`, as MGDA-UB), one backward pass per term (at the representation
-  these stop there, so they run through the heads only). The strategy's `aggregate` turns it
-  into one direction: the `.grad` of the shared parameters, or, at the representation,
-  back-propagated through the shared layers in one more pass. Every other parameter (the task
-  heads, the strategy's own) gets the gradient of Σ_k contributions_k from the same passes,
-  which for a task head is its own task's unweighted gradient.
+  returns (`"representation"`, as MGDA-UB). The strategy's `aggregate` turns it into one
+  direction: the `.grad` of the shared parameters, or, at the representation, back-propagated
+  through the shared layers in one more pass. Every other parameter (the task heads, the
+  strategy's own) gets the gradient of Σ_k contributions_k, which for a task head is its own
+  task's unweighted gradient.
 
-One pass per term beat both alternatives measured on the §5B MNIST model on this CPU
-(`scripts/bench.py`, section "engine"): the K passes as one vmapped pass
-(`torch.autograd.grad(..., is_grads_batched=True)`) and torchjd's `mtl_backward` + `jac_to_grad`.
+How the rows are taken. On a model whose heads each read a view of the features of their own
+(`HeadInputs`: `MultiTaskModel`, one term per task; the engine turns the views on), one
+backward pass of Σ_k contributions_k through the heads stops at the views and leaves term k's
+gradient of the features at view k (contributions are elementwise: term k reaches the features
+through its own head only; the engine checks the graph and falls back where a term reaches
+them otherwise). Those are the rows at the representation; at the parameters each is carried
+through the shared layers, one pass each. Elsewhere (MTAN, cross-stitch, the MoE
+architectures, several terms on one task, `mtltrain.backward`) one backward pass per term:
+the terms are one stacked vector, so each of those K passes runs through every head. At
+K = 40 on a 784→256→256 MLP with two-class heads the views cut MGDA-UB's step from 20× to ~3×
+`fixed`'s, and the Jacobian the same to rounding (docs/performance.md, "Many tasks"). A
+vmapped pass over the K rows (`torch.autograd.grad(..., is_grads_batched=True)`) was no faster
+there than the K passes through the shared layers, nor on the §5B MNIST model than one pass
+per task (`scripts/bench.py`, "engine"); torchjd's `mtl_backward` + `jac_to_grad` was slower.
+
+`weighting.every` = n > 1 (`GradientWeighting.reuses_weights`): on the steps between
+recomputations no Jacobian is taken; the shared layers get the gradient of
+Σ_k w_k·contributions_k with the last weights (one pass through the shared layers) and the
+other parameters that of Σ_k contributions_k, as on any step.
 
 Either way a call returns each term's detached contribution to the step's total and the total;
 for a gradient-based strategy parts_k = w_k·contribution_k with the aggregation's weights, and
