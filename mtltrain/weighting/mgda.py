@@ -77,6 +77,6 @@ class MGDA(GradientWeighting):
             "loss+": losses * gramian.diagonal().sqrt(),
         }[self.normalization]
         scale = torch.where(scale > 0, scale, 1.0)  # a zero gradient stays zero when normalised
-        solution = min_norm_point(gramian / torch.outer(scale, scale))
+        solution = min_norm_point(gramian / torch.outer(scale, scale), start=self.weight)
         self.record(solution.converged)
         return solution.weights

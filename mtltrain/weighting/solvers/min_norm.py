@@ -35,21 +35,45 @@ class MinNorm(NamedTuple):
     iterations: int
 
 
-def min_norm_point(gramian: Tensor, max_iterations: int | None = None) -> MinNorm:
+def min_norm_point(
+    gramian: Tensor, max_iterations: int | None = None, start: Tensor | None = None
+) -> MinNorm:
     """α ∈ Δ minimising αᵀMα for a float64 Gramian M (K × K, on the host); solved in NumPy,
-    whose calls on K × K arrays cost a tenth of torch's."""
+    whose calls on K × K arrays cost a tenth of torch's. `start` (the last step's α): its
+    support is the first corral, which saves most iterations where the point moves little;
+    a warm solve that does not end on the optimality test is done again from the start."""
     k = gramian.shape[0]
     m = gramian.double().numpy(force=True)
     top = float(m.diagonal().max())
     if top <= 0:  # every vector is zero: any α gives the zero point
         return MinNorm(torch.full((k,), 1.0 / k, dtype=torch.float64), True, 0)
     m = m / top  # the same α; entries of order 1 keep the solves accurate
-    size = np.abs(m)
-    corral = [int(m.diagonal().argmin())]
-    weights = np.zeros(k)
-    weights[corral[0]] = 1.0
-    norm = float(m[corral[0], corral[0]])
     limit = max_iterations or 10 * k + 10
+    support = [] if start is None else np.flatnonzero(start.numpy(force=True) > 0).tolist()
+    if support:
+        warm = _wolfe(m, support, limit)
+        if warm.optimal:
+            return MinNorm(torch.from_numpy(warm.weights), True, warm.iterations)
+    cold = _wolfe(m, [int(m.diagonal().argmin())], limit)
+    return MinNorm(torch.from_numpy(cold.weights), cold.converged, cold.iterations)
+
+
+class _Solve(NamedTuple):
+    weights: np.ndarray
+    converged: bool
+    iterations: int
+    optimal: bool  # ended on the optimality test (not on rounding keeping x from shortening)
+
+
+def _wolfe(m: np.ndarray, corral: list[int], limit: int) -> _Solve:
+    """Wolfe's major cycles from the min-norm point of the affine hull of `corral`."""
+    k = m.shape[0]
+    size = np.abs(m)
+    weights = np.zeros(k)
+    weights[corral] = 1.0 / len(corral)
+    if len(corral) > 1:
+        corral, weights = _minor_cycle(m, corral, weights)
+    norm = float(weights @ m @ weights)
     for iteration in range(1, limit + 1):
         mw = m @ weights
         # a vertex outside the corral with x·g_j < x·x shortens x; none: x is optimal (KKT).
@@ -60,13 +84,13 @@ def min_norm_point(gramian: Tensor, max_iterations: int | None = None) -> MinNor
         gain[corral] = -np.inf
         j = int(gain.argmax())
         if gain[j] <= 0:
-            return MinNorm(torch.from_numpy(weights), True, iteration)
+            return _Solve(weights, True, iteration, True)
         corral, candidate = _minor_cycle(m, [*corral, j], weights)
         shorter = float(candidate @ m @ candidate)
         if shorter >= norm:  # rounding keeps the best vertex from helping: x is as good as it gets
-            return MinNorm(torch.from_numpy(weights), True, iteration)
+            return _Solve(weights, True, iteration, False)
         weights, norm = candidate, shorter
-    return MinNorm(torch.from_numpy(weights), False, limit)
+    return _Solve(weights, False, limit, False)
 
 
 def _minor_cycle(
