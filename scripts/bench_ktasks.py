@@ -80,7 +80,7 @@ def write_configs(folder: Path) -> None:
 
 
 class Bench:
-    """One job of the K-task model, stepped by its per-job step on one fixed batch."""
+    """One job of the K-task model, stepped by its per-job step on 4 batches in turn."""
 
     def __init__(
         self, folder: Path, tasks: int, overrides: list[str], per_term: bool = False
@@ -105,13 +105,20 @@ class Bench:
             self.runner.backward = engine_over(
                 self.job.strategy, model.shared_parameters(), list(model.parameters())
             )
-        self.batch = self.job.train_split.take(slice(0, BATCH))
+        split = self.job.train_split
+        self.batches = [split.take(slice(i * BATCH, (i + 1) * BATCH)) for i in range(4)]
+        self.steps = 0
+
+    def step(self) -> None:
+        """One training step, on the next of the 4 batches in turn."""
+        self.runner.train_step(self.batches[self.steps % 4])
+        self.steps += 1
 
     def block(self, steps: int) -> float:
         """Seconds a step, over `steps` steps."""
         start = time.perf_counter()
         for _ in range(steps):
-            self.runner.train_step(self.batch)
+            self.step()
         return (time.perf_counter() - start) / steps
 
     def peak_memory(self) -> float:
@@ -119,7 +126,7 @@ class Bench:
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            self.runner.train_step(self.batch)
+            self.step()
         held, peak = 0, 0  # each op's own allocations less its frees, in the order they ran
         for event in sorted(prof.events(), key=lambda e: e.time_range.start):
             held += event.self_cpu_memory_usage

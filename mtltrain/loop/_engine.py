@@ -182,7 +182,8 @@ class TaskJacobian:
         if self.representation:
             return rows.reshape(len(rows), -1)
         k = len(rows)
-        jacobian = features.new_empty(k, sum(p.numel() for p in self.shared))
+        dtype = functools.reduce(torch.promote_types, (p.dtype for p in self.shared))
+        jacobian = features.new_empty(k, sum(p.numel() for p in self.shared), dtype=dtype)
         for i in range(k):
             grads = torch.autograd.grad(
                 features, self.shared, rows[i], retain_graph=i < k - 1, allow_unused=True
