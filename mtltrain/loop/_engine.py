@@ -19,8 +19,9 @@ them otherwise). Those are the rows at the representation; at the parameters eac
 through the shared layers, one pass each. Elsewhere (MTAN, cross-stitch, the MoE
 architectures, several terms on one task, `mtltrain.backward`) one backward pass per term:
 the terms are one stacked vector, so each of those K passes runs through every head. At
-K = 40 on a 784→256→256 MLP with two-class heads the views cut MGDA-UB's step from 18× to 2.2×
-`fixed`'s, and the Jacobian the same to rounding (docs/performance.md, "Many tasks"). A
+K = 40 on a 784→256→256 MLP with two-class heads the views (and MGDA's warm-started solve) cut
+MGDA-UB's step from 18× to 2.2× `fixed`'s, with the same Jacobian to rounding
+(docs/performance.md, "Many tasks"). A
 vmapped pass over the K rows (`torch.autograd.grad(..., is_grads_batched=True)`) was no faster
 there than the K passes through the shared layers, nor on the §5B MNIST model than one pass
 per task (`scripts/bench.py`, "engine"); torchjd's `mtl_backward` + `jac_to_grad` was slower.
