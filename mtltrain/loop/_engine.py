@@ -20,7 +20,7 @@ through the shared layers, one pass each. Elsewhere (MTAN, cross-stitch, the MoE
 architectures, several terms on one task, `mtltrain.backward`) one backward pass per term:
 the terms are one stacked vector, so each of those K passes runs through every head. At
 K = 40 on a 784→256→256 MLP with two-class heads the views (and MGDA's warm-started solve) cut
-MGDA-UB's step from 18× to 2.2× `fixed`'s, with the same Jacobian to rounding
+MGDA-UB's step from 14–18× to 1.9–2.2× `fixed`'s, with the same Jacobian to rounding
 (docs/performance.md, "Many tasks"). A
 vmapped pass over the K rows (`torch.autograd.grad(..., is_grads_batched=True)`) was no faster
 there than the K passes through the shared layers, nor on the §5B MNIST model than one pass
