@@ -45,6 +45,28 @@ def test_the_min_norm_point_is_exact(case, g):
     assert_same_point(weights @ g, reference_min_norm(g), g)
 
 
+@pytest.mark.parametrize(
+    ("case", "g"),
+    cases_with_a_pareto_stationary_one(),
+    ids=[c for c, _ in cases_with_a_pareto_stationary_one()],
+)
+def test_a_warm_start_finds_the_same_point(case, g):
+    """Started from every vertex at once, from one, and from the answer of a nearby problem:
+    the same exact point (a warm solve is kept only where it ends on the optimality test)."""
+    k = len(g)
+    nearby = g + 0.3 * np.random.default_rng(0).normal(size=g.shape) * np.abs(g).max()
+    for start in (
+        torch.ones(k, dtype=torch.float64),
+        torch.eye(k, dtype=torch.float64)[k - 1],
+        min_norm_point(torch.from_numpy(nearby @ nearby.T)).weights,
+    ):
+        solution = min_norm_point(torch.from_numpy(g @ g.T), start=start)
+        weights = solution.weights.numpy()
+        assert solution.converged
+        assert weights.min() >= 0 and weights.sum() == pytest.approx(1.0, abs=1e-12)
+        assert_same_point(weights @ g, reference_min_norm(g), g)
+
+
 def test_the_documented_precision_holds_on_random_degenerate_cases():
     """Near-zero gradients on the line through two opposite ones, norms 1 to 1e6, few
     dimensions: 1e-6 relative, or 3e-8 of the largest norm (a Gramian's √ε), and the optimality

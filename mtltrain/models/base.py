@@ -51,6 +51,18 @@ class MultiTaskNet(Protocol):
 
 
 @runtime_checkable
+class HeadInputs(Protocol):
+    """A model whose task heads read the features it returns (one tensor) and nothing else of
+    the shared part. With `split_features` on, in training with a graph, each head reads a
+    view of them of its own (`head_inputs`, {task: view}, same values and graph): one backward
+    pass of the tasks' losses can then stop at the views and give each task's gradient of the
+    features (the engine's, for gradient-based strategies)."""
+
+    split_features: bool
+    head_inputs: dict[str, Tensor]
+
+
+@runtime_checkable
 class Staged(Protocol):
     """A backbone that architectures can split (MTAN, cross-stitch, PLE): applying `stages()`
     in order is its forward pass, each stage a module from one feature map to the next."""

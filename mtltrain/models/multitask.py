@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from mtltrain.errors import ConfigError
@@ -55,8 +56,11 @@ class MultiTaskModel(nn.Module):
 
     Heads are built from `heads[task]` when given, else from `head`; each factory is called
     with `out_features` from the task's spec (twice that for a heteroscedastic task, whose
-    head then emits `MeanLogVar`).
+    head then emits `MeanLogVar`). It has `HeadInputs`: with `split_features` on (the engine
+    of a gradient-based strategy sets it) each head reads a view of the features of its own.
     """
+
+    split_features = False
 
     def __init__(
         self,
@@ -68,10 +72,16 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.encoder = encoder if encoder is not None else nn.Identity()
         self.heads = task_heads(tasks, head, heads)
+        self.head_inputs: dict[str, Tensor] = {}
 
     def forward(self, x: Tensor) -> tuple[Outputs, Tensor]:
         z = self.encoder(x)
-        return {name: head(z) for name, head in self.heads.items()}, z
+        if not (self.split_features and self.training and torch.is_grad_enabled()) or (
+            torch.compiler.is_compiling()  # a compiled graph's views are not autograd's
+        ):
+            return {name: head(z) for name, head in self.heads.items()}, z
+        self.head_inputs = {name: z.view_as(z) for name in self.heads}
+        return {name: head(self.head_inputs[name]) for name, head in self.heads.items()}, z
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The encoder's parameters, in forward order (empty without shared layers)."""

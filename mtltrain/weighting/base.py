@@ -173,6 +173,11 @@ class Weighting(nn.Module):
         """The K × D Jacobian of each extra batch's contributions (in `extra_batches` order)
         at the shared parameters, before `aggregate`; by default, nothing to do."""
 
+    def reuses_weights(self) -> bool:
+        """Gradient-based strategies, once a step: whether this step combines the task
+        gradients with the last `weights()` instead of computing new ones; by default never."""
+        return False
+
     def after_step(self, step: Step, recompute: Callable[[Step], Tensor]) -> None:
         """After the optimizer step; `recompute(step)` gives the batch's losses now."""
 
@@ -214,6 +219,13 @@ class GradientWeighting(Weighting):
     Jacobian that is not finite gives a NaN direction and leaves both as they were. A strategy
     that solves a problem (`solves = True`) counts the solves that stopped short of their
     optimality test in `unsolved` (logged as "solver_unconverged") with `record`.
+
+    `every` = n > 1 (the setting `weighting.every`, as PSMGD): the weights are computed on
+    every n-th step (the first included) and reused on the steps between, where the engine
+    takes no Jacobian, only the gradient of Σ_k w_k·contributions_k (the heads still get their
+    own, unweighted gradients); the steps since the weights were computed are the buffer
+    `weight_age` (logged as "weight_age"), so a resumed run recomputes when the run left alone
+    would. Only for a direction Σ_k w_k·g_k (`weighted_rows`).
     """
 
     level: Level | None = "parameters"
@@ -222,11 +234,46 @@ class GradientWeighting(Weighting):
     # the direction is Σ_k weight_k·row_k of this step's Jacobian (not so: masks, averages)
     weighted_rows: ClassVar[bool] = True
 
-    def __init__(self, terms: Sequence[LossTerm]) -> None:
+    def __init__(self, terms: Sequence[LossTerm], every: int = 1) -> None:
         super().__init__(terms)
+        GradientWeighting.check_settings({"every": every})
+        self.every = every
         self.register_buffer("weight", torch.full((len(terms),), 1.0 / len(terms)))
         self.register_buffer("direction_norm", torch.zeros(()))
         self.register_buffer("unsolved", torch.zeros((), dtype=torch.long))
+        if every > 1:  # a run that computes the weights every step keeps the state it had
+            self.register_buffer("weight_age", torch.zeros((), dtype=torch.long))
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any]) -> None:
+        super().check_settings(settings)
+        every = settings.get("every", 1)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ConfigError(
+                f"weighting.every={every!r} is not allowed: give a whole number ≥ 1, the steps "
+                "between recomputations of the weights (1: every step)"
+            )
+
+    def setup(self, model: MultiTaskNet) -> None:
+        super().setup(model)
+        if self.every > 1 and (self.level is None or not self.weighted_rows):
+            raise ConfigError(
+                f"weighting.every={self.every} is not allowed for {type(self).__name__} "
+                + (
+                    "as set up, which weighs the losses, not their gradients: use every=1"
+                    if self.level is None
+                    else "whose direction is not a weighted sum of the task gradients, so "
+                    "there are no weights to reuse: use every=1"
+                )
+            )
+
+    def reuses_weights(self) -> bool:
+        """Whether this step reuses the last weights (`every`); counts the step."""
+        if self.every == 1:
+            return False
+        reuse = int(self.weight_age) % self.every != 0
+        self.weight_age += 1
+        return reuse
 
     def contributions(self, losses: Tensor) -> Tensor:
         return losses
@@ -269,6 +316,8 @@ class GradientWeighting(Weighting):
         report = {"weight": self.weights(), "direction_norm": self.direction_norm.clone()}
         if self.solves:
             report["solver_unconverged"] = self.unsolved.clone()
+        if self.every > 1:
+            report["weight_age"] = (self.weight_age - 1) % self.every
         return report
 
 

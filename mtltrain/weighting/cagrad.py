@@ -51,8 +51,9 @@ class CAGrad(GradientWeighting):
         c: float = 0.4,
         rescale: bool = True,
         representation: bool = False,
+        every: int = 1,
     ) -> None:
-        super().__init__(terms)
+        super().__init__(terms, every)
         self.check_settings({"c": c})
         self.c, self.rescale = c, rescale
         self.level = "representation" if representation else "parameters"

@@ -29,8 +29,10 @@ class DualProj(GradientWeighting):
 
     solves = True
 
-    def __init__(self, terms: Sequence[LossTerm], representation: bool = False) -> None:
-        super().__init__(terms)
+    def __init__(
+        self, terms: Sequence[LossTerm], representation: bool = False, every: int = 1
+    ) -> None:
+        super().__init__(terms, every)
         self.level = "representation" if representation else "parameters"
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:

@@ -30,7 +30,11 @@ class FairGrad(FairWeighting):
     RANGES: ClassVar[Mapping[str, Range]] = {"alpha": (lambda v: v > 0, "it must be > 0")}
 
     def __init__(
-        self, terms: Sequence[LossTerm], alpha: float = 2.0, representation: bool = False
+        self,
+        terms: Sequence[LossTerm],
+        alpha: float = 2.0,
+        representation: bool = False,
+        every: int = 1,
     ) -> None:
         self.check_settings({"alpha": alpha})
-        super().__init__(terms, power=alpha, representation=representation)
+        super().__init__(terms, power=alpha, representation=representation, every=every)

@@ -38,8 +38,10 @@ class GradVac(Seeded, GradientWeighting):
 
     RANGES: ClassVar[Mapping[str, Range]] = {"beta": (lambda v: 0 < v <= 1, "it must be in (0, 1]")}
 
-    def __init__(self, terms: Sequence[LossTerm], beta: float = 0.5, seed: Seed = 0) -> None:
-        super().__init__(terms)
+    def __init__(
+        self, terms: Sequence[LossTerm], beta: float = 0.5, seed: Seed = 0, every: int = 1
+    ) -> None:
+        super().__init__(terms, every)
         self.seed_draws(seed)
         self.check_settings({"beta": beta})
         self.beta = beta

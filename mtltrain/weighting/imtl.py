@@ -53,8 +53,9 @@ class IMTL(GradientWeighting):
         terms: Sequence[LossTerm],
         variant: str = "hybrid",
         representation: bool = False,
+        every: int = 1,
     ) -> None:
-        super().__init__(terms)
+        super().__init__(terms, every)
         self.check_settings({"variant": variant})
         self.variant = variant
         if variant != "gradient":

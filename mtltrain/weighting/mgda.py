@@ -60,8 +60,9 @@ class MGDA(GradientWeighting):
         terms: Sequence[LossTerm],
         normalization: str = "none",
         representation: bool = False,
+        every: int = 1,
     ) -> None:
-        super().__init__(terms)
+        super().__init__(terms, every)
         self.check_settings({"normalization": normalization})
         if normalization.startswith("loss"):
             self.require_nonnegative_losses(f"normalises by the loss ({normalization})")
@@ -76,6 +77,6 @@ class MGDA(GradientWeighting):
             "loss+": losses * gramian.diagonal().sqrt(),
         }[self.normalization]
         scale = torch.where(scale > 0, scale, 1.0)  # a zero gradient stays zero when normalised
-        solution = min_norm_point(gramian / torch.outer(scale, scale))
+        solution = min_norm_point(gramian / torch.outer(scale, scale), start=self.weight)
         self.record(solution.converged)
         return solution.weights

@@ -30,8 +30,10 @@ class FairWeighting(GradientWeighting):
 
     solves = True
 
-    def __init__(self, terms: Sequence[LossTerm], power: float, representation: bool) -> None:
-        super().__init__(terms)
+    def __init__(
+        self, terms: Sequence[LossTerm], power: float, representation: bool, every: int = 1
+    ) -> None:
+        super().__init__(terms, every)
         self.power = power
         self.level = "representation" if representation else "parameters"
         self.solved_once = False
@@ -65,5 +67,7 @@ class NashMTL(FairWeighting):
     Logs: `direction_norm`, `solver_unconverged`.
     """
 
-    def __init__(self, terms: Sequence[LossTerm], representation: bool = False) -> None:
-        super().__init__(terms, power=1.0, representation=representation)
+    def __init__(
+        self, terms: Sequence[LossTerm], representation: bool = False, every: int = 1
+    ) -> None:
+        super().__init__(terms, power=1.0, representation=representation, every=every)

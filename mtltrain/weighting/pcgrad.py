@@ -32,8 +32,8 @@ class PCGrad(Seeded, GradientWeighting):
     Logs: `direction_norm`.
     """
 
-    def __init__(self, terms: Sequence[LossTerm], seed: Seed = 0) -> None:
-        super().__init__(terms)
+    def __init__(self, terms: Sequence[LossTerm], seed: Seed = 0, every: int = 1) -> None:
+        super().__init__(terms, every)
         self.seed_draws(seed)
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,39 +36,43 @@ class Projection(NamedTuple):
 def project_to_dual_cone(
     gramian: Tensor, u: Tensor, max_iterations: int | None = None
 ) -> Projection:
-    """v ≥ u minimising vᵀMv for a float64 Gramian M (K × K) and weights u, on the host.
+    """v ≥ u minimising vᵀMv for a float64 Gramian M (K × K) and weights u, on the host
+    (solved in NumPy, whose calls on K × K arrays cost a tenth of torch's).
 
     The cone depends on the gradients' directions only, so the problem is solved on the unit
     gradients ĝ_k = g_k/‖g_k‖ (Gᵀu = Ĝᵀ(‖g‖·u)), where a tiny gradient's constraint is as well
     conditioned as any; a zero gradient's constraint holds for every direction and is left out.
     """
     u = u.double()
-    norms = gramian.diagonal().double().clamp_min(0).sqrt()
     kept = resolved_rows(gramian, EPS)
     v = u.clone()
     if not bool(kept.any()):  # every gradient is zero: the projection is zero whatever v
         return Projection(v, True)
-    n = norms[kept]
-    unit = gramian.double()[kept][:, kept] / torch.outer(n, n)
-    scaled, converged = _nonnegative_qp(unit, n * u[kept], max_iterations)
-    v[kept] = scaled / n
+    rows = kept.numpy(force=True)
+    m = gramian.double().numpy(force=True)[np.ix_(rows, rows)]
+    n = np.sqrt(np.maximum(m.diagonal(), 0))
+    unit = m / np.outer(n, n)
+    scaled, converged = _nonnegative_qp(unit, n * u.numpy(force=True)[rows], max_iterations)
+    v[kept] = torch.from_numpy(scaled / n)
     return Projection(v, converged)
 
 
-def _nonnegative_qp(m: Tensor, u: Tensor, max_iterations: int | None) -> tuple[Tensor, bool]:
+def _nonnegative_qp(
+    m: np.ndarray, u: np.ndarray, max_iterations: int | None
+) -> tuple[np.ndarray, bool]:
     """v = u + λ, λ ≥ 0, minimising vᵀmv: the active-set method of the module."""
     k = m.shape[0]
-    size = m.abs()
+    size = np.abs(m)
     free: list[int] = []
-    lam = torch.zeros(k, dtype=torch.float64)
+    lam = np.zeros(k)
     value = float(u @ m @ u)
     for _ in range(max_iterations or 10 * k + 10):
         v = u + lam
         gradient = m @ v
         # a coordinate at its bound whose gradient is below 0 beyond rounding would lower vᵀMv
-        rounding = 4 * k * EPS * (size @ v.abs())
+        rounding = 4 * k * EPS * (size @ np.abs(v))
         pull = -(gradient + rounding)
-        pull[free] = -torch.inf
+        pull[free] = -np.inf
         j = int(pull.argmax())
         if pull[j] <= 0:
             return v, True
@@ -79,23 +84,27 @@ def _nonnegative_qp(m: Tensor, u: Tensor, max_iterations: int | None) -> tuple[T
     return u + lam, False
 
 
-def _settle(m: Tensor, u: Tensor, free: list[int], lam: Tensor) -> tuple[list[int], Tensor]:
+def _settle(
+    m: np.ndarray, u: np.ndarray, free: list[int], lam: np.ndarray
+) -> tuple[list[int], np.ndarray]:
     """Move the free coordinates to their unconstrained minimiser, dropping those that would
     turn negative on the way, until the minimiser is positive on all that are left."""
     while True:
-        target = torch.zeros_like(lam)
-        rhs = -(m[free] @ u).unsqueeze(1)
-        target[free] = torch.linalg.lstsq(m[free][:, free], rhs, driver="gelsd").solution[:, 0]
+        target = np.zeros_like(lam)
+        rhs = -(m[free] @ u)
+        # LAPACK's gelsd, as torch's "gelsd"
+        target[free] = np.linalg.lstsq(m[np.ix_(free, free)], rhs, rcond=None)[0]
         if bool((target[free] > 0).all()):
             return free, target
         current = lam[free]
         leaving = target[free] <= 0
         gap = current - target[free]
-        ratios = torch.where(leaving & (gap > 0), current / gap.clamp_min(EPS), torch.inf)
-        ratios = torch.where(leaving & (gap <= 0), 0.0, ratios)
-        theta = float(ratios.min().clamp(0.0, 1.0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = np.where(leaving & (gap > 0), current / np.maximum(gap, EPS), np.inf)
+        ratios = np.where(leaving & (gap <= 0), 0.0, ratios)
+        theta = float(np.clip(ratios.min(), 0.0, 1.0))
         lam = lam + theta * (target - lam)
-        keep = lam[free] > EPS * max(1.0, float(lam.abs().max()))
+        keep = lam[free] > EPS * max(1.0, float(np.abs(lam).max()))
         keep[int(ratios.argmin())] = False  # the coordinate that reached 0 leaves
         lam[[i for i, kept in zip(free, keep.tolist(), strict=True) if not kept]] = 0.0
         free = [i for i, kept in zip(free, keep.tolist(), strict=True) if kept]

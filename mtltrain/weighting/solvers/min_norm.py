@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -34,62 +35,92 @@ class MinNorm(NamedTuple):
     iterations: int
 
 
-def min_norm_point(gramian: Tensor, max_iterations: int | None = None) -> MinNorm:
-    """α ∈ Δ minimising αᵀMα for a float64 Gramian M (K × K, on the host)."""
+def min_norm_point(
+    gramian: Tensor, max_iterations: int | None = None, start: Tensor | None = None
+) -> MinNorm:
+    """α ∈ Δ minimising αᵀMα for a float64 Gramian M (K × K, on the host); solved in NumPy,
+    whose calls on K × K arrays cost a tenth of torch's. `start` (the last step's α): its
+    support is the first corral, which saves most iterations where the point moves little;
+    a warm solve that does not end on the optimality test is done again from the start."""
     k = gramian.shape[0]
-    top = float(gramian.diagonal().max())
+    m = gramian.double().numpy(force=True)
+    top = float(m.diagonal().max())
     if top <= 0:  # every vector is zero: any α gives the zero point
         return MinNorm(torch.full((k,), 1.0 / k, dtype=torch.float64), True, 0)
-    m = gramian.double() / top  # the same α; entries of order 1 keep the solves accurate
-    size = m.abs()
-    corral = [int(m.diagonal().argmin())]
-    weights = torch.zeros(k, dtype=torch.float64)
-    weights[corral[0]] = 1.0
-    norm = float(m[corral[0], corral[0]])
+    m = m / top  # the same α; entries of order 1 keep the solves accurate
     limit = max_iterations or 10 * k + 10
+    support = [] if start is None else np.flatnonzero(start.numpy(force=True) > 0).tolist()
+    if support:
+        warm = _wolfe(m, support, limit)
+        if warm.optimal:
+            return MinNorm(torch.from_numpy(warm.weights), True, warm.iterations)
+    cold = _wolfe(m, [int(m.diagonal().argmin())], limit)
+    return MinNorm(torch.from_numpy(cold.weights), cold.converged, cold.iterations)
+
+
+class _Solve(NamedTuple):
+    weights: np.ndarray
+    converged: bool
+    iterations: int
+    optimal: bool  # ended on the optimality test (not on rounding keeping x from shortening)
+
+
+def _wolfe(m: np.ndarray, corral: list[int], limit: int) -> _Solve:
+    """Wolfe's major cycles from the min-norm point of the affine hull of `corral`."""
+    k = m.shape[0]
+    size = np.abs(m)
+    weights = np.zeros(k)
+    weights[corral] = 1.0 / len(corral)
+    if len(corral) > 1:
+        corral, weights = _minor_cycle(m, corral, weights)
+    norm = float(weights @ m @ weights)
     for iteration in range(1, limit + 1):
         mw = m @ weights
         # a vertex outside the corral with x·g_j < x·x shortens x; none: x is optimal (KKT).
         # "<" beyond the rounding error of both sides, a few ulps of their terms' sizes
-        rounding = 4 * k * EPS * (size @ weights + weights @ size @ weights)
+        sized = size @ weights
+        rounding = 4 * k * EPS * (sized + weights @ sized)
         gain = weights @ mw - mw - rounding
-        gain[corral] = -torch.inf
+        gain[corral] = -np.inf
         j = int(gain.argmax())
         if gain[j] <= 0:
-            return MinNorm(weights, True, iteration)
+            return _Solve(weights, True, iteration, True)
         corral, candidate = _minor_cycle(m, [*corral, j], weights)
         shorter = float(candidate @ m @ candidate)
         if shorter >= norm:  # rounding keeps the best vertex from helping: x is as good as it gets
-            return MinNorm(weights, True, iteration)
+            return _Solve(weights, True, iteration, False)
         weights, norm = candidate, shorter
-    return MinNorm(weights, False, limit)
+    return _Solve(weights, False, limit, False)
 
 
-def _minor_cycle(m: Tensor, corral: list[int], weights: Tensor) -> tuple[list[int], Tensor]:
+def _minor_cycle(
+    m: np.ndarray, corral: list[int], weights: np.ndarray
+) -> tuple[list[int], np.ndarray]:
     """Move to the affine min-norm point of the corral, dropping vertices on the way until
     that point has positive weights on all of them."""
     while True:
-        v = _affine_min_norm(m[corral][:, corral])
+        v = _affine_min_norm(m[np.ix_(corral, corral)])
         current = weights[corral]
         if bool((v > 0).all()):
-            weights = torch.zeros_like(weights)
+            weights = np.zeros_like(weights)
             weights[corral] = v
             return corral, weights
         # the longest step from the current point towards v that stays in the simplex
         leaving = v <= 0
         gap = current - v
-        ratios = torch.where(leaving & (gap > 0), current / gap.clamp_min(EPS), torch.inf)
-        ratios = torch.where(leaving & (gap <= 0), 0.0, ratios)
-        theta = float(ratios.min().clamp(0.0, 1.0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = np.where(leaving & (gap > 0), current / np.maximum(gap, EPS), np.inf)
+        ratios = np.where(leaving & (gap <= 0), 0.0, ratios)
+        theta = float(np.clip(ratios.min(), 0.0, 1.0))
         moved = current + theta * (v - current)
         keep = moved > EPS * moved.max()
         keep[int(ratios.argmin())] = False  # the vertex that reached 0 leaves
         corral = [c for c, kept in zip(corral, keep.tolist(), strict=True) if kept]
-        weights = torch.zeros_like(weights)
+        weights = np.zeros_like(weights)
         weights[corral] = moved[keep] / moved[keep].sum()
 
 
-def _affine_min_norm(m: Tensor) -> Tensor:
+def _affine_min_norm(m: np.ndarray) -> np.ndarray:
     """v minimising vᵀMv subject to Σv = 1, as x = p_0 + Σ_i t_i·(p_i − p_0) from the shortest
     vertex p_0: the normal equations of t are in the differences p_i − p_0, which stay well
     scaled when p_0 is near zero and the others are not (where the bordered KKT system loses
@@ -97,14 +128,14 @@ def _affine_min_norm(m: Tensor) -> Tensor:
     n = m.shape[0]
     base = int(m.diagonal().argmin())
     rest = [i for i in range(n) if i != base]
-    v = torch.zeros(n, dtype=torch.float64)
+    v = np.zeros(n)
     v[base] = 1.0
     if not rest:
         return v
     # (p_i − p_0)·(p_j − p_0) and (p_i − p_0)·p_0, from the Gramian
-    cross = m[rest][:, rest] - m[rest, base][:, None] - m[base, rest][None, :] + m[base, base]
+    cross = m[np.ix_(rest, rest)] - m[rest, base][:, None] - m[base, rest][None, :] + m[base, base]
     drift = m[rest, base] - m[base, base]
-    t = torch.linalg.lstsq(cross, -drift.unsqueeze(1), driver="gelsd").solution[:, 0]
+    t = np.linalg.lstsq(cross, -drift, rcond=None)[0]  # LAPACK's gelsd, as torch's "gelsd"
     v[rest] = t
     v[base] = 1.0 - t.sum()
     return v
