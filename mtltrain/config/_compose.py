@@ -258,9 +258,23 @@ def weighting_node(cfg: DictConfig) -> DictConfig:
     inner = OmegaConf.merge(options[node.inner], settings, {"_partial_": True})
     resolved = copy.deepcopy(cfg)  # the inner node's interpolations (${seed}) resolve in it
     with open_dict(resolved):
-        resolved.weighting.inner = inner
-        resolved.weighting.pop("inner_settings", None)
+        resolved.weighting.inner_settings = inner  # checked where the user sets it
+        check_inner(resolved.weighting.inner_settings)
+        resolved.weighting.inner = resolved.weighting.pop("inner_settings")
     return resolved.weighting
+
+
+def check_inner(node: DictConfig) -> None:
+    """`check_node` of a wrapped strategy's node, at `weighting.inner_settings`: a strategy's
+    ranges name a setting `weighting.<name>`, which the user sets as
+    `weighting.inner_settings.<name>`."""
+    try:
+        check_node(node)
+    except ConfigError as e:
+        text = str(e)
+        if text.startswith("weighting.") and not text.startswith("weighting.inner_settings"):
+            text = "weighting.inner_settings." + text.removeprefix("weighting.")
+        raise ConfigError(text) from None
 
 
 def group_option(group: str, name: str) -> DictConfig:
