@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import through_disk
 from hard_gradients import assert_same_point, hard_cases, reference_min_norm
 
 from mtltrain.errors import ConfigError
@@ -136,6 +137,16 @@ def test_a_resumed_strategy_continues_exactly_and_a_skipped_step_changes_nothing
     for g in steps[2:]:
         expected, got = alone.aggregate(g, losses), resumed.aggregate(g, losses)
         assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+
+
+def test_a_resumed_state_goes_to_the_strategys_device():
+    """A checkpoint is read on the CPU; the run's strategy is on its device (meta stands in for
+    a GPU here): the tracked gradients must follow it, or the next step mixes devices."""
+    stopped = MoCo(terms(2))
+    stopped.aggregate(torch.randn(2, 5), torch.ones(2))
+    resumed = MoCo(terms(2)).to("meta")
+    resumed.set_extra_state(through_disk(stopped.state_dict())["_extra_state"])
+    assert resumed.tracked.device == resumed.weight.device and resumed.steps == 1
 
 
 def test_bad_settings_are_refused():

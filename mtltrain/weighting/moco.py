@@ -102,7 +102,10 @@ class MoCo(GradientWeighting):
         return {"tracked": self.tracked, "steps": self.steps}
 
     def set_extra_state(self, state: dict) -> None:
-        self.tracked, self.steps = state["tracked"], state["steps"]
+        """A checkpoint is read on the CPU: Y goes where the strategy is (its buffers)."""
+        tracked = state["tracked"]
+        self.tracked = None if tracked is None else tracked.to(self.weight.device)
+        self.steps = state["steps"]
 
 
 def simplex_projection(v: Tensor) -> Tensor:
