@@ -130,6 +130,7 @@ def test_the_inner_strategy_is_chosen_and_set_by_config_and_its_state_resumes():
         ("fixed", "weighting.inner=fixed is not allowed"),
         ("cr_mogm", "weighting.inner=cr_mogm is not allowed"),
         ("mgdaa", "weighting.inner=mgdaa is not an option: choose one of aligned_mtl"),
+        ("null", "weighting.inner=None is not an option: choose one of aligned_mtl"),
     ],
 )
 def test_an_inner_strategy_it_cannot_wrap_is_refused_in_one_line(inner, words, tmp_path):

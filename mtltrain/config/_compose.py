@@ -239,12 +239,13 @@ def weighting_node(cfg: DictConfig) -> DictConfig:
     the wrapper builds (a partial). A name that is not an option, or whose strategy the wrapper
     cannot wrap, is a one-line ConfigError listing those it can."""
     node = cfg.weighting
-    wrapper = build_partial(node).func if isinstance(node.get("inner"), str) else None
+    named = "inner" in node and not isinstance(node.inner, DictConfig)  # not a _target_ node
+    wrapper = build_partial(node).func if named else None
     if not callable(getattr(wrapper, "wraps", None)):
         return node
     options = {name: group_option("weighting", name) for name in config_groups()["weighting"]}
     fits = [n for n, o in options.items() if wrapper.wraps(get_class(o._target_))]
-    if node.inner not in options:
+    if not isinstance(node.inner, str) or node.inner not in options:
         choices = ", ".join(fits)
         raise ConfigError(f"weighting.inner={node.inner} is not an option: choose one of {choices}")
     if node.inner not in fits:
