@@ -130,6 +130,7 @@ def test_the_inner_strategy_is_chosen_and_set_by_config_and_its_state_resumes():
         ("fixed", "weighting.inner=fixed is not allowed"),
         ("cr_mogm", "weighting.inner=cr_mogm is not allowed"),
         ("mgdaa", "weighting.inner=mgdaa is not an option: choose one of aligned_mtl"),
+        ("null", "weighting.inner=None is not an option: choose one of aligned_mtl"),
     ],
 )
 def test_an_inner_strategy_it_cannot_wrap_is_refused_in_one_line(inner, words, tmp_path):
@@ -140,9 +141,24 @@ def test_an_inner_strategy_it_cannot_wrap_is_refused_in_one_line(inner, words, t
     assert not any(tmp_path.rglob("config.yaml"))  # refused before the run folder is made
 
 
+def test_an_inner_strategy_that_is_loss_based_with_its_settings_is_refused_in_one_line(tmp_path):
+    """imtl_l is IMTL (whose class CR-MOGM can wrap) with variant=loss: no task gradients."""
+    for inner in (
+        ["weighting.inner=imtl_l"],
+        ["weighting.inner=imtl", "+weighting.inner_settings.variant=loss"],
+    ):
+        done = run_cli([*SMALL, *inner], tmp_path)
+        assert done.returncode != 0 and "Traceback" not in done.stderr
+        line = done.stderr.strip().splitlines()[-1]
+        assert "weighting.inner=IMTL is not allowed: CRMOGM averages" in line
+
+
 def test_a_bad_setting_of_the_inner_strategy_or_of_alpha_is_refused():
-    with pytest.raises(ConfigError, match=r"weighting.inner.bogus is not a setting"):
+    """Named as the user sets it: weighting.inner_settings.<setting>."""
+    with pytest.raises(ConfigError, match=r"^weighting.inner_settings.bogus is not a setting"):
         make_config([*SMALL, "+weighting.inner_settings.bogus=1"])
+    with pytest.raises(ConfigError, match=r"^weighting.inner_settings.c=-1 is not allowed"):
+        make_config([*SMALL, "weighting.inner=cagrad", "+weighting.inner_settings.c=-1"])
     with pytest.raises(ConfigError, match=r"weighting.alpha=1 is not allowed"):
         make_config([*SMALL, "weighting.alpha=1"])
     with pytest.raises(ConfigError, match="GradDrop is not allowed"):

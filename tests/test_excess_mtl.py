@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import through_disk
 from hard_gradients import assert_same_point, hard_cases
 
 from mtltrain.errors import ConfigError
@@ -125,6 +126,17 @@ def test_a_resumed_strategy_continues_exactly():
     for g in steps[2:]:
         expected, got = alone.aggregate(g, torch.ones(3)), resumed.aggregate(g, torch.ones(3))
         assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+
+
+def test_a_resumed_state_goes_to_the_strategys_device():
+    """A checkpoint is read on the CPU; the run's strategy is on its device (meta stands in for
+    a GPU here): the sums of squares must follow it, or the next step mixes devices."""
+    stopped = ExcessMTL(terms(2))
+    stopped.aggregate(torch.randn(2, 5), torch.ones(2))
+    resumed = ExcessMTL(terms(2)).to("meta")
+    resumed.set_extra_state(through_disk(stopped.state_dict())["_extra_state"])
+    assert resumed.squares.device == resumed.weight.device
+    assert torch.equal(resumed.baseline, stopped.baseline)
 
 
 def test_a_step_size_of_zero_is_refused():

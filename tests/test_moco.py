@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import through_disk
 from hard_gradients import assert_same_point, hard_cases, reference_min_norm
 
 from mtltrain.errors import ConfigError
@@ -98,17 +99,19 @@ def test_the_weights_stay_on_the_simplex():
 
 @pytest.mark.parametrize("case", ["K=4 conflicting", "K=3 collinear"])
 def test_with_beta_1_and_rho_0_it_is_projected_gradient_mgda(case):
-    """Y = G: each step is λ ← Π_Δ(λ − γGGᵀλ); repeated on fixed gradients with γ = 1/‖GGᵀ‖
-    it converges to MGDA's min-norm point."""
+    """Y = G (β = 1 undecayed, σ_β = 0): each step is λ ← Π_Δ(λ − γGGᵀλ) on that step's G, and
+    d = λᵀG; repeated on fixed gradients with γ = 1/‖GGᵀ‖ it converges to MGDA's min-norm point."""
     g = dict(CASES)[case]
     step = 1 / np.linalg.norm(g @ g.T, 2)
-    strategy = MoCo(terms(len(g)), beta=1.0, gamma=step, gamma_sigma=0.0, normalize=False)
-    strategy = strategy.double()
+    settings = dict(beta=1.0, beta_sigma=0.0, gamma=step, gamma_sigma=0.0, normalize=False)
+    strategy = MoCo(terms(len(g)), **settings).double()
     lam = np.full(len(g), 1 / len(g))
+    for rows in three_steps(g)[:2]:  # the case's gradients, then others
+        d, w = strategy.aggregate(torch.from_numpy(rows[0]), torch.ones(len(g)))
+        lam = reference_projection(lam - step * (rows[0] @ rows[0].T @ lam))
+        np.testing.assert_allclose(w.numpy(), lam, rtol=1e-12)
+        assert_same_point(d.numpy(), lam @ rows[0], g)
     rows = torch.from_numpy(g)
-    d, w = strategy.aggregate(rows, torch.ones(len(g)))
-    lam = reference_projection(lam - step * (g @ g.T @ lam))
-    np.testing.assert_allclose(w.numpy(), lam, rtol=1e-12)
     for _ in range(150):
         d, _ = strategy.aggregate(rows, torch.ones(len(g)))
     assert_same_point(d.numpy(), reference_min_norm(g), g, floor=1e-10)
@@ -136,6 +139,16 @@ def test_a_resumed_strategy_continues_exactly_and_a_skipped_step_changes_nothing
     for g in steps[2:]:
         expected, got = alone.aggregate(g, losses), resumed.aggregate(g, losses)
         assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+
+
+def test_a_resumed_state_goes_to_the_strategys_device():
+    """A checkpoint is read on the CPU; the run's strategy is on its device (meta stands in for
+    a GPU here): the tracked gradients must follow it, or the next step mixes devices."""
+    stopped = MoCo(terms(2))
+    stopped.aggregate(torch.randn(2, 5), torch.ones(2))
+    resumed = MoCo(terms(2)).to("meta")
+    resumed.set_extra_state(through_disk(stopped.state_dict())["_extra_state"])
+    assert resumed.tracked.device == resumed.weight.device and resumed.steps == 1
 
 
 def test_bad_settings_are_refused():

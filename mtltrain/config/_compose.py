@@ -239,12 +239,13 @@ def weighting_node(cfg: DictConfig) -> DictConfig:
     the wrapper builds (a partial). A name that is not an option, or whose strategy the wrapper
     cannot wrap, is a one-line ConfigError listing those it can."""
     node = cfg.weighting
-    wrapper = build_partial(node).func if isinstance(node.get("inner"), str) else None
+    named = "inner" in node and not isinstance(node.inner, DictConfig)  # not a _target_ node
+    wrapper = build_partial(node).func if named else None
     if not callable(getattr(wrapper, "wraps", None)):
         return node
     options = {name: group_option("weighting", name) for name in config_groups()["weighting"]}
     fits = [n for n, o in options.items() if wrapper.wraps(get_class(o._target_))]
-    if node.inner not in options:
+    if not isinstance(node.inner, str) or node.inner not in options:
         choices = ", ".join(fits)
         raise ConfigError(f"weighting.inner={node.inner} is not an option: choose one of {choices}")
     if node.inner not in fits:
@@ -258,9 +259,23 @@ def weighting_node(cfg: DictConfig) -> DictConfig:
     inner = OmegaConf.merge(options[node.inner], settings, {"_partial_": True})
     resolved = copy.deepcopy(cfg)  # the inner node's interpolations (${seed}) resolve in it
     with open_dict(resolved):
-        resolved.weighting.inner = inner
-        resolved.weighting.pop("inner_settings", None)
+        resolved.weighting.inner_settings = inner  # checked where the user sets it
+        check_inner(resolved.weighting.inner_settings)
+        resolved.weighting.inner = resolved.weighting.pop("inner_settings")
     return resolved.weighting
+
+
+def check_inner(node: DictConfig) -> None:
+    """`check_node` of a wrapped strategy's node, at `weighting.inner_settings`: a strategy's
+    ranges name a setting `weighting.<name>`, which the user sets as
+    `weighting.inner_settings.<name>`."""
+    try:
+        check_node(node)
+    except ConfigError as e:
+        text = str(e)
+        if text.startswith("weighting.") and not text.startswith("weighting.inner_settings"):
+            text = "weighting.inner_settings." + text.removeprefix("weighting.")
+        raise ConfigError(text) from None
 
 
 def group_option(group: str, name: str) -> DictConfig:

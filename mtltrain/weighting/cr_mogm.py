@@ -35,7 +35,8 @@ class CRMOGM(GradientWeighting):
     `weighting=cr_mogm weighting.inner=<name>` chooses the strategy whose weights are averaged
     (`+weighting.inner_settings.<setting>=<value>` changes its settings); a strategy whose
     direction is not a weighted sum of the step's gradients (GradDrop, DB-MTL, MoCo) or a
-    loss-based one is refused in one line naming those it can wrap. Its cost is the inner
+    loss-based one is refused in one line naming those it can wrap (one that is loss-based
+    with its settings, as `imtl_l`, in one line when it is built). Its cost is the inner
     strategy's. The inner strategy's reports are logged with the prefix `inner_` (its λ_t as
     `inner_weight`, a solver's failures as `inner_solver_unconverged`).
 
@@ -54,11 +55,11 @@ class CRMOGM(GradientWeighting):
         super().__init__(terms)
         self.check_settings({"alpha": alpha})
         strategy = inner(terms=terms)
-        if not self.wraps(type(strategy)):
+        if not self.wraps(type(strategy)) or strategy.level is None:  # IMTL variant=loss
             raise ConfigError(
                 f"weighting.inner={type(strategy).__name__} is not allowed: CRMOGM averages the "
-                "weights of a strategy whose direction is a weighted sum of the step's task "
-                "gradients (weighted_rows), which it is not"
+                "weights of a gradient-based strategy whose direction is a weighted sum of the "
+                "step's task gradients (weighted_rows), which it is not with these settings"
             )
         self.inner: GradientWeighting = strategy
         self.alpha = alpha

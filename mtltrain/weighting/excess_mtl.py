@@ -9,9 +9,11 @@ estimates relative to the task's first one (the paper's scale processing): w_k �
 /Ê_k⁽⁰⁾), normalised to Σ w = K, and d = Σ_k w_k·g_k. As the official code (and LibMTL's):
 the weights start at 1 and sum to K (the paper's lie on the simplex: the same direction divided
 by K), the first step only records the baseline Ê⁽⁰⁾, and η = 0.01 (its default; its README's
-example uses 1). Where it differs: a task's baseline is its first nonzero estimate (that code
-divides by a zero one), its weight moving from the step after, and the update is taken in log
-space (a softmax), so a large ratio saturates the weights instead of overflowing. The sums of
+example uses 1). Where it differs: that code weights the whole loss, so the task heads'
+gradients are scaled by w_k too, which here (as for every gradient-based strategy) they are
+not; a task's baseline is its first nonzero estimate (that code divides by a zero one), its
+weight moving from the step after; and the update is taken in log space (a softmax), so a
+large ratio saturates the weights instead of overflowing. The sums of
 squares, the baselines and the weights are saved with the run; a skipped step (a Jacobian that
 is not finite) leaves them as they were. On the shared parameters only: a sum of squares of
 representation gradients over different batches means nothing.
@@ -79,4 +81,8 @@ class ExcessMTL(GradientWeighting):
         return {"squares": self.squares, "baseline": self.baseline}
 
     def set_extra_state(self, state: dict) -> None:
-        self.squares, self.baseline = state["squares"], state["baseline"]
+        """A checkpoint is read on the CPU: the sums of squares go where the strategy is (its
+        buffers); the baselines stay on the host, where the weights are computed."""
+        squares = state["squares"]
+        self.squares = None if squares is None else squares.to(self.weight.device)
+        self.baseline = state["baseline"]

@@ -36,8 +36,9 @@ class MoCo(GradientWeighting):
     Per step the engine takes one backward pass per task for its gradient of the shared
     parameters; the tracked gradients Y (K × D, one per task) move towards them, λ takes one
     projected-gradient step on ½‖Σ_k λ_k·Y_k‖² + ½ρ‖λ‖² over the simplex, and the shared layers
-    move along Σ_k λ_k·Y_k (not a combination of this step's gradients). With β = 1 and ρ = 0 it
-    is one projected-gradient step of MGDA's problem from the last weights.
+    move along Σ_k λ_k·Y_k (not a combination of this step's gradients). With β = 1, σ_β = 0
+    and ρ = 0 (Y = this step's ĝ) it is one projected-gradient step of MGDA's problem from the
+    last weights.
 
     Paper: Fernando et al., ICLR 2023.
     Scale: Σ λ = 1 (with `normalize`, each ĝ_k as long as its loss).
@@ -102,7 +103,10 @@ class MoCo(GradientWeighting):
         return {"tracked": self.tracked, "steps": self.steps}
 
     def set_extra_state(self, state: dict) -> None:
-        self.tracked, self.steps = state["tracked"], state["steps"]
+        """A checkpoint is read on the CPU: Y goes where the strategy is (its buffers)."""
+        tracked = state["tracked"]
+        self.tracked = None if tracked is None else tracked.to(self.weight.device)
+        self.steps = state["steps"]
 
 
 def simplex_projection(v: Tensor) -> Tensor:
