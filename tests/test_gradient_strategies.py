@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import through_disk
 from hard_gradients import (
     assert_same_point,
     hard_cases,
@@ -372,3 +373,13 @@ def test_settings_out_of_range_are_refused():
         IMTL(terms(2), variant="both")
     with pytest.raises(ConfigError, match=r"weighting.beta=1"):
         DBMTL(terms(2), beta=1)
+
+
+def test_db_mtl_resumed_state_goes_to_the_strategys_device():
+    """A checkpoint is read on the CPU; the average of the gradients must follow the strategy
+    to its device (meta stands in for a GPU), or the next step mixes devices."""
+    stopped = DBMTL(terms(2))
+    stopped.aggregate(torch.randn(2, 5), torch.ones(2))
+    resumed = DBMTL(terms(2)).to("meta")
+    resumed.set_extra_state(through_disk(stopped.state_dict())["_extra_state"])
+    assert resumed.average.device == resumed.weight.device

@@ -11,7 +11,7 @@ from hard_gradients import assert_same_point, hard_cases, reference_min_norm
 
 from mtltrain.errors import ConfigError
 from mtltrain.losses import LossTerm, gaussian_nll, mse
-from mtltrain.weighting.moco import MoCo, simplex_projection
+from mtltrain.weighting.moco import MoCo
 
 CASES = hard_cases()
 IDS = [name for name, _ in CASES]
@@ -115,14 +115,6 @@ def test_with_beta_1_and_rho_0_it_is_projected_gradient_mgda(case):
     for _ in range(150):
         d, _ = strategy.aggregate(rows, torch.ones(len(g)))
     assert_same_point(d.numpy(), reference_min_norm(g), g, floor=1e-10)
-
-
-def test_the_sorted_projection_is_the_bisection_one():
-    rng = np.random.default_rng(4)
-    for v in [rng.normal(size=6) * 10, np.array([0.2, 0.3, 0.5]), np.array([5.0, 5.0, -1.0])]:
-        np.testing.assert_allclose(
-            simplex_projection(torch.from_numpy(v)).numpy(), reference_projection(v), atol=1e-12
-        )
 
 
 def test_a_resumed_strategy_continues_exactly_and_a_skipped_step_changes_nothing():

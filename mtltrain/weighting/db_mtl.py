@@ -66,4 +66,7 @@ class DBMTL(GradientWeighting):
         return {"average": self.average}
 
     def set_extra_state(self, state: dict) -> None:
-        self.average = state["average"]
+        """A checkpoint is read on the CPU: the average goes where the strategy is (its
+        buffers)."""
+        average = state["average"]
+        self.average = None if average is None else average.to(self.weight.device)

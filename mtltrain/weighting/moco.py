@@ -25,6 +25,7 @@ from torch import Tensor
 
 from mtltrain.losses import LossTerm
 from mtltrain.weighting.base import GradientWeighting, Range, float64_gramian
+from mtltrain.weighting.solvers import project_to_simplex
 
 STEP_SIZE: Range = (lambda v: v > 0, "it must be > 0")
 DECAY: Range = (lambda v: v >= 0, "it must be >= 0")
@@ -94,7 +95,7 @@ class MoCo(GradientWeighting):
         uniform = torch.full((k,), 1.0 / k, dtype=torch.float64)
         lam = self.weight.double().cpu() if self.steps else uniform  # λ₁ exactly, not rounded
         step = self.gamma / t**self.gamma_sigma
-        lam = simplex_projection(lam - step * (gramian @ lam + self.rho * lam))
+        lam = project_to_simplex(lam - step * (gramian @ lam + self.rho * lam))
         self.tracked, self.steps = tracked, t
         weights = lam.to(jacobian)
         return weights @ tracked, weights
@@ -107,13 +108,3 @@ class MoCo(GradientWeighting):
         tracked = state["tracked"]
         self.tracked = None if tracked is None else tracked.to(self.weight.device)
         self.steps = state["steps"]
-
-
-def simplex_projection(v: Tensor) -> Tensor:
-    """The Euclidean projection of v onto the probability simplex {w ≥ 0, Σw = 1}:
-    max(v − θ, 0) with θ from the sorted values (Held, Wolfe & Crowder 1974)."""
-    descending = v.sort(descending=True).values
-    cumulative = descending.cumsum(0) - 1
-    ranks = torch.arange(1, len(v) + 1, dtype=v.dtype)
-    count = int((descending - cumulative / ranks > 0).sum())
-    return (v - cumulative[count - 1] / count).clamp_min(0)
