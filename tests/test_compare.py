@@ -60,13 +60,14 @@ def run_compare(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return in_process(compare.main, [PROG, *args], cwd)
 
 
-TINY = ["--config-dir", "conf", "--dataset", "toy", "--strategies", "fixed,uncertainty",
+TINY = ["--config-dir", "conf", "--dataset", "toy", "--strategies", "equal,uncertainty",
         "--override", "trainer.progress=false", "--override", "logger=[]"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory) -> Path:
-    """A comparison of two strategies × 2 seeds, 1 epoch."""
+    """A comparison of two strategies × 2 seeds, 1 epoch; `equal` the reference (the single-task
+    runs' weighting=fixed is not)."""
     folder = user_folder(tmp_path_factory.mktemp("user"))
     done = run_compare([*TINY, "--seeds", "2", "--epochs", "1", "--out", "runs/which"], folder)
     assert done.returncode == 0, done.stderr
@@ -121,7 +122,7 @@ def test_the_command_writes_the_table_of_strategies_against_single_task_learning
               for t in "ab"}  # fmt: skip
     rows = table_rows(text)
     deltas = {}
-    for name in ("fixed", "uncertainty"):
+    for name in ("equal", "uncertainty"):
         mine = [r for r in results if f"weighting={name}" in r["overrides"]]
         per_seed = [-50 * sum((rmse(r, t) - single[t]) / single[t] for t in "ab") for r in mine]
         deltas[name] = per_seed
@@ -130,12 +131,12 @@ def test_the_command_writes_the_table_of_strategies_against_single_task_learning
         half = 12.706 * statistics.stdev(per_seed) / math.sqrt(2)  # t(1 dof) · s/√n
         low = f"{statistics.fmean(per_seed) - half:+.2f}"
         assert cell == f"{statistics.fmean(per_seed):+.2f} [{low}, {cell.split(', ')[1]}"
-    difference = statistics.fmean(deltas["uncertainty"]) - statistics.fmean(deltas["fixed"])
+    difference = statistics.fmean(deltas["uncertainty"]) - statistics.fmean(deltas["equal"])
     assert rows["uncertainty"][6].split()[0] == f"{difference:+.2f}"
-    assert rows["fixed"][6] == "0 (the reference)"
+    assert rows["equal"][6] == "0 (the reference)" and "Δm% − `equal`'s" in text
     assert [rows[n][0] for n in sorted(deltas, key=lambda n: -statistics.fmean(deltas[n]))] == [
         "1", "2"]  # fmt: skip
-    assert re.fullmatch(r"\d+\.\d\d", rows["uncertainty"][7]) and rows["fixed"][7] == "1.00"
+    assert re.fullmatch(r"\d+\.\d\d", rows["uncertainty"][7]) and rows["equal"][7] == "1.00"
     assert "single task: a" in rows and "single task: b" in rows
     for picture in ("toy_delta_m.png", "toy_pareto.png"):
         assert (out / picture).read_bytes()[:4] == b"\x89PNG" and f"]({picture})" in text
@@ -217,7 +218,7 @@ def test_bad_input_is_one_line_and_nothing_is_written(tmp_path, args, said):
     (folder / "runs" / "mine" / "notes.txt").write_text("mine")
     (folder / "runs" / "c").mkdir()
     (folder / "runs" / "c" / "compare.json").write_text(json.dumps({"arguments": {
-        "dataset": "toy", "strategies": "fixed,uncertainty", "seeds": 1, "epochs": 1,
+        "dataset": "toy", "strategies": "equal,uncertainty", "seeds": 1, "epochs": 1,
         "budget": None, "override": TINY[-4:][1::2], "config_dir": "conf"}}))  # fmt: skip
     before = snapshot(folder)
     done = run_compare([*TINY, "--seeds", "1", "--epochs", "1", "--out", "runs/new", *args], folder)
