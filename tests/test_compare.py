@@ -18,6 +18,7 @@ import pytest
 from conftest import in_process, snapshot, write_fake_mnist
 
 from mtltrain import compare
+from mtltrain.compare import _sweeps as sweeps
 from mtltrain.compare._budget import Probe, fit, parse_budget
 from mtltrain.errors import ConfigError
 
@@ -193,6 +194,33 @@ def test_the_same_command_again_keeps_finished_runs_and_runs_the_rest(resumed):
     assert "run again after an interruption or a failure" in text and "‡" in text
     record = json.loads((out / "compare.json").read_text())
     assert set(record["resumed"]) == {"command", "wall_s"} and record["wall_s"] > 0
+
+
+def test_a_signal_in_the_probe_stops_the_comparison_and_the_probe_starts_again(
+    tmp_path, monkeypatch
+):
+    """Ctrl-C while the probe times the strategies (its sweep's exit status 128 + 2) stops the
+    comparison before anything trains; the same command probes again from the start."""
+    folder, calls = user_folder(tmp_path), []
+    out = folder / "runs" / "p"
+
+    def stopped_in_the_steps(argv):  # the epoch's sweep left a run, the steps' one stopped
+        calls.append(list(argv))
+        if any(".probe/epoch" in a for a in argv):
+            (out / ".probe" / "epoch" / "0_run" / ".hydra").mkdir(parents=True, exist_ok=True)
+            return 0
+        return 130
+
+    monkeypatch.setattr(sweeps, "mtltrain", stopped_in_the_steps)
+    args = [*TINY[:4], "--strategies", "fixed", *TINY[6:], "--seeds", "1", "--epochs", "1",
+            "--budget", "1h", "--out", "runs/p"]  # fmt: skip
+    done = run_compare(args, folder)
+    assert done.returncode == 130 and "the same command continues" in done.stderr, done.stderr
+    assert len(calls) == 2 and not (out / "compare.json").exists() and "budget" not in done.stdout
+    assert not (out / ".probe" / "probe.json").exists()
+    calls.clear()
+    assert run_compare(args, folder).returncode == 130
+    assert len(calls) == 2 and "resume_sweep=true" not in calls[0]  # the probe from the start
 
 
 @pytest.mark.parametrize(

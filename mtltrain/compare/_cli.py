@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -242,15 +243,17 @@ def run_probe(args: argparse.Namespace, strategies: list[str], folder: Path) -> 
     saved = folder / "probe.json"
     if saved.is_file():
         return Probe.load(saved)
+    if folder.exists():  # a probe stopped before it measured everything: its times are partial
+        shutil.rmtree(folder)
     reference = next(s for s in REFERENCES if s in strategies)
     user = [o for o in args.override if not o.startswith(("hydra/launcher", "hydra.launcher."))]
     base = [f"dataset={args.dataset}", "seed=0", "trainer.epochs=1", "trainer.checkpoint=false",
             "trainer.progress=false", *user]  # fmt: skip
     steps = [f"weighting={','.join(strategies)}", f"trainer.limit_batches={PROBE_STEPS}"]
     started = time.perf_counter()
-    sweeps.sweep([*base, f"weighting={reference}"], folder / "epoch", args.config_dir)
+    swept([*base, f"weighting={reference}"], folder / "epoch", args.config_dir)
     sweep_s = time.perf_counter() - started  # a run's wall time as a sweep runs it
-    sweeps.sweep([*base, *steps], folder / "steps", args.config_dir)
+    swept([*base, *steps], folder / "steps", args.config_dir)
     wall_s = time.perf_counter() - started
     epoch = finished_results(folder / "epoch")
     if not epoch:
@@ -270,6 +273,15 @@ def run_probe(args: argparse.Namespace, strategies: list[str], folder: Path) -> 
     )
     probe.save(saved)
     return probe
+
+
+def swept(overrides: list[str], folder: Path, config_dir: Path | None) -> int:
+    """The sweep's exit status; a signal that stopped it stops the comparison (Interrupted)."""
+    code = sweeps.sweep(overrides, folder, config_dir)
+    if code > 128:
+        raise Interrupted(f"stopped in {folder}: the same command continues the comparison",
+                          code - 128)  # fmt: skip
+    return code
 
 
 def finished_results(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -311,10 +323,7 @@ def run(
         alone = "dataset.tasks=" + ",".join(f"[{t}]" for t in tasks)
         sweeps_of.append((["weighting=fixed", alone, *common], out / sweeps.SINGLE))
     for overrides, folder in sweeps_of:
-        code = sweeps.sweep(overrides, folder, args.config_dir)
-        if code > 128:
-            raise Interrupted(f"stopped in {folder}: the same command continues the comparison",
-                              code - 128)  # fmt: skip
+        code = swept(overrides, folder, args.config_dir)
         if code not in (0, sweeps.FAILED_JOBS):
             raise ConfigError(f"the sweep into {folder} did not run (the line above says why)")
     wall = round(time.perf_counter() - started, 1)
