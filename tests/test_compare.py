@@ -232,6 +232,8 @@ def test_a_signal_in_the_probe_stops_the_comparison_and_the_probe_starts_again(
         (["--budget", "0m"], "--budget=0m is not allowed: give a duration above zero"),
         (["--dataset", "nope"], "dataset=nope"),
         (["--seeds", "0"], "--seeds=0 is not allowed"),
+        (["--override", "weighting=famo"], "weighting=famo is not allowed: mtltrain-compare sets"),
+        (["--override", "trainer.epochs=3"], "--override=trainer.epochs=3 is not allowed"),
         (["--out", "runs/mine"], "--out=runs/mine is not allowed: it holds files of something"),
         (
             ["--out", "runs/mine/notes.txt"],

@@ -31,7 +31,8 @@ Output
   report.csv and plots, and compare.json (the arguments, the plan, the wall time).
 Errors
   An unknown strategy, a list without fixed or equal, a bad --budget, --seeds or --epochs, a
-  data set or override that does not compose, an --out that holds something else: one line on
+  data set or override that does not compose, an override of a setting the comparison sets
+  (dataset, weighting, seed, trainer.epochs, ...), an --out that holds something else: one line on
   stderr, exit status 2, nothing written.
 """
 
@@ -62,6 +63,13 @@ from mtltrain.report import SINGLE_TASK, ReportError, write_report
 PROG = "mtltrain-compare"
 RECORD = "compare.json"
 KEPT = ("dataset", "strategies", "seeds", "epochs", "budget", "override", "config_dir")
+# the settings the comparison sets in every run, and the option that chooses each
+OWN_SETTINGS = {
+    "dataset": "--dataset", "weighting": "--strategies", "seed": "--seeds",
+    "trainer.epochs": "--epochs or --budget", "dataset.tasks": "the single-task runs",
+    "trainer.select": "the last evaluation", "trainer.eval_every": "the last evaluation",
+    "hydra.sweep.dir": "--out", "resume_sweep": "the same command again",
+}  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
@@ -131,6 +139,13 @@ def checked_arguments(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--config-dir={args.config_dir} is not allowed: no such folder")
     if args.strategies is not None:
         chosen_strategies(args.strategies, args.config_dir)
+    for override in args.override:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key in OWN_SETTINGS:
+            raise ConfigError(
+                f"--override={override} is not allowed: {PROG} sets {key} in every run "
+                f"({OWN_SETTINGS[key]}); override any other setting"
+            )
     kept = {key: getattr(args, key) for key in KEPT}
     kept["config_dir"] = None if args.config_dir is None else str(args.config_dir)
     return kept
