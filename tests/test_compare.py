@@ -223,6 +223,10 @@ def test_a_signal_in_the_probe_stops_the_comparison_and_the_probe_starts_again(
     assert len(calls) == 2 and "resume_sweep=true" not in calls[0]  # the probe from the start
 
 
+NO_MNIST = ["--dataset", "mnist_mtl", "--override", "dataset.root=nowhere",
+            "--override", "dataset.download=false"]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("args", "said"),
     [
@@ -231,6 +235,7 @@ def test_a_signal_in_the_probe_stops_the_comparison_and_the_probe_starts_again(
         (["--budget", "2 hours"], "--budget=2 hours is not allowed: give a duration such as 2h"),
         (["--budget", "0m"], "--budget=0m is not allowed: give a duration above zero"),
         (["--dataset", "nope"], "dataset=nope"),
+        (NO_MNIST, "MNIST not found: nowhere/MNIST/raw/"),
         (["--seeds", "0"], "--seeds=0 is not allowed"),
         (["--override", "weighting=famo"], "weighting=famo is not allowed: mtltrain-compare sets"),
         (["--override", "trainer.epochs=3"], "--override=trainer.epochs=3 is not allowed"),

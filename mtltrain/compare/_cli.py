@@ -31,9 +31,9 @@ Output
   report.csv and plots, and compare.json (the arguments, the plan, the wall time).
 Errors
   An unknown strategy, a list without fixed or equal, a bad --budget, --seeds or --epochs, a
-  data set or override that does not compose, an override of a setting the comparison sets
-  (dataset, weighting, seed, trainer.epochs, ...), an --out that holds something else: one line on
-  stderr, exit status 2, nothing written.
+  data set or override that does not compose or does not build (its files missing), an
+  override of a setting the comparison sets (dataset, weighting, seed, trainer.epochs, ...),
+  an --out that holds something else: one line on stderr, exit status 2, nothing written.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from mtltrain.build import build_data
 from mtltrain.compare import _sweeps as sweeps
 from mtltrain.compare._budget import PROBE_STEPS, Plan, Probe, fit, parse_budget, said
 from mtltrain.compare._page import document
@@ -121,6 +122,8 @@ def compare(args: argparse.Namespace) -> None:
         record = before
     else:
         strategies = chosen_strategies(args.strategies, args.config_dir)
+        if before is None:
+            check_data(args.dataset, cfg)
         plan = Plan(**before["plan"]) if before else make_plan(args, cfg, strategies, tasks, out)
         print(f"{PROG}: {plan.line}", flush=True)
         record = run(args, out, arguments, plan, cfg, tasks, before)
@@ -182,6 +185,17 @@ def search_path(args: argparse.Namespace) -> list[str]:
 def composed(args: argparse.Namespace) -> Any:
     """The config of the comparison's first run (a bad data set or override: one line)."""
     return compose_checked([*search_path(args), f"dataset={args.dataset}", *args.override])
+
+
+def check_data(name: str, cfg: Any) -> None:
+    """The data set builds, as every run builds it: a missing file is one line before anything
+    runs, not a failure in every run."""
+    try:
+        build_data(cfg.dataset, cfg.trainer)
+    except MtlError:
+        raise
+    except Exception as e:  # the user's own data set may raise anything
+        raise ConfigError(f"--dataset={name} does not build: {type(e).__name__}: {e}") from None
 
 
 def task_names(cfg: Any) -> list[str] | None:
