@@ -18,6 +18,7 @@ import pytest
 from conftest import in_process, snapshot, write_fake_mnist
 
 from mtltrain import compare
+from mtltrain.compare import _budget as budget
 from mtltrain.compare import _sweeps as sweeps
 from mtltrain.compare._budget import Probe, fit, parse_budget
 from mtltrain.errors import ConfigError
@@ -178,7 +179,14 @@ def test_the_budget_takes_the_most_epochs_that_fit_then_leaves_out_the_slowest_s
         fit(probe, ["fixed", "mgda"], 2, 2, most=10, budget=30)  # fixed alone: 8 + 40
     probe = Probe(setup_s=2.0, epoch_s=10.0, ratios=probe.ratios, wall_s=130.0)
     plan = fit(probe, ["fixed", "mgda", "famo"], 2, 2, most=10, budget=16 + 130 * 4 + 1)
-    assert plan.epochs == 3 and "(probe: 3m; an epoch of fixed 10.0 s" in plan.line  # 4 − 1
+    assert plan.epochs == 3 and "(probe: 2m10s; an epoch of fixed 10.0 s" in plan.line  # 4 − 1
+    plan = fit(probe, ["fixed"], 1, 0, most=10, budget=90 + 130)
+    # 2 + 8·10 s of the 90 s the probe left
+    assert plan.line.startswith(
+        "budget 3m40s: 1 of 1 strategies; 8 epochs (of 10) per run; about 1m22s"
+    )
+    said = [budget.said(s) for s in (40, 64.2, 599, 599.5, 3660)]
+    assert said == ["40s", "1m05s", "9m59s", "10m", "1h01m"]
     assert [parse_budget(t) for t in ("1h30m", "90s", "0.5h", "2h")] == [5400, 90, 1800, 7200]
 
 

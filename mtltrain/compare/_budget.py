@@ -36,10 +36,12 @@ def parse_budget(text: str) -> float:
 
 
 def said(seconds: float) -> str:
-    """A duration as --budget takes it, rounded up: 1h05m, 12m, 40s."""
+    """A duration as --budget takes it, rounded up: to the second under 10 minutes (40s,
+    1m30s), else to the minute (12m, 1h05m)."""
+    whole = math.ceil(seconds)
+    if whole < 600:
+        return f"{whole // 60}m{whole % 60:02d}s" if whole >= 60 else f"{whole}s"
     minutes = math.ceil(seconds / 60)
-    if seconds < 60:
-        return f"{math.ceil(seconds)}s"
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
 
 
