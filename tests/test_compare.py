@@ -12,6 +12,7 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -229,6 +230,16 @@ def test_a_signal_in_the_probe_stops_the_comparison_and_the_probe_starts_again(
     calls.clear()
     assert run_compare(args, folder).returncode == 130
     assert len(calls) == 2 and "resume_sweep=true" not in calls[0]  # the probe from the start
+
+
+def test_a_stopped_comparison_keeps_the_time_it_ran_in_its_wall_time(tmp_path, monkeypatch):
+    """The wall time in compare.json counts the runs before an interruption too."""
+    folder = user_folder(tmp_path)
+    monkeypatch.setattr(sweeps, "mtltrain", lambda argv: time.sleep(0.3) or 130)
+    done = run_compare([*TINY, "--seeds", "1", "--epochs", "1", "--out", "runs/s"], folder)
+    assert done.returncode == 130, done.stderr
+    record = json.loads((folder / "runs" / "s" / "compare.json").read_text())
+    assert record["wall_s"] >= 0.3 and record["finished"] is None
 
 
 NO_MNIST = ["--dataset", "mnist_mtl", "--override", "dataset.root=nowhere",

@@ -351,14 +351,17 @@ def run(
     if tasks:
         alone = "dataset.tasks=" + ",".join(f"[{t}]" for t in tasks)
         sweeps_of.append((["weighting=fixed", alone, *common], out / sweeps.SINGLE))
-    for overrides, folder in sweeps_of:
-        code = swept(overrides, folder, args.config_dir)
-        if code not in (0, sweeps.FAILED_JOBS):
-            raise ConfigError(f"the sweep into {folder} did not run (the line above says why)")
-    wall = round(time.perf_counter() - started, 1)
+    try:
+        for overrides, folder in sweeps_of:
+            code = swept(overrides, folder, args.config_dir)
+            if code not in (0, sweeps.FAILED_JOBS):
+                raise ConfigError(f"the sweep into {folder} did not run (the line above says why)")
+    finally:  # a stopped comparison's time counts in its wall time too
+        wall = round(time.perf_counter() - started, 1)
+        record["wall_s"] = record["wall_s"] + wall
+        write_record(out, record)
     if before is not None:
         record["resumed"] = {"command": args.command, "wall_s": wall}
-    record["wall_s"] = record["wall_s"] + wall
     record["finished"] = time.strftime("%Y-%m-%d %H:%M")
     write_record(out, record)
     return record
