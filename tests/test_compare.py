@@ -186,6 +186,10 @@ def test_the_budget_takes_the_most_epochs_that_fit_then_leaves_out_the_slowest_s
     assert plan.line.startswith(
         "budget 3m40s: 1 of 1 strategies; 8 epochs (of 10) per run; about 1m22s"
     )
+    probe = Probe(setup_s=2.0, epoch_s=10.0, ratios={"fixed": 1.0, "famo": 1.5})  # mgda failed
+    plan = fit(probe, ["fixed", "mgda", "famo"], 1, 0, most=2, budget=3600)
+    assert plan.strategies == ["fixed", "famo"] and plan.epochs == 2
+    assert "2 of 3 strategies, leaving out those whose probe run failed: mgda;" in plan.line
     said = [budget.said(s) for s in (40, 64.2, 599, 599.5, 3660)]
     assert said == ["40s", "1m05s", "9m59s", "10m", "1h01m"]
     assert [parse_budget(t) for t in ("1h30m", "90s", "0.5h", "2h")] == [5400, 90, 1800, 7200]

@@ -16,7 +16,8 @@ Budget
   --budget 2h (30m, 1h30m, 90s): a probe (into --out/.probe/) times a sweep of one epoch of the
   reference strategy and a few steps of each strategy; the plan takes the most epochs, up to
   --epochs or the trainer's, that fit in what the probe left of the budget, leaving out the
-  slowest strategies where one epoch of all does not (fixed and equal are kept). Without
+  slowest strategies where one epoch of all does not (fixed and equal are kept), and those
+  whose probe run failed (mtltrain-report --out/.probe/steps says why). Without
   --budget: every strategy, --epochs or the trainer's. The plan is said in one line before
   anything trains.
 Resume
