@@ -149,6 +149,16 @@ def test_the_command_writes_the_table_of_strategies_against_single_task_learning
     assert "runs/which" not in text  # the folders of the machine that ran are not published
 
 
+def test_tables_only_writes_the_page_of_the_comparison_in_out_again(compared):
+    """--tables-only --out: the data set and configs the comparison ran with, not the
+    defaults."""
+    page = compared / "toy_strategies.md"
+    page.unlink()
+    done = run_compare(["--tables-only", "--out", "runs/which"], compared.parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert "Δm% − `equal`'s" in page.read_text() and not list(compared.glob("multi_mnist*"))
+
+
 def test_the_plan_within_the_budget_is_said_before_anything_trains(resumed):
     out, done, again = resumed
     (line,) = [ln for ln in done.stdout.splitlines() if ln.startswith("mtltrain-compare: budget")]

@@ -117,6 +117,10 @@ def compare(args: argparse.Namespace) -> None:
     importable_from_here()  # the user's own modules, as mtltrain imports them
     arguments = checked_arguments(args)
     before = read_record(out, arguments, args.tables_only)
+    if args.tables_only:  # the comparison's own data set and configs, not the defaults
+        recorded = before["arguments"]
+        args.dataset, args.override = recorded["dataset"], recorded["override"]
+        args.config_dir = recorded["config_dir"] and Path(recorded["config_dir"])
     cfg = composed(args)
     tasks = task_names(cfg)
     if args.tables_only:
