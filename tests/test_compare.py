@@ -12,12 +12,15 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import in_process, snapshot, write_fake_mnist
 
 from mtltrain import compare
+from mtltrain.compare import _budget as budget
+from mtltrain.compare import _sweeps as sweeps
 from mtltrain.compare._budget import Probe, fit, parse_budget
 from mtltrain.errors import ConfigError
 
@@ -60,13 +63,14 @@ def run_compare(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return in_process(compare.main, [PROG, *args], cwd)
 
 
-TINY = ["--config-dir", "conf", "--dataset", "toy", "--strategies", "fixed,uncertainty",
+TINY = ["--config-dir", "conf", "--dataset", "toy", "--strategies", "equal,uncertainty",
         "--override", "trainer.progress=false", "--override", "logger=[]"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory) -> Path:
-    """A comparison of two strategies × 2 seeds, 1 epoch."""
+    """A comparison of two strategies × 2 seeds, 1 epoch; `equal` the reference (the single-task
+    runs' weighting=fixed is not)."""
     folder = user_folder(tmp_path_factory.mktemp("user"))
     done = run_compare([*TINY, "--seeds", "2", "--epochs", "1", "--out", "runs/which"], folder)
     assert done.returncode == 0, done.stderr
@@ -121,7 +125,7 @@ def test_the_command_writes_the_table_of_strategies_against_single_task_learning
               for t in "ab"}  # fmt: skip
     rows = table_rows(text)
     deltas = {}
-    for name in ("fixed", "uncertainty"):
+    for name in ("equal", "uncertainty"):
         mine = [r for r in results if f"weighting={name}" in r["overrides"]]
         per_seed = [-50 * sum((rmse(r, t) - single[t]) / single[t] for t in "ab") for r in mine]
         deltas[name] = per_seed
@@ -130,12 +134,12 @@ def test_the_command_writes_the_table_of_strategies_against_single_task_learning
         half = 12.706 * statistics.stdev(per_seed) / math.sqrt(2)  # t(1 dof) · s/√n
         low = f"{statistics.fmean(per_seed) - half:+.2f}"
         assert cell == f"{statistics.fmean(per_seed):+.2f} [{low}, {cell.split(', ')[1]}"
-    difference = statistics.fmean(deltas["uncertainty"]) - statistics.fmean(deltas["fixed"])
+    difference = statistics.fmean(deltas["uncertainty"]) - statistics.fmean(deltas["equal"])
     assert rows["uncertainty"][6].split()[0] == f"{difference:+.2f}"
-    assert rows["fixed"][6] == "0 (the reference)"
+    assert rows["equal"][6] == "0 (the reference)" and "Δm% − `equal`'s" in text
     assert [rows[n][0] for n in sorted(deltas, key=lambda n: -statistics.fmean(deltas[n]))] == [
         "1", "2"]  # fmt: skip
-    assert re.fullmatch(r"\d+\.\d\d", rows["uncertainty"][7]) and rows["fixed"][7] == "1.00"
+    assert re.fullmatch(r"\d+\.\d\d", rows["uncertainty"][7]) and rows["equal"][7] == "1.00"
     assert "single task: a" in rows and "single task: b" in rows
     for picture in ("toy_delta_m.png", "toy_pareto.png"):
         assert (out / picture).read_bytes()[:4] == b"\x89PNG" and f"]({picture})" in text
@@ -143,6 +147,16 @@ def test_the_command_writes_the_table_of_strategies_against_single_task_learning
     assert "hydra/launcher=vectorized" in (out / "multi_task" / "multirun.yaml").read_text()
     assert "Reproduce: `mtltrain-compare --config-dir conf --dataset toy" in text
     assert "runs/which" not in text  # the folders of the machine that ran are not published
+
+
+def test_tables_only_writes_the_page_of_the_comparison_in_out_again(compared):
+    """--tables-only --out: the data set and configs the comparison ran with, not the
+    defaults."""
+    page = compared / "toy_strategies.md"
+    page.unlink()
+    done = run_compare(["--tables-only", "--out", "runs/which"], compared.parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert "Δm% − `equal`'s" in page.read_text() and not list(compared.glob("multi_mnist*"))
 
 
 def test_the_plan_within_the_budget_is_said_before_anything_trains(resumed):
@@ -176,7 +190,18 @@ def test_the_budget_takes_the_most_epochs_that_fit_then_leaves_out_the_slowest_s
         fit(probe, ["fixed", "mgda"], 2, 2, most=10, budget=30)  # fixed alone: 8 + 40
     probe = Probe(setup_s=2.0, epoch_s=10.0, ratios=probe.ratios, wall_s=130.0)
     plan = fit(probe, ["fixed", "mgda", "famo"], 2, 2, most=10, budget=16 + 130 * 4 + 1)
-    assert plan.epochs == 3 and "(probe: 3m; an epoch of fixed 10.0 s" in plan.line  # 4 − 1
+    assert plan.epochs == 3 and "(probe: 2m10s; an epoch of fixed 10.0 s" in plan.line  # 4 − 1
+    plan = fit(probe, ["fixed"], 1, 0, most=10, budget=90 + 130)
+    # 2 + 8·10 s of the 90 s the probe left
+    assert plan.line.startswith(
+        "budget 3m40s: 1 of 1 strategies; 8 epochs (of 10) per run; about 1m22s"
+    )
+    probe = Probe(setup_s=2.0, epoch_s=10.0, ratios={"fixed": 1.0, "famo": 1.5})  # mgda failed
+    plan = fit(probe, ["fixed", "mgda", "famo"], 1, 0, most=2, budget=3600)
+    assert plan.strategies == ["fixed", "famo"] and plan.epochs == 2
+    assert "2 of 3 strategies, leaving out those whose probe run failed: mgda;" in plan.line
+    said = [budget.said(s) for s in (40, 64.2, 599, 599.5, 3660)]
+    assert said == ["40s", "1m05s", "9m59s", "10m", "1h01m"]
     assert [parse_budget(t) for t in ("1h30m", "90s", "0.5h", "2h")] == [5400, 90, 1800, 7200]
 
 
@@ -194,6 +219,47 @@ def test_the_same_command_again_keeps_finished_runs_and_runs_the_rest(resumed):
     assert set(record["resumed"]) == {"command", "wall_s"} and record["wall_s"] > 0
 
 
+def test_a_signal_in_the_probe_stops_the_comparison_and_the_probe_starts_again(
+    tmp_path, monkeypatch
+):
+    """Ctrl-C while the probe times the strategies (its sweep's exit status 128 + 2) stops the
+    comparison before anything trains; the same command probes again from the start."""
+    folder, calls = user_folder(tmp_path), []
+    out = folder / "runs" / "p"
+
+    def stopped_in_the_steps(argv):  # the epoch's sweep left a run, the steps' one stopped
+        calls.append(list(argv))
+        if any(".probe/epoch" in a for a in argv):
+            (out / ".probe" / "epoch" / "0_run" / ".hydra").mkdir(parents=True, exist_ok=True)
+            return 0
+        return 130
+
+    monkeypatch.setattr(sweeps, "mtltrain", stopped_in_the_steps)
+    args = [*TINY[:4], "--strategies", "fixed", *TINY[6:], "--seeds", "1", "--epochs", "1",
+            "--budget", "1h", "--out", "runs/p"]  # fmt: skip
+    done = run_compare(args, folder)
+    assert done.returncode == 130 and "the same command continues" in done.stderr, done.stderr
+    assert len(calls) == 2 and not (out / "compare.json").exists() and "budget" not in done.stdout
+    assert not (out / ".probe" / "probe.json").exists()
+    calls.clear()
+    assert run_compare(args, folder).returncode == 130
+    assert len(calls) == 2 and "resume_sweep=true" not in calls[0]  # the probe from the start
+
+
+def test_a_stopped_comparison_keeps_the_time_it_ran_in_its_wall_time(tmp_path, monkeypatch):
+    """The wall time in compare.json counts the runs before an interruption too."""
+    folder = user_folder(tmp_path)
+    monkeypatch.setattr(sweeps, "mtltrain", lambda argv: time.sleep(0.3) or 130)
+    done = run_compare([*TINY, "--seeds", "1", "--epochs", "1", "--out", "runs/s"], folder)
+    assert done.returncode == 130, done.stderr
+    record = json.loads((folder / "runs" / "s" / "compare.json").read_text())
+    assert record["wall_s"] >= 0.3 and record["finished"] is None
+
+
+NO_MNIST = ["--dataset", "mnist_mtl", "--override", "dataset.root=nowhere",
+            "--override", "dataset.download=false"]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("args", "said"),
     [
@@ -202,7 +268,10 @@ def test_the_same_command_again_keeps_finished_runs_and_runs_the_rest(resumed):
         (["--budget", "2 hours"], "--budget=2 hours is not allowed: give a duration such as 2h"),
         (["--budget", "0m"], "--budget=0m is not allowed: give a duration above zero"),
         (["--dataset", "nope"], "dataset=nope"),
+        (NO_MNIST, "MNIST not found: nowhere/MNIST/raw/"),
         (["--seeds", "0"], "--seeds=0 is not allowed"),
+        (["--override", "weighting=famo"], "weighting=famo is not allowed: mtltrain-compare sets"),
+        (["--override", "trainer.epochs=3"], "--override=trainer.epochs=3 is not allowed"),
         (["--out", "runs/mine"], "--out=runs/mine is not allowed: it holds files of something"),
         (
             ["--out", "runs/mine/notes.txt"],
@@ -217,7 +286,7 @@ def test_bad_input_is_one_line_and_nothing_is_written(tmp_path, args, said):
     (folder / "runs" / "mine" / "notes.txt").write_text("mine")
     (folder / "runs" / "c").mkdir()
     (folder / "runs" / "c" / "compare.json").write_text(json.dumps({"arguments": {
-        "dataset": "toy", "strategies": "fixed,uncertainty", "seeds": 1, "epochs": 1,
+        "dataset": "toy", "strategies": "equal,uncertainty", "seeds": 1, "epochs": 1,
         "budget": None, "override": TINY[-4:][1::2], "config_dir": "conf"}}))  # fmt: skip
     before = snapshot(folder)
     done = run_compare([*TINY, "--seeds", "1", "--epochs", "1", "--out", "runs/new", *args], folder)

@@ -36,10 +36,12 @@ def parse_budget(text: str) -> float:
 
 
 def said(seconds: float) -> str:
-    """A duration as --budget takes it, rounded up: 1h05m, 12m, 40s."""
+    """A duration as --budget takes it, rounded up: to the second under 10 minutes (40s,
+    1m30s), else to the minute (12m, 1h05m)."""
+    whole = math.ceil(seconds)
+    if whole < 600:
+        return f"{whole // 60}m{whole % 60:02d}s" if whole >= 60 else f"{whole}s"
     minutes = math.ceil(seconds / 60)
-    if seconds < 60:
-        return f"{math.ceil(seconds)}s"
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
 
 
@@ -85,12 +87,11 @@ def fit(
 ) -> Plan:
     """The most epochs up to `most` at which everything fits in `budget` seconds (what is left
     after the probe); where one epoch does not, the slowest strategies left out until it does
-    (the reference ones kept)."""
+    (the reference ones kept); a strategy whose probe run failed is left out."""
     left = budget - probe.wall_s  # the probe's time is the budget's too
-    kept = list(strategies)
-    slowest = sorted(
-        (s for s in strategies if s not in REFERENCES), key=lambda s: -probe.ratios.get(s, 0)
-    )
+    failed = [s for s in strategies if s not in probe.ratios and s not in REFERENCES]
+    kept = [s for s in strategies if s not in failed]  # their runs would fail as well
+    slowest = sorted((s for s in kept if s not in REFERENCES), key=lambda s: -probe.ratios[s])
     while probe.estimate(kept, runs_alone, seeds, 1) > left and slowest:
         kept.remove(slowest.pop(0))
     if probe.estimate(kept, runs_alone, seeds, 1) > left:
@@ -102,8 +103,10 @@ def fit(
         )
     fits = [e for e in range(2, most + 1) if probe.estimate(kept, runs_alone, seeds, e) <= left]
     epochs = max(fits, default=1)
-    dropped = [s for s in strategies if s not in kept]
+    dropped = [s for s in strategies if s not in kept and s not in failed]
     left_out = f", leaving out the slowest: {', '.join(dropped)}" if dropped else ""
+    if failed:
+        left_out += f", leaving out those whose probe run failed: {', '.join(failed)}"
     estimate = said(probe.estimate(kept, runs_alone, seeds, epochs))
     line = (
         f"budget {said(budget)}: {len(kept)} of {len(strategies)} strategies{left_out}; "

@@ -16,7 +16,8 @@ Budget
   --budget 2h (30m, 1h30m, 90s): a probe (into --out/.probe/) times a sweep of one epoch of the
   reference strategy and a few steps of each strategy; the plan takes the most epochs, up to
   --epochs or the trainer's, that fit in what the probe left of the budget, leaving out the
-  slowest strategies where one epoch of all does not (fixed and equal are kept). Without
+  slowest strategies where one epoch of all does not (fixed and equal are kept), and those
+  whose probe run failed (mtltrain-report --out/.probe/steps says why). Without
   --budget: every strategy, --epochs or the trainer's. The plan is said in one line before
   anything trains.
 Resume
@@ -31,14 +32,16 @@ Output
   report.csv and plots, and compare.json (the arguments, the plan, the wall time).
 Errors
   An unknown strategy, a list without fixed or equal, a bad --budget, --seeds or --epochs, a
-  data set or override that does not compose, an --out that holds something else: one line on
-  stderr, exit status 2, nothing written.
+  data set or override that does not compose or does not build (its files missing), an
+  override of a setting the comparison sets (dataset, weighting, seed, trainer.epochs, ...),
+  an --out that holds something else: one line on stderr, exit status 2, nothing written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -47,6 +50,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from mtltrain.build import build_data
 from mtltrain.compare import _sweeps as sweeps
 from mtltrain.compare._budget import PROBE_STEPS, Plan, Probe, fit, parse_budget, said
 from mtltrain.compare._page import document
@@ -61,6 +65,13 @@ from mtltrain.report import SINGLE_TASK, ReportError, write_report
 PROG = "mtltrain-compare"
 RECORD = "compare.json"
 KEPT = ("dataset", "strategies", "seeds", "epochs", "budget", "override", "config_dir")
+# the settings the comparison sets in every run, and the option that chooses each
+OWN_SETTINGS = {
+    "dataset": "--dataset", "weighting": "--strategies", "seed": "--seeds",
+    "trainer.epochs": "--epochs or --budget", "dataset.tasks": "the single-task runs",
+    "trainer.select": "the last evaluation", "trainer.eval_every": "the last evaluation",
+    "hydra.sweep.dir": "--out", "resume_sweep": "the same command again",
+}  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
@@ -106,12 +117,18 @@ def compare(args: argparse.Namespace) -> None:
     importable_from_here()  # the user's own modules, as mtltrain imports them
     arguments = checked_arguments(args)
     before = read_record(out, arguments, args.tables_only)
+    if args.tables_only:  # the comparison's own data set and configs, not the defaults
+        recorded = before["arguments"]
+        args.dataset, args.override = recorded["dataset"], recorded["override"]
+        args.config_dir = recorded["config_dir"] and Path(recorded["config_dir"])
     cfg = composed(args)
     tasks = task_names(cfg)
     if args.tables_only:
         record = before
     else:
         strategies = chosen_strategies(args.strategies, args.config_dir)
+        if before is None:
+            check_data(args.dataset, cfg)
         plan = Plan(**before["plan"]) if before else make_plan(args, cfg, strategies, tasks, out)
         print(f"{PROG}: {plan.line}", flush=True)
         record = run(args, out, arguments, plan, cfg, tasks, before)
@@ -130,6 +147,13 @@ def checked_arguments(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--config-dir={args.config_dir} is not allowed: no such folder")
     if args.strategies is not None:
         chosen_strategies(args.strategies, args.config_dir)
+    for override in args.override:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key in OWN_SETTINGS:
+            raise ConfigError(
+                f"--override={override} is not allowed: {PROG} sets {key} in every run "
+                f"({OWN_SETTINGS[key]}); override any other setting"
+            )
     kept = {key: getattr(args, key) for key in KEPT}
     kept["config_dir"] = None if args.config_dir is None else str(args.config_dir)
     return kept
@@ -166,6 +190,17 @@ def search_path(args: argparse.Namespace) -> list[str]:
 def composed(args: argparse.Namespace) -> Any:
     """The config of the comparison's first run (a bad data set or override: one line)."""
     return compose_checked([*search_path(args), f"dataset={args.dataset}", *args.override])
+
+
+def check_data(name: str, cfg: Any) -> None:
+    """The data set builds, as every run builds it: a missing file is one line before anything
+    runs, not a failure in every run."""
+    try:
+        build_data(cfg.dataset, cfg.trainer)
+    except MtlError:
+        raise
+    except Exception as e:  # the user's own data set may raise anything
+        raise ConfigError(f"--dataset={name} does not build: {type(e).__name__}: {e}") from None
 
 
 def task_names(cfg: Any) -> list[str] | None:
@@ -242,15 +277,17 @@ def run_probe(args: argparse.Namespace, strategies: list[str], folder: Path) -> 
     saved = folder / "probe.json"
     if saved.is_file():
         return Probe.load(saved)
+    if folder.exists():  # a probe stopped before it measured everything: its times are partial
+        shutil.rmtree(folder)
     reference = next(s for s in REFERENCES if s in strategies)
     user = [o for o in args.override if not o.startswith(("hydra/launcher", "hydra.launcher."))]
     base = [f"dataset={args.dataset}", "seed=0", "trainer.epochs=1", "trainer.checkpoint=false",
             "trainer.progress=false", *user]  # fmt: skip
     steps = [f"weighting={','.join(strategies)}", f"trainer.limit_batches={PROBE_STEPS}"]
     started = time.perf_counter()
-    sweeps.sweep([*base, f"weighting={reference}"], folder / "epoch", args.config_dir)
+    swept([*base, f"weighting={reference}"], folder / "epoch", args.config_dir)
     sweep_s = time.perf_counter() - started  # a run's wall time as a sweep runs it
-    sweeps.sweep([*base, *steps], folder / "steps", args.config_dir)
+    swept([*base, *steps], folder / "steps", args.config_dir)
     wall_s = time.perf_counter() - started
     epoch = finished_results(folder / "epoch")
     if not epoch:
@@ -270,6 +307,15 @@ def run_probe(args: argparse.Namespace, strategies: list[str], folder: Path) -> 
     )
     probe.save(saved)
     return probe
+
+
+def swept(overrides: list[str], folder: Path, config_dir: Path | None) -> int:
+    """The sweep's exit status; a signal that stopped it stops the comparison (Interrupted)."""
+    code = sweeps.sweep(overrides, folder, config_dir)
+    if code > 128:
+        raise Interrupted(f"stopped in {folder}: the same command continues the comparison",
+                          code - 128)  # fmt: skip
+    return code
 
 
 def finished_results(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -310,17 +356,17 @@ def run(
     if tasks:
         alone = "dataset.tasks=" + ",".join(f"[{t}]" for t in tasks)
         sweeps_of.append((["weighting=fixed", alone, *common], out / sweeps.SINGLE))
-    for overrides, folder in sweeps_of:
-        code = sweeps.sweep(overrides, folder, args.config_dir)
-        if code > 128:
-            raise Interrupted(f"stopped in {folder}: the same command continues the comparison",
-                              code - 128)  # fmt: skip
-        if code not in (0, sweeps.FAILED_JOBS):
-            raise ConfigError(f"the sweep into {folder} did not run (the line above says why)")
-    wall = round(time.perf_counter() - started, 1)
+    try:
+        for overrides, folder in sweeps_of:
+            code = swept(overrides, folder, args.config_dir)
+            if code not in (0, sweeps.FAILED_JOBS):
+                raise ConfigError(f"the sweep into {folder} did not run (the line above says why)")
+    finally:  # a stopped comparison's time counts in its wall time too
+        wall = round(time.perf_counter() - started, 1)
+        record["wall_s"] = record["wall_s"] + wall
+        write_record(out, record)
     if before is not None:
         record["resumed"] = {"command": args.command, "wall_s": wall}
-    record["wall_s"] = record["wall_s"] + wall
     record["finished"] = time.strftime("%Y-%m-%d %H:%M")
     write_record(out, record)
     return record

@@ -105,7 +105,9 @@ class Comparison:
     def __init__(
         self, folder: Path, tasks: Sequence[str], rerun: Sequence[str] = (), single_task=True
     ) -> None:
-        names = {r.pairs().get("weighting") for r in read_sweep(folder, SINGLE_TASK).finished}
+        runs = read_sweep(folder, SINGLE_TASK).finished
+        # the multi-task runs' strategies: the single-task runs' weighting=fixed is none of them
+        names = {r.pairs().get("weighting") for r in runs if "dataset.tasks" not in r.pairs()}
         self.reference = next((n for n in REFERENCES if n in names), None)
         self.single_task = single_task or self.reference is None
         baseline = SINGLE_TASK if self.single_task else f"weighting={self.reference}"
