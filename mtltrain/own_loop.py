@@ -141,10 +141,10 @@ def backward(
     `features`). DTP reads each task's `outputs` and `targets` (its KPIs). The strategy is
     set up (`Weighting.setup`) on the first call, and again if `shared_params` change. A
     strategy with extra batches (`strategy.extra_batches`: SDMGrad's and MoDo's two more
-    training batches) takes their term losses, computed by the same model, as `extra_losses`;
-    without them it uses the step's own batch in their place (the deterministic form). Where
-    a loss or the combined gradient is not finite, `.grad` is not: check it before the
-    optimizer's step where that can happen.
+    training batches) takes their term losses, computed by the same model, as `extra_losses`
+    (those of that many batches, or none); without them it uses the step's own batch in their
+    place (the deterministic form). Where a loss or the combined gradient is not finite,
+    `.grad` is not: check it before the optimizer's step where that can happen.
     """
     vector = loss_vector(losses, strategy)
     represented = _as_tuple(features)
@@ -154,6 +154,12 @@ def backward(
         raise ConfigError(
             f"{type(strategy).__name__} reads each task's predictions: pass backward(..., "
             "outputs={task: output}, targets={task: target})"
+        )
+    wanted = len(strategy.extra_batches) if strategy.level is not None else 0
+    if extra_losses and len(extra_losses) != wanted:
+        raise ConfigError(
+            f"extra_losses of {len(extra_losses)} batches are not allowed: "
+            f"{type(strategy).__name__} takes those of {wanted} or none"
         )
     progress.steps += 1
     batch = Split(torch.empty(0), dict(targets or {}))

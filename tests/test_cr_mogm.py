@@ -16,6 +16,7 @@ from hard_gradients import assert_same_point, hard_cases
 
 from mtltrain.build import build_job
 from mtltrain.errors import ConfigError
+from mtltrain.loop._trainer import train_alone
 from mtltrain.losses import LossTerm, mse
 from mtltrain.own_loop import create_strategy
 from mtltrain.weighting.cagrad import CAGrad
@@ -121,6 +122,26 @@ def test_the_inner_strategy_is_chosen_and_set_by_config_and_its_state_resumes():
     assert torch.equal(again.strategy.inner.generator.get_state(), generator.get_state())
     wrapped = create_strategy("cr_mogm", ["a", "b"], inner="nash_mtl", alpha=0.5)
     assert isinstance(wrapped.inner, NashMTL) and wrapped.alpha == 0.5
+
+
+@pytest.mark.parametrize(("inner", "setting"), [("sdmgrad", "lr=0.01"), ("modo", "rho=0.1")])
+def test_an_inner_strategy_with_extra_batches_gets_them(inner, setting):
+    """With α = 0 the wrapper trains as its inner strategy alone: the same extra batches
+    drawn, their Jacobians handed on (without them SDMGrad and MoDo fall back to the step's
+    own Gramian, and the runs part; SDMGrad's step size keeps w off a vertex here)."""
+    seeded = [*SMALL, "trainer.deterministic=true", "seed=2"]
+    inner_setting = f"+weighting.inner_settings.{setting}"
+    wrapped = build_job(
+        make_config([*seeded, f"weighting.inner={inner}", inner_setting, "weighting.alpha=0"])
+    )
+    alone = build_job(make_config([*seeded, f"weighting={inner}", f"weighting.{setting}"]))
+    assert wrapped.strategy.extra_batches == alone.strategy.extra_batches == ("train", "train")
+    train_alone(wrapped)
+    train_alone(alone)
+    assert wrapped.step == alone.step == 2
+    for a, b in zip(wrapped.model.parameters(), alone.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(wrapped.strategy.inner.weight, alone.strategy.weight)
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,27 @@ def test_the_projection_onto_the_simplex_against_bisection(scale):
         assert (w >= 0).all() and abs(w.sum() - 1) < 1e-12
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_projection_of_entries_where_u_minus_1_rounds_to_u(dtype):
+    """Entries beyond the float's resolution of 1 (2⁵³ in float64, 2²⁴ in float32: a diverging
+    run's gradients) still project to the nearest point (a vertex, or the middle of equal
+    largest entries), and MoDo steps on; a vector that is not finite projects to NaN."""
+    big = 1e17 if dtype == torch.float64 else 1e8
+    cases = [
+        ([big, 3.0], [1.0, 0.0]),
+        ([-big, -2 * big], [1.0, 0.0]),
+        ([big, big, -big], [0.5, 0.5, 0.0]),
+        ([-2 * big, -big, -big], [0.0, 0.5, 0.5]),
+    ]
+    for v, exact in cases:
+        w = project_to_simplex(torch.tensor(v, dtype=dtype))
+        torch.testing.assert_close(w, torch.tensor(exact, dtype=dtype), rtol=0, atol=0)
+    assert project_to_simplex(torch.tensor([1.0, torch.nan], dtype=dtype)).isnan().all()
+    g = np.array([[3e9, 0.0], [0.0, 1e9]])
+    _, weights = step(MoDo(terms(2)).double(), g, g, g)  # λ − γ·GGᵀλ ≈ −(4.5e17, 5e16)
+    np.testing.assert_array_equal(weights, [0.0, 1.0])
+
+
 def test_without_extra_batches_the_steps_own_jacobian_stands_for_both():
     g = np.random.default_rng(2).normal(size=(3, 6))
     handed = MoDo(terms(3)).double()

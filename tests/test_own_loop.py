@@ -235,6 +235,12 @@ def test_bad_calls_say_what_to_pass():
         mtltrain.backward(losses, mtltrain.create_strategy("mgda_ub", ["a", "b"]))
     with pytest.raises(ConfigError, match="outputs="):
         mtltrain.backward(losses, mtltrain.create_strategy("dtp", ["a", "b"]))
+    shared = list(net.shared.parameters())
+    for name, extra in [("modo", [losses]), ("mgda", [losses]), ("equal", [losses, losses])]:
+        says = f"extra_losses of {len(extra)} batches are not allowed: .* takes those of"
+        with pytest.raises(ConfigError, match=says):
+            strategy = mtltrain.create_strategy(name, ["a", "b"])
+            mtltrain.backward(losses, strategy, shared_params=shared, extra_losses=extra)
     famo = mtltrain.create_strategy("famo", ["a", "b"])
     with pytest.raises(ConfigError, match="after a backward"):
         mtltrain.after_step(famo)

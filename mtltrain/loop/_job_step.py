@@ -3,10 +3,11 @@
 
 A step: forward → term losses (and, for a strategy with `extra_batches`, those batches, drawn
 from their streams by `mtltrain.loop._extra_batches`; for a gradient-based strategy their
-forward passes and term losses too, whose Jacobians the engine hands it) → `strategy.observe`
-→ the engine's backward pass → the job's callbacks may veto the update (the non-finite policy)
-→ the gradients' total norm is clipped (`trainer.grad_clip`) → the model's optimizer steps
-(torch's fused Adam(W) called directly: `mtltrain.loop._direct_step.direct_step`) →
+forward passes and term losses too, whose Jacobians the engine hands it; in training mode as
+the step's own, so batch-norm statistics see them too, as in SDMGrad's and MoDo's code) →
+`strategy.observe` → the engine's backward pass → the job's callbacks may veto the update (the
+non-finite policy) → the gradients' total norm is clipped (`trainer.grad_clip`) → the model's
+optimizer steps (torch's fused Adam(W) called directly: `mtltrain.loop._direct_step.direct_step`) →
 `strategy.after_step` → the strategy's own optimizers step → the job counts the step
 (`Job.add_step` or `skip_step`) and its `on_step_end` callbacks run (`Job.end_step`). Under
 torchrun each rank steps its shard of the global batch, with the global batch's losses (a

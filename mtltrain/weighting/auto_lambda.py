@@ -14,7 +14,8 @@ it (a step runner's `train_step` called alone) uses its own batch in its place. 
 step of its own Adam (`lr`) per training step. Two deviations from the authors' code: the loop
 steps λ's optimizer after the model's step, so a meta-gradient moves the weights from the next
 step on (theirs moves them before the model's step on the same batch); and the virtual step is
-a plain gradient step of size α (`virtual_lr`, by default the model optimizer's learning rate),
+a plain gradient step of size α (`virtual_lr`, by default the model optimizer's initial
+learning rate, which a `trainer.lr_scheduler` does not change: theirs follows the schedule),
 without the momentum and weight decay of their SGD. The extra forward passes run on copies of
 the model's buffers (batch-norm statistics stay the step's own). A meta-gradient that is not
 finite leaves λ as it is.

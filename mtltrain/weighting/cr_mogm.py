@@ -10,8 +10,8 @@ manipulation converge, where the weights computed from one batch's noisy gradien
 fixed, 0.9 by default as torchjd's (which notes that the paper's Corollary 1 lets α_t grow
 towards 1 as the learning rate decays); α = 0 is the inner strategy itself, step for step.
 The inner strategy is built from its own config (conf/weighting/<inner>.yaml, its settings
-updated by `inner_settings`), takes the same hooks (its loss transform, its optimizers, its
-state), and its state is saved inside this one's.
+updated by `inner_settings`), takes the same hooks (its loss transform, its extra batches and
+their Jacobians, its optimizers, its state), and its state is saved inside this one's.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class CRMOGM(GradientWeighting):
         self.inner: GradientWeighting = strategy
         self.alpha = alpha
         self.level = strategy.level
+        self.extra_batches = strategy.extra_batches  # the loop draws them for the inner one
         self.register_buffer("started", torch.zeros((), dtype=torch.bool))
 
     @classmethod
@@ -85,6 +86,9 @@ class CRMOGM(GradientWeighting):
 
     def contributions(self, losses: Tensor) -> Tensor:
         return self.inner.contributions(losses)
+
+    def observe_extra(self, jacobians: Sequence[Tensor]) -> None:
+        self.inner.observe_extra(jacobians)
 
     def combine(
         self, jacobian: Tensor, losses: Tensor, at: Sequence[Tensor] = ()

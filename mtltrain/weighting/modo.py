@@ -8,8 +8,9 @@ batch's G·Gᵀ is not), then d = Σ_k λ_k·g_k of the third: the step's own ba
 get their own, unweighted gradients. The loop draws the two from the training set
 (`extra_batches`); where none are handed over (a loop of one's own), the step's own Jacobian
 stands for both, the deterministic form. λ starts at 1/K and is kept in the buffer `weight`;
-extra batches whose cross-Gramian is not finite leave it as it was. γ = ρ = 0.1 are the
-authors' code's defaults (LibMTL's: γ = 1e-3).
+extra batches whose cross-Gramian is not finite leave it as it was. Three batches as the
+paper's Algorithm 1 and LibMTL (the authors' NYU-v2/Office code takes two and steps along
+Σ_k λ_k·(g₁ₖ + g₂ₖ) of both). γ = ρ = 0.1 are the authors' code's defaults (LibMTL's: γ = 1e-3).
 """
 
 from __future__ import annotations

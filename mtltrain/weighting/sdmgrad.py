@@ -15,7 +15,9 @@ deterministic form. w starts at 1/K and carries over between steps (buffer `simp
 "weight" logs the weights of d, (w + λ/K)/(1 + λ). Extra batches whose cross-Gramian is not
 finite leave w as it was. A diagonal of M that two batches make negative counts as 0 in the
 scale (the authors' code adds 1e-4 under the root instead, LibMTL clamps as here), and where
-all of it is ≤ 0 w stays as it was (LibMTL divides by 1e-8 there). Defaults:
+all of it is ≤ 0 w stays as it was (LibMTL divides by 1e-8 there). The authors' code also
+multiplies d by K and clips its norm to 1 (their `max_norm`); here d is the convex
+combination, and `trainer.grad_clip` clips where set. Defaults:
 λ = 0.3, 20 iterations, momentum 0.5 (the authors' code and LibMTL), step size 10 (the authors';
 LibMTL: 5).
 """
