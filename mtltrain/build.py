@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
-from torch.utils.flop_counter import FlopCounterMode
 
 from mtltrain.config._compose import architecture_node, build, build_partial, split_transforms
 from mtltrain.config._overrides import parse_overrides
@@ -25,6 +24,7 @@ from mtltrain.config._schema import TrainerConfig, settings
 from mtltrain.data.base import AnySplit, DatasetSplit, MultiTaskData, hold_out
 from mtltrain.distributed import join
 from mtltrain.errors import ConfigError, first_line
+from mtltrain.lean_torch import defer_dynamo_import, flop_counter
 from mtltrain.loop._callbacks import Callback
 from mtltrain.loop._job import Job
 from mtltrain.loop._nonfinite import NonfiniteGuard, NonfiniteWatch
@@ -144,7 +144,7 @@ def forward_flops(model: MultiTaskNet, split: AnySplit, batch_size: int) -> floa
     eval mode (batch norm keeps its statistics) and with the random generators left as they
     were."""
     sample = split.head(min(batch_size, 16))
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     model.eval()
     with torch.random.fork_rng(devices=[]), torch.no_grad(), counter:
         model(sample.inputs)
@@ -288,11 +288,12 @@ def build_job(
 ) -> Job:
     """The job `cfg` describes, with the process set up as a run sets it up.
 
-    With `run_dir` it checkpoints there (`run_info` goes into each checkpoint) and draws its
-    final figures into run_dir/figures; it logs into `loggers` (a run that is not `resumed`
-    also writes its HParams and tags there, and TensorBoard's layout). The user's callbacks
-    (`cfg.callbacks`), then `extra_callbacks`, come last.
+    With `run_dir` it checkpoints there (`run_info` goes into each checkpoint) and, with
+    trainer.figures, draws its final figures into run_dir/figures; it logs into `loggers` (a
+    run that is not `resumed` also writes its HParams and tags there, and TensorBoard's
+    layout). The user's callbacks (`cfg.callbacks`), then `extra_callbacks`, come last.
     """
+    defer_dynamo_import()  # an eager run never imports torch._dynamo
     trainer_cfg = settings(cfg.trainer)
     device = select_device(trainer_cfg.device)
     ranks = join(device, run_dir)
@@ -414,7 +415,7 @@ def run_callbacks(
         names = metric_names(data.tasks, data.test.noise_std)
         config = OmegaConf.to_yaml(cfg, resolve=True)
         callbacks.append(TensorBoardCallback(tb, not resumed, config, names))
-    if run_dir is not None:
+    if run_dir is not None and trainer.figures:
         callbacks.append(FiguresCallback(tb, trainer.figure_every, run_dir / rundir.FIGURES))
     lines_every = max(1, trainer.epochs // trainer.eval_every // 10)  # about ten lines
     show = None if trainer.progress and parallel_launcher() is None else False
