@@ -7,6 +7,7 @@ trains one job or several stacked).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -355,20 +356,30 @@ def run_hparams(
     return {k: v for k, v in params.items() if k in swept} if swept else params
 
 
-def swept_keys(sweep_file: Path) -> set[str] | None:
+def swept_keys(sweep_file: Path) -> frozenset[str] | None:
     """The keys (and config groups) a Hydra sweep varies, as its `sweep_file` has them: its
     sweep overrides (`seed=0,1,2`, `weighting=fixed,uncertainty`, `seed=range(3)`, glob(...))
     and its sweeper's params. Hydra's basic sweeper writes that file into the sweep's folder,
     the parent of its jobs' folders, before it launches them, whatever the launcher (read here,
     not from HydraConfig, which the vectorized launcher's jobs are built without). None where
-    there is no such file: a single run, or a sweeper that writes none (Optuna)."""
+    there is no such file: a single run, or a sweeper that writes none (Optuna). Read once
+    per version of the file: a sweep's jobs share it."""
+    try:
+        stat = sweep_file.stat()
+    except OSError:
+        return None
+    return _swept_keys_of(str(sweep_file), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _swept_keys_of(sweep_file: str, mtime_ns: int, size: int) -> frozenset[str] | None:
     try:
         sweep = OmegaConf.load(sweep_file)
     except OSError:
         return None
     overrides = parse_overrides(OmegaConf.select(sweep, "hydra.overrides.task") or [])
     params = OmegaConf.select(sweep, "hydra.sweeper.params") or {}
-    return {o.key_or_group for o in overrides if o.is_sweep_override()} | set(params)
+    return frozenset({o.key_or_group for o in overrides if o.is_sweep_override()} | set(params))
 
 
 def run_callbacks(
