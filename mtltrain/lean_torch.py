@@ -56,7 +56,7 @@ def _defer(wrapper: Callable[..., Any]) -> None:
 
     def call(*args: Any, **kwargs: Any) -> Any:
         if "torch._dynamo" in sys.modules:  # torch's own mark from now on
-            delattr(fn, _CACHE)
+            vars(fn).pop(_CACHE, None)
             return wrapper(*args, **kwargs)
         return fn(*args, **kwargs)
 
