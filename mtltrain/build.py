@@ -7,6 +7,7 @@ trains one job or several stacked).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -17,7 +18,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
-from torch.utils.flop_counter import FlopCounterMode
 
 from mtltrain.config._compose import (
     architecture_node,
@@ -31,6 +31,7 @@ from mtltrain.config._schema import TrainerConfig, settings
 from mtltrain.data.base import AnySplit, DatasetSplit, MultiTaskData, hold_out
 from mtltrain.distributed import join
 from mtltrain.errors import ConfigError, first_line
+from mtltrain.lean_torch import defer_dynamo_import, flop_counter
 from mtltrain.loop._callbacks import Callback
 from mtltrain.loop._job import Job
 from mtltrain.loop._nonfinite import NonfiniteGuard, NonfiniteWatch
@@ -150,7 +151,7 @@ def forward_flops(model: MultiTaskNet, split: AnySplit, batch_size: int) -> floa
     eval mode (batch norm keeps its statistics) and with the random generators left as they
     were."""
     sample = split.head(min(batch_size, 16))
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     model.eval()
     with torch.random.fork_rng(devices=[]), torch.no_grad(), counter:
         model(sample.inputs)
@@ -295,11 +296,12 @@ def build_job(
 ) -> Job:
     """The job `cfg` describes, with the process set up as a run sets it up.
 
-    With `run_dir` it checkpoints there (`run_info` goes into each checkpoint) and draws its
-    final figures into run_dir/figures; it logs into `loggers` (a run that is not `resumed`
-    also writes its HParams and tags there, and TensorBoard's layout). The user's callbacks
-    (`cfg.callbacks`), then `extra_callbacks`, come last.
+    With `run_dir` it checkpoints there (`run_info` goes into each checkpoint) and, with
+    trainer.figures, draws its final figures into run_dir/figures; it logs into `loggers` (a
+    run that is not `resumed` also writes its HParams and tags there, and TensorBoard's
+    layout). The user's callbacks (`cfg.callbacks`), then `extra_callbacks`, come last.
     """
+    defer_dynamo_import()  # an eager run never imports torch._dynamo
     trainer_cfg = settings(cfg.trainer)
     device = select_device(trainer_cfg.device)
     ranks = join(device, run_dir)
@@ -361,20 +363,30 @@ def run_hparams(
     return {k: v for k, v in params.items() if k in swept} if swept else params
 
 
-def swept_keys(sweep_file: Path) -> set[str] | None:
+def swept_keys(sweep_file: Path) -> frozenset[str] | None:
     """The keys (and config groups) a Hydra sweep varies, as its `sweep_file` has them: its
     sweep overrides (`seed=0,1,2`, `weighting=fixed,uncertainty`, `seed=range(3)`, glob(...))
     and its sweeper's params. Hydra's basic sweeper writes that file into the sweep's folder,
     the parent of its jobs' folders, before it launches them, whatever the launcher (read here,
     not from HydraConfig, which the vectorized launcher's jobs are built without). None where
-    there is no such file: a single run, or a sweeper that writes none (Optuna)."""
+    there is no such file: a single run, or a sweeper that writes none (Optuna). Read once
+    per version of the file: a sweep's jobs share it."""
+    try:
+        stat = sweep_file.stat()
+    except OSError:
+        return None
+    return _swept_keys_of(str(sweep_file), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _swept_keys_of(sweep_file: str, mtime_ns: int, size: int) -> frozenset[str] | None:
     try:
         sweep = OmegaConf.load(sweep_file)
     except OSError:
         return None
     overrides = parse_overrides(OmegaConf.select(sweep, "hydra.overrides.task") or [])
     params = OmegaConf.select(sweep, "hydra.sweeper.params") or {}
-    return {o.key_or_group for o in overrides if o.is_sweep_override()} | set(params)
+    return frozenset({o.key_or_group for o in overrides if o.is_sweep_override()} | set(params))
 
 
 def run_callbacks(
@@ -421,7 +433,7 @@ def run_callbacks(
         names = metric_names(data.tasks, data.test.noise_std)
         config = OmegaConf.to_yaml(cfg, resolve=True)
         callbacks.append(TensorBoardCallback(tb, not resumed, config, names))
-    if run_dir is not None:
+    if run_dir is not None and trainer.figures:
         callbacks.append(FiguresCallback(tb, trainer.figure_every, run_dir / rundir.FIGURES))
     lines_every = max(1, trainer.epochs // trainer.eval_every // 10)  # about ten lines
     show = None if trainer.progress and parallel_launcher() is None else False

@@ -69,8 +69,8 @@ def _main(cfg: DictConfig) -> float:
     from mtltrain.run import run  # after Hydra has parsed the command line: `--help` stays fast
 
     hc = HydraConfig.get()
-    try:
-        return run(cfg, *job_arguments(hc))
+    try:  # a single run's config was checked before its folder was made (`CheckBeforeRun`)
+        return run(cfg, *job_arguments(hc), checked=hc.mode == RunMode.RUN)
     except MtlError as e:
         return failed_job(e, hc)
 

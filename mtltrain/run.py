@@ -72,12 +72,14 @@ def run(
     choices: dict[str, str] | None = None,
     job: str | None = None,
     hydra_files: Sequence[str] = (),
+    checked: bool = False,
 ) -> float:
     """Train as `cfg` says, write its logs (logger=), checkpoints and results.json into
     `run_dir`; continue the run of `cfg.resume` where it stopped, and with `resume_sweep` (or
     in a job SLURM requeued) the run already in `run_dir` (a finished one is left as it is).
     `job` names the sweep's job in its summary, where parallel jobs print side by side;
-    `hydra_files` are the files Hydra made in `run_dir` for this run (.hydra/, its log).
+    `hydra_files` are the files Hydra made in `run_dir` for this run (.hydra/, its log);
+    `checked`: `cfg` was checked with `overrides` already (`check`), so it is not again.
 
     Returns the objective metric, for Hydra sweepers. The folder is locked for the run's life.
     Every failure raises an MtlError (errors the tool does not check for become an
@@ -85,7 +87,7 @@ def run(
     results.json that says so; nothing a run wrote before is ever replaced by a failure.
     """
     with logging_redirect_tqdm():
-        handle = open_run(cfg, run_dir, overrides, choices, job, hydra_files)
+        handle = open_run(cfg, run_dir, overrides, choices, job, hydra_files, checked)
         if handle.job is None:  # a finished run kept as it is
             return handle.objective
         (error,) = _fit([handle.job])
@@ -98,7 +100,7 @@ def train(overrides: Sequence[str], run_dir: str | Path) -> Results:
     and its results.json read. Raises the MtlError that stopped a run that did not complete
     (its folder says so, as the CLI's would)."""
     overrides = list(overrides)
-    run(compose_checked(overrides), Path(run_dir), overrides)
+    run(compose_checked(overrides), Path(run_dir), overrides, checked=True)
     return Results.read(Path(run_dir))
 
 
@@ -178,13 +180,14 @@ def open_run(
     choices: dict[str, str] | None = None,
     job: str | None = None,
     hydra_files: Sequence[str] = (),
+    checked: bool = False,
 ) -> OpenRun:
     """`run` up to its fit: the folder locked and checked, its log file and loggers
     open, its job built (or resumed), to be fitted alone or stacked with others'
     (`mtltrain.loop._trainer`); `close(error)` then writes its results. A run that finished
     already is kept as it is: its `job` is None, its `objective` read back. Raises what `run`
     raises."""
-    handle = OpenRun(cfg, run_dir, overrides, choices, job)
+    handle = OpenRun(cfg, run_dir, overrides, choices, job, checked)
     handle.open(hydra_files)
     return handle
 
@@ -200,8 +203,9 @@ class OpenRun:
         overrides: Sequence[str],
         choices: dict[str, str] | None,
         name: str | None,
+        checked: bool = False,
     ) -> None:
-        self.cfg, self.run_dir, self.name = cfg, run_dir, name
+        self.cfg, self.run_dir, self.name, self.checked = cfg, run_dir, name, checked
         self.info = {"choices": choices or {}, "overrides": list(overrides)}
         self.overrides = overrides
         self.job: Job | None = None
@@ -227,7 +231,8 @@ class OpenRun:
                 self.exits.close()
                 return
             self.owned = True
-            check(cfg, self.overrides)  # a sweep's job was not checked before Hydra made its folder
+            if not self.checked:  # a sweep's job was not checked before Hydra made its folder
+                check(cfg, self.overrides)
             self.job = self.build()
 
     def build(self) -> Job:

@@ -31,6 +31,7 @@ STACKABLE = (
     # what each job's own callbacks and evaluations do, not the stack's step
     "trainer.eval_every",
     "trainer.eval_batch_size",
+    "trainer.figures",
     "trainer.figure_every",
     "trainer.log_every",
     "trainer.progress",

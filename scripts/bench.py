@@ -27,8 +27,12 @@ setting of conf/trainer/default.yaml undone; the share of an epoch spent on eval
 logging; the wall time of a whole `mtltrain` run of each default configuration, start-up
 included, and of the two-slope run against the same run as a plain script
 (scripts/usual/two_slope.py); one §5B epoch as a whole process against scripts/usual/mnist.py,
-at 1 and 2 threads; and a short two-slope run on a machine whose every core another
-process keeps busy.
+at 1 and 2 threads; the start-up, a 1-epoch two-slope run as a whole process beside the usual
+script's and `import torch` alone; and on a machine whose every core another process keeps
+busy, the two-slope run (--busy-epochs) and a stacked sweep of 4 jobs against the usual script.
+The rows of whole processes alone (about half an hour on 2 quiet cores):
+
+    python scripts/bench.py --only runs,mnist_process,startup,busy --out runs.json
 """
 
 from __future__ import annotations
@@ -471,11 +475,11 @@ def bench_levers(
 def eval_and_logging_share(overrides: list[str], device: torch.device, log_dir: Path) -> dict:
     """Seconds of one training epoch, of logging at its `log_every`, and of evaluation per
     epoch: test metrics and train-metric logs every `eval_every` epochs, figures every
-    `figure_every` evaluations (the defaults)."""
+    `figure_every` evaluations where trainer.figures asks for them (the defaults: none)."""
     run = ProjectRun(overrides, device, log_dir)
     job = run.job
     (tb,) = (cb for cb in job.callbacks if isinstance(cb, LoggersCallback))
-    (figures,) = (cb for cb in job.callbacks if isinstance(cb, FiguresCallback))
+    figures = next((cb for cb in job.callbacks if isinstance(cb, FiguresCallback)), None)
 
     def train_epoch() -> None:
         run.runner.start_epoch()
@@ -496,7 +500,7 @@ def eval_and_logging_share(overrides: list[str], device: torch.device, log_dir: 
     logging = per_log * job.batches_per_epoch / job.cfg.log_every
     plain = timed_evaluation(job)
     evaluation = plain
-    if job.cfg.figure_every:  # one evaluation in figure_every draws the figures
+    if figures is not None and job.cfg.figure_every:  # one in figure_every draws (figures=true)
         evaluation += timed(lambda: figures.draw(job, None)) / job.cfg.figure_every
     evaluation /= job.cfg.eval_every
     return {
@@ -594,31 +598,79 @@ def mnist_processes(root: str, tmp: Path, epochs: int = 1) -> dict:
     return {"epochs": epochs, "rows": rows}
 
 
-def busy_machine(tmp: Path) -> dict:
-    """100 epochs of the two-slope run while every core is kept busy by another process:
-    trainer.threads=auto (one thread for this small step), every core (what a run took before
-    `auto`), and the plain script; each the median of 3, in turn."""
+def startup(tmp: Path, rounds: int = 5) -> dict:
+    """Start-up: a 1-epoch two-slope run as a whole process (start-up, one epoch, its folder
+    written) beside the usual script for 1 epoch and `python -c "import torch"`, taken in turn
+    `rounds` times; medians."""
+    commands = {
+        "mtltrain trainer.epochs=1": lambda i: [
+            MTLTRAIN, "trainer.epochs=1", f"hydra.run.dir={tmp / f'startup_{i}'}"
+        ],
+        "scripts/usual/two_slope.py --epochs 1": lambda i: [
+            sys.executable, str(USUAL_TWO_SLOPE), "--epochs", "1"
+        ],
+        'python -c "import torch"': lambda i: [sys.executable, "-c", "import torch"],
+    }  # fmt: skip
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for i in range(rounds):
+        for name, command in commands.items():
+            times[name].append(timed_process(command(i)))
+    return {"rounds": rounds, "wall_s": {n: statistics.median(t) for n, t in times.items()}}
+
+
+@contextlib.contextmanager
+def cores_kept_busy() -> Iterator[int]:
+    """One `while True: pass` process per usable core while inside; yields their number."""
     hogs = [
         subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(usable_cores())
     ]
     try:
-        contenders = {
-            "mtltrain, threads=auto": ["trainer.threads=auto"],
-            f"mtltrain, threads={usable_cores()}": [f"trainer.threads={usable_cores()}"],
-        }
-        times: dict[str, list[float]] = {name: [] for name in [*contenders, "usual script"]}
-        for _ in range(3):
-            for name, overrides in contenders.items():
-                folder = tmp / f"busy_{len(times[name])}_{name.split('=')[1]}"
-                command = [MTLTRAIN, "trainer.epochs=100", *overrides, f"hydra.run.dir={folder}"]
-                times[name].append(timed_process(command))
-            usual = [sys.executable, str(USUAL_TWO_SLOPE), "--epochs", "100"]
-            times["usual script"].append(timed_process(usual))
+        yield len(hogs)
     finally:
         for hog in hogs:
             hog.kill()
             hog.wait()
-    return {"cores": usable_cores(), "wall_s": {n: statistics.median(t) for n, t in times.items()}}
+
+
+def busy_machine(tmp: Path, epochs: int = 1500, sweep_jobs: int = 4, rounds: int = 3) -> dict:
+    """While every core is kept busy by another process: the two-slope run of `epochs` with
+    trainer.threads=auto (one thread for this small step), with every core, and the plain
+    script; and a stacked sweep of `sweep_jobs` seeds (hydra/launcher=vectorized, 100 epochs
+    each) with threads=auto and with every core, against the plain script run once per job;
+    each the median of `rounds`, taken in turn."""
+    cores = usable_cores()
+    usual = [sys.executable, str(USUAL_TWO_SLOPE)]
+    seeds = f"seed=range({sweep_jobs})"
+    sweep = [MTLTRAIN, "-m", "hydra/launcher=vectorized", seeds, "trainer.epochs=100"]
+    contenders: dict[str, Callable[[Path], list[list[str]]]] = {
+        "mtltrain, threads=auto": lambda d: [
+            [MTLTRAIN, f"trainer.epochs={epochs}", f"hydra.run.dir={d}"]
+        ],
+        f"mtltrain, threads={cores}": lambda d: [
+            [MTLTRAIN, f"trainer.epochs={epochs}", f"trainer.threads={cores}", f"hydra.run.dir={d}"]
+        ],
+        "usual script": lambda d: [[*usual, "--epochs", str(epochs)]],
+        f"stacked sweep of {sweep_jobs}, threads=auto": lambda d: [
+            [*sweep, f"hydra.sweep.dir={d}"]
+        ],
+        f"stacked sweep of {sweep_jobs}, threads={cores}": lambda d: [
+            [*sweep, f"trainer.threads={cores}", f"hydra.sweep.dir={d}"]
+        ],
+        f"usual script, {sweep_jobs} times": lambda d: [
+            [*usual, "--epochs", "100"] for _ in range(sweep_jobs)
+        ],
+    }  # fmt: skip
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    with cores_kept_busy():
+        for i in range(rounds):
+            for k, (name, commands) in enumerate(contenders.items()):
+                times[name].append(sum(map(timed_process, commands(tmp / f"busy_{i}_{k}"))))
+    return {
+        "cores": cores,
+        "epochs": epochs,
+        "sweep_jobs": sweep_jobs,
+        "wall_s": {n: statistics.median(t) for n, t in times.items()},
+    }
 
 
 BENCH_RANKS = Path(__file__).resolve().parent / "bench_ranks.py"
@@ -786,17 +838,41 @@ def markdown(report: dict) -> str:
         for threads, r in section["rows"].items():
             ours, usual = r["mtltrain_s"], r["usual_s"]
             lines.append(f"| {threads} | {ours:.1f} s | {usual:.1f} s | {usual / ours:.2f}× |")
+    if report.get("startup"):
+        lines += startup_table(report["startup"])
     if report.get("busy"):
-        busy = report["busy"]
-        lines += ["", f"| 100 two-slope epochs, {busy['cores']} cores kept busy by other "
-                  "processes | wall time |", "|---|---|"]  # fmt: skip
-        lines += [f"| {name} | {s:.1f} s |" for name, s in busy["wall_s"].items()]
+        lines += busy_table(report["busy"])
     if report.get("distributed"):
         lines += distributed_table(report["distributed"])
     lines += ["", f"Finished {report['finished']}. Reproduce: `{report['command']}`"]
     for name, rerun in report.get("sections_rerun", {}).items():
         lines.append(f"Section {name} run again {rerun['finished']}: `{rerun['command']}`")
     return "\n".join(lines) + "\n"
+
+
+def startup_table(section: dict) -> list[str]:
+    """The start-up row: each whole process's median wall time and its ratio to `import torch`."""
+    walls = section["wall_s"]
+    torch_alone = walls['python -c "import torch"']
+    lines = ["", f"| start-up: a 1-epoch two-slope run, whole process, median of "
+             f"{section['rounds']} | wall time | × import torch |", "|---|---|---|"]  # fmt: skip
+    return lines + [f"| `{n}` | {s:.2f} s | {s / torch_alone:.2f} |" for n, s in walls.items()]
+
+
+def busy_table(busy: dict) -> list[str]:
+    """The cores-kept-busy rows: wall times, and (where the section has them) each run's
+    ratio to the usual script's time for the same work (a sweep's: the script once per job)."""
+    epochs = busy.get("epochs", 100)
+    lines = ["", f"| {busy['cores']} cores kept busy by other processes: two-slope, {epochs} "
+             "epochs; sweeps of 100 epochs a job | wall time | usual ÷ this |",
+             "|---|---|---|"]  # fmt: skip
+    walls = busy["wall_s"]
+    jobs = busy.get("sweep_jobs")
+    for name, s in walls.items():
+        base = walls.get(f"usual script, {jobs} times" if "sweep" in name else "usual script")
+        ratio = f"{base / s:.2f}×" if base else ""
+        lines.append(f"| {name} | {s:.1f} s | {ratio} |")
+    return lines
 
 
 def strategy_names(text: str) -> list[str]:
@@ -831,6 +907,12 @@ def main() -> None:
         "--only",
         type=lambda text: text.split(","),
         help="comma-separated sections to run (again), the others kept from --out if it exists",
+    )
+    parser.add_argument(
+        "--busy-epochs",
+        type=int,
+        default=1500,
+        help="epochs of the two-slope runs on cores kept busy (default: 1500, the whole run)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     parser.add_argument("--markdown", type=Path, default=None)
@@ -884,7 +966,8 @@ def main() -> None:
         if not args.skip_runs:
             sections["runs"] = lambda: whole_runs(root, device, tmp)
             sections["mnist_process"] = lambda: mnist_processes(root, tmp)
-            sections["busy"] = lambda: busy_machine(tmp)
+            sections["startup"] = lambda: startup(tmp)
+            sections["busy"] = lambda: busy_machine(tmp, args.busy_epochs)
             sections["distributed"] = lambda: distributed(root, tmp)
         rerunning = bool(args.only) and args.out.exists()
         if args.only:

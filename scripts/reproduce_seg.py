@@ -35,6 +35,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
         "experiment=" + ",".join(STRATEGIES),
         *rc.mnist_overrides(args.mnist_root),
         rc.seeds(args),
+        "trainer.figures=true",  # the masks picture
     ]
 
 

@@ -30,7 +30,8 @@ PICTURES = {"fit_y.png": "fit", "calibration_y.png": "calibration"}
 
 def overrides(args: argparse.Namespace) -> list[str]:
     losses = ",".join(f"[{loss}]" for loss in LOSSES)
-    return ["dataset=sin_hetero", "weighting=fixed", f"dataset.losses.y={losses}", rc.seeds(args)]
+    return ["dataset=sin_hetero", "weighting=fixed", f"dataset.losses.y={losses}", rc.seeds(args),
+            "trainer.figures=true"]  # fmt: skip
 
 
 def loss_of(pairs: dict[str, str | None]) -> str:

@@ -129,3 +129,18 @@ def test_the_paragraph_gives_the_sweep_ratio_at_the_hand_written_stacks_speed():
     text = "".join(hand_written(report))
     assert "compiled (compile=default: 40 µs) runs at 125% of the hand-written" in text
     assert "2.50× the eager stack's" in text
+
+
+def test_the_start_up_and_busy_rows_give_ratios_to_their_baselines():
+    from bench import busy_table, startup_table
+
+    startup = {"rounds": 5, "wall_s": {"mtltrain trainer.epochs=1": 3.0,
+                                       'python -c "import torch"': 2.0}}  # fmt: skip
+    assert "| `mtltrain trainer.epochs=1` | 3.00 s | 1.50 |" in startup_table(startup)
+    walls = {"mtltrain, threads=auto": 10.0, "usual script": 15.0,
+             "stacked sweep of 4, threads=auto": 8.0, "usual script, 4 times": 40.0}  # fmt: skip
+    busy = {"cores": 2, "epochs": 1500, "sweep_jobs": 4, "wall_s": walls}
+    rows = busy_table(busy)
+    assert "| mtltrain, threads=auto | 10.0 s | 1.50× |" in rows
+    assert "| stacked sweep of 4, threads=auto | 8.0 s | 5.00× |" in rows
+    assert "two-slope, 1500 epochs" in rows[1]

@@ -14,9 +14,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mtltrain"
 LAYERS = {
     "building blocks": (
         "mtltrain.atomic", "mtltrain.constraints", "mtltrain.data", "mtltrain.distributed",
-        "mtltrain.errors", "mtltrain.interrupts", "mtltrain.lazy_exports", "mtltrain.losses",
-        "mtltrain.metrics", "mtltrain.models", "mtltrain.processes", "mtltrain.step",
-        "mtltrain.tasks", "mtltrain.weighting",
+        "mtltrain.errors", "mtltrain.interrupts", "mtltrain.lean_torch",
+        "mtltrain.lazy_exports", "mtltrain.losses", "mtltrain.metrics", "mtltrain.models",
+        "mtltrain.processes", "mtltrain.step", "mtltrain.tasks", "mtltrain.weighting",
     ),
     "config": ("mtltrain.config",),
     "loop": ("mtltrain.loop",),

@@ -170,7 +170,7 @@ def test_every_logger_has_the_hparams_tags_and_final_values(logged):
 
 
 def test_no_logger_leaves_results_and_figures_only(tmp_path):
-    proc = run_cli([*TINY, "logger=[]", "hydra.run.dir=r"], cwd=tmp_path)
+    proc = run_cli([*TINY, "logger=[]", "trainer.figures=true", "hydra.run.dir=r"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     kept = {p.name for p in (tmp_path / "r").iterdir()}
     assert {"results.json", "figures"} <= kept and not {"tb", "csv", "mlruns", "wandb"} & kept

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_config, run_cli, run_report, write_fake_mnist
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtltrain.build import build_job
@@ -386,9 +387,18 @@ def test_a_signal_checkpoints_every_job_and_each_resumes(tmp_path: Path, monkeyp
         assert_same_run(tmp_path / "stacked" / f"job{i}", tmp_path / "alone" / f"job{i}")
 
 
-def test_vectorized_launcher_sweep(tmp_path: Path) -> None:
+def test_vectorized_launcher_sweep(tmp_path: Path, monkeypatch) -> None:
     """The installed CLI: loss-based jobs stack, MGDA's run one after another (a log line
-    says why), and mtltrain-report reads every job's folder."""
+    says why), and mtltrain-report reads every job's folder; each job's config is composed
+    once, though both the sweeper (to check it) and the launcher ask for it."""
+    composed: list[tuple[str, ...]] = []
+    compose = ConfigLoaderImpl.load_sweep_config
+
+    def counted(self, master_config, sweep_overrides):
+        composed.append(tuple(sweep_overrides))
+        return compose(self, master_config, sweep_overrides)
+
+    monkeypatch.setattr(ConfigLoaderImpl, "load_sweep_config", counted)
     sweep = tmp_path / "sweep"
     args = [
         "-m",
@@ -409,7 +419,7 @@ def test_vectorized_launcher_sweep(tmp_path: Path) -> None:
     assert "#2 run one after another: no other job" in logged
     assert "#3, #4 run one after another: MGDA: it combines per-task gradients" in logged
     folders = sorted(p for p in sweep.iterdir() if p.is_dir())
-    assert len(folders) == 6
+    assert len(folders) == 6 and len(composed) == len(set(composed)) == 6
     for folder in folders:
         assert read_results(folder)["status"] == "completed"
         assert (folder / ".hydra" / "config.yaml").is_file()

@@ -84,7 +84,8 @@ def check_sigma_recovery(results):
 def test_sin_hetero_gaussian_nll_recovers_sigma_of_x(tmp_path):
     """Shortened §5C (batch 100, lr 3e-3, 15 epochs): σ̂(x) within 15% of σ(x), calibrated."""
     cfg = make_config(["dataset=sin_hetero", "trainer.batch_size=100", "trainer.epochs=15",
-                       "trainer.optimizer.lr=3e-3", "trainer.figure_every=0"])  # fmt: skip
+                       "trainer.optimizer.lr=3e-3", "trainer.figures=true",
+                       "trainer.figure_every=0"])  # fmt: skip
     run(cfg, tmp_path)
     check_sigma_recovery(results_of(tmp_path))
     png = tmp_path / "figures" / "fit_y.png"
@@ -138,6 +139,7 @@ def test_every_strategy_on_every_data_set(tmp_path, mnist_root, strategy, data):
         f"weighting={strategy}",
         "trainer.epochs=2",
         "trainer.log_every=1",
+        "trainer.figures=true",
     ]
     if data.startswith("mnist"):
         overrides.append(f"dataset.root={mnist_root}")
@@ -183,7 +185,10 @@ def test_one_task_two_loss_terms_fixed_against_learned(tmp_path, mnist_root):
             "dataset.tasks=[seg]", "trainer.epochs=2", "trainer.batch_size=16"]  # fmt: skip
     fixed = "weighting.weights={seg_cross_entropy:0.8,seg_dice:0.2}"
     run(make_config([*base, "weighting=fixed", fixed]), tmp_path / "fixed")
-    run(make_config([*base, "weighting=revised_uncertainty"]), tmp_path / "learned")
+    run(
+        make_config([*base, "weighting=revised_uncertainty", "trainer.figures=true"]),
+        tmp_path / "learned",
+    )
     f, learned = results_of(tmp_path / "fixed"), results_of(tmp_path / "learned")
     assert f["weighting"]["weight"] == pytest.approx({"seg_cross_entropy": 0.8, "seg_dice": 0.2})
     assert set(learned["weighting"]["c"]) == {"seg_cross_entropy", "seg_dice"}

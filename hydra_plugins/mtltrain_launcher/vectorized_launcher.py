@@ -13,10 +13,12 @@ when a sweep launches.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from hydra.core.config_loader import ConfigLoader
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import (
     JobReturn,
@@ -40,11 +42,13 @@ class VectorizedLauncher(Launcher):
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
+        self.configs: RememberedConfigs | None = None
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        self.configs = RememberedConfigs.of(hydra_context.config_loader)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
@@ -66,6 +70,8 @@ class VectorizedLauncher(Launcher):
                 config.hydra.job.id = idx
                 config.hydra.job.num = idx
             configs.append(config)
+        if self.configs is not None:
+            self.configs.clear()
         returns: list[JobReturn | None] = [None] * len(configs)
         for group, why in groups_of(configs, self.group_size):
             if why:
@@ -131,6 +137,37 @@ class VectorizedLauncher(Launcher):
                 except MtlError as e:  # a sweeper that records failed trials
                     ret.return_value, ret.status = e, JobStatus.FAILED
         return returns
+
+
+class RememberedConfigs:
+    """The sweeper composes every job's config to check it before it launches them (Hydra's
+    `validate_batch_is_legal`), and the launcher composes them again: a config loader wrapped
+    by this keeps the first composition of each job's overrides and hands it over at the
+    second, so a job's config is composed once (0.15 s of CPU each); `clear` drops what was
+    not asked for twice."""
+
+    @classmethod
+    def of(cls, loader: ConfigLoader) -> RememberedConfigs:
+        """`loader`'s, wrapped now unless it is already."""
+        wrapper = getattr(loader.load_sweep_config, "__self__", None)
+        return wrapper if isinstance(wrapper, cls) else cls(loader)
+
+    def __init__(self, loader: ConfigLoader) -> None:
+        self.compose = loader.load_sweep_config
+        self.composed: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
+        loader.load_sweep_config = self.load_sweep_config  # type: ignore[method-assign]
+
+    def load_sweep_config(
+        self, master_config: DictConfig, sweep_overrides: list[str]
+    ) -> DictConfig:
+        key = (id(master_config), tuple(sweep_overrides))
+        if key in self.composed:
+            return self.composed.pop(key)
+        self.composed[key] = self.compose(master_config, sweep_overrides)
+        return copy.deepcopy(self.composed[key])
+
+    def clear(self) -> None:
+        self.composed.clear()
 
 
 def _numbers(configs: Sequence[DictConfig], group: Sequence[int]) -> str:

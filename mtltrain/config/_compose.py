@@ -383,6 +383,9 @@ def check_optimizer(factory: functools.partial, name: str) -> None:
         )
     import torch  # imported already: the factory is torch's
 
+    from mtltrain.lean_torch import defer_dynamo_import
+
+    defer_dynamo_import()  # the throwaway optimizer does not import torch._dynamo
     try:
         factory(params=[torch.nn.Parameter(torch.zeros(1))])
     except (ValueError, TypeError, IndexError, RuntimeError) as e:

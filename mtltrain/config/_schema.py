@@ -122,6 +122,7 @@ class TrainerConfig:
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
     eval_every: int = MISSING
+    figures: Any = MISSING
     figure_every: int = MISSING
     log_every: int = MISSING
     checkpoint_every: int = MISSING
@@ -154,6 +155,7 @@ class TrainerConfig:
 
     BOOLEANS: ClassVar[tuple[str, ...]] = (
         "progress",
+        "figures",
         "deterministic",
         "channels_last",
         "fused_optimizer",

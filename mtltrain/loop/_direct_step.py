@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mtltrain.lean_torch import unwrapped_step
+
 # the fused kernel of each optimizer kind this covers
 KERNELS: dict[type, Callable[..., None]] = {
     torch.optim.Adam: torch._fused_adam_,
@@ -53,7 +55,7 @@ class _DirectStep:
         opt = self.optimizer
         params = [p for g in opt.param_groups for p in g["params"]]
         if any(p.grad is None or p not in opt.state for p in params):
-            opt.step()  # the first step makes the state; a missing gradient: torch's rules
+            unwrapped_step(opt)  # the first step makes the state; a missing gradient: torch's rules
             return
         # grouped each step: a resumed optimizer's load_state_dict replaces its groups
         for settings, params in by_settings(opt.param_groups):
