@@ -13,12 +13,14 @@ loaded into a fresh trainer, ends bit-identical to the run left alone.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import pytest
 import torch
 from conftest import StopAt, make_config, through_disk
 from hard_gradients import unresolved_cases
+from omegaconf import OmegaConf
 
 from mtltrain.build import build_job
 from mtltrain.config._compose import config_dir
@@ -44,7 +46,16 @@ SMALL = [
 
 
 def small(strategy: str, *more: str):
-    return make_config([*SMALL, f"weighting={strategy}", *more])
+    """The small problem's config under `strategy`, with `more` trainer settings (`key=value`)
+    merged in: a fresh copy of `composed`'s."""
+    return OmegaConf.merge(composed(strategy), OmegaConf.from_dotlist(list(more)))
+
+
+@functools.cache
+def composed(strategy: str):
+    """`mtltrain <SMALL> weighting=<strategy>`'s config, composed and checked once per process
+    (the compose costs more than a test's training)."""
+    return make_config([*SMALL, f"weighting={strategy}"])
 
 
 GRADIENT_BASED = [s for s in STRATEGIES if build_job(small(s)).strategy.level is not None]
