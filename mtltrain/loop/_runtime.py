@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import inspect
 import os
 import platform
@@ -83,13 +84,21 @@ def keep_host_memory(keep: bool = True) -> bool:
     third of the step). `keep=False` sets glibc's documented defaults again (128 KiB each).
     Returns False where the C library is not glibc.
     """
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
-    except (OSError, AttributeError, TypeError):
+    mallopt = _mallopt()
+    if mallopt is None:
         return False
     sizes = (1 << 25, 1 << 30, 1 << 26) if keep else (1 << 17, 1 << 17, 1 << 17)
     params = (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD, _M_TOP_PAD)
     return all(mallopt(p, v) == 1 for p, v in zip(params, sizes, strict=True))
+
+
+@functools.cache
+def _mallopt() -> Callable[[int, int], int] | None:
+    """glibc's mallopt, looked up once (`find_library` starts a process); None elsewhere."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError, TypeError):
+        return None
 
 
 def settle_threads(threads: int | None = None) -> None:
