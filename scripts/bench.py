@@ -77,6 +77,7 @@ from mtltrain.losses import compute_losses
 from mtltrain.outputs._event_writer import TensorBoardLog
 from mtltrain.outputs._figures import FiguresCallback
 from mtltrain.outputs._logger import LoggersCallback
+from mtltrain.step import Step
 
 PUBLISHED = update_readme.REPO / "docs/results/bench"  # --publish: bench.json and .md
 STRATEGIES = sorted(p.stem for p in (config_dir() / "weighting").glob("*.yaml"))
@@ -144,7 +145,12 @@ class ProjectRun:
         size, split, gen = self.job.batch_size, self.job.train_split, self.job.generator
         self.batches = forever(lambda: split.shuffled(gen).batches(size))
         self.runner = PerJobStep(self.job)
-        self.step = self.runner.train_step
+        self.extra = len(self.job.strategy.extra_batches)  # SDMGrad's, MoDo's, Auto-Lambda's
+
+    def step(self, batch: Split) -> Step:
+        """A training step on `batch`, with the extra batches its strategy takes (the next
+        ones of the same stream, as the loop draws them from a shuffle of their own)."""
+        return self.runner.train_step(batch, [next(self.batches) for _ in range(self.extra)])
 
     def block(self, steps: int) -> float:
         """Seconds for `steps` training steps."""
