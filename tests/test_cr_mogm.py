@@ -16,6 +16,7 @@ from hard_gradients import assert_same_point, hard_cases
 
 from mtltrain.build import build_job
 from mtltrain.errors import ConfigError
+from mtltrain.loop._trainer import train_alone
 from mtltrain.losses import LossTerm, mse
 from mtltrain.own_loop import create_strategy
 from mtltrain.weighting.cagrad import CAGrad
@@ -121,6 +122,24 @@ def test_the_inner_strategy_is_chosen_and_set_by_config_and_its_state_resumes():
     assert torch.equal(again.strategy.inner.generator.get_state(), generator.get_state())
     wrapped = create_strategy("cr_mogm", ["a", "b"], inner="nash_mtl", alpha=0.5)
     assert isinstance(wrapped.inner, NashMTL) and wrapped.alpha == 0.5
+
+
+@pytest.mark.parametrize(("inner", "every"), [("sdmgrad", 1), ("mgda", 3)])
+def test_with_alpha_0_a_run_is_its_inner_strategys_with_extra_batches_and_every(inner, every):
+    """α = 0 trains as the inner strategy alone, also where that draws extra batches (SDMGrad:
+    their Jacobians reach it) or recomputes its weights every n steps (λ̄ is reused)."""
+    common = [*SMALL[:-1], "trainer.epochs=2"]
+    setting = [f"weighting.every={every}"] if every > 1 else []
+    alone = build_job(make_config([*common, f"weighting={inner}", *setting]))
+    wrapped = build_job(
+        make_config([*common, "weighting=cr_mogm", f"weighting.inner={inner}", "weighting.alpha=0",
+                     *(f"+weighting.inner_settings.{s[10:]}" for s in setting)])
+    )  # fmt: skip
+    for job in (alone, wrapped):
+        train_alone(job)
+    for a, b in zip(alone.model.parameters(), wrapped.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(wrapped.strategy.weights(), alone.strategy.weights())
 
 
 @pytest.mark.parametrize(
