@@ -122,6 +122,22 @@ def test_every_reuses_the_weights_between_recomputations():
         last = weights
 
 
+def test_every_recomputes_after_a_step_whose_weights_were_not_finite():
+    """A recomputation that gives no finite weights (a skipped step) is taken again on the next
+    step, which solves MGDA, instead of reusing for n − 1 steps weights no step computed."""
+    strategy = create_strategy("mgda", NAMES, every=3).double()
+    model = tiny_model()
+    engine = engine_for(strategy, model)
+    losses, features = losses_of(model, *batch(0))
+    _, total = engine(losses * torch.tensor([1.0, torch.inf, 1.0, 1.0]).double(), features)
+    assert total.isnan()
+    x, y = batch(1)
+    fresh = step(create_strategy("mgda", NAMES).double(), copy.deepcopy(model), True, x, y)
+    engine(*losses_of(model, x, y))
+    torch.testing.assert_close(strategy.weights(), fresh[-1], rtol=0, atol=0)
+    assert int(strategy.report()["weight_age"]) == 0
+
+
 SMALL = [
     "dataset=two_slope",
     "model=sin_hetero",
