@@ -138,6 +138,19 @@ def test_every_recomputes_after_a_step_whose_weights_were_not_finite():
     assert int(strategy.report()["weight_age"]) == 0
 
 
+def test_a_strategy_with_extra_batches_takes_the_steps_jacobian_from_the_views(monkeypatch):
+    """SDMGrad's extra batches run through the same model before the step's batch, so the
+    heads' views the engine reads are the step's: no pass per term for its Jacobian."""
+    passes = []
+    per_term = TaskJacobian.jacobian_per_term
+    monkeypatch.setattr(
+        TaskJacobian, "jacobian_per_term", lambda *a: passes.append(1) or per_term(*a)
+    )
+    job = build_job(make_config([*SMALL[:5], "trainer.epochs=1", "weighting=sdmgrad"]))
+    train_alone(job)
+    assert int(job.step) > 0 and passes == []
+
+
 SMALL = [
     "dataset=two_slope",
     "model=sin_hetero",
