@@ -144,6 +144,24 @@ def test_an_inner_strategy_with_extra_batches_gets_them(inner, setting):
     assert torch.equal(wrapped.strategy.inner.weight, alone.strategy.weight)
 
 
+@pytest.mark.parametrize(("inner", "every"), [("mgda", 3)])
+def test_with_alpha_0_a_run_is_its_inner_strategys_with_every(inner, every):
+    """α = 0 trains as the inner strategy alone where that recomputes its weights every n
+    steps (λ̄ is reused between)."""
+    common = [*SMALL[:-1], "trainer.epochs=2"]
+    setting = [f"weighting.every={every}"] if every > 1 else []
+    alone = build_job(make_config([*common, f"weighting={inner}", *setting]))
+    wrapped = build_job(
+        make_config([*common, "weighting=cr_mogm", f"weighting.inner={inner}", "weighting.alpha=0",
+                     *(f"+weighting.inner_settings.{s[10:]}" for s in setting)])
+    )  # fmt: skip
+    for job in (alone, wrapped):
+        train_alone(job)
+    for a, b in zip(alone.model.parameters(), wrapped.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(wrapped.strategy.weights(), alone.strategy.weights())
+
+
 @pytest.mark.parametrize(
     ("inner", "words"),
     [

@@ -122,6 +122,35 @@ def test_every_reuses_the_weights_between_recomputations():
         last = weights
 
 
+def test_every_recomputes_after_a_step_whose_weights_were_not_finite():
+    """A recomputation that gives no finite weights (a skipped step) is taken again on the next
+    step, which solves MGDA, instead of reusing for n − 1 steps weights no step computed."""
+    strategy = create_strategy("mgda", NAMES, every=3).double()
+    model = tiny_model()
+    engine = engine_for(strategy, model)
+    losses, features = losses_of(model, *batch(0))
+    _, total = engine(losses * torch.tensor([1.0, torch.inf, 1.0, 1.0]).double(), features)
+    assert total.isnan()
+    x, y = batch(1)
+    fresh = step(create_strategy("mgda", NAMES).double(), copy.deepcopy(model), True, x, y)
+    engine(*losses_of(model, x, y))
+    torch.testing.assert_close(strategy.weights(), fresh[-1], rtol=0, atol=0)
+    assert int(strategy.report()["weight_age"]) == 0
+
+
+def test_a_strategy_with_extra_batches_takes_the_steps_jacobian_from_the_views(monkeypatch):
+    """SDMGrad's extra batches run through the same model before the step's batch, so the
+    heads' views the engine reads are the step's: no pass per term for its Jacobian."""
+    passes = []
+    per_term = TaskJacobian.jacobian_per_term
+    monkeypatch.setattr(
+        TaskJacobian, "jacobian_per_term", lambda *a: passes.append(1) or per_term(*a)
+    )
+    job = build_job(make_config([*SMALL[:5], "trainer.epochs=1", "weighting=sdmgrad"]))
+    train_alone(job)
+    assert int(job.step) > 0 and passes == []
+
+
 SMALL = [
     "dataset=two_slope",
     "model=sin_hetero",

@@ -92,13 +92,13 @@ class PerJobStep:
             batch = batch.map(lambda t: t.to(self.device, non_blocking=True))
         extra = tuple(self.placed(b) for b in extra)
         with self.precision:
-            outputs, features = self.forward(batch.inputs)
-            losses = compute_losses(self.terms, outputs, batch.targets)
             differentiated = extra if self.strategy.level is not None else ()
-            extra_losses = [
+            extra_losses = [  # first: the heads' views the engine reads are the step's batch's
                 compute_losses(self.terms, self.forward(b.inputs)[0], b.targets)
                 for b in differentiated
             ]
+            outputs, features = self.forward(batch.inputs)
+            losses = compute_losses(self.terms, outputs, batch.targets)
         losses = self.ranks.global_losses(losses, share)
         seen = {name: detach(out) for name, out in outputs.items()}
         step = Step(

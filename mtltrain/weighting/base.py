@@ -225,7 +225,8 @@ class GradientWeighting(Weighting):
     takes no Jacobian, only the gradient of Σ_k w_k·contributions_k (the heads still get their
     own, unweighted gradients); the steps since the weights were computed are the buffer
     `weight_age` (logged as "weight_age"), so a resumed run recomputes when the run left alone
-    would. Only for a direction Σ_k w_k·g_k (`weighted_rows`).
+    would; a recomputation whose weights are not finite (a skipped step) is taken again on the
+    next step. Only for a direction Σ_k w_k·g_k (`weighted_rows`).
     """
 
     level: Level | None = "parameters"
@@ -285,6 +286,8 @@ class GradientWeighting(Weighting):
         if bool(torch.isfinite(weights).all()):
             self.weight.copy_(weights)
             self.direction_norm.copy_(direction.norm())
+        elif self.every > 1:  # no weights to reuse were computed: the next step computes them
+            self.weight_age.zero_()
         return direction, weights
 
     def combine(

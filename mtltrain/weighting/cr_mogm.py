@@ -10,8 +10,10 @@ manipulation converge, where the weights computed from one batch's noisy gradien
 fixed, 0.9 by default as torchjd's (which notes that the paper's Corollary 1 lets α_t grow
 towards 1 as the learning rate decays); α = 0 is the inner strategy itself, step for step.
 The inner strategy is built from its own config (conf/weighting/<inner>.yaml, its settings
-updated by `inner_settings`), takes the same hooks (its loss transform, its extra batches and
-their Jacobians, its optimizers, its state), and its state is saved inside this one's.
+updated by `inner_settings`), takes the same hooks (its loss transform, its extra batches,
+its optimizers, its state), and its state is saved inside this one's. The inner strategy's
+`every` = n (`+weighting.inner_settings.every=n`) recomputes λ_t, and so λ̄_t, every n steps;
+the steps between reuse λ̄.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class CRMOGM(GradientWeighting):
         self.inner: GradientWeighting = strategy
         self.alpha = alpha
         self.level = strategy.level
-        self.extra_batches = strategy.extra_batches  # the loop draws them for the inner one
+        self.extra_batches = strategy.extra_batches  # SDMGrad's, MoDo's: the loop draws them
         self.register_buffer("started", torch.zeros((), dtype=torch.bool))
 
     @classmethod
@@ -89,6 +91,10 @@ class CRMOGM(GradientWeighting):
 
     def observe_extra(self, jacobians: Sequence[Tensor]) -> None:
         self.inner.observe_extra(jacobians)
+
+    def reuses_weights(self) -> bool:
+        """The inner strategy's `every`: between its recomputations the average λ̄ is reused."""
+        return self.inner.reuses_weights()
 
     def combine(
         self, jacobian: Tensor, losses: Tensor, at: Sequence[Tensor] = ()
