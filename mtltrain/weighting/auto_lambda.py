@@ -1,4 +1,4 @@
-"""Auto-Lambda (Liu, Li, Kuang & Davison, "Auto-Lambda: Disentangling Dynamic Task
+"""Auto-Lambda (Liu, James, Davison & Johns, "Auto-Lambda: Disentangling Dynamic Task
 Relationships", TMLR 2022).
 
 Task weights λ learned by a one-step bilevel problem: the model trains on Σ_k λ_k·L_k, and λ

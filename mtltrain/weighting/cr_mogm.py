@@ -44,7 +44,7 @@ class CRMOGM(GradientWeighting):
 
     Paper: Zhou et al., NeurIPS 2022.
     Scale: the inner strategy's (λ̄ averages its weights).
-    Logs: `direction_norm`, `inner_weight`, `inner_direction_norm` (the inner strategy's λ_t, ...).
+    Logs: `direction_norm`, `inner_weight`, `inner_direction_norm`, `inner_solver_unconverged`.
     """
 
     RANGES: ClassVar[Mapping[str, Range]] = {

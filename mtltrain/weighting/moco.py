@@ -1,4 +1,4 @@
-"""MoCo (Fernando, Shen, Liu, Chaudhury, Ramamurthy & Chen, "Mitigating Gradient Bias in
+"""MoCo (Fernando, Shen, Liu, Chaudhury, Murugesan & Chen, "Mitigating Gradient Bias in
 Multi-objective Learning: A Provably Convergent Approach", ICLR 2023).
 
 Each task's gradient is tracked by a moving average Y_k ← Y_k − β_t·(Y_k − ĝ_k), which removes

@@ -41,8 +41,7 @@ from mtltrain.weighting.solvers import project_to_simplex
 
 
 class SDMGrad(GradientWeighting):
-    """d = (Σ_k w_k·g_k + λ·g₀)/(1 + λ), w on the simplex minimising ½‖Gw + λg₀‖² by projected
-    SGD on a double-sampled Gramian.
+    """d = (Σ_k w_k·g_k + λ·g₀)/(1 + λ), w on the simplex stepped down ½‖Gw + λg₀‖² by SGD.
 
     w takes `iterations` projected steps of SGD with momentum (`lr`, `momentum`) along
     M(w + λ/K·1), M = G₁G₂ᵀ of two independent training batches drawn each step, normalised by
