@@ -346,8 +346,9 @@ def test_debug_fast_runs_one_batch_of_each_split_and_writes_no_checkpoint(projec
     assert done["status"] == "completed" and (done["epochs"], done["steps"]) == (1, 1)
     assert not list((tmp / "fast").rglob("*.pt"))
     # 2 (the model's check) + one batch of 8 + one of 16 of validation + one of 16 of train
-    # (results.json's train metrics); of the test file one batch of 16 (figures: its first 8)
-    assert loaded() == {"train.csv": 2 + 8 + 16 + 16, "test.csv": 16 + 8}
+    # (results.json's train metrics); of the test file one batch of 16 (no figures: they are
+    # drawn on request, trainer.figures)
+    assert loaded() == {"train.csv": 2 + 8 + 16 + 16, "test.csv": 16}
 
 
 def test_debug_overfit_repeats_the_same_few_batches(project):
