@@ -791,11 +791,8 @@ def rate_table(report: dict) -> list[str]:
 
 def markdown(report: dict) -> str:
     """The report's tables, of the sections it has."""
-    m = report["machine"]
     lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores"
-        + (f", {m['gpu']}" if m["gpu"] else "")
-        + f"; torch {m['torch']}; device {m['device']}.",
+        f"Machine: {described(report['machine'])}.",
         "",
         *rate_table(report),
     ]
@@ -852,8 +849,15 @@ def markdown(report: dict) -> str:
         lines += distributed_table(report["distributed"])
     lines += ["", f"Finished {report['finished']}. Reproduce: `{report['command']}`"]
     for name, rerun in report.get("sections_rerun", {}).items():
-        lines.append(f"Section {name} run again {rerun['finished']}: `{rerun['command']}`")
+        on = f" on {described(rerun['machine'])}" if "machine" in rerun else ""
+        lines.append(f"Section {name} run again {rerun['finished']}{on}: `{rerun['command']}`")
     return "\n".join(lines) + "\n"
+
+
+def described(m: dict) -> str:
+    """A machine in words: its CPU, cores, GPU, torch and device."""
+    gpu = f", {m['gpu']}" if m["gpu"] else ""
+    return f"{m['cpu']}, {m['cores']} cores{gpu}; torch {m['torch']}; device {m['device']}"
 
 
 def startup_table(section: dict) -> list[str]:
@@ -982,8 +986,10 @@ def main() -> None:
                 parser.error(f"--only {sorted(unknown)}: choose among {list(sections)}")
             sections = {name: sections[name] for name in args.only}
         if rerunning:
-            report = {**json.loads(args.out.read_text()), **report}  # the others as they were
-            rerun = {"finished": time.strftime("%Y-%m-%d %H:%M"), "command": command}
+            this_machine = report["machine"]  # the others as they were, on their machine
+            report = {**report, **json.loads(args.out.read_text())}
+            rerun = {"finished": time.strftime("%Y-%m-%d %H:%M"), "command": command,
+                     "machine": this_machine}  # fmt: skip
             report["sections_rerun"] = {**report.get("sections_rerun", {}),
                                         **dict.fromkeys(args.only, rerun)}  # fmt: skip
         for name, section in sections.items():
