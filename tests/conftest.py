@@ -29,6 +29,7 @@ from mtltrain import cli, report
 from mtltrain.config import compose_checked
 from mtltrain.data import mnist_mtl
 from mtltrain.loop._callbacks import Callback
+from mtltrain.losses import LossTerm, mse
 
 MTLTRAIN = str(Path(sys.executable).with_name("mtltrain"))
 REPORT = str(Path(sys.executable).with_name("mtltrain-report"))
@@ -51,6 +52,19 @@ def through_disk(state: dict) -> dict:
     torch.save(state, buffer)
     buffer.seek(0)
     return torch.load(buffer, weights_only=True)
+
+
+def mse_terms(k: int) -> tuple[LossTerm, ...]:
+    """K regression terms t0, t1, … with the mse loss: a strategy's terms without a data set."""
+    return tuple(LossTerm(f"t{i}", f"t{i}", "mse", "regression", False, mse) for i in range(k))
+
+
+def aggregated_with_extra(strategy, own: np.ndarray, first: np.ndarray, second: np.ndarray):
+    """One aggregation of the step's Jacobian `own` by a strategy that takes two extra
+    batches, with their Jacobians `first` and `second` (SDMGrad, MoDo): (direction, weights)."""
+    strategy.observe_extra([torch.from_numpy(first), torch.from_numpy(second)])
+    direction, weights = strategy.aggregate(torch.from_numpy(own), torch.ones(len(own)))
+    return direction.numpy(), weights.numpy()
 
 
 def make_config(overrides: Sequence[str] = ()) -> DictConfig:

@@ -11,13 +11,12 @@ import functools
 import numpy as np
 import pytest
 import torch
-from conftest import make_config, run_cli, through_disk
+from conftest import make_config, mse_terms, run_cli, through_disk
 from hard_gradients import assert_same_point, hard_cases
 
 from mtltrain.build import build_job
 from mtltrain.errors import ConfigError
 from mtltrain.loop._trainer import train_alone
-from mtltrain.losses import LossTerm, mse
 from mtltrain.own_loop import create_strategy
 from mtltrain.weighting.cagrad import CAGrad
 from mtltrain.weighting.cr_mogm import CRMOGM
@@ -46,10 +45,6 @@ SMALL = [
 ]
 
 
-def terms(k: int) -> tuple[LossTerm, ...]:
-    return tuple(LossTerm(f"t{i}", f"t{i}", "mse", "regression", False, mse) for i in range(k))
-
-
 def steps_of(g: np.ndarray) -> list[torch.Tensor]:
     rng = np.random.default_rng(len(g))
     return [
@@ -61,9 +56,9 @@ def checked_steps(inner, g: np.ndarray) -> None:
     """On the steps of `g`: α = 0 gives the inner strategy's directions and weights exactly;
     α = 0.7 the float64 moving average of the weights of an independent inner strategy."""
     losses = torch.arange(1.0, len(g) + 1).double()
-    alone = inner(terms(len(g))).double()
-    zero = CRMOGM(terms(len(g)), inner, alpha=0.0).double()
-    averaged = CRMOGM(terms(len(g)), inner, alpha=0.7).double()
+    alone = inner(mse_terms(len(g))).double()
+    zero = CRMOGM(mse_terms(len(g)), inner, alpha=0.0).double()
+    averaged = CRMOGM(mse_terms(len(g)), inner, alpha=0.7).double()
     average = None
     for rows in steps_of(g):
         d, w = alone.aggregate(rows, losses)
@@ -91,7 +86,7 @@ def test_so_it_is_with_other_inner_strategies(inner):
 def test_two_steps_by_hand():
     """MGDA on g = (1, 0), (0, 2) weighs them (0.8, 0.2) (α ∝ 1/‖g‖²), then on (2, 0), (0, 1)
     (0.2, 0.8); with α = 0.5 the average is (0.8, 0.2), then (0.5, 0.5): d = (1, 0.5)."""
-    strategy = CRMOGM(terms(2), MGDA, alpha=0.5).double()
+    strategy = CRMOGM(mse_terms(2), MGDA, alpha=0.5).double()
     d, w = strategy.aggregate(torch.tensor([[1.0, 0.0], [0.0, 2.0]]).double(), torch.ones(2))
     torch.testing.assert_close(w, torch.tensor([0.8, 0.2]).double())
     torch.testing.assert_close(d, torch.tensor([0.8, 0.4]).double())
@@ -101,7 +96,7 @@ def test_two_steps_by_hand():
 
 
 def test_a_skipped_step_leaves_the_average_alone():
-    strategy = CRMOGM(terms(2), MGDA, alpha=0.5).double()
+    strategy = CRMOGM(mse_terms(2), MGDA, alpha=0.5).double()
     strategy.aggregate(torch.tensor([[1.0, 0.0], [0.0, 2.0]]).double(), torch.ones(2))
     d, w = strategy.aggregate(torch.full((2, 2), torch.nan).double(), torch.ones(2))
     assert d.isnan().all() and w.isnan().all()
@@ -201,4 +196,4 @@ def test_a_bad_setting_of_the_inner_strategy_or_of_alpha_is_refused():
     with pytest.raises(ConfigError, match=r"weighting.alpha=1 is not allowed"):
         make_config([*SMALL, "weighting.alpha=1"])
     with pytest.raises(ConfigError, match="GradDrop is not allowed"):
-        CRMOGM(terms(2), GradDrop)
+        CRMOGM(mse_terms(2), GradDrop)

@@ -9,19 +9,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import through_disk
+from conftest import mse_terms, through_disk
 from hard_gradients import assert_same_point, hard_cases
 
 from mtltrain.errors import ConfigError
-from mtltrain.losses import LossTerm, mse
 from mtltrain.weighting.excess_mtl import ExcessMTL
 
 CASES = hard_cases()
 IDS = [name for name, _ in CASES]
-
-
-def terms(k: int) -> tuple[LossTerm, ...]:
-    return tuple(LossTerm(f"t{i}", f"t{i}", "mse", "regression", False, mse) for i in range(k))
 
 
 def reference_excess_mtl(steps: list[np.ndarray], eta: float) -> list[tuple[np.ndarray, ...]]:
@@ -62,7 +57,7 @@ def test_steps_match_an_independent_float64_solution(case, g):
     steps = four_steps(g)
     for eta in (0.01, 1.0):
         expected = reference_excess_mtl(steps, eta)
-        got = run(ExcessMTL(terms(len(g)), robust_step_size=eta), steps)
+        got = run(ExcessMTL(mse_terms(len(g)), robust_step_size=eta), steps)
         for (d, w), (d_ref, w_ref) in zip(got, expected, strict=True):
             np.testing.assert_allclose(w, w_ref, rtol=1e-10)
             assert_same_point(d, d_ref, g)
@@ -71,7 +66,7 @@ def test_steps_match_an_independent_float64_solution(case, g):
 def test_two_steps_by_hand():
     """g = (3), (4): Ê = 9/3, 16/4 = (3, 4), the baselines, w = (1, 1). Then g = (4), (4):
     Ê = (16/5, 16/√32), ratios (16/15, 4/√32); with η = 1, w_1 = 2/(1 + e^(4/√32 − 16/15))."""
-    strategy = ExcessMTL(terms(2), robust_step_size=1.0).double()
+    strategy = ExcessMTL(mse_terms(2), robust_step_size=1.0).double()
     d, w = strategy.aggregate(torch.tensor([[3.0], [4.0]]).double(), torch.ones(2))
     torch.testing.assert_close(w, torch.ones(2).double())
     torch.testing.assert_close(d, torch.tensor([7.0]).double())
@@ -85,8 +80,8 @@ def test_the_weights_sum_to_k_and_ignore_a_tasks_gradient_scale():
     rng = np.random.default_rng(2)
     steps = [rng.normal(size=(3, 6)) for _ in range(6)]
     scale = np.array([[1.0], [1e3], [10.0]])  # the 10⁻⁷ under the root is negligible
-    plain = run(ExcessMTL(terms(3), robust_step_size=1.0), steps)
-    scaled = run(ExcessMTL(terms(3), robust_step_size=1.0), [g * scale for g in steps])
+    plain = run(ExcessMTL(mse_terms(3), robust_step_size=1.0), steps)
+    scaled = run(ExcessMTL(mse_terms(3), robust_step_size=1.0), [g * scale for g in steps])
     for (_, w), (_, w_scaled) in zip(plain, scaled, strict=True):
         assert abs(w.sum() - 3) < 1e-12 and (w > 0).all()
         np.testing.assert_allclose(w_scaled, w, rtol=1e-5)
@@ -95,7 +90,7 @@ def test_the_weights_sum_to_k_and_ignore_a_tasks_gradient_scale():
 def test_a_task_that_stops_converging_gains_weight():
     """Two tasks with the same gradient at first; the first's then shrinks (converging), the
     second's does not: the second's excess risk stays higher, and so does its weight."""
-    strategy = ExcessMTL(terms(2), robust_step_size=1.0).double()
+    strategy = ExcessMTL(mse_terms(2), robust_step_size=1.0).double()
     for t in range(1, 6):
         g = torch.tensor([[1.0 / t, 0.0], [0.0, 1.0]]).double()
         _, w = strategy.aggregate(g, torch.ones(2))
@@ -103,7 +98,7 @@ def test_a_task_that_stops_converging_gains_weight():
 
 
 def test_a_zero_first_gradient_takes_its_baseline_later_and_a_skipped_step_changes_nothing():
-    strategy = ExcessMTL(terms(2), robust_step_size=1.0).double()
+    strategy = ExcessMTL(mse_terms(2), robust_step_size=1.0).double()
     _, w = strategy.aggregate(torch.tensor([[1.0, 0.0], [0.0, 0.0]]).double(), torch.ones(2))
     assert torch.equal(w, torch.ones(2).double()) and strategy.baseline[1] == 0
     state = {k: v for k, v in strategy.state_dict().items()}
@@ -117,11 +112,11 @@ def test_a_zero_first_gradient_takes_its_baseline_later_and_a_skipped_step_chang
 def test_a_resumed_strategy_continues_exactly():
     rng = np.random.default_rng(5)
     steps = [torch.from_numpy(rng.normal(size=(3, 8))) for _ in range(4)]
-    alone, stopped = ExcessMTL(terms(3)).double(), ExcessMTL(terms(3)).double()
+    alone, stopped = ExcessMTL(mse_terms(3)).double(), ExcessMTL(mse_terms(3)).double()
     for g in steps[:2]:
         alone.aggregate(g, torch.ones(3))
         stopped.aggregate(g, torch.ones(3))
-    resumed = ExcessMTL(terms(3)).double()
+    resumed = ExcessMTL(mse_terms(3)).double()
     resumed.load_state_dict(stopped.state_dict())
     for g in steps[2:]:
         expected, got = alone.aggregate(g, torch.ones(3)), resumed.aggregate(g, torch.ones(3))
@@ -131,9 +126,9 @@ def test_a_resumed_strategy_continues_exactly():
 def test_a_resumed_state_goes_to_the_strategys_device():
     """A checkpoint is read on the CPU; the run's strategy is on its device (meta stands in for
     a GPU here): the sums of squares must follow it, or the next step mixes devices."""
-    stopped = ExcessMTL(terms(2))
+    stopped = ExcessMTL(mse_terms(2))
     stopped.aggregate(torch.randn(2, 5), torch.ones(2))
-    resumed = ExcessMTL(terms(2)).to("meta")
+    resumed = ExcessMTL(mse_terms(2)).to("meta")
     resumed.set_extra_state(through_disk(stopped.state_dict())["_extra_state"])
     assert resumed.squares.device == resumed.weight.device
     assert torch.equal(resumed.baseline, stopped.baseline)
@@ -141,4 +136,4 @@ def test_a_resumed_state_goes_to_the_strategys_device():
 
 def test_a_step_size_of_zero_is_refused():
     with pytest.raises(ConfigError, match=r"weighting.robust_step_size=0 is not allowed"):
-        ExcessMTL(terms(2), robust_step_size=0)
+        ExcessMTL(mse_terms(2), robust_step_size=0)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import through_disk
+from conftest import mse_terms, through_disk
 from hard_gradients import (
     assert_same_point,
     hard_cases,
@@ -18,7 +18,6 @@ from hard_gradients import (
 )
 
 from mtltrain.errors import ConfigError
-from mtltrain.losses import LossTerm, mse
 from mtltrain.weighting.aligned_mtl import AlignedMTL
 from mtltrain.weighting.cagrad import CAGrad, conflict_averse
 from mtltrain.weighting.conflict_free import ConFIG
@@ -37,10 +36,6 @@ CASES = hard_cases()
 IDS = [name for name, _ in CASES]
 
 
-def terms(k: int) -> tuple[LossTerm, ...]:
-    return tuple(LossTerm(f"t{i}", f"t{i}", "mse", "regression", False, mse) for i in range(k))
-
-
 def direction(strategy, g: np.ndarray) -> np.ndarray:
     """The direction `strategy` gives for the rows of g, in float64."""
     d, weights = strategy.double().aggregate(torch.from_numpy(g), torch.ones(len(g)))
@@ -54,7 +49,7 @@ def direction(strategy, g: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(("case", "g"), CASES, ids=IDS)
 def test_upgrad_is_the_mean_of_exact_projections(case, g):
     expected = np.mean([reference_projection(g, gi) for gi in g], axis=0)
-    strategy = UPGrad(terms(len(g)))
+    strategy = UPGrad(mse_terms(len(g)))
     assert_same_point(direction(strategy, g), expected, g, floor=3e-8)
     assert strategy.unsolved.item() == 0
 
@@ -62,7 +57,7 @@ def test_upgrad_is_the_mean_of_exact_projections(case, g):
 @pytest.mark.parametrize(("case", "g"), CASES, ids=IDS)
 def test_dualproj_is_the_exact_projection_of_the_mean(case, g):
     expected = reference_projection(g, g.mean(axis=0))
-    assert_same_point(direction(DualProj(terms(len(g))), g), expected, g, floor=3e-8)
+    assert_same_point(direction(DualProj(mse_terms(len(g))), g), expected, g, floor=3e-8)
 
 
 def test_a_ridge_would_move_the_projection_when_norms_differ():
@@ -70,7 +65,7 @@ def test_a_ridge_would_move_the_projection_when_norms_differ():
     projection it gives is off by far more than the 1e-6 ours is held to."""
     g = np.array([[1e-2, 0.0], [-1.0, 0.5]])
     exact = reference_projection(g, g.mean(axis=0))
-    assert_same_point(direction(DualProj(terms(2)), g), exact, g)
+    assert_same_point(direction(DualProj(mse_terms(2)), g), exact, g)
     m = g @ g.T + 1e-4 * np.eye(2)
     lam = np.clip(np.linalg.solve(m, -(m @ np.full(2, 0.5))), 0, None)  # both constraints bind
     ridged = (np.full(2, 0.5) + lam) @ g
@@ -100,7 +95,7 @@ def test_fair_weights_solve_their_equations_exactly(case, g, power):
 
 
 def test_nash_mtl_keeps_the_last_solved_weights_and_counts_a_failure():
-    nash = NashMTL(terms(2)).double()
+    nash = NashMTL(mse_terms(2)).double()
     first = nash.aggregate(torch.tensor([[1.0, 0.0], [0.0, 2.0]]).double(), torch.ones(2))[1]
     torch.testing.assert_close(first, torch.tensor([1.0, 0.5]).double())  # 1/‖g‖, orthogonal
     opposite = torch.tensor([[1.0, 2.0], [-2.0, -4.0]]).double()
@@ -119,7 +114,7 @@ def test_cagrad_solves_its_inner_problem_exactly(case, g, c):
     kept = np.linalg.norm(g, axis=1) > 3e-8 * largest  # a zero gradient can neither gain nor lose
     g0 = g.mean(axis=0)
     radius = c * np.linalg.norm(g0)
-    strategy = CAGrad(terms(k), c=c)
+    strategy = CAGrad(mse_terms(k), c=c)
     d = direction(strategy, g)
     if np.linalg.norm(g0) <= 3e-8 * largest:
         assert_same_point(d, g0 / (1 + c**2), g, floor=3e-8)
@@ -153,15 +148,15 @@ def test_cagrad_with_a_small_c_still_solves_a_small_but_resolved_mean():
     w = reference_cagrad_weights(g, radius, g0)
     gw = w @ g
     expected = (g0 + radius / np.linalg.norm(gw) * gw) / (1 + c**2)
-    strategy = CAGrad(terms(2), c=c)
+    strategy = CAGrad(mse_terms(2), c=c)
     np.testing.assert_allclose(direction(strategy, g), expected, rtol=1e-6, atol=1e-12)
     assert strategy.unsolved.item() == 0
 
 
 def test_cagrad_without_rescale_is_the_papers_formula():
     g = np.array([[1.0, 0.2], [-0.5, 1.0]])
-    with_rescale = direction(CAGrad(terms(2), c=0.5), g)
-    without = direction(CAGrad(terms(2), c=0.5, rescale=False), g)
+    with_rescale = direction(CAGrad(mse_terms(2), c=0.5), g)
+    without = direction(CAGrad(mse_terms(2), c=0.5, rescale=False), g)
     np.testing.assert_allclose(with_rescale * 1.25, without, rtol=1e-12)
 
 
@@ -175,7 +170,7 @@ def test_imtl_g_gives_equal_projections_on_the_unit_gradients(case, g):
     kept = norms > 3e-8 * norms.max()  # below, M⁺ cannot resolve a gradient
     units, rows = g[kept] / norms[kept, None], g[kept]
     k, n = len(g), len(rows)
-    strategy = IMTL(terms(k), variant="gradient").double()
+    strategy = IMTL(mse_terms(k), variant="gradient").double()
     d, alpha = strategy.aggregate(torch.from_numpy(g), torch.ones(k))
     system = np.vstack([(units[1:] - units[0]) @ rows.T, np.ones((1, n))])
     rhs = np.r_[np.zeros(n - 1), 1.0]
@@ -200,7 +195,7 @@ def test_imtl_g_counts_a_closed_form_whose_weights_sum_below_zero():
     g = u / np.linalg.norm(u, axis=1, keepdims=True) * np.array([[1.0], [1.0], [0.1]])
     alpha = np.linalg.pinv(g @ g.T) @ np.linalg.norm(g, axis=1)
     assert alpha.sum() < 0
-    strategy = IMTL(terms(3), variant="gradient").double()
+    strategy = IMTL(mse_terms(3), variant="gradient").double()
     _, weights = strategy.aggregate(torch.from_numpy(g), torch.ones(3))
     assert strategy.unsolved.item() == 1
     np.testing.assert_allclose(weights.numpy(), 1 / 3)
@@ -223,7 +218,7 @@ def test_pcgrad_is_the_projection_surgery_on_the_vectors(case, g):
             dot = projected[i] @ g[j]
             if j != i and dot < 0 and g[j] @ g[j] > 0:
                 projected[i] -= dot / (g[j] @ g[j]) * g[j]
-    ours = direction(PCGrad(terms(k), seed=7), g)
+    ours = direction(PCGrad(mse_terms(k), seed=7), g)
     np.testing.assert_allclose(ours, projected.sum(axis=0), rtol=1e-9, atol=1e-9 * np.abs(g).max())
 
 
@@ -233,14 +228,14 @@ def test_pcgrad_leaves_two_tasks_without_conflict():
     for _ in range(50):
         g = rng.normal(size=(2, 6))
         g[1] = -g[0] + 0.3 * rng.normal(size=6)
-        d = direction(PCGrad(terms(2)), g)
+        d = direction(PCGrad(mse_terms(2)), g)
         assert (g @ d >= -1e-12).all()
 
 
 def test_gradvac_is_its_surgery_on_the_vectors_and_moves_its_targets():
     rng = np.random.default_rng(5)
     g = rng.normal(size=(3, 8))
-    strategy = GradVac(terms(3), beta=0.5, seed=3).double()
+    strategy = GradVac(mse_terms(3), beta=0.5, seed=3).double()
     targets = np.zeros((3, 3))
     for step, order_list in enumerate([orders(3, 3, 6)[0:3], orders(3, 3, 6)[3:6]]):
         moved = g.copy()
@@ -262,7 +257,7 @@ def test_gradvac_is_its_surgery_on_the_vectors_and_moves_its_targets():
 
 def test_gradvac_leaves_a_gradient_whose_target_cosine_is_one():
     """After parallel gradients with β = 1 the target is 1, which no finite move reaches."""
-    strategy = GradVac(terms(2), beta=1.0).double()
+    strategy = GradVac(mse_terms(2), beta=1.0).double()
     strategy.aggregate(torch.tensor([[1.0, 0.0], [2.0, 0.0]]).double(), torch.ones(2))
     assert strategy.target[0, 1].item() == 1.0
     d, _ = strategy.aggregate(torch.tensor([[1.0, 0.0], [0.0, 1.0]]).double(), torch.ones(2))
@@ -276,7 +271,7 @@ def test_graddrop_on_a_representation_keeps_one_sign_per_feature_for_the_whole_b
     grad_a = torch.tensor(
         [[[1.0, 2.0, 1.0], [1.0, -1.0, 1.0]], [[2.0, 1.0, -1.0], [-1.0, 0.0, -2.0]]]
     )
-    strategy = GradDrop(terms(2), seed=0)
+    strategy = GradDrop(mse_terms(2), seed=0)
     first_task = 0
     for _ in range(2000):
         d, _ = strategy.aggregate(grad_a.reshape(2, -1), torch.ones(2), at=(a,))
@@ -290,7 +285,7 @@ def test_graddrop_on_a_representation_keeps_one_sign_per_feature_for_the_whole_b
 
 def test_graddrop_on_parameters_keeps_one_sign_per_coordinate_with_probability_its_purity():
     j = torch.tensor([[3.0, 1.0, -1.0], [1.0, -1.0, -2.0]])  # purity per coordinate: 1, ½, 0
-    strategy = GradDrop(terms(2), representation=False, seed=0)
+    strategy = GradDrop(mse_terms(2), representation=False, seed=0)
     kept_positive = torch.zeros(3)
     for _ in range(4000):
         d, share = strategy.aggregate(j, torch.ones(2))
@@ -307,7 +302,7 @@ def test_aligned_mtl_by_hand_and_its_aligned_system():
     """Orthogonal gradients of norms 1 and 2: λ = 1, 4; B = diag(1, ½); the aligned rows
     Bᵀ·G have equal norm √λ_min = 1 and stay orthogonal."""
     g = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
-    strategy = AlignedMTL(terms(2))
+    strategy = AlignedMTL(mse_terms(2))
     np.testing.assert_allclose(direction(strategy, g), [1.0, 1.0, 0.0], rtol=1e-12)
     rng = np.random.default_rng(6)
     g = rng.normal(size=(4, 9)) * np.logspace(0, 2, 4)[:, None]
@@ -327,7 +322,7 @@ def test_aligned_mtl_gives_each_task_its_share_of_the_balanced_system(case, g):
     """G·d = √λ_min·M^(1/2)·1 for a full-rank M (from d = Gᵀ·B·1), with M^(1/2) by numpy."""
     eigenvalues, v = np.linalg.eigh(g @ g.T)
     expected = np.sqrt(eigenvalues.min()) * (v * np.sqrt(eigenvalues)) @ v.T @ np.ones(len(g))
-    projections = g @ direction(AlignedMTL(terms(len(g))), g)
+    projections = g @ direction(AlignedMTL(mse_terms(len(g))), g)
     np.testing.assert_allclose(projections, expected, rtol=1e-6, atol=1e-9 * np.abs(expected).max())
 
 
@@ -339,12 +334,12 @@ def test_config_is_the_pseudo_inverse_direction_on_the_vectors(case, g):
     best = np.linalg.pinv(rows / norms[norms > 0, None]) @ np.ones(len(rows))
     unit = best / np.linalg.norm(best)
     expected = (rows @ unit).sum() * unit
-    assert_same_point(direction(ConFIG(terms(len(g))), g), expected, g, floor=3e-8)
+    assert_same_point(direction(ConFIG(mse_terms(len(g))), g), expected, g, floor=3e-8)
 
 
 def test_config_has_equal_cosines_with_every_gradient():
     g = np.random.default_rng(8).normal(size=(4, 10))
-    d = direction(ConFIG(terms(4)), g)
+    d = direction(ConFIG(mse_terms(4)), g)
     cosines = g @ d / (np.linalg.norm(g, axis=1) * np.linalg.norm(d))
     np.testing.assert_allclose(cosines, cosines[0], rtol=1e-10)
     assert cosines[0] > 0
@@ -352,7 +347,7 @@ def test_config_has_equal_cosines_with_every_gradient():
 
 def test_db_mtl_by_hand():
     """ĝ ← 0.9·ĝ + 0.1·g from 0; each ĝ_k scaled to the largest norm."""
-    strategy = DBMTL(terms(2), beta=0.9)
+    strategy = DBMTL(mse_terms(2), beta=0.9)
     j1 = torch.tensor([[3.0, 4.0], [0.0, 1.0]])  # norms 5 and 1
     d, scale = strategy.aggregate(j1, torch.ones(2))
     torch.testing.assert_close(scale, torch.tensor([1.0, 5.0]))
@@ -366,20 +361,20 @@ def test_db_mtl_by_hand():
 
 def test_settings_out_of_range_are_refused():
     with pytest.raises(ConfigError, match=r"weighting.c=-1"):
-        CAGrad(terms(2), c=-1)
+        CAGrad(mse_terms(2), c=-1)
     with pytest.raises(ConfigError, match=r"weighting.alpha=0"):
-        FairGrad(terms(2), alpha=0)
+        FairGrad(mse_terms(2), alpha=0)
     with pytest.raises(ConfigError, match=r"weighting.variant='both'.*'hybrid'"):
-        IMTL(terms(2), variant="both")
+        IMTL(mse_terms(2), variant="both")
     with pytest.raises(ConfigError, match=r"weighting.beta=1"):
-        DBMTL(terms(2), beta=1)
+        DBMTL(mse_terms(2), beta=1)
 
 
 def test_db_mtl_resumed_state_goes_to_the_strategys_device():
     """A checkpoint is read on the CPU; the average of the gradients must follow the strategy
     to its device (meta stands in for a GPU), or the next step mixes devices."""
-    stopped = DBMTL(terms(2))
+    stopped = DBMTL(mse_terms(2))
     stopped.aggregate(torch.randn(2, 5), torch.ones(2))
-    resumed = DBMTL(terms(2)).to("meta")
+    resumed = DBMTL(mse_terms(2)).to("meta")
     resumed.set_extra_state(through_disk(stopped.state_dict())["_extra_state"])
     assert resumed.average.device == resumed.weight.device

@@ -6,19 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import through_disk
+from conftest import mse_terms, through_disk
 from hard_gradients import assert_same_point, hard_cases, reference_min_norm
 
 from mtltrain.errors import ConfigError
-from mtltrain.losses import LossTerm, gaussian_nll, mse
+from mtltrain.losses import LossTerm, gaussian_nll
 from mtltrain.weighting.moco import MoCo
 
 CASES = hard_cases()
 IDS = [name for name, _ in CASES]
-
-
-def terms(k: int) -> tuple[LossTerm, ...]:
-    return tuple(LossTerm(f"t{i}", f"t{i}", "mse", "regression", False, mse) for i in range(k))
 
 
 def reference_projection(v: np.ndarray) -> np.ndarray:
@@ -73,7 +69,7 @@ def test_steps_match_an_independent_float64_solution(case, g):
     steps = three_steps(g / np.linalg.norm(g, axis=1).max())  # γ's scale is the Gramian's
     for normalize in (True, False):
         expected = reference_moco(steps, normalize=normalize, **settings)
-        got = run(MoCo(terms(len(g)), normalize=normalize, **settings), steps)
+        got = run(MoCo(mse_terms(len(g)), normalize=normalize, **settings), steps)
         for (d, w), (d_ref, w_ref) in zip(got, expected, strict=True):
             np.testing.assert_allclose(w, w_ref, rtol=1e-9, atol=1e-12)
             assert_same_point(d, d_ref, steps[0][0])
@@ -82,7 +78,7 @@ def test_steps_match_an_independent_float64_solution(case, g):
 def test_one_step_by_hand():
     """g = (1, 0), (0, 2): Y = ½G, YYᵀ = diag(¼, 1); λ − 0.1·YYᵀλ = (0.4875, 0.45), projected
     by adding (1 − 0.9375)/2 to each: λ = (0.51875, 0.48125), d = λᵀY = (0.259375, 0.48125)."""
-    strategy = MoCo(terms(2), beta=0.5, gamma=0.1, normalize=False).double()
+    strategy = MoCo(mse_terms(2), beta=0.5, gamma=0.1, normalize=False).double()
     d, w = strategy.aggregate(torch.tensor([[1.0, 0.0], [0.0, 2.0]]).double(), torch.ones(2))
     torch.testing.assert_close(w, torch.tensor([0.51875, 0.48125]).double())
     torch.testing.assert_close(d, torch.tensor([0.259375, 0.48125]).double())
@@ -90,7 +86,7 @@ def test_one_step_by_hand():
 
 def test_the_weights_stay_on_the_simplex():
     rng = np.random.default_rng(3)
-    strategy = MoCo(terms(5), gamma=5.0, gamma_sigma=0.0).double()
+    strategy = MoCo(mse_terms(5), gamma=5.0, gamma_sigma=0.0).double()
     for _ in range(20):
         _, w = strategy.aggregate(torch.from_numpy(rng.normal(size=(5, 7))), torch.ones(5))
         assert (w >= 0).all() and abs(float(w.sum()) - 1) < 1e-12
@@ -104,7 +100,7 @@ def test_with_beta_1_and_rho_0_it_is_projected_gradient_mgda(case):
     g = dict(CASES)[case]
     step = 1 / np.linalg.norm(g @ g.T, 2)
     settings = dict(beta=1.0, beta_sigma=0.0, gamma=step, gamma_sigma=0.0, normalize=False)
-    strategy = MoCo(terms(len(g)), **settings).double()
+    strategy = MoCo(mse_terms(len(g)), **settings).double()
     lam = np.full(len(g), 1 / len(g))
     for rows in three_steps(g)[:2]:  # the case's gradients, then others
         d, w = strategy.aggregate(torch.from_numpy(rows[0]), torch.ones(len(g)))
@@ -121,12 +117,12 @@ def test_a_resumed_strategy_continues_exactly_and_a_skipped_step_changes_nothing
     rng = np.random.default_rng(5)
     steps = [torch.from_numpy(rng.normal(size=(3, 8))) for _ in range(4)]
     losses = torch.tensor([1.0, 2.0, 3.0]).double()
-    alone, stopped = MoCo(terms(3)).double(), MoCo(terms(3)).double()
+    alone, stopped = MoCo(mse_terms(3)).double(), MoCo(mse_terms(3)).double()
     for g in steps[:2]:
         alone.aggregate(g, losses)
         stopped.aggregate(g, losses)
     stopped.aggregate(torch.full((3, 8), torch.nan).double(), losses)  # skipped
-    resumed = MoCo(terms(3)).double()
+    resumed = MoCo(mse_terms(3)).double()
     resumed.load_state_dict(stopped.state_dict())
     for g in steps[2:]:
         expected, got = alone.aggregate(g, losses), resumed.aggregate(g, losses)
@@ -136,17 +132,17 @@ def test_a_resumed_strategy_continues_exactly_and_a_skipped_step_changes_nothing
 def test_a_resumed_state_goes_to_the_strategys_device():
     """A checkpoint is read on the CPU; the run's strategy is on its device (meta stands in for
     a GPU here): the tracked gradients must follow it, or the next step mixes devices."""
-    stopped = MoCo(terms(2))
+    stopped = MoCo(mse_terms(2))
     stopped.aggregate(torch.randn(2, 5), torch.ones(2))
-    resumed = MoCo(terms(2)).to("meta")
+    resumed = MoCo(mse_terms(2)).to("meta")
     resumed.set_extra_state(through_disk(stopped.state_dict())["_extra_state"])
     assert resumed.tracked.device == resumed.weight.device and resumed.steps == 1
 
 
 def test_bad_settings_are_refused():
     with pytest.raises(ConfigError, match=r"weighting.beta=0 is not allowed"):
-        MoCo(terms(2), beta=0)
+        MoCo(mse_terms(2), beta=0)
     nll = LossTerm("y", "y", "gaussian_nll", "regression", True, gaussian_nll)
     with pytest.raises(ConfigError, match="can be negative"):
-        MoCo((*terms(1), nll))
-    MoCo((*terms(1), nll), normalize=False)
+        MoCo((*mse_terms(1), nll))
+    MoCo((*mse_terms(1), nll), normalize=False)

@@ -10,25 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import aggregated_with_extra, mse_terms
 from hard_gradients import hard_cases, reference_min_norm, reference_simplex_projection
 
 from mtltrain.errors import ConfigError
-from mtltrain.losses import LossTerm, mse
 from mtltrain.weighting.sdmgrad import SDMGrad
 
 CASES = hard_cases()
 IDS = [name for name, _ in CASES]
-
-
-def terms(k: int) -> tuple[LossTerm, ...]:
-    return tuple(LossTerm(f"t{i}", f"t{i}", "mse", "regression", False, mse) for i in range(k))
-
-
-def step(strategy: SDMGrad, own: np.ndarray, first: np.ndarray, second: np.ndarray):
-    """One aggregation of the step's Jacobian `own` with the extra batches' `first`, `second`."""
-    strategy.observe_extra([torch.from_numpy(first), torch.from_numpy(second)])
-    direction, weights = strategy.aggregate(torch.from_numpy(own), torch.ones(len(own)))
-    return direction.numpy(), weights.numpy()
 
 
 def reference_weights(w, first, second, lamda, iterations, lr, momentum) -> np.ndarray:
@@ -53,8 +42,8 @@ def test_one_update_by_hand():
     # G₁G₂ᵀ = [[4, 0], [2, 4]], mean √diag = 2: M = [[1, 0], [0.5, 1]]; w = (½, ½), λ = ½:
     # M(w + λ/2) = M·(0.75, 0.75) = (0.75, 1.125); w − 0.2·that = (0.35, 0.275), projected:
     # + (1 − 0.625)/2 each = (0.5375, 0.4625); weights (w + λ/2)/(1 + λ) = (0.525, 0.475)
-    strategy = SDMGrad(terms(2), lamda=0.5, iterations=1, lr=0.2).double()
-    direction, weights = step(strategy, own, first, second)
+    strategy = SDMGrad(mse_terms(2), lamda=0.5, iterations=1, lr=0.2).double()
+    direction, weights = aggregated_with_extra(strategy, own, first, second)
     np.testing.assert_allclose(strategy.simplex_weight.numpy(), [0.5375, 0.4625], rtol=1e-14)
     np.testing.assert_allclose(weights, [0.525, 0.475], rtol=1e-14)
     np.testing.assert_allclose(direction, [1.575, 0.475], rtol=1e-14)
@@ -68,11 +57,11 @@ def test_its_inner_loop_against_numpy_on_the_hard_cases(case, g):
     lamda, iterations, lr, momentum = 0.3, 20, 10.0, 0.5
     noise = np.random.default_rng(0).normal(size=g.shape)
     first, second = g, g + 0.3 * noise * np.linalg.norm(g, axis=1, keepdims=True)
-    strategy = SDMGrad(terms(len(g)), lamda, iterations, lr, momentum).double()
+    strategy = SDMGrad(mse_terms(len(g)), lamda, iterations, lr, momentum).double()
     w = reference_weights(
         strategy.simplex_weight.numpy().copy(), first, second, lamda, iterations, lr, momentum
     )
-    direction, weights = step(strategy, g, first, second)
+    direction, weights = aggregated_with_extra(strategy, g, first, second)
     np.testing.assert_allclose(strategy.simplex_weight.numpy(), w, rtol=0, atol=1e-7)
     expected = (w + lamda / len(g)) / (1 + lamda)
     np.testing.assert_allclose(weights, expected, rtol=0, atol=1e-7)
@@ -81,9 +70,9 @@ def test_its_inner_loop_against_numpy_on_the_hard_cases(case, g):
 
 def test_identical_batches_give_its_deterministic_form():
     g = np.random.default_rng(0).normal(size=(3, 8))
-    handed, alone = SDMGrad(terms(3)).double(), SDMGrad(terms(3)).double()
+    handed, alone = SDMGrad(mse_terms(3)).double(), SDMGrad(mse_terms(3)).double()
     for _ in range(3):
-        step(handed, g, g, g)
+        aggregated_with_extra(handed, g, g, g)
         alone.aggregate(torch.from_numpy(g), torch.ones(3))
     torch.testing.assert_close(alone.simplex_weight, handed.simplex_weight, rtol=0, atol=0)
     assert not torch.equal(alone.weights(), torch.full((3,), 1 / 3, dtype=torch.float64))
@@ -95,7 +84,7 @@ def test_the_deterministic_form_converges_to_the_independent_solution(k):
     min-norm point of the hull of the g_k + λg₀, and d that over 1 + λ."""
     g = np.random.default_rng(k).normal(size=(k, 40))
     lamda = 0.3
-    strategy = SDMGrad(terms(k), lamda=lamda, iterations=300, lr=0.3).double()
+    strategy = SDMGrad(mse_terms(k), lamda=lamda, iterations=300, lr=0.3).double()
     direction, _ = strategy.aggregate(torch.from_numpy(g), torch.ones(k))
     expected = reference_min_norm(g + lamda * g.mean(axis=0)) / (1 + lamda)
     np.testing.assert_allclose(direction.numpy(), expected, rtol=0, atol=1e-9 * np.abs(g).max())
@@ -103,9 +92,11 @@ def test_the_deterministic_form_converges_to_the_independent_solution(k):
 
 def test_w_stays_on_the_simplex_and_lamda_0_weighs_by_it():
     rng = np.random.default_rng(1)
-    strategy = SDMGrad(terms(5), lamda=0.0).double()
+    strategy = SDMGrad(mse_terms(5), lamda=0.0).double()
     for _ in range(30):
-        _, weights = step(strategy, *(rng.normal(size=(5, 8)) * 10 for _ in range(3)))
+        _, weights = aggregated_with_extra(
+            strategy, *(rng.normal(size=(5, 8)) * 10 for _ in range(3))
+        )
         w = strategy.simplex_weight.numpy().copy()  # the buffer changes in place
         assert (w >= 0).all() and abs(w.sum() - 1) < 1e-12
         np.testing.assert_array_equal(weights, w)
@@ -114,12 +105,12 @@ def test_w_stays_on_the_simplex_and_lamda_0_weighs_by_it():
 def test_extra_batches_that_are_not_finite_leave_w():
     rng = np.random.default_rng(2)
     g = rng.normal(size=(3, 6))
-    strategy = SDMGrad(terms(3)).double()
-    step(strategy, g, g, rng.normal(size=(3, 6)))
+    strategy = SDMGrad(mse_terms(3)).double()
+    aggregated_with_extra(strategy, g, g, rng.normal(size=(3, 6)))
     before, weights_before = strategy.simplex_weight.clone(), strategy.weights().numpy()
     broken = g.copy()
     broken[1, 2] = np.inf
-    direction, weights = step(strategy, g, g, broken)
+    direction, weights = aggregated_with_extra(strategy, g, g, broken)
     assert torch.equal(strategy.simplex_weight, before)
     np.testing.assert_array_equal(weights, weights_before)
     np.testing.assert_allclose(direction, weights_before @ g, rtol=1e-14)
@@ -134,4 +125,4 @@ def test_extra_batches_that_are_not_finite_leave_w():
 )  # fmt: skip
 def test_bad_settings_are_one_line(setting, says):
     with pytest.raises(ConfigError, match=says):
-        SDMGrad(terms(2), **setting)
+        SDMGrad(mse_terms(2), **setting)
