@@ -94,6 +94,8 @@ def main(out: str, steps: str, *overrides: str) -> None:
         with open(out, "w") as f:
             json.dump(result, f)
         torch.save(after_first, Path(out).with_suffix(".pt"))
+    if dist.is_initialized():  # leave together: a rank that left first aborted the other (gloo)
+        dist.barrier()
     job.ranks.close()
 
 
