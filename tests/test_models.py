@@ -25,6 +25,26 @@ def test_mnist_encoder_bottleneck_is_2x2x8_and_decoder_28x28():
     assert image.shape == (5, 1, 28, 28) and image.abs().max() <= 1
 
 
+def test_mnist_encoder_pools_before_its_relus_exactly_as_section_5b_orders_them():
+    """ReLU after each pooling (a quarter of the values) gives §5B's ReLU-then-pool values and
+    gradients bit for bit, windows without a positive value included."""
+    torch.manual_seed(0)
+    encoder = MnistEncoder()
+    layers = list(encoder)
+    pooled = [i for i, m in enumerate(layers) if isinstance(m, torch.nn.MaxPool2d)]
+    assert all(isinstance(layers[i + 1], torch.nn.ReLU) for i in pooled)
+    for i in pooled:  # §5B's order: the ReLU that follows each pooling back before it
+        layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    source = torch.nn.Sequential(*layers)
+    x = torch.randn(6, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    z, z_source = encoder(x), source(x)
+    grad = torch.randn_like(z)
+    ours = torch.autograd.grad(z, list(encoder.parameters()), grad)
+    theirs = torch.autograd.grad(z_source, list(source.parameters()), grad)
+    assert len(pooled) == 3 and torch.equal(z, z_source) and (z == 0).any()
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
 def test_mnist_model_from_config():
     model = build(make_config(["dataset=mnist_mtl"]).model, tasks=MNIST_TASKS)
     out, features = model(torch.randn(4, 1, 28, 28))
