@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from mtltrain.constraints import Width
 
@@ -18,6 +19,23 @@ def _relu() -> nn.ReLU:
     backward pass, so the activation overwrites that output (the same values, no new buffer;
     measured: 3% off a §5B training step on one CPU thread)."""
     return nn.ReLU(inplace=True)
+
+
+class MaxPool2x2(nn.MaxPool2d):
+    """2×2 max-pooling. Without autograd (evaluation) it is two elementwise maxima, of row
+    pairs, then of column pairs: no indices to write, the same values (a maximum is exact, NaN
+    kept), about half the time of `max_pool2d` in channels-last. With autograd it is
+    `max_pool2d`, whose indices send each window's gradient to its first maximum."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return super().forward(x)
+        x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]  # a last odd row/column
+        rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
 
 
 def _same_pad_2x2() -> nn.ZeroPad2d:
@@ -38,12 +56,12 @@ class MnistEncoder(nn.Sequential):
         super().__init__(
             nn.Conv2d(1, 16, 3, padding=1), _relu(),  # 28×28
             nn.Conv2d(16, 16, 3, padding=1),
-            nn.MaxPool2d(2), _relu(),  # 14×14
+            MaxPool2x2(), _relu(),  # 14×14
             _same_pad_2x2(), nn.Conv2d(16, 16, 2), _relu(),
             _same_pad_2x2(), nn.Conv2d(16, 8, 2),
-            nn.MaxPool2d(2), _relu(),  # 7×7
+            MaxPool2x2(), _relu(),  # 7×7
             _same_pad_2x2(), nn.Conv2d(8, 8, 2, stride=2),  # 4×4
-            nn.MaxPool2d(2), _relu(),  # 2×2
+            MaxPool2x2(), _relu(),  # 2×2
         )  # fmt: skip
 
     def stages(self) -> list[nn.Module]:
