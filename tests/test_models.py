@@ -6,7 +6,7 @@ from mtltrain.config._compose import build
 from mtltrain.errors import ConfigError
 from mtltrain.losses import MeanLogVar
 from mtltrain.models.mlp import MLP, SeparateMLPs
-from mtltrain.models.mnist import MnistDecoder, MnistEncoder
+from mtltrain.models.mnist import MaxPool2x2, MnistDecoder, MnistEncoder
 from mtltrain.models.multitask import MultiTaskModel
 from mtltrain.tasks import TaskSpec
 
@@ -23,6 +23,45 @@ def test_mnist_encoder_bottleneck_is_2x2x8_and_decoder_28x28():
     assert z.shape == (5, 8, 2, 2)
     image = MnistDecoder()(z)
     assert image.shape == (5, 1, 28, 28) and image.abs().max() <= 1
+
+
+def test_mnist_encoder_pools_before_its_relus_exactly_as_section_5b_orders_them():
+    """ReLU after each pooling (a quarter of the values) gives §5B's ReLU-then-pool values and
+    gradients bit for bit, windows without a positive value included."""
+    torch.manual_seed(0)
+    encoder = MnistEncoder()
+    layers = list(encoder)
+    pooled = [i for i, m in enumerate(layers) if isinstance(m, torch.nn.MaxPool2d)]
+    assert all(isinstance(layers[i + 1], torch.nn.ReLU) for i in pooled)
+    for i in pooled:  # §5B's order: the ReLU that follows each pooling back before it
+        layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    source = torch.nn.Sequential(*layers)
+    x = torch.randn(6, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    z, z_source = encoder(x), source(x)
+    grad = torch.randn_like(z)
+    ours = torch.autograd.grad(z, list(encoder.parameters()), grad)
+    theirs = torch.autograd.grad(z_source, list(source.parameters()), grad)
+    assert len(pooled) == 3 and torch.equal(z, z_source) and (z == 0).any()
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_maxpool2x2_without_autograd_gives_max_pool2d_s_values(memory_format):
+    x = torch.randn(3, 4, 7, 9).contiguous(memory_format=memory_format)
+    x[0, :, :4] = 0.5  # ties
+    x[1, 0, 2, 3] = float("nan")
+    with torch.no_grad():
+        pooled = MaxPool2x2()(x)
+    expected = torch.nn.functional.max_pool2d(x, 2)
+    assert pooled.shape == expected.shape == (3, 4, 3, 4)
+    assert torch.equal(pooled.nan_to_num(7.0), expected.nan_to_num(7.0))
+    assert pooled.isnan().sum() == 1
+
+
+def test_maxpool2x2_with_autograd_sends_a_tied_window_s_gradient_to_its_first_maximum():
+    x = torch.zeros(1, 1, 2, 2, requires_grad=True)
+    MaxPool2x2()(x).sum().backward()
+    assert x.grad.flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
 def test_mnist_model_from_config():
