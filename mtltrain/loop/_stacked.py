@@ -57,8 +57,11 @@ from mtltrain.step import Step
 from mtltrain.weighting.base import Weighting
 
 log = logging.getLogger(__name__)
-# pending train outputs are added into the jobs' running metrics once they hold this many bytes
-FLUSH_BYTES = 64 * 2**20
+# pending train outputs are added into the jobs' running metrics once they hold this many bytes:
+# few enough to stay in the cache and in memory already touched (at 64 MiB every step of the §5A
+# stack page-faulted its pending outputs in, 125 faults a step, and its products slowed by a
+# quarter); the loop's syncs at every epoch's end flush them more often still
+FLUSH_BYTES = 2**20
 _NO_INPUTS = torch.empty(0)  # the running metrics read a batch's targets only
 
 
