@@ -5,7 +5,7 @@ from conftest import make_config
 from mtltrain.config._compose import build
 from mtltrain.errors import ConfigError
 from mtltrain.losses import MeanLogVar
-from mtltrain.models.mlp import MLP, SeparateMLPs
+from mtltrain.models.mlp import MLP, BatchedAffine, SeparateMLPs
 from mtltrain.models.mnist import MaxPool2x2, MnistDecoder, MnistEncoder
 from mtltrain.models.multitask import MultiTaskModel
 from mtltrain.tasks import TaskSpec
@@ -116,6 +116,23 @@ def test_separate_mlps_compute_what_separate_modules_compute():
     (modules[0](x)[:, :1].sum() + log_var.sum()).backward()
     first = next(m for m in modules[0] if isinstance(m, torch.nn.Linear))
     torch.testing.assert_close(grouped.weights[0].grad[0], first.weight.grad.T)
+
+
+@pytest.mark.parametrize("out", [1, 3])
+def test_batched_affine_is_baddbmm_to_the_bit_forward_and_backward(out):
+    """BatchedAffine computes a one-output layer's gradients otherwise than torch.baddbmm's
+    backward (the same sums): every value and gradient equals baddbmm's bit for bit (the §5A
+    stack's shapes, and a wider layer that takes torch's own products)."""
+    torch.manual_seed(0)
+    bias, h, weight = torch.randn(32, 1, out), torch.randn(32, 16, 512), torch.randn(32, 512, out)
+    grad = torch.randn(32, 16, out)
+    results = []
+    for f in (torch.baddbmm, BatchedAffine.apply):
+        leaves = [t.clone().requires_grad_() for t in (bias, h, weight)]
+        f(*leaves).backward(grad)
+        results.append([f(*leaves), *(t.grad for t in leaves)])
+    for ours, torchs in zip(*results, strict=True):
+        assert torch.equal(ours, torchs)
 
 
 def test_two_slope_as_modules_is_a_config_away():

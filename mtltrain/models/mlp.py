@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor, nn
@@ -101,12 +101,14 @@ class SeparateMLPs(nn.Module):
         return self.outputs(h.unflatten(0, (n, k)).transpose(0, 1)), x
 
     def layers(self, h: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> Tensor:
-        """[networks, batch, in] through the stacked layers."""
+        """[networks, batch, in] through the stacked layers (an activation that may runs in
+        place, on the product it follows: one pass over memory fewer)."""
         last = len(weights) - 1
+        in_place = IN_PLACE.get(type(self.activation))
         for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
-            h = torch.baddbmm(bias, h, weight)
+            h = BatchedAffine.apply(bias, h, weight)
             if i < last:
-                h = self.activation(h)
+                h = self.activation(h) if in_place is None else in_place(h)
         return h
 
     def outputs(self, h: Tensor) -> Outputs:
@@ -123,6 +125,46 @@ class SeparateMLPs(nn.Module):
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         return [*self.weights, *self.biases]
+
+
+# activations whose backward reads their result only, so they may overwrite their input: the
+# product before them (BatchedAffine) keeps no copy of its result
+IN_PLACE = {nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_}
+
+
+class BatchedAffine(torch.autograd.Function):
+    """torch.baddbmm(bias, h, weight), with torch's own backward except for a layer of one
+    output ([…, in, 1] weights, the §5A networks' last layer): there its two products are
+    matrix-vector ones, which oneMKL runs an order of magnitude slower as batched products
+    than their transposes. The same numbers are computed otherwise: h's gradient, a product
+    over one term, is the elementwise product grad × weightᵀ, and the weight's, hᵀ·grad, is
+    taken as (gradᵀ·h)ᵀ (the same sums over the batch, bit-identical on this machine's oneMKL:
+    tests/test_stacked.py checks both against torch's)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(bias: Tensor, h: Tensor, weight: Tensor) -> Tensor:
+        return torch.baddbmm(bias, h, weight)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor], output: Tensor) -> None:
+        bias, h, weight = inputs
+        ctx.save_for_backward(h, weight)
+        ctx.bias_shape = bias.shape
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        h, weight = ctx.saved_tensors
+        needs_bias, needs_h, needs_weight = ctx.needs_input_grad
+        one_output = weight.shape[-1] == 1
+        grad_bias = grad.sum_to_size(ctx.bias_shape) if needs_bias else None
+        grad_h = grad_weight = None
+        if needs_h:
+            grad_h = grad * weight.mT if one_output else grad.bmm(weight.mT)
+        if needs_weight:
+            grad_weight = grad.mT.bmm(h).mT if one_output else h.mT.bmm(grad)
+        return grad_bias, grad_h, grad_weight
 
 
 def _uniform(shape: tuple[int, ...], bound: float) -> Tensor:
