@@ -2,6 +2,7 @@
 launcher, on this machine, in one run.
 
     python scripts/bench_stacked.py [--epochs 1500] [--publish]
+    python scripts/bench_stacked.py --jobs 16 --epochs 300,1500 --publish   # the issue's two rows
     python scripts/bench_stacked.py --device cuda --jobs 16 --sizes 64 --epochs 50 \
         --compile reduce-overhead                                # on a GPU (CUDA graphs)
 
@@ -223,21 +224,22 @@ def markdown(report: dict) -> str:
     """The page docs/results/stacked.md (a CPU's measurements)."""
     sweeps, m = report["sweeps"], report["machine"]
     compiled = f" --compile {report['compile']}" if report.get("compile") else ""
+    epochs = ",".join(str(s["epochs"]) for s in sweeps)
+    jobs = f" --jobs {report['jobs']}" if report.get("only_jobs") else ""
     lines = [
         "# Stacked sweeps",
         "",
-        f"Measured by `python scripts/bench_stacked.py --epochs {sweeps['epochs']}{compiled} "
+        f"Measured by `python scripts/bench_stacked.py{jobs} --epochs {epochs}{compiled} "
         "--publish` "
         f"on {m['cpu']} ({m['cores']} cores), torch {m['torch']}, {report['threads']} CPU "
         "threads for the stacks and the step measurements.",
         "",
-        f"**Whole sweeps** of the §5A two-slope model ({sweeps['epochs']} epochs a job, the "
-        "default strategy, seeds 0…N−1), each a whole `mtltrain -m` process: the default "
+        "**Whole sweeps** of the §5A two-slope model (the default strategy, seeds 0…N−1), "
+        "each a whole `mtltrain -m` process: the default "
         "launcher runs one job after another (each run picks one thread, its step being "
         "small); `hydra/launcher=vectorized` trains the N jobs stacked in one process, on "
         "every core, each in its own folder.",
-        "",
-        *sweep_table(sweeps),
+        *(line for sweep in sweeps for line in sweep_table(sweep)),
         "",
         "**Steps**: µs of training step per job, alone (`PerJobStep.train_step`) and stacked "
         "(`StackedStep.train_step` over N jobs, divided by N); medians of "
@@ -256,8 +258,12 @@ def markdown(report: dict) -> str:
 
 
 def sweep_table(sweeps: dict) -> list[str]:
-    """A row per whole sweep: its wall time, runs per second and ratio to the default's."""
+    """A row per whole sweep of one epoch count: its wall time, runs per second and ratio to
+    the default launcher's."""
     lines = [
+        "",
+        f"{sweeps['epochs']} epochs a job:",
+        "",
         "| sweep | jobs | wall time | runs per second | × default launcher |",
         "|---|---|---|---|---|",
     ]
@@ -287,7 +293,8 @@ def step_table(steps: dict) -> list[str]:
 def hand_written(report: dict) -> list[str]:
     """The hand-written stacked loop against mtltrain's stack, and the sweep ratio its step
     speed alone would give."""
-    rates, sweeps, jobs = report["steps"][FORWARD_STACKED], report["sweeps"], report["jobs"]
+    rates, jobs = report["steps"][FORWARD_STACKED], report["jobs"]
+    sweeps = max(report["sweeps"], key=lambda sweep: sweep["epochs"])
     n = report.get("hand", jobs)  # the stack of the hand-written loop's N
     hand, stacked, alone = rates[hand_label(n)], rates[f"N = {n}"], rates["alone"]
     steps = sweeps["epochs"] * rates["batches per epoch"]
@@ -315,7 +322,12 @@ def hand_written(report: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=1500)
+    parser.add_argument(
+        "--epochs",
+        type=lambda text: tuple(int(n) for n in text.split(",")),
+        default=(1500,),
+        help="epochs a job of the whole sweeps, comma-separated for several (default: 1500)",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--mnist-root", default=MNIST_ROOT)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -370,10 +382,14 @@ def main() -> None:
             "threads": torch.get_num_threads(),
             "rounds": args.rounds,
             "jobs": jobs,
+            "only_jobs": bool(args.jobs),
             "hand": hand,
             "compile": args.compile,
             "steps": steps,
-            "sweeps": whole_sweeps(args.epochs, tmp, args.device, jobs, sweep_sizes, args.compile),
+            "sweeps": [
+                whole_sweeps(e, tmp / f"e{e}", args.device, jobs, sweep_sizes, args.compile)
+                for e in args.epochs
+            ],
         }
     args.out.write_text(json.dumps(report, indent=2))
     text = markdown(report)
