@@ -76,6 +76,8 @@ class SeparateMLPs(nn.Module):
     ) -> None:
         super().__init__()
         self.activation = make_activation(activation)
+        # relu in place on each layer's new output (baddbmm keeps its inputs, not its output)
+        self.activate = torch.relu_ if activation == "relu" else self.activation
         self.tasks = tuple(tasks)
         self.widths = [t.out_features * (2 if t.heteroscedastic else 1) for t in tasks]
         sizes = [in_features, *hidden, max(self.widths)]
@@ -106,14 +108,15 @@ class SeparateMLPs(nn.Module):
         for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
             h = torch.baddbmm(bias, h, weight)
             if i < last:
-                h = self.activation(h)
+                h = self.activate(h)
         return h
 
     def outputs(self, h: Tensor) -> Outputs:
         """Each task's outputs from its network's row of `h` ([tasks, …, widest])."""
         outputs: Outputs = {}
+        widest = h.shape[-1]
         for task, width, rows in zip(self.tasks, self.widths, h.unbind(0), strict=True):
-            out = rows[..., :width]
+            out = rows if width == widest else rows[..., :width]
             outputs[task.name] = MeanLogVar.split(out, dim=-1) if task.heteroscedastic else out
         return outputs
 
