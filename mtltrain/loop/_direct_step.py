@@ -60,12 +60,16 @@ class _DirectStep:
         plan = self.plan
         if plan is None or not plan.fits(opt):
             plan = self.plan = _Plan.of(opt)
-        if plan is None or any(p.grad is None for p in plan.params):
+        grads = [] if plan is None else [p.grad for p in plan.params]
+        if plan is None or any(g is None for g in grads):
             unwrapped_step(opt)  # the first step makes the state; a missing gradient: torch's rules
             return
+        first = 0
         for call in plan.calls:
             call.count()
-            self.kernel(call.params, [p.grad for p in call.params], *call.state, **call.settings)
+            end = first + len(call.params)
+            self.kernel(call.params, grads[first:end], *call.state, **call.settings)
+            first = end
 
 
 class _Call:
@@ -113,7 +117,7 @@ class _Plan:
 
     def __init__(self, opt: torch.optim.Optimizer) -> None:
         self.groups, self.state = opt.param_groups, opt.state
-        self.key = _key(opt)
+        self.settings = _settings(opt)
         self.calls = [_Call(opt.state, g, params) for g, params in by_settings(opt.param_groups)]
         self.params = [p for call in self.calls for p in call.params]
 
@@ -125,19 +129,27 @@ class _Plan:
         return cls(opt)
 
     def fits(self, opt: torch.optim.Optimizer) -> bool:
-        return opt.param_groups is self.groups and opt.state is self.state and _key(opt) == self.key
+        return (
+            opt.param_groups is self.groups
+            and opt.state is self.state
+            and self.settings is not None
+            and _entries(opt) == self.settings
+        )
 
 
-def _key(opt: torch.optim.Optimizer) -> list[list[Any]]:
-    """What a plan is made from: each group's parameter list (by its identity and length) and
-    settings; a tensor setting never equals (it may change in place), as in `equal_settings`."""
-    return [
-        [
-            (id(v), len(v)) if k == "params" else float("nan") if isinstance(v, Tensor) else v
-            for k, v in g.items()
-        ]
-        for g in opt.param_groups
-    ]
+def _entries(opt: torch.optim.Optimizer) -> list[list[Any]]:
+    """Each group's entries: its parameter list (whose items are not changed in place) and
+    its settings."""
+    return [[*g.values()] for g in opt.param_groups]
+
+
+def _settings(opt: torch.optim.Optimizer) -> list[list[Any]] | None:
+    """`_entries`, to compare with those a plan was made from; None where a setting is a
+    tensor, which may change in place (then the plan is made anew each step)."""
+    entries = _entries(opt)
+    if any(isinstance(v, Tensor) for group in entries for v in group):
+        return None
+    return entries
 
 
 def settings_of(group: dict[str, Any]) -> dict[str, Any]:

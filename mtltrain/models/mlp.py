@@ -90,7 +90,7 @@ class SeparateMLPs(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Outputs, Tensor]:
         h = x.flatten(1).expand(len(self.tasks), -1, -1)
-        return self.outputs(self.layers(h, self.weights, self.biases)), x
+        return self.outputs(self.layers(h, _listed(self.weights), _listed(self.biases))), x
 
     def forward_stacked(self, state: Mapping[str, Tensor], x: Tensor) -> tuple[Outputs, Tensor]:
         """N copies at once (`mtltrain.loop._stacked`): `state` holds each tensor stacked over the
@@ -126,6 +126,12 @@ class SeparateMLPs(nn.Module):
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         return [*self.weights, *self.biases]
+
+
+def _listed(params: nn.ParameterList) -> list[Tensor]:
+    """The list's parameters in order, read from its registry (iterating a ParameterList goes
+    through its __getitem__ and __getattr__ per item: 12 µs of a §5A step of ~300)."""
+    return [*params._parameters.values()]
 
 
 def _uniform(shape: tuple[int, ...], bound: float) -> Tensor:

@@ -106,8 +106,11 @@ class UncertaintyWeighting(Weighting):
         self.log_var = nn.Parameter(torch.where(self.learns, init, 0.0))
 
     def contributions(self, losses: Tensor) -> Tensor:
-        weight = self.factor * torch.exp(-self.log_var) if self.scaled else torch.exp(-self.log_var)
-        s = self.log_var if self.regulariser == 1.0 else self.regulariser * self.log_var
+        log_var = self.log_var
+        weight = torch.exp(-log_var)
+        if self.scaled:
+            weight = self.factor * weight
+        s = log_var if self.regulariser == 1.0 else self.regulariser * log_var
         return self.where_learned(weight * losses + s, losses)
 
     def weights(self) -> Tensor:
