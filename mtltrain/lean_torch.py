@@ -12,6 +12,11 @@ own mark is built at their next call), and `unwrapped_step` steps an optimizer b
 method under `torch.no_grad`, without the wrappers. `flop_counter` imports torch's FLOP
 counter without triton where triton is not loaded yet: triton is there to count the FLOPs of
 user-written triton kernels, which an eager run has none of.
+
+Two per-step calls without the Python torch wraps them in (on a small model that Python costs
+more than the arithmetic): `backward` (the autograd engine, as `Tensor.backward()` calls it) and
+`mse_loss` (the kernel, as `F.mse_loss` calls it). Each gives torch's own result bit for bit and
+defers to torch's function where a tensor subclass or a mode overrides torch's functions.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
+from torch.autograd.graph import _engine_run_backward
+from torch.overrides import has_torch_function_unary, has_torch_function_variadic
 
 if TYPE_CHECKING:
     from torch.utils.flop_counter import FlopCounterMode
@@ -73,6 +81,37 @@ def unwrapped_step(optimizer: torch.optim.Optimizer) -> None:
         return
     with torch.no_grad():
         inspect.unwrap(type(optimizer).step)(optimizer)
+
+
+def backward(total: torch.Tensor) -> None:
+    """`total.backward()` of a 0-d `total`: the engine called directly, without
+    `torch.autograd.backward`'s argument handling (two thirds of a small graph's backward
+    call). Its 1 is made anew each call: a gradient may be handed on as that very tensor."""
+    if has_torch_function_unary(total):
+        total.backward()
+        return
+    one = torch.ones_like(total, memory_format=torch.preserve_format)
+    _engine_run_backward(
+        (total,), (one,), False, False, (), allow_unreachable=True, accumulate_grad=True
+    )
+
+
+def mse_loss(prediction: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+    """`F.mse_loss(prediction, target, reduction=reduction)` ("mean", "sum" or "none"): where
+    the shapes are equal (F.mse_loss broadcasts, and warns, where they are not), its kernel
+    directly, without its Python checks (two thirds of its cost on a small batch)."""
+    enum = _REDUCTIONS.get(reduction)
+    if (
+        enum is None  # F.mse_loss says why
+        or prediction.shape != target.shape
+        or has_torch_function_variadic(prediction, target)
+    ):
+        return F.mse_loss(prediction, target, reduction=reduction)
+    return torch._C._nn.mse_loss(prediction, target, enum)
+
+
+# torch's enum of reductions, as `torch.nn._reduction.get_enum` gives it
+_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
 
 def flop_counter() -> FlopCounterMode:

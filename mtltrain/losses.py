@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mtltrain.errors import ConfigError, DataError
+from mtltrain.lean_torch import mse_loss
 from mtltrain.tasks import TASK_KINDS, LossChoice, TaskKind, TaskSpec
 
 
@@ -90,7 +91,7 @@ def _reduce(values: Tensor, reduction: Reduction) -> Tensor:
 
 def mse(output: Tensor | MeanLogVar, target: Tensor, reduction: Reduction = "mean") -> Tensor:
     """mean (y − ŷ)²."""
-    return F.mse_loss(point(output), target, reduction=reduction)
+    return mse_loss(point(output), target, reduction)
 
 
 def cross_entropy(output: Tensor, target: Tensor, reduction: Reduction = "mean") -> Tensor:

@@ -490,13 +490,15 @@ class TaskMetrics:
 
     def update(self, outputs: Mapping[str, Tensor | MeanLogVar], batch: Split) -> None:
         """Add a batch; `outputs` must be detached from the graph."""
+        targets, noise_std = batch.targets, batch.noise_std
         for name, scorer in self.scorers.items():
-            target = batch.targets[name]
-            sums = scorer.batch_sums(outputs[name], target, batch.noise_std.get(name))
-            if name in self.sums:
-                self.sums[name] += sums
-            else:
+            target = targets[name]
+            sums = scorer.batch_sums(outputs[name], target, noise_std.get(name))
+            running = self.sums.get(name)
+            if running is None:
                 self.sums[name] = sums
+            else:
+                running += sums
             self.counts[name] += target.numel()
             extra = self.extra[name]
             if extra:

@@ -20,6 +20,10 @@ def stepped(kind, direct: bool, **settings) -> tuple[list[torch.Tensor], dict]:
             p.grad = torch.randn_like(p) * (10.0**i)
         if i == 3:  # a step with a parameter without a gradient: torch's own rules
             extra[0].grad = None
+        if i == 2:  # a resume replaces the groups and the state: the kept calls are remade
+            opt.load_state_dict(opt.state_dict())
+        if i == 4:  # a scheduler's new rate for one group: the groups' calls are remade
+            opt.param_groups[1]["lr"] *= 0.5
         step()
     return [*params, *extra], opt.state_dict()
 

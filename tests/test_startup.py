@@ -12,7 +12,13 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mtltrain.lean_torch import defer_dynamo_import, flop_counter, unwrapped_step
+from mtltrain.lean_torch import (
+    backward,
+    defer_dynamo_import,
+    flop_counter,
+    mse_loss,
+    unwrapped_step,
+)
 
 NOT_LOADED = ("torch._dynamo", "torch._inductor", "triton", "matplotlib", "torchvision")
 # a 1-epoch two-slope run, then the modules of NOT_LOADED that its process holds
@@ -96,3 +102,18 @@ def test_the_flop_counter_counts_a_product():
     with counter:
         torch.randn(5, 3) @ torch.randn(3, 7)
     assert counter.get_total_flops() == 2 * 5 * 7 * 3
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_the_lean_mse_and_backward_are_torch_s_bit_for_bit(reduction):
+    torch.manual_seed(0)
+    prediction, target = torch.randn(12, 3, requires_grad=True), torch.randn(12, 3)
+    theirs = torch.nn.functional.mse_loss(prediction, target, reduction=reduction)
+    ours = mse_loss(prediction, target, reduction)
+    assert torch.equal(ours, theirs)
+    theirs.sum().backward()
+    want, prediction.grad = prediction.grad, None
+    backward(ours.sum())
+    assert torch.equal(prediction.grad, want)
+    with pytest.raises(ValueError, match="is not a valid value for reduction"):
+        mse_loss(prediction, target, "max")

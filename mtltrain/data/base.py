@@ -84,9 +84,14 @@ class Split:
         return self.take(self.order(generator))
 
     def batches(self, batch_size: int, start: int = 0) -> Iterator[Split]:
-        """Consecutive batches, from batch number `start` on; each is a view, not a copy."""
-        for first in range(start * batch_size, len(self), batch_size):
-            yield self.take(slice(first, first + batch_size))
+        """Consecutive batches, from batch number `start` on; each is a view, not a copy (of
+        each tensor split once: the same views as slicing it per batch, at a third of the
+        cost of a small model's batch)."""
+        rest = self.take(slice(start * batch_size, None))
+        pieces: dict[int, tuple[Tensor, ...]] = {}
+        rest.map(lambda t: pieces.setdefault(id(t), t.split(batch_size))[0])
+        for i in range(rest.num_batches(batch_size)):
+            yield rest.map(lambda t, i=i: pieces[id(t)][i])
 
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self) // batch_size)

@@ -6,12 +6,15 @@ that calls the same kernel on the optimizer's own state tensors, one call per se
 with equal settings (`by_settings`), so the update and the state are bit for bit the
 optimizer's own and its `state_dict()` stays the checkpoint's; it falls back to
 `optimizer.step()` for any step it does not cover (a parameter without a gradient, an
-optimizer not yet stepped once, another optimizer).
+optimizer not yet stepped once, another optimizer). The calls, with their lists of state
+tensors, are made once and kept while the optimizer's groups, their settings and its state
+are those they were made from (`_Plan`).
 
-This is the one module that calls torch's private API: the kernels `torch._fused_adam_` and
-`torch._fused_adamw_` (KERNELS). torch's public functional Adam (`torch.optim.adam.adam`,
-`fused=True`) calls the same kernel but groups the tensors by device and dtype on every call,
-which costs the §5A step most of what the direct call saves (`scripts/bench_step.py`).
+Besides `mtltrain.lean_torch`, this is the one module that calls torch's private API: the
+kernels `torch._fused_adam_` and `torch._fused_adamw_` (KERNELS). torch's public functional
+Adam (`torch.optim.adam.adam`, `fused=True`) calls the same kernel but groups the tensors by
+device and dtype on every call, which costs the §5A step most of what the direct call saves
+(`scripts/bench_step.py`).
 `tests/test_direct_step.py` fails by name on a torch without these kernels.
 """
 
@@ -50,39 +53,103 @@ def direct_step(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
 class _DirectStep:
     def __init__(self, optimizer: torch.optim.Optimizer, kernel: Callable[..., None]) -> None:
         self.optimizer, self.kernel = optimizer, kernel
+        self.plan: _Plan | None = None
 
     def __call__(self) -> None:
         opt = self.optimizer
-        params = [p for g in opt.param_groups for p in g["params"]]
-        if any(p.grad is None or p not in opt.state for p in params):
+        plan = self.plan
+        if plan is None or not plan.fits(opt):
+            plan = self.plan = _Plan.of(opt)
+        grads = [] if plan is None else [p.grad for p in plan.params]
+        if plan is None or any(g is None for g in grads):
             unwrapped_step(opt)  # the first step makes the state; a missing gradient: torch's rules
             return
-        # grouped each step: a resumed optimizer's load_state_dict replaces its groups
-        for settings, params in by_settings(opt.param_groups):
-            self.update(settings, params)
+        first = 0
+        for call in plan.calls:
+            call.count()
+            end = first + len(call.params)
+            self.kernel(call.params, grads[first:end], *call.state, **call.settings)
+            first = end
 
-    def update(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        held = [self.optimizer.state[p] for p in params]
-        steps = [s["step"] for s in held]
+
+class _Call:
+    """One kernel call: the parameters of groups with equal settings (`by_settings`), their
+    state tensors and the kernel's settings; `count` adds 1 to their steps (on the CPU one add
+    each, 3× faster than torch's `_foreach_add_` there; elsewhere that one call)."""
+
+    def __init__(
+        self, state: dict[Tensor, Any], group: dict[str, Any], params: list[Tensor]
+    ) -> None:
+        held = [state[p] for p in params]
+        self.params = params
+        self.steps = [s["step"] for s in held]
+        max_sq = [s["max_exp_avg_sq"] for s in held] if group["amsgrad"] else []
+        exp_avg, exp_avg_sq = [s["exp_avg"] for s in held], [s["exp_avg_sq"] for s in held]
+        self.state = (exp_avg, exp_avg_sq, max_sq, self.steps)
         beta1, beta2 = group["betas"]
-        torch._foreach_add_(steps, 1)
-        self.kernel(
-            params,
-            [p.grad for p in params],
-            [s["exp_avg"] for s in held],
-            [s["exp_avg_sq"] for s in held],
-            [s["max_exp_avg_sq"] for s in held] if group["amsgrad"] else [],
-            steps,
-            amsgrad=group["amsgrad"],
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            weight_decay=group["weight_decay"],
-            eps=group["eps"],
-            maximize=group["maximize"],
-            grad_scale=None,
-            found_inf=None,
+        self.settings = {
+            "amsgrad": group["amsgrad"],
+            "lr": group["lr"],
+            "beta1": beta1,
+            "beta2": beta2,
+            "weight_decay": group["weight_decay"],
+            "eps": group["eps"],
+            "maximize": group["maximize"],
+            "grad_scale": None,
+            "found_inf": None,
+        }
+        on_cpu = all(t.device.type == "cpu" for t in self.steps)
+        self.one = torch.ones((), dtype=self.steps[0].dtype) if on_cpu and self.steps else None
+
+    def count(self) -> None:
+        if self.one is None:
+            torch._foreach_add_(self.steps, 1)
+            return
+        for step in self.steps:
+            step.add_(self.one)
+
+
+class _Plan:
+    """The kernel calls of an optimizer whose every parameter has its state, made once and
+    kept while its groups, their settings and its state dict are the ones it was made from (a
+    resumed optimizer's load_state_dict replaces its groups and state; a scheduler changes a
+    group's settings)."""
+
+    def __init__(self, opt: torch.optim.Optimizer) -> None:
+        self.groups, self.state = opt.param_groups, opt.state
+        self.settings = _settings(opt)
+        self.calls = [_Call(opt.state, g, params) for g, params in by_settings(opt.param_groups)]
+        self.params = [p for call in self.calls for p in call.params]
+
+    @classmethod
+    def of(cls, opt: torch.optim.Optimizer) -> _Plan | None:
+        """The plan, or None while some parameter has no state yet."""
+        if any(p not in opt.state for g in opt.param_groups for p in g["params"]):
+            return None
+        return cls(opt)
+
+    def fits(self, opt: torch.optim.Optimizer) -> bool:
+        return (
+            opt.param_groups is self.groups
+            and opt.state is self.state
+            and self.settings is not None
+            and _entries(opt) == self.settings
         )
+
+
+def _entries(opt: torch.optim.Optimizer) -> list[list[Any]]:
+    """Each group's entries: its parameter list (whose items are not changed in place) and
+    its settings."""
+    return [[*g.values()] for g in opt.param_groups]
+
+
+def _settings(opt: torch.optim.Optimizer) -> list[list[Any]] | None:
+    """`_entries`, to compare with those a plan was made from; None where a setting is a
+    tensor, which may change in place (then the plan is made anew each step)."""
+    entries = _entries(opt)
+    if any(isinstance(v, Tensor) for group in entries for v in group):
+        return None
+    return entries
 
 
 def settings_of(group: dict[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,7 @@ from torch import Tensor
 from torch.autograd.graph import Node
 
 from mtltrain.distributed import ONE_PROCESS, Ranks
+from mtltrain.lean_torch import backward
 from mtltrain.models.base import Features, HeadInputs, MultiTaskNet
 from mtltrain.weighting.base import Weighting
 
@@ -79,7 +80,7 @@ class WeightedSum:
     ) -> tuple[Tensor, Tensor]:
         parts = self.strategy.contributions(losses)
         total = parts.sum()
-        total.backward()
+        backward(total)
         self.ranks.sum_gradients(self.model_params)
         return parts.detach(), total.detach()
 

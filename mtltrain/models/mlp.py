@@ -88,7 +88,7 @@ class SeparateMLPs(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Outputs, Tensor]:
         h = x.flatten(1).expand(len(self.tasks), -1, -1)
-        return self.outputs(self.layers(h, self.weights, self.biases)), x
+        return self.outputs(self.layers(h, _listed(self.weights), _listed(self.biases))), x
 
     def forward_stacked(self, state: Mapping[str, Tensor], x: Tensor) -> tuple[Outputs, Tensor]:
         """N copies at once (`mtltrain.loop._stacked`): `state` holds each tensor stacked over the
@@ -114,8 +114,9 @@ class SeparateMLPs(nn.Module):
     def outputs(self, h: Tensor) -> Outputs:
         """Each task's outputs from its network's row of `h` ([tasks, …, widest])."""
         outputs: Outputs = {}
+        widest = h.shape[-1]
         for task, width, rows in zip(self.tasks, self.widths, h.unbind(0), strict=True):
-            out = rows[..., :width]
+            out = rows if width == widest else rows[..., :width]
             outputs[task.name] = MeanLogVar.split(out, dim=-1) if task.heteroscedastic else out
         return outputs
 
@@ -165,6 +166,12 @@ class BatchedAffine(torch.autograd.Function):
         if needs_weight:
             grad_weight = grad.mT.bmm(h).mT if one_output else h.mT.bmm(grad)
         return grad_bias, grad_h, grad_weight
+
+
+def _listed(params: nn.ParameterList) -> list[Tensor]:
+    """The list's parameters in order, read from its registry (iterating a ParameterList goes
+    through its __getitem__ and __getattr__ per item: 12 µs of a §5A step of ~300)."""
+    return [*params._parameters.values()]
 
 
 def _uniform(shape: tuple[int, ...], bound: float) -> Tensor:

@@ -100,13 +100,18 @@ class UncertaintyWeighting(Weighting):
             "half": [0.5] * len(terms),
         }[form]
         self.register_buffer("factor", torch.tensor(factors))
+        self.scaled = any(f != 1.0 for f in factors)  # a factor 1 is not multiplied (exact)
         self.regulariser = 1.0 if form == "unit" else 0.5
         init = initial_log_var(len(terms), init_log_var)
         self.log_var = nn.Parameter(torch.where(self.learns, init, 0.0))
 
     def contributions(self, losses: Tensor) -> Tensor:
-        learned = self.factor * torch.exp(-self.log_var) * losses + self.regulariser * self.log_var
-        return self.where_learned(learned, losses)
+        log_var = self.log_var
+        weight = torch.exp(-log_var)
+        if self.scaled:
+            weight = self.factor * weight
+        s = log_var if self.regulariser == 1.0 else self.regulariser * log_var
+        return self.where_learned(weight * losses + s, losses)
 
     def weights(self) -> Tensor:
         return self.where_learned(self.factor * torch.exp(-self.log_var), 1.0).detach()
