@@ -64,6 +64,14 @@ def test_maxpool2x2_with_autograd_sends_a_tied_window_s_gradient_to_its_first_ma
     assert x.grad.flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
+def test_maxpool2x2_vmapped_with_autograd_sends_a_tied_window_s_gradient_to_its_first_maximum():
+    """The stacked launcher vmaps the model (a GPU sweep of §5B): its tensors inside vmap do not
+    require grad though autograd records them."""
+    x = torch.zeros(1, 1, 1, 2, 2, requires_grad=True)
+    torch.func.vmap(MaxPool2x2())(x).sum().backward()
+    assert x.grad.flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
 def test_mnist_model_from_config():
     model = build(make_config(["dataset=mnist_mtl"]).model, tasks=MNIST_TASKS)
     out, features = model(torch.randn(4, 1, 28, 28))
