@@ -143,6 +143,23 @@ def test_batched_affine_is_baddbmm_to_the_bit_forward_and_backward(out):
         assert torch.equal(ours, torchs)
 
 
+@pytest.mark.parametrize("out", [1, 3])
+def test_batched_affine_under_bf16_autocast_is_baddbmm_s_gradients(out):
+    """trainer.precision=bf16: baddbmm multiplies bf16 copies; the backward takes them too."""
+    torch.manual_seed(0)
+    bias, h, weight = torch.randn(4, 1, out), torch.randn(4, 8, 16), torch.randn(4, 16, out)
+    grad = torch.randn(4, 8, out).bfloat16()
+    results = []
+    for f in (torch.baddbmm, BatchedAffine.apply):
+        leaves = [t.clone().requires_grad_() for t in (bias, h, weight)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = f(*leaves)
+        y.backward(grad)
+        results.append([y, *(t.grad for t in leaves)])
+    for ours, torchs in zip(*results, strict=True):
+        assert ours.dtype == torchs.dtype and torch.equal(ours, torchs)
+
+
 def test_two_slope_as_modules_is_a_config_away():
     tasks = tuple(TaskSpec(n, "regression", 1, ("mse",)) for n in ("y1", "y2"))
     model = build(make_config(["model=two_slope_modules"]).model, tasks=tasks)

@@ -150,7 +150,9 @@ class BatchedAffine(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor], output: Tensor) -> None:
         bias, h, weight = inputs
-        ctx.save_for_backward(h, weight)
+        # in the product's dtype: under autocast (trainer.precision=bf16) baddbmm multiplies
+        # bf16 copies, as its own backward does (autograd casts the gradients back)
+        ctx.save_for_backward(h.to(output.dtype), weight.to(output.dtype))
         ctx.bias_shape = bias.shape
 
     @staticmethod
