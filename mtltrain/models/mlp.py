@@ -101,7 +101,7 @@ class SeparateMLPs(nn.Module):
         return self.outputs(h.unflatten(0, (n, k)).transpose(0, 1)), x
 
     def layers(self, h: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> Tensor:
-        """[networks, batch, in] through the stacked layers (an activation that may runs in
+        """[networks, batch, in] through the stacked layers (an activation that may run in
         place, on the product it follows: one pass over memory fewer)."""
         last = len(weights) - 1
         in_place = IN_PLACE.get(type(self.activation))
@@ -139,7 +139,7 @@ class BatchedAffine(torch.autograd.Function):
     than their transposes. The same numbers are computed otherwise: h's gradient, a product
     over one term, is the elementwise product grad × weightᵀ, and the weight's, hᵀ·grad, is
     taken as (gradᵀ·h)ᵀ (the same sums over the batch, bit-identical on this machine's oneMKL:
-    tests/test_stacked.py checks both against torch's)."""
+    tests/test_models.py checks both against torch's)."""
 
     generate_vmap_rule = True
 
