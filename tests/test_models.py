@@ -64,6 +64,14 @@ def test_maxpool2x2_with_autograd_sends_a_tied_window_s_gradient_to_its_first_ma
     assert x.grad.flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
+def test_maxpool2x2_vmapped_with_autograd_sends_a_tied_window_s_gradient_to_its_first_maximum():
+    """The stacked launcher vmaps the model (a GPU sweep of §5B): its tensors inside vmap do not
+    require grad though autograd records them."""
+    x = torch.zeros(1, 1, 1, 2, 2, requires_grad=True)
+    torch.func.vmap(MaxPool2x2())(x).sum().backward()
+    assert x.grad.flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
 def test_mnist_model_from_config():
     model = build(make_config(["dataset=mnist_mtl"]).model, tasks=MNIST_TASKS)
     out, features = model(torch.randn(4, 1, 28, 28))
@@ -133,6 +141,23 @@ def test_batched_affine_is_baddbmm_to_the_bit_forward_and_backward(out):
         results.append([f(*leaves), *(t.grad for t in leaves)])
     for ours, torchs in zip(*results, strict=True):
         assert torch.equal(ours, torchs)
+
+
+@pytest.mark.parametrize("out", [1, 3])
+def test_batched_affine_under_bf16_autocast_is_baddbmm_s_gradients(out):
+    """trainer.precision=bf16: baddbmm multiplies bf16 copies; the backward takes them too."""
+    torch.manual_seed(0)
+    bias, h, weight = torch.randn(4, 1, out), torch.randn(4, 8, 16), torch.randn(4, 16, out)
+    grad = torch.randn(4, 8, out).bfloat16()
+    results = []
+    for f in (torch.baddbmm, BatchedAffine.apply):
+        leaves = [t.clone().requires_grad_() for t in (bias, h, weight)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = f(*leaves)
+        y.backward(grad)
+        results.append([y, *(t.grad for t in leaves)])
+    for ours, torchs in zip(*results, strict=True):
+        assert ours.dtype == torchs.dtype and torch.equal(ours, torchs)
 
 
 def test_two_slope_as_modules_is_a_config_away():

@@ -101,7 +101,7 @@ class SeparateMLPs(nn.Module):
         return self.outputs(h.unflatten(0, (n, k)).transpose(0, 1)), x
 
     def layers(self, h: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> Tensor:
-        """[networks, batch, in] through the stacked layers (an activation that may runs in
+        """[networks, batch, in] through the stacked layers (an activation that may run in
         place, on the product it follows: one pass over memory fewer)."""
         last = len(weights) - 1
         in_place = IN_PLACE.get(type(self.activation))
@@ -140,7 +140,7 @@ class BatchedAffine(torch.autograd.Function):
     than their transposes. The same numbers are computed otherwise: h's gradient, a product
     over one term, is the elementwise product grad × weightᵀ, and the weight's, hᵀ·grad, is
     taken as (gradᵀ·h)ᵀ (the same sums over the batch, bit-identical on this machine's oneMKL:
-    tests/test_stacked.py checks both against torch's)."""
+    tests/test_models.py checks both against torch's)."""
 
     generate_vmap_rule = True
 
@@ -151,7 +151,9 @@ class BatchedAffine(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor], output: Tensor) -> None:
         bias, h, weight = inputs
-        ctx.save_for_backward(h, weight)
+        # in the product's dtype: under autocast (trainer.precision=bf16) baddbmm multiplies
+        # bf16 copies, as its own backward does (autograd casts the gradients back)
+        ctx.save_for_backward(h.to(output.dtype), weight.to(output.dtype))
         ctx.bias_shape = bias.shape
 
     @staticmethod

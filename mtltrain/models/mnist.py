@@ -31,7 +31,7 @@ class MaxPool2x2(nn.MaxPool2d):
         super().__init__(2)
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
+        if torch.is_grad_enabled():  # not x.requires_grad: False inside vmap, recorded or not
             return super().forward(x)
         x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]  # a last odd row/column
         rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
