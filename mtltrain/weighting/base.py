@@ -152,6 +152,11 @@ class Weighting(nn.Module):
                 "or another strategy"
             )
 
+    def run_warnings(self, epochs: int) -> list[str]:
+        """What a run of `epochs` epochs is warned of before it trains, a line each (settings
+        that leave a part of the strategy unused in so short a run); by default nothing."""
+        return []
+
     # -- hooks, in the order of a step ---------------------------------------------------
 
     def setup(self, model: MultiTaskNet) -> None:
