@@ -78,20 +78,6 @@ def test_bench_names_a_strategy_it_has_no_config_for():
     assert str(every) in proc.stderr
 
 
-def test_the_data_parallel_bench_worker_times_steps_and_counts_nothing_sent_alone(tmp_path):
-    out = tmp_path / "ranks.json"
-    worker = [sys.executable, str(REPO / "scripts" / "bench_ranks.py"), str(out), "3"]
-    done = subprocess.run([*worker, "model=sin_hetero", "weighting=mgda"], capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    result = json.loads(out.read_text())
-    assert result["ms_per_step"] > 0 and result["processes"] == 1
-    assert result["bytes_per_step"] == 0 and result["collectives_per_step"] == 0
-    assert result["backend"] is None and len(result["first_step"]["losses"]) == 2
-    after_first = torch.load(tmp_path / "ranks.pt")  # the parameters after the first step
-    assert after_first.keys() and all(p.isfinite().all() for p in after_first.values())
-
-
 def test_the_hand_written_stack_is_each_jobs_two_networks_on_its_own_batch():
     from bench_stacked import HandStacked
 
