@@ -171,9 +171,11 @@ def _descendants(pid: int) -> list[int]:
     return children + [d for c in children for d in _descendants(c)]
 
 
-# one validation sample: rank 0's shard of it is empty, and still takes part
-STOPPED = [*RUN, "trainer.epochs=60", "trainer.eval_every=20", "trainer.checkpoint_interval=0",
-           "trainer.validation=1"]  # fmt: skip
+# one validation sample: rank 0's shard of it is empty, and still takes part. 30 epochs (570
+# steps): SIGTERM comes 0.5 s into training, near step 70 on a busy 2-core machine
+EPOCHS, EVAL_EVERY = 30, 10
+STOPPED = [*RUN, f"trainer.epochs={EPOCHS}", f"trainer.eval_every={EVAL_EVERY}",
+           "trainer.checkpoint_interval=0", "trainer.validation=1"]  # fmt: skip
 TRAIN, BATCHES = 299, 19  # training samples (of 300), batches of 16 an epoch (the last: 11)
 
 
@@ -228,9 +230,9 @@ def test_sigterm_on_one_rank_checkpoints_once_and_the_run_resumes_under_torchrun
     assert run.stopped["status"] == "interrupted" and "SIGTERM" in run.stopped["error"]
     assert run.log.count("stopped by SIGTERM") == 1, run.log
     position, running = run.checkpoint["trainer"]["position"], run.checkpoint["trainer"]["running"]
-    assert 0 < position["step"] < 60 * BATCHES, position
+    assert 0 < position["step"] < EPOCHS * BATCHES, position
     # the running train metrics count every rank's samples since the last evaluation
-    since = (position["epoch"] % 20) * TRAIN + min(position["batch"] * 16, TRAIN)
+    since = (position["epoch"] % EVAL_EVERY) * TRAIN + min(position["batch"] * 16, TRAIN)
     assert running["counts"]["y1"] == since, (running["counts"], position)
     assert_same_run(results_of(run.folder / "two"), results_of(run.folder / "one"))
     # the evaluations logged after the resume too, the running train metrics among them
