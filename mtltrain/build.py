@@ -308,6 +308,8 @@ def build_job(
     configure_process(trainer_cfg, device)
     seed_everything(cfg.seed)
     data, model, strategy, optimizer = build_objects(cfg, trainer_cfg, device)
+    for line in strategy.run_warnings(trainer_cfg.epochs):
+        log.warning("%s", line)
     if ranks.size > 1 and not data.in_memory():
         raise ConfigError(
             "a data set of torch Datasets is not allowed under torchrun: its ranks shard "

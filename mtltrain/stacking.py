@@ -1,8 +1,9 @@
 """Which jobs can train stacked (`mtltrain.loop._stacked`), decided outside the loop: a sweep's
 configs grouped by what must be equal (`stack_key`: the config without the STACKABLE
-settings, which live in tensors), and the built jobs of a group checked (`unstackable`: the
-same strategy class, shapes, optimizers and devices; no torchrun, dropout, batch
-norm, learning-rate schedule or gradient clipping). The
+settings, which live in tensors) and by whether their strategy, as set, stacks (a loss-based
+one: IMTL with variant=loss stacks, its other variants do not), and the built jobs of a group
+checked (`unstackable`: the same strategy class and level, shapes, optimizers and devices; no
+torchrun, dropout, batch norm, learning-rate schedule or gradient clipping). The
 vectorized launcher groups with `groups_of`, `run.run_stacked` checks with `unstackable`.
 """
 
@@ -16,8 +17,10 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from mtltrain.config._compose import settings_of
 from mtltrain.data.base import Split
 from mtltrain.loop._job import Job
+from mtltrain.weighting.base import Weighting
 
 # Settings that may differ between jobs trained together: they end up in tensors of their own
 # (data, initial weights, optimizer settings, a strategy's settings), not in the shapes.
@@ -67,12 +70,11 @@ def stack_key(cfg: DictConfig) -> str:
 def groups_of(configs: Sequence[DictConfig], size: int) -> list[tuple[list[int], str]]:
     """The jobs (their positions in `configs`) that train together, at most `size` at a time,
     each group with "" or why its jobs run one after another instead."""
-    by_key: dict[str, list[int]] = {}
-    for i, cfg in enumerate(configs):
-        by_key.setdefault(stack_key(cfg), []).append(i)
+    by_key: dict[tuple[str, str], list[int]] = {}
+    for i, cfg in enumerate(configs):  # IMTL's variants loss and hybrid: apart
+        by_key.setdefault((stack_key(cfg), _strategy_unstackable(cfg)), []).append(i)
     groups: list[tuple[list[int], str]] = []
-    for members in by_key.values():
-        why = _strategy_unstackable(configs[members[0]])
+    for (_, why), members in by_key.items():
         for start in range(0, len(members), size):
             chunk = members[start : start + size]
             alone = "no other job differs from it in stackable settings only"
@@ -81,14 +83,28 @@ def groups_of(configs: Sequence[DictConfig], size: int) -> list[tuple[list[int],
 
 
 def _strategy_unstackable(cfg: DictConfig) -> str:
-    """Why the config's strategy cannot stack ("" where it can, or where its class cannot be
-    loaded: the job then fails alone, as it would on any launcher)."""
-    target = str(cfg.weighting._target_)
+    """Why the config's strategy cannot stack, decided by its class and settings ("" where it
+    can, or where its class cannot be loaded: the job then fails alone, as it would on any
+    launcher)."""
     try:
-        why = getattr(get_class(target), "unstackable", "")
+        strategy = get_class(str(cfg.weighting._target_))
     except Exception:
         return "its weighting._target_ cannot be loaded"
-    return f"{target.rpartition('.')[2]}: {why}" if why else ""
+    if not issubclass(strategy, Weighting):  # not a strategy: the job fails alone
+        return ""
+    given = OmegaConf.to_container(cfg.weighting, resolve=False)
+    return _unstackable_class(strategy, strategy.loss_based(settings_of(strategy, given)))
+
+
+PER_TASK_GRADIENTS = "it combines per-task gradients, which are not batched over jobs"
+
+
+def _unstackable_class(strategy: type[Weighting], loss_based: bool) -> str:
+    """Why runs of a strategy cannot stack, named by its class: a reason of its own
+    (`Weighting.unstackable`), else its per-task gradients where it is not loss-based (as set:
+    IMTL with variant=loss stacks); "" where they can."""
+    why = strategy.unstackable or ("" if loss_based else PER_TASK_GRADIENTS)
+    return f"{strategy.__name__}: {why}" if why else ""
 
 
 def unstackable(jobs: Sequence[Job]) -> str:
@@ -97,10 +113,10 @@ def unstackable(jobs: Sequence[Job]) -> str:
     first = jobs[0]
     if not all(job.data.in_memory() for job in jobs):
         return "their data sets are torch Datasets (loaded batch by batch, not stacked tensors)"
-    if len({type(job.strategy) for job in jobs}) > 1:
+    if len({(type(job.strategy), job.strategy.level) for job in jobs}) > 1:
         return "their strategies differ"
-    if first.strategy.unstackable:
-        return f"{type(first.strategy).__name__}: {first.strategy.unstackable}"
+    if why := _unstackable_class(type(first.strategy), first.strategy.level is None):
+        return why
     if first.strategy.extra_batches:
         return f"{type(first.strategy).__name__}: the stacked step draws no extra batches"
     if first.ranks.size > 1:

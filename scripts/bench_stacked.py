@@ -32,6 +32,7 @@ where every run and step trains (default: the CPU, which `--publish` requires).
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import tempfile
@@ -155,10 +156,17 @@ class HandStacked:
 
 
 def jobs(overrides: list[str], n: int, device: str) -> list:
-    return [
-        build_job(compose_checked([*overrides, f"seed={s}", f"trainer.device={device}"]))
-        for s in range(n)
-    ]
+    """`n` jobs of the config `overrides` give, with seeds 0…n−1: composed once (Hydra's
+    composition is most of a small job's build), the seed set in a copy per job; its
+    interpolations (`dataset.seed: ${seed}`) resolve as they would in a config composed with
+    `seed=<s>`."""
+    cfg = compose_checked([*overrides, f"trainer.device={device}"])
+    built = []
+    for s in range(n):
+        own = copy.deepcopy(cfg)
+        own.seed = s
+        built.append(build_job(own))
+    return built
 
 
 def step_rates(

@@ -11,6 +11,7 @@ import copy
 
 import pytest
 import torch
+from conftest import run_cli
 from torch import nn
 
 import mtltrain
@@ -156,6 +157,15 @@ def test_refusals_are_one_line(call, says):
     with pytest.raises(ConfigError) as raised:
         call()
     assert says in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_starting_weight_not_above_0_is_refused_before_the_run(tmp_path):
+    for init in ("-0.5", "0"):
+        done = run_cli(["weighting=auto_lambda", f"weighting.init={init}"], tmp_path)
+        assert done.returncode != 0 and "Traceback" not in done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert f"weighting.init={init} is not allowed: it must be > 0" in line
+        assert not any(tmp_path.iterdir())  # no run folder
 
 
 @pytest.fixture

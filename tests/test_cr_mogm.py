@@ -175,16 +175,20 @@ def test_an_inner_strategy_it_cannot_wrap_is_refused_in_one_line(inner, words, t
     assert not any(tmp_path.rglob("config.yaml"))  # refused before the run folder is made
 
 
-def test_an_inner_strategy_that_is_loss_based_with_its_settings_is_refused_in_one_line(tmp_path):
-    """imtl_l is IMTL (whose class CR-MOGM can wrap) with variant=loss: no task gradients."""
-    for inner in (
-        ["weighting.inner=imtl_l"],
-        ["weighting.inner=imtl", "+weighting.inner_settings.variant=loss"],
-    ):
-        done = run_cli([*SMALL, *inner], tmp_path)
-        assert done.returncode != 0 and "Traceback" not in done.stderr
-        line = done.stderr.strip().splitlines()[-1]
-        assert "weighting.inner=IMTL is not allowed: CRMOGM averages" in line
+def test_an_inner_strategy_that_is_loss_based_with_its_settings_is_refused_up_front(tmp_path):
+    """imtl_l is IMTL (whose class CR-MOGM can wrap) with variant=loss: its weights e^s are
+    learned with the model, not computed from the step's task gradients; refused by the config
+    check (nothing written), and not among the inner strategies the line offers."""
+    done = run_cli([*SMALL, "weighting.inner=imtl_l"], tmp_path)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "weighting.inner=imtl_l is not allowed: CRMOGM averages" in line
+    choices = line.split("choose one of ")[1].split(", ")
+    assert "imtl" in choices and "imtl_l" not in choices
+    assert not any(tmp_path.iterdir())  # no run folder
+    with pytest.raises(ConfigError, match=r"^weighting.inner=imtl with weighting.inner_settings="
+                       r"\{'variant': 'loss'\} is not allowed: CRMOGM averages"):  # fmt: skip
+        make_config([*SMALL, "weighting.inner=imtl", "+weighting.inner_settings.variant=loss"])
 
 
 def test_a_bad_setting_of_the_inner_strategy_or_of_alpha_is_refused():

@@ -1,9 +1,11 @@
 """scripts/device_check.sh, the GPU check: its dry run (every part on the CPU, tiny) writes a
-page with every part's numbers, and never the published docs/results/gpu.md; a part that
-fails is reported with why while the others still run, and the check then exits non-zero."""
+page with every part's numbers, and never the published docs/results/gpu.md (and its ranks
+part's one-process run of scripts/bench_ranks.py sends nothing); a part that fails is reported
+with why while the others still run, and the check then exits non-zero."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -69,6 +71,12 @@ def test_the_dry_run_writes_every_part_with_numbers(tmp_path):
     assert re.search(rf"\| torchrun --nproc_per_node=2 \| 2 \(gloo\) \| {NUMBER} \|", ranks)
     assert re.search(rf"\| 2 process\(es\) \| gloo \| right \| {NUMBER} \|", ranks)
     assert str(tmp_path) not in page and str(REPO) not in page  # no machine's paths
+    alone = json.loads((work / "ranks_one.json").read_text())  # scripts/bench_ranks.py's
+    assert alone["ms_per_step"] > 0 and alone["processes"] == 1 and alone["backend"] is None
+    assert alone["bytes_per_step"] == 0 and alone["collectives_per_step"] == 0  # nothing sent
+    assert len(alone["first_step"]["losses"]) == 2
+    after_first = torch.load(work / "ranks_one.pt")  # the parameters after the first step
+    assert after_first.keys() and all(p.isfinite().all() for p in after_first.values())
 
 
 def gone(pid: int) -> bool:

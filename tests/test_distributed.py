@@ -12,11 +12,13 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import ddp_steps
 import pytest
 import torch
-from conftest import run_cli
+from conftest import kept_process_state, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
@@ -26,8 +28,9 @@ from mtltrain.interrupts import StopSignals
 from mtltrain.outputs._run_folder import follower_arguments, resume_command
 from mtltrain.processes import rank
 
-# one worker builds the costly module-scoped `steps` for all the tests that use it; the other
-# tests (each a torchrun of its own) are free to go to any worker
+# one worker builds the costly module-scoped `steps` for all the tests that use it (and one
+# `stopped_and_resumed` for its two); the other tests (each a torchrun of its own) are free to
+# go to any worker
 SHARES_STEPS = pytest.mark.xdist_group("distributed")
 
 HERE = Path(__file__).resolve().parent
@@ -61,9 +64,8 @@ def steps(tmp_path_factory) -> tuple[dict, dict, dict]:
     script = str(HERE / "ddp_steps.py")
     done = torchrun(script, str(folder / "two"), *CASES, cwd=folder)
     assert done.returncode == 0, done.stderr[-3000:]
-    alone = subprocess.run([sys.executable, script, str(folder / "one"), *CASES], cwd=folder,
-                           capture_output=True, text=True, timeout=240)  # fmt: skip
-    assert alone.returncode == 0, alone.stderr[-3000:]
+    with kept_process_state():  # one process: this one (no interpreter to start)
+        ddp_steps.main(str(folder / "one"), *CASES)
     load = lambda name: torch.load(folder / name, weights_only=True)  # noqa: E731
     return load("two.rank0.pt"), load("two.rank1.pt"), load("one.rank0.pt")
 
@@ -110,12 +112,10 @@ RUN = ["weighting=uncertainty", "model=sin_hetero", "trainer.deterministic=true"
        "trainer.progress=false", "trainer.validation=0.1"]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "strategy", ["uncertainty", pytest.param("mgda_ub", marks=pytest.mark.slow)]
-)
-def test_a_run_under_torchrun_ends_where_one_process_does(tmp_path, strategy):
-    # one validation sample: rank 0's shard of it is empty, and still takes part
-    args = [*RUN, f"weighting={strategy}", "trainer.epochs=3", "trainer.validation=1"]
+@pytest.mark.slow
+def test_a_gradient_based_run_under_torchrun_ends_where_one_process_does(tmp_path):
+    """As the default suite's run (`stopped_and_resumed`), whole, with per-task gradients."""
+    args = [*RUN, "weighting=mgda_ub", "trainer.epochs=3", "trainer.validation=1"]
     done, two, one = the_same_run_in_two_processes_and_one(args, tmp_path)
     assert (two["processes"], one["processes"]) == (2, 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # rank 1 wrote nothing
@@ -171,43 +171,91 @@ def _descendants(pid: int) -> list[int]:
     return children + [d for c in children for d in _descendants(c)]
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds workers through /proc")
-def test_sigterm_on_one_rank_checkpoints_once_and_the_run_resumes_under_torchrun(tmp_path):
-    args = [*RUN, "trainer.epochs=60", "trainer.eval_every=20", "trainer.checkpoint_interval=0"]
+# one validation sample: rank 0's shard of it is empty, and still takes part. 30 epochs (570
+# steps): SIGTERM comes 0.5 s into training, near step 70 on a busy 2-core machine
+EPOCHS, EVAL_EVERY = 30, 10
+STOPPED = [*RUN, f"trainer.epochs={EPOCHS}", f"trainer.eval_every={EVAL_EVERY}",
+           "trainer.checkpoint_interval=0", "trainer.validation=1"]  # fmt: skip
+TRAIN, BATCHES = 299, 19  # training samples (of 300), batches of 16 an epoch (the last: 11)
+
+
+@dataclass
+class StoppedAndResumed:
+    """A run under torchrun stopped by SIGTERM on rank 1 (in `folder`/two), what it left, its
+    resume under torchrun, and the same run alone (`folder`/one)."""
+
+    folder: Path
+    stopped: dict
+    log: str
+    checkpoint: dict
+    resumed: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def stopped_and_resumed(tmp_path_factory) -> StoppedAndResumed:
+    """One torchrun launch stopped and one resumed, shared by the tests that read them."""
+    if not Path("/proc/self/task").exists():
+        pytest.skip("finds workers through /proc")
+    folder = tmp_path_factory.mktemp("stopped")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", "-m", "mtltrain", *args, "hydra.run.dir=two"]  # fmt: skip
+               "--nproc_per_node=2", "-m", "mtltrain", *STOPPED, "hydra.run.dir=two"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+    with subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True) as launcher:  # fmt: skip
         rank1 = worker_of_rank(launcher, 1)
-        while not (tmp_path / "two" / "tb").exists() and launcher.poll() is None:
+        while not (folder / "two" / "tb").exists() and launcher.poll() is None:
             time.sleep(0.1)
         time.sleep(0.5)  # into training
         os.kill(rank1, signal.SIGTERM)
         launcher.communicate(timeout=240)
     assert launcher.returncode != 0
-    stopped = results_of(tmp_path / "two")
-    assert stopped["status"] == "interrupted" and "SIGTERM" in stopped["error"], stopped
-    log = (tmp_path / "two" / "mtltrain.log").read_text()
-    assert log.count("stopped by SIGTERM") == 1, log
-    at = torch.load(tmp_path / "two" / "checkpoints" / "last.pt", weights_only=False)
-    position, running = at["trainer"]["position"], at["trainer"]["running"]
-    assert 0 < position["step"] < 60 * 17, position
-    # the running train metrics count every rank's samples since the last evaluation
-    since = (position["epoch"] % 20) * 270 + min(position["batch"] * 16, 270)  # last: 14
-    assert running["counts"]["y1"] == since, (running["counts"], position)
-    resumed = torchrun("-m", "mtltrain", "resume=two", cwd=tmp_path)
+    stopped = results_of(folder / "two")
+    log = (folder / "two" / "mtltrain.log").read_text()
+    checkpoint = torch.load(folder / "two" / "checkpoints" / "last.pt", weights_only=False)
+    resumed = torchrun("-m", "mtltrain", "resume=two", cwd=folder)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    alone = run_cli([*args, "hydra.run.dir=one"], tmp_path)
+    alone = run_cli([*STOPPED, "hydra.run.dir=one"], folder)
     assert alone.returncode == 0, alone.stderr[-3000:]
-    assert_same_run(results_of(tmp_path / "two"), results_of(tmp_path / "one"))
+    return StoppedAndResumed(folder, stopped, log, checkpoint, resumed)
+
+
+SHARES_STOPPED = pytest.mark.xdist_group("distributed_stopped")
+
+
+@SHARES_STOPPED
+def test_sigterm_on_one_rank_checkpoints_once_and_the_run_resumes_under_torchrun(
+    stopped_and_resumed,
+):
+    run = stopped_and_resumed
+    assert run.stopped["status"] == "interrupted" and "SIGTERM" in run.stopped["error"]
+    assert run.log.count("stopped by SIGTERM") == 1, run.log
+    position, running = run.checkpoint["trainer"]["position"], run.checkpoint["trainer"]["running"]
+    assert 0 < position["step"] < EPOCHS * BATCHES, position
+    # the running train metrics count every rank's samples since the last evaluation
+    since = (position["epoch"] % EVAL_EVERY) * TRAIN + min(position["batch"] * 16, TRAIN)
+    assert running["counts"]["y1"] == since, (running["counts"], position)
+    assert_same_run(results_of(run.folder / "two"), results_of(run.folder / "one"))
     # the evaluations logged after the resume too, the running train metrics among them
-    two, one = evaluations(tmp_path / "two"), evaluations(tmp_path / "one")
+    two, one = evaluations(run.folder / "two"), evaluations(run.folder / "one")
     assert two.keys() == one.keys() and "train/y1/rmse" in two
     for tag, logged in one.items():
         assert [step for step, _ in two[tag]] == [step for step, _ in logged], tag
         values = [v for _, v in logged]
         assert [v for _, v in two[tag]] == pytest.approx(values, rel=TOLERANCE, abs=TOLERANCE), tag
+
+
+@SHARES_STOPPED
+def test_a_run_under_torchrun_ends_where_one_process_does_and_rank_0_alone_writes(
+    stopped_and_resumed,
+):
+    """The resumed run ends as the run alone (the test above); its processes, and what only
+    rank 0 writes: the run folder, the summary, one TensorBoard file a launch."""
+    run = stopped_and_resumed
+    two, one = results_of(run.folder / "two"), results_of(run.folder / "one")
+    assert (two["processes"], one["processes"]) == (2, 1)
+    assert sorted(p.name for p in run.folder.iterdir()) == ["one", "two"]  # rank 1 wrote nothing
+    assert run.resumed.stdout.count("learned σ") == 1  # one summary, rank 0's
+    assert len(list((run.folder / "two" / "tb").glob("events.out.tfevents.*"))) == 2
 
 
 def evaluations(folder: Path) -> dict[str, list[tuple[int, float]]]:

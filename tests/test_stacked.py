@@ -125,7 +125,7 @@ SLOW = pytest.mark.slow  # the default suite is at its 10 minutes: these run und
     "strategy",
     ["fixed", "uncertainty", pytest.param("revised_uncertainty", marks=SLOW),
      pytest.param("uw_so", marks=SLOW), "geometric", pytest.param("scale_invariant", marks=SLOW),
-     "rlw", "dwa", "famo"],
+     "rlw", "dwa", "famo", pytest.param("imtl_l", marks=SLOW)],
 )  # fmt: skip
 def test_each_stacked_job_ends_where_it_would_alone(tmp_path: Path, strategy: str) -> None:
     check_against_alone(tmp_path, [*SMALL, f"weighting={strategy}"], SEEDS)
@@ -314,6 +314,16 @@ def test_groups_hold_at_most_group_size_and_say_why_others_run_alone() -> None:
     assert whys[:2] == ["", ""]
     assert "stackable settings only" in whys[2] and "stackable settings only" in whys[4]
     assert whys[3].startswith("MGDA: it combines per-task gradients")
+
+
+def test_imtl_stacks_by_its_variant() -> None:
+    """IMTL-L alone (imtl_l, or imtl with variant=loss) is loss-based, so its jobs stack; IMTL
+    with its gradient part does not, and is grouped apart from them (the same class)."""
+    configs = [make_config(["weighting=imtl_l"]), make_config(["weighting=imtl", "seed=1"])]
+    configs.append(make_config(["weighting=imtl", "weighting.variant=loss", "seed=2"]))
+    (stacked, none), (alone, why) = groups_of(configs, 4)
+    assert (stacked, none, alone) == ([0, 2], "", [1])
+    assert why.startswith("IMTL: it combines per-task gradients")
 
 
 def test_unstackable_groups_run_one_after_another(tmp_path: Path, caplog) -> None:

@@ -139,6 +139,20 @@ def test_settings_out_of_range_are_refused_with_one_line():
     SmoothTchebycheff((NLL,), form="plain")  # raw losses: any sign
 
 
+def test_a_run_that_ends_within_its_warm_up_is_warned_once(caplog):
+    """epochs ≤ warmup_epochs: the normalised total is never trained on (allowed: a short trial
+    run), and one warning line says so; one epoch more, or the plain form, is not warned of."""
+    with caplog.at_level("WARNING", logger="mtltrain.build"):
+        build_job(make_config(["weighting=stch", "weighting.warmup_epochs=2", "trainer.epochs=2"]))
+    (warned,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert warned.getMessage().startswith(
+        "trainer.epochs=2 ≤ weighting.warmup_epochs=2: the run never leaves STCH's warm-up"
+    )
+    assert "\n" not in warned.getMessage()
+    assert SmoothTchebycheff(TERMS, warmup_epochs=2).run_warnings(3) == []
+    assert SmoothTchebycheff(TERMS, form="plain", warmup_epochs=2).run_warnings(1) == []
+
+
 class EpochLosses(Callback):
     """Each epoch's term losses, and the strategy's nadir at each step."""
 

@@ -13,7 +13,7 @@ import importlib.util
 import inspect
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -244,25 +244,33 @@ def weighting_node(cfg: DictConfig) -> DictConfig:
     if not callable(getattr(wrapper, "wraps", None)):
         return node
     options = {name: group_option("weighting", name) for name in config_groups()["weighting"]}
-    fits = [n for n, o in options.items() if wrapper.wraps(get_class(o._target_))]
+    fits = [n for n, o in options.items() if _wraps(wrapper, o)]
     if not isinstance(node.inner, str) or node.inner not in options:
         choices = ", ".join(fits)
         raise ConfigError(f"weighting.inner={node.inner} is not an option: choose one of {choices}")
-    if node.inner not in fits:
-        raise ConfigError(
-            f"weighting.inner={node.inner} is not allowed: {wrapper.__name__} averages the "
-            "weights of a gradient-based strategy whose direction is Σ_k w_k·g_k of the step's "
-            "task gradients (not a loss-based one, a masked or averaged direction, or itself); "
-            f"choose one of {', '.join(fits)}"
-        )
     settings = node.get("inner_settings") or {}
     inner = OmegaConf.merge(options[node.inner], settings, {"_partial_": True})
+    if node.inner not in fits or not _wraps(wrapper, inner):
+        changed = f" with weighting.inner_settings={dict(settings)}" if node.inner in fits else ""
+        raise ConfigError(
+            f"weighting.inner={node.inner}{changed} is not allowed: {wrapper.__name__} averages "
+            "the weights of a gradient-based strategy whose direction is Σ_k w_k·g_k of the "
+            "step's task gradients (not a loss-based one, a masked or averaged direction, or "
+            f"itself); choose one of {', '.join(fits)}"
+        )
     resolved = copy.deepcopy(cfg)  # the inner node's interpolations (${seed}) resolve in it
     with open_dict(resolved):
         resolved.weighting.inner_settings = inner  # checked where the user sets it
         check_inner(resolved.weighting.inner_settings)
         resolved.weighting.inner = resolved.weighting.pop("inner_settings")
     return resolved.weighting
+
+
+def _wraps(wrapper: Any, node: DictConfig) -> bool:
+    """Whether `wrapper` (CR-MOGM) can wrap the strategy of a weighting option's node with its
+    settings as written (IMTL is gradient-based, imtl_l's variant=loss is not)."""
+    target = get_class(node._target_)
+    return wrapper.wraps(target, settings_of(target, OmegaConf.to_container(node, resolve=False)))
 
 
 def check_inner(node: DictConfig) -> None:
@@ -589,9 +597,16 @@ def check_node(node: DictConfig) -> functools.partial:
             raise ConfigError(f"{where}.{bad.where}{bad.text}")
     validate = getattr(target, "check_settings", None)  # ranges and rules, before any data
     if callable(validate):
-        defaults = {n: p.default for n, p in parameters.items() if p.default is not p.empty}
-        validate({**defaults, **factory.keywords})
+        validate(settings_of(target, factory.keywords))
     return factory
+
+
+def settings_of(target: Any, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings `target` is called with: `given`, and its signature's defaults for those
+    `given` leaves out."""
+    parameters = inspect.signature(target).parameters
+    defaults = {n: p.default for n, p in parameters.items() if p.default is not p.empty}
+    return {**defaults, **given}
 
 
 def _where(node: DictConfig) -> str:

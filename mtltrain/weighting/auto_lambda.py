@@ -45,9 +45,9 @@ class AutoLambda(Weighting):
     The meta-gradient of λ_k is −α·(L_k(θ + εd) − L_k(θ − εd))/(2ε) on the step's training
     batch, d = ∇L_val at θ' = θ − α∇_θ Σ λ_k L_k, ε = 0.01/‖d‖ (the paper's finite difference);
     L_val sums the `primary` terms' losses on a validation batch (the validation split where
-    held out, else the training set in another order). λ starts at `init` and takes one step of
-    its own Adam (`lr`) per training step, after the model's. Costs three more forward passes
-    and two more backward passes a step.
+    held out, else the training set in another order). λ starts at `init` (> 0) and takes one
+    step of its own Adam (`lr`) per training step, after the model's. Costs three more forward
+    passes and two more backward passes a step.
 
     Paper: Liu et al., TMLR 2022.
     Scale: λ_k = `init` (0.1) at the start, then learned (unconstrained: the paper's).
@@ -58,6 +58,7 @@ class AutoLambda(Weighting):
     unstackable: ClassVar[str] = "its meta-step runs the model at other parameters, per job"
     extra_batches = ("validation",)
     RANGES: ClassVar[Mapping[str, Range]] = {
+        "init": (lambda v: v > 0, "it must be > 0 (each task's starting weight λ_k)"),
         "lr": (lambda v: v > 0, "it must be > 0"),
         "virtual_lr": (lambda v: v > 0, "it must be > 0"),
     }
@@ -71,7 +72,7 @@ class AutoLambda(Weighting):
         primary: Sequence[str] | None = None,
     ) -> None:
         super().__init__(terms)
-        self.check_settings({"lr": lr, "virtual_lr": virtual_lr})
+        self.check_settings({"init": init, "lr": lr, "virtual_lr": virtual_lr})
         chosen = self.names if primary is None else list(primary)
         if not chosen or any(name not in self.names for name in chosen):
             raise ConfigError(

@@ -102,7 +102,8 @@ class Weighting(nn.Module):
 
     level: Level | None = None
     RANGES: ClassVar[Mapping[str, Range]] = {}
-    # why runs of this strategy cannot be trained stacked (mtltrain.stacking); "" where they can
+    # why runs of this strategy cannot be trained stacked (mtltrain.stacking) besides its
+    # combining per-task gradients where it is not `loss_based`; "" where nothing else keeps it
     unstackable: ClassVar[str] = ""
     # `contributions` takes each term from its loss and the strategy's tensors elementwise, so
     # stacked runs' [N, K] losses and [N, K] tensors go through it at once (else it is vmapped)
@@ -111,6 +112,14 @@ class Weighting(nn.Module):
     observes_predictions: ClassVar[bool] = False
     # the batches a step needs besides its own, each "train" or "validation" (see the module)
     extra_batches: ClassVar[tuple[BatchSource, ...]] = ()
+
+    @classmethod
+    def loss_based(cls, settings: Mapping[str, Any]) -> bool:
+        """Whether the strategy built with `settings` (every one: the defaults where a config
+        leaves them out) weighs the losses, not their gradients (its `level` is then None):
+        what a config is judged by before anything is built (an inner strategy of CR-MOGM,
+        stacking). By default the class's `level` says."""
+        return cls.level is None
 
     @classmethod
     def check_settings(cls, settings: Mapping[str, Any]) -> None:
@@ -142,6 +151,11 @@ class Weighting(nn.Module):
                 f"({bad.loss}) can be negative: use a loss such as mse for task {bad.task}, "
                 "or another strategy"
             )
+
+    def run_warnings(self, epochs: int) -> list[str]:
+        """What a run of `epochs` epochs is warned of before it trains, a line each (settings
+        that leave a part of the strategy unused in so short a run); by default nothing."""
+        return []
 
     # -- hooks, in the order of a step ---------------------------------------------------
 
@@ -230,7 +244,6 @@ class GradientWeighting(Weighting):
     """
 
     level: Level | None = "parameters"
-    unstackable: ClassVar[str] = "it combines per-task gradients, which are not batched over jobs"
     solves: ClassVar[bool] = False
     # the direction is Σ_k weight_k·row_k of this step's Jacobian (not so: masks, averages)
     weighted_rows: ClassVar[bool] = True

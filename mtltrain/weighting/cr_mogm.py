@@ -19,7 +19,7 @@ the steps between reuse λ̄.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -37,8 +37,9 @@ class CRMOGM(GradientWeighting):
     `weighting=cr_mogm weighting.inner=<name>` chooses the strategy whose weights are averaged
     (`+weighting.inner_settings.<setting>=<value>` changes its settings); a strategy whose
     direction is not a weighted sum of the step's gradients (GradDrop, DB-MTL, MoCo) or a
-    loss-based one is refused in one line naming those it can wrap (one that is loss-based
-    with its settings, as `imtl_l`, in one line when it is built). Its cost is the inner
+    loss-based one, by its class or with its settings (`imtl_l`: IMTL with variant=loss, whose
+    weights e^s are learned with the model, not computed from the step's gradients), is refused
+    in one line naming those it can wrap, by the config check. Its cost is the inner
     strategy's. The inner strategy's reports are logged with the prefix `inner_` (its λ_t as
     `inner_weight`, a solver's failures as `inner_solver_unconverged`).
 
@@ -70,14 +71,17 @@ class CRMOGM(GradientWeighting):
         self.register_buffer("started", torch.zeros((), dtype=torch.bool))
 
     @classmethod
-    def wraps(cls, strategy: type) -> bool:
+    def wraps(cls, strategy: type, settings: Mapping[str, Any] | None = None) -> bool:
         """Whether CR-MOGM can average a strategy's weights: a gradient-based one whose
-        direction is Σ_k w_k·g_k of the step's gradients (not another CR-MOGM)."""
+        direction is Σ_k w_k·g_k of the step's gradients (not another CR-MOGM); with its
+        `settings` (all of them), not one that is loss-based with them (IMTL-L: its weights
+        e^s are learned with the model, not computed from the step's gradients)."""
         return (
             isinstance(strategy, type)
             and issubclass(strategy, GradientWeighting)
             and strategy.weighted_rows
             and not issubclass(strategy, CRMOGM)
+            and (settings is None or not strategy.loss_based(settings))
         )
 
     def setup(self, model: MultiTaskNet) -> None:

@@ -17,7 +17,7 @@ ICLR 2021): IMTL-G on the gradients, IMTL-L on the losses, or both (`variant`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -65,6 +65,11 @@ class IMTL(GradientWeighting):
             self.level = None
         else:
             self.level = "representation" if representation else "parameters"
+
+    @classmethod
+    def loss_based(cls, settings: Mapping[str, Any]) -> bool:
+        """IMTL-L alone (variant=loss) weighs the losses; the other variants, the gradients."""
+        return settings["variant"] == "loss"
 
     def contributions(self, losses: Tensor) -> Tensor:
         if self.variant == "gradient":

@@ -47,7 +47,9 @@ class SmoothTchebycheff(Weighting):
     only the worst task. λ is `preference` (1 for every task, as the official code). The
     contributions are each term's share total·p_k of the smooth max (log(L_k + ε) in the
     warm-up). The normalised form takes logarithms of losses, so it refuses a term whose loss
-    can be negative.
+    can be negative. A normalised run of `trainer.epochs` ≤ `warmup_epochs` never leaves the
+    warm-up: it is not refused (a short trial run is a fair use), and one warning line says so
+    when it is built (`run_warnings`).
 
     Paper: Lin et al., ICML 2024.
     Scale: K × the smooth max (normalised, as the official code), 1 × (plain).
@@ -127,6 +129,16 @@ class SmoothTchebycheff(Weighting):
         usable = bool((torch.isfinite(mean_losses) & mean_losses.gt(0)).all())
         if usable:  # else the warm-up goes on to the next epoch
             self.nadir.copy_(mean_losses.to(self.nadir))
+
+    def run_warnings(self, epochs: int) -> list[str]:
+        if self.form == "plain" or epochs > self.warmup_epochs:
+            return []
+        warmup = self.warmup_epochs
+        return [
+            f"trainer.epochs={epochs} ≤ weighting.warmup_epochs={warmup}: the run never leaves "
+            "STCH's warm-up (Σ_k log L_k) to train on its smooth Tchebycheff total; give "
+            f"trainer.epochs > {warmup} or a smaller weighting.warmup_epochs"
+        ]
 
     def weights(self) -> Tensor:
         return self.weight.clone()
