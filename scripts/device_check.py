@@ -242,10 +242,9 @@ def stacked_commands(check: Check) -> list[Command]:
 
 def stacked_report(check: Check) -> Report:
     report = json.loads((check.work / "stacked.json").read_text())
-    sweeps = report["sweeps"]
+    (sweeps,) = report["sweeps"]  # one epoch count
     lines = [
-        f"Whole sweeps of the §5A two-slope model, {sweeps['epochs']} epoch(s) a job:",
-        "",
+        "Whole sweeps of the §5A two-slope model:",
         *bench_stacked.sweep_table(sweeps),
         "",
         f"Steps (µs per job and step; medians of {report['rounds']} interleaved rounds):",
