@@ -86,8 +86,9 @@ def unwrapped_step(optimizer: torch.optim.Optimizer) -> None:
 def backward(total: torch.Tensor) -> None:
     """`total.backward()` of a 0-d `total`: the engine called directly, without
     `torch.autograd.backward`'s argument handling (two thirds of a small graph's backward
-    call). Its 1 is made anew each call: a gradient may be handed on as that very tensor."""
-    if has_torch_function_unary(total):
+    call). Its 1 is made anew each call: a gradient may be handed on as that very tensor.
+    Inside a functorch transform (vmap, grad) `total.backward()` itself, which refuses it."""
+    if has_torch_function_unary(total) or torch._C._are_functorch_transforms_active():
         total.backward()
         return
     one = torch.ones_like(total, memory_format=torch.preserve_format)

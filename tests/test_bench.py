@@ -108,9 +108,9 @@ def test_the_paragraph_gives_the_sweep_ratio_at_the_hand_written_stacks_speed():
     report = {
         "jobs": 16,
         "steps": {FORWARD_STACKED: rates},
-        "sweeps": [  # --epochs 300,1500: the paragraph reads the longest
-            {"epochs": 300, "rows": {default_label(16): {"seconds": 70.0}}},
+        "sweeps": [  # --epochs 1500,300: the paragraph reads the longest, not the last
             {"epochs": 1500, "rows": {default_label(16): {"seconds": 456.0}}},
+            {"epochs": 300, "rows": {default_label(16): {"seconds": 70.0}}},
         ],
     }
     text = "".join(hand_written(report))

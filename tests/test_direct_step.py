@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -39,6 +41,23 @@ def test_direct_step_equals_the_optimizers_step(kind, settings: dict) -> None:
     for a, b in zip(ours, theirs, strict=True):
         assert torch.equal(a, b)
     assert our_state["param_groups"] == their_state["param_groups"]
+    for k, state in their_state["state"].items():
+        for name, value in state.items():
+            assert torch.equal(our_state["state"][k][name], value), name
+
+
+@pytest.mark.skipif(
+    "decoupled_weight_decay" not in inspect.signature(torch.optim.Adam).parameters,
+    reason="torch's Adam takes decoupled_weight_decay from 2.6 on",
+)
+def test_adam_with_decoupled_weight_decay_steps_by_adamws_kernel() -> None:
+    """Adam(decoupled_weight_decay=True) is AdamW: its own step calls AdamW's kernel, and so
+    must the direct step (the kernel is a group's, not the optimizer class's)."""
+    settings = {"decoupled_weight_decay": True, "weight_decay": 0.1}
+    ours, our_state = stepped(torch.optim.Adam, True, **settings)
+    theirs, their_state = stepped(torch.optim.Adam, False, **settings)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
     for k, state in their_state["state"].items():
         for name, value in state.items():
             assert torch.equal(our_state["state"][k][name], value), name

@@ -22,6 +22,7 @@ import pytest
 import torch
 from conftest import make_config, run_cli, run_report, write_fake_mnist
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtltrain.build import build_job
@@ -34,6 +35,7 @@ from mtltrain.outputs import _run_folder as rundir
 from mtltrain.outputs._results import read_results
 from mtltrain.run import run, run_stacked
 from mtltrain.stacking import groups_of, stack_key, unstackable
+from mtltrain.weighting.imtl import IMTL
 
 REL = 1e-5
 FULL_REL = 2e-3
@@ -324,6 +326,21 @@ def test_imtl_stacks_by_its_variant() -> None:
     (stacked, none), (alone, why) = groups_of(configs, 4)
     assert (stacked, none, alone) == ([0, 2], "", [1])
     assert why.startswith("IMTL: it combines per-task gradients")
+
+
+class SettingsAsKeywords(IMTL):
+    """A user's IMTL that hands its settings on as **kwargs (its signature names none)."""
+
+    def __init__(self, terms, **settings) -> None:
+        super().__init__(terms, **settings)
+
+
+def test_a_strategy_whose_signature_hides_its_settings_is_grouped_without_an_error() -> None:
+    """Its variant unseen, it is judged gradient-based (runs alone), not a KeyError."""
+    target = f"{__name__}.{SettingsAsKeywords.__name__}"
+    configs = [OmegaConf.create({"seed": i, "weighting": {"_target_": target}}) for i in (0, 1)]
+    ((members, why),) = groups_of(configs, 4)
+    assert members == [0, 1] and why.startswith("SettingsAsKeywords: it combines per-task")
 
 
 def test_unstackable_groups_run_one_after_another(tmp_path: Path, caplog) -> None:

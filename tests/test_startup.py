@@ -117,3 +117,10 @@ def test_the_lean_mse_and_backward_are_torch_s_bit_for_bit(reduction):
     assert torch.equal(prediction.grad, want)
     with pytest.raises(ValueError, match="is not a valid value for reduction"):
         mse_loss(prediction, target, "max")
+
+
+def test_the_lean_backward_inside_a_functorch_transform_is_refused_as_torch_refuses_it():
+    """torch.autograd.backward's own line, not an engine error that names another cause."""
+    weight = torch.ones(3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="backward\\(\\) called inside a functorch transform"):
+        torch.func.vmap(lambda x: backward((x * weight).sum()))(torch.randn(4, 3))

@@ -59,7 +59,7 @@ class _DirectStep:
         opt = self.optimizer
         plan = self.plan
         if plan is None or not plan.fits(opt):
-            plan = self.plan = _Plan.of(opt)
+            plan = self.plan = _Plan.of(opt, self.kernel)
         grads = [] if plan is None else [p.grad for p in plan.params]
         if plan is None or any(g is None for g in grads):
             unwrapped_step(opt)  # the first step makes the state; a missing gradient: torch's rules
@@ -68,20 +68,25 @@ class _DirectStep:
         for call in plan.calls:
             call.count()
             end = first + len(call.params)
-            self.kernel(call.params, grads[first:end], *call.state, **call.settings)
+            call.kernel(call.params, grads[first:end], *call.state, **call.settings)
             first = end
 
 
 class _Call:
     """One kernel call: the parameters of groups with equal settings (`by_settings`), their
-    state tensors and the kernel's settings; `count` adds 1 to their steps (on the CPU one add
-    each, 3× faster than torch's `_foreach_add_` there; elsewhere that one call)."""
+    state tensors, the kernel (`_kernel`) and its settings; `count` adds 1 to their steps (on
+    the CPU one add each, 3× faster than torch's `_foreach_add_` there; elsewhere that one
+    call)."""
 
     def __init__(
-        self, state: dict[Tensor, Any], group: dict[str, Any], params: list[Tensor]
+        self,
+        state: dict[Tensor, Any],
+        group: dict[str, Any],
+        params: list[Tensor],
+        kind: Callable[..., None],
     ) -> None:
         held = [state[p] for p in params]
-        self.params = params
+        self.params, self.kernel = params, _kernel(kind, group)
         self.steps = [s["step"] for s in held]
         max_sq = [s["max_exp_avg_sq"] for s in held] if group["amsgrad"] else []
         exp_avg, exp_avg_sq = [s["exp_avg"] for s in held], [s["exp_avg_sq"] for s in held]
@@ -109,24 +114,36 @@ class _Call:
             step.add_(self.one)
 
 
+def _kernel(kind: Callable[..., None], group: dict[str, Any]) -> Callable[..., None]:
+    """A group's kernel: torch's Adam with `decoupled_weight_decay` (torch >= 2.6) decays as
+    AdamW, by AdamW's kernel, as its own step chooses; else the optimizer kind's (KERNELS)."""
+    decoupled = group.get("decoupled_weight_decay")
+    if decoupled is None:
+        return kind
+    return torch._fused_adamw_ if decoupled else torch._fused_adam_
+
+
 class _Plan:
     """The kernel calls of an optimizer whose every parameter has its state, made once and
     kept while its groups, their settings and its state dict are the ones it was made from (a
     resumed optimizer's load_state_dict replaces its groups and state; a scheduler changes a
     group's settings)."""
 
-    def __init__(self, opt: torch.optim.Optimizer) -> None:
+    def __init__(self, opt: torch.optim.Optimizer, kind: Callable[..., None]) -> None:
         self.groups, self.state = opt.param_groups, opt.state
         self.settings = _settings(opt)
-        self.calls = [_Call(opt.state, g, params) for g, params in by_settings(opt.param_groups)]
+        self.calls = [
+            _Call(opt.state, g, params, kind) for g, params in by_settings(opt.param_groups)
+        ]
         self.params = [p for call in self.calls for p in call.params]
 
     @classmethod
-    def of(cls, opt: torch.optim.Optimizer) -> _Plan | None:
-        """The plan, or None while some parameter has no state yet."""
+    def of(cls, opt: torch.optim.Optimizer, kind: Callable[..., None]) -> _Plan | None:
+        """The plan (`kind`: the optimizer kind's kernel), or None while some parameter has no
+        state yet."""
         if any(p not in opt.state for g in opt.param_groups for p in g["params"]):
             return None
-        return cls(opt)
+        return cls(opt, kind)
 
     def fits(self, opt: torch.optim.Optimizer) -> bool:
         return (

@@ -68,8 +68,10 @@ class IMTL(GradientWeighting):
 
     @classmethod
     def loss_based(cls, settings: Mapping[str, Any]) -> bool:
-        """IMTL-L alone (variant=loss) weighs the losses; the other variants, the gradients."""
-        return settings["variant"] == "loss"
+        """IMTL-L alone (variant=loss) weighs the losses; the other variants, the gradients
+        (and a subclass that takes its settings as **kwargs, whose variant is not seen: judged
+        by its gradients, so not stacked, and CR-MOGM's build checks its level)."""
+        return settings.get("variant") == "loss"
 
     def contributions(self, losses: Tensor) -> Tensor:
         if self.variant == "gradient":
