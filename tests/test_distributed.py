@@ -252,6 +252,7 @@ def test_a_run_under_torchrun_ends_where_one_process_does_and_rank_0_alone_write
     rank 0 writes: the run folder, the summary, one TensorBoard file a launch."""
     run = stopped_and_resumed
     two, one = results_of(run.folder / "two"), results_of(run.folder / "one")
+    assert_same_run(two, one)
     assert (two["processes"], one["processes"]) == (2, 1)
     assert sorted(p.name for p in run.folder.iterdir()) == ["one", "two"]  # rank 1 wrote nothing
     assert run.resumed.stdout.count("learned σ") == 1  # one summary, rank 0's
