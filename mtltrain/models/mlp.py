@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import pairwise
 from typing import Annotated, Any
 
@@ -88,7 +88,8 @@ class SeparateMLPs(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Outputs, Tensor]:
         h = x.flatten(1).expand(len(self.tasks), -1, -1)
-        return self.outputs(self.layers(h, _listed(self.weights), _listed(self.biases))), x
+        h = self.layers(h, _listed(self.weights), _listed(self.biases), torch.baddbmm)
+        return self.outputs(h), x
 
     def forward_stacked(self, state: Mapping[str, Tensor], x: Tensor) -> tuple[Outputs, Tensor]:
         """N copies at once (`mtltrain.loop._stacked`): `state` holds each tensor stacked over the
@@ -97,16 +98,23 @@ class SeparateMLPs(nn.Module):
         h = x.flatten(2).unsqueeze(1).expand(-1, k, -1, -1).flatten(0, 1)
         weights = [state[f"weights.{i}"].flatten(0, 1) for i in range(len(self.weights))]
         biases = [state[f"biases.{i}"].flatten(0, 1) for i in range(len(self.biases))]
-        h = self.layers(h, weights, biases)
+        h = self.layers(h, weights, biases, BatchedAffine.apply)
         return self.outputs(h.unflatten(0, (n, k)).transpose(0, 1)), x
 
-    def layers(self, h: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> Tensor:
-        """[networks, batch, in] through the stacked layers (an activation that may run in
-        place, on the product it follows: one pass over memory fewer)."""
+    def layers(
+        self,
+        h: Tensor,
+        weights: Sequence[Tensor],
+        biases: Sequence[Tensor],
+        product: Callable[[Tensor, Tensor, Tensor], Tensor],
+    ) -> Tensor:
+        """[networks, batch, in] through the stacked layers, each `product(bias, h, weight)`
+        (an activation that may run in place, on the product it follows: one pass over memory
+        fewer)."""
         last = len(weights) - 1
         in_place = IN_PLACE.get(type(self.activation))
         for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
-            h = BatchedAffine.apply(bias, h, weight)
+            h = product(bias, h, weight)
             if i < last:
                 h = self.activation(h) if in_place is None else in_place(h)
         return h
@@ -140,7 +148,9 @@ class BatchedAffine(torch.autograd.Function):
     than their transposes. The same numbers are computed otherwise: h's gradient, a product
     over one term, is the elementwise product grad × weightᵀ, and the weight's, hᵀ·grad, is
     taken as (gradᵀ·h)ᵀ (the same sums over the batch, bit-identical on this machine's oneMKL:
-    tests/test_models.py checks both against torch's)."""
+    tests/test_models.py checks both against torch's). The stacked forward uses it; a job
+    alone keeps torch.baddbmm: at one job's small products this Function's Python costs more
+    than its backward saves."""
 
     generate_vmap_rule = True
 
