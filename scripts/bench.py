@@ -893,6 +893,20 @@ def strategy_names(text: str) -> list[str]:
     return names
 
 
+def published_arguments(argv: list[str]) -> list[str]:
+    """The command line as the page records it: without --out and --markdown, which --publish
+    replaces (and which name a folder of this machine)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--out", "--markdown"):
+            skip = True
+        elif not arg.startswith(("--out=", "--markdown=")):
+            kept.append(arg)
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mnist-root", default=MNIST_ROOT)
@@ -934,7 +948,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.publish:
         args.out, args.markdown = PUBLISHED.with_suffix(".json"), PUBLISHED.with_suffix(".md")
-    command = shlex.join(["python", "scripts/bench.py", *sys.argv[1:]])
+    command = shlex.join(["python", "scripts/bench.py", *published_arguments(sys.argv[1:])])
     settle_threads()
     device = select_device(args.device)
     blocks = BlockSteps().scaled(args.block_scale)

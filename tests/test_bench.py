@@ -136,3 +136,19 @@ def test_the_start_up_and_busy_rows_give_ratios_to_their_baselines():
     assert "| mtltrain, threads=auto | 10.0 s | 1.50× |" in rows
     assert "| stacked sweep of 4, threads=auto | 8.0 s | 5.00× |" in rows
     assert "two-slope, 1500 epochs" in rows[1]
+
+
+def test_the_recorded_command_leaves_out_the_output_paths():
+    from bench import published_arguments
+
+    argv = [
+        "--publish",
+        "--only",
+        "runs",
+        "--out",
+        "/x/b.json",
+        "--markdown=/x/b.md",
+        "--rounds",
+        "5",
+    ]
+    assert published_arguments(argv) == ["--publish", "--only", "runs", "--rounds", "5"]
