@@ -12,12 +12,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("site")
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", target, ROOT],
-        check=True,
         capture_output=True,
+        text=True,
     )
-    return target
+    assert done.returncode == 0, done.stderr[-3000:]  # pip's own reason (its build isolation
+    return target  # fetches setuptools and wheel from the package index)
 
 
 def test_installed_package_finds_its_configs(installed, tmp_path):
