@@ -17,7 +17,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mtltrain.config._compose import settings_of
+from mtltrain.config._compose import called_with
 from mtltrain.data.base import Split
 from mtltrain.loop._job import Job
 from mtltrain.weighting.base import Weighting
@@ -93,7 +93,7 @@ def _strategy_unstackable(cfg: DictConfig) -> str:
     if not issubclass(strategy, Weighting):  # not a strategy: the job fails alone
         return ""
     given = OmegaConf.to_container(cfg.weighting, resolve=False)
-    return _unstackable_class(strategy, strategy.loss_based(settings_of(strategy, given)))
+    return _unstackable_class(strategy, strategy.loss_based(called_with(strategy, given)))
 
 
 PER_TASK_GRADIENTS = "it combines per-task gradients, which are not batched over jobs"

@@ -233,11 +233,11 @@ def markdown(report: dict) -> str:
     sweeps, m = report["sweeps"], report["machine"]
     compiled = f" --compile {report['compile']}" if report.get("compile") else ""
     epochs = ",".join(str(s["epochs"]) for s in sweeps)
-    jobs = f" --jobs {report['jobs']}" if report.get("only_jobs") else ""
+    one_n = f" --jobs {report['jobs']}" if report.get("only_jobs") else ""
     lines = [
         "# Stacked sweeps",
         "",
-        f"Measured by `python scripts/bench_stacked.py{jobs} --epochs {epochs}{compiled} "
+        f"Measured by `python scripts/bench_stacked.py{one_n} --epochs {epochs}{compiled} "
         "--publish` "
         f"on {m['cpu']} ({m['cores']} cores), torch {m['torch']}, {report['threads']} CPU "
         "threads for the stacks and the step measurements.",

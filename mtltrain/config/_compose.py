@@ -270,7 +270,7 @@ def _wraps(wrapper: Any, node: DictConfig) -> bool:
     """Whether `wrapper` (CR-MOGM) can wrap the strategy of a weighting option's node with its
     settings as written (IMTL is gradient-based, imtl_l's variant=loss is not)."""
     target = get_class(node._target_)
-    return wrapper.wraps(target, settings_of(target, OmegaConf.to_container(node, resolve=False)))
+    return wrapper.wraps(target, called_with(target, OmegaConf.to_container(node, resolve=False)))
 
 
 def check_inner(node: DictConfig) -> None:
@@ -597,11 +597,11 @@ def check_node(node: DictConfig) -> functools.partial:
             raise ConfigError(f"{where}.{bad.where}{bad.text}")
     validate = getattr(target, "check_settings", None)  # ranges and rules, before any data
     if callable(validate):
-        validate(settings_of(target, factory.keywords))
+        validate(called_with(target, factory.keywords))
     return factory
 
 
-def settings_of(target: Any, given: Mapping[str, Any]) -> dict[str, Any]:
+def called_with(target: Any, given: Mapping[str, Any]) -> dict[str, Any]:
     """The settings `target` is called with: `given`, and its signature's defaults for those
     `given` leaves out."""
     parameters = inspect.signature(target).parameters
