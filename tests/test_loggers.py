@@ -217,7 +217,8 @@ def test_a_resumed_run_continues_the_csv_mlflow_and_wandb_logs(tmp_path):
     steps = [m.step for m in client.get_metric_history(after.info.run_id, "loss/total")]
     assert steps == [1, 2, 3, 4, 5, 6]
     parts = sorted((run / "wandb").glob("offline-run-*"))
-    assert len(parts) == 2 and len({p.name.rpartition("-")[2] for p in parts}) == 1
+    # offline-run-<time>-<run id>, with "-1" after it where both parts started in one second
+    assert len(parts) == 2 and len({p.name.split("-")[3] for p in parts}) == 1
     assert [s for s, _ in wandb_logged(run)[0]["loss/total"]] == [1, 2, 3, 4, 5, 6]
     assert [s for s, _ in tensorboard_series(run / "tb")["loss/total"]] == [5, 6]
 
